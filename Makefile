@@ -1,0 +1,35 @@
+# Swapline developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+.PHONY: help install run test test-fast bench lint clean
+
+help: ## List targets with one-line descriptions
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv (if missing) and install Swapline with test extras
+
+run: $(STAMP) ## Start Redis, workers, API and Flower; load the sample corpus; print URLs
+	$(PY) -m webapp.launcher
+
+test: $(STAMP) ## Run the whole test suite (unit, integration, real model, browser)
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## Run only the unit tests (no redis-server, workers, model or browser)
+	$(PY) -m pytest -m "not integration and not model and not browser"
+
+bench: $(STAMP) ## Benchmark ingest and search against the raw model and raw FAISS
+	$(PY) -m tests.bench
+
+clean: ## Remove local data and caches (not .venv)
+	rm -rf var .pytest_cache

@@ -1,0 +1,54 @@
+"""Celery configuration, identical for the API (which only sends), the workers and Flower."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from shared import tasknames
+from shared.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict:
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        # Job state lives in Swapline's job hashes; Celery results would only duplicate it.
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # A task is acked when it finishes, and requeued if its worker dies mid-way.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        # Flower shows tasks live only with events on.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in tasknames.QUEUES],
+        "task_default_queue": tasknames.QUEUE_INGEST,
+        "task_routes": {name: {"queue": queue} for name, queue in tasknames.KINDS.values()}
+        | {tasknames.SWEEP: {"queue": tasknames.QUEUE_INDEX},
+           tasknames.COLLECT_VERSIONS: {"queue": tasknames.QUEUE_INDEX}},
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }
+
+
+def make_celery(settings: Settings, main: str = "swapline") -> Celery:
+    app = Celery(main, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def enqueue(celery: Celery, kind: str, job_id: str) -> None:
+    """Send the task for a job of `kind` by name; the message carries only the job id."""
+    name, queue = tasknames.KINDS[kind]
+    celery.send_task(name, args=[job_id], queue=queue)

@@ -1,0 +1,13 @@
+"""Outcomes of domain work that the task layer maps to job states."""
+
+
+class JobCanceled(Exception):
+    """The job's cancel flag was seen at a step boundary."""
+
+
+class LockBusy(Exception):
+    """Another rebuild of the collection holds the lease; try again later (the job stays queued)."""
+
+
+class JobInputError(Exception):
+    """The job cannot succeed whatever the retries (missing collection, unreadable batch)."""

@@ -1,0 +1,18 @@
+"""Redis connections and Lua script loading."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import redis
+
+
+def connect(url: str) -> redis.Redis:
+    """A client that answers str, with a health check so idle pooled connections are revalidated."""
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+def load_script(client: redis.Redis, name: str):
+    """Register `shared/lua/{name}.lua` with the client (EVALSHA with automatic fallback to EVAL)."""
+    source = resources.files("shared").joinpath("lua", f"{name}.lua").read_text()
+    return client.register_script(source)

@@ -1,0 +1,115 @@
+"""Settings: the one place the environment is read.
+
+`load_settings()` turns `SWAPLINE_*` variables into a frozen `Settings`; the web app factory and the
+Celery app both take one, and tests build their own with `Settings(...)` or `load_settings(env)`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+EMBEDDERS = ("minilm", "hash")
+ROLES = ("read", "write", "admin")
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value Swapline cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path("./var/data")
+    embedder: str = "minilm"
+    hash_dim: int = 384
+    # Chunking: MiniLM truncates at 256 word pieces, so chunks are capped in tokens, with room to spare.
+    chunk_max_tokens: int = 200
+    chunk_overlap_tokens: int = 40
+    embed_batch_size: int = 32
+    progress_every: int = 64
+    # Vectors added to the FAISS index per step; cancel and lease are checked between steps.
+    build_step: int = 4096
+    # Seconds to pause between build steps. 0 in production; demos and tests raise it to watch a build.
+    build_step_delay: float = 0.0
+    lock_ttl_seconds: int = 60
+    rebuild_retry_seconds: float = 2.0
+    task_soft_time_limit: int = 3300
+    task_time_limit: int = 3600
+    watcher_poll_seconds: float = 2.0
+    replica_ttl_seconds: int = 30
+    api_torch_threads: int = 1
+    worker_torch_threads: int = 2
+    versions_keep: int = 5
+    job_ttl_seconds: int = 7 * 24 * 3600
+    jobs_keep_per_collection: int = 100
+    idempotency_ttl_seconds: int = 24 * 3600
+    max_queued_ingest: int = 10_000
+    max_queued_index: int = 1_000
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_documents_per_batch: int = 1_000
+    max_document_bytes: int = 1024 * 1024
+    max_k: int = 100
+    max_query_chars: int = 2_000
+    events_max_len: int = 100_000
+    sweep_stale_seconds: int = 300
+    api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.embedder not in EMBEDDERS:
+            raise SettingsError(f"SWAPLINE_EMBEDDER must be one of {', '.join(EMBEDDERS)}, not {self.embedder!r}")
+        object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
+        if self.task_time_limit <= self.task_soft_time_limit:
+            raise SettingsError("SWAPLINE_TASK_TIME_LIMIT must be above SWAPLINE_TASK_SOFT_TIME_LIMIT")
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Redis redelivers an unacked task after this long: above the hard limit, so a task that is
+        still running (late acks) is never handed to a second worker."""
+        return self.task_time_limit + 600
+
+    def with_(self, **changes) -> Settings:
+        return replace(self, **changes)
+
+
+def _parse_api_keys(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, role = item.rpartition(":")
+        if not sep or not key or role not in ROLES:
+            raise SettingsError(f"SWAPLINE_API_KEYS entries are key:role with role in {ROLES}; got {item!r}")
+        pairs.append((key, role))
+    return tuple(pairs)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from `SWAPLINE_<FIELD>` variables (upper-cased field names)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = env.get(f"SWAPLINE_{f.name.upper()}")
+        if raw is None or raw == "":
+            continue
+        try:
+            if f.name == "api_keys":
+                values[f.name] = _parse_api_keys(raw)
+            elif f.name == "data_dir":
+                values[f.name] = Path(raw)
+            elif isinstance(f.default, bool):
+                values[f.name] = raw.lower() in ("1", "true", "yes", "on")
+            elif isinstance(f.default, int):
+                values[f.name] = int(raw)
+            elif isinstance(f.default, float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        except ValueError as exc:
+            raise SettingsError(f"SWAPLINE_{f.name.upper()}={raw!r}: {exc}") from exc
+    return Settings(**values)
+
+
+def env_table() -> list[tuple[str, object]]:
+    """Every variable with its default, for docs and `swapline --help`."""
+    return [(f"SWAPLINE_{f.name.upper()}", f.default) for f in fields(Settings)]

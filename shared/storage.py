@@ -1,0 +1,172 @@
+"""The data dir: where staged batches, immutable segments and index versions live.
+
+Layout (under `data_dir`):
+    staging/{job_id}.jsonl          a submitted batch, deleted once ingested
+    segments/{collection}/{seq}/    immutable: chunks.jsonl, vectors.npy, meta.json
+    indexes/{collection}/v{version}/ immutable: index.faiss, chunks.jsonl, offsets.npy, manifest.json
+
+Everything is written under a temporary name, fsynced, and renamed into place, so a reader never sees
+a half-written file or directory. Names come only from validated collection names, hex job ids and
+integers, and every path is checked to stay inside the data dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+TMP_PREFIX = ".tmp-"
+
+
+class UnsafePath(ValueError):
+    pass
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file in a directory, then the directory itself."""
+    for child in path.iterdir():
+        if child.is_file():
+            with open(child, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(path)
+
+
+class Storage:
+    def __init__(self, data_dir: Path):
+        self.root = Path(data_dir).resolve()
+
+    # paths
+
+    def _inside(self, path: Path) -> Path:
+        resolved = path.resolve()
+        if resolved != self.root and self.root not in resolved.parents:
+            raise UnsafePath(str(path))
+        return resolved
+
+    @staticmethod
+    def check_collection(name: str) -> str:
+        if not COLLECTION_NAME.match(name or ""):
+            raise UnsafePath(f"invalid collection name {name!r}")
+        return name
+
+    def staging_path(self, job_id: str) -> Path:
+        if not JOB_ID.match(job_id or ""):
+            raise UnsafePath(f"invalid job id {job_id!r}")
+        return self._inside(self.root / "staging" / f"{job_id}.jsonl")
+
+    def segments_dir(self, collection: str) -> Path:
+        return self._inside(self.root / "segments" / self.check_collection(collection))
+
+    def segment_dir(self, collection: str, seq: int) -> Path:
+        return self._inside(self.segments_dir(collection) / f"{int(seq):010d}")
+
+    def indexes_dir(self, collection: str) -> Path:
+        return self._inside(self.root / "indexes" / self.check_collection(collection))
+
+    def version_dir(self, collection: str, version: int) -> Path:
+        return self._inside(self.indexes_dir(collection) / f"v{int(version)}")
+
+    def resolve_relative(self, relative: str) -> Path:
+        """A path stored in Redis (relative to the data dir), checked to stay inside it."""
+        return self._inside(self.root / relative)
+
+    def relative(self, path: Path) -> str:
+        return str(self._inside(path).relative_to(self.root))
+
+    def temp_dir(self, parent: Path, label: str) -> Path:
+        parent.mkdir(parents=True, exist_ok=True)
+        path = parent / f"{TMP_PREFIX}{label}-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        return path
+
+    def commit_dir(self, tmp: Path, final: Path) -> None:
+        """fsync a fully written temporary directory and rename it to its final name."""
+        fsync_tree(tmp)
+        os.rename(tmp, final)  # fails if `final` exists: nothing is rewritten in place
+        fsync_dir(final.parent)
+
+    # staging
+
+    def write_staging(self, job_id: str, documents: Iterable[dict]) -> Path:
+        path = self.staging_path(job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for doc in documents:
+                fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+        return path
+
+    def read_staging(self, job_id: str) -> list[dict]:
+        with open(self.staging_path(job_id), encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+    def delete_staging(self, job_id: str) -> None:
+        self.staging_path(job_id).unlink(missing_ok=True)
+
+    # segments
+
+    def write_segment(self, collection: str, seq: int, records: list[dict], vectors: np.ndarray,
+                      meta: dict) -> Path:
+        """Write one immutable segment: chunk records (one JSON line each, in vector order), their
+        float32 vectors and meta.json (docs it holds, tombstones, model, dim)."""
+        if len(records) != len(vectors):
+            raise ValueError("records and vectors differ in length")
+        final = self.segment_dir(collection, seq)
+        tmp = self.temp_dir(final.parent, f"seg{seq}")
+        try:
+            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as fh:
+                for rec in records:
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            np.save(tmp / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+            (tmp / "meta.json").write_text(json.dumps({**meta, "seq": seq, "chunks": len(records)}))
+            self.commit_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def read_segment_meta(self, collection: str, seq: int) -> dict:
+        return json.loads((self.segment_dir(collection, seq) / "meta.json").read_text())
+
+    def iter_segment_records(self, collection: str, seq: int) -> Iterator[dict]:
+        with open(self.segment_dir(collection, seq) / "chunks.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)
+
+    def read_segment_vectors(self, collection: str, seq: int) -> np.ndarray:
+        return np.load(self.segment_dir(collection, seq) / "vectors.npy", mmap_mode="r")
+
+    def remove_collection(self, collection: str) -> None:
+        for path in (self.segments_dir(collection), self.indexes_dir(collection)):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def remove_stale_temps(self, parent: Path) -> int:
+        """Delete leftover temporary directories (from builds killed mid-write) under `parent`."""
+        count = 0
+        if parent.is_dir():
+            for child in parent.iterdir():
+                if child.name.startswith(TMP_PREFIX):
+                    shutil.rmtree(child, ignore_errors=True)
+                    count += 1
+        return count

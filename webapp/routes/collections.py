@@ -1,0 +1,91 @@
+"""Collections and the documents in them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from shared.submit import RebuildInProgress, request_rebuild, submit_documents
+from webapp.extensions import swapline
+from webapp.routes.common import job_location, require_collection
+from webapp.schemas import CollectionCreateSchema, CollectionSchema, DocumentBatchSchema, ErrorSchema, JobSchema
+
+blp = Blueprint("collections", __name__, url_prefix="/v1/collections", description="Collections and documents")
+
+
+def collection_view(name: str) -> dict:
+    svc = swapline.runtime.svc
+    info = svc.collections.info(name)
+    pointer = svc.pointers.get(name)
+    index = None
+    if pointer:
+        index = {"version": pointer["version"], "vectors": pointer["vectors"], "kind": pointer.get("kind"),
+                 "model": pointer.get("model"), "dim": pointer.get("dim"),
+                 "built_at": datetime.fromtimestamp(pointer["built_at"], UTC).isoformat().replace("+00:00", "Z")}
+    return {"name": name, "documents": info["documents"], "chunks": info["chunks"], "index": index}
+
+
+@blp.route("")
+class Collections(MethodView):
+    @blp.arguments(CollectionCreateSchema)
+    @blp.response(201, CollectionSchema)
+    @blp.alt_response(409, schema=ErrorSchema, description="A collection with that name exists")
+    def post(self, body):
+        """Create a collection."""
+        if not swapline.runtime.svc.collections.create(body["name"]):
+            abort(409, message=f"collection {body['name']!r} already exists", code="collection_exists")
+        return collection_view(body["name"]), 201, {"Location": f"/v1/collections/{body['name']}"}
+
+
+@blp.route("/<string:name>")
+class Collection(MethodView):
+    @blp.response(200, CollectionSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    def get(self, name):
+        """A collection: its counts and the index version it serves."""
+        require_collection(name)
+        return collection_view(name)
+
+
+@blp.route("/<string:name>/documents")
+class Documents(MethodView):
+    @blp.arguments(DocumentBatchSchema)
+    @blp.response(202, JobSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    @blp.alt_response(413, schema=ErrorSchema, description="Too many documents or a document too large")
+    def post(self, body, name):
+        """Add or replace documents (a document id submitted again replaces it). Answers the ingest
+        job; with `rebuild` (the default) a rebuild follows and the job's result names it."""
+        require_collection(name)
+        settings = swapline.runtime.settings
+        docs = body["documents"]
+        if len(docs) > settings.max_documents_per_batch:
+            abort(413, message=f"at most {settings.max_documents_per_batch} documents per batch", code="batch_too_large")
+        seen = set()
+        for i, doc in enumerate(docs):
+            if len(doc["text"].encode("utf-8")) > settings.max_document_bytes:
+                abort(413, message=f"documents[{i}].text exceeds {settings.max_document_bytes} bytes",
+                      code="document_too_large")
+            if doc["id"] in seen:
+                abort(422, message=f"document id {doc['id']!r} appears twice in the batch", code="invalid")
+            seen.add(doc["id"])
+        job = submit_documents(swapline.runtime.svc, name, docs, body["rebuild"])
+        return job, 202, job_location(job["id"])
+
+
+@blp.route("/<string:name>/rebuild")
+class Rebuild(MethodView):
+    @blp.response(202, JobSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    @blp.alt_response(409, schema=ErrorSchema, description="A rebuild is already queued or running")
+    def post(self, name):
+        """Rebuild the collection's index from its documents."""
+        require_collection(name)
+        try:
+            job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True)
+        except RebuildInProgress as busy:
+            abort(409, message="a rebuild of this collection is already queued or running",
+                  code="rebuild_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
+        return job, 202, job_location(job["id"])

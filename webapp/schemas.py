@@ -1,0 +1,95 @@
+"""Marshmallow schemas for every body, query and response of the v1 API."""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+COLLECTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE  # unknown body fields are a 422, not silently dropped
+
+
+class ErrorSchema(Schema):
+    code = fields.String(required=True, metadata={"description": "machine-readable error code"})
+    message = fields.String(required=True)
+    errors = fields.Dict(metadata={"description": "per-field validation messages"})
+    job_id = fields.String(metadata={"description": "the job in the way (409 on rebuild)"})
+
+
+class CollectionCreateSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Regexp(
+        COLLECTION_NAME_PATTERN, error="must match ^[a-z0-9][a-z0-9_-]{{0,63}}$: lowercase letters, digits, _ and -"))
+
+
+class IndexInfoSchema(Schema):
+    version = fields.Integer()
+    vectors = fields.Integer()
+    built_at = fields.String()
+    kind = fields.String()
+    model = fields.String()
+    dim = fields.Integer()
+
+
+class CollectionSchema(Schema):
+    name = fields.String(required=True)
+    documents = fields.Integer()
+    chunks = fields.Integer()
+    index = fields.Nested(IndexInfoSchema, allow_none=True)
+
+
+class DocumentSchema(StrictSchema):
+    id = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    text = fields.String(required=True)
+    metadata = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class DocumentBatchSchema(StrictSchema):
+    documents = fields.List(fields.Nested(DocumentSchema), required=True, validate=validate.Length(min=1))
+    rebuild = fields.Boolean(load_default=True)
+
+
+class ProgressSchema(Schema):
+    stage = fields.String()
+    done = fields.Integer()
+    total = fields.Integer()
+
+
+class JobSchema(Schema):
+    id = fields.String(required=True)
+    kind = fields.String(required=True)
+    collection = fields.String(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(
+        ["queued", "running", "succeeded", "failed", "canceled"]))
+    progress = fields.Nested(ProgressSchema)
+    error = fields.String(allow_none=True)
+    created_at = fields.String(allow_none=True)
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    result = fields.Dict(allow_none=True)
+
+
+class SearchQuerySchema(StrictSchema):
+    query = fields.String(required=True, validate=validate.Length(min=1))
+    k = fields.Integer(load_default=10, validate=validate.Range(min=1))
+
+
+class HitSchema(Schema):
+    doc_id = fields.String()
+    chunk_id = fields.String()
+    score = fields.Float()
+    text = fields.String()
+    heading_path = fields.List(fields.String())
+    metadata = fields.Dict()
+
+
+class SearchResultSchema(Schema):
+    index_version = fields.Integer(allow_none=True)
+    hits = fields.List(fields.Nested(HitSchema))
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    checks = fields.Dict()

@@ -1,0 +1,1 @@
+"""Celery workers: the app (`workers.celery_app:app`) and thin tasks (`workers.tasks`)."""

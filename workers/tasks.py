@@ -1,0 +1,60 @@
+"""Thin tasks: parse the job id, call the domain code in `shared/`, map the outcome to a job state."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from shared import tasknames
+from shared.errors import JobCanceled, JobInputError, LockBusy
+from shared.ingest import run_ingest
+from shared.jobs import JOB_ID_PATTERN, JobNotFound
+from shared.rebuild import run_rebuild
+from workers.celery_app import app, services
+
+log = logging.getLogger(__name__)
+
+
+def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None) -> None:
+    if not re.match(JOB_ID_PATTERN, str(job_id)):
+        log.error("event=task.bad_id job=%r", job_id)
+        return
+    svc = services()
+    try:
+        work(svc, job_id)
+    except JobNotFound:
+        log.warning("event=task.unknown_job job=%s", job_id)
+    except JobCanceled:
+        svc.jobs.cancel(job_id, "canceled by request")
+        log.info("event=task.canceled job=%s", job_id)
+    except LockBusy:
+        if on_busy is None:
+            raise
+        on_busy()
+    except JobInputError as exc:
+        svc.jobs.fail(job_id, str(exc))
+        log.warning("event=task.failed job=%s error=%r", job_id, str(exc))
+    except SoftTimeLimitExceeded:
+        svc.jobs.fail(job_id, f"time limit of {svc.settings.task_soft_time_limit}s exceeded")
+        raise
+    except Exception as exc:
+        svc.jobs.fail(job_id, f"{type(exc).__name__}: {exc}")
+        log.exception("event=task.error job=%s", job_id)
+        raise
+
+
+@app.task(name=tasknames.INGEST)
+def ingest(job_id: str) -> None:
+    _run(job_id, run_ingest)
+
+
+@app.task(name=tasknames.REBUILD, bind=True, max_retries=None)
+def rebuild(self, job_id: str) -> None:
+    def busy() -> None:
+        # Another rebuild of the collection runs: this one stays queued and tries again shortly.
+        raise self.retry(countdown=services().settings.rebuild_retry_seconds)
+
+    _run(job_id, run_rebuild, on_busy=busy)
