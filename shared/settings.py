@@ -113,3 +113,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def env_table() -> list[tuple[str, object]]:
     """Every variable with its default, for docs and `swapline --help`."""
     return [(f"SWAPLINE_{f.name.upper()}", f.default) for f in fields(Settings)]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The `SWAPLINE_*` variables that make `load_settings()` rebuild `settings` in a child process."""
+    env = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if f.name == "api_keys":
+            value = ",".join(f"{key}:{role}" for key, role in value)
+        env[f"SWAPLINE_{f.name.upper()}"] = str(value)
+    return env

@@ -1,0 +1,90 @@
+"""Session fixtures: a redis-server of the session's own on a free port (never one someone else
+started), an empty database for every test, settings pointing at both, and process helpers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared.settings import Settings
+from tests.support import Proc, free_port, start_api, start_worker, wait_for
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    binary = shutil.which("redis-server")
+    if not binary:
+        pytest.fail("redis-server is not on PATH (Debian package redis-server; .ci/run installs it)")
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    wait_for(lambda: client.ping(), timeout=20, message="redis-server to answer PING")
+    yield url
+    client.close()
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session's Redis, emptied before each test."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    return redis_server
+
+
+@pytest.fixture
+def rclient(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_url, tmp_path) -> Settings:
+    """Fast settings for integration tests: the hashing embedder, small steps, quick polls."""
+    return Settings(redis_url=redis_url, data_dir=tmp_path / "data", embedder="hash", watcher_poll_seconds=0.5,
+                    rebuild_retry_seconds=0.2, build_step=256, progress_every=16)
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """Start real processes for a test; all are stopped at its end, and their logs are printed
+    when the test fails."""
+    started: list[Proc] = []
+
+    class Starter:
+        log_dir = tmp_path
+
+        def worker(self, settings, **kw):
+            proc = start_worker(settings, tmp_path, **kw)
+            started.append(proc)
+            return proc
+
+        def api(self, settings, **kw):
+            proc, base = start_api(settings, tmp_path, **kw)
+            started.append(proc)
+            return base
+
+    yield Starter()
+    for proc in reversed(started):
+        proc.stop()
+    for proc in started:
+        print(f"----- {proc.name} log (tail) -----\n{proc.log()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

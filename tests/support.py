@@ -1,0 +1,120 @@
+"""Test support: polls with deadlines, free ports, and real processes (redis-server, celery workers,
+gunicorn API processes) started and stopped by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+from shared.settings import Settings, settings_env
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+             message: str = "condition") -> object:
+    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except AssertionError:
+            raise
+        except Exception as exc:  # a not-yet-ready server may refuse connections
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last error: {last_error!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPLINE_")}
+    env.update(settings_env(settings))
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Proc:
+    """A child process whose output goes to a log file, stopped on `stop()`."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        self._log.close()
+        return self.popen.returncode
+
+
+def start_worker(settings: Settings, log_dir: Path, name: str = "w1", queues: str = "ingest,index",
+                 concurrency: int = 1, **extra_env: str) -> Proc:
+    """A real `celery worker` process; returns once it logged that it is ready."""
+    proc = Proc(f"worker-{name}", [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", queues,
+                                   "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO",
+                                   "--without-mingle", "--without-gossip"],
+                child_env(settings, **extra_env), log_dir)
+    wait_for(lambda: ("ready." in proc.log()) or not proc.alive() and _died(proc), timeout=60,
+             message=f"worker {name} ready")
+    return proc
+
+
+def start_api(settings: Settings, log_dir: Path, name: str = "api1", threads: int = 8, **extra_env: str) -> tuple[Proc, str]:
+    """A real API process under gunicorn on a free port; returns once /readyz answers 200."""
+    port = free_port()
+    proc = Proc(name, [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                       "--worker-class", "gthread", "--threads", str(threads), "--timeout", "120",
+                       "webapp:create_app()"],
+                child_env(settings, **extra_env), log_dir)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: (not proc.alive() and _died(proc)) or requests.get(f"{base}/readyz", timeout=2).status_code == 200,
+             timeout=90, message=f"{name} ready")
+    return proc, base
+
+
+def _died(proc: Proc):
+    raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()[-4000:]}")
+
+
+def wait_job(base: str, job_id: str, timeout: float = 60.0) -> dict:
+    """Poll GET /v1/jobs/{id} until it answers 200 (terminal); returns the job."""
+    def done():
+        resp = requests.get(f"{base}/v1/jobs/{job_id}", timeout=5)
+        return resp.json() if resp.status_code == 200 else None
+    return wait_for(done, timeout=timeout, interval=0.1, message=f"job {job_id} to finish")
