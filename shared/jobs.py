@@ -160,10 +160,16 @@ class JobStore:
         """Cancel a queued job now, or flag a running one to stop at its next step.
 
         Returns the state after the request: canceled, running (flagged) or the terminal state."""
-        if self.cancel(job_id, "canceled by request"):
+        # Only from queued: `cancel()` would also move a running job, leaving its worker still writing
+        # (an ingest would register its segment after the job was reported canceled).
+        reason = "canceled by request"
+        argv = [CANCELED, QUEUED, EVENT_FOR_STATE[CANCELED], self.events_max_len, json.dumps({"reason": reason}),
+                "error", reason, "finished_at", time.time(), "stage", "canceled"]
+        moved, state = self._transition(
+            keys=[keys.job(job_id), keys.events(), *(keys.queued(q) for q in QUEUES)], args=argv)
+        if moved:
             return CANCELED
-        state = self.state(job_id)
-        if state is None:
+        if not state:
             raise JobNotFound(job_id)
         if state == RUNNING:
             self.r.hset(keys.job(job_id), "cancel_requested", 1)

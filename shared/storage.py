@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+# \Z, not $: $ also matches before a trailing newline, which would let "docs\n" through.
+COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+JOB_ID = re.compile(r"^[0-9a-f]{32}\Z")
 TMP_PREFIX = ".tmp-"
 
 

@@ -1,0 +1,264 @@
+"""Ingest and rebuild domain code called directly (no Celery), on the session's redis-server and a
+temporary data dir, with the hashing embedder. Enqueueing is a list the test reads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from shared import keys
+from shared.errors import JobCanceled, JobInputError, LockBusy
+from shared.ingest import run_ingest
+from shared.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED
+from shared.rebuild import run_rebuild
+from shared.services import Services, build_services
+from shared.settings import Settings
+from shared.storage import TMP_PREFIX
+from shared.submit import submit_documents
+from shared.vectorindex import MANIFEST_FILE, LoadedVersion, verify_version
+
+DOCS = [
+    {"id": "kep-1", "text": "# Scheduling\n## Pod priority\nPods with higher priority preempt lower priority pods "
+                            "when the cluster is full.", "metadata": {"source": "keps"}},
+    {"id": "kep-2", "text": "# Storage\nPersistent volumes are resized online without restarting the pod."},
+    {"id": "kep-3", "text": "# Networking\n### Dual stack\nServices get both IPv4 and IPv6 cluster addresses."},
+]
+
+
+@dataclass
+class Env:
+    svc: Services
+    enqueued: list[tuple[str, str]]
+
+    def enqueued_ids(self, kind: str) -> list[str]:
+        return [job_id for k, job_id in self.enqueued if k == kind]
+
+
+@pytest.fixture
+def env(redis_url, rclient, tmp_path) -> Env:
+    enqueued: list[tuple[str, str]] = []
+    settings = Settings(embedder="hash", data_dir=tmp_path, redis_url=redis_url)
+    svc = build_services(settings, enqueue=lambda kind, job_id: enqueued.append((kind, job_id)), torch_threads=1,
+                         client=rclient)
+    assert svc.collections.create("docs")
+    return Env(svc, enqueued)
+
+
+def ingest(env: Env, docs: list[dict], rebuild: bool = True) -> dict:
+    job = submit_documents(env.svc, "docs", docs, rebuild=rebuild)
+    assert env.enqueued[-1] == ("ingest", job["id"])
+    run_ingest(env.svc, job["id"])
+    done = env.svc.jobs.get(job["id"])
+    assert done["state"] == SUCCEEDED, done
+    return done
+
+
+def rebuild(env: Env, job_id: str) -> dict:
+    run_rebuild(env.svc, job_id)
+    done = env.svc.jobs.get(job_id)
+    assert done["state"] == SUCCEEDED, done
+    return done
+
+
+def ingest_and_rebuild(env: Env, docs: list[dict]) -> tuple[dict, dict]:
+    job = ingest(env, docs)
+    return job, rebuild(env, job["result"]["rebuild_job_id"])
+
+
+def served_records(env: Env) -> list[dict]:
+    pointer = env.svc.pointers.get("docs")
+    path = env.svc.storage.resolve_relative(pointer["path"])
+    loaded = LoadedVersion(path, pointer["version"])
+    return [loaded.record(i) for i in range(loaded.vectors)]
+
+
+def temp_leftovers(env: Env) -> list:
+    return [p for p in env.svc.storage.root.rglob("*") if p.name.startswith(TMP_PREFIX)]
+
+
+def test_ingest_then_rebuild_publishes_a_verified_version(env):
+    svc = env.svc
+    job = submit_documents(svc, "docs", DOCS, rebuild=True)
+    assert job["state"] == QUEUED and env.enqueued == [("ingest", job["id"])]
+    assert svc.storage.staging_path(job["id"]).exists()
+
+    run_ingest(svc, job["id"])
+    done = svc.jobs.get(job["id"])
+    assert done["state"] == SUCCEEDED
+    result = done["result"]
+    assert (result["documents"], result["chunks"], result["embedded"], result["reused"]) == (3, 3, 3, 0)
+    assert not svc.storage.staging_path(job["id"]).exists()
+    assert svc.collections.segments("docs") == [result["segment"]]
+    assert svc.collections.info("docs")["documents"] == 3 and svc.collections.info("docs")["chunks"] == 3
+    rebuild_id = result["rebuild_job_id"]
+    assert env.enqueued_ids("rebuild") == [rebuild_id]
+    assert svc.jobs.state(rebuild_id) == QUEUED and svc.locks.pending("docs") == rebuild_id
+    assert svc.pointers.get("docs") is None  # nothing is live before the rebuild
+
+    built = rebuild(env, rebuild_id)
+    version = built["result"]["version"]
+    assert built["result"]["vectors"] == 3 and built["result"]["documents"] == 3
+    version_dir = svc.storage.version_dir("docs", version)
+    assert version_dir.is_dir()
+    manifest = json.loads((version_dir / MANIFEST_FILE).read_text())
+    assert manifest["vectors"] == 3 and manifest["dim"] == svc.embedder.dim
+    assert manifest["model"] == svc.embedder.model_id and manifest["segments"] == [result["segment"]]
+    assert verify_version(version_dir)["checksum"] == manifest["checksum"]
+
+    pointer = svc.pointers.get("docs")
+    assert pointer["version"] == version and pointer["fence"] == version
+    assert svc.storage.resolve_relative(pointer["path"]) == version_dir
+    assert pointer["checksum"] == manifest["checksum"]
+    assert svc.locks.holder("docs") is None and svc.locks.pending("docs") is None
+    assert temp_leftovers(env) == []
+
+    loaded = LoadedVersion(version_dir, version)
+    hit = loaded.search(svc.embedder.embed(["pod priority preempt"])[0], 1)[0]
+    assert hit.record["doc_id"] == "kep-1"
+    assert hit.record["heading_path"] == ["Scheduling", "Pod priority"]
+    assert hit.record["metadata"] == {"source": "keps"}
+
+
+def test_resubmitted_document_replaces_the_old_version(env):
+    _, first = ingest_and_rebuild(env, DOCS)
+    new_text = "# Storage\nSnapshots of volumes are taken by the CSI driver."
+    _, second = ingest_and_rebuild(env, [{"id": "kep-2", "text": new_text}])
+    assert second["result"]["version"] > first["result"]["version"]
+    assert second["result"]["documents"] == 3 and second["result"]["vectors"] == 3
+    records = served_records(env)
+    by_doc = {rec["doc_id"]: rec["text"] for rec in records}
+    assert sorted(by_doc) == ["kep-1", "kep-2", "kep-3"] and len(records) == 3
+    assert by_doc["kep-2"] == "Snapshots of volumes are taken by the CSI driver."
+    assert not any("resized online" in rec["text"] for rec in records)
+    assert env.svc.collections.info("docs")["chunks"] == 3
+    # The older version stays on disk untouched; history lists both, newest first.
+    assert env.svc.storage.version_dir("docs", first["result"]["version"]).is_dir()
+    assert [h["version"] for h in env.svc.pointers.history("docs")] == [second["result"]["version"],
+                                                                         first["result"]["version"]]
+
+
+def test_unchanged_text_reuses_vectors(env):
+    svc = env.svc
+    two_sections = {"id": "guide", "text": "# Install\nRun the installer.\n# Upgrade\nStop the service first."}
+    first = ingest(env, [*DOCS, two_sections], rebuild=False)["result"]
+    assert first["embedded"] == 5 and first["reused"] == 0
+
+    again = ingest(env, DOCS, rebuild=False)["result"]
+    assert again["embedded"] == 0 and again["reused"] == 3
+    np.testing.assert_array_equal(svc.storage.read_segment_vectors("docs", again["segment"]),
+                                  svc.storage.read_segment_vectors("docs", first["segment"])[:3])
+
+    edited = {"id": "guide", "text": "# Install\nRun the installer.\n# Upgrade\nBack up the data, then upgrade."}
+    partial = ingest(env, [edited], rebuild=False)["result"]
+    assert partial["embedded"] == 1 and partial["reused"] == 1
+    assert "rebuild_job_id" not in partial and env.enqueued_ids("rebuild") == []
+
+
+def test_cancel_flag_stops_rebuild_before_anything_is_published(env):
+    svc = env.svc
+    _, first = ingest_and_rebuild(env, DOCS)
+    job = ingest(env, [{"id": "kep-4", "text": "# New\nA fourth document."}])
+    rebuild_id = job["result"]["rebuild_job_id"]
+    assert svc.jobs.start(rebuild_id)  # a worker started it...
+    assert svc.jobs.request_cancel(rebuild_id) == RUNNING  # ...and the user asked to cancel
+
+    with pytest.raises(JobCanceled):
+        run_rebuild(svc, rebuild_id)
+    # Stopped at a build step, before writing anything (not only refused later by the publish script).
+    stages = [json.loads(fields["data"]).get("stage") for _, fields in svc.redis.xrange(keys.events())
+              if fields["job_id"] == rebuild_id and fields["type"] == "job.progress"]
+    assert "build" in stages and not {"write", "verify", "publish"} & set(stages)
+    assert svc.jobs.cancel(rebuild_id, "canceled by request")  # what the task layer does with JobCanceled
+    assert svc.jobs.state(rebuild_id) == CANCELED
+    assert svc.pointers.get("docs")["version"] == first["result"]["version"]
+    assert [p.name for p in svc.storage.indexes_dir("docs").iterdir()] == [f"v{first['result']['version']}"]
+    assert svc.locks.holder("docs") is None
+    assert temp_leftovers(env) == []
+
+
+def test_cancel_arriving_at_publish_removes_the_built_version(env, monkeypatch):
+    svc = env.svc
+    job = ingest(env, DOCS)
+    rebuild_id = job["result"]["rebuild_job_id"]
+    progress = svc.jobs.progress
+
+    def cancel_at_publish(job_id, stage, *args, **kwargs):
+        if stage == "publish":
+            assert svc.jobs.request_cancel(job_id) == RUNNING
+        return progress(job_id, stage, *args, **kwargs)
+
+    monkeypatch.setattr(svc.jobs, "progress", cancel_at_publish)
+    with pytest.raises(JobCanceled):
+        run_rebuild(svc, rebuild_id)
+    assert svc.pointers.get("docs") is None
+    assert svc.jobs.state(rebuild_id) == RUNNING  # the publish script did not mark it succeeded
+    assert list(svc.storage.indexes_dir("docs").iterdir()) == []  # the renamed version was removed
+    assert svc.locks.holder("docs") is None
+
+
+def test_rebuild_while_lease_is_held_raises_lock_busy(env):
+    svc = env.svc
+    job = ingest(env, DOCS)
+    rebuild_id = job["result"]["rebuild_job_id"]
+    other = svc.locks.acquire("docs", "e" * 32)
+    with pytest.raises(LockBusy):
+        run_rebuild(svc, rebuild_id)
+    assert svc.jobs.state(rebuild_id) == QUEUED  # stays queued, to be retried
+    assert svc.locks.pending("docs") == rebuild_id
+    assert svc.locks.holder("docs")["job_id"] == "e" * 32  # the holder keeps its lease
+    assert svc.pointers.get("docs") is None
+
+    assert svc.locks.release(other)
+    built = rebuild(env, rebuild_id)
+    assert built["result"]["version"] > other.fence  # the retry fences off the earlier holder
+
+
+def test_ingest_run_twice_registers_one_segment(env, monkeypatch):
+    svc = env.svc
+    job = submit_documents(svc, "docs", DOCS, rebuild=True)
+    delete_staging = svc.storage.delete_staging
+    crashes = []
+
+    def crash_once(job_id):
+        if not crashes:
+            crashes.append(job_id)
+            raise RuntimeError("worker lost after registering the segment")
+        delete_staging(job_id)
+
+    monkeypatch.setattr(svc.storage, "delete_staging", crash_once)
+    with pytest.raises(RuntimeError):
+        run_ingest(svc, job["id"])
+    assert svc.jobs.state(job["id"]) == RUNNING
+    assert len(svc.collections.segments("docs")) == 1
+
+    run_ingest(svc, job["id"])  # the redelivered message
+    done = svc.jobs.get(job["id"])
+    assert done["state"] == SUCCEEDED
+    assert svc.collections.segments("docs") == [done["result"]["segment"]]
+    assert (done["result"]["documents"], done["result"]["chunks"]) == (3, 3)
+    assert svc.collections.info("docs")["chunks"] == 3
+    assert len(list(svc.storage.segments_dir("docs").iterdir())) == 1
+    assert not svc.storage.staging_path(job["id"]).exists()
+
+    run_ingest(svc, job["id"])  # a late duplicate after success is a no-op
+    assert svc.collections.segments("docs") == [done["result"]["segment"]]
+    assert env.enqueued_ids("rebuild") == [done["result"]["rebuild_job_id"]]
+    assert svc.jobs.get(job["id"])["result"] == done["result"]
+
+
+def test_rebuilds_coalesce_behind_one_pending_job(env):
+    first = ingest(env, DOCS)
+    second = ingest(env, [{"id": "kep-4", "text": "# New\nA fourth document."}])
+    assert first["result"]["rebuild_job_id"] == second["result"]["rebuild_job_id"]
+    built = rebuild(env, first["result"]["rebuild_job_id"])
+    assert built["result"]["documents"] == 4 and built["result"]["vectors"] == 4
+
+
+def test_ingest_into_missing_collection_is_an_input_error(env):
+    job = submit_documents(env.svc, "nope", DOCS, rebuild=True)
+    with pytest.raises(JobInputError):
+        run_ingest(env.svc, job["id"])
+    assert env.svc.collections.segments("nope") == []
