@@ -46,8 +46,10 @@ def chunk_documents(svc: Services, documents: list[dict]) -> tuple[list[dict], l
 
 
 def embed_records(svc: Services, job_id: str, records: list[dict], texts: list[str],
-                  known: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
-    """Vectors for `records` in order, embedding only unseen content. Returns (vectors, embedded)."""
+                  known: dict[str, np.ndarray]) -> tuple[np.ndarray, int, float]:
+    """Vectors for `records` in order, embedding only unseen content.
+
+    Returns (vectors, how many were embedded, seconds spent embedding)."""
     embedder = svc.embedder
     vectors = np.zeros((len(records), embedder.dim), dtype=np.float32)
     todo = []
@@ -66,8 +68,8 @@ def embed_records(svc: Services, job_id: str, records: list[dict], texts: list[s
         rows = todo[start:start + group]
         vectors[rows] = embedder.embed([texts[i] for i in rows])
         progress.update(start + len(rows))
-    progress.finish()
-    return vectors, len(todo)
+    seconds = progress.finish()
+    return vectors, len(todo), seconds
 
 
 def run_ingest(svc: Services, job_id: str) -> None:
@@ -93,14 +95,15 @@ def run_ingest(svc: Services, job_id: str) -> None:
         svc.jobs.progress(job_id, "chunk", 0, len(documents))
         records, texts, counts = chunk_documents(svc, documents)
         known = _known_vectors(svc, collection, list(counts), svc.embedder.model_id)
-        vectors, embedded = embed_records(svc, job_id, records, texts, known)
+        vectors, embedded, embed_seconds = embed_records(svc, job_id, records, texts, known)
         seq = svc.collections.next_segment_seq(collection)
         svc.jobs.progress(job_id, "write", 0, 1)
         svc.storage.write_segment(collection, seq, records, vectors, {
             "docs": list(counts), "tombstones": [], "model": svc.embedder.model_id, "dim": svc.embedder.dim,
             "job_id": job_id, "created_at": time.time()})
         summary = {"documents": len(counts), "chunks": len(records), "embedded": embedded,
-                   "reused": len(records) - embedded}
+                   "reused": len(records) - embedded, "embed_seconds": round(embed_seconds, 3),
+                   "embed_rate": round(embedded / embed_seconds, 2) if embedded and embed_seconds > 0 else None}
         svc.jobs.set_fields(job_id, summary=json.dumps(summary))
         svc.collections.register_segment(collection, seq, job_id, counts)
         log.info("event=ingest.segment job=%s collection=%s seq=%s documents=%s chunks=%s embedded=%s",

@@ -48,7 +48,7 @@ def allowed_from(state: str) -> list[str]:
     return [src for src, targets in TRANSITIONS.items() if state in targets]
 
 
-def _iso(ts: str | None) -> str | None:
+def iso_time(ts: str | None) -> str | None:
     if not ts:
         return None
     return datetime.fromtimestamp(float(ts), UTC).isoformat().replace("+00:00", "Z")
@@ -105,9 +105,9 @@ class JobStore:
             "progress": {"stage": data.get("stage", ""), "done": int(float(data.get("done") or 0)),
                          "total": int(float(data.get("total") or 0))},
             "error": data.get("error") or None,
-            "created_at": _iso(data.get("created_at")),
-            "started_at": _iso(data.get("started_at")),
-            "finished_at": _iso(data.get("finished_at")),
+            "created_at": iso_time(data.get("created_at")),
+            "started_at": iso_time(data.get("started_at")),
+            "finished_at": iso_time(data.get("finished_at")),
             "result": json.loads(data["result"]) if data.get("result") else None,
         }
 
@@ -186,11 +186,12 @@ class JobStore:
         data = {"stage": stage, "done": done, "total": total}
         if rate is not None:
             data["rate"] = round(rate, 2)
+        collection, kind = self.r.hmget(keys.job(job_id), "collection", "kind")
         pipe = self.r.pipeline(transaction=False)
-        pipe.hset(keys.job(job_id), mapping={"stage": stage, "done": done, "total": total, "heartbeat": now})
-        pipe.xadd(keys.events(), {"type": "job.progress", "job_id": job_id,
-                                  "collection": self.r.hget(keys.job(job_id), "collection") or "",
-                                  "state": RUNNING, "data": json.dumps(data)},
+        pipe.hset(keys.job(job_id), mapping={"stage": stage, "done": done, "total": total, "heartbeat": now,
+                                             "rate": data.get("rate", 0)})
+        pipe.xadd(keys.events(), {"type": "job.progress", "job_id": job_id, "collection": collection or "",
+                                  "kind": kind or "", "state": RUNNING, "data": json.dumps(data)},
                   maxlen=self.events_max_len, approximate=True)
         pipe.execute()
 

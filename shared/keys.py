@@ -82,6 +82,17 @@ def queued(queue: str) -> str:
     return _k("queued", queue)
 
 
+def running() -> str:
+    """Set of the ids of jobs the transition script moved to running. The publish script finishes a
+    rebuild without touching it, so the sweeper prunes ids whose job is no longer running."""
+    return _k("running")
+
+
+def sweep_lock() -> str:
+    """Held (with a TTL) by the one sweep running now, so concurrent beats do not sweep twice."""
+    return _k("sweep", "lock")
+
+
 # Events, swaps and replicas
 def events() -> str:
     """Stream of job and index events; entry ids are the SSE event ids."""
@@ -104,4 +115,46 @@ def replica(replica_id: str) -> str:
 
 
 def idempotency(route: str, key: str) -> str:
+    """JSON record of the first request made with an Idempotency-Key on a route: pending, then its
+    response; expires after `idempotency_ttl_seconds`."""
     return _k("idem", route, key)
+
+
+def dropping(name: str) -> str:
+    """Set while a drop of the collection runs (value: the drop job id), so it is not re-created
+    half-way through."""
+    return _k("col", name, "dropping")
+
+
+def collection_keys(name: str) -> list[str]:
+    """The keys a drop deletes. The fence counter stays: fences keep rising across a drop and a
+    re-create, so a stale builder of the old collection can never publish over the new one."""
+    return [collection(name), collection_docs(name), segments(name), segment_seq(name), rebuild_pending(name),
+            pointer(name), pointer_history(name)]
+
+
+# Celery's broker (kombu's Redis transport). These keys belong to kombu, not to Swapline, and carry no
+# prefix; the sweeper only reads them, and removes an unacked entry before re-sending its job.
+BROKER_PRIORITY_SEP = "\x06\x16"
+BROKER_PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def broker_queue_lists(queue: str) -> list[str]:
+    """The lists kombu keeps one Celery queue's messages in (one per priority step)."""
+    return [queue if pri == 0 else f"{queue}{BROKER_PRIORITY_SEP}{pri}" for pri in BROKER_PRIORITY_STEPS]
+
+
+def broker_unacked() -> str:
+    """Hash delivery_tag -> [message, exchange, routing_key] of messages delivered but not acked."""
+    return "unacked"
+
+
+def broker_unacked_index() -> str:
+    """Sorted set delivery_tag -> delivery time of the unacked messages."""
+    return "unacked_index"
+
+
+def celery_queue(queue: str) -> str:
+    """The broker list holding a Celery queue's messages (kombu's Redis transport names it after the
+    queue, outside our prefix); read only, for queue-depth metrics."""
+    return queue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -15,6 +16,7 @@ from shared.locks import Lease
 from shared.pointers import PublishRefused
 from shared.services import Services
 from shared.storage import fsync_dir, fsync_tree
+from shared.versions import collect_versions
 from shared.vectorindex import KIND_FLAT, build_flat, verify_version, write_version
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,27 @@ def merge_segments(svc: Services, collection: str, segments: list[int], dim: int
             parts.append(np.asarray(vectors[rows], dtype=np.float32))
     stacked = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
     return records, stacked, sum(1 for s in latest.values() if s is not None)
+
+
+def document_type(record: dict) -> str:
+    """A document's type for status pages: metadata "type", else the extension of its source or id."""
+    meta = record.get("metadata") or {}
+    if isinstance(meta.get("type"), str) and meta["type"]:
+        return meta["type"][:32]
+    name = str(meta.get("source") or record["doc_id"])
+    ext = os.path.splitext(name)[1].lower()
+    return ext[:16] if ext else "none"
+
+
+def count_by_type(records: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    seen: set[str] = set()
+    for rec in records:
+        if rec["doc_id"] not in seen:
+            seen.add(rec["doc_id"])
+            kind = document_type(rec)
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 class _Step:
@@ -81,6 +104,10 @@ def run_rebuild(svc: Services, job_id: str) -> None:
         _build_and_publish(svc, job_id, collection, lease)
     finally:
         svc.locks.release(lease)
+    try:
+        collect_versions(svc, collection)
+    except Exception:  # collection is housekeeping: it must not turn a published rebuild into a failure
+        log.exception("event=versions.collect_failed collection=%s", collection)
 
 
 def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease) -> None:
@@ -129,7 +156,7 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
         pointer = {"version": lease.fence, "path": storage.relative(final), "vectors": manifest["vectors"],
                    "model": manifest["model"], "dim": manifest["dim"], "kind": manifest["kind"],
                    "built_at": manifest["built_at"], "documents": documents, "changes": changes,
-                   "checksum": manifest["checksum"]}
+                   "checksum": manifest["checksum"], "by_type": json.dumps(count_by_type(records))}
         result = {"version": lease.fence, "vectors": manifest["vectors"], "documents": documents,
                   "kind": manifest["kind"], "timings": dict(timings)}
         try:

@@ -55,6 +55,15 @@ class Settings:
     max_query_chars: int = 2_000
     events_max_len: int = 100_000
     sweep_stale_seconds: int = 300
+    # Server-sent events: a heartbeat comment keeps proxies from closing idle streams; a stream ends
+    # after sse_max_seconds (the client reconnects with Last-Event-ID and misses nothing); a write
+    # stuck on a slow client fails after sse_send_timeout_seconds; at most sse_max_streams per process.
+    sse_heartbeat_seconds: float = 15.0
+    sse_max_seconds: float = 300.0
+    sse_send_timeout_seconds: float = 30.0
+    sse_max_streams: int = 64
+    # Search results cached per served version (dropped on swap); 0 turns the cache off.
+    search_cache_size: int = 512
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:

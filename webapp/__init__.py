@@ -9,6 +9,7 @@ from flask import Flask
 
 from shared.settings import Settings, load_settings
 from webapp.extensions import Api, swapline
+from webapp.metrics import Metrics
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -26,9 +27,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     api = Api(app)
     swapline.init_app(app, settings)
+    Metrics().init_app(app, app.extensions["swapline"])
 
-    from webapp.routes import collections, health, jobs, search
+    from webapp.routes import collections, events, health, jobs, search, versions
 
-    for module in (health, collections, jobs, search):
+    for module in (health, collections, jobs, search, versions, events):
         api.register_blueprint(module.blp)
+    swapline.start(app)
     return app

@@ -53,7 +53,7 @@ class Runtime:
         self.celery = make_celery(settings)
         self.svc: Services = build_services(settings, lambda kind, job_id: enqueue(self.celery, kind, job_id),
                                             torch_threads=settings.api_torch_threads)
-        self.live = LiveIndexes()
+        self.live = LiveIndexes(settings.search_cache_size)
         self.watcher = IndexWatcher(self.svc, self.live, warm_embedder=settings.embedder == "minilm")
 
     def start(self) -> None:
@@ -68,9 +68,12 @@ class Swapline:
     """Binds a `Runtime` to an app; views reach it as `swapline.runtime`."""
 
     def init_app(self, app: Flask, settings: Settings) -> None:
-        runtime = Runtime(settings)
-        app.extensions["swapline"] = runtime
-        runtime.start()
+        app.extensions["swapline"] = Runtime(settings)
+
+    @staticmethod
+    def start(app: Flask) -> None:
+        """Start the index watcher once the app is fully set up (hooks such as metrics are in place)."""
+        app.extensions["swapline"].start()
 
     @property
     def runtime(self) -> Runtime:

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import redis
@@ -25,24 +26,56 @@ from shared.vectorindex import LoadedVersion
 log = logging.getLogger(__name__)
 
 
+class ResultCache:
+    """A small LRU of search results derived from one served version. It lives and dies with that
+    version's `Served` entry, so a swap drops every result computed from the old index."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key):
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key, value) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+
 @dataclass(frozen=True)
 class Served:
     fence: int
     version: LoadedVersion
+    cache: ResultCache
 
 
 class LiveIndexes:
     """Collection name -> the version this process serves. The mapping is replaced, never mutated,
     so a reader's `get` needs no lock; only the watcher writes, under `_write`."""
 
-    def __init__(self):
+    def __init__(self, cache_size: int = 0):
+        self.cache_size = cache_size
         self._current: dict[str, Served] = {}
         self._write = threading.Lock()
         self.swaps = 0
 
-    def get(self, name: str) -> LoadedVersion | None:
-        served = self._current.get(name)
-        return served.version if served else None
+    def get(self, name: str) -> Served | None:
+        """What this process serves for `name`: keep the reference for the whole query."""
+        return self._current.get(name)
 
     def fence(self, name: str) -> int:
         served = self._current.get(name)
@@ -50,12 +83,15 @@ class LiveIndexes:
 
     def swap(self, name: str, fence: int, version: LoadedVersion) -> None:
         with self._write:
-            self._current = {**self._current, name: Served(fence, version)}
+            self._current = {**self._current, name: Served(fence, version, ResultCache(self.cache_size))}
             self.swaps += 1
 
     def drop(self, name: str) -> None:
         with self._write:
             self._current = {k: v for k, v in self._current.items() if k != name}
+
+    def all(self) -> dict[str, Served]:
+        return self._current
 
     def served(self) -> dict[str, int]:
         return {name: s.version.version for name, s in self._current.items()}
@@ -74,6 +110,8 @@ class IndexWatcher(threading.Thread):
         self._stopping = threading.Event()
         self.last_sync: float = 0.0
         self.errors = 0
+        # Called with the load time of each swap, or None when a load failed (metrics hook).
+        self.on_load = lambda seconds: None
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
@@ -132,9 +170,11 @@ class IndexWatcher(threading.Thread):
             # Stay on the version we serve; the next poll tries again.
             log.exception("event=watcher.load_failed replica=%s collection=%s version=%s",
                           self.replica_id, name, pointer.get("version"))
+            self.on_load(None)
             return
         self.live.swap(name, pointer["fence"], version)
         seconds = time.perf_counter() - started
+        self.on_load(seconds)
         self.svc.redis.xadd(keys.events(), {
             "type": "index.swapped", "job_id": "", "collection": name, "kind": "", "state": "",
             "data": json.dumps({"version": pointer["version"], "replica": self.replica_id,

@@ -93,3 +93,53 @@ class SearchResultSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String()
     checks = fields.Dict()
+
+
+class StatusIndexSchema(IndexInfoSchema):
+    by_type = fields.Dict(keys=fields.String(), values=fields.Integer(),
+                          metadata={"description": "documents in the served index by type or file extension"})
+
+
+class RunningJobSchema(JobSchema):
+    progress = fields.Dict(metadata={"description": "stage, done, total, rate (items/s) and eta_seconds"})
+
+
+class LockSchema(Schema):
+    job_id = fields.String()
+    fence = fields.Integer()
+    expires_in_ms = fields.Integer()
+    since = fields.String(allow_none=True)
+
+
+class CollectionStatusSchema(CollectionSchema):
+    index = fields.Nested(StatusIndexSchema, allow_none=True)
+    last_rebuild_at = fields.Float(allow_none=True, metadata={"description": "epoch seconds of the last publish"})
+    documents_at_rebuild = fields.Integer(allow_none=True)
+    drift = fields.Integer(metadata={"description": "documents changed since the served index was built"})
+    running_job = fields.Nested(RunningJobSchema, allow_none=True)
+    pending_rebuild = fields.String(allow_none=True)
+    lock = fields.Nested(LockSchema, allow_none=True)
+    replicas = fields.Dict(keys=fields.String(), values=fields.Integer(allow_none=True),
+                           metadata={"description": "API process id -> version it serves"})
+    converged = fields.Boolean(metadata={"description": "every live API process serves the published version"})
+
+
+class VersionSchema(Schema):
+    version = fields.Integer()
+    vectors = fields.Integer(allow_none=True)
+    documents = fields.Integer(allow_none=True)
+    model = fields.String(allow_none=True)
+    kind = fields.String(allow_none=True)
+    built_at = fields.Float(allow_none=True)
+    published_at = fields.Float(allow_none=True)
+    current = fields.Boolean()
+    on_disk = fields.Boolean()
+    served_by = fields.Integer()
+
+
+class VersionListSchema(Schema):
+    versions = fields.List(fields.Nested(VersionSchema))
+
+
+class RollbackSchema(StrictSchema):
+    version = fields.Integer(required=True, validate=validate.Range(min=1))

@@ -29,13 +29,13 @@ redis.call('HSET', KEYS[1], 'fence', ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
 local collection = ptr['collection']
-redis.call('HSET', KEYS[5], 'last_rebuild_at', ARGV[5])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'type', 'index.published', 'job_id', job_id,
+  'collection', collection, 'kind', 'rebuild', 'state', '', 'data', ARGV[2])
 if job_id ~= '' then
+  redis.call('HSET', KEYS[5], 'last_rebuild_at', ARGV[5])
   redis.call('HSET', KEYS[3], 'state', 'succeeded', 'result', ARGV[4], 'finished_at', ARGV[5], 'stage', 'done')
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'type', 'job.succeeded', 'job_id', job_id,
     'collection', collection, 'kind', 'rebuild', 'state', 'succeeded', 'data', '{"result":' .. ARGV[4] .. '}')
 end
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'type', 'index.published', 'job_id', job_id,
-  'collection', collection, 'kind', 'rebuild', 'state', '', 'data', ARGV[2])
 redis.call('PUBLISH', ARGV[6], cjson.encode({collection = collection, version = ptr['version']}))
 return {1, ''}

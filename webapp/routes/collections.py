@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+from shared.jobs import iso_time
+from shared.status import collection_status
 from shared.submit import RebuildInProgress, request_rebuild, submit_documents
 from webapp.extensions import swapline
 from webapp.routes.common import job_location, require_collection
-from webapp.schemas import CollectionCreateSchema, CollectionSchema, DocumentBatchSchema, ErrorSchema, JobSchema
+from webapp.schemas import (
+    CollectionCreateSchema,
+    CollectionSchema,
+    CollectionStatusSchema,
+    DocumentBatchSchema,
+    ErrorSchema,
+    JobSchema,
+)
 
 blp = Blueprint("collections", __name__, url_prefix="/v1/collections", description="Collections and documents")
 
 
 def collection_view(name: str) -> dict:
-    svc = swapline.runtime.svc
-    info = svc.collections.info(name)
-    pointer = svc.pointers.get(name)
-    index = None
-    if pointer:
-        index = {"version": pointer["version"], "vectors": pointer["vectors"], "kind": pointer.get("kind"),
-                 "model": pointer.get("model"), "dim": pointer.get("dim"),
-                 "built_at": datetime.fromtimestamp(pointer["built_at"], UTC).isoformat().replace("+00:00", "Z")}
-    return {"name": name, "documents": info["documents"], "chunks": info["chunks"], "index": index}
+    """The collection's status with times as ISO 8601; each response schema picks its fields."""
+    status = collection_status(swapline.runtime.svc, name)
+    if status["index"]:
+        status["index"]["built_at"] = iso_time(status["index"]["built_at"])
+    return status
 
 
 @blp.route("")
@@ -41,10 +44,11 @@ class Collections(MethodView):
 
 @blp.route("/<string:name>")
 class Collection(MethodView):
-    @blp.response(200, CollectionSchema)
+    @blp.response(200, CollectionStatusSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
     def get(self, name):
-        """A collection: its counts and the index version it serves."""
+        """A collection's status: counts, the index version it serves, drift since that build, the
+        running job with its ETA, the rebuild lock, and the version each API process serves."""
         require_collection(name)
         return collection_view(name)
 

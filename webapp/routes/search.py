@@ -28,9 +28,14 @@ class Search(MethodView):
         if len(body["query"]) > settings.max_query_chars:
             abort(422, message=f"query must be at most {settings.max_query_chars} characters",
                   errors={"query": [f"at most {settings.max_query_chars} characters"]})
-        live = rt.live.get(name)  # one reference: a swap after this line does not affect this query
-        if live is None:
-            return {"index_version": None, "hits": []}, 200, {"X-Index-Version": ""}
+        served = rt.live.get(name)  # one reference: a swap after this line does not affect this query
+        if served is None:
+            return {"index_version": None, "hits": []}, 200, {"X-Index-Version": "", "X-Cache": "miss"}
+        live = served.version
+        key = (body["query"], body["k"])
+        cached = served.cache.get(key)
+        if cached is not None:
+            return cached, 200, {"X-Index-Version": str(live.version), "X-Cache": "hit"}
         embedder = rt.svc.embedder
         if live.manifest["model"] != embedder.model_id:
             abort(409, code="model_mismatch",
@@ -40,4 +45,6 @@ class Search(MethodView):
         hits = [{"doc_id": h.record["doc_id"], "chunk_id": h.record["chunk_id"], "score": h.score,
                  "text": h.record["text"], "heading_path": h.record.get("heading_path", []),
                  "metadata": h.record.get("metadata", {})} for h in live.search(query, body["k"])]
-        return {"index_version": live.version, "hits": hits}, 200, {"X-Index-Version": str(live.version)}
+        result = {"index_version": live.version, "hits": hits}
+        served.cache.put(key, result)
+        return result, 200, {"X-Index-Version": str(live.version), "X-Cache": "miss"}

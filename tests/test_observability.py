@@ -1,0 +1,221 @@
+"""Events over SSE, collection status, versions and rollback, the search cache and /metrics, on the
+session's redis-server with real worker and API processes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from tests.support import wait_for, wait_job
+
+pytestmark = pytest.mark.integration
+
+
+def create(base, name="docs"):
+    assert requests.post(f"{base}/v1/collections", json={"name": name}).status_code == 201
+
+
+def ingest(base, docs, name="docs", rebuild=True):
+    resp = requests.post(f"{base}/v1/collections/{name}/documents", json={"documents": docs, "rebuild": rebuild})
+    assert resp.status_code == 202, resp.text
+    return resp.json()
+
+
+def ingest_and_rebuild(base, docs, name="docs"):
+    job = wait_job(base, ingest(base, docs, name)["id"])
+    assert job["state"] == "succeeded", job
+    rebuild = wait_job(base, job["result"]["rebuild_job_id"])
+    assert rebuild["state"] == "succeeded", rebuild
+    return rebuild
+
+
+def corpus(n, offset=0, tag="alpha"):
+    return [{"id": f"doc-{i}", "text": f"# Section {i % 9}\nThe {tag} document {i} talks about item{i}.",
+             "metadata": {"source": f"notes/doc-{i}.md"}} for i in range(offset, offset + n)]
+
+
+def search(base, query, name="docs"):
+    return requests.post(f"{base}/v1/collections/{name}/search", json={"query": query, "k": 3})
+
+
+class SSEReader:
+    """Reads SSE frames from a streaming response, one event (dict) at a time."""
+
+    def __init__(self, resp):
+        self.resp = resp
+        self.lines = resp.iter_lines(decode_unicode=True)
+
+    def next_event(self):
+        frame = {}
+        for line in self.lines:
+            if line == "":
+                if "data" in frame and frame.get("event") != "gap":
+                    return frame
+                frame = {}
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(": ")
+            frame[field] = value
+        return None
+
+
+def test_sse_resume_with_last_event_id_misses_nothing(settings, procs, rclient):
+    slow = settings.with_(build_step=16, build_step_delay=0.03, progress_every=16, sse_heartbeat_seconds=0.5)
+    base = procs.api(slow)
+    procs.worker(slow)
+    create(base)
+    stream = requests.get(f"{base}/v1/events", params={"collection": "docs"}, stream=True, timeout=30)
+    assert stream.status_code == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
+    reader = SSEReader(stream)
+    job = ingest(base, corpus(400))
+
+    seen = []
+    # Read until the rebuild's build stage is under way, then drop the connection mid-rebuild.
+    while True:
+        event = reader.next_event()
+        assert event is not None
+        seen.append(event)
+        data = json.loads(event["data"])
+        if event["event"] == "job.progress" and data["kind"] == "rebuild" and data["data"]["stage"] == "build" \
+                and data["data"]["done"] > 0:
+            break
+    stream.close()
+    last_id = seen[-1]["id"]
+
+    resumed = requests.get(f"{base}/v1/events", params={"collection": "docs"},
+                           headers={"Last-Event-ID": last_id}, stream=True, timeout=30)
+    reader = SSEReader(resumed)
+    rebuild_id = wait_job(base, job["id"])["result"]["rebuild_job_id"]
+    while True:
+        event = reader.next_event()
+        assert event is not None
+        seen.append(event)
+        if event["event"] == "job.succeeded" and json.loads(event["data"])["job_id"] == rebuild_id:
+            break
+    resumed.close()
+
+    ids = [e["id"] for e in seen]
+    assert len(ids) == len(set(ids)), "an event was delivered twice"
+    stored = [entry_id for entry_id, fields in rclient.xrange("swapline:events", min=ids[0], max=ids[-1])
+              if fields["collection"] == "docs"]
+    assert ids == stored, "the resumed stream skipped or reordered events"
+    types = {e["event"] for e in seen}
+    assert {"job.started", "job.progress", "job.succeeded", "index.published"} <= types
+
+
+def test_status_tracks_ingest_rebuild_drift_and_replicas(settings, procs):
+    base = procs.api(settings)
+    procs.worker(settings)
+    create(base)
+    status = requests.get(f"{base}/v1/collections/docs").json()
+    assert status["index"] is None and status["drift"] == 0 and status["running_job"] is None
+
+    first = ingest_and_rebuild(base, corpus(30))
+    v1 = first["result"]["version"]
+    status = wait_for(lambda: (s := requests.get(f"{base}/v1/collections/docs").json())["converged"] and s,
+                      message="replicas to converge on v1")
+    assert status["documents"] == 30 and status["documents_at_rebuild"] == 30 and status["drift"] == 0
+    assert status["index"]["version"] == v1 and status["index"]["by_type"] == {".md": 30}
+    assert status["last_rebuild_at"] and status["lock"] is None and list(status["replicas"].values()) == [v1]
+
+    # More ingest without a rebuild: the served index drifts behind the documents.
+    wait_job(base, ingest(base, corpus(5, offset=30) + corpus(2, tag="beta"), rebuild=False)["id"])
+    status = requests.get(f"{base}/v1/collections/docs").json()
+    assert status["documents"] == 35 and status["documents_at_rebuild"] == 30 and status["drift"] == 7
+
+    rebuild = requests.post(f"{base}/v1/collections/docs/rebuild").json()
+    assert wait_job(base, rebuild["id"])["state"] == "succeeded"
+    status = wait_for(lambda: (s := requests.get(f"{base}/v1/collections/docs").json())["converged"] and s,
+                      message="replicas to converge on v2")
+    assert status["drift"] == 0 and status["documents_at_rebuild"] == 35 and status["index"]["version"] > v1
+
+
+def test_status_shows_running_job_with_eta_and_lock(settings, procs):
+    slow = settings.with_(build_step=8, build_step_delay=0.05)
+    base = procs.api(slow)
+    procs.worker(slow)
+    create(base)
+    job = wait_job(base, ingest(base, corpus(300), rebuild=False)["id"])
+    assert job["state"] == "succeeded"
+    rebuild = requests.post(f"{base}/v1/collections/docs/rebuild").json()
+
+    def building():
+        s = requests.get(f"{base}/v1/collections/docs").json()
+        running = s["running_job"]
+        if running and running["progress"]["stage"] == "build" and running["progress"]["eta_seconds"]:
+            return s
+    status = wait_for(building, message="a running rebuild with an ETA")
+    assert status["running_job"]["id"] == rebuild["id"] and status["lock"]["job_id"] == rebuild["id"]
+    assert status["lock"]["since"] and status["running_job"]["progress"]["total"] == 300
+    assert wait_job(base, rebuild["id"])["state"] == "succeeded"
+
+
+def test_rollback_swaps_every_api_process_back(settings, procs):
+    base1 = procs.api(settings, name="api1")
+    base2 = procs.api(settings, name="api2")
+    procs.worker(settings)
+    create(base1)
+    v1 = ingest_and_rebuild(base1, corpus(10, tag="alpha"))["result"]["version"]
+    v2 = ingest_and_rebuild(base1, corpus(10, tag="omega"))["result"]["version"]
+    for base in (base1, base2):
+        wait_for(lambda b=base: search(b, "omega document").json()["index_version"] == v2)
+    versions = requests.get(f"{base1}/v1/collections/docs/versions").json()["versions"]
+    assert [v["version"] for v in versions] == [v2, v1] and versions[0]["current"] and versions[1]["on_disk"]
+
+    resp = requests.post(f"{base1}/v1/collections/docs/rollback", json={"version": v1})
+    assert resp.status_code == 200, resp.text
+    for base in (base1, base2):
+        wait_for(lambda b=base: search(b, "omega document").json()["index_version"] == v1,
+                 message=f"{base} to serve v{v1} again")
+        top = search(base, "alpha document item3").json()["hits"][0]
+        assert "alpha" in top["text"]
+    assert requests.post(f"{base1}/v1/collections/docs/rollback", json={"version": v1}).status_code == 409
+    assert requests.post(f"{base1}/v1/collections/docs/rollback", json={"version": 999}).status_code == 404
+    current = requests.get(f"{base2}/v1/collections/docs").json()
+    assert current["index"]["version"] == v1
+
+
+def test_search_cache_is_dropped_on_swap(settings, procs):
+    base = procs.api(settings)
+    procs.worker(settings)
+    create(base)
+    v1 = ingest_and_rebuild(base, corpus(10))["result"]["version"]
+    wait_for(lambda: search(base, "item4").json()["index_version"] == v1)
+    again = search(base, "item4")
+    assert again.headers["X-Cache"] == "hit" and again.json()["index_version"] == v1
+    v2 = ingest_and_rebuild(base, [{"id": "doc-4", "text": "Replaced text about item4 and lemons."}])["result"]["version"]
+    fresh = wait_for(lambda: (r := search(base, "item4")).json()["index_version"] == v2 and r)
+    assert fresh.headers["X-Cache"] == "miss" and fresh.json()["hits"][0]["text"].startswith("Replaced")
+
+
+def test_metrics_expose_the_named_series(settings, procs):
+    base = procs.api(settings)
+    procs.worker(settings)
+    create(base)
+    version = ingest_and_rebuild(base, corpus(12))["result"]["version"]
+    wait_for(lambda: search(base, "item1").json()["index_version"] == version)
+    text = requests.get(f"{base}/metrics").text
+    for series in ('swapline_http_request_seconds_count{method="POST",route="/v1/collections/<string:name>/search",status="200"}',
+                   'swapline_search_seconds_count{cache="miss",collection="docs"}',
+                   'swapline_jobs{kind="ingest",state="succeeded"} 1.0',
+                   'swapline_jobs{kind="rebuild",state="succeeded"} 1.0',
+                   'swapline_queue_jobs{queue="ingest"} 0.0', 'swapline_queue_messages{queue="index"}',
+                   f'swapline_index_version{{collection="docs"}} {float(version)}',
+                   'swapline_index_vectors{collection="docs"} 12.0', "swapline_swaps ",
+                   "swapline_index_load_seconds_count 1.0", "swapline_embed_rate "):
+        assert series in text, series
+
+
+def test_old_versions_are_collected_but_never_while_served(settings, procs, rclient):
+    keep2 = settings.with_(versions_keep=2)
+    base = procs.api(keep2)
+    procs.worker(keep2)
+    create(base)
+    versions = [ingest_and_rebuild(base, corpus(3, tag=f"t{i}"))["result"]["version"] for i in range(4)]
+    index_dir = keep2.data_dir / "indexes" / "docs"
+    on_disk = lambda: sorted(int(p.name[1:]) for p in index_dir.iterdir() if p.name.startswith("v"))  # noqa: E731
+    wait_for(lambda: on_disk() == versions[-2:], message="versions beyond the last 2 to be collected")
+    assert requests.get(f"{base}/v1/collections/docs/versions").json()["versions"][0]["version"] == versions[-1]
