@@ -7,21 +7,9 @@ import time
 
 from shared import keys
 from shared.jobs import RUNNING, iso_time
+from shared.replicas import replica_versions
 from shared.services import Services
-
-
-def replica_versions(svc: Services) -> dict[str, dict[str, int]]:
-    """replica id -> {collection: version served}, for API processes whose heartbeat is fresh."""
-    cutoff = time.time() - svc.settings.replica_ttl_seconds
-    ids = svc.redis.zrangebyscore(keys.replicas(), cutoff, "+inf")
-    pipe = svc.redis.pipeline(transaction=False)
-    for replica_id in ids:
-        pipe.hgetall(keys.replica(replica_id))
-    out = {}
-    for replica_id, served in zip(ids, pipe.execute(), strict=True):
-        if served:
-            out[replica_id] = {name: int(v) for name, v in served.items() if not name.startswith("_")}
-    return out
+from shared.versions import list_versions
 
 
 def running_job(svc: Services, name: str) -> dict | None:
@@ -70,3 +58,43 @@ def collection_status(svc: Services, name: str) -> dict:
         "replicas": served,
         "converged": bool(pointer) and bool(served) and all(v == pointer["version"] for v in served.values()),
     }
+
+
+def last_job_of_kind(svc: Services, name: str, kind: str, scan: int = 50) -> dict | None:
+    ids = svc.redis.zrevrange(keys.collection_jobs(name), 0, scan - 1)
+    pipe = svc.redis.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hgetall(keys.job(job_id))
+    for raw in pipe.execute() if ids else []:
+        if raw.get("kind") == kind:
+            return svc.jobs.public(raw)
+    return None
+
+
+def badge(status: dict, last_rebuild: dict | None) -> str:
+    """idle / rebuilding / succeeded / failed, for the admin page."""
+    if status["lock"] or (status["running_job"] and status["running_job"]["kind"] == "rebuild") \
+            or status["pending_rebuild"]:
+        return "rebuilding"
+    if last_rebuild and last_rebuild["state"] in ("succeeded", "failed"):
+        return last_rebuild["state"]
+    return "idle"
+
+
+def recent_jobs(svc: Services, count: int = 15) -> list[dict]:
+    ids = svc.redis.zrevrange(keys.jobs(), 0, count - 1)
+    pipe = svc.redis.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hgetall(keys.job(job_id))
+    return [svc.jobs.public(raw) for raw in (pipe.execute() if ids else []) if raw]
+
+
+def overview(svc: Services) -> dict:
+    """Everything the admin page shows, in one read."""
+    collections = []
+    for name in svc.collections.names():
+        status = collection_status(svc, name)
+        last_rebuild = last_job_of_kind(svc, name, "rebuild")
+        collections.append({**status, "badge": badge(status, last_rebuild), "last_rebuild_job": last_rebuild,
+                            "versions": list_versions(svc, name)})
+    return {"collections": collections, "jobs": recent_jobs(svc), "replicas": replica_versions(svc)}

@@ -10,7 +10,7 @@ import uuid
 
 from shared.pointers import PublishRefused
 from shared.services import Services
-from shared.status import replica_versions
+from shared.replicas import replica_versions
 from shared.vectorindex import VerifyFailed, verify_version
 
 log = logging.getLogger(__name__)

@@ -29,9 +29,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     swapline.init_app(app, settings)
     Metrics().init_app(app, app.extensions["swapline"])
 
-    from webapp.routes import collections, events, health, jobs, search, versions
+    from webapp.routes import admin, collections, events, health, jobs, search, versions
 
     for module in (health, collections, jobs, search, versions, events):
         api.register_blueprint(module.blp)
+    app.register_blueprint(admin.blp)  # HTML, not part of the OpenAPI document
     swapline.start(app)
     return app

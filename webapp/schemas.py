@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 COLLECTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
@@ -19,9 +19,16 @@ class ErrorSchema(Schema):
     job_id = fields.String(metadata={"description": "the job in the way (409 on rebuild)"})
 
 
+def _no_line_break(value: str) -> None:
+    # `$` in the documented pattern also matches before a trailing newline; storage refuses those names.
+    if "\n" in value or "\r" in value:
+        raise ValidationError("must not contain line breaks")
+
+
 class CollectionCreateSchema(StrictSchema):
-    name = fields.String(required=True, validate=validate.Regexp(
-        COLLECTION_NAME_PATTERN, error="must match ^[a-z0-9][a-z0-9_-]{{0,63}}$: lowercase letters, digits, _ and -"))
+    name = fields.String(required=True, validate=[validate.Regexp(
+        COLLECTION_NAME_PATTERN, error="must match ^[a-z0-9][a-z0-9_-]{{0,63}}$: lowercase letters, digits, _ and -"),
+        _no_line_break])
 
 
 class IndexInfoSchema(Schema):
