@@ -1,5 +1,6 @@
 -- Move a job from one of the allowed states to a new one, once, and record the event.
--- KEYS[1] job hash, KEYS[2] events stream, KEYS[3..] the queued sets of every queue (the job is in one)
+-- KEYS[1] job hash, KEYS[2] events stream, KEYS[3] running set, KEYS[4..] the queued sets of every
+-- queue (the job is in one)
 -- ARGV[1] new state, ARGV[2] allowed current states (space separated), ARGV[3] event type,
 -- ARGV[4] events stream max length, ARGV[5] event data (JSON), ARGV[6..] field/value pairs to set.
 -- Returns {1, previous_state} when it moved the job, {0, current_state or ''} when it refused.
@@ -19,8 +20,13 @@ for i = 6, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 local id = redis.call('HGET', KEYS[1], 'id')
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   redis.call('SREM', KEYS[i], id)
+end
+if ARGV[1] == 'running' then
+  redis.call('SADD', KEYS[3], id)
+else
+  redis.call('SREM', KEYS[3], id)
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
   'type', ARGV[3], 'job_id', id,
