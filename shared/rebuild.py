@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 
+import faiss
 import numpy as np
 
 from shared.errors import JobCanceled, JobInputError, LockBusy
@@ -17,7 +18,15 @@ from shared.pointers import PublishRefused
 from shared.services import Services
 from shared.storage import fsync_dir, fsync_tree
 from shared.versions import collect_versions
-from shared.vectorindex import KIND_FLAT, build_flat, verify_version, write_version
+from shared.vectorindex import (
+    KIND_FLAT,
+    KIND_IVF,
+    build_flat,
+    build_ivf,
+    measure_recall,
+    verify_version,
+    write_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +136,21 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     lap("merge")
 
     step = _Step(svc, job_id, lease, len(records))
-    index = build_flat(vectors, svc.settings.build_step, step)
+    approximate = len(records) >= svc.settings.approx_threshold
+    if approximate:
+        index = build_ivf(vectors, svc.settings.build_step, step, svc.settings.ivf_nprobe)
+    else:
+        index = build_flat(vectors, svc.settings.build_step, step)
     if not len(records):
         step(0)  # an empty collection still checks cancel and lease once
     step.progress.finish()
     lap("build")
+    quality = {}
+    if approximate:
+        svc.jobs.progress(job_id, "measure", 0, 1)
+        quality = {"nprobe": faiss.extract_index_ivf(index).nprobe, "nlist": faiss.extract_index_ivf(index).nlist,
+                   "recall_at_10": round(measure_recall(index, vectors), 4)}
+        lap("measure")
 
     storage = svc.storage
     parent = storage.indexes_dir(collection)
@@ -142,7 +161,8 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     try:
         svc.jobs.progress(job_id, "write", 0, 1)
         manifest = write_version(tmp, index, records, {
-            "collection": collection, "version": lease.fence, "model": embedder.model_id, "kind": KIND_FLAT,
+            "collection": collection, "version": lease.fence, "model": embedder.model_id,
+            "kind": KIND_IVF if approximate else KIND_FLAT, **quality,
             "documents": documents, "segments": segments, "built_at": time.time(), "job_id": job_id})
         fsync_tree(tmp)
         lap("write")
@@ -158,7 +178,7 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
                    "built_at": manifest["built_at"], "documents": documents, "changes": changes,
                    "checksum": manifest["checksum"], "by_type": json.dumps(count_by_type(records))}
         result = {"version": lease.fence, "vectors": manifest["vectors"], "documents": documents,
-                  "kind": manifest["kind"], "timings": dict(timings)}
+                  "kind": manifest["kind"], **quality, "timings": dict(timings)}
         try:
             svc.pointers.publish(collection, lease.fence, pointer, job_id, result)
         except PublishRefused as refused:
@@ -166,6 +186,9 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
                 raise JobCanceled(job_id) from refused
             raise
         published = True
+        # The job's result (with the timings above) was written by the publish script itself, atomically
+        # with the pointer; the publish step's own duration is only in this log line.
+        lap("publish")
         log.info("event=rebuild.published job=%s collection=%s version=%s vectors=%s timings=%s",
                  job_id, collection, lease.fence, manifest["vectors"], timings)
     finally:

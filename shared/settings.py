@@ -34,6 +34,10 @@ class Settings:
     build_step: int = 4096
     # Seconds to pause between build steps. 0 in production; demos and tests raise it to watch a build.
     build_step_delay: float = 0.0
+    # At or above this many vectors a rebuild builds an approximate IVF index (recall@10 against exact
+    # search is measured and kept in the manifest); below it, exact search is fast enough.
+    approx_threshold: int = 200_000
+    ivf_nprobe: int = 32
     lock_ttl_seconds: int = 60
     rebuild_retry_seconds: float = 2.0
     task_soft_time_limit: int = 3300

@@ -19,6 +19,7 @@ import numpy as np
 
 INDEX_FILE, CHUNKS_FILE, OFFSETS_FILE, MANIFEST_FILE = "index.faiss", "chunks.jsonl", "offsets.npy", "manifest.json"
 KIND_FLAT = "flat-ip"
+KIND_IVF = "ivf-flat-ip"
 
 
 class VerifyFailed(RuntimeError):
@@ -33,16 +34,57 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_flat(vectors: np.ndarray, step: int, between_steps: Callable[[int], None]) -> faiss.Index:
-    """An exact inner-product index over (already normalized) vectors, added `step` rows at a time;
-    `between_steps(done)` runs after each step (progress, cancel and lease checks)."""
-    dim = vectors.shape[1]
-    index = faiss.IndexFlatIP(dim)
+def _add_in_steps(index: faiss.Index, vectors: np.ndarray, step: int, between_steps: Callable[[int], None]) -> None:
     total = len(vectors)
     for start in range(0, total, step):
         index.add(np.ascontiguousarray(vectors[start:start + step], dtype=np.float32))
         between_steps(min(start + step, total))
+
+
+def build_flat(vectors: np.ndarray, step: int, between_steps: Callable[[int], None]) -> faiss.Index:
+    """An exact inner-product index over (already normalized) vectors, added `step` rows at a time;
+    `between_steps(done)` runs after each step (progress, cancel and lease checks)."""
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    _add_in_steps(index, vectors, step, between_steps)
     return index
+
+
+def ivf_lists(n: int) -> int:
+    """About 4 * sqrt(n) inverted lists (4096 at 1M vectors), with at least 39 training points each."""
+    return int(max(16, min(65536, 4 * np.sqrt(n), n // 39)))
+
+
+def build_ivf(vectors: np.ndarray, step: int, between_steps: Callable[[int], None], nprobe: int,
+              seed: int = 1234) -> faiss.Index:
+    """An approximate inner-product IVF index for large collections: k-means on a sample (about 64
+    points per list), then vectors added in steps like the exact build."""
+    n, dim = vectors.shape
+    nlist = ivf_lists(n)
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    sample = vectors[np.sort(rng.choice(n, size=min(n, nlist * 64), replace=False))]
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    index.nprobe = min(nprobe, nlist)
+    between_steps(0)
+    _add_in_steps(index, vectors, step, between_steps)
+    return index
+
+
+def measure_recall(index: faiss.Index, vectors: np.ndarray, k: int = 10, queries: int = 200, seed: int = 99) -> float:
+    """recall@k of `index` against exact search, for queries drawn from the indexed vectors."""
+    n = len(vectors)
+    if n == 0:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    q = np.ascontiguousarray(vectors[rng.choice(n, size=min(queries, n), replace=False)], dtype=np.float32)
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    k = min(k, n)
+    _, truth = exact.search(q, k)
+    _, got = index.search(q, k)
+    hits = sum(len(set(t) & set(g)) for t, g in zip(truth, got, strict=True))
+    return hits / (len(q) * k)
 
 
 def write_version(directory: Path, index: faiss.Index, records: list[dict], manifest: dict) -> dict:
@@ -88,7 +130,12 @@ class LoadedVersion:
         self.directory = directory
         self.version = version
         self.manifest = json.loads((directory / MANIFEST_FILE).read_text())
-        self.index = faiss.read_index(str(directory / INDEX_FILE))
+        if self.manifest.get("kind") == KIND_IVF:
+            # Memory-mapped: loads in milliseconds whatever the size; warm() faults pages in before the swap.
+            self.index = faiss.read_index(str(directory / INDEX_FILE), faiss.IO_FLAG_MMAP)
+            faiss.extract_index_ivf(self.index).nprobe = int(self.manifest.get("nprobe", 32))
+        else:
+            self.index = faiss.read_index(str(directory / INDEX_FILE))
         self.offsets = np.load(directory / OFFSETS_FILE)
         self._fd = os.open(directory / CHUNKS_FILE, os.O_RDONLY)
         self.load_seconds = time.perf_counter() - started
@@ -113,7 +160,12 @@ class LoadedVersion:
                                         min(k, self.index.ntotal))
         return [Hit(float(s), self.record(int(i))) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
 
-    def warm(self) -> None:
-        """One search touches the index's pages before any request does."""
-        if self.index.ntotal:
-            self.search(np.zeros(self.index.d, dtype=np.float32), 1)
+    def warm(self, searches: int = 16) -> None:
+        """Searches touch the index's pages before any request does (a memory-mapped IVF index
+        faults its lists in on first use)."""
+        if not self.index.ntotal:
+            return
+        rng = np.random.default_rng(0)
+        for _ in range(searches if self.manifest.get("kind") == KIND_IVF else 1):
+            q = rng.standard_normal(self.index.d).astype(np.float32)
+            self.index.search((q / np.linalg.norm(q)).reshape(1, -1), 10)

@@ -262,3 +262,25 @@ def test_ingest_into_missing_collection_is_an_input_error(env):
     with pytest.raises(JobInputError):
         run_ingest(env.svc, job["id"])
     assert env.svc.collections.segments("nope") == []
+
+
+def test_large_collection_gets_an_approximate_index_with_measured_recall(redis_url, rclient, tmp_path):
+    enqueued: list[tuple[str, str]] = []
+    settings = Settings(embedder="hash", data_dir=tmp_path, redis_url=redis_url, approx_threshold=500, ivf_nprobe=8)
+    svc = build_services(settings, enqueue=lambda kind, job_id: enqueued.append((kind, job_id)), torch_threads=1,
+                         client=rclient)
+    svc.collections.create("big")
+    docs = [{"id": f"d{i}", "text": f"# Area {i % 17}\nNote {i} covers subject{i % 101} and detail{i}."}
+            for i in range(800)]
+    job = submit_documents(svc, "big", docs, rebuild=True)
+    run_ingest(svc, job["id"])
+    rebuild_id = svc.jobs.get(job["id"])["result"]["rebuild_job_id"]
+    run_rebuild(svc, rebuild_id)
+    result = svc.jobs.get(rebuild_id)["result"]
+    assert result["kind"] == "ivf-flat-ip" and result["nprobe"] == 8 and result["nlist"] >= 16
+    assert 0.5 <= result["recall_at_10"] <= 1.0 and "measure" in result["timings"]
+    pointer = svc.pointers.get("big")
+    loaded = LoadedVersion(svc.storage.resolve_relative(pointer["path"]), pointer["version"])
+    assert pointer["kind"] == "ivf-flat-ip" and loaded.vectors == 800
+    query = svc.embedder.embed(["Note 123 covers subject22 and detail123."])[0]
+    assert loaded.search(query, 3)[0].record["doc_id"] == "d123"
