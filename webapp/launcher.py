@@ -1,10 +1,10 @@
 """`make run`: the whole stack on one machine, owned by one command.
 
 Redis (SWAPLINE_REDIS_URL, or an embedded redis-server with its data under ./var/redis), one Celery
-worker for the ingest and index queues, the API under gunicorn and Flower run as child processes with
-prefixed, colored output. On first start the sample collection `keps` is loaded over the REST API; the
-URLs are printed once it is searchable. Ctrl-C stops everything, Redis last; a child that dies stops the
-stack and the launcher exits 1.
+worker for the ingest and index queues, Celery beat (the sweeper's clock), the API under gunicorn and
+Flower run as child processes with prefixed, colored output. On first start the sample collection
+`keps` is loaded over the REST API; the URLs are printed once it is searchable. Ctrl-C stops everything,
+Redis last; a child that dies stops the stack and the launcher exits 1.
 
 Launcher-only options are flags or `SWAPLINE_*` variables listed in LAUNCHER_ENV (they are not Swapline
 settings: the API and workers never read them).
@@ -45,7 +45,7 @@ LAUNCHER_ENV: dict[str, tuple[str, str]] = {
     "SWAPLINE_SAMPLE": ("1", "load the sample collection `keps` on first start (0 to skip)"),
     "SWAPLINE_SAMPLE_LIMIT": ("", "load only the first N sample files (empty: all)"),
 }
-STOP_ORDER = (("api", "flower", "worker"), ("redis",))
+STOP_ORDER = (("api", "flower", "beat", "worker"), ("redis",))
 # The worker's warm shutdown finishes its task; past the grace a cold shutdown returns it to the queue
 # (late acks), and the job resumes on the next start.
 WORKER_STOP = ((signal.SIGTERM, 15.0), (signal.SIGQUIT, 5.0))
@@ -131,6 +131,8 @@ def stack_commands(opts: Options, python: str = sys.executable) -> dict[str, lis
                 "--workers", str(opts.api_workers), "--worker-class", "gthread", "--threads", str(opts.api_threads),
                 "--timeout", "120", "--graceful-timeout", "10", "webapp:create_app()"],
         "flower": celery + ["flower", f"--address={opts.host}", f"--port={opts.flower_port}"],
+        # Sends the periodic sweep (lost and stale jobs); its schedule file lives with the launcher's data.
+        "beat": celery + ["beat", "--loglevel", "INFO", "--schedule", str(opts.var_dir / "celerybeat-schedule")],
     }
 
 
@@ -275,6 +277,7 @@ class Launcher:
         env = child_env(settings, self.environ)
         self.sup.start("worker", commands["worker"], env, stop_steps=WORKER_STOP)
         self.sup.start("api", commands["api"], env)
+        self.sup.start("beat", commands["beat"], env)
         # Flower's API answers without auth only here, on the local default; compose sets basic auth.
         self.sup.start("flower", commands["flower"], child_env(settings, self.environ, FLOWER_UNAUTHENTICATED_API="true"))
         self.loader = threading.Thread(target=self._prepare, args=(settings, redis_desc), name="sample", daemon=True)

@@ -21,8 +21,9 @@ from webapp.progress import ProgressBar
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_corpus"
 COLLECTION = "keps"
 EXAMPLE_QUERY = "how does the scheduler decide which node a pod runs on"
-# A few KEPs, about 60 chunks: a few seconds of MiniLM on two cores, so the demo is searchable early.
-FIRST_BATCH_BYTES = 48 * 1024
+# One or two KEPs, a few dozen chunks: seconds of MiniLM on two cores, so the demo is searchable early.
+FIRST_BATCH_BYTES = 20 * 1024
+FIRST_SIG = "sig-scheduling"
 BATCH_DOCS = 20
 
 
@@ -35,13 +36,16 @@ def sample_documents(limit: int | None = None) -> list[dict]:
 
 
 def split_first(docs: list[dict], first_bytes: int = FIRST_BATCH_BYTES) -> tuple[list[dict], list[dict]]:
-    """A first batch of at least one document and about `first_bytes`, and the rest."""
-    size = 0
-    for i, doc in enumerate(docs):
-        size += doc_bytes(doc)
-        if size > first_bytes and i > 0:
-            return docs[:i], docs[i:]
-    return docs, []
+    """A first batch of about `first_bytes` (at least one document) and the rest. KEPs of the SIG the
+    example query is about go first, so the first answers a newcomer sees are on topic."""
+    ranked = sorted(range(len(docs)), key=lambda i: docs[i]["metadata"].get("sig") != FIRST_SIG)
+    taken, size = set(), 0
+    for i in ranked:
+        size += doc_bytes(docs[i])
+        if taken and size > first_bytes:
+            break
+        taken.add(i)
+    return [docs[i] for i in sorted(taken)], [d for i, d in enumerate(docs) if i not in taken]
 
 
 def _wait(predicate: Callable[[], object], stop: threading.Event, timeout: float, what: str, poll: float = 0.5):
