@@ -14,6 +14,8 @@ import requests
 
 from tests.support import BIN, free_port, wait_for
 from webapp.batching import InputError, doc_bytes, find_files, make_batches, read_documents
+from webapp.client import ApiError
+from webapp.follow import IngestRun
 
 PROGRESS = re.compile(r"^ingest \[[#-]+\] (\d+)/(\d+) docs +\d+% [\d.]+ docs/s ETA [\d:?]+", re.M)
 
@@ -210,3 +212,31 @@ def test_a_failing_job_makes_ingest_exit_nonzero(settings, procs, corpus, tmp_pa
     assert "Traceback" not in result.stderr
     job = requests.get(f"{base}/v1/jobs/{match.group(1)}", timeout=5).json()
     assert job["state"] == "failed"
+
+
+class _QueueFullOnce:
+    """Stands in for the HTTP client in a unit test of IngestRun's back-pressure handling only."""
+
+    def __init__(self):
+        self.refused = 0
+        self.jobs: dict[str, dict] = {}
+
+    def submit(self, collection, documents, rebuild):
+        if not self.refused:
+            self.refused += 1
+            raise ApiError(503, "queue_full", "the ingest queue is full", retry_after=0.05)
+        job_id = f"{len(self.jobs):032x}"
+        self.jobs[job_id] = {"id": job_id, "kind": "ingest", "state": "succeeded",
+                             "result": {"chunks": len(documents), "embedded": len(documents)}}
+        return dict(self.jobs[job_id], state="queued")
+
+    def job(self, job_id):
+        return self.jobs[job_id]
+
+
+def test_ingest_waits_out_a_full_queue_instead_of_failing():
+    client = _QueueFullOnce()
+    docs = [{"id": f"d{i}", "text": "x", "metadata": {}} for i in range(5)]
+    summary = IngestRun(client, "docs", make_batches(docs, max_docs=2), len(docs), rebuild=False, poll=0.01).run()
+    assert client.refused == 1 and len(client.jobs) == 3
+    assert (summary.documents, summary.jobs, summary.chunks) == (5, 3, 5)

@@ -21,8 +21,10 @@ class ApiUnreachable(Exception):
 class ApiError(Exception):
     """The API answered with an error status."""
 
-    def __init__(self, status: int, code: str, message: str, body: dict | None = None):
+    def __init__(self, status: int, code: str, message: str, body: dict | None = None,
+                 retry_after: float | None = None):
         self.status, self.code, self.message, self.body = status, code, message, body or {}
+        self.retry_after = retry_after  # seconds, from a Retry-After header (a full queue's 503)
         super().__init__(f"{message} (HTTP {status} {code})")
 
     def details(self) -> str:
@@ -102,11 +104,16 @@ class Client:
 
 def _error_from(resp: requests.Response) -> ApiError:
     try:
+        retry_after = float(resp.headers["Retry-After"])
+    except (KeyError, ValueError):
+        retry_after = None
+    try:
         body = resp.json()
     except ValueError:
         body = None
     if not isinstance(body, dict):
         text = " ".join(resp.text.split())[:200] or resp.reason
-        return ApiError(resp.status_code, "http_error", text)
+        return ApiError(resp.status_code, "http_error", text, retry_after=retry_after)
     cls = RebuildBusy if resp.status_code == 409 and body.get("code") == "rebuild_in_progress" else ApiError
-    return cls(resp.status_code, str(body.get("code") or "error"), str(body.get("message") or resp.reason), body)
+    return cls(resp.status_code, str(body.get("code") or "error"), str(body.get("message") or resp.reason), body,
+               retry_after)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from webapp.client import Client
+from webapp.client import ApiError, Client
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 
@@ -97,19 +97,29 @@ class IngestRun:
         started = time.monotonic()
         inflight: dict[str, tuple[int, dict]] = {}  # job id -> (documents, last seen job)
         submitted = 0
+        held: list[dict] | None = None  # a batch the API asked us to send again later
+        resume_at = 0.0
         exhausted = False
         while True:
-            while not exhausted and len(inflight) < self.max_inflight:
-                batch = next(self.batches, None)
+            while not exhausted and len(inflight) < self.max_inflight and time.monotonic() >= resume_at:
+                batch = held or next(self.batches, None)
+                held = None
                 if batch is None:
                     exhausted = True
                     break
-                job = self.client.submit(self.collection, batch, self.rebuild)
+                try:
+                    job = self.client.submit(self.collection, batch, self.rebuild)
+                except ApiError as exc:
+                    if exc.status != 503 or exc.retry_after is None:
+                        raise
+                    # The queue is full (back-pressure): keep following our jobs and send it again later.
+                    held, resume_at = batch, time.monotonic() + exc.retry_after
+                    break
                 inflight[job["id"]] = (len(batch), job)
                 submitted += 1
                 if self.on_submit:
                     self.on_submit(job, len(batch))
-            if not inflight:
+            if not inflight and held is None:
                 break
             _pause(self.stop, self.poll)
             finished = False
