@@ -73,7 +73,7 @@ def main(ctx: click.Context, url: str, api_key: str | None, timeout: float) -> N
 @click.pass_obj
 def ingest(client: Client, paths, collection, pattern, create, rebuild, batch_size, batch_bytes, max_doc_bytes,
            max_inflight, poll) -> None:
-    """Read files here, post them in batches and follow the jobs to completion.
+    """Read files on this machine, post them in batches, follow the jobs to completion.
 
     A directory contributes its files matching --glob, with ids relative to it; the metadata of each
     document is {"source": path}."""

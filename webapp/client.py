@@ -70,8 +70,16 @@ class Client:
     # resources
 
     def ready(self) -> bool:
+        """/readyz: Redis answers and the index watcher has synced (and warmed the model)."""
         try:
             return self.request("GET", "/readyz").status_code == 200
+        except (ApiUnreachable, ApiError):
+            return False
+
+    def alive(self) -> bool:
+        """/healthz: the process serves HTTP (it takes jobs before it is ready to search)."""
+        try:
+            return self.request("GET", "/healthz").status_code == 200
         except (ApiUnreachable, ApiError):
             return False
 

@@ -299,7 +299,7 @@ class Launcher:
         say = self.sup.say
         loader = SampleLoader(self._client(settings), say, self.stop, self.opts.sample_limit)
         try:
-            loader.wait_api()
+            loader.wait_api(ready=not self.opts.sample)
             rest = loader.load_first() if self.opts.sample else []
             elapsed = time.monotonic() - self.started if self.opts.sample else None
             for line in banner(self.opts, redis_desc, settings, elapsed):

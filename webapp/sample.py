@@ -68,8 +68,11 @@ class SampleLoader:
         self.client, self.say, self.stop, self.poll = client, say, stop, poll
         self.docs = sample_documents(limit)
 
-    def wait_api(self, timeout: float = 180.0) -> None:
-        _wait(self.client.ready, self.stop, timeout, "the API answering /readyz 200")
+    def wait_api(self, ready: bool, timeout: float = 180.0) -> None:
+        """Wait until the API serves HTTP, or with `ready` until it can also search. Submitting needs
+        only the former, so the worker loads its model while the API still warms its own."""
+        check, what = (self.client.ready, "/readyz") if ready else (self.client.alive, "/healthz")
+        _wait(check, self.stop, timeout, f"the API answering {what} with 200")
 
     def searchable(self) -> dict | None:
         """A real search answered by an index version with hits, or None."""
