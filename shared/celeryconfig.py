@@ -39,7 +39,18 @@ def celery_config(settings: Settings) -> dict:
            tasknames.COLLECT_VERSIONS: {"queue": tasknames.QUEUE_INDEX}},
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # `celery beat` (or a worker started with -B) sends the sweep; a sweep lock in Redis makes a
+        # second beat harmless. Often enough that a stale job waits little past the threshold.
+        "beat_schedule": {
+            "swapline-sweep": {
+                "task": tasknames.SWEEP, "schedule": sweep_interval(settings),
+                "options": {"queue": tasknames.QUEUE_INDEX, "expires": sweep_interval(settings)}},
+        },
     }
+
+
+def sweep_interval(settings: Settings) -> float:
+    return float(min(60, max(5, settings.sweep_stale_seconds // 5)))
 
 
 def make_celery(settings: Settings, main: str = "swapline") -> Celery:

@@ -93,7 +93,8 @@ class JobStore:
         for name, value in fields.items():
             argv += [name, value]
         created, depth = self._create(
-            keys=[keys.job(job_id), keys.jobs(), keys.collection_jobs(collection), keys.queued(queue), keys.events()],
+            keys=[keys.job(job_id), keys.jobs(), keys.collection_jobs(collection), keys.queued(queue),
+                  keys.events()],
             args=argv)
         if int(created) == 0:
             raise QueueFull(queue, int(depth), int(max_queued))
@@ -183,8 +184,8 @@ class JobStore:
         Returns the state after the request: canceled, running (flagged) or the terminal state."""
         # Only from queued: `cancel()` would also move a running job, leaving its worker still writing
         # (an ingest would register its segment after the job was reported canceled).
-        argv = [CANCELED, QUEUED, EVENT_FOR_STATE[CANCELED], self.events_max_len, json.dumps({"reason": reason}),
-                "error", reason, "finished_at", time.time(), "stage", "canceled"]
+        argv = [CANCELED, QUEUED, EVENT_FOR_STATE[CANCELED], self.events_max_len,
+                json.dumps({"reason": reason}), "error", reason, "finished_at", time.time(), "stage", "canceled"]
         moved, state = self._transition(
             keys=self._transition_keys(job_id), args=argv)
         if moved:
@@ -240,7 +241,8 @@ class JobStore:
         max_score: float | str = after[0] if after else "+inf"
         exhausted = False
         while len(page) < limit and scanned < LIST_SCAN_MAX:
-            batch = self.r.zrevrangebyscore(index, max_score, "-inf", start=0, num=LIST_BATCH, withscores=True)
+            batch = self.r.zrevrangebyscore(index, max_score, "-inf", start=0, num=LIST_BATCH,
+                                            withscores=True)
             if after:
                 # Same created_at as the cursor: the ones at or above its id were on earlier pages
                 # (members of equal score come in reverse id order).

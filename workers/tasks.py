@@ -9,10 +9,12 @@ from collections.abc import Callable
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared import tasknames
+from shared.deletion import run_delete, run_drop
 from shared.errors import JobCanceled, JobInputError, LockBusy
 from shared.ingest import run_ingest
 from shared.jobs import JOB_ID_PATTERN, JobNotFound
 from shared.rebuild import run_rebuild
+from shared.sweep import sweep as run_sweep
 from workers.celery_app import app, services
 
 log = logging.getLogger(__name__)
@@ -58,3 +60,23 @@ def rebuild(self, job_id: str) -> None:
         raise self.retry(countdown=services().settings.rebuild_retry_seconds)
 
     _run(job_id, run_rebuild, on_busy=busy)
+
+
+@app.task(name=tasknames.DELETE_DOCUMENTS)
+def delete_documents(job_id: str) -> None:
+    _run(job_id, run_delete)
+
+
+@app.task(name=tasknames.DROP_COLLECTION, bind=True, max_retries=None)
+def drop_collection(self, job_id: str) -> None:
+    def busy() -> None:
+        # A rebuild holds the lease or another job of the collection is stopping: try again shortly.
+        raise self.retry(countdown=services().settings.rebuild_retry_seconds)
+
+    _run(job_id, run_drop, on_busy=busy)
+
+
+@app.task(name=tasknames.SWEEP)
+def sweep() -> dict:
+    """Expire old jobs, re-send lost or stale ones, remove orphaned staged batches (shared.sweep)."""
+    return run_sweep(services())

@@ -1,0 +1,194 @@
+"""The sweeper: bounded job history, and jobs whose Celery message was lost.
+
+Run periodically (the `swapline.sweep` task on celery beat, see `shared.celeryconfig`), it
+
+- deletes finished jobs older than `job_ttl_seconds`, keeping the newest `jobs_keep_per_collection`
+  of every collection;
+- sends again the task of a job left `queued` for `sweep_stale_seconds` whose message is nowhere in
+  the broker (the API died between creating the job and enqueueing it), or whose message a worker
+  took long ago and never acked (that worker is gone);
+- sends again the task of a `running` job whose heartbeat is older than `sweep_stale_seconds` (its
+  worker died; the task's start takes an already running job as a resume, and the rebuild lease and
+  fence keep a resumed rebuild safe). A rebuild or drop whose lease is still alive is not stale: its
+  worker renews the lease between steps;
+- removes staged batches nobody will read (their job finished or never came to exist).
+
+"Nowhere in the broker" is read from kombu's Redis layout (queue lists and the unacked hash; keys in
+`shared.keys`). The check runs twice, a moment apart, so a message in flight between a queue list and
+the unacked hash is not mistaken for a lost one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import time
+import uuid
+
+import redis
+
+from shared import keys
+from shared.jobs import QUEUED, RUNNING, TERMINAL
+from shared.services import Services
+from shared.storage import TMP_PREFIX
+from shared.tasknames import QUEUES
+
+log = logging.getLogger(__name__)
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _message_job_ids(message: dict) -> set[str]:
+    """Job ids a Celery message (protocol 2) carries: its args are [job_id]."""
+    headers = message.get("headers") or {}
+    found = set(JOB_ID.findall(str(headers.get("argsrepr") or "")))
+    if not found and message.get("body"):
+        try:
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            found = {a for a in args if isinstance(a, str) and JOB_ID.fullmatch(a)}
+        except (ValueError, TypeError, IndexError, KeyError):
+            pass
+    return found
+
+
+def broker_snapshot(r: redis.Redis) -> tuple[set[str], dict[str, list[tuple[str, float]]]]:
+    """(job ids with a message waiting in a queue list, job id -> [(delivery tag, delivered at)] of
+    messages delivered to a worker and not acked), read in one transaction."""
+    lists = [name for queue in QUEUES for name in keys.broker_queue_lists(queue)]
+    pipe = r.pipeline(transaction=True)
+    for name in lists:
+        pipe.lrange(name, 0, -1)
+    pipe.hgetall(keys.broker_unacked())
+    pipe.zrange(keys.broker_unacked_index(), 0, -1, withscores=True)
+    *queued_lists, unacked, index = pipe.execute()
+    waiting: set[str] = set()
+    for items in queued_lists:
+        for item in items:
+            try:
+                waiting |= _message_job_ids(json.loads(item))
+            except ValueError:
+                continue
+    delivered_at = dict(index)
+    taken: dict[str, list[tuple[str, float]]] = {}
+    for tag, payload in unacked.items():
+        try:
+            message = json.loads(payload)[0]
+        except (ValueError, IndexError, TypeError):
+            continue
+        for job_id in _message_job_ids(message):
+            taken.setdefault(job_id, []).append((tag, float(delivered_at.get(tag, 0))))
+    return waiting, taken
+
+
+def _stale_candidates(svc: Services, stale_before: float) -> list[dict]:
+    """Queued jobs older than the threshold and running jobs whose heartbeat is older."""
+    ids = [(job_id, QUEUED) for queue in QUEUES for job_id in svc.jobs.queued_ids(queue)]
+    ids += [(job_id, RUNNING) for job_id in svc.jobs.running_ids()]
+    if not ids:
+        return []
+    pipe = svc.redis.pipeline(transaction=False)
+    for job_id, _ in ids:
+        pipe.hmget(keys.job(job_id), "state", "kind", "collection", "heartbeat", "created_at")
+    out = []
+    for (job_id, listed), fields in zip(ids, pipe.execute(), strict=True):
+        state, kind, collection, heartbeat, created_at = fields
+        if listed == RUNNING and state != RUNNING:
+            svc.jobs.forget_running(job_id)  # finished by the publish script, or deleted
+            continue
+        if state != listed or not kind:
+            continue
+        if float(heartbeat or created_at or 0) >= stale_before:
+            continue
+        if state == RUNNING and kind in ("rebuild", "drop"):
+            holder = svc.locks.holder(collection)
+            if holder and holder["job_id"] == job_id:
+                continue  # the lease is alive, so its worker is too
+        out.append({"id": job_id, "state": state, "kind": kind})
+    return out
+
+
+def _lost(candidates: list[dict], waiting: set[str], taken: dict[str, list[tuple[str, float]]],
+          stale_before: float) -> list[dict]:
+    lost = []
+    for job in candidates:
+        if job["id"] in waiting:
+            continue  # a worker will get it
+        if any(at >= stale_before for _, at in taken.get(job["id"], [])):
+            continue  # a worker took it recently
+        lost.append(job)
+    return lost
+
+
+def requeue_lost(svc: Services, now: float | None = None, recheck_delay: float = 0.5) -> list[str]:
+    """Send again the tasks of queued and running jobs whose message is lost. Returns their ids."""
+    now = now if now is not None else time.time()
+    stale_before = now - svc.settings.sweep_stale_seconds
+    candidates = _stale_candidates(svc, stale_before)
+    if not candidates:
+        return []
+    lost = _lost(candidates, *broker_snapshot(svc.redis), stale_before)
+    if not lost:
+        return []
+    time.sleep(recheck_delay)
+    still = {job["id"] for job in _stale_candidates(svc, stale_before)}
+    waiting, taken = broker_snapshot(svc.redis)
+    requeued = []
+    for job in _lost([j for j in lost if j["id"] in still], waiting, taken, stale_before):
+        # The old delivery must not come back later (kombu restores unacked messages after the
+        # visibility timeout): forget it, then send the job again.
+        tags = [tag for tag, _ in taken.get(job["id"], [])]
+        if tags:
+            pipe = svc.redis.pipeline(transaction=True)
+            pipe.hdel(keys.broker_unacked(), *tags)
+            pipe.zrem(keys.broker_unacked_index(), *tags)
+            pipe.execute()
+        svc.redis.hset(keys.job(job["id"]), mapping={"heartbeat": time.time(), "requeued_at": time.time()})
+        svc.redis.hincrby(keys.job(job["id"]), "requeues", 1)
+        svc.enqueue(job["kind"], job["id"])
+        requeued.append(job["id"])
+        log.warning("event=sweep.requeued job=%s kind=%s state=%s dropped_deliveries=%s",
+                    job["id"], job["kind"], job["state"], len(tags))
+    return requeued
+
+
+def remove_orphan_staging(svc: Services, now: float | None = None) -> int:
+    """Delete staged batches older than the stale threshold whose job finished or does not exist."""
+    now = now if now is not None else time.time()
+    folder = svc.storage.root / "staging"
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.iterdir():
+        try:
+            if path.stat().st_mtime >= now - svc.settings.sweep_stale_seconds:
+                continue
+        except FileNotFoundError:
+            continue
+        name = path.name.removeprefix(TMP_PREFIX).removesuffix(".jsonl")
+        state = svc.jobs.state(name) if JOB_ID.fullmatch(name) else None
+        if path.name.startswith(TMP_PREFIX) or state is None or state in TERMINAL:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def sweep(svc: Services, now: float | None = None, recheck_delay: float = 0.5) -> dict:
+    """One sweep; skipped (returns {"skipped": True}) while another one runs."""
+    token = uuid.uuid4().hex
+    if not svc.redis.set(keys.sweep_lock(), token, nx=True, ex=max(60, svc.settings.sweep_stale_seconds)):
+        return {"skipped": True}
+    try:
+        started = time.monotonic()
+        expired = svc.jobs.cleanup(svc.settings.job_ttl_seconds, svc.settings.jobs_keep_per_collection, now)
+        requeued = requeue_lost(svc, now, recheck_delay)
+        staging = remove_orphan_staging(svc, now)
+        result = {"expired": expired, "requeued": requeued, "staging_removed": staging,
+                  "seconds": round(time.monotonic() - started, 3)}
+        log.info("event=sweep.done expired=%s requeued=%s staging_removed=%s seconds=%s",
+                 expired, len(requeued), staging, result["seconds"])
+        return result
+    finally:
+        if svc.redis.get(keys.sweep_lock()) == token:
+            svc.redis.delete(keys.sweep_lock())
