@@ -8,6 +8,7 @@ import logging
 from flask import Flask
 
 from shared.settings import Settings, load_settings
+from webapp import auth
 from webapp.extensions import Api, swapline
 from webapp.metrics import Metrics
 
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     api = Api(app)
     swapline.init_app(app, settings)
+    auth.init_app(app, settings)
     Metrics().init_app(app, app.extensions["swapline"])
 
     from webapp.routes import admin, collections, events, health, jobs, search, versions

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, current_app
+import redis
+from flask import Flask, current_app, request
 from flask_smorest import Api as _Api
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.celeryconfig import enqueue, make_celery
 from shared.services import Services, build_services
@@ -23,25 +24,73 @@ ERROR_CODES = {
 }
 
 
+JSON_VALUES = (str, int, float, bool, list, dict, type(None))
+
+
 class Api(_Api):
-    """flask-smorest's Api with Swapline's one error shape: {"code", "message", "errors"?} (+ extras)."""
+    """flask-smorest's Api with Swapline's one error shape: {"code", "message", "errors"?} (+ extras),
+    used for every 4xx/5xx (aborts, unknown routes, 405, 413 from MAX_CONTENT_LENGTH, unhandled
+    exceptions), and an OpenAPI document with the auth scheme and every error answer."""
 
     ERROR_SCHEMA = ErrorSchema
+    SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
+
+    def init_app(self, app: Flask, *, spec_kwargs=None):
+        app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", "docs")
+        app.config.setdefault("OPENAPI_SWAGGER_UI_URL", self.SWAGGER_UI_CDN)
+        super().init_app(app, spec_kwargs=spec_kwargs)
+
+    def _init_spec(self, **options):
+        from webapp.apidoc import SwaplineSpecPlugin, api_description
+        from webapp.auth import SCHEME_NAME, SECURITY_SCHEME
+
+        options["extra_plugins"] = [*(options.get("extra_plugins") or ()), SwaplineSpecPlugin()]
+        settings = self._app.config.get("SWAPLINE_SETTINGS")
+        if settings is not None:
+            options.setdefault("info", {"description": api_description(settings)})
+        super()._init_spec(**options)
+        self.spec.components.security_scheme(SCHEME_NAME, SECURITY_SCHEME)
+
+    def _register_error_handlers(self):
+        super()._register_error_handlers()
+        self._app.register_error_handler(redis.ConnectionError, self.handle_redis_down)
+        self._app.register_error_handler(redis.TimeoutError, self.handle_redis_down)
+        self._app.register_error_handler(Exception, self.handle_unexpected)
 
     def handle_http_exception(self, error: HTTPException):
         data = dict(getattr(error, "data", None) or {})
-        headers = data.pop("headers", None) or {}
+        # Headers the exception carries (Allow on 405, WWW-Authenticate), then those passed to abort.
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        headers.update(data.pop("headers", None) or {})
         data.pop("exc", None)
+        data.pop("schema", None)  # webargs passes the marshmallow schema along; it is no part of the answer
         messages = data.pop("messages", None)
+        message = data.pop("message", None)
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        if message is None and isinstance(error, RequestEntityTooLarge) and limit:
+            message = f"the request body exceeds {limit} bytes (SWAPLINE_MAX_REQUEST_BYTES)"
         payload = {
             "code": data.pop("code", None) or ERROR_CODES.get(error.code, "error"),
-            "message": data.pop("message", None) or error.description or error.name,
+            "message": message or error.description or error.name,
         }
         if messages:
             # webargs nests messages by location ("json", "query"); one location needs no nesting.
-            payload["errors"] = next(iter(messages.values())) if len(messages) == 1 else messages
-        payload.update(data)
-        return payload, error.code, headers
+            errors = next(iter(messages.values())) if len(messages) == 1 else messages
+            payload["errors"] = errors if isinstance(errors, dict) else {"_schema": errors}
+        payload.update({k: v for k, v in data.items() if isinstance(v, JSON_VALUES)})
+        return payload, error.code or 500, headers
+
+    def handle_redis_down(self, error: Exception):
+        log.error("event=http.redis_unavailable error=%r", str(error))
+        payload = {"code": "unavailable", "message": "Redis is unavailable; retry shortly"}
+        return payload, 503, {"Retry-After": "5"}
+
+    def handle_unexpected(self, error: Exception):
+        if isinstance(error, HTTPException):  # handled above; kept for safety when MRO ties
+            return self.handle_http_exception(error)
+        log.exception("event=http.unhandled method=%s path=%s", request.method, request.path)
+        return {"code": "internal_error",
+                "message": "internal server error; the details are in the server log"}, 500
 
 
 class Runtime:

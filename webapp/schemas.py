@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from shared.tasknames import KINDS
+
 COLLECTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
@@ -16,7 +18,7 @@ class ErrorSchema(Schema):
     code = fields.String(required=True, metadata={"description": "machine-readable error code"})
     message = fields.String(required=True)
     errors = fields.Dict(metadata={"description": "per-field validation messages"})
-    job_id = fields.String(metadata={"description": "the job in the way (409 on rebuild)"})
+    job_id = fields.String(metadata={"description": "the job in the way (409 on rebuild or drop)"})
 
 
 def _no_line_break(value: str) -> None:
@@ -48,13 +50,18 @@ class CollectionSchema(Schema):
 
 
 class DocumentSchema(StrictSchema):
-    id = fields.String(required=True, validate=validate.Length(min=1, max=256))
-    text = fields.String(required=True)
+    id = fields.String(required=True, validate=validate.Length(min=1, max=256),
+                       metadata={"description": "the document's id; submitting an id again replaces it"})
+    text = fields.String(required=True, metadata={
+        "description": "markdown or plain text; at most SWAPLINE_MAX_DOCUMENT_BYTES bytes of UTF-8 "
+                       "(default 1 MiB), else 413"})
     metadata = fields.Dict(keys=fields.String(), load_default=dict)
 
 
 class DocumentBatchSchema(StrictSchema):
-    documents = fields.List(fields.Nested(DocumentSchema), required=True, validate=validate.Length(min=1))
+    documents = fields.List(fields.Nested(DocumentSchema), required=True, validate=validate.Length(min=1),
+                            metadata={"description": "at most SWAPLINE_MAX_DOCUMENTS_PER_BATCH documents "
+                                                     "(default 1000), else 413; ids unique in the batch"})
     rebuild = fields.Boolean(load_default=True)
 
 
@@ -76,11 +83,34 @@ class JobSchema(Schema):
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
     result = fields.Dict(allow_none=True)
+    cancel_requested = fields.Boolean(metadata={
+        "description": "cancel was requested while the job ran; it stops at its next step boundary"})
+
+
+JOB_STATES = ["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class JobListQuerySchema(StrictSchema):
+    collection = fields.String(validate=validate.Regexp(COLLECTION_NAME_PATTERN),
+                               metadata={"description": "only jobs of this collection"})
+    state = fields.String(validate=validate.OneOf(JOB_STATES))
+    kind = fields.String(validate=validate.OneOf(list(KINDS)))
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(validate=validate.Length(min=1, max=200),
+                           metadata={"description": "next_cursor of the previous page"})
+
+
+class JobListSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema), required=True, metadata={"description": "newest first"})
+    next_cursor = fields.String(required=True, allow_none=True, metadata={
+        "description": "pass as `cursor` for the next page; null on the last page"})
 
 
 class SearchQuerySchema(StrictSchema):
-    query = fields.String(required=True, validate=validate.Length(min=1))
-    k = fields.Integer(load_default=10, validate=validate.Range(min=1))
+    query = fields.String(required=True, validate=validate.Length(min=1), metadata={
+        "description": "at most SWAPLINE_MAX_QUERY_CHARS characters (default 2000), else 422"})
+    k = fields.Integer(load_default=10, validate=validate.Range(min=1), metadata={
+        "description": "hits to return; at most SWAPLINE_MAX_K (default 100), else 422"})
 
 
 class HitSchema(Schema):
@@ -103,8 +133,9 @@ class HealthSchema(Schema):
 
 
 class StatusIndexSchema(IndexInfoSchema):
-    by_type = fields.Dict(keys=fields.String(), values=fields.Integer(),
-                          metadata={"description": "documents in the served index by type or file extension"})
+    by_type = fields.Dict(keys=fields.String(), values=fields.Dict(keys=fields.String(), values=fields.Integer()),
+                          metadata={"description": "documents and chunks in the served index by document type "
+                                                   "(metadata.type, else the extension of metadata.source or the id)"})
 
 
 class RunningJobSchema(JobSchema):

@@ -7,8 +7,19 @@ from flask_smorest import Blueprint, abort
 
 from shared.jobs import iso_time
 from shared.status import collection_status
-from shared.submit import RebuildInProgress, request_rebuild, submit_documents
+from shared.submit import (
+    DropInProgress,
+    QueueFull,
+    RebuildInProgress,
+    drop_in_progress,
+    request_rebuild,
+    submit_delete,
+    submit_documents,
+    submit_drop,
+)
+from webapp.backpressure import QUEUE_FULL, abort_queue_full
 from webapp.extensions import swapline
+from webapp.idempotency import idempotent
 from webapp.routes.common import job_location, require_collection
 from webapp.schemas import (
     CollectionCreateSchema,
@@ -20,6 +31,8 @@ from webapp.schemas import (
 )
 
 blp = Blueprint("collections", __name__, url_prefix="/v1/collections", description="Collections and documents")
+
+LOCATION = {"Location": {"description": "/v1/jobs/{id} of the job", "schema": {"type": "string"}}}
 
 
 def collection_view(name: str) -> dict:
@@ -37,6 +50,11 @@ class Collections(MethodView):
     @blp.alt_response(409, schema=ErrorSchema, description="A collection with that name exists")
     def post(self, body):
         """Create a collection."""
+        dropping = drop_in_progress(swapline.runtime.svc, body["name"])
+        if dropping:
+            abort(409, message=f"collection {body['name']!r} is being dropped; create it again once the drop "
+                               "has finished", code="collection_dropping", job_id=dropping,
+                  headers=job_location(dropping))
         if not swapline.runtime.svc.collections.create(body["name"]):
             abort(409, message=f"collection {body['name']!r} already exists", code="collection_exists")
         return collection_view(body["name"]), 201, {"Location": f"/v1/collections/{body['name']}"}
@@ -52,13 +70,38 @@ class Collection(MethodView):
         require_collection(name)
         return collection_view(name)
 
+    @idempotent
+    @blp.response(202, JobSchema, headers=LOCATION,
+                  description="The drop job. Once it ran, the collection, its documents, segments and index "
+                              "versions are gone, and every API process answers 404 for it.")
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    @blp.alt_response(409, schema=ErrorSchema,
+                      description="A drop of this collection is already queued or running")
+    @blp.alt_response(503, **QUEUE_FULL)
+    def delete(self, name):
+        """Drop the collection (a `drop` job on the index queue). Its queued jobs are canceled and
+        running ones stop first."""
+        require_collection(name)
+        try:
+            job = submit_drop(swapline.runtime.svc, name, bounded=True)
+        except DropInProgress as busy:
+            abort(409, message="a drop of this collection is already queued or running",
+                  code="drop_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
+        except QueueFull as full:
+            abort_queue_full(full)
+        return job, 202, job_location(job["id"])
+
 
 @blp.route("/<string:name>/documents")
 class Documents(MethodView):
+    @idempotent
     @blp.arguments(DocumentBatchSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, JobSchema, headers=LOCATION)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
-    @blp.alt_response(413, schema=ErrorSchema, description="Too many documents or a document too large")
+    @blp.alt_response(413, schema=ErrorSchema,
+                      description="Too many documents, a document too large, or a body over "
+                                  "SWAPLINE_MAX_REQUEST_BYTES")
+    @blp.alt_response(503, **QUEUE_FULL)
     def post(self, body, name):
         """Add or replace documents (a document id submitted again replaces it). Answers the ingest
         job; with `rebuild` (the default) a rebuild follows and the job's result names it."""
@@ -75,20 +118,46 @@ class Documents(MethodView):
             if doc["id"] in seen:
                 abort(422, message=f"document id {doc['id']!r} appears twice in the batch", code="invalid")
             seen.add(doc["id"])
-        job = submit_documents(swapline.runtime.svc, name, docs, body["rebuild"])
+        try:
+            job = submit_documents(swapline.runtime.svc, name, docs, body["rebuild"], bounded=True)
+        except QueueFull as full:
+            abort_queue_full(full)
+        return job, 202, job_location(job["id"])
+
+
+@blp.route("/<string:name>/documents/<path:doc_id>")
+class Document(MethodView):
+    @idempotent
+    @blp.response(202, JobSchema, headers=LOCATION,
+                  description="The delete job: it writes a tombstone for the document, then a rebuild "
+                              "follows (its id is in the job's result). Deleting an absent id is not an "
+                              "error; the result says how many documents were deleted.")
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    @blp.alt_response(503, **QUEUE_FULL)
+    def delete(self, name, doc_id):
+        """Delete a document (a `delete` job on the ingest queue)."""
+        require_collection(name)
+        try:
+            job = submit_delete(swapline.runtime.svc, name, [doc_id], bounded=True)
+        except QueueFull as full:
+            abort_queue_full(full)
         return job, 202, job_location(job["id"])
 
 
 @blp.route("/<string:name>/rebuild")
 class Rebuild(MethodView):
-    @blp.response(202, JobSchema)
+    @idempotent
+    @blp.response(202, JobSchema, headers=LOCATION)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
     @blp.alt_response(409, schema=ErrorSchema, description="A rebuild is already queued or running")
+    @blp.alt_response(503, **QUEUE_FULL)
     def post(self, name):
         """Rebuild the collection's index from its documents."""
         require_collection(name)
         try:
-            job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True)
+            job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True, bounded=True)
+        except QueueFull as full:
+            abort_queue_full(full)
         except RebuildInProgress as busy:
             abort(409, message="a rebuild of this collection is already queued or running",
                   code="rebuild_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))

@@ -6,6 +6,7 @@ import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from webapp import auth
 from webapp.extensions import swapline
 from webapp.schemas import HealthSchema
 
@@ -35,5 +36,6 @@ class Ready(MethodView):
             checks["redis_error"] = str(exc)
         checks["index_watcher"] = rt.watcher.is_alive() and rt.watcher.ready.is_set()
         checks["served_versions"] = rt.live.served()
+        checks["auth"] = auth.mode()  # "open" when no API keys are configured
         ok = checks["redis"] and checks["index_watcher"]
         return {"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+from webapp.auth import requires
 from webapp.extensions import swapline
 from webapp.routes.common import require_collection
 from webapp.schemas import ErrorSchema, SearchQuerySchema, SearchResultSchema
@@ -14,6 +15,7 @@ blp = Blueprint("search", __name__, url_prefix="/v1/collections", description="S
 
 @blp.route("/<string:name>/search")
 class Search(MethodView):
+    @requires("read")  # a POST, but it only reads
     @blp.arguments(SearchQuerySchema)
     @blp.response(200, SearchResultSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")

@@ -1,0 +1,172 @@
+"""API keys and roles, the one error shape, and request limits, on real API processes (plus two
+in-process apps for the paths a real process cannot be made to take: an unhandled exception and
+Redis going away)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import requests
+
+from shared.settings import Settings
+from tests.support import free_port
+
+pytestmark = pytest.mark.integration
+
+KEYS = (("k-admin", "admin"), ("k-write", "write"), ("k-read", "read"))
+AUTH = {role: {"Authorization": f"Bearer {key}"} for key, role in KEYS}
+RANK = {"read": 1, "write": 2, "admin": 3}
+
+
+def assert_error(resp, status: int, code: str | None = None) -> dict:
+    assert resp.status_code == status, (resp.status_code, resp.text)
+    assert resp.headers["Content-Type"].startswith("application/json"), resp.headers
+    body = resp.json()
+    assert isinstance(body["code"], str) and isinstance(body["message"], str), body
+    if code:
+        assert body["code"] == code, body
+    if "errors" in body:
+        assert isinstance(body["errors"], dict)
+    return body
+
+
+@pytest.fixture
+def keyed(settings):
+    return settings.with_(api_keys=KEYS, max_request_bytes=64 * 1024, max_documents_per_batch=3,
+                          max_document_bytes=100, max_k=5, max_query_chars=50)
+
+
+def test_role_matrix(keyed, procs):
+    base = procs.api(keyed)
+    for name in ("docs", "c1", "c2", "c3"):
+        assert requests.post(f"{base}/v1/collections", json={"name": name}, headers=AUTH["admin"]).status_code == 201
+    job_id = requests.post(f"{base}/v1/collections/docs/rebuild", headers=AUTH["write"]).json()["id"]
+    doc = {"documents": [{"id": "a", "text": "hello"}], "rebuild": False}
+    # (method, path, body, role needed, the status an adequate key gets)
+    matrix = [
+        ("GET", "/v1/jobs", None, "read", 200),
+        ("GET", f"/v1/jobs/{job_id}", None, "read", 202),
+        ("GET", "/v1/collections/docs", None, "read", 200),
+        ("GET", "/v1/collections/docs/versions", None, "read", 200),
+        ("POST", "/v1/collections/docs/search", {"query": "hello", "k": 3}, "read", 200),
+        ("POST", "/v1/collections", {"name": "new"}, "write", 201),
+        ("POST", "/v1/collections/c1/documents", doc, "write", 202),
+        ("POST", "/v1/collections/c2/rebuild", None, "write", 202),
+        ("POST", f"/v1/jobs/{job_id}/cancel", None, "admin", 202),
+        ("DELETE", "/v1/collections/c1/documents/a", None, "admin", 202),
+        ("DELETE", "/v1/collections/c3", None, "admin", 202),
+        ("GET", "/admin", None, "admin", 200),
+        ("GET", "/metrics", None, "read", 200),
+    ]
+    for method, path, body, role, ok in matrix:
+        def call(headers, body=body, method=method, path=path):
+            return requests.request(method, f"{base}{path}", json=body, headers=headers)
+
+        missing = call({})
+        assert_error(missing, 401, "unauthorized")
+        assert missing.headers["WWW-Authenticate"].startswith(("Bearer realm=", "Basic realm=")), path
+        assert_error(call({"Authorization": "Bearer wrong"}), 401, "unauthorized")
+        for lower in (r for r in RANK if RANK[r] < RANK[role]):
+            assert_error(call(AUTH[lower]), 403, "forbidden")
+        # The lowest adequate key goes through (the call that changes state runs exactly once).
+        assert call(AUTH[role]).status_code == ok, (method, path)
+    # A higher role includes the lower ones.
+    assert requests.get(f"{base}/v1/jobs", headers=AUTH["admin"]).status_code == 200
+    assert requests.post(f"{base}/v1/collections/docs/search", json={"query": "x", "k": 1}, headers=AUTH["write"]).status_code == 200
+    # Browsers send the key as the Basic password (the admin page prompts for it).
+    basic = base64.b64encode(b"anyone:k-admin").decode()
+    assert requests.get(f"{base}/admin", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+    assert requests.get(f"{base}/admin").headers["WWW-Authenticate"] == 'Basic realm="swapline"'
+    # Public: probes, the OpenAPI document, the docs UI.
+    for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
+        assert requests.get(f"{base}{path}").status_code == 200, path
+    assert requests.get(f"{base}/readyz").json()["checks"]["auth"] == "keys"
+    spec = requests.get(f"{base}/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": spec["components"]["securitySchemes"]["bearerAuth"]["description"]}
+    cancel = spec["paths"]["/v1/jobs/{job_id}/cancel"]["post"]
+    assert cancel["security"] == [{"bearerAuth": []}] and cancel["x-required-role"] == "admin"
+    assert {"401", "403"} <= set(cancel["responses"])
+    assert spec["paths"]["/healthz"]["get"]["security"] == []  # explicitly public
+
+
+def test_open_mode_says_so(settings, procs):
+    base = procs.api(settings)
+    assert requests.get(f"{base}/readyz").json()["checks"]["auth"] == "open"
+    assert requests.get(f"{base}/v1/jobs").status_code == 200
+    log = (procs.log_dir / "api1.log").read_text()
+    assert "event=auth.open" in log and "WARNING" in log
+
+
+def test_one_error_shape_and_limits(keyed, procs):
+    base = procs.api(keyed)
+    h = AUTH["admin"]
+    assert requests.post(f"{base}/v1/collections", json={"name": "docs"}, headers=h).status_code == 201
+    assert_error(requests.get(f"{base}/nowhere", headers=h), 404, "not_found")
+    assert_error(requests.get(f"{base}/v1/nowhere", headers=h), 404, "not_found")
+    not_allowed = requests.put(f"{base}/v1/jobs", headers=h)
+    assert_error(not_allowed, 405, "method_not_allowed")
+    assert "GET" in not_allowed.headers["Allow"]
+    assert_error(requests.get(f"{base}/v1/collections/nope", headers=h), 404, "not_found")
+    assert_error(requests.get(f"{base}/v1/jobs/{'0' * 32}", headers=h), 404, "not_found")
+    # Bodies: not JSON, unknown fields, wrong types.
+    garbled = requests.post(f"{base}/v1/collections", data="{not json", headers={**h, "Content-Type": "application/json"})
+    assert_error(garbled, 400)
+    unknown = assert_error(requests.post(f"{base}/v1/collections", json={"name": "x", "color": "red"}, headers=h),
+                           422, "invalid")
+    assert "color" in unknown["errors"]
+    nested = requests.post(f"{base}/v1/collections/docs/documents", headers=h,
+                           json={"documents": [{"id": "a", "text": "t", "extra": 1}]})
+    assert "extra" in str(assert_error(nested, 422, "invalid")["errors"])
+    assert_error(requests.post(f"{base}/v1/collections/docs/documents", json=[1, 2], headers=h), 422, "invalid")
+    # Limits.
+    too_big = requests.post(f"{base}/v1/collections/docs/documents", headers=h,
+                            json={"documents": [{"id": "a", "text": "x" * (100 * 1024)}]})
+    body = assert_error(too_big, 413, "payload_too_large")
+    assert "SWAPLINE_MAX_REQUEST_BYTES" in body["message"]
+    many = {"documents": [{"id": f"d{i}", "text": "t"} for i in range(4)]}
+    assert_error(requests.post(f"{base}/v1/collections/docs/documents", json=many, headers=h), 413, "batch_too_large")
+    long_text = {"documents": [{"id": "a", "text": "é" * 51}]}  # 102 bytes of UTF-8
+    assert_error(requests.post(f"{base}/v1/collections/docs/documents", json=long_text, headers=h), 413,
+                 "document_too_large")
+    assert_error(requests.post(f"{base}/v1/collections/docs/search", json={"query": "q", "k": 6}, headers=h), 422)
+    assert_error(requests.post(f"{base}/v1/collections/docs/search", json={"query": "q" * 51}, headers=h), 422)
+    assert requests.post(f"{base}/v1/collections/docs/search", json={"query": "q" * 50, "k": 5},
+                         headers=h).status_code == 200
+
+
+@pytest.fixture
+def inprocess(request):
+    apps = []
+
+    def make(settings: Settings):
+        from webapp import create_app
+
+        app = create_app(settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["swapline"].close()
+
+
+def test_unhandled_exception_answers_500_in_the_error_shape(settings, inprocess):
+    app = inprocess(settings)
+
+    @app.get("/v1/boom")
+    def boom():
+        raise RuntimeError("kaboom")
+
+    resp = app.test_client().get("/v1/boom")
+    assert resp.status_code == 500
+    assert resp.get_json() == {"code": "internal_error",
+                               "message": "internal server error; the details are in the server log"}
+
+
+def test_redis_down_answers_503(settings, inprocess):
+    app = inprocess(settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    resp = app.test_client().get("/v1/jobs")
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+    assert resp.get_json()["code"] == "unavailable"
