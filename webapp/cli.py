@@ -40,7 +40,8 @@ class SwaplineGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ApiError as exc:
-            raise click.ClickException(exc.details()) from None
+            hint = {401: "; set SWAPLINE_API_KEY or --api-key", 403: "; this needs a key with a higher role"}
+            raise click.ClickException(exc.details() + hint.get(exc.status, "")) from None
         except EXPECTED_ERRORS as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -86,6 +87,11 @@ def ingest(client: Client, paths, collection, pattern, create, rebuild, batch_si
                     progress=lambda done, total, note, force: bar.update(done, total, note, force))
     try:
         summary = run.run()
+    except KeyboardInterrupt:
+        bar.close()  # end the bar's line before the message
+        click.echo(f"interrupted; jobs already submitted keep running on the server "
+                   f"(swapline jobs --collection {collection})", err=True)
+        sys.exit(130)
     finally:
         bar.close()
         for line in skipped:

@@ -314,6 +314,8 @@ class Launcher:
             if not self.stop.is_set():
                 say(f"event=sample.failed error={exc!r} -- the stack keeps running; see the worker's output",
                     colour="31;1")
+        except Exception as exc:  # the thread's last stop: say what broke instead of a bare traceback
+            say(f"event=sample.crashed error={exc!r} -- the stack keeps running", colour="31;1")
 
 
 def main(argv: list[str] | None = None) -> int:

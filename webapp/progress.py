@@ -62,3 +62,4 @@ class ProgressBar:
         if self.tty and self._drawn:
             self.stream.write("\n")
             self.stream.flush()
+            self._drawn = False

@@ -82,15 +82,24 @@ class Supervisor:
         self.printer = Printer(output=output or sys.stdout, width=name_width, colour=colour)
         self.children: list[Child] = []
         self._colours = get_colours()
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler may print while the main thread is inside `say`.
+        self._lock = threading.RLock()
         self._own_colour = next(self._colours)
         # Set by a second Ctrl-C: skip the polite stop steps and kill.
         self.hurry = threading.Event()
 
     def say(self, text: str, name: str = "swapline", colour: str | None = None) -> None:
         """A line of the launcher's own, in the same prefixed format as the children's."""
+        self._write(Message("line", text, dt.datetime.now(), name, colour or self._own_colour))
+
+    def _write(self, message: Message) -> None:
         with self._lock:
-            self.printer.write(Message("line", text, dt.datetime.now(), name, colour or self._own_colour))
+            try:
+                self.printer.write(message)
+            except (BrokenPipeError, ValueError):
+                # Whoever read our output is gone (`make run | tee` after Ctrl-C): keep stopping the
+                # children in order rather than dying on a print.
+                pass
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
               stop_steps: Sequence[tuple[int, float]] = ((signal.SIGTERM, 10.0),)) -> Child:
@@ -106,8 +115,7 @@ class Supervisor:
     def _pump(self, child: Child) -> None:
         for raw in iter(child.popen.stdout.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            with self._lock:
-                self.printer.write(Message("line", line, dt.datetime.now(), child.name, child.colour))
+            self._write(Message("line", line, dt.datetime.now(), child.name, child.colour))
         child.popen.stdout.close()
 
     def dead(self) -> Child | None:
