@@ -48,6 +48,8 @@ def collection_status(info: dict) -> str:
 
 
 def _progress(job: dict) -> str:
+    if job["state"] == "succeeded":
+        return "done"  # the counters describe the last stage, which would read like "0/1"
     p = job.get("progress") or {}
     return f"{p.get('stage', '')} {p.get('done', 0)}/{p.get('total', 0)}".strip()
 
