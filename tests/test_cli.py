@@ -20,10 +20,10 @@ from webapp.follow import IngestRun
 PROGRESS = re.compile(r"^ingest \[[#-]+\] (\d+)/(\d+) docs +\d+% [\d.]+ docs/s ETA [\d:?]+", re.M)
 
 DOCS = {
-    "scheduling/priority.md": "# Pod priority\n## Preemption\nHigher priority pods preempt lower priority pods "
-                              "when a node is full.",
+    "scheduling/priority.md": "# Pod priority\n## Preemption\nHigher priority pods preempt lower "
+                              "priority pods when a node is full.",
     "storage/resize.md": "# Volumes\nPersistent volumes are resized online without restarting the pod.",
-    "network/dual-stack.md": "# Networking\n### Dual stack\nServices get both IPv4 and IPv6 cluster addresses.",
+    "network/dual-stack.md": "# Networking\n### Dual stack\nServices get IPv4 and IPv6 cluster addresses.",
     "network/ingress.md": "# Ingress\nAn ingress routes external HTTP traffic to services by host and path.",
     "nodes/taints.md": "# Taints\nNodes repel pods with taints unless a pod tolerates them.",
 }
@@ -116,8 +116,8 @@ def test_ingest_search_status_rebuild(settings, procs, corpus):
     lines = _progress_lines(result.stderr)
     assert lines, result.stderr
     assert lines[-1] == (5, 5) and all(total == 5 for _, total in lines)
-    assert re.search(r"ingested 5 documents into 'docs' in [\d.]+ s: \d+ chunks, \d+ embedded, 0 reused, 3 jobs; "
-                     r"index v\d+ is being served", result.stdout), result.stdout
+    assert re.search(r"ingested 5 documents into 'docs' in [\d.]+ s: \d+ chunks, \d+ embedded, 0 reused, "
+                     r"3 jobs; index v\d+ is being served", result.stdout), result.stdout
 
     # The documents are searchable the moment ingest returns.
     found = swapline(base, "search", "docs", "online resize of persistent volumes", "-k", "2")
@@ -129,7 +129,8 @@ def test_ingest_search_status_rebuild(settings, procs, corpus):
 
     status = swapline(base, "status", "docs")
     assert status.returncode == 0
-    assert re.search(r"documents +5\n", status.stdout) and re.search(r"index +v\d+: \d+ vectors", status.stdout)
+    assert re.search(r"documents +5\n", status.stdout)
+    assert re.search(r"index +v\d+: \d+ vectors", status.stdout)
     before = json.loads(swapline(base, "status", "docs", "--json").stdout)["index"]["version"]
 
     rebuilt = swapline(base, "rebuild", "docs", "--wait")
@@ -206,8 +207,8 @@ def test_a_failing_job_makes_ingest_exit_nonzero(settings, procs, corpus, tmp_pa
     procs.worker(settings.with_(data_dir=tmp_path / "not-shared"))
     result = swapline(base, "ingest", str(corpus), "-c", "docs", "--batch-size", "10")
     assert result.returncode == 1, result.stdout
-    match = re.search(r"Error: ingest job ([0-9a-f]{32}) failed: the staged batch is missing from the data dir",
-                      result.stderr)
+    match = re.search(r"Error: ingest job ([0-9a-f]{32}) failed: "
+                      r"the staged batch is missing from the data dir", result.stderr)
     assert match, result.stderr
     assert "Traceback" not in result.stderr
     job = requests.get(f"{base}/v1/jobs/{match.group(1)}", timeout=5).json()
@@ -237,6 +238,7 @@ class _QueueFullOnce:
 def test_ingest_waits_out_a_full_queue_instead_of_failing():
     client = _QueueFullOnce()
     docs = [{"id": f"d{i}", "text": "x", "metadata": {}} for i in range(5)]
-    summary = IngestRun(client, "docs", make_batches(docs, max_docs=2), len(docs), rebuild=False, poll=0.01).run()
+    batches = make_batches(docs, max_docs=2)
+    summary = IngestRun(client, "docs", batches, len(docs), rebuild=False, poll=0.01).run()
     assert client.refused == 1 and len(client.jobs) == 3
     assert (summary.documents, summary.jobs, summary.chunks) == (5, 3, 5)

@@ -25,7 +25,8 @@ def compose_bin() -> Path:
     return binary
 
 
-def run_compose(binary: Path, compose_file: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_compose(binary: Path, compose_file: Path, *args: str,
+                env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k not in ("FLOWER_BASIC_AUTH", "COMPOSE_FILE")}
     full_env.update(env if env is not None else ENV)
     return subprocess.run([str(binary), "-f", str(compose_file), "--project-directory", str(ROOT), *args],

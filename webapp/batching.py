@@ -38,7 +38,8 @@ def find_files(paths: Iterable[str | Path], glob: str = "*.md") -> list[SourceFi
                 if path.is_file() and not any(part.startswith(".") for part in rel.parts[:-1]):
                     found.append(SourceFile(path, rel.as_posix(), _display(path)))
         elif root.is_file():
-            doc_id = root.name if root.is_absolute() else Path(*[p for p in root.parts if p != "."]).as_posix()
+            doc_id = (root.name if root.is_absolute()
+                      else Path(*[p for p in root.parts if p != "."]).as_posix())
             found.append(SourceFile(root, doc_id, _display(root)))
         else:
             raise InputError(f"{raw}: no such file or directory")
@@ -47,7 +48,8 @@ def find_files(paths: Iterable[str | Path], glob: str = "*.md") -> list[SourceFi
     seen: dict[str, Path] = {}
     for item in found:
         if item.doc_id in seen:
-            raise InputError(f"two files map to document id {item.doc_id!r}: {seen[item.doc_id]} and {item.path}")
+            raise InputError(f"two files map to document id {item.doc_id!r}: "
+                             f"{seen[item.doc_id]} and {item.path}")
         seen[item.doc_id] = item.path
     return found
 

@@ -31,6 +31,7 @@ from webapp.follow import IngestRun, JobFailed, job_fraction, wait_job
 from webapp.progress import ProgressBar
 
 EXPECTED_ERRORS = (ApiUnreachable, ApiError, JobFailed, InputError, TimeoutError)
+FINISHED = ("succeeded", "failed", "canceled")
 
 
 class SwaplineGroup(click.Group):
@@ -62,7 +63,8 @@ def main(ctx: click.Context, url: str, api_key: str | None, timeout: float) -> N
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-c", "--collection", required=True, help="Collection to write into.")
 @click.option("--glob", "pattern", default="*.md", show_default=True, help="Files to take from directories.")
-@click.option("--create/--no-create", default=True, show_default=True, help="Create the collection if missing.")
+@click.option("--create/--no-create", default=True, show_default=True,
+              help="Create the collection if missing.")
 @click.option("--rebuild/--no-rebuild", default=True, show_default=True,
               help="Rebuild the index after the batches and wait for it, so the documents are searchable.")
 @click.option("--batch-size", default=DEFAULT_BATCH_DOCS, show_default=True, help="Documents per request.")
@@ -72,8 +74,8 @@ def main(ctx: click.Context, url: str, api_key: str | None, timeout: float) -> N
 @click.option("--max-inflight", default=4, show_default=True, help="Unfinished jobs allowed at once.")
 @click.option("--poll", default=0.5, show_default=True, help="Seconds between job polls.")
 @click.pass_obj
-def ingest(client: Client, paths, collection, pattern, create, rebuild, batch_size, batch_bytes, max_doc_bytes,
-           max_inflight, poll) -> None:
+def ingest(client: Client, paths, collection, pattern, create, rebuild, batch_size, batch_bytes,
+           max_doc_bytes, max_inflight, poll) -> None:
     """Read files on this machine, post them in batches, follow the jobs to completion.
 
     A directory contributes its files matching --glob, with ids relative to it; the metadata of each
@@ -83,8 +85,8 @@ def ingest(client: Client, paths, collection, pattern, create, rebuild, batch_si
     skipped: list[str] = []
     batches = make_batches(read_documents(files, max_doc_bytes, skipped), batch_size, batch_bytes)
     bar = ProgressBar("ingest", "docs")
-    run = IngestRun(client, collection, batches, len(files), rebuild=rebuild, max_inflight=max_inflight, poll=poll,
-                    progress=lambda done, total, note, force: bar.update(done, total, note, force))
+    run = IngestRun(client, collection, batches, len(files), rebuild=rebuild, max_inflight=max_inflight,
+                    poll=poll, progress=lambda done, total, note, force: bar.update(done, total, note, force))
     try:
         summary = run.run()
     except KeyboardInterrupt:
@@ -106,7 +108,8 @@ def _ensure_collection(client: Client, name: str, create: bool) -> None:
         if exc.status != 404:
             raise
         if not create:
-            raise click.ClickException(f"collection {name!r} does not exist (drop --no-create to create it)") from None
+            raise click.ClickException(
+                f"collection {name!r} does not exist (drop --no-create to create it)") from None
         if client.create_collection(name):
             click.echo(f"created collection {name!r}", err=True)
 
@@ -138,7 +141,8 @@ def status(client: Client, name, as_json) -> None:
 
 @main.command()
 @click.option("--collection", default=None, help="Only jobs of this collection.")
-@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "canceled"]), default=None)
+@click.option("--state", default=None,
+              type=click.Choice(["queued", "running", "succeeded", "failed", "canceled"]))
 @click.option("--kind", default=None, help="ingest, rebuild, ...")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--cursor", default=None, help="Continue a listing from its next_cursor.")
@@ -170,7 +174,7 @@ def job(client: Client, job_id, wait, as_json) -> None:
     """One job; with --wait, follow it to the end (exit 1 if it fails)."""
     found = _follow(client, job_id) if wait else client.job(job_id)
     click.echo(json.dumps(found, indent=2) if as_json else fmt.job_detail(found))
-    if found["state"] in ("failed", "canceled"):
+    if found["state"] in FINISHED[1:]:
         sys.exit(1)
 
 
@@ -193,8 +197,8 @@ def rebuild(client: Client, name, wait) -> None:
     begun = time.monotonic()
     done = _follow(client, started["id"], fail=True)
     result = done.get("result") or {}
-    click.echo(f"rebuild {done['id']} succeeded: index v{result.get('version')} with {result.get('vectors')} vectors "
-               f"in {time.monotonic() - begun:.1f} s")
+    click.echo(f"rebuild {done['id']} succeeded: index v{result.get('version')} with "
+               f"{result.get('vectors')} vectors in {time.monotonic() - begun:.1f} s")
 
 
 def _follow(client: Client, job_id: str, fail: bool = False) -> dict:
@@ -202,8 +206,9 @@ def _follow(client: Client, job_id: str, fail: bool = False) -> dict:
 
     def show(job: dict) -> None:
         progress = job.get("progress") or {}
-        note = f"{job['state']} {progress.get('stage', '')} {progress.get('done', 0)}/{progress.get('total', 0)}"
-        bar.update(100 * job_fraction(job), 100, note, force=job["state"] in ("succeeded", "failed", "canceled"))
+        note = (f"{job['state']} {progress.get('stage', '')} "
+                f"{progress.get('done', 0)}/{progress.get('total', 0)}")
+        bar.update(100 * job_fraction(job), 100, note, force=job["state"] in FINISHED)
 
     try:
         return wait_job(client, job_id, on_update=show)

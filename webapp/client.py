@@ -57,10 +57,12 @@ class Client:
         try:
             resp = self.http.request(method, url, timeout=self.timeout, **kw)
         except requests.ConnectionError as exc:
-            raise ApiUnreachable(f"cannot reach the Swapline API at {self.base_url} (connection refused); "
-                                 "is it running? Start it with `make run` or point SWAPLINE_URL at it") from exc
+            raise ApiUnreachable(
+                f"cannot reach the Swapline API at {self.base_url} (connection refused); "
+                "is it running? Start it with `make run` or point SWAPLINE_URL at it") from exc
         except requests.Timeout as exc:
-            raise ApiUnreachable(f"the Swapline API at {self.base_url} did not answer within {self.timeout:g} s") from exc
+            raise ApiUnreachable(
+                f"the Swapline API at {self.base_url} did not answer within {self.timeout:g} s") from exc
         except requests.RequestException as exc:
             raise ApiUnreachable(f"request to {url} failed: {exc}") from exc
         if resp.status_code not in ok:
@@ -123,5 +125,5 @@ def _error_from(resp: requests.Response) -> ApiError:
         text = " ".join(resp.text.split())[:200] or resp.reason
         return ApiError(resp.status_code, "http_error", text, retry_after=retry_after)
     cls = RebuildBusy if resp.status_code == 409 and body.get("code") == "rebuild_in_progress" else ApiError
-    return cls(resp.status_code, str(body.get("code") or "error"), str(body.get("message") or resp.reason), body,
-               retry_after)
+    code, message = str(body.get("code") or "error"), str(body.get("message") or resp.reason)
+    return cls(resp.status_code, code, message, body, retry_after)

@@ -27,7 +27,8 @@ class RedisBinary:
 
     def version(self) -> str:
         try:
-            out = subprocess.run([str(self.path), "--version"], capture_output=True, text=True, timeout=10).stdout
+            out = subprocess.run([str(self.path), "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return "unknown"
         # "Redis server v=7.0.15 sha=..." -> "7.0.15"
@@ -87,7 +88,8 @@ def wait_for_redis(url: str, timeout: float = 20.0, alive=lambda: True) -> None:
                 if not alive():
                     raise RuntimeError(f"redis-server exited before answering at {url}") from exc
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"Redis at {url} did not answer PING within {timeout:g} s: {exc}") from exc
+                    raise TimeoutError(
+                        f"Redis at {url} did not answer PING within {timeout:g} s: {exc}") from exc
             time.sleep(0.1)
     finally:
         client.close()

@@ -128,11 +128,13 @@ def stack_commands(opts: Options, python: str = sys.executable) -> dict[str, lis
         "worker": celery + ["worker", "-Q", "ingest,index", "-c", str(opts.worker_concurrency),
                             "-n", "worker1@%h", "--loglevel", "INFO"],
         "api": [python, "-m", "gunicorn", "--bind", f"{opts.host}:{opts.api_port}",
-                "--workers", str(opts.api_workers), "--worker-class", "gthread", "--threads", str(opts.api_threads),
-                "--timeout", "120", "--graceful-timeout", "10", "webapp:create_app()"],
+                "--workers", str(opts.api_workers), "--worker-class", "gthread",
+                "--threads", str(opts.api_threads), "--timeout", "120", "--graceful-timeout", "10",
+                "webapp:create_app()"],
         "flower": celery + ["flower", f"--address={opts.host}", f"--port={opts.flower_port}"],
         # Sends the periodic sweep (lost and stale jobs); its schedule file lives with the launcher's data.
-        "beat": celery + ["beat", "--loglevel", "INFO", "--schedule", str(opts.var_dir / "celerybeat-schedule")],
+        "beat": celery + ["beat", "--loglevel", "INFO",
+                          "--schedule", str(opts.var_dir / "celerybeat-schedule")],
     }
 
 
@@ -160,7 +162,8 @@ def redacted(url: str) -> str:
     return url
 
 
-def start_redis(sup: Supervisor, opts: Options, environ: Mapping[str, str], search_path: str | None = None) -> str:
+def start_redis(sup: Supervisor, opts: Options, environ: Mapping[str, str],
+                search_path: str | None = None) -> str:
     """The Redis URL for the stack: SWAPLINE_REDIS_URL when set (checked to answer), else an embedded
     redis-server started under `sup` as child "redis"."""
     external = environ.get("SWAPLINE_REDIS_URL")
@@ -177,7 +180,8 @@ def start_redis(sup: Supervisor, opts: Options, environ: Mapping[str, str], sear
         raise LaunchError(str(exc)) from exc
     port = opts.redis_port or free_port()
     if not port_free("127.0.0.1", port):
-        raise LaunchError(f"port {port} for the embedded Redis is in use (set --redis-port / SWAPLINE_REDIS_PORT)")
+        raise LaunchError(f"port {port} for the embedded Redis is in use "
+                          "(set --redis-port / SWAPLINE_REDIS_PORT)")
     data_dir = opts.var_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     url = f"redis://127.0.0.1:{port}/0"
@@ -200,7 +204,8 @@ def lock_var_dir(var_dir: Path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        raise LaunchError(f"another `make run` uses {var_dir} (pid {handle.read().strip() or '?'}); stop it first")
+        owner = handle.read().strip() or "?"
+        raise LaunchError(f"another `make run` uses {var_dir} (pid {owner}); stop it first") from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))
@@ -210,10 +215,11 @@ def lock_var_dir(var_dir: Path):
 
 def banner(opts: Options, redis_desc: str, settings: Settings, searchable_after: float | None) -> list[str]:
     auth = ' -H "Authorization: Bearer $SWAPLINE_API_KEY"' if settings.api_keys else ""
-    curl = (f"curl -s -X POST {opts.api_url}/v1/collections/{COLLECTION}/search -H 'Content-Type: application/json'"
-            f"{auth} -d '{{\"query\": \"{EXAMPLE_QUERY}\", \"k\": 3}}'")
-    head = "Swapline is up" + (f"; the sample collection '{COLLECTION}' is searchable after {searchable_after:.1f} s"
-                               if searchable_after is not None else "")
+    curl = (f"curl -s -X POST {opts.api_url}/v1/collections/{COLLECTION}/search "
+            f"-H 'Content-Type: application/json'{auth} -d '{{\"query\": \"{EXAMPLE_QUERY}\", \"k\": 3}}'")
+    head = "Swapline is up"
+    if searchable_after is not None:
+        head += f"; the sample collection '{COLLECTION}' is searchable after {searchable_after:.1f} s"
     return [
         "=" * 72, head,
         f"  API        {opts.api_url}",
@@ -267,8 +273,8 @@ class Launcher:
     def _run(self) -> int:
         for what, port in (("API", self.opts.api_port), ("Flower", self.opts.flower_port)):
             if not port_free(self.opts.host, port):
-                raise LaunchError(f"port {port} for {what} is in use on {self.opts.host}; choose another with "
-                                  f"--{what.lower()}-port or SWAPLINE_{what.upper()}_PORT")
+                raise LaunchError(f"port {port} for {what} is in use on {self.opts.host}; choose another "
+                                  f"with --{what.lower()}-port or SWAPLINE_{what.upper()}_PORT")
         url = start_redis(self.sup, self.opts, self.environ, self.redis_search_path)
         redis_desc = redacted(url) + ("" if self.environ.get("SWAPLINE_REDIS_URL") else
                                       f" (embedded, data in {self.opts.var_dir / 'redis'})")
@@ -279,8 +285,10 @@ class Launcher:
         self.sup.start("api", commands["api"], env)
         self.sup.start("beat", commands["beat"], env)
         # Flower's API answers without auth only here, on the local default; compose sets basic auth.
-        self.sup.start("flower", commands["flower"], child_env(settings, self.environ, FLOWER_UNAUTHENTICATED_API="true"))
-        self.loader = threading.Thread(target=self._prepare, args=(settings, redis_desc), name="sample", daemon=True)
+        flower_env = child_env(settings, self.environ, FLOWER_UNAUTHENTICATED_API="true")
+        self.sup.start("flower", commands["flower"], flower_env)
+        self.loader = threading.Thread(target=self._prepare, args=(settings, redis_desc), name="sample",
+                                       daemon=True)
         self.loader.start()
         while not self.stop.is_set():
             dead = self.sup.dead()
@@ -304,9 +312,10 @@ class Launcher:
             elapsed = time.monotonic() - self.started if self.opts.sample else None
             for line in banner(self.opts, redis_desc, settings, elapsed):
                 say(line, colour="32;1")
-            say(f"event=stack.ready api={self.opts.api_url} docs={self.opts.api_url}/docs "
-                f"admin={self.opts.api_url}/admin flower={self.opts.flower_url} redis={redacted(settings.redis_url)} "
-                f"searchable_seconds={'' if elapsed is None else f'{elapsed:.1f}'} launcher_pid={os.getpid()}")
+            api, seconds = self.opts.api_url, "" if elapsed is None else f"{elapsed:.1f}"
+            say(f"event=stack.ready api={api} docs={api}/docs admin={api}/admin "
+                f"flower={self.opts.flower_url} redis={redacted(settings.redis_url)} "
+                f"searchable_seconds={seconds} launcher_pid={os.getpid()}")
             loader.load_rest(rest)
         except Interrupted:
             pass

@@ -48,7 +48,8 @@ def split_first(docs: list[dict], first_bytes: int = FIRST_BATCH_BYTES) -> tuple
     return [docs[i] for i in sorted(taken)], [d for i, d in enumerate(docs) if i not in taken]
 
 
-def _wait(predicate: Callable[[], object], stop: threading.Event, timeout: float, what: str, poll: float = 0.5):
+def _wait(predicate: Callable[[], object], stop: threading.Event, timeout: float, what: str,
+          poll: float = 0.5):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -111,7 +112,8 @@ class SampleLoader:
         started = time.monotonic()
         bar = ProgressBar("sample", "docs", stream=_SayStream(self.say), tty=False, interval=10.0)
         run = IngestRun(self.client, COLLECTION, make_batches(rest, BATCH_DOCS), len(rest), poll=self.poll,
-                        stop=self.stop, progress=lambda done, total, note, force: bar.update(done, total, note))
+                        stop=self.stop,
+                        progress=lambda done, total, note, force: bar.update(done, total, note))
         summary = run.run()
         self.say(f"event=sample.loaded collection={COLLECTION} documents={len(self.docs)} "
                  f"chunks_added={summary.chunks} index_version={summary.index_version} "

@@ -146,7 +146,8 @@ class Supervisor:
                 break
             for child in steps:
                 sig, _ = child.stop_steps[step]
-                self.say(f"event=child.stop name={child.name} pid={child.pid} signal={signal.Signals(sig).name}")
+                self.say(f"event=child.stop name={child.name} pid={child.pid} "
+                         f"signal={signal.Signals(sig).name}")
                 child.send(sig)
             deadline = time.monotonic() + max(c.stop_steps[step][1] for c in steps)
             while time.monotonic() < deadline and any(c.alive() for c in steps) and not self.hurry.is_set():
