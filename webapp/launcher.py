@@ -42,7 +42,7 @@ LAUNCHER_ENV: dict[str, tuple[str, str]] = {
     "SWAPLINE_API_WORKERS": ("1", "gunicorn worker processes (each holds the model and the indexes)"),
     "SWAPLINE_API_THREADS": ("8", "threads per gunicorn worker (gthread, so SSE streams don't block)"),
     "SWAPLINE_WORKER_CONCURRENCY": ("1", "Celery pool processes of the worker"),
-    "SWAPLINE_SAMPLE": ("1", "load the sample collection `keps` on first start (0 to skip)"),
+    "SWAPLINE_SAMPLE": ("1", "load the sample collection `keps` on first start (0 or --no-sample: skip)"),
     "SWAPLINE_SAMPLE_LIMIT": ("", "load only the first N sample files (empty: all)"),
 }
 STOP_ORDER = (("api", "flower", "beat", "worker"), ("redis",))
@@ -88,18 +88,24 @@ def parse_options(argv: list[str] | None = None, environ: Mapping[str, str] | No
         return env.get(name) or LAUNCHER_ENV[name][0]
 
     p = argparse.ArgumentParser(prog="python -m webapp.launcher", description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default=default("SWAPLINE_HOST"))
-    p.add_argument("--api-port", type=int, default=int(default("SWAPLINE_API_PORT")))
-    p.add_argument("--flower-port", type=int, default=int(default("SWAPLINE_FLOWER_PORT")))
-    p.add_argument("--redis-port", type=int, default=int(default("SWAPLINE_REDIS_PORT")))
-    p.add_argument("--var-dir", type=Path, default=Path(default("SWAPLINE_VAR_DIR")))
-    p.add_argument("--api-workers", type=int, default=int(default("SWAPLINE_API_WORKERS")))
-    p.add_argument("--api-threads", type=int, default=int(default("SWAPLINE_API_THREADS")))
-    p.add_argument("--worker-concurrency", type=int, default=int(default("SWAPLINE_WORKER_CONCURRENCY")))
-    p.add_argument("--no-sample", dest="sample", action="store_false",
-                   default=default("SWAPLINE_SAMPLE").lower() not in ("0", "false", "no", "off"))
+
+    def option(flag: str, name: str, **kw) -> None:
+        meaning, fallback = LAUNCHER_ENV[name][1], LAUNCHER_ENV[name][0] or "unset"
+        p.add_argument(flag, help=f"{meaning} [env {name}, default {fallback}]", **kw)
+
+    option("--host", "SWAPLINE_HOST", default=default("SWAPLINE_HOST"))
+    option("--api-port", "SWAPLINE_API_PORT", type=int, default=int(default("SWAPLINE_API_PORT")))
+    option("--flower-port", "SWAPLINE_FLOWER_PORT", type=int, default=int(default("SWAPLINE_FLOWER_PORT")))
+    option("--redis-port", "SWAPLINE_REDIS_PORT", type=int, default=int(default("SWAPLINE_REDIS_PORT")))
+    option("--var-dir", "SWAPLINE_VAR_DIR", type=Path, default=Path(default("SWAPLINE_VAR_DIR")))
+    option("--api-workers", "SWAPLINE_API_WORKERS", type=int, default=int(default("SWAPLINE_API_WORKERS")))
+    option("--api-threads", "SWAPLINE_API_THREADS", type=int, default=int(default("SWAPLINE_API_THREADS")))
+    option("--worker-concurrency", "SWAPLINE_WORKER_CONCURRENCY", type=int,
+           default=int(default("SWAPLINE_WORKER_CONCURRENCY")))
+    option("--no-sample", "SWAPLINE_SAMPLE", dest="sample", action="store_false",
+           default=default("SWAPLINE_SAMPLE").lower() not in ("0", "false", "no", "off"))
     limit = default("SWAPLINE_SAMPLE_LIMIT")
-    p.add_argument("--sample-limit", type=int, default=int(limit) if limit else None)
+    option("--sample-limit", "SWAPLINE_SAMPLE_LIMIT", type=int, default=int(limit) if limit else None)
     a = p.parse_args(argv)
     return Options(a.host, a.api_port, a.flower_port, a.redis_port, a.var_dir.resolve(), a.api_workers,
                    a.api_threads, a.worker_concurrency, a.sample, a.sample_limit)
