@@ -51,5 +51,6 @@ SWAPLINE_MAX_QUEUED_INDEX={settings.max_queued_index}) the answer is 503 with `R
 past it); {settings.max_documents_per_batch} documents per batch (SWAPLINE_MAX_DOCUMENTS_PER_BATCH, 413);
 {settings.max_document_bytes} bytes of text per document (SWAPLINE_MAX_DOCUMENT_BYTES, 413);
 search `k` at most {settings.max_k} (SWAPLINE_MAX_K, 422); query at most {settings.max_query_chars} characters
-(SWAPLINE_MAX_QUERY_CHARS, 422).
+(SWAPLINE_MAX_QUERY_CHARS, 422). In front of the API, the HTTP server (gunicorn) refuses a request line
+over 4094 bytes (414) and a header over 8190 bytes (400) with its own page.
 """

@@ -19,6 +19,7 @@ class ErrorSchema(Schema):
     message = fields.String(required=True)
     errors = fields.Dict(metadata={"description": "per-field validation messages"})
     job_id = fields.String(metadata={"description": "the job in the way (409 on rebuild or drop)"})
+    queue = fields.String(metadata={"description": "the full queue (503 queue_full)"})
 
 
 def _no_line_break(value: str) -> None:
