@@ -67,14 +67,16 @@ def document_type(record: dict) -> str:
     return ext[:16] if ext else "none"
 
 
-def count_by_type(records: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def count_by_type(records: list[dict]) -> dict[str, dict[str, int]]:
+    """type -> {"documents": n, "chunks": m} over the live chunk records."""
+    counts: dict[str, dict[str, int]] = {}
     seen: set[str] = set()
     for rec in records:
+        entry = counts.setdefault(document_type(rec), {"documents": 0, "chunks": 0})
+        entry["chunks"] += 1
         if rec["doc_id"] not in seen:
             seen.add(rec["doc_id"])
-            kind = document_type(rec)
-            counts[kind] = counts.get(kind, 0) + 1
+            entry["documents"] += 1
     return counts
 
 

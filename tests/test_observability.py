@@ -118,7 +118,7 @@ def test_status_tracks_ingest_rebuild_drift_and_replicas(settings, procs):
     status = wait_for(lambda: (s := requests.get(f"{base}/v1/collections/docs").json())["converged"] and s,
                       message="replicas to converge on v1")
     assert status["documents"] == 30 and status["documents_at_rebuild"] == 30 and status["drift"] == 0
-    assert status["index"]["version"] == v1 and status["index"]["by_type"] == {".md": 30}
+    assert status["index"]["version"] == v1 and status["index"]["by_type"] == {".md": {"documents": 30, "chunks": 30}}
     assert status["last_rebuild_at"] and status["lock"] is None and list(status["replicas"].values()) == [v1]
 
     # More ingest without a rebuild: the served index drifts behind the documents.
