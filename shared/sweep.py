@@ -5,12 +5,13 @@ Run periodically (the `swapline.sweep` task on celery beat, see `shared.celeryco
 - deletes finished jobs older than `job_ttl_seconds`, keeping the newest `jobs_keep_per_collection`
   of every collection;
 - sends again the task of a job left `queued` for `sweep_stale_seconds` whose message is nowhere in
-  the broker (the API died between creating the job and enqueueing it), or whose message a worker
-  took long ago and never acked (that worker is gone);
+  the broker (the API died between creating the job and enqueueing it). One a worker holds unacked is
+  left to kombu, which restores it after the visibility timeout: sending it again could run it twice;
 - sends again the task of a `running` job whose heartbeat is older than `sweep_stale_seconds` (its
   worker died; the task's start takes an already running job as a resume, and the rebuild lease and
-  fence keep a resumed rebuild safe). A rebuild or drop whose lease is still alive is not stale: its
-  worker renews the lease between steps;
+  fence keep a resumed rebuild safe), first dropping its unacked delivery so kombu does not bring it
+  back later. A rebuild or drop whose lease is still alive is not stale: its worker renews the lease
+  between steps;
 - removes staged batches nobody will read (their job finished or never came to exist).
 
 "Nowhere in the broker" is read from kombu's Redis layout (queue lists and the unacked hash; keys in
@@ -115,8 +116,13 @@ def _lost(candidates: list[dict], waiting: set[str], taken: dict[str, list[tuple
     for job in candidates:
         if job["id"] in waiting:
             continue  # a worker will get it
-        if any(at >= stale_before for _, at in taken.get(job["id"], [])):
-            continue  # a worker took it recently
+        deliveries = taken.get(job["id"], [])
+        if job["state"] == QUEUED and deliveries:
+            # A worker holds it (an ETA retry, a prefetch) or held it and died; kombu restores it after
+            # the visibility timeout. Sending it again could run it twice at once.
+            continue
+        if any(at >= stale_before for _, at in deliveries):
+            continue  # a worker took it recently (the redelivery of a running job, say)
         lost.append(job)
     return lost
 

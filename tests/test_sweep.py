@@ -29,8 +29,8 @@ def sent():
 
 @pytest.fixture
 def svc(settings, sent):
-    services = build_services(settings.with_(sweep_stale_seconds=60), lambda kind, job_id: sent.append((kind, job_id)),
-                              torch_threads=1)
+    services = build_services(settings.with_(sweep_stale_seconds=60),
+                              lambda kind, job_id: sent.append((kind, job_id)), torch_threads=1)
     yield services
     services.redis.close()
 
@@ -82,20 +82,27 @@ def _message(job_id: str, task: str = tasknames.INGEST) -> str:
                        "properties": {"delivery_tag": f"tag-{job_id}"}})
 
 
+def held_unacked(rclient, job_id: str, task: str, queue: str, delivered_at: float) -> None:
+    """What kombu writes when it hands a message to a worker that has not acked it yet."""
+    rclient.hset("unacked", f"tag-{job_id}", json.dumps([json.loads(_message(job_id, task)), queue, queue]))
+    rclient.zadd("unacked_index", {f"tag-{job_id}": delivered_at})
+
+
 def test_requeue_only_jobs_whose_message_is_lost(svc, sent, rclient):
     old = time.time() + 3600  # "now" an hour ahead: every job is past the stale threshold
     lost = svc.jobs.create("ingest", "docs")["id"]  # created, never enqueued (the API died)
     waiting = svc.jobs.create("ingest", "docs")["id"]
     rclient.lpush("ingest", _message(waiting))  # still in the broker's queue list
-    taken = svc.jobs.create("rebuild", "docs")["id"]  # taken by a worker long ago, never acked
-    rclient.hset("unacked", f"tag-{taken}", json.dumps([json.loads(_message(taken, tasknames.REBUILD)), "index", "index"]))
-    rclient.zadd("unacked_index", {f"tag-{taken}": time.time() - 7200})
+    taken = svc.jobs.create("rebuild", "docs")["id"]  # taken by a worker long ago, not acked yet
+    held_unacked(rclient, taken, tasknames.REBUILD, "index", time.time() - 7200)
     fresh = svc.jobs.create("rebuild", "other")["id"]  # taken by a worker a moment ago
-    rclient.hset("unacked", f"tag-{fresh}", json.dumps([json.loads(_message(fresh, tasknames.REBUILD)), "index", "index"]))
-    rclient.zadd("unacked_index", {f"tag-{fresh}": old})
+    held_unacked(rclient, fresh, tasknames.REBUILD, "index", old)
 
     stale_running = svc.jobs.create("ingest", "docs")["id"]
     assert svc.jobs.start(stale_running)  # its worker died: no message anywhere, heartbeat old
+    dead_worker = svc.jobs.create("ingest", "docs")["id"]
+    assert svc.jobs.start(dead_worker)  # its worker died holding the message unacked
+    held_unacked(rclient, dead_worker, tasknames.INGEST, "ingest", time.time() - 7200)
     leased = svc.jobs.create("rebuild", "leased")["id"]
     assert svc.jobs.start(leased)
     assert svc.locks.acquire("leased", leased)  # its lease is alive: its worker is alive too
@@ -105,10 +112,11 @@ def test_requeue_only_jobs_whose_message_is_lost(svc, sent, rclient):
     assert rclient.sismember(keys.running(), finished)
 
     requeued = requeue_lost(svc, now=old, recheck_delay=0.01)
-    assert sorted(requeued) == sorted([lost, taken, stale_running])
-    assert sorted(sent) == sorted([("ingest", lost), ("rebuild", taken), ("ingest", stale_running)])
-    assert not rclient.hexists("unacked", f"tag-{taken}")  # the old delivery will not come back later
-    assert rclient.hexists("unacked", f"tag-{fresh}")
+    assert sorted(requeued) == sorted([lost, stale_running, dead_worker])
+    assert sorted(sent) == sorted([("ingest", lost), ("ingest", stale_running), ("ingest", dead_worker)])
+    assert not rclient.hexists("unacked", f"tag-{dead_worker}")  # the old delivery will not come back later
+    # Queued jobs a worker holds are left to kombu's own restore: no second copy.
+    assert rclient.hexists("unacked", f"tag-{taken}") and rclient.hexists("unacked", f"tag-{fresh}")
     assert rclient.hget(keys.job(lost), "requeues") == "1"
     assert not rclient.sismember(keys.running(), finished)  # pruned: the publish script finished it
     # The heartbeat was refreshed: the next sweep leaves them alone for another stale period.
@@ -146,5 +154,6 @@ def test_sweep_task_on_a_worker_resends_a_lost_job(settings, procs, rclient):
     celery.send_task(tasknames.SWEEP, queue=tasknames.QUEUE_INDEX)
     job = wait_job(base, lost)
     assert job["state"] == SUCCEEDED and rclient.hget(keys.job(lost), "requeues") == "1"
-    wait_for(lambda: "event=sweep.done" in (procs.log_dir / "worker-w1.log").read_text(), message="the sweep log")
+    wait_for(lambda: "event=sweep.done" in (procs.log_dir / "worker-w1.log").read_text(),
+             message="the sweep's log line")
     svc.redis.close()
