@@ -31,5 +31,8 @@ test-fast: $(STAMP) ## Run only the unit tests (no redis-server, workers, model 
 bench: $(STAMP) ## Benchmark ingest and search against the raw model and raw FAISS
 	$(PY) -m tests.bench
 
+lint: $(STAMP) ## Check style and common mistakes with ruff (config in pyproject.toml)
+	$(VENV)/bin/ruff check .
+
 clean: ## Remove local data and caches (not .venv)
 	rm -rf var .pytest_cache

@@ -45,6 +45,11 @@ def celery_config(settings: Settings) -> dict:
             "swapline-sweep": {
                 "task": tasknames.SWEEP, "schedule": sweep_interval(settings),
                 "options": {"queue": tasknames.QUEUE_INDEX, "expires": sweep_interval(settings)}},
+            # Rebuilds collect old versions when they publish; this catches versions that stopped
+            # being served later (an API process swapped away or went down).
+            "swapline-collect-versions": {
+                "task": tasknames.COLLECT_VERSIONS, "schedule": settings.collect_versions_seconds,
+                "options": {"queue": tasknames.QUEUE_INDEX, "expires": settings.collect_versions_seconds}},
         },
     }
 

@@ -95,7 +95,7 @@ def run_drop(svc: Services, job_id: str) -> None:
     r.srem(keys.collections(), collection)
     svc.jobs.progress(job_id, "stop-jobs", 0, 1)
     busy = []
-    for other, kind, state in _collection_jobs(svc, collection, job_id):
+    for other, kind, _state in _collection_jobs(svc, collection, job_id):
         after = svc.jobs.request_cancel(other, DROP_REASON)
         if after == "canceled":
             cleanup_canceled(svc, {"id": other, "kind": kind, "collection": collection})

@@ -17,7 +17,6 @@ from shared.locks import Lease
 from shared.pointers import PublishRefused
 from shared.services import Services
 from shared.storage import fsync_dir, fsync_tree
-from shared.versions import collect_versions
 from shared.vectorindex import (
     KIND_FLAT,
     KIND_IVF,
@@ -27,6 +26,7 @@ from shared.vectorindex import (
     verify_version,
     write_version,
 )
+from shared.versions import collect_versions
 
 log = logging.getLogger(__name__)
 

@@ -47,6 +47,7 @@ class Settings:
     api_torch_threads: int = 1
     worker_torch_threads: int = 2
     versions_keep: int = 5
+    collect_versions_seconds: float = 300.0
     job_ttl_seconds: int = 7 * 24 * 3600
     jobs_keep_per_collection: int = 100
     idempotency_ttl_seconds: int = 24 * 3600

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from shared import keys
 from shared.jobs import RUNNING, iso_time

@@ -9,8 +9,8 @@ import shutil
 import uuid
 
 from shared.pointers import PublishRefused
-from shared.services import Services
 from shared.replicas import replica_versions
+from shared.services import Services
 from shared.vectorindex import VerifyFailed, verify_version
 
 log = logging.getLogger(__name__)

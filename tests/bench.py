@@ -143,8 +143,10 @@ def bench_swap(n_docs: int) -> None:
         settings = Settings(redis_url=url, data_dir=tmp / "data", embedder="hash", watcher_poll_seconds=2.0)
         procs = [server]
         try:
-            _, base1 = start_api(settings, tmp, name="api1")
-            _, base2 = start_api(settings, tmp, name="api2")
+            api1, base1 = start_api(settings, tmp, name="api1")
+            procs.append(api1)
+            api2, base2 = start_api(settings, tmp, name="api2")
+            procs.append(api2)
             procs.append(start_worker(settings, tmp))
             requests.post(f"{base1}/v1/collections", json={"name": "bench"})
             docs = [{"id": f"d{i}", "text": f"# Topic {i % 50}\nItem {i} of the benchmark corpus, word{i % 997}."}
@@ -176,11 +178,13 @@ def bench_swap(n_docs: int) -> None:
                        if f["type"] == "index.swapped" and f"\"version\": {version}" in f["data"]]
             print(f"hot swap on real processes ({n_docs} docs, 2 API processes, 1 worker, hashing embedder):")
             print(f"  rebuild timings (s): {done['result']['timings']}")
-            print(f"  publish -> API process serving, ms: {sorted(swapped)} (watcher poll {settings.watcher_poll_seconds}s,"
+            poll = settings.watcher_poll_seconds
+            print(f"  publish -> API process serving, ms: {sorted(swapped)} (watcher poll {poll}s,"
                   " pub/sub message first)")
             print(f"  search p50/p95 ms idle:           {1000 * _pct(idle, .5):7.2f} / {1000 * _pct(idle, .95):7.2f}"
                   f"  ({len(idle)} searches)")
-            print(f"  search p50/p95 ms during rebuild: {1000 * _pct(during, .5):7.2f} / {1000 * _pct(during, .95):7.2f}"
+            print(f"  search p50/p95 ms during rebuild: {1000 * _pct(during, .5):7.2f} / "
+                  f"{1000 * _pct(during, .95):7.2f}"
                   f"  ({len(during)} searches, 0 failed)")
             print(f"  ratio during/idle p50: {statistics.median(during) / statistics.median(idle):.2f}x")
         finally:
@@ -195,7 +199,8 @@ def main() -> None:
     n_chunks = int(os.environ.get("BENCH_CHUNKS", "256"))
     n_vectors = int(os.environ.get("BENCH_VECTORS", "100000"))
     n_docs = int(os.environ.get("BENCH_DOCS", "50000"))
-    print(f"machine: {os.cpu_count()} cores; sizes: BENCH_CHUNKS={n_chunks} BENCH_VECTORS={n_vectors} BENCH_DOCS={n_docs}")
+    print(f"machine: {os.cpu_count()} cores; sizes: BENCH_CHUNKS={n_chunks} BENCH_VECTORS={n_vectors} "
+          f"BENCH_DOCS={n_docs}")
     bench_search(n_vectors)
     bench_swap(n_docs)
     import fakeredis

@@ -95,7 +95,8 @@ def start_worker(settings: Settings, log_dir: Path, name: str = "w1", queues: st
     return proc
 
 
-def start_api(settings: Settings, log_dir: Path, name: str = "api1", threads: int = 8, **extra_env: str) -> tuple[Proc, str]:
+def start_api(settings: Settings, log_dir: Path, name: str = "api1", threads: int = 8,
+              **extra_env: str) -> tuple[Proc, str]:
     """A real API process under gunicorn on a free port; returns once /readyz answers 200."""
     port = free_port()
     proc = Proc(name, [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",

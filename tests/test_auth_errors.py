@@ -56,6 +56,7 @@ def test_role_matrix(keyed, procs):
         ("POST", f"/v1/jobs/{job_id}/cancel", None, "admin", 202),
         ("DELETE", "/v1/collections/c1/documents/a", None, "admin", 202),
         ("DELETE", "/v1/collections/c3", None, "admin", 202),
+        ("POST", "/v1/collections/docs/rollback", {"version": 1}, "admin", 404),
         ("GET", "/admin", None, "admin", 200),
         ("GET", "/metrics", None, "read", 200),
     ]
@@ -71,9 +72,13 @@ def test_role_matrix(keyed, procs):
             assert_error(call(AUTH[lower]), 403, "forbidden")
         # The lowest adequate key goes through (the call that changes state runs exactly once).
         assert call(AUTH[role]).status_code == ok, (method, path)
+    # The event stream needs `read` too (checked without opening a stream that would stay open).
+    assert_error(requests.get(f"{base}/v1/events"), 401, "unauthorized")
+    assert_error(requests.get(f"{base}/v1/events", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
     # A higher role includes the lower ones.
     assert requests.get(f"{base}/v1/jobs", headers=AUTH["admin"]).status_code == 200
-    assert requests.post(f"{base}/v1/collections/docs/search", json={"query": "x", "k": 1}, headers=AUTH["write"]).status_code == 200
+    search = requests.post(f"{base}/v1/collections/docs/search", json={"query": "x", "k": 1}, headers=AUTH["write"])
+    assert search.status_code == 200
     # Browsers send the key as the Basic password (the admin page prompts for it).
     basic = base64.b64encode(b"anyone:k-admin").decode()
     assert requests.get(f"{base}/admin", headers={"Authorization": f"Basic {basic}"}).status_code == 200
@@ -84,7 +89,8 @@ def test_role_matrix(keyed, procs):
     assert requests.get(f"{base}/readyz").json()["checks"]["auth"] == "keys"
     spec = requests.get(f"{base}/openapi.json").json()
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer", "description": spec["components"]["securitySchemes"]["bearerAuth"]["description"]}
+        "type": "http", "scheme": "bearer",
+        "description": spec["components"]["securitySchemes"]["bearerAuth"]["description"]}
     cancel = spec["paths"]["/v1/jobs/{job_id}/cancel"]["post"]
     assert cancel["security"] == [{"bearerAuth": []}] and cancel["x-required-role"] == "admin"
     assert {"401", "403"} <= set(cancel["responses"])
@@ -111,7 +117,8 @@ def test_one_error_shape_and_limits(keyed, procs):
     assert_error(requests.get(f"{base}/v1/collections/nope", headers=h), 404, "not_found")
     assert_error(requests.get(f"{base}/v1/jobs/{'0' * 32}", headers=h), 404, "not_found")
     # Bodies: not JSON, unknown fields, wrong types.
-    garbled = requests.post(f"{base}/v1/collections", data="{not json", headers={**h, "Content-Type": "application/json"})
+    garbled = requests.post(f"{base}/v1/collections", data="{not json",
+                            headers={**h, "Content-Type": "application/json"})
     assert_error(garbled, 400)
     unknown = assert_error(requests.post(f"{base}/v1/collections", json={"name": "x", "color": "red"}, headers=h),
                            422, "invalid")

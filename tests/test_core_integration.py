@@ -61,7 +61,8 @@ def test_create_ingest_rebuild_search(settings, procs):
     version = rebuild["result"]["version"]
 
     # The watcher swaps the new version in; the search names the version that answered.
-    resp = wait_for(lambda: (r := search(base, "online resize of persistent volumes")).json()["index_version"] == version and r,
+    resp = wait_for(lambda: (r := search(base, "online resize of persistent volumes")).json()["index_version"]
+                    == version and r,
                     message="the API to serve the new version")
     top = resp.json()["hits"][0]
     assert resp.headers["X-Index-Version"] == str(version)

@@ -161,7 +161,7 @@ def test_listing_filters_and_cursor_paging(settings, procs):
     create(base)
     create(base, "other")
     made = []
-    for i in range(5):
+    for _ in range(5):
         made.append(submit(base, rebuild=False).json()["id"])
     made.append(requests.post(f"{base}/v1/collections/docs/rebuild").json()["id"])
     made.append(submit(base, name="other", rebuild=False).json()["id"])
@@ -216,7 +216,7 @@ def test_cancel_queued_rebuild_never_runs(settings, procs, rclient):
     procs.worker(settings)
     assert wait_job(base, ingest["id"])["state"] == "succeeded"
     # The worker got the canceled rebuild's message and skipped it.
-    wait_for(lambda: any(f"swapline.rebuild[" in line and "succeeded in" in line
+    wait_for(lambda: any("swapline.rebuild[" in line and "succeeded in" in line
                          for line in (procs.log_dir / "worker-w1.log").read_text().splitlines()),
              message="the worker to skip the canceled rebuild")
     job = requests.get(f"{base}/v1/jobs/{rebuild['id']}").json()

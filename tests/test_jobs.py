@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import threading
-import types
 import time
+import types
 
 import fakeredis
 import pytest
 import redis
 
 from shared import keys
-from shared.jobs import (CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFound, JobStore,
-                         ProgressReporter)
+from shared.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFound, JobStore, ProgressReporter
 from shared.tasknames import QUEUE_INDEX, QUEUE_INGEST
 
 

@@ -186,7 +186,8 @@ def test_search_cache_is_dropped_on_swap(settings, procs):
     wait_for(lambda: search(base, "item4").json()["index_version"] == v1)
     again = search(base, "item4")
     assert again.headers["X-Cache"] == "hit" and again.json()["index_version"] == v1
-    v2 = ingest_and_rebuild(base, [{"id": "doc-4", "text": "Replaced text about item4 and lemons."}])["result"]["version"]
+    replaced = [{"id": "doc-4", "text": "Replaced text about item4 and lemons."}]
+    v2 = ingest_and_rebuild(base, replaced)["result"]["version"]
     fresh = wait_for(lambda: (r := search(base, "item4")).json()["index_version"] == v2 and r)
     assert fresh.headers["X-Cache"] == "miss" and fresh.json()["hits"][0]["text"].startswith("Replaced")
 
@@ -198,7 +199,8 @@ def test_metrics_expose_the_named_series(settings, procs):
     version = ingest_and_rebuild(base, corpus(12))["result"]["version"]
     wait_for(lambda: search(base, "item1").json()["index_version"] == version)
     text = requests.get(f"{base}/metrics").text
-    for series in ('swapline_http_request_seconds_count{method="POST",route="/v1/collections/<string:name>/search",status="200"}',
+    search_route = "/v1/collections/<string:name>/search"
+    for series in (f'swapline_http_request_seconds_count{{method="POST",route="{search_route}",status="200"}}',
                    'swapline_search_seconds_count{cache="miss",collection="docs"}',
                    'swapline_jobs{kind="ingest",state="succeeded"} 1.0',
                    'swapline_jobs{kind="rebuild",state="succeeded"} 1.0',

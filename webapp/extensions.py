@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import redis
 from flask import Flask, current_app, request
@@ -103,6 +104,8 @@ class Runtime:
         self.svc: Services = build_services(settings, lambda kind, job_id: enqueue(self.celery, kind, job_id),
                                             torch_threads=settings.api_torch_threads)
         self.live = LiveIndexes(settings.search_cache_size)
+        # Open SSE streams of this app; each holds a server thread and a blocked Redis read.
+        self.sse_slots = threading.BoundedSemaphore(settings.sse_max_streams)
         self.watcher = IndexWatcher(self.svc, self.live, warm_embedder=settings.embedder == "minilm")
 
     def start(self) -> None:

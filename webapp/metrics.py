@@ -108,7 +108,8 @@ class Metrics:
         started = g.pop("swapline_started", None)
         if started is not None and request.url_rule is not None and request.url_rule.rule != "/metrics":
             elapsed = time.perf_counter() - started
-            self.request_seconds.labels(request.method, request.url_rule.rule, str(response.status_code)).observe(elapsed)
+            route = request.url_rule.rule
+            self.request_seconds.labels(request.method, route, str(response.status_code)).observe(elapsed)
             if request.endpoint == "search.Search" and response.status_code == 200:
                 self.search_seconds.labels(request.view_args.get("name", ""),
                                            response.headers.get("X-Cache", "miss")).observe(elapsed)

@@ -15,6 +15,7 @@ from shared.ingest import run_ingest
 from shared.jobs import JOB_ID_PATTERN, JobNotFound
 from shared.rebuild import run_rebuild
 from shared.sweep import sweep as run_sweep
+from shared.versions import collect_versions
 from workers.celery_app import app, services
 
 log = logging.getLogger(__name__)
@@ -80,3 +81,10 @@ def drop_collection(self, job_id: str) -> None:
 def sweep() -> dict:
     """Expire old jobs, re-send lost or stale ones, remove orphaned staged batches (shared.sweep)."""
     return run_sweep(services())
+
+
+@app.task(name=tasknames.COLLECT_VERSIONS)
+def collect_old_versions() -> dict:
+    """Delete index versions not among the last K and served by no live API process."""
+    svc = services()
+    return {name: collect_versions(svc, name) for name in svc.collections.names()}

@@ -109,7 +109,8 @@ class Documents(MethodView):
         settings = swapline.runtime.settings
         docs = body["documents"]
         if len(docs) > settings.max_documents_per_batch:
-            abort(413, message=f"at most {settings.max_documents_per_batch} documents per batch", code="batch_too_large")
+            abort(413, message=f"at most {settings.max_documents_per_batch} documents per batch",
+                  code="batch_too_large")
         seen = set()
         for i, doc in enumerate(docs):
             if len(doc["text"].encode("utf-8")) > settings.max_document_bytes:

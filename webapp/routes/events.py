@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import threading
 import time
 
 from flask import Response, request
@@ -16,12 +14,7 @@ from shared.events import STREAM_ID, EventLog
 from webapp.extensions import swapline
 from webapp.schemas import ErrorSchema
 
-log = logging.getLogger(__name__)
 blp = Blueprint("events", __name__, url_prefix="/v1/events", description="Live job and index events (SSE)")
-
-_streams_lock = threading.Lock()
-_open_streams = [0]
-
 
 class EventsQuerySchema(Schema):
     collection = fields.String(metadata={"description": "only events of this collection"})
@@ -75,10 +68,8 @@ class Events(MethodView):
         if after and not STREAM_ID.match(after):
             abort(422, message="Last-Event-ID must be a stream id like 1700000000000-0")
         after = after or events.last_id()
-        with _streams_lock:
-            if _open_streams[0] >= settings.sse_max_streams:
-                abort(503, message="too many open event streams; retry shortly", headers={"Retry-After": "5"})
-            _open_streams[0] += 1
+        if not rt.sse_slots.acquire(blocking=False):
+            abort(503, message="too many open event streams; retry shortly", headers={"Retry-After": "5"})
         sock = request.environ.get("gunicorn.socket")
         if sock is not None:
             # A client that stops reading must not hold this thread forever.
@@ -89,8 +80,7 @@ class Events(MethodView):
                 yield from event_stream(events, after, args.get("collection"), settings.sse_heartbeat_seconds,
                                         settings.sse_max_seconds)
             finally:
-                with _streams_lock:
-                    _open_streams[0] -= 1
+                rt.sse_slots.release()
 
         return Response(generate(), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -6,6 +6,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from shared.versions import RollbackRefused, list_versions, rollback
+from webapp.auth import requires
 from webapp.extensions import swapline
 from webapp.routes.common import require_collection
 from webapp.schemas import ErrorSchema, RollbackSchema, VersionListSchema
@@ -26,6 +27,7 @@ class Versions(MethodView):
 
 @blp.route("/<string:name>/rollback")
 class Rollback(MethodView):
+    @requires("admin")
     @blp.arguments(RollbackSchema)
     @blp.response(200, VersionListSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection or version")
