@@ -27,13 +27,10 @@ DROP_REASON = "collection dropped"
 def run_delete(svc: Services, job_id: str) -> None:
     """Run one delete job: register a segment that holds only tombstones for the job's documents,
     then ask for the rebuild that makes the deletion visible. Safe to run again after a crash."""
-    raw = svc.jobs.raw(job_id)
-    if raw["state"] in TERMINAL:
-        log.info("event=delete.skip job=%s state=%s", job_id, raw["state"])
+    raw = svc.jobs.begin(job_id)
+    if raw is None:
         return
     collection = raw["collection"]
-    if not svc.jobs.start(job_id):
-        return
     options = svc.jobs.options(job_id)
     doc_ids = [str(d) for d in options.get("documents", [])]
     started = time.monotonic()

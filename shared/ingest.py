@@ -10,7 +10,7 @@ import numpy as np
 
 from shared.chunking import chunk_markdown, embed_text
 from shared.errors import JobCanceled, JobInputError
-from shared.jobs import TERMINAL, ProgressReporter
+from shared.jobs import ProgressReporter
 from shared.services import Services
 from shared.submit import request_rebuild
 
@@ -75,13 +75,10 @@ def embed_records(svc: Services, job_id: str, records: list[dict], texts: list[s
 def run_ingest(svc: Services, job_id: str) -> None:
     """Run one ingest job from its staged batch. Safe to run again after a crash: a segment already
     registered by an earlier delivery is not written twice."""
-    raw = svc.jobs.raw(job_id)
-    if raw["state"] in TERMINAL:
-        log.info("event=ingest.skip job=%s state=%s", job_id, raw["state"])
+    raw = svc.jobs.begin(job_id)
+    if raw is None:
         return
     collection = raw["collection"]
-    if not svc.jobs.start(job_id):
-        return
     options = svc.jobs.options(job_id)
     started = time.monotonic()
     summary: dict = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import time
 import uuid
@@ -20,6 +21,8 @@ import redis
 from shared import keys
 from shared.redisconn import load_script
 from shared.tasknames import KINDS, QUEUES
+
+log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
@@ -162,6 +165,15 @@ class JobStore:
         now = time.time()
         moved, seen = self.transition(job_id, RUNNING, started_at=now, heartbeat=now, stage="starting")
         return moved or seen == RUNNING
+
+    def begin(self, job_id: str) -> dict | None:
+        """The job's fields when a worker should run it now (it moved to running, or resumes after a
+        redelivery); None when it already finished or was canceled before it started."""
+        raw = self.raw(job_id)
+        if raw["state"] in TERMINAL or not self.start(job_id):
+            log.info("event=job.skip job=%s kind=%s state=%s", job_id, raw.get("kind"), self.state(job_id))
+            return None
+        return raw
 
     def succeed(self, job_id: str, result: dict) -> bool:
         moved, _ = self.transition(job_id, SUCCEEDED, data={"result": result}, result=json.dumps(result),

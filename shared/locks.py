@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from shared import keys
-from shared.redisconn import load_script
+from shared.redisconn import delete_if_equals, load_script
 
 
 class LeaseLost(RuntimeError):
@@ -77,13 +77,4 @@ class RebuildLocks:
 
     def clear_pending(self, collection: str, job_id: str) -> None:
         """Free the pending slot if `job_id` holds it (called when that rebuild starts or ends)."""
-        key = keys.rebuild_pending(collection)
-        with self.r.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                if pipe.get(key) == job_id:
-                    pipe.multi()
-                    pipe.delete(key)
-                    pipe.execute()
-            except redis.WatchError:
-                pass  # someone else changed the slot: it no longer names this job
+        delete_if_equals(self.r, keys.rebuild_pending(collection), job_id)

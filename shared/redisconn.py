@@ -16,3 +16,18 @@ def load_script(client: redis.Redis, name: str):
     """Register `shared/lua/{name}.lua` with the client (EVALSHA with automatic fallback to EVAL)."""
     source = resources.files("shared").joinpath("lua", f"{name}.lua").read_text()
     return client.register_script(source)
+
+
+def delete_if_equals(client: redis.Redis, key: str, value: str) -> bool:
+    """Delete `key` only while it still holds `value` (WATCH/MULTI); True when deleted."""
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if pipe.get(key) != value:
+                return False
+            pipe.multi()
+            pipe.delete(key)
+            pipe.execute()
+            return True
+        except redis.WatchError:
+            return False  # changed meanwhile: it no longer holds `value`

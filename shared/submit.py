@@ -8,10 +8,9 @@ ingest asks for must never be lost, and coalescing keeps it to one queued rebuil
 
 from __future__ import annotations
 
-import redis
-
 from shared import keys
 from shared.jobs import CANCELED, QUEUED, RUNNING, TERMINAL, QueueFull, new_job_id
+from shared.redisconn import delete_if_equals
 from shared.services import Services
 from shared.tasknames import KINDS, QUEUE_INDEX, QUEUE_INGEST
 
@@ -122,16 +121,7 @@ def drop_in_progress(svc: Services, collection: str) -> str | None:
 
 def release_drop_marker(svc: Services, collection: str, job_id: str) -> None:
     """Delete the drop marker if it still names `job_id`."""
-    key = keys.dropping(collection)
-    with svc.redis.pipeline() as pipe:
-        try:
-            pipe.watch(key)
-            if pipe.get(key) == job_id:
-                pipe.multi()
-                pipe.delete(key)
-                pipe.execute()
-        except redis.WatchError:
-            pass  # changed meanwhile: it no longer names this job
+    delete_if_equals(svc.redis, keys.dropping(collection), job_id)
 
 
 def request_rebuild(svc: Services, collection: str, exclusive: bool,
