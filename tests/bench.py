@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from shared import keys
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -168,10 +170,10 @@ def bench_swap(n_docs: int) -> None:
                 during += _hammer(base1, 1.0)
             done = wait_job(base1, job["id"], 600)
             version = done["result"]["version"]
-            wait_for(lambda: len([1 for _, f in client.xrange("swapline:events")
+            wait_for(lambda: len([1 for _, f in client.xrange(keys.events())
                                   if f["type"] == "index.swapped" and f"\"version\": {version}" in f["data"]]) >= 2,
                      timeout=120)
-            events = client.xrange("swapline:events")
+            events = client.xrange(keys.events())
             published = next(int(i.split("-")[0]) for i, f in events
                              if f["type"] == "index.published" and f"\"version\": {version}" in f["data"])
             swapped = [int(i.split("-")[0]) - published for i, f in events

@@ -8,6 +8,7 @@ import json
 import pytest
 import requests
 
+from shared import keys
 from tests.support import wait_for, wait_job
 
 pytestmark = pytest.mark.integration
@@ -99,7 +100,7 @@ def test_sse_resume_with_last_event_id_misses_nothing(settings, procs, rclient):
 
     ids = [e["id"] for e in seen]
     assert len(ids) == len(set(ids)), "an event was delivered twice"
-    stored = [entry_id for entry_id, fields in rclient.xrange("swapline:events", min=ids[0], max=ids[-1])
+    stored = [entry_id for entry_id, fields in rclient.xrange(keys.events(), min=ids[0], max=ids[-1])
               if fields["collection"] == "docs"]
     assert ids == stored, "the resumed stream skipped or reordered events"
     types = {e["event"] for e in seen}
