@@ -143,20 +143,18 @@ class JobStore:
 
     # transitions
 
-    @staticmethod
-    def _transition_keys(job_id: str) -> list[str]:
-        return [keys.job(job_id), keys.events(), keys.running(), *(keys.queued(q) for q in QUEUES)]
-
-    def transition(self, job_id: str, state: str, data: dict | None = None, **fields) -> tuple[bool, str]:
-        """Move the job to `state` if the state machine allows it from where it is now.
+    def transition(self, job_id: str, state: str, data: dict | None = None, only_from: tuple[str, ...] = (),
+                   **fields) -> tuple[bool, str]:
+        """Move the job to `state` if the state machine allows it from where it is now (and, with
+        `only_from`, only from those states).
 
         Returns (moved, previous_or_current_state)."""
-        argv = [state, " ".join(allowed_from(state)), EVENT_FOR_STATE[state], self.events_max_len,
-                json.dumps(data or {})]
+        sources = [s for s in allowed_from(state) if not only_from or s in only_from]
+        argv = [state, " ".join(sources), EVENT_FOR_STATE[state], self.events_max_len, json.dumps(data or {})]
         for name, value in fields.items():
             argv += [name, value]
-        moved, seen = self._transition(
-            keys=self._transition_keys(job_id), args=argv)
+        script_keys = [keys.job(job_id), keys.events(), keys.running(), *(keys.queued(q) for q in QUEUES)]
+        moved, seen = self._transition(keys=script_keys, args=argv)
         return bool(moved), seen
 
     def start(self, job_id: str) -> bool:
@@ -196,10 +194,8 @@ class JobStore:
         Returns the state after the request: canceled, running (flagged) or the terminal state."""
         # Only from queued: `cancel()` would also move a running job, leaving its worker still writing
         # (an ingest would register its segment after the job was reported canceled).
-        argv = [CANCELED, QUEUED, EVENT_FOR_STATE[CANCELED], self.events_max_len,
-                json.dumps({"reason": reason}), "error", reason, "finished_at", time.time(), "stage", "canceled"]
-        moved, state = self._transition(
-            keys=self._transition_keys(job_id), args=argv)
+        moved, state = self.transition(job_id, CANCELED, data={"reason": reason}, only_from=(QUEUED,),
+                                       error=reason, finished_at=time.time(), stage="canceled")
         if moved:
             return CANCELED
         if not state:
