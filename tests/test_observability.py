@@ -4,6 +4,7 @@ session's redis-server with real worker and API processes."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import requests
@@ -222,3 +223,22 @@ def test_old_versions_are_collected_but_never_while_served(settings, procs, rcli
     on_disk = lambda: sorted(int(p.name[1:]) for p in index_dir.iterdir() if p.name.startswith("v"))  # noqa: E731
     wait_for(lambda: on_disk() == versions[-2:], message="versions beyond the last 2 to be collected")
     assert requests.get(f"{base}/v1/collections/docs/versions").json()["versions"][0]["version"] == versions[-1]
+
+
+def test_event_streams_are_bounded_and_a_gone_client_frees_its_slot(settings, procs):
+    bounded = settings.with_(sse_max_streams=2, sse_heartbeat_seconds=0.2, sse_max_seconds=2.0)
+    base = procs.api(bounded)
+    first = requests.get(f"{base}/v1/events", stream=True, timeout=10)
+    second = requests.get(f"{base}/v1/events", stream=True, timeout=10)
+    assert first.status_code == second.status_code == 200
+    third = requests.get(f"{base}/v1/events", stream=True, timeout=10)
+    assert third.status_code == 503 and third.headers["Retry-After"] == "5"
+    assert third.json()["code"] == "unavailable"
+    # A client that goes away frees its slot at the next heartbeat write.
+    first.close()
+    wait_for(lambda: (r := requests.get(f"{base}/v1/events", stream=True, timeout=10)).status_code == 200
+             and (r.close() or True), timeout=10, message="a freed stream slot")
+    # A stream ends by itself after sse_max_seconds; the client would reconnect with Last-Event-ID.
+    started = time.monotonic()
+    body = b"".join(second.iter_content(chunk_size=None))
+    assert time.monotonic() - started < 5 and b": keepalive" in body
