@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import fakeredis
 import pytest
 import redis
 
@@ -82,6 +83,17 @@ def procs(tmp_path):
         proc.stop()
     for proc in started:
         print(f"----- {proc.name} log (tail) -----\n{proc.log()[-3000:]}")
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def client(request):
+    """The same unit test on fakeredis (fast, Lua through lupa) and on the session's redis-server."""
+    if request.param == "fakeredis":
+        fake = fakeredis.FakeRedis(decode_responses=True)
+        yield fake
+        fake.close()
+    else:
+        yield request.getfixturevalue("rclient")
 
 
 @pytest.fixture(scope="session")

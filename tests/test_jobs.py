@@ -8,23 +8,12 @@ import threading
 import time
 import types
 
-import fakeredis
 import pytest
 import redis
 
 from shared import keys
 from shared.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFound, JobStore, ProgressReporter
 from shared.tasknames import QUEUE_INDEX, QUEUE_INGEST
-
-
-@pytest.fixture(params=["fakeredis", "redis-server"])
-def client(request):
-    if request.param == "fakeredis":
-        fake = fakeredis.FakeRedis(decode_responses=True)
-        yield fake
-        fake.close()
-    else:
-        yield request.getfixturevalue("rclient")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import fakeredis
 import pytest
 
 from shared import keys
@@ -14,16 +13,6 @@ from shared.pointers import Pointers, PublishRefused
 from tests.support import wait_for
 
 JOB_A, JOB_B = "a" * 32, "b" * 32
-
-
-@pytest.fixture(params=["fakeredis", "redis-server"])
-def client(request):
-    if request.param == "fakeredis":
-        fake = fakeredis.FakeRedis(decode_responses=True)
-        yield fake
-        fake.close()
-    else:
-        yield request.getfixturevalue("rclient")
 
 
 @pytest.fixture
