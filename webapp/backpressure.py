@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
-
-from flask_smorest import abort
+from werkzeug.exceptions import ServiceUnavailable
 
 from shared.jobs import QueueFull
 from webapp.schemas import ErrorSchema
@@ -23,7 +21,11 @@ QUEUE_FULL = {
 }
 
 
-def abort_queue_full(full: QueueFull) -> NoReturn:
-    abort(503, code="queue_full", message=f"the {full.queue} queue is full ({full.depth} queued jobs, bound "
-                                          f"{full.bound}); nothing was created, retry later",
-          queue=full.queue, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+def queue_full_error(full: QueueFull) -> ServiceUnavailable:
+    """The 503 for a refused submission; the Api's QueueFull handler answers it in the error shape, so
+    job-creating views just let QueueFull propagate."""
+    error = ServiceUnavailable()
+    error.data = {"code": "queue_full", "queue": full.queue, "headers": {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                  "message": f"the {full.queue} queue is full ({full.depth} queued jobs, bound {full.bound}); "
+                             "nothing was created, retry later"}
+    return error

@@ -11,8 +11,10 @@ from flask_smorest import Api as _Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.celeryconfig import enqueue, make_celery
+from shared.jobs import QueueFull
 from shared.services import Services, build_services
 from shared.settings import Settings
+from webapp.backpressure import queue_full_error
 from webapp.live import IndexWatcher, LiveIndexes
 from webapp.schemas import ErrorSchema
 
@@ -56,6 +58,7 @@ class Api(_Api):
         super()._register_error_handlers()
         self._app.register_error_handler(redis.ConnectionError, self.handle_redis_down)
         self._app.register_error_handler(redis.TimeoutError, self.handle_redis_down)
+        self._app.register_error_handler(QueueFull, lambda full: self.handle_http_exception(queue_full_error(full)))
         self._app.register_error_handler(Exception, self.handle_unexpected)
 
     def handle_http_exception(self, error: HTTPException):

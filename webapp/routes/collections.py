@@ -9,7 +9,6 @@ from shared.jobs import iso_time
 from shared.status import collection_status
 from shared.submit import (
     DropInProgress,
-    QueueFull,
     RebuildInProgress,
     drop_in_progress,
     request_rebuild,
@@ -17,7 +16,7 @@ from shared.submit import (
     submit_documents,
     submit_drop,
 )
-from webapp.backpressure import QUEUE_FULL, abort_queue_full
+from webapp.backpressure import QUEUE_FULL
 from webapp.extensions import swapline
 from webapp.idempotency import idempotent
 from webapp.routes.common import job_location, require_collection
@@ -87,8 +86,6 @@ class Collection(MethodView):
         except DropInProgress as busy:
             abort(409, message="a drop of this collection is already queued or running",
                   code="drop_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
-        except QueueFull as full:
-            abort_queue_full(full)
         return job, 202, job_location(job["id"])
 
 
@@ -119,10 +116,7 @@ class Documents(MethodView):
             if doc["id"] in seen:
                 abort(422, message=f"document id {doc['id']!r} appears twice in the batch", code="invalid")
             seen.add(doc["id"])
-        try:
-            job = submit_documents(swapline.runtime.svc, name, docs, body["rebuild"], bounded=True)
-        except QueueFull as full:
-            abort_queue_full(full)
+        job = submit_documents(swapline.runtime.svc, name, docs, body["rebuild"], bounded=True)
         return job, 202, job_location(job["id"])
 
 
@@ -138,10 +132,7 @@ class Document(MethodView):
     def delete(self, name, doc_id):
         """Delete a document (a `delete` job on the ingest queue)."""
         require_collection(name)
-        try:
-            job = submit_delete(swapline.runtime.svc, name, [doc_id], bounded=True)
-        except QueueFull as full:
-            abort_queue_full(full)
+        job = submit_delete(swapline.runtime.svc, name, [doc_id], bounded=True)
         return job, 202, job_location(job["id"])
 
 
@@ -157,8 +148,6 @@ class Rebuild(MethodView):
         require_collection(name)
         try:
             job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True, bounded=True)
-        except QueueFull as full:
-            abort_queue_full(full)
         except RebuildInProgress as busy:
             abort(409, message="a rebuild of this collection is already queued or running",
                   code="rebuild_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
