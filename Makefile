@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv (if missing) and install Swapline with test extras
 
 run: $(STAMP) ## Start Redis, workers, API and Flower; load the sample corpus; print URLs
-	$(PY) -m webapp.launcher
+	$(PY) -m webapp.devstack
 
 test: $(STAMP) ## Run the whole test suite (unit, integration, real model, browser)
 	$(PY) -m pytest

@@ -1,4 +1,8 @@
-"""The domain services one process uses, built from settings in one place."""
+"""The domain services one process uses, built from settings in one place.
+
+`Services` holds the Redis connection and every store built on it (`shared.store`); domain code and
+the web side reach Redis only through those stores.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,40 @@ from dataclasses import dataclass, field
 
 import redis
 
-from shared.collections import CollectionStore
-from shared.embedders import Embedder, make_embedder
-from shared.jobs import JobStore
-from shared.locks import RebuildLocks
-from shared.pointers import Pointers
-from shared.redisconn import connect
+from shared import keys
+from shared.index.embedders import Embedder, make_embedder
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.store.broker import BrokerView
+from shared.store.collections import CollectionStore
+from shared.store.conn import connect
+from shared.store.events import EventLog
+from shared.store.history import JobHistory
+from shared.store.idempotency import IdempotencyStore
+from shared.store.jobs import JobStore
+from shared.store.locks import RebuildLocks, TokenLock
+from shared.store.pointers import Pointers
+from shared.store.replicas import ReplicaStore
+
+# A pending Idempotency-Key claim expires after this long should its process die mid-request; well
+# above any request's run time (gunicorn kills a request at its timeout).
+IDEMPOTENCY_PENDING_SECONDS = 300
 
 
 @dataclass
 class Services:
     settings: Settings
-    redis: redis.Redis
+    redis: redis.Redis  # the connection; state is reached through the stores below
     jobs: JobStore
+    history: JobHistory
     locks: RebuildLocks
+    sweep_lock: TokenLock
     pointers: Pointers
     collections: CollectionStore
+    replicas: ReplicaStore
+    events: EventLog
+    idempotency: IdempotencyStore
+    broker: BrokerView
     storage: Storage
     # enqueue(kind, job_id): send the job's task by name.
     enqueue: Callable[[str, str], None]
@@ -38,6 +58,12 @@ class Services:
             self._embedder = make_embedder(self.settings, self.torch_threads)
         return self._embedder
 
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    def close(self) -> None:
+        self.redis.close()
+
 
 def build_services(settings: Settings, enqueue: Callable[[str, str], None], torch_threads: int,
                    client: redis.Redis | None = None) -> Services:
@@ -46,9 +72,15 @@ def build_services(settings: Settings, enqueue: Callable[[str, str], None], torc
         settings=settings,
         redis=client,
         jobs=JobStore(client, settings.events_max_len),
+        history=JobHistory(client),
         locks=RebuildLocks(client, settings.lock_ttl_seconds),
+        sweep_lock=TokenLock(client, keys.sweep_lock()),
         pointers=Pointers(client, settings.versions_keep, settings.events_max_len),
         collections=CollectionStore(client),
+        replicas=ReplicaStore(client, settings.replica_ttl_seconds),
+        events=EventLog(client, settings.events_max_len),
+        idempotency=IdempotencyStore(client, settings.idempotency_ttl_seconds, IDEMPOTENCY_PENDING_SECONDS),
+        broker=BrokerView(client),
         storage=Storage(settings.data_dir),
         enqueue=enqueue,
         torch_threads=torch_threads,

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import json
 
-from shared import keys
-from shared.jobs import RUNNING, iso_time
-from shared.replicas import replica_versions
+from shared.index.versions import list_versions
+from shared.jobs.model import FAILED, RUNNING, SUCCEEDED, iso_time, public
 from shared.services import Services
-from shared.versions import list_versions
 
 
 def running_job(svc: Services, name: str) -> dict | None:
     """The rebuild holding the lease, else the newest running job of the collection, with its ETA."""
     holder = svc.locks.holder(name)
     candidates = [holder["job_id"]] if holder else []
-    candidates += svc.redis.zrevrange(keys.collection_jobs(name), 0, 19)
-    for job_id in candidates:
-        raw = svc.redis.hgetall(keys.job(job_id))
+    candidates += svc.history.newest_ids(name, 20)
+    for raw in svc.jobs.raw_many(candidates):
         if raw.get("state") != RUNNING:
             continue
-        job = svc.jobs.public(raw)
+        job = public(raw)
         done, total = job["progress"]["done"], job["progress"]["total"]
         rate = float(raw.get("rate") or 0)
         job["progress"]["rate"] = rate or None
@@ -40,8 +37,8 @@ def collection_status(svc: Services, name: str) -> dict:
         drift = max(0, info["changes"] - pointer.get("changes", 0))
     lock = svc.locks.holder(name)
     if lock:
-        lock["since"] = iso_time(svc.redis.hget(keys.job(lock["job_id"]), "started_at"))
-    replicas = replica_versions(svc)
+        lock["since"] = iso_time(svc.jobs.field(lock["job_id"], "started_at"))
+    replicas = svc.replicas.versions()
     served = {rid: versions.get(name) for rid, versions in replicas.items()}
     return {
         "name": name,
@@ -59,33 +56,14 @@ def collection_status(svc: Services, name: str) -> dict:
     }
 
 
-def last_job_of_kind(svc: Services, name: str, kind: str, scan: int = 50) -> dict | None:
-    ids = svc.redis.zrevrange(keys.collection_jobs(name), 0, scan - 1)
-    pipe = svc.redis.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hgetall(keys.job(job_id))
-    for raw in pipe.execute() if ids else []:
-        if raw.get("kind") == kind:
-            return svc.jobs.public(raw)
-    return None
-
-
 def badge(status: dict, last_rebuild: dict | None) -> str:
     """idle / rebuilding / succeeded / failed, for the admin page."""
     if status["lock"] or (status["running_job"] and status["running_job"]["kind"] == "rebuild") \
             or status["pending_rebuild"]:
         return "rebuilding"
-    if last_rebuild and last_rebuild["state"] in ("succeeded", "failed"):
+    if last_rebuild and last_rebuild["state"] in (SUCCEEDED, FAILED):
         return last_rebuild["state"]
     return "idle"
-
-
-def recent_jobs(svc: Services, count: int = 15) -> list[dict]:
-    ids = svc.redis.zrevrange(keys.jobs(), 0, count - 1)
-    pipe = svc.redis.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hgetall(keys.job(job_id))
-    return [svc.jobs.public(raw) for raw in (pipe.execute() if ids else []) if raw]
 
 
 def overview(svc: Services) -> dict:
@@ -93,7 +71,7 @@ def overview(svc: Services) -> dict:
     collections = []
     for name in svc.collections.names():
         status = collection_status(svc, name)
-        last_rebuild = last_job_of_kind(svc, name, "rebuild")
+        last_rebuild = svc.history.last_of_kind(name, "rebuild")
         collections.append({**status, "badge": badge(status, last_rebuild), "last_rebuild_job": last_rebuild,
                             "versions": list_versions(svc, name)})
-    return {"collections": collections, "jobs": recent_jobs(svc), "replicas": replica_versions(svc)}
+    return {"collections": collections, "jobs": svc.history.recent(), "replicas": svc.replicas.versions()}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -22,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-# \Z, not $: $ also matches before a trailing newline, which would let "docs\n" through.
-COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
-JOB_ID = re.compile(r"^[0-9a-f]{32}\Z")
+from shared.names import is_collection_name, is_job_id
+
 TMP_PREFIX = ".tmp-"
 
 
@@ -63,12 +61,12 @@ class Storage:
 
     @staticmethod
     def check_collection(name: str) -> str:
-        if not COLLECTION_NAME.match(name or ""):
+        if not is_collection_name(name):
             raise UnsafePath(f"invalid collection name {name!r}")
         return name
 
     def staging_path(self, job_id: str) -> Path:
-        if not JOB_ID.match(job_id or ""):
+        if not is_job_id(job_id):
             raise UnsafePath(f"invalid job id {job_id!r}")
         return self._inside(self.root / "staging" / f"{job_id}.jsonl")
 

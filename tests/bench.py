@@ -49,7 +49,7 @@ def _row(label, ours, raw, unit):
 def bench_embedding(services, n_chunks: int) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from shared.ingest import chunk_documents, embed_records
+    from shared.jobs.ingest import chunk_documents, embed_records
 
     records, texts, _ = chunk_documents(services, _corpus_texts())
     records, texts = records[:n_chunks], texts[:n_chunks]
@@ -74,7 +74,7 @@ def bench_embedding(services, n_chunks: int) -> None:
 def bench_search(n_vectors: int, queries: int = 300) -> None:
     import faiss
 
-    from shared.vectorindex import LoadedVersion, build_flat, write_version
+    from shared.index.vectorindex import LoadedVersion, build_flat, write_version
 
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((n_vectors, 384)).astype(np.float32)

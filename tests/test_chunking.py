@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.chunking import TOKEN, Chunk, chunk_markdown, count_tokens, embed_text
+from shared.index.chunking import TOKEN, Chunk, chunk_markdown, count_tokens, embed_text
 
 
 def paths(chunks: list[Chunk]) -> list[tuple[str, ...]]:

@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from tests.support import BIN, free_port, wait_for
-from webapp.batching import InputError, doc_bytes, find_files, make_batches, read_documents
-from webapp.client import ApiError
-from webapp.follow import IngestRun
+from webapp.cli.batching import InputError, doc_bytes, find_files, make_batches, read_documents
+from webapp.cli.client import ApiError
+from webapp.cli.follow import IngestRun
 
 PROGRESS = re.compile(r"^ingest \[[#-]+\] (\d+)/(\d+) docs +\d+% [\d.]+ docs/s ETA [\d:?]+", re.M)
 

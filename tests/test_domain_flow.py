@@ -11,14 +11,14 @@ import pytest
 
 from shared import keys
 from shared.errors import JobCanceled, JobInputError, LockBusy
-from shared.ingest import run_ingest
-from shared.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED
-from shared.rebuild import run_rebuild
+from shared.index.vectorindex import MANIFEST_FILE, LoadedVersion, verify_version
+from shared.jobs.ingest import run_ingest
+from shared.jobs.model import CANCELED, QUEUED, RUNNING, SUCCEEDED
+from shared.jobs.rebuild import run_rebuild
+from shared.jobs.submit import submit_documents
 from shared.services import Services, build_services
 from shared.settings import Settings
 from shared.storage import TMP_PREFIX
-from shared.submit import submit_documents
-from shared.vectorindex import MANIFEST_FILE, LoadedVersion, verify_version
 
 DOCS = [
     {"id": "kep-1", "text": "# Scheduling\n## Pod priority\nPods with higher priority preempt lower priority pods "

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from shared.embedders import HashEmbedder, make_embedder
+from shared.index.embedders import HashEmbedder, make_embedder
 from shared.settings import Settings
 from tests.support import ROOT
 
@@ -49,7 +49,7 @@ def test_deterministic_across_instances_and_batches():
 
 def test_deterministic_across_processes():
     """Python's str hash is salted per process; the embedder must not depend on it."""
-    code = ("import json, sys; from shared.embedders import HashEmbedder; "
+    code = ("import json, sys; from shared.index.embedders import HashEmbedder; "
             "print(json.dumps(HashEmbedder().embed(json.loads(sys.argv[1])).tolist()))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code, json.dumps(TEXTS)], cwd=ROOT, env=env,

@@ -11,10 +11,12 @@ from flask import Flask, jsonify
 from flask_smorest import abort
 
 from shared import keys
+from shared.services import IDEMPOTENCY_PENDING_SECONDS
 from shared.settings import Settings
+from shared.store.idempotency import IdempotencyStore
 from tests.support import wait_for
-from webapp.extensions import Api
-from webapp.idempotency import idempotent
+from webapp.api.errors import Api
+from webapp.api.idempotency import idempotent
 
 
 @pytest.fixture
@@ -24,7 +26,8 @@ def app():
     app.config.update(API_TITLE="t", API_VERSION="1", OPENAPI_VERSION="3.0.3",
                       SWAPLINE_SETTINGS=Settings(idempotency_ttl_seconds=600))
     Api(app)  # the error handlers
-    app.extensions["swapline"] = types.SimpleNamespace(svc=types.SimpleNamespace(redis=fake))
+    store = IdempotencyStore(fake, ttl_seconds=600, pending_ttl_seconds=IDEMPOTENCY_PENDING_SECONDS)
+    app.extensions["swapline"] = types.SimpleNamespace(svc=types.SimpleNamespace(idempotency=store))
     app.runs = []
     app.gate = None
 

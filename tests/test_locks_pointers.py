@@ -7,9 +7,10 @@ import json
 import pytest
 
 from shared import keys
-from shared.jobs import CANCELED, FAILED, RUNNING, SUCCEEDED, JobStore
-from shared.locks import LeaseLost, RebuildLocks
-from shared.pointers import Pointers, PublishRefused
+from shared.jobs.model import CANCELED, FAILED, RUNNING, SUCCEEDED
+from shared.store.jobs import JobStore
+from shared.store.locks import LeaseLost, RebuildLocks
+from shared.store.pointers import Pointers, PublishRefused
 from tests.support import wait_for
 
 JOB_A, JOB_B = "a" * 32, "b" * 32

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.settings import env_table
-from webapp.launcher import LAUNCHER_ENV
+from webapp.devstack.launcher import LAUNCHER_ENV
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 ROW = re.compile(r"^\| `(SWAPLINE_[A-Z0-9_]+)` \| ([^|]*) \|", re.M)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import requests
 
-from shared.embedders import MINILM_ID, MiniLMEmbedder
+from shared.index.embedders import MINILM_ID, MiniLMEmbedder
 from tests.support import wait_for, wait_job
 
 pytestmark = pytest.mark.model

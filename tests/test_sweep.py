@@ -13,10 +13,10 @@ import requests
 
 from shared import keys, tasknames
 from shared.celeryconfig import make_celery
-from shared.jobs import SUCCEEDED
+from shared.jobs.model import SUCCEEDED
+from shared.jobs.submit import submit_documents
+from shared.jobs.sweep import requeue_lost, sweep
 from shared.services import build_services
-from shared.submit import submit_documents
-from shared.sweep import requeue_lost, sweep
 from tests.support import wait_for, wait_job
 
 pytestmark = pytest.mark.integration
@@ -49,31 +49,31 @@ def test_cleanup_expires_old_finished_jobs_and_keeps_the_newest_per_collection(s
     for job_id in a[:4] + b:
         finish(svc, job_id)
     # Nothing is old yet.
-    assert svc.jobs.cleanup(ttl_seconds=day, keep_per_collection=2) == 0
+    assert svc.history.cleanup(ttl_seconds=day, keep_per_collection=2) == 0
     # A week later: of "a", the two newest stay (a[4] is queued, a[3] finished) and queued a[4] is never
     # deleted anyway; all of "b" is within its newest two.
-    deleted = svc.jobs.cleanup(ttl_seconds=day, keep_per_collection=2, now=time.time() + 7 * day)
+    deleted = svc.history.cleanup(ttl_seconds=day, keep_per_collection=2, now=time.time() + 7 * day)
     assert deleted == 3
     for job_id in a[:3]:
         assert not rclient.exists(keys.job(job_id))
         assert rclient.zscore(keys.jobs(), job_id) is None
         assert rclient.zscore(keys.collection_jobs("a"), job_id) is None
-    assert [j["id"] for j in svc.jobs.list(collection="a")[0]] == [a[4], a[3]]
-    assert [j["id"] for j in svc.jobs.list(collection="b")[0]] == b[::-1]
+    assert [j["id"] for j in svc.history.list(collection="a")[0]] == [a[4], a[3]]
+    assert [j["id"] for j in svc.history.list(collection="b")[0]] == b[::-1]
     # A queued job is never deleted, however old and whatever the keep count.
-    assert svc.jobs.cleanup(ttl_seconds=day, keep_per_collection=0, now=time.time() + 30 * day) == 3
-    assert [j["id"] for j in svc.jobs.list()[0]] == [a[4]]
+    assert svc.history.cleanup(ttl_seconds=day, keep_per_collection=0, now=time.time() + 30 * day) == 3
+    assert [j["id"] for j in svc.history.list()[0]] == [a[4]]
 
 
 def test_cleanup_keeps_jobs_that_finished_recently(svc):
     job_id = svc.jobs.create("rebuild", "a")["id"]
     svc.redis.zadd(keys.jobs(), {job_id: time.time() - 10 * 24 * 3600})  # created long ago...
     finish(svc, job_id)  # ...finished just now
-    assert svc.jobs.cleanup(ttl_seconds=24 * 3600, keep_per_collection=0) == 0
+    assert svc.history.cleanup(ttl_seconds=24 * 3600, keep_per_collection=0) == 0
     finish_old = svc.jobs.create("rebuild", "a")["id"]
     finish(svc, finish_old, ago=3 * 24 * 3600)
     svc.redis.zadd(keys.jobs(), {finish_old: time.time() - 4 * 24 * 3600})
-    assert svc.jobs.cleanup(ttl_seconds=24 * 3600, keep_per_collection=0) == 1
+    assert svc.history.cleanup(ttl_seconds=24 * 3600, keep_per_collection=0) == 1
 
 
 def _message(job_id: str, task: str = tasknames.INGEST) -> str:

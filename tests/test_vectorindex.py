@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from shared.vectorindex import (
+from shared.index.vectorindex import (
     KIND_FLAT,
     KIND_IVF,
     MANIFEST_FILE,

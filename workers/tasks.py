@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared import tasknames
-from shared.deletion import run_delete, run_drop
 from shared.errors import JobCanceled, JobInputError, LockBusy
-from shared.ingest import run_ingest
-from shared.jobs import JOB_ID_PATTERN, JobNotFound
-from shared.rebuild import run_rebuild
-from shared.sweep import sweep as run_sweep
-from shared.versions import collect_versions
+from shared.index.versions import collect_versions
+from shared.jobs.deletion import run_delete, run_drop
+from shared.jobs.ingest import run_ingest
+from shared.jobs.model import JobNotFound
+from shared.jobs.rebuild import run_rebuild
+from shared.jobs.sweep import sweep as run_sweep
+from shared.names import is_job_id
 from workers.celery_app import app, services
 
 log = logging.getLogger(__name__)
 
 
 def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None) -> None:
-    if not re.match(JOB_ID_PATTERN, str(job_id)):
+    if not is_job_id(job_id):
         log.error("event=task.bad_id job=%r", job_id)
         return
     svc = services()
@@ -79,7 +79,7 @@ def drop_collection(self, job_id: str) -> None:
 
 @app.task(name=tasknames.SWEEP)
 def sweep() -> dict:
-    """Expire old jobs, re-send lost or stale ones, remove orphaned staged batches (shared.sweep)."""
+    """Expire old jobs, re-send lost or stale ones, remove orphaned staged batches (shared.jobs.sweep)."""
     return run_sweep(services())
 
 

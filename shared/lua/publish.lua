@@ -2,7 +2,8 @@
 -- KEYS[1] pointer hash, KEYS[2] pointer history, KEYS[3] job hash, KEYS[4] events stream,
 -- KEYS[5] collection hash
 -- ARGV[1] fence, ARGV[2] pointer JSON, ARGV[3] history length kept, ARGV[4] job result JSON,
--- ARGV[5] now, ARGV[6] swap channel, ARGV[7] events max length, ARGV[8] job id ('' for a rollback)
+-- ARGV[5] now, ARGV[6] swap channel, ARGV[7] events max length, ARGV[8] job id ('' for a rollback),
+-- ARGV[9] the running state, ARGV[10] the succeeded state, ARGV[11] its event type
 -- Returns {1, ''} when published; {0, reason} when refused: 'stale' (a fence not higher than the
 -- published one), 'canceled' (cancel requested) or 'state:<s>' (the job is no longer running).
 local current = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
@@ -13,7 +14,7 @@ end
 local job_id = ARGV[8]
 if job_id ~= '' then
   local state = redis.call('HGET', KEYS[3], 'state')
-  if state ~= 'running' then
+  if state ~= ARGV[9] then
     return {0, 'state:' .. tostring(state)}
   end
   if redis.call('HGET', KEYS[3], 'cancel_requested') == '1' then
@@ -29,13 +30,11 @@ redis.call('HSET', KEYS[1], 'fence', ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
 local collection = ptr['collection']
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'type', 'index.published', 'job_id', job_id,
-  'collection', collection, 'kind', 'rebuild', 'state', '', 'data', ARGV[2])
+add_event(KEYS[4], ARGV[7], 'index.published', job_id, collection, 'rebuild', '', ARGV[2])
 if job_id ~= '' then
   redis.call('HSET', KEYS[5], 'last_rebuild_at', ARGV[5])
-  redis.call('HSET', KEYS[3], 'state', 'succeeded', 'result', ARGV[4], 'finished_at', ARGV[5], 'stage', 'done')
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'type', 'job.succeeded', 'job_id', job_id,
-    'collection', collection, 'kind', 'rebuild', 'state', 'succeeded', 'data', '{"result":' .. ARGV[4] .. '}')
+  redis.call('HSET', KEYS[3], 'state', ARGV[10], 'result', ARGV[4], 'finished_at', ARGV[5], 'stage', 'done')
+  add_event(KEYS[4], ARGV[7], ARGV[11], job_id, collection, 'rebuild', ARGV[10], '{"result":' .. ARGV[4] .. '}')
 end
 redis.call('PUBLISH', ARGV[6], cjson.encode({collection = collection, version = ptr['version']}))
 return {1, ''}

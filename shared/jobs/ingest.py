@@ -1,0 +1,116 @@
+"""Ingest: chunk a staged batch, embed what has not been embedded before, write one segment."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+
+from shared.errors import JobCanceled, JobInputError
+from shared.index.chunking import chunk_markdown, embed_text
+from shared.jobs.progress import ProgressReporter
+from shared.jobs.submit import request_rebuild
+from shared.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def _known_vectors(svc: Services, collection: str, doc_ids: list[str], model_id: str) -> dict[str, np.ndarray]:
+    """content hash -> vector for the chunks of the current versions of `doc_ids`, so re-submitted
+    documents only embed the chunks that changed."""
+    known: dict[str, np.ndarray] = {}
+    for seq in sorted(set(svc.collections.doc_locations(collection, doc_ids).values())):
+        if svc.storage.read_segment_meta(collection, seq).get("model") != model_id:
+            continue
+        vectors = svc.storage.read_segment_vectors(collection, seq)
+        for row, rec in enumerate(svc.storage.iter_segment_records(collection, seq)):
+            known.setdefault(rec["hash"], np.array(vectors[row]))
+    return known
+
+
+def chunk_documents(svc: Services, documents: list[dict]) -> tuple[list[dict], list[str], dict[str, int]]:
+    """Chunk records, the text to embed for each, and the chunk count per document."""
+    s = svc.settings
+    records, texts, counts = [], [], {}
+    for doc in documents:
+        chunks = chunk_markdown(doc["text"], s.chunk_max_tokens, s.chunk_overlap_tokens)
+        counts[doc["id"]] = len(chunks)
+        for chunk in chunks:
+            records.append({"doc_id": doc["id"], "chunk_id": f"{doc['id']}#{chunk.ordinal}", "text": chunk.text,
+                            "heading_path": list(chunk.heading_path), "metadata": doc.get("metadata") or {},
+                            "hash": chunk.content_hash})
+            texts.append(embed_text(chunk))
+    return records, texts, counts
+
+
+def embed_records(svc: Services, job_id: str, records: list[dict], texts: list[str],
+                  known: dict[str, np.ndarray]) -> tuple[np.ndarray, int, float]:
+    """Vectors for `records` in order, embedding only unseen content.
+
+    Returns (vectors, how many were embedded, seconds spent embedding)."""
+    embedder = svc.embedder
+    vectors = np.zeros((len(records), embedder.dim), dtype=np.float32)
+    todo = []
+    for i, rec in enumerate(records):
+        if rec["hash"] in known:
+            vectors[i] = known[rec["hash"]]
+        else:
+            todo.append(i)
+    # Longest first, so each batch pads little; the embedder keeps its own order within a call.
+    todo.sort(key=lambda i: len(texts[i]), reverse=True)
+    group = svc.settings.embed_batch_size * 4
+    progress = ProgressReporter(svc.jobs, job_id, "embed", len(todo), svc.settings.progress_every)
+    for start in range(0, len(todo), group):
+        if svc.jobs.cancel_requested(job_id):
+            raise JobCanceled(job_id)
+        rows = todo[start:start + group]
+        vectors[rows] = embedder.embed([texts[i] for i in rows])
+        progress.update(start + len(rows))
+    seconds = progress.finish()
+    return vectors, len(todo), seconds
+
+
+def run_ingest(svc: Services, job_id: str) -> None:
+    """Run one ingest job from its staged batch. Safe to run again after a crash: a segment already
+    registered by an earlier delivery is not written twice."""
+    raw = svc.jobs.begin(job_id)
+    if raw is None:
+        return
+    collection = raw["collection"]
+    options = svc.jobs.options(job_id)
+    started = time.monotonic()
+    summary: dict = {}
+    if "segment" not in raw:
+        if not svc.collections.exists(collection):
+            raise JobInputError(f"collection {collection!r} does not exist")
+        try:
+            documents = svc.storage.read_staging(job_id)
+        except FileNotFoundError as exc:
+            raise JobInputError("the staged batch is missing from the data dir") from exc
+        svc.jobs.progress(job_id, "chunk", 0, len(documents))
+        records, texts, counts = chunk_documents(svc, documents)
+        known = _known_vectors(svc, collection, list(counts), svc.embedder.model_id)
+        vectors, embedded, embed_seconds = embed_records(svc, job_id, records, texts, known)
+        seq = svc.collections.next_segment_seq(collection)
+        svc.jobs.progress(job_id, "write", 0, 1)
+        svc.storage.write_segment(collection, seq, records, vectors, {
+            "docs": list(counts), "tombstones": [], "model": svc.embedder.model_id, "dim": svc.embedder.dim,
+            "job_id": job_id, "created_at": time.time()})
+        summary = {"documents": len(counts), "chunks": len(records), "embedded": embedded,
+                   "reused": len(records) - embedded, "embed_seconds": round(embed_seconds, 3),
+                   "embed_rate": round(embedded / embed_seconds, 2) if embedded and embed_seconds > 0 else None}
+        svc.jobs.set_fields(job_id, summary=json.dumps(summary))
+        svc.collections.register_segment(collection, seq, job_id, counts)
+        log.info("event=ingest.segment job=%s collection=%s seq=%s documents=%s chunks=%s embedded=%s",
+                 job_id, collection, seq, len(counts), len(records), embedded)
+    else:
+        seq = int(raw["segment"])
+        summary = json.loads(raw.get("summary") or "{}")
+    svc.storage.delete_staging(job_id)
+    result = {"segment": seq, **summary, "seconds": round(time.monotonic() - started, 3)}
+    if options.get("rebuild", True):
+        rebuild_job, _ = request_rebuild(svc, collection, exclusive=False)
+        result["rebuild_job_id"] = rebuild_job["id"]
+    svc.jobs.succeed(job_id, result)

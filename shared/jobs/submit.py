@@ -1,0 +1,178 @@
+"""Submitting and canceling jobs: stage the payload, create the job, enqueue it. Used by the API and
+by workers (an ingest or a delete asks for the rebuild that follows it).
+
+Back-pressure: the API submits with `bounded=True`, so a queue holding `max_queued_<queue>` queued
+jobs refuses new ones with QueueFull and nothing is created. Workers submit unbounded: the rebuild an
+ingest asks for must never be lost, and coalescing keeps it to one queued rebuild per collection.
+"""
+
+from __future__ import annotations
+
+from shared.jobs.model import CANCELED, QUEUED, RUNNING, TERMINAL, QueueFull, new_job_id
+from shared.services import Services
+from shared.tasknames import KINDS, QUEUE_INDEX, QUEUE_INGEST
+
+__all__ = ["QueueFull", "RebuildInProgress", "NotCancelable", "submit_documents", "request_rebuild",
+           "submit_delete", "submit_drop", "DropInProgress", "drop_in_progress",
+           "cancel_job", "cleanup_canceled", "check_capacity"]
+
+
+class RebuildInProgress(Exception):
+    def __init__(self, job_id: str):
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+class NotCancelable(Exception):
+    """The job has finished (or, for a running drop, cannot stop half-way)."""
+
+    def __init__(self, job: dict, reason: str):
+        super().__init__(reason)
+        self.job, self.reason = job, reason
+
+
+def queue_bound(svc: Services, queue: str) -> int:
+    return {QUEUE_INGEST: svc.settings.max_queued_ingest, QUEUE_INDEX: svc.settings.max_queued_index}[queue]
+
+
+def _bound(svc: Services, kind: str, bounded: bool) -> int:
+    return queue_bound(svc, KINDS[kind][1]) if bounded else 0
+
+
+def check_capacity(svc: Services, kind: str) -> None:
+    """Raise QueueFull early, before any work (staging a large batch), when the queue is full now.
+    The bound is enforced again, atomically, when the job is created."""
+    queue = KINDS[kind][1]
+    bound = queue_bound(svc, queue)
+    depth = svc.jobs.queued_depth(queue)
+    if bound and depth >= bound:
+        raise QueueFull(queue, depth, bound)
+
+
+def _create_and_enqueue(svc: Services, kind: str, collection: str, options: dict, job_id: str,
+                        bounded: bool) -> dict:
+    job = svc.jobs.create(kind, collection, options, job_id, max_queued=_bound(svc, kind, bounded))
+    # If the process dies here the job stays queued without a message; the sweeper sends it again.
+    svc.enqueue(kind, job_id)
+    return job
+
+
+def submit_documents(svc: Services, collection: str, documents: list[dict], rebuild: bool,
+                     bounded: bool = False) -> dict:
+    """Stage the batch under the data dir (never inside the Celery message), create the ingest job
+    and enqueue it. If enqueueing fails after the job exists, the sweeper re-enqueues it."""
+    if bounded:
+        check_capacity(svc, "ingest")
+    job_id = new_job_id()
+    svc.storage.write_staging(job_id, documents)
+    try:
+        options = {"rebuild": rebuild, "documents": len(documents)}
+        return _create_and_enqueue(svc, "ingest", collection, options, job_id, bounded)
+    except QueueFull:
+        svc.storage.delete_staging(job_id)
+        raise
+
+
+def submit_delete(svc: Services, collection: str, doc_ids: list[str], bounded: bool = False) -> dict:
+    """A delete job (ingest queue): it writes a tombstone segment, then asks for a rebuild."""
+    return _create_and_enqueue(svc, "delete", collection, {"documents": list(doc_ids), "rebuild": True},
+                               new_job_id(), bounded)
+
+
+class DropInProgress(Exception):
+    def __init__(self, job_id: str):
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+def submit_drop(svc: Services, collection: str, bounded: bool = False) -> dict:
+    """A drop job (index queue): removes the collection, its index, segments and pointer.
+
+    The collection's drop marker names the job from submission to its end: a second drop meanwhile
+    raises DropInProgress, and the API refuses to re-create the name half-way through."""
+    if bounded:
+        check_capacity(svc, "drop")
+    job_id = new_job_id()
+    for _ in range(2):
+        other = svc.collections.claim_drop(collection, job_id)
+        if other is None:
+            break
+        if other and svc.jobs.state(other) not in TERMINAL:
+            raise DropInProgress(other)
+        svc.collections.release_drop(collection, other)  # left by a drop that ended without clearing it
+    else:
+        raise DropInProgress(svc.collections.dropping_job(collection) or "")
+    try:
+        return _create_and_enqueue(svc, "drop", collection, {}, job_id, bounded)
+    except QueueFull:
+        svc.collections.release_drop(collection, job_id)
+        raise
+
+
+def drop_in_progress(svc: Services, collection: str) -> str | None:
+    """The id of the drop of `collection` that is queued or running, if any."""
+    job_id = svc.collections.dropping_job(collection)
+    if job_id and svc.jobs.state(job_id) not in TERMINAL:
+        return job_id
+    return None
+
+
+def request_rebuild(svc: Services, collection: str, exclusive: bool,
+                    bounded: bool = False) -> tuple[dict, bool]:
+    """A rebuild of `collection`: a new queued one, or the one already queued (coalescing).
+
+    With `exclusive` (an explicit POST /rebuild) raises RebuildInProgress when a rebuild is queued or
+    running. With `bounded` raises QueueFull (and frees the claimed slot) when the index queue is
+    full. Returns (job, created)."""
+    if bounded:
+        check_capacity(svc, "rebuild")
+    job_id = new_job_id()
+    for _ in range(2):
+        claimed, other = svc.locks.claim_rebuild(collection, job_id, exclusive)
+        if claimed:
+            try:
+                job = svc.jobs.create("rebuild", collection, {}, job_id,
+                                      max_queued=_bound(svc, "rebuild", bounded))
+            except QueueFull:
+                svc.locks.clear_pending(collection, job_id)
+                raise
+            svc.enqueue("rebuild", job_id)
+            return job, True
+        if svc.jobs.state(other) in TERMINAL:
+            # A pending slot left by a job that ended without clearing it (canceled while queued,
+            # failed before it started): free it and claim again.
+            svc.locks.clear_pending(collection, other)
+            continue
+        if exclusive:
+            raise RebuildInProgress(other)
+        return svc.jobs.get(other), False
+    raise RebuildInProgress(other)
+
+
+def cancel_job(svc: Services, job_id: str) -> dict:
+    """Cancel a job: a queued one is canceled at once and never runs; a running one is flagged and
+    stops at its next step boundary (publishing nothing). Raises JobNotFound, or NotCancelable for a
+    finished job and for a drop that has started. Returns the job after the request."""
+    job = svc.jobs.get(job_id)
+    if job["state"] in TERMINAL:
+        raise NotCancelable(job, f"the job has already {job['state']}")
+    if job["kind"] == "drop" and job["state"] == RUNNING:
+        raise NotCancelable(job, "a drop that has started runs to its end")
+    state = svc.jobs.request_cancel(job_id)
+    job = svc.jobs.get(job_id)
+    if state == CANCELED:
+        cleanup_canceled(svc, job)
+    elif state != RUNNING and state != QUEUED:
+        raise NotCancelable(job, f"the job has already {state}")
+    return job
+
+
+def cleanup_canceled(svc: Services, job: dict) -> None:
+    """What a job canceled while queued leaves behind: the rebuild's pending slot, the ingest's
+    staged batch. (The worker that receives its message skips it, and would clean these too.)"""
+    if job["kind"] == "rebuild":
+        svc.locks.clear_pending(job["collection"], job["id"])
+    elif job["kind"] == "ingest":
+        svc.storage.delete_staging(job["id"])
+    elif job["kind"] == "drop":
+        svc.collections.release_drop(job["collection"], job["id"])

@@ -1,0 +1,142 @@
+"""The sweeper: bounded job history, and jobs whose Celery message was lost.
+
+Run periodically (the `swapline.sweep` task on celery beat, see `shared.celeryconfig`), it
+
+- deletes finished jobs older than `job_ttl_seconds`, keeping the newest `jobs_keep_per_collection`
+  of every collection;
+- sends again the task of a job left `queued` for `sweep_stale_seconds` whose message is nowhere in
+  the broker (the API died between creating the job and enqueueing it). One a worker holds unacked is
+  left to kombu, which restores it after the visibility timeout: sending it again could run it twice;
+- sends again the task of a `running` job whose heartbeat is older than `sweep_stale_seconds` (its
+  worker died; the task's start takes an already running job as a resume, and the rebuild lease and
+  fence keep a resumed rebuild safe), first dropping its unacked delivery so kombu does not bring it
+  back later. A rebuild or drop whose lease is still alive is not stale: its worker renews the lease
+  between steps;
+- removes staged batches nobody will read (their job finished or never came to exist).
+
+"Nowhere in the broker" is read from kombu's Redis layout (`shared.store.broker`). The check runs
+twice, a moment apart, so a message in flight between a queue list and the unacked hash is not
+mistaken for a lost one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from shared.jobs.model import QUEUED, RUNNING, TERMINAL
+from shared.names import JOB_ID_IN_TEXT
+from shared.services import Services
+from shared.storage import TMP_PREFIX
+from shared.tasknames import QUEUES
+
+log = logging.getLogger(__name__)
+
+def _stale_candidates(svc: Services, stale_before: float) -> list[dict]:
+    """Queued jobs older than the threshold and running jobs whose heartbeat is older."""
+    ids = [(job_id, QUEUED) for queue in QUEUES for job_id in svc.jobs.queued_ids(queue)]
+    ids += [(job_id, RUNNING) for job_id in svc.jobs.running_ids()]
+    if not ids:
+        return []
+    rows = svc.jobs.fields_many([job_id for job_id, _ in ids], "state", "kind", "collection", "heartbeat",
+                                "created_at")
+    out = []
+    for (job_id, listed), fields in zip(ids, rows, strict=True):
+        state, kind, collection, heartbeat, created_at = fields
+        if listed == RUNNING and state != RUNNING:
+            svc.jobs.forget_running(job_id)  # finished by the publish script, or deleted
+            continue
+        if state != listed or not kind:
+            continue
+        if float(heartbeat or created_at or 0) >= stale_before:
+            continue
+        if state == RUNNING and kind in ("rebuild", "drop"):
+            holder = svc.locks.holder(collection)
+            if holder and holder["job_id"] == job_id:
+                continue  # the lease is alive, so its worker is too
+        out.append({"id": job_id, "state": state, "kind": kind})
+    return out
+
+
+def _lost(candidates: list[dict], waiting: set[str], taken: dict[str, list[tuple[str, float]]],
+          stale_before: float) -> list[dict]:
+    lost = []
+    for job in candidates:
+        if job["id"] in waiting:
+            continue  # a worker will get it
+        deliveries = taken.get(job["id"], [])
+        if job["state"] == QUEUED and deliveries:
+            # A worker holds it (an ETA retry, a prefetch) or held it and died; kombu restores it after
+            # the visibility timeout. Sending it again could run it twice at once.
+            continue
+        if any(at >= stale_before for _, at in deliveries):
+            continue  # a worker took it recently (the redelivery of a running job, say)
+        lost.append(job)
+    return lost
+
+
+def requeue_lost(svc: Services, now: float | None = None, recheck_delay: float = 0.5) -> list[str]:
+    """Send again the tasks of queued and running jobs whose message is lost. Returns their ids."""
+    now = now if now is not None else time.time()
+    stale_before = now - svc.settings.sweep_stale_seconds
+    candidates = _stale_candidates(svc, stale_before)
+    if not candidates:
+        return []
+    lost = _lost(candidates, *svc.broker.snapshot(), stale_before)
+    if not lost:
+        return []
+    time.sleep(recheck_delay)
+    still = {job["id"] for job in _stale_candidates(svc, stale_before)}
+    waiting, taken = svc.broker.snapshot()
+    requeued = []
+    for job in _lost([j for j in lost if j["id"] in still], waiting, taken, stale_before):
+        # The old delivery must not come back later (kombu restores unacked messages after the
+        # visibility timeout): forget it, then send the job again.
+        tags = [tag for tag, _ in taken.get(job["id"], [])]
+        svc.broker.forget_deliveries(tags)
+        svc.jobs.mark_requeued(job["id"])
+        svc.enqueue(job["kind"], job["id"])
+        requeued.append(job["id"])
+        log.warning("event=sweep.requeued job=%s kind=%s state=%s dropped_deliveries=%s",
+                    job["id"], job["kind"], job["state"], len(tags))
+    return requeued
+
+
+def remove_orphan_staging(svc: Services, now: float | None = None) -> int:
+    """Delete staged batches older than the stale threshold whose job finished or does not exist."""
+    now = now if now is not None else time.time()
+    folder = svc.storage.root / "staging"
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.iterdir():
+        try:
+            if path.stat().st_mtime >= now - svc.settings.sweep_stale_seconds:
+                continue
+        except FileNotFoundError:
+            continue
+        name = path.name.removeprefix(TMP_PREFIX).removesuffix(".jsonl")
+        state = svc.jobs.state(name) if JOB_ID_IN_TEXT.fullmatch(name) else None
+        if path.name.startswith(TMP_PREFIX) or state is None or state in TERMINAL:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def sweep(svc: Services, now: float | None = None, recheck_delay: float = 0.5) -> dict:
+    """One sweep; skipped (returns {"skipped": True}) while another one runs."""
+    token = svc.sweep_lock.acquire(max(60, svc.settings.sweep_stale_seconds))
+    if token is None:
+        return {"skipped": True}
+    try:
+        started = time.monotonic()
+        expired = svc.history.cleanup(svc.settings.job_ttl_seconds, svc.settings.jobs_keep_per_collection, now)
+        requeued = requeue_lost(svc, now, recheck_delay)
+        staging = remove_orphan_staging(svc, now)
+        result = {"expired": expired, "requeued": requeued, "staging_removed": staging,
+                  "seconds": round(time.monotonic() - started, 3)}
+        log.info("event=sweep.done expired=%s requeued=%s staging_removed=%s seconds=%s",
+                 expired, len(requeued), staging, result["seconds"])
+        return result
+    finally:
+        svc.sweep_lock.release(token)

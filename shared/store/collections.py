@@ -1,0 +1,101 @@
+"""Collections: the registry in Redis (names, document map, segment list, counters, drop markers)."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from shared import keys
+from shared.store.conn import delete_if_equals, load_script
+
+
+class CollectionStore:
+    def __init__(self, client: redis.Redis):
+        self.r = client
+        self._register = load_script(client, "register_segment")
+
+    def create(self, name: str) -> bool:
+        """False when the collection already exists."""
+        if not self.r.sadd(keys.collections(), name):
+            return False
+        self.r.hset(keys.collection(name), mapping={"created_at": time.time(), "chunks": 0, "changes": 0})
+        return True
+
+    def exists(self, name: str) -> bool:
+        return bool(self.r.sismember(keys.collections(), name))
+
+    def names(self) -> list[str]:
+        return sorted(self.r.smembers(keys.collections()))
+
+    def info(self, name: str) -> dict:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(keys.collection(name))
+        pipe.hlen(keys.collection_docs(name))
+        meta, documents = pipe.execute()
+        return {"name": name, "documents": int(documents), "chunks": int(meta.get("chunks", 0)),
+                "changes": int(meta.get("changes", 0)), "created_at": float(meta.get("created_at", 0)),
+                "last_rebuild_at": float(meta["last_rebuild_at"]) if meta.get("last_rebuild_at") else None}
+
+    def next_segment_seq(self, name: str) -> int:
+        return int(self.r.incr(keys.segment_seq(name)))
+
+    def register_segment(self, name: str, seq: int, job_id: str, doc_chunks: dict[str, int]) -> int:
+        """Make a written segment live in registration order; `doc_chunks` maps each document in it
+        to its chunk count, or -1 for a deleted document. Also records the segment on the job."""
+        args: list = [seq]
+        for doc_id, count in doc_chunks.items():
+            args += [doc_id, count]
+        return int(self._register(
+            keys=[keys.collection_docs(name), keys.segments(name), keys.collection(name), keys.job(job_id)],
+            args=args))
+
+    def segments(self, name: str) -> list[int]:
+        return [int(s) for s in self.r.lrange(keys.segments(name), 0, -1)]
+
+    def doc_locations(self, name: str, doc_ids: list[str]) -> dict[str, int]:
+        """Segment seq currently holding each of `doc_ids` (absent ones are left out)."""
+        if not doc_ids:
+            return {}
+        values = self.r.hmget(keys.collection_docs(name), doc_ids)
+        return {d: int(v.split(":")[0]) for d, v in zip(doc_ids, values, strict=True) if v}
+
+    def snapshot(self, name: str) -> tuple[list[int], int]:
+        """The segment list and the change counter, read together (a rebuild's starting point)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lrange(keys.segments(name), 0, -1)
+        pipe.hget(keys.collection(name), "changes")
+        segments, changes = pipe.execute()
+        return [int(s) for s in segments], int(changes or 0)
+
+    # dropping
+
+    def claim_drop(self, name: str, job_id: str) -> str | None:
+        """Mark the collection as being dropped by `job_id`; returns None when claimed, else the id of
+        the drop that holds the marker."""
+        if self.r.set(keys.dropping(name), job_id, nx=True):
+            return None
+        return self.r.get(keys.dropping(name)) or ""
+
+    def dropping_job(self, name: str) -> str | None:
+        """The job named by the collection's drop marker, if any."""
+        return self.r.get(keys.dropping(name))
+
+    def release_drop(self, name: str, job_id: str) -> None:
+        """Delete the drop marker if it still names `job_id`."""
+        delete_if_equals(self.r, keys.dropping(name), job_id)
+
+    def hide(self, name: str, drop_job_id: str) -> None:
+        """The first step of a drop: the marker names the drop (a resumed drop may find it cleared) and
+        the name leaves the set of collections, so the API answers 404 and new jobs fail."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(keys.dropping(name), drop_job_id)
+        pipe.srem(keys.collections(), name)
+        pipe.execute()
+
+    def remove(self, name: str) -> None:
+        """Delete the collection's keys (the fence counter stays: see `keys.collection_keys`)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.srem(keys.collections(), name)
+        pipe.delete(*keys.collection_keys(name))
+        pipe.execute()

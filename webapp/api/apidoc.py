@@ -1,0 +1,56 @@
+"""What the OpenAPI document says beyond the marshmallow schemas, added per operation by one apispec
+plugin: the auth scheme and required role (webapp.api.auth), the Idempotency-Key header and its answers
+(webapp.api.idempotency), and the error answers every operation can give."""
+
+from __future__ import annotations
+
+import http
+
+from apispec import BasePlugin
+
+from shared.settings import Settings
+from webapp.api import auth, idempotency
+
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+
+
+def _status_ref(code: int) -> str:
+    # flask-smorest registers a response component per status, named after http.HTTPStatus.
+    return http.HTTPStatus(code).name
+
+
+class SwaplineSpecPlugin(BasePlugin):
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for method, operation in (operations or {}).items():
+            if method not in METHODS:
+                continue
+            idempotency.document_operation(operation)
+            auth.document_operation(path or "", method, operation)
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation or method in ("post", "put", "patch"):
+                responses.setdefault("413", _status_ref(413))
+            responses.setdefault("500", _status_ref(500))
+
+
+def api_description(settings: Settings) -> str:
+    return f"""Semantic search in which indexing never blocks searching.
+
+**Errors.** Every 4xx and 5xx answer is JSON `{{"code", "message", "errors"?}}`: `code` is machine-readable
+(e.g. `not_found`, `invalid`, `queue_full`), `errors` holds per-field validation messages. Unknown body
+fields are rejected with 422.
+
+**Auth.** `Authorization: Bearer <key>`; roles `read` (search and GET) < `write` (submit jobs) < `admin`
+(cancel, delete, rollback, admin page). 401 without a valid key, 403 when its role is too low.
+
+**Jobs.** Job-creating requests answer 202 with the job and `Location: /v1/jobs/{{id}}`. Send
+`Idempotency-Key` to retry safely. When a queue already holds its bound of queued jobs
+(SWAPLINE_MAX_QUEUED_INGEST={settings.max_queued_ingest},
+SWAPLINE_MAX_QUEUED_INDEX={settings.max_queued_index}) the answer is 503 with `Retry-After` and nothing is created.
+
+**Limits** (this deployment): request body {settings.max_request_bytes} bytes (SWAPLINE_MAX_REQUEST_BYTES, 413
+past it); {settings.max_documents_per_batch} documents per batch (SWAPLINE_MAX_DOCUMENTS_PER_BATCH, 413);
+{settings.max_document_bytes} bytes of text per document (SWAPLINE_MAX_DOCUMENT_BYTES, 413);
+search `k` at most {settings.max_k} (SWAPLINE_MAX_K, 422); query at most {settings.max_query_chars} characters
+(SWAPLINE_MAX_QUERY_CHARS, 422). In front of the API, the HTTP server (gunicorn) refuses a request line
+over 4094 bytes (414) and a header over 8190 bytes (400) with its own page.
+"""

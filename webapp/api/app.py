@@ -1,0 +1,40 @@
+"""The API's app factory: `create_app(settings=None)`, served by gunicorn as `webapp:create_app()`."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from shared.settings import Settings, load_settings
+from webapp.api import auth
+from webapp.api.errors import Api
+from webapp.api.metrics import Metrics
+from webapp.api.routes import admin, collections, events, health, jobs, search, versions
+from webapp.api.runtime import swapline
+
+API_BLUEPRINTS = (health, collections, jobs, search, versions, events)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="Swapline",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        SWAPLINE_SETTINGS=settings,
+    )
+    api = Api(app)
+    swapline.init_app(app, settings)
+    auth.init_app(app, settings)
+    Metrics().init_app(app, swapline.runtime_of(app))
+    for module in API_BLUEPRINTS:
+        api.register_blueprint(module.blp)
+    app.register_blueprint(admin.blp)  # HTML, not part of the OpenAPI document
+    swapline.start(app)
+    return app

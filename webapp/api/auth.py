@@ -1,0 +1,219 @@
+"""API keys with roles: `read` < `write` < `admin` (a higher role includes the lower ones).
+
+Keys come from `SWAPLINE_API_KEYS` ("k1:admin,k2:write,k3:read"). A request carries its key as
+`Authorization: Bearer KEY` (or HTTP Basic with the key as password, which browsers send after a
+prompt, so the /admin page and the event stream it follows work from a browser). Without a key the
+answer is 401 with `WWW-Authenticate`; with a key whose role is too low, 403. With no keys configured
+the API runs open, logs a warning at start, and /readyz reports `checks.auth = "open"`.
+
+Every request is checked in one `before_request` hook, so a new route is protected by default:
+
+- a view marked `@requires("admin")` (or "read"/"write") needs that role; one marked `@public` needs none;
+- otherwise, under /v1: GET and HEAD need `read`, DELETE needs `admin`, every other method `write`;
+  /admin needs `admin`, /metrics `read`; anything else (health probes, the OpenAPI document and the
+  docs UI) is public.
+
+The OpenAPI document gets the bearer scheme, `security`, 401/403 responses and `x-required-role` on
+every protected operation from `document_operation`, called by the spec plugin in `webapp.api.apidoc`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Flask, current_app, g, request
+from flask_smorest import Blueprint, abort
+
+from shared.settings import ROLES, Settings
+
+log = logging.getLogger(__name__)
+
+RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}
+PUBLIC = "public"
+SCHEME_NAME = "bearerAuth"
+ROLE_ATTR = "_swapline_role"
+REALM = "swapline"
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: str
+    key_id: str  # a short digest of the key, safe to log and to scope idempotency keys by
+
+
+def requires(role: str) -> Callable:
+    """Mark a view (a MethodView method or a view function) as needing `role` or higher."""
+    if role not in RANK:
+        raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    return _mark(role)
+
+
+def public(func: Callable) -> Callable:
+    """Mark a view as needing no key at all."""
+    return _mark(PUBLIC)(func)
+
+
+def _mark(role: str) -> Callable:
+    def decorator(func: Callable) -> Callable:
+        # Blueprint.doc wraps the view and adds to its OpenAPI operation; the marker rides along.
+        wrapped = Blueprint.doc(**{"x-required-role": role})(func)
+        setattr(wrapped, ROLE_ATTR, role)
+        return wrapped
+    return decorator
+
+
+def default_role(method: str, path: str) -> str | None:
+    """The role a route needs when its view does not say."""
+    if path == "/v1" or path.startswith("/v1/"):
+        if method in ("GET", "HEAD"):
+            return "read"
+        return "admin" if method == "DELETE" else "write"
+    if path == "/admin" or path.startswith("/admin/"):
+        return "admin"
+    if path == "/metrics":
+        return "read"
+    return None
+
+
+def _view_role() -> str | None:
+    """The explicit marker on the view serving this request, if any."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is None:
+        return None
+    view_class = getattr(view, "view_class", None)
+    if view_class is not None:
+        method = "get" if request.method == "HEAD" else request.method.lower()
+        handler = getattr(view_class, method, None)
+        if handler is not None and hasattr(handler, ROLE_ATTR):
+            return getattr(handler, ROLE_ATTR)
+    return getattr(view, ROLE_ATTR, None)
+
+
+def required_role() -> str | None:
+    """The role this request needs, None when it is public."""
+    if request.method == "OPTIONS" or request.endpoint is None:
+        return None  # preflights, and unknown routes (which answer 404/405)
+    role = _view_role() or default_role(request.method, request.path)
+    return None if role == PUBLIC else role
+
+
+def _presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if scheme == "bearer" and value:
+        return value
+    if scheme == "basic" and value:
+        try:
+            _, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return password or None
+    return None
+
+
+class KeyRing:
+    """The configured keys; lookups compare every key in constant time."""
+
+    def __init__(self, pairs: tuple[tuple[str, str], ...]):
+        self._pairs = [(key.encode(), role) for key, role in pairs]
+
+    @property
+    def open(self) -> bool:
+        return not self._pairs
+
+    def role_of(self, key: str) -> str | None:
+        found = None
+        presented = key.encode()
+        for known, role in self._pairs:
+            if hmac.compare_digest(known, presented):
+                found = role
+        return found
+
+
+def key_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _challenge(error: str | None = None) -> dict:
+    # Basic for the HTML admin page makes a browser prompt for the key; API clients get Bearer.
+    scheme = "Basic" if request.path.startswith("/admin") else "Bearer"
+    value = f'{scheme} realm="{REALM}"'
+    if error and scheme == "Bearer":
+        value += f', error="{error}"'
+    return {"WWW-Authenticate": value}
+
+
+def authenticate() -> None:
+    """The before_request hook: 401/403 unless the request carries a key with the role it needs."""
+    role = required_role()
+    ring: KeyRing = current_app.extensions["swapline_auth"]
+    if ring.open:
+        g.swapline_principal = Principal("admin", "open")
+        return
+    key = _presented_key()
+    if role is None:
+        if key and (found := ring.role_of(key)):
+            g.swapline_principal = Principal(found, key_id(key))
+        return
+    if key is None:
+        abort(401, code="unauthorized", message="an API key is required: Authorization: Bearer <key>",
+              headers=_challenge())
+    found = ring.role_of(key)
+    if found is None:
+        abort(401, code="unauthorized", message="the API key is not valid",
+              headers=_challenge("invalid_token"))
+    if RANK[found] < RANK[role]:
+        abort(403, code="forbidden", message=f"this operation needs the {role} role; the key has {found}")
+    g.swapline_principal = Principal(found, key_id(key))
+
+
+def principal() -> Principal | None:
+    return g.get("swapline_principal")
+
+
+def mode(app: Flask | None = None) -> str:
+    """"open" (no keys configured) or "keys", for /readyz."""
+    ring: KeyRing = (app or current_app).extensions["swapline_auth"]
+    return "open" if ring.open else "keys"
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    ring = KeyRing(settings.api_keys)
+    app.extensions["swapline_auth"] = ring
+    app.before_request(authenticate)
+    if ring.open:
+        log.warning("event=auth.open message=%r", "SWAPLINE_API_KEYS is empty: the API accepts every request "
+                    "without a key. Set key:role pairs (roles read, write, admin) before exposing it.")
+    else:
+        counts = {role: sum(1 for _, r in settings.api_keys if r == role) for role in ROLES}
+        log.info("event=auth.keys %s", " ".join(f"{role}={n}" for role, n in counts.items()))
+
+
+# OpenAPI
+
+SECURITY_SCHEME = {"type": "http", "scheme": "bearer",
+                   "description": "An API key from SWAPLINE_API_KEYS, with role read, write or admin "
+                                  "(admin includes write, write includes read)."}
+
+
+def document_operation(path: str, method: str, operation: dict) -> None:
+    """Add security, the role and the 401/403 responses to one operation of the OpenAPI document."""
+    role = operation.get("x-required-role") or default_role(method.upper(), path)
+    if role is None or role == PUBLIC:
+        operation.pop("x-required-role", None)
+        operation["security"] = []
+        return
+    operation["x-required-role"] = role
+    operation["security"] = [{SCHEME_NAME: []}]
+    responses = operation.setdefault("responses", {})
+    responses.setdefault("401", "UNAUTHORIZED")
+    responses.setdefault("403", "FORBIDDEN")
+    note = f"Needs an API key with the `{role}` role or higher."
+    before = operation.get("description")
+    operation["description"] = f"{before}\n\n{note}" if before else note

@@ -1,0 +1,189 @@
+"""The live indexes of this API process: one holder, one watcher thread that swaps them.
+
+Readers take a reference to the current `LoadedVersion` and search it without any lock; the watcher
+loads a newer version off the request path, warms it, and replaces one reference. A query in flight
+finishes on the version it started with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import redis
+
+from shared.index.vectorindex import LoadedVersion
+from shared.services import Services
+
+log = logging.getLogger(__name__)
+
+
+class ResultCache:
+    """A small LRU of search results derived from one served version. It lives and dies with that
+    version's `Served` entry, so a swap drops every result computed from the old index."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key):
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key, value) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class Served:
+    fence: int
+    version: LoadedVersion
+    cache: ResultCache
+
+
+class LiveIndexes:
+    """Collection name -> the version this process serves. The mapping is replaced, never mutated,
+    so a reader's `get` needs no lock; only the watcher writes, under `_write`."""
+
+    def __init__(self, cache_size: int = 0):
+        self.cache_size = cache_size
+        self._current: dict[str, Served] = {}
+        self._write = threading.Lock()
+        self.swaps = 0
+
+    def get(self, name: str) -> Served | None:
+        """What this process serves for `name`: keep the reference for the whole query."""
+        return self._current.get(name)
+
+    def fence(self, name: str) -> int:
+        served = self._current.get(name)
+        return served.fence if served else 0
+
+    def swap(self, name: str, fence: int, version: LoadedVersion) -> None:
+        with self._write:
+            self._current = {**self._current, name: Served(fence, version, ResultCache(self.cache_size))}
+            self.swaps += 1
+
+    def drop(self, name: str) -> None:
+        with self._write:
+            self._current = {k: v for k, v in self._current.items() if k != name}
+
+    def all(self) -> dict[str, Served]:
+        return self._current
+
+    def served(self) -> dict[str, int]:
+        return {name: s.version.version for name, s in self._current.items()}
+
+
+class IndexWatcher(threading.Thread):
+    """Follows the published pointers: swap messages for speed, polling because pub/sub can drop
+    messages (and a process that starts late must catch up)."""
+
+    def __init__(self, svc: Services, live: LiveIndexes, warm_embedder: bool):
+        super().__init__(name="swapline-index-watcher", daemon=True)
+        self.svc, self.live = svc, live
+        self.warm_embedder = warm_embedder
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
+        self.last_sync: float = 0.0
+        self.errors = 0
+        # Called with the load time of each swap, or None when a load failed (metrics hook).
+        self.on_load = lambda seconds: None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self.join(timeout)
+
+    def run(self) -> None:
+        poll = self.svc.settings.watcher_poll_seconds
+        if self.warm_embedder:
+            self.svc.embedder.embed(["warm up"])  # the model loads here, not in the first search
+        while not self._stopping.is_set():
+            pubsub = None
+            try:
+                pubsub = self.svc.pointers.subscribe()
+                self.sync()
+                self.ready.set()
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=poll)
+                    if message and message.get("type") == "message":
+                        name = json.loads(message["data"]).get("collection")
+                        self.sync([name] if name else None)
+                    if time.monotonic() - self.last_sync >= poll:
+                        self.sync()
+            except (redis.RedisError, OSError) as exc:
+                self.errors += 1
+                log.warning("event=watcher.redis_error replica=%s error=%r", self.replica_id, str(exc))
+                self._stopping.wait(min(poll, 1.0))
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # closing a broken connection may fail again; nothing to do
+                        pass
+        self._unregister()
+
+    def sync(self, names: list[str] | None = None) -> None:
+        """Load every collection whose published pointer differs from what this process serves."""
+        full = names is None
+        if full:
+            names = self.svc.collections.names()
+            for gone in set(self.live.served()) - set(names):
+                self.live.drop(gone)
+        for name, pointer in self.svc.pointers.get_many(names).items():
+            if pointer["fence"] != self.live.fence(name):
+                self._load(name, pointer)
+        if full:
+            self.last_sync = time.monotonic()
+            self._heartbeat()
+
+    def _load(self, name: str, pointer: dict) -> None:
+        started = time.perf_counter()
+        try:
+            version = LoadedVersion(self.svc.storage.resolve_relative(pointer["path"]), pointer["version"])
+            version.warm()
+        except Exception:
+            # Stay on the version we serve; the next poll tries again.
+            log.exception("event=watcher.load_failed replica=%s collection=%s version=%s",
+                          self.replica_id, name, pointer.get("version"))
+            self.on_load(None)
+            return
+        self.live.swap(name, pointer["fence"], version)
+        seconds = time.perf_counter() - started
+        self.on_load(seconds)
+        self.svc.events.append("index.swapped", collection=name, data={
+            "version": pointer["version"], "replica": self.replica_id, "load_seconds": round(seconds, 4)})
+        self._heartbeat()
+        log.info("event=watcher.swapped replica=%s collection=%s version=%s vectors=%s load_seconds=%.4f",
+                 self.replica_id, name, pointer["version"], version.vectors, seconds)
+
+    def _heartbeat(self) -> None:
+        self.svc.replicas.heartbeat(self.replica_id, self.live.served())
+
+    def _unregister(self) -> None:
+        try:
+            self.svc.replicas.unregister(self.replica_id)
+        except redis.RedisError:
+            pass  # the entry expires by itself

@@ -1,0 +1,154 @@
+"""Collections and the documents in them."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from shared.jobs.model import iso_time
+from shared.jobs.submit import (
+    DropInProgress,
+    RebuildInProgress,
+    drop_in_progress,
+    request_rebuild,
+    submit_delete,
+    submit_documents,
+    submit_drop,
+)
+from shared.status import collection_status
+from webapp.api.errors import QUEUE_FULL
+from webapp.api.idempotency import idempotent
+from webapp.api.routes.common import job_location, require_collection
+from webapp.api.runtime import swapline
+from webapp.api.schemas import (
+    CollectionCreateSchema,
+    CollectionSchema,
+    CollectionStatusSchema,
+    DocumentBatchSchema,
+    ErrorSchema,
+    JobSchema,
+)
+
+blp = Blueprint("collections", __name__, url_prefix="/v1/collections", description="Collections and documents")
+
+LOCATION = {"Location": {"description": "/v1/jobs/{id} of the job", "schema": {"type": "string"}}}
+
+
+def collection_view(name: str) -> dict:
+    """The collection's status with times as ISO 8601; each response schema picks its fields."""
+    status = collection_status(swapline.runtime.svc, name)
+    if status["index"]:
+        status["index"]["built_at"] = iso_time(status["index"]["built_at"])
+    return status
+
+
+@blp.route("")
+class Collections(MethodView):
+    @blp.arguments(CollectionCreateSchema)
+    @blp.response(201, CollectionSchema)
+    @blp.alt_response(409, schema=ErrorSchema, description="A collection with that name exists")
+    def post(self, body):
+        """Create a collection."""
+        dropping = drop_in_progress(swapline.runtime.svc, body["name"])
+        if dropping:
+            abort(409, message=f"collection {body['name']!r} is being dropped; create it again once the drop "
+                               "has finished", code="collection_dropping", job_id=dropping,
+                  headers=job_location(dropping))
+        if not swapline.runtime.svc.collections.create(body["name"]):
+            abort(409, message=f"collection {body['name']!r} already exists", code="collection_exists")
+        return collection_view(body["name"]), 201, {"Location": f"/v1/collections/{body['name']}"}
+
+
+@blp.route("/<string:name>")
+class Collection(MethodView):
+    @blp.response(200, CollectionStatusSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    def get(self, name):
+        """A collection's status: counts, the index version it serves, drift since that build, the
+        running job with its ETA, the rebuild lock, and the version each API process serves."""
+        require_collection(name)
+        return collection_view(name)
+
+    @idempotent
+    @blp.response(202, JobSchema, headers=LOCATION,
+                  description="The drop job. Once it ran, the collection, its documents, segments and index "
+                              "versions are gone, and every API process answers 404 for it.")
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    @blp.alt_response(409, schema=ErrorSchema,
+                      description="A drop of this collection is already queued or running")
+    @blp.alt_response(503, **QUEUE_FULL)
+    def delete(self, name):
+        """Drop the collection (a `drop` job on the index queue). Its queued jobs are canceled and
+        running ones stop first."""
+        require_collection(name)
+        try:
+            job = submit_drop(swapline.runtime.svc, name, bounded=True)
+        except DropInProgress as busy:
+            abort(409, message="a drop of this collection is already queued or running",
+                  code="drop_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
+        return job, 202, job_location(job["id"])
+
+
+@blp.route("/<string:name>/documents")
+class Documents(MethodView):
+    @idempotent
+    @blp.arguments(DocumentBatchSchema)
+    @blp.response(202, JobSchema, headers=LOCATION)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    @blp.alt_response(413, schema=ErrorSchema,
+                      description="Too many documents, a document too large, or a body over "
+                                  "SWAPLINE_MAX_REQUEST_BYTES")
+    @blp.alt_response(503, **QUEUE_FULL)
+    def post(self, body, name):
+        """Add or replace documents (a document id submitted again replaces it). Answers the ingest
+        job; with `rebuild` (the default) a rebuild follows and the job's result names it."""
+        require_collection(name)
+        settings = swapline.runtime.settings
+        docs = body["documents"]
+        if len(docs) > settings.max_documents_per_batch:
+            abort(413, message=f"at most {settings.max_documents_per_batch} documents per batch",
+                  code="batch_too_large")
+        seen = set()
+        for i, doc in enumerate(docs):
+            if len(doc["text"].encode("utf-8")) > settings.max_document_bytes:
+                abort(413, message=f"documents[{i}].text exceeds {settings.max_document_bytes} bytes",
+                      code="document_too_large")
+            if doc["id"] in seen:
+                abort(422, message=f"document id {doc['id']!r} appears twice in the batch", code="invalid")
+            seen.add(doc["id"])
+        job = submit_documents(swapline.runtime.svc, name, docs, body["rebuild"], bounded=True)
+        return job, 202, job_location(job["id"])
+
+
+@blp.route("/<string:name>/documents/<path:doc_id>")
+class Document(MethodView):
+    @idempotent
+    @blp.response(202, JobSchema, headers=LOCATION,
+                  description="The delete job: it writes a tombstone for the document, then a rebuild "
+                              "follows (its id is in the job's result). Deleting an absent id is not an "
+                              "error; the result says how many documents were deleted.")
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    @blp.alt_response(503, **QUEUE_FULL)
+    def delete(self, name, doc_id):
+        """Delete a document (a `delete` job on the ingest queue)."""
+        require_collection(name)
+        job = submit_delete(swapline.runtime.svc, name, [doc_id], bounded=True)
+        return job, 202, job_location(job["id"])
+
+
+@blp.route("/<string:name>/rebuild")
+class Rebuild(MethodView):
+    @idempotent
+    @blp.response(202, JobSchema, headers=LOCATION)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    @blp.alt_response(409, schema=ErrorSchema, description="A rebuild is already queued or running")
+    @blp.alt_response(503, **QUEUE_FULL)
+    def post(self, name):
+        """Rebuild the collection's index from its documents."""
+        require_collection(name)
+        try:
+            job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True, bounded=True)
+        except RebuildInProgress as busy:
+            abort(409, message="a rebuild of this collection is already queued or running",
+                  code="rebuild_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
+        return job, 202, job_location(job["id"])

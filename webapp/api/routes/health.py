@@ -1,0 +1,41 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import redis
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from webapp.api import auth
+from webapp.api.runtime import swapline
+from webapp.api.schemas import HealthSchema
+
+blp = Blueprint("health", __name__, description="Liveness and readiness probes")
+
+
+@blp.route("/healthz")
+class Health(MethodView):
+    @blp.response(200, HealthSchema)
+    def get(self):
+        """The process is alive."""
+        return {"status": "ok", "checks": {}}
+
+
+@blp.route("/readyz")
+class Ready(MethodView):
+    @blp.response(200, HealthSchema)
+    @blp.alt_response(503, schema=HealthSchema, description="Not ready: Redis unreachable or watcher down")
+    def get(self):
+        """Ready to serve: Redis answers and the index watcher runs and has synced once."""
+        rt = swapline.runtime
+        checks = {}
+        try:
+            checks["redis"] = rt.svc.ping()
+        except redis.RedisError as exc:
+            checks["redis"] = False
+            checks["redis_error"] = str(exc)
+        checks["index_watcher"] = rt.watcher.is_alive() and rt.watcher.ready.is_set()
+        checks["served_versions"] = rt.live.served()
+        checks["auth"] = auth.mode()  # "open" when no API keys are configured
+        ok = checks["redis"] and checks["index_watcher"]
+        return {"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503

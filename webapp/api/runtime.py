@@ -1,0 +1,57 @@
+"""What one app instance runs: domain services, the Celery sender, the live indexes and their watcher
+thread. The `swapline` extension binds a `Runtime` to each app; views reach it as `swapline.runtime`."""
+
+from __future__ import annotations
+
+import threading
+
+from flask import Flask, current_app
+
+from shared.celeryconfig import enqueue, make_celery
+from shared.services import Services, build_services
+from shared.settings import Settings
+from webapp.api.live import IndexWatcher, LiveIndexes
+
+EXTENSION = "swapline"
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.celery = make_celery(settings)
+        self.svc: Services = build_services(settings, lambda kind, job_id: enqueue(self.celery, kind, job_id),
+                                            torch_threads=settings.api_torch_threads)
+        self.live = LiveIndexes(settings.search_cache_size)
+        # Open SSE streams of this app; each holds a server thread and a blocked Redis read.
+        self.sse_slots = threading.BoundedSemaphore(settings.sse_max_streams)
+        self.watcher = IndexWatcher(self.svc, self.live, warm_embedder=settings.embedder == "minilm")
+
+    def start(self) -> None:
+        self.watcher.start()
+
+    def close(self) -> None:
+        self.watcher.stop()
+        self.svc.close()
+
+
+class Swapline:
+    """The extension: app-independent, so modules import it once; each app has its own Runtime."""
+
+    def init_app(self, app: Flask, settings: Settings) -> None:
+        app.extensions[EXTENSION] = Runtime(settings)
+
+    @staticmethod
+    def runtime_of(app: Flask) -> Runtime:
+        return app.extensions[EXTENSION]
+
+    @staticmethod
+    def start(app: Flask) -> None:
+        """Start the index watcher once the app is fully set up (hooks such as metrics are in place)."""
+        app.extensions[EXTENSION].start()
+
+    @property
+    def runtime(self) -> Runtime:
+        return current_app.extensions[EXTENSION]
+
+
+swapline = Swapline()

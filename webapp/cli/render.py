@@ -1,0 +1,83 @@
+"""How the CLI shows API answers to a person (the --json flags show them raw)."""
+
+from __future__ import annotations
+
+import textwrap
+
+from shared.jobs.model import SUCCEEDED
+from webapp.cli.follow import IngestSummary
+
+
+def _one_line(text: str, width: int) -> str:
+    return textwrap.shorten(" ".join(text.split()), width=width, placeholder=" ...")
+
+
+def ingest_summary(collection: str, s: IngestSummary, skipped: int) -> str:
+    line = (f"ingested {s.documents} documents into {collection!r} in {s.seconds:.1f} s: {s.chunks} chunks, "
+            f"{s.embedded} embedded, {s.chunks - s.embedded} reused, {s.jobs} jobs")
+    if s.index_version is not None:
+        line += f"; index v{s.index_version} is being served"
+    if skipped:
+        line += f"; {skipped} files skipped"
+    return line
+
+
+def search_result(name: str, query: str, answer: dict) -> str:
+    hits = answer.get("hits") or []
+    if answer.get("index_version") is None:
+        return (f"collection {name!r} has no index yet: ingest documents "
+                f"(swapline ingest PATH -c {name}) or run `swapline rebuild {name}`")
+    lines = [f"{len(hits)} hits for {query!r} in {name!r} (index v{answer['index_version']})"]
+    for rank, hit in enumerate(hits, 1):
+        lines.append(f"{rank:>3}. {hit['score']:.4f}  {hit['doc_id']}")
+        if hit.get("heading_path"):
+            lines.append("       " + " > ".join(hit["heading_path"]))
+        lines.append("       " + _one_line(hit.get("text", ""), 100))
+    return "\n".join(lines)
+
+
+def collection_status(info: dict) -> str:
+    lines = [f"collection  {info['name']}", f"documents   {info.get('documents', 0)}",
+             f"chunks      {info.get('chunks', 0)}"]
+    index = info.get("index")
+    if index:
+        lines.append(f"index       v{index['version']}: {index.get('vectors')} vectors, {index.get('kind')}, "
+                     f"{index.get('model')} ({index.get('dim')}-d), built {index.get('built_at')}")
+    else:
+        lines.append("index       none yet (not searchable)")
+    return "\n".join(lines)
+
+
+def _progress(job: dict) -> str:
+    if job["state"] == SUCCEEDED:
+        return "done"  # the counters describe the last stage, which would read like "0/1"
+    p = job.get("progress") or {}
+    return f"{p.get('stage', '')} {p.get('done', 0)}/{p.get('total', 0)}".strip()
+
+
+def jobs_table(page: dict) -> str:
+    jobs = page.get("jobs") or []
+    if not jobs:
+        return "no jobs"
+    rows = [("ID", "KIND", "COLLECTION", "STATE", "PROGRESS", "CREATED", "ERROR")]
+    for job in jobs:
+        rows.append((job["id"], job["kind"], job["collection"], job["state"], _progress(job),
+                     job.get("created_at") or "", _one_line(job.get("error") or "", 60)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if page.get("next_cursor"):
+        out.append(f"more: swapline jobs --cursor {page['next_cursor']}")
+    return "\n".join(out)
+
+
+def job_detail(job: dict) -> str:
+    lines = [f"job         {job['id']}", f"kind        {job['kind']}", f"collection  {job['collection']}",
+             f"state       {job['state']}", f"progress    {_progress(job)}"]
+    for key in ("created_at", "started_at", "finished_at"):
+        if job.get(key):
+            lines.append(f"{key.replace('_at', ''):<12}{job[key]}")
+    if job.get("error"):
+        lines.append(f"error       {job['error']}")
+    if job.get("result"):
+        lines.append("result      " + ", ".join(f"{k}={v}" for k, v in job["result"].items()))
+    return "\n".join(lines)
