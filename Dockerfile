@@ -33,5 +33,6 @@ ENV SWAPLINE_DATA_DIR=/data
 VOLUME ["/data"]
 EXPOSE 8000 5555
 
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "8", \
-     "--timeout", "120", "--graceful-timeout", "20", "webapp:create_app()"]
+# Worker class, threads and timeouts: webapp/api/gunicorn_conf.py.
+CMD ["gunicorn", "-c", "python:webapp.api.gunicorn_conf", "--bind", "0.0.0.0:8000", "--workers", "2", \
+     "webapp:create_app()"]

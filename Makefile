@@ -25,7 +25,7 @@ run: $(STAMP) ## Start Redis, workers, API and Flower; load the sample corpus; p
 test: $(STAMP) ## Run the whole test suite (unit, integration, real model, browser)
 	$(PY) -m pytest
 
-test-fast: $(STAMP) ## Run only the unit tests (no redis-server, workers, model or browser)
+test-fast: $(STAMP) ## Unit tests only (fakeredis, hashing embedder): needs no redis-server, worker, model or browser
 	$(PY) -m pytest -m "not integration and not model and not browser"
 
 bench: $(STAMP) ## Benchmark ingest and search against the raw model and raw FAISS

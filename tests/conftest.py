@@ -85,9 +85,10 @@ def procs(tmp_path):
         print(f"----- {proc.name} log (tail) -----\n{proc.log()[-3000:]}")
 
 
-@pytest.fixture(params=["fakeredis", "redis-server"])
+@pytest.fixture(params=["fakeredis", pytest.param("redis-server", marks=pytest.mark.integration)])
 def client(request):
-    """The same unit test on fakeredis (fast, Lua through lupa) and on the session's redis-server."""
+    """The same unit test on fakeredis (fast, Lua through lupa) and on the session's redis-server (marked
+    integration, so `make test-fast` runs the fakeredis half only)."""
     if request.param == "fakeredis":
         fake = fakeredis.FakeRedis(decode_responses=True)
         yield fake

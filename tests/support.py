@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 
 from shared.settings import Settings, settings_env
+from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -95,13 +96,12 @@ def start_worker(settings: Settings, log_dir: Path, name: str = "w1", queues: st
     return proc
 
 
-def start_api(settings: Settings, log_dir: Path, name: str = "api1", threads: int = 8,
+def start_api(settings: Settings, log_dir: Path, name: str = "api1", threads: int = 8, workers: int = 1,
               **extra_env: str) -> tuple[Proc, str]:
     """A real API process under gunicorn on a free port; returns once /readyz answers 200."""
     port = free_port()
-    proc = Proc(name, [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                       "--worker-class", "gthread", "--threads", str(threads), "--timeout", "120",
-                       "webapp:create_app()"],
+    proc = Proc(name, [str(BIN / "gunicorn"), "-c", GUNICORN_CONFIG, "--bind", f"127.0.0.1:{port}",
+                       "--workers", str(workers), "--threads", str(threads), "webapp:create_app()"],
                 child_env(settings, **extra_env), log_dir)
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: (not proc.alive() and _died(proc)) or requests.get(f"{base}/readyz", timeout=2).status_code == 200,
@@ -113,9 +113,44 @@ def _died(proc: Proc):
     raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()[-4000:]}")
 
 
-def wait_job(base: str, job_id: str, timeout: float = 60.0) -> dict:
+def wait_job(base: str, job_id: str, timeout: float = 60.0, headers: dict | None = None) -> dict:
     """Poll GET /v1/jobs/{id} until it answers 200 (terminal); returns the job."""
     def done():
-        resp = requests.get(f"{base}/v1/jobs/{job_id}", timeout=5)
+        resp = requests.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=5)
         return resp.json() if resp.status_code == 200 else None
     return wait_for(done, timeout=timeout, interval=0.1, message=f"job {job_id} to finish")
+
+
+# HTTP helpers for tests that drive a real API process.
+
+def create_collection(base: str, name: str = "docs", headers: dict | None = None) -> dict:
+    resp = requests.post(f"{base}/v1/collections", json={"name": name}, headers=headers, timeout=30)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def post_documents(base: str, docs: list[dict], name: str = "docs", rebuild: bool = True,
+                   headers: dict | None = None) -> requests.Response:
+    return requests.post(f"{base}/v1/collections/{name}/documents", json={"documents": docs, "rebuild": rebuild},
+                         headers=headers, timeout=30)
+
+
+def ingest(base: str, docs: list[dict], name: str = "docs", rebuild: bool = True) -> dict:
+    """Submit a batch; returns the ingest job (202, with its Location)."""
+    resp = post_documents(base, docs, name, rebuild)
+    assert resp.status_code == 202, resp.text
+    assert resp.headers["Location"] == f"/v1/jobs/{resp.json()['id']}"
+    return resp.json()
+
+
+def ingest_and_rebuild(base: str, docs: list[dict], name: str = "docs") -> tuple[dict, dict]:
+    """Submit a batch and wait for it and the rebuild it asked for; returns both finished jobs."""
+    job = wait_job(base, ingest(base, docs, name)["id"])
+    assert job["state"] == "succeeded", job
+    rebuild = wait_job(base, job["result"]["rebuild_job_id"])
+    assert rebuild["state"] == "succeeded", rebuild
+    return job, rebuild
+
+
+def search(base: str, query: str, name: str = "docs", k: int = 3, **body) -> requests.Response:
+    return requests.post(f"{base}/v1/collections/{name}/search", json={"query": query, "k": k, **body}, timeout=30)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import requests
 
-from tests.support import wait_for, wait_job
+from tests.support import create_collection, wait_for, wait_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -37,7 +37,7 @@ def test_admin_page_follows_a_rebuild_started_from_its_button(settings, procs, b
     slow = settings.with_(build_step=10, build_step_delay=0.08, progress_every=10)
     base = procs.api(slow)
     procs.worker(slow)
-    assert requests.post(f"{base}/v1/collections", json={"name": "keps"}).status_code == 201
+    create_collection(base, "keps")
     docs = [{"id": f"kep-{i}.md", "text": f"# KEP {i}\nEnhancement {i} changes component{i % 11}."} for i in range(400)]
     job = requests.post(f"{base}/v1/collections/keps/documents", json={"documents": docs, "rebuild": False}).json()
     assert wait_job(base, job["id"])["state"] == "succeeded"

@@ -29,8 +29,9 @@ DOCS = {
 }
 
 
-def swapline(base: str | None, *args: str, timeout: float = 120, **popen) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPLINE_")}
+def swapline(base: str | None, *args: str, timeout: float = 120, env: dict | None = None,
+             **popen) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in (env or os.environ).items() if not k.startswith("SWAPLINE_")}
     if base:
         env["SWAPLINE_URL"] = base
     return subprocess.run([str(BIN / "swapline"), *args], capture_output=True, text=True, env=env,
@@ -95,6 +96,20 @@ def test_unreachable_api_is_one_friendly_line():
     assert result.returncode == 1
     assert "cannot reach the Swapline API" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+HEAVY = ("flask", "celery", "faiss", "numpy", "torch", "sentence_transformers", "redis", "kombu")
+
+
+@pytest.mark.parametrize("args", [("--help",), ("search", "docs", "how are pods scheduled")])
+def test_the_cli_imports_nothing_heavy(args):
+    # -X importtime lists every module the console script imports (on stderr), whatever it then does.
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    result = swapline(f"http://127.0.0.1:{free_port()}", *args, env={**os.environ, **env})
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert "click" in imported and "requests" in imported  # the listing is real
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
 
 
 # ---- integration: the console script against a live stack --------------------------------------------

@@ -12,6 +12,10 @@ from pathlib import Path
 import compose
 import pytest
 
+from webapp.api import gunicorn_conf
+from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
+from webapp.devstack.launcher import parse_options, stack_commands
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV = {"FLOWER_BASIC_AUTH": "admin:secret"}
@@ -88,8 +92,19 @@ def test_api_health_check_asks_readyz(model):
     api = model["services"]["api"]
     check = " ".join(api["healthcheck"]["test"])
     assert "/readyz" in check
-    assert api["command"][0] == "gunicorn" and "gthread" in api["command"]
+    assert api["command"][:3] == ["gunicorn", "-c", GUNICORN_CONFIG]
     assert any(p["target"] == 8000 for p in api["ports"])
+
+
+def test_every_api_start_reads_the_one_gunicorn_config(model):
+    # Compose, the Dockerfile and `make run` pass only bind/workers/threads; the rest is in the config.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f'"-c", "{GUNICORN_CONFIG}"' in dockerfile
+    api_command = stack_commands(parse_options([], {}))["api"]
+    assert api_command[api_command.index("-c") + 1] == GUNICORN_CONFIG
+    for command in (model["services"]["api"]["command"], api_command):
+        assert not {"--worker-class", "--timeout", "--graceful-timeout"} & set(command)
+    assert gunicorn_conf.worker_class == "gthread" and gunicorn_conf.timeout > gunicorn_conf.graceful_timeout
 
 
 def test_worker_can_be_scaled(model):

@@ -8,7 +8,7 @@ import threading
 import pytest
 import requests
 
-from tests.support import wait_for, wait_job
+from tests.support import create_collection, ingest, ingest_and_rebuild, search, wait_for, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -20,37 +20,18 @@ DOCS = [
 ]
 
 
-def create(base, name="docs"):
-    resp = requests.post(f"{base}/v1/collections", json={"name": name})
-    assert resp.status_code == 201, resp.text
-    return resp.json()
 
 
-def ingest(base, docs, name="docs", rebuild=True):
-    resp = requests.post(f"{base}/v1/collections/{name}/documents", json={"documents": docs, "rebuild": rebuild})
-    assert resp.status_code == 202, resp.text
-    assert resp.headers["Location"] == f"/v1/jobs/{resp.json()['id']}"
-    return resp.json()
 
 
-def search(base, query, name="docs", k=3):
-    resp = requests.post(f"{base}/v1/collections/{name}/search", json={"query": query, "k": k})
-    assert resp.status_code == 200, resp.text
-    return resp
 
 
-def ingest_and_rebuild(base, docs, name="docs"):
-    job = wait_job(base, ingest(base, docs, name)["id"])
-    assert job["state"] == "succeeded", job
-    rebuild = wait_job(base, job["result"]["rebuild_job_id"])
-    assert rebuild["state"] == "succeeded", rebuild
-    return job, rebuild
 
 
 def test_create_ingest_rebuild_search(settings, procs):
     base = procs.api(settings)
     procs.worker(settings)
-    assert create(base) == {"name": "docs", "documents": 0, "chunks": 0, "index": None}
+    assert create_collection(base) == {"name": "docs", "documents": 0, "chunks": 0, "index": None}
     empty = search(base, "anything")
     assert empty.json() == {"index_version": None, "hits": []}
 
@@ -86,7 +67,7 @@ def test_create_ingest_rebuild_search(settings, procs):
 
 def test_job_answers_202_while_queued_then_200(settings, procs):
     base = procs.api(settings)
-    create(base)
+    create_collection(base)
     job = ingest(base, DOCS, rebuild=False)
     # No worker yet: the job stays queued and GET answers 202.
     resp = requests.get(f"{base}/v1/jobs/{job['id']}")
@@ -101,7 +82,7 @@ def test_job_answers_202_while_queued_then_200(settings, procs):
 def test_second_rebuild_request_gets_409_while_queued_and_while_running(settings, procs):
     slow = settings.with_(build_step=8, build_step_delay=0.05)
     base = procs.api(slow)
-    create(base)
+    create_collection(base)
     ingest_job = ingest(base, [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(200)],
                         rebuild=False)
     first = requests.post(f"{base}/v1/collections/docs/rebuild")
@@ -130,7 +111,7 @@ def test_two_api_processes_both_serve_the_new_version(settings, procs):
     base1 = procs.api(settings, name="api1")
     base2 = procs.api(settings, name="api2")
     procs.worker(settings)
-    create(base1)
+    create_collection(base1)
     _, rebuild = ingest_and_rebuild(base1, DOCS)
     v1 = rebuild["result"]["version"]
     for base in (base1, base2):
@@ -150,7 +131,7 @@ def test_searches_during_rebuild_and_swap_all_succeed(settings, procs):
     slow = settings.with_(build_step=16, build_step_delay=0.02)
     base = procs.api(slow, threads=8)
     procs.worker(slow)
-    create(base)
+    create_collection(base)
     corpus = [{"id": f"d{i}", "text": f"# Topic {i % 13}\nParagraph {i} mentions word{i} and theme{i % 5}."}
               for i in range(300)]
     _, first = ingest_and_rebuild(base, corpus[:150])

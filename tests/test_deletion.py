@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from shared import keys
-from tests.support import wait_for, wait_job
+from tests.support import create_collection, ingest_and_rebuild, search, wait_for, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -19,30 +19,21 @@ DOCS = [
 ]
 
 
-def ingest_and_rebuild(base, docs, name="docs"):
-    resp = requests.post(f"{base}/v1/collections/{name}/documents", json={"documents": docs})
-    assert resp.status_code == 202, resp.text
-    job = wait_job(base, resp.json()["id"])
-    rebuild = wait_job(base, job["result"]["rebuild_job_id"])
-    assert rebuild["state"] == "succeeded", rebuild
-    return rebuild["result"]["version"]
 
 
-def search(base, query, name="docs"):
-    return requests.post(f"{base}/v1/collections/{name}/search", json={"query": query, "k": 10})
 
 
 def serves(base, version, name="docs"):
-    return search(base, "anything", name).json().get("index_version") == version
+    return search(base, "anything", name, k=10).json().get("index_version") == version
 
 
 def test_delete_document_end_to_end(settings, procs):
     base = procs.api(settings)
     procs.worker(settings)
-    assert requests.post(f"{base}/v1/collections", json={"name": "docs"}).status_code == 201
-    v1 = ingest_and_rebuild(base, DOCS)
+    create_collection(base, "docs")
+    v1 = ingest_and_rebuild(base, DOCS)[1]["result"]["version"]
     wait_for(lambda: serves(base, v1), message="v1 served")
-    assert "kep-2" in {h["doc_id"] for h in search(base, "persistent volumes resized online").json()["hits"]}
+    assert "kep-2" in {h["doc_id"] for h in search(base, "persistent volumes resized online", k=10).json()["hits"]}
 
     resp = requests.delete(f"{base}/v1/collections/docs/documents/kep-2")
     assert resp.status_code == 202 and resp.json()["kind"] == "delete"
@@ -52,7 +43,7 @@ def test_delete_document_end_to_end(settings, procs):
     rebuild = wait_job(base, job["result"]["rebuild_job_id"])
     assert rebuild["state"] == "succeeded" and rebuild["result"]["vectors"] == 2
     wait_for(lambda: serves(base, rebuild["result"]["version"]), message="the rebuilt version served")
-    hits = search(base, "persistent volumes resized online").json()["hits"]
+    hits = search(base, "persistent volumes resized online", k=10).json()["hits"]
     assert hits and "kep-2" not in {h["doc_id"] for h in hits}
     status = requests.get(f"{base}/v1/collections/docs").json()
     assert status["documents"] == 2 and status["index"]["vectors"] == 2
@@ -62,9 +53,9 @@ def test_delete_document_end_to_end(settings, procs):
     assert ghost["state"] == "succeeded" and ghost["result"]["deleted"] == 0
     assert requests.delete(f"{base}/v1/collections/nope/documents/x").status_code == 404
     # A deleted document can come back.
-    v3 = ingest_and_rebuild(base, [DOCS[1]])
+    v3 = ingest_and_rebuild(base, [DOCS[1]])[1]["result"]["version"]
     wait_for(lambda: serves(base, v3), message="v3 served")
-    assert search(base, "persistent volumes resized online").json()["hits"][0]["doc_id"] == "kep-2"
+    assert search(base, "persistent volumes resized online", k=10).json()["hits"][0]["doc_id"] == "kep-2"
 
 
 def test_drop_collection_end_to_end(settings, procs, rclient):
@@ -72,8 +63,8 @@ def test_drop_collection_end_to_end(settings, procs, rclient):
     base2 = procs.api(settings, name="api2")
     procs.worker(settings)
     for name in ("docs", "keep"):
-        assert requests.post(f"{base}/v1/collections", json={"name": name}).status_code == 201
-    v1 = ingest_and_rebuild(base, DOCS)
+        create_collection(base, name)
+    v1 = ingest_and_rebuild(base, DOCS)[1]["result"]["version"]
     ingest_and_rebuild(base, DOCS[:1], name="keep")
     for b in (base, base2):
         wait_for(lambda b=b: serves(b, v1), message=f"{b} serves v1")
@@ -85,7 +76,7 @@ def test_drop_collection_end_to_end(settings, procs, rclient):
 
     for b in (base, base2):
         assert requests.get(f"{b}/v1/collections/docs").status_code == 404
-        assert search(b, "persistent volumes").status_code == 404
+        assert search(b, "persistent volumes", k=10).status_code == 404
     wait_for(lambda: "docs" not in requests.get(f"{base2}/readyz").json()["checks"]["served_versions"],
              message="api2 to drop the collection on its next sync")
     assert not (settings.data_dir / "segments" / "docs").exists()
@@ -95,23 +86,23 @@ def test_drop_collection_end_to_end(settings, procs, rclient):
         assert not rclient.exists(key), key
     assert not rclient.sismember(keys.collections(), "docs")
     # The other collection is untouched; the dropped one's jobs stay listed (history).
-    assert search(base, "priority preempt", name="keep").json()["hits"][0]["doc_id"] == "kep-1"
+    assert search(base, "priority preempt", name="keep", k=10).json()["hits"][0]["doc_id"] == "kep-1"
     listed = requests.get(f"{base}/v1/jobs", params={"collection": "docs"}).json()["jobs"]
     assert listed[0]["id"] == job["id"] and listed[0]["kind"] == "drop"
 
     # The name can be used again and starts empty, with fences above the dropped collection's.
-    assert requests.post(f"{base}/v1/collections", json={"name": "docs"}).status_code == 201
+    create_collection(base, "docs")
     assert requests.get(f"{base}/v1/collections/docs").json()["documents"] == 0
-    v2 = ingest_and_rebuild(base, DOCS[2:])
+    v2 = ingest_and_rebuild(base, DOCS[2:])[1]["result"]["version"]
     assert v2 > v1
     wait_for(lambda: serves(base, v2), message="the new collection served")
-    assert {h["doc_id"] for h in search(base, "anything").json()["hits"]} == {"kep-3"}
+    assert {h["doc_id"] for h in search(base, "anything", k=10).json()["hits"]} == {"kep-3"}
 
 
 def test_drop_cancels_queued_jobs_and_stops_a_running_rebuild_first(settings, procs, rclient):
     slow = settings.with_(build_step=8, build_step_delay=0.05)
     base = procs.api(slow)
-    assert requests.post(f"{base}/v1/collections", json={"name": "docs"}).status_code == 201
+    create_collection(base, "docs")
     corpus = [{"id": f"n{i}", "text": f"note {i} on subject {i % 11}"} for i in range(300)]
     ingest_worker = procs.worker(slow, name="ingest", queues="ingest")
     ingest = wait_job(base, requests.post(f"{base}/v1/collections/docs/documents",
@@ -139,4 +130,4 @@ def test_drop_cancels_queued_jobs_and_stops_a_running_rebuild_first(settings, pr
     for key in (keys.pointer("docs"), keys.lock("docs"), keys.dropping("docs"), keys.collection_docs("docs")):
         assert not rclient.exists(key), key
     assert not (slow.data_dir / "indexes" / "docs").exists()
-    assert requests.post(f"{base}/v1/collections", json={"name": "docs"}).status_code == 201
+    create_collection(base, "docs")

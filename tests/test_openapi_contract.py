@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.support import wait_for
+from tests.support import create_collection, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -44,11 +44,6 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, ignored_auth]
 
 
-def wait_job(base: str, job_id: str, headers: dict, timeout: float = 60) -> dict:
-    def done():
-        resp = requests.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=5)
-        return resp.json() if resp.status_code == 200 else None
-    return wait_for(done, timeout=timeout, message=f"job {job_id}")
 
 
 def _streams(operation) -> bool:
@@ -96,7 +91,7 @@ def test_openapi_contract(settings, procs):
     # Something to find: collections with an index and a job, so that reads, searches, cancels and
     # deletes can succeed too (random path parameters mostly meet 404s).
     for name in ("docs", "scratch"):
-        requests.post(f"{base}/v1/collections", json={"name": name}, headers=auth).raise_for_status()
+        create_collection(base, name, headers=auth)
     job = requests.post(f"{base}/v1/collections/docs/documents", headers=auth,
                         json={"documents": [{"id": "a", "text": "# A\nalpha beta"}]}).json()
     wait_job(base, job["id"], headers=auth)

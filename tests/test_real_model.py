@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from shared.index.embedders import MINILM_ID, MiniLMEmbedder
-from tests.support import wait_for, wait_job
+from tests.support import create_collection, wait_for, wait_job
 
 pytestmark = pytest.mark.model
 
@@ -34,7 +34,7 @@ def test_semantic_query_finds_matching_document(settings, procs):
     real = settings.with_(embedder="minilm")
     base = procs.api(real)
     procs.worker(real)
-    assert requests.post(f"{base}/v1/collections", json={"name": "mixed"}).status_code == 201
+    create_collection(base, "mixed")
     job = requests.post(f"{base}/v1/collections/mixed/documents", json={"documents": DOCS}).json()
     done = wait_job(base, job["id"], timeout=180)
     assert done["state"] == "succeeded", done

@@ -17,7 +17,7 @@ from shared.jobs.model import SUCCEEDED
 from shared.jobs.submit import submit_documents
 from shared.jobs.sweep import requeue_lost, sweep
 from shared.services import build_services
-from tests.support import wait_for, wait_job
+from tests.support import create_collection, wait_for, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -144,7 +144,7 @@ def test_sweep_removes_orphaned_staging_and_is_exclusive(svc, rclient):
 def test_sweep_task_on_a_worker_resends_a_lost_job(settings, procs, rclient):
     fast = settings.with_(sweep_stale_seconds=1)
     base = procs.api(fast)
-    assert requests.post(f"{base}/v1/collections", json={"name": "docs"}).status_code == 201
+    create_collection(base, "docs")
     svc = build_services(fast, lambda kind, job_id: None, torch_threads=1)  # enqueue goes nowhere: lost
     lost = submit_documents(svc, "docs", [{"id": "a", "text": "# A\nsome text"}], rebuild=False)["id"]
     rclient.hset(keys.job(lost), "heartbeat", time.time() - 10)  # created before the stale threshold

@@ -70,7 +70,6 @@ class LiveIndexes:
         self.cache_size = cache_size
         self._current: dict[str, Served] = {}
         self._write = threading.Lock()
-        self.swaps = 0
 
     def get(self, name: str) -> Served | None:
         """What this process serves for `name`: keep the reference for the whole query."""
@@ -83,7 +82,6 @@ class LiveIndexes:
     def swap(self, name: str, fence: int, version: LoadedVersion) -> None:
         with self._write:
             self._current = {**self._current, name: Served(fence, version, ResultCache(self.cache_size))}
-            self.swaps += 1
 
     def drop(self, name: str) -> None:
         with self._write:

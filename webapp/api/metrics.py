@@ -1,27 +1,32 @@
-"""Prometheus metrics at /metrics: request and search latency, jobs by kind and state, queue depth,
-the index each collection serves here, swaps and load times, and the embed rate of recent ingests.
+"""Prometheus metrics at /metrics: request and search latency, index loads and swaps, jobs by kind and
+state, queue depth, the version each API process serves, and the embed rate of recent ingests.
 
-Each app has its own registry (tests build several apps in one process). Metrics about this process
-(latency, swaps, served versions) are per API process; job and queue figures are read from Redis at
-scrape time.
+Latency histograms and counters belong to the process that observed them. Under gunicorn with several
+workers, `webapp/api/gunicorn_conf.py` sets PROMETHEUS_MULTIPROC_DIR and prometheus_client keeps them
+in files there, so any worker's /metrics sums every worker. Job, queue and index figures are read from
+Redis at scrape time (the index version per API process from the replicas' heartbeats), so they are the
+same whichever worker answers. Each app has its own registry (tests build several apps in one process).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from shared.tasknames import QUEUES
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 JOBS_SCANNED = 10_000
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class RedisCollector:
-    """Figures read from Redis and from this process's live indexes when Prometheus scrapes."""
+    """Figures read from Redis when Prometheus scrapes."""
 
     def __init__(self, runtime):
         self.rt = runtime
@@ -43,19 +48,22 @@ class RedisCollector:
         yield queued
         yield messages
 
-        version = GaugeMetricFamily("swapline_index_version", "Index version served by this process",
-                                    labels=["collection"])
-        vectors = GaugeMetricFamily("swapline_index_vectors", "Vectors in the index served by this process",
-                                    labels=["collection"])
-        for name, served in sorted(self.rt.live.all().items()):
-            version.add_metric([name], served.version.version)
-            vectors.add_metric([name], served.version.vectors)
-        yield version
+        served = GaugeMetricFamily("swapline_index_version", "Index version each live API process serves",
+                                   labels=["collection", "replica"])
+        for replica, versions in sorted(svc.replicas.versions().items()):
+            for name, version in sorted(versions.items()):
+                served.add_metric([name, replica], version)
+        yield served
+        names = svc.collections.names()
+        published = GaugeMetricFamily("swapline_index_published_version", "Published index version",
+                                      labels=["collection"])
+        vectors = GaugeMetricFamily("swapline_index_vectors", "Vectors in the published index", labels=["collection"])
+        for name, pointer in sorted(svc.pointers.get_many(names).items()):
+            published.add_metric([name], pointer["version"])
+            vectors.add_metric([name], pointer.get("vectors", 0))
+        yield published
         yield vectors
 
-        swaps = GaugeMetricFamily("swapline_swaps", "Index swaps done by this process since it started")
-        swaps.add_metric([], self.rt.live.swaps)
-        yield swaps
         rate = GaugeMetricFamily("swapline_embed_rate", "Chunks embedded per second by the newest ingest job")
         rate.add_metric([], embed_rate or 0.0)
         yield rate
@@ -64,6 +72,7 @@ class RedisCollector:
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV)
         self.request_seconds = Histogram("swapline_http_request_seconds", "HTTP request latency by route",
                                          ["method", "route", "status"], buckets=LATENCY_BUCKETS,
                                          registry=self.registry)
@@ -71,11 +80,15 @@ class Metrics:
                                         ["collection", "cache"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.load_seconds = Histogram("swapline_index_load_seconds", "Time to load and warm a new index version",
                                       buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.swap_errors = Counter("swapline_index_load_errors", "Index versions that failed to load",
+        self.load_errors = Counter("swapline_index_load_errors", "Index versions that failed to load",
                                    registry=self.registry)
+        self.swaps = Counter("swapline_index_swaps", "Index versions swapped in by API processes",
+                             registry=self.registry)
 
     def init_app(self, app: Flask, runtime) -> None:
-        self.registry.register(RedisCollector(runtime))
+        self.redis_collector = RedisCollector(runtime)
+        if not self.multiprocess_dir:
+            self.registry.register(self.redis_collector)
         runtime.watcher.on_load = self._on_load
         app.before_request(self._start)
         app.after_request(self._finish)
@@ -84,9 +97,10 @@ class Metrics:
 
     def _on_load(self, seconds: float | None) -> None:
         if seconds is None:
-            self.swap_errors.inc()
+            self.load_errors.inc()
         else:
             self.load_seconds.observe(seconds)
+            self.swaps.inc()
 
     @staticmethod
     def _start() -> None:
@@ -103,5 +117,14 @@ class Metrics:
                                            response.headers.get("X-Cache", "miss")).observe(elapsed)
         return response
 
+    def _scrape_registry(self) -> CollectorRegistry:
+        if not self.multiprocess_dir:
+            return self.registry
+        # Every worker's files, summed; a fresh registry per scrape, as prometheus_client documents.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        registry.register(self.redis_collector)
+        return registry
+
     def _expose(self):
-        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self._scrape_registry()), mimetype=CONTENT_TYPE_LATEST)

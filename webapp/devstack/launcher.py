@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.settings import Settings, SettingsError, load_settings, settings_env
+from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
 from webapp.cli.client import ApiError, ApiUnreachable, Client
 from webapp.cli.follow import Interrupted, JobFailed
 from webapp.devstack.embedded_redis import RedisNotFound, find_redis_server, redis_argv, wait_for_redis
@@ -133,10 +134,8 @@ def stack_commands(opts: Options, python: str = sys.executable) -> dict[str, lis
     return {
         "worker": celery + ["worker", "-Q", "ingest,index", "-c", str(opts.worker_concurrency),
                             "-n", "worker1@%h", "--loglevel", "INFO"],
-        "api": [python, "-m", "gunicorn", "--bind", f"{opts.host}:{opts.api_port}",
-                "--workers", str(opts.api_workers), "--worker-class", "gthread",
-                "--threads", str(opts.api_threads), "--timeout", "120", "--graceful-timeout", "10",
-                "webapp:create_app()"],
+        "api": [python, "-m", "gunicorn", "-c", GUNICORN_CONFIG, "--bind", f"{opts.host}:{opts.api_port}",
+                "--workers", str(opts.api_workers), "--threads", str(opts.api_threads), "webapp:create_app()"],
         "flower": celery + ["flower", f"--address={opts.host}", f"--port={opts.flower_port}"],
         # Sends the periodic sweep (lost and stale jobs); its schedule file lives with the launcher's data.
         "beat": celery + ["beat", "--loglevel", "INFO",
