@@ -14,7 +14,9 @@ import redis
 from shared import keys
 from shared.jobs.model import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFound
 from shared.jobs.progress import ProgressReporter
+from shared.store.events import EventLog, entry
 from shared.store.jobs import JobStore
+from shared.store.pointers import Pointers
 from shared.tasknames import QUEUE_INDEX, QUEUE_INGEST
 
 
@@ -256,3 +258,15 @@ def test_progress_reporter_force_and_minimum_every(jobs, client, clock):
     reporter.update(1, force=True)
     reporter.update(2)
     assert progress_done(client, job_id) == [0, 1, 1, 2]  # every=0 behaves as every item
+
+
+def test_every_writer_gives_events_the_same_shape(jobs, client):
+    # Lua writers (create, transitions, publish) use lib/events.lua; Python writers use entry().
+    job_id = running_job(jobs)
+    jobs.progress(job_id, "build", 1, 2)
+    Pointers(client, history_len=3, events_max_len=1000).publish("docs", 1, {"version": 1}, job_id, {"ok": True})
+    EventLog(client, 1000).append("index.swapped", collection="docs", data={"version": 1})
+    written = events(client)
+    assert [e["type"] for e in written] == ["job.queued", "job.started", "job.progress", "index.published",
+                                           "job.succeeded", "index.swapped"]
+    assert all(set(e) == set(entry("any")) for e in written)

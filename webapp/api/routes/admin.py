@@ -6,12 +6,15 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, render_template
 
+from shared.jobs.model import EVENT_FOR_STATE
 from shared.status import overview
 from webapp.api.runtime import swapline
 
 blp = Blueprint("admin", __name__, url_prefix="/admin")
 
 ERROR_PREVIEW = 300  # characters of a job error shown; the page never dumps whole logs
+# Events after which the page re-renders its live part (progress updates only move a bar).
+REFRESH_ON = [*EVENT_FOR_STATE.values(), "index.published", "index.swapped", "gap"]
 
 
 def _when(ts) -> str:
@@ -32,7 +35,7 @@ def _context() -> dict:
 
 @blp.get("")
 def page():
-    return render_template("admin.html", **_context())
+    return render_template("admin.html", refresh_on=REFRESH_ON, **_context())
 
 
 @blp.get("/fragment")
