@@ -1,17 +1,34 @@
 """What the OpenAPI document says beyond the marshmallow schemas, added per operation by one apispec
 plugin: the auth scheme and required role (webapp.api.auth), the Idempotency-Key header and its answers
-(webapp.api.idempotency), and the error answers every operation can give."""
+(webapp.api.idempotency), and the error answers every operation can give. Also the docs UI at /docs,
+whose Swagger UI files come from the installed swagger-ui-bundle package, never from a CDN, so the page
+works offline and behind a strict proxy."""
 
 from __future__ import annotations
 
 import http
 
 from apispec import BasePlugin
+from flask import Flask, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
 
 from shared.settings import Settings
 from webapp.api import auth, idempotency
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+DOCS_PATH = "docs"
+DOCS_ASSETS = "/docs/assets/"
+ASSET_MAX_AGE = 24 * 3600
+
+
+def serve_docs_ui(app: Flask) -> None:
+    """Swagger UI at /docs with its scripts and styles served by this app from the installed package."""
+    app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", DOCS_PATH)
+    app.config.setdefault("OPENAPI_SWAGGER_UI_URL", DOCS_ASSETS)
+    # No validator badge: Swagger UI would fetch it from validator.swagger.io.
+    app.config.setdefault("OPENAPI_SWAGGER_UI_CONFIG", {"validatorUrl": None})
+    app.add_url_rule(f"{DOCS_ASSETS}<path:filename>", "docs_assets",
+                     lambda filename: send_from_directory(str(swagger_ui_path), filename, max_age=ASSET_MAX_AGE))
 
 
 def _status_ref(code: int) -> str:

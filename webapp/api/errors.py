@@ -52,11 +52,9 @@ class Api(_Api):
     scheme and every error answer."""
 
     ERROR_SCHEMA = ErrorSchema
-    SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
 
     def init_app(self, app: Flask, *, spec_kwargs=None):
-        app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", "docs")
-        app.config.setdefault("OPENAPI_SWAGGER_UI_URL", self.SWAGGER_UI_CDN)
+        apidoc.serve_docs_ui(app)
         super().init_app(app, spec_kwargs=spec_kwargs)
 
     def _init_spec(self, **options):
