@@ -27,8 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from shared.settings import Settings, SettingsError, load_settings, settings_env
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
-from webapp.cli.client import ApiError, ApiUnreachable, Client
-from webapp.cli.follow import Interrupted, JobFailed
+from webapp.client import ApiError, ApiUnreachable, Client, Interrupted, JobFailed
 from webapp.devstack.embedded_redis import RedisNotFound, find_redis_server, redis_argv, wait_for_redis
 from webapp.devstack.sample import COLLECTION, EXAMPLE_QUERY, SampleLoader
 from webapp.devstack.supervisor import Supervisor
