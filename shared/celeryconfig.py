@@ -39,6 +39,9 @@ def celery_config(settings: Settings) -> dict:
            tasknames.COLLECT_VERSIONS: {"queue": tasknames.QUEUE_INDEX}},
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Beat writes its schedule file after every task it sends: `python -m workers.health beat`
+        # reads the file's age (beat answers no pings).
+        "beat_sync_every": 1,
         # `celery beat` (or a worker started with -B) sends the sweep; a sweep lock in Redis makes a
         # second beat harmless. Often enough that a stale job waits little past the threshold.
         "beat_schedule": {

@@ -16,6 +16,7 @@ import contextvars
 import logging
 import logging.config
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -91,6 +92,15 @@ def dict_config(log_format: str, level: str | int = "INFO") -> dict:
 
 
 def configure_logging(log_format: str, level: str | int = "INFO") -> None:
-    """Send every logger's records through one handler in `log_format`; warnings too."""
+    """Send every logger's records through one handler in `log_format`; warnings and the traceback of
+    an exception that ends the process too."""
     logging.config.dictConfig(dict_config(log_format, level))
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind, value, tb) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    logging.getLogger("swapline").critical("event=process.uncaught error=%r", str(value), exc_info=(kind, value, tb))

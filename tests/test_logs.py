@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -96,9 +98,13 @@ def test_every_line_beat_prints_is_json(settings, tmp_path):
     jsonlogs = settings.with_(log_format="json", sweep_stale_seconds=25)
     beat = Proc("beat", [str(BIN / "celery"), "-A", "workers.celery_app", "beat", "--loglevel", "INFO",
                          "--schedule", str(tmp_path / "schedule")], child_env(jsonlogs), tmp_path)
+    health = [sys.executable, "-m", "workers.health", "beat", "--schedule", str(tmp_path / "schedule")]
     try:
         wait_for(lambda: "Sending due task swapline-sweep" in beat.log() or not beat.alive(), timeout=60,
                  message="beat sending the sweep")
+        # Compose's health check for beat, on the schedule file this beat writes after each send.
+        checked = subprocess.run(health, env=child_env(jsonlogs), capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0 and checked.stdout.startswith("healthy:"), checked.stdout + checked.stderr
     finally:
         beat.stop(signal.SIGTERM)
     records = parse_lines(beat.log())
