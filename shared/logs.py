@@ -92,11 +92,12 @@ def dict_config(log_format: str, level: str | int = "INFO") -> dict:
 
 
 def configure_logging(log_format: str, level: str | int = "INFO") -> None:
-    """Send every logger's records through one handler in `log_format`; warnings and the traceback of
-    an exception that ends the process too."""
+    """Send every logger's records through one handler in `log_format`, warnings too; in JSON, also the
+    traceback of an exception that ends the process (Python would print it as plain lines)."""
     logging.config.dictConfig(dict_config(log_format, level))
     logging.captureWarnings(True)
-    sys.excepthook = _log_uncaught
+    if log_format == "json":
+        sys.excepthook = _log_uncaught
 
 
 def _log_uncaught(kind, value, tb) -> None:

@@ -5,6 +5,7 @@ the API request that created it; every HTTP answer carries X-Request-ID."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -34,19 +35,26 @@ def parse_lines(text: str) -> list[dict]:
     return records
 
 
-def test_text_and_json_lines_carry_the_context(capsys):
-    configure_logging("json")
-    try:
-        with log_context(job_id="j1", collection="docs", request_id="r1"):
-            import logging
+@pytest.fixture
+def restore_logging():
+    root = logging.getLogger()
+    handlers, level, hook = root.handlers[:], root.level, sys.excepthook
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    sys.excepthook = hook
 
-            logging.getLogger("swapline.test").warning("event=test.line job=%s", "j1")
-        record = parse_lines(capsys.readouterr().err)[-1]
-        assert record["event"] == "test.line" and record["level"] == "WARNING"
-        assert (record["job_id"], record["collection"], record["request_id"]) == ("j1", "docs", "r1")
-        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", record["time"])
-    finally:
-        configure_logging("text")
+
+def test_text_and_json_lines_carry_the_context(capsys, restore_logging):
+    configure_logging("json")
+    with log_context(job_id="j1", collection="docs", request_id="r1"):
+        logging.getLogger("swapline.test").warning("event=test.line job=%s", "j1")
+    logging.getLogger("swapline.test").warning("event=test.outside")
+    inside, outside = parse_lines(capsys.readouterr().err)[-2:]
+    assert inside["event"] == "test.line" and inside["level"] == "WARNING"
+    assert (inside["job_id"], inside["collection"], inside["request_id"]) == ("j1", "docs", "r1")
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", inside["time"])
+    assert outside["event"] == "test.outside" and "job_id" not in outside  # the context ended
 
 
 @pytest.mark.integration

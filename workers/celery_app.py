@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from functools import cache, cached_property
 
+import redis
 from celery import Celery, signals
 from celery.apps.beat import Beat
 
@@ -90,7 +91,10 @@ _task_context: dict[str, object] = {}
 @signals.task_prerun.connect
 def _bind_task(task_id=None, task=None, args=None, **_) -> None:
     job_id = args[0] if args and isinstance(args[0], str) and is_job_id(args[0]) else None
-    collection = services().jobs.field(job_id, "collection") if job_id else None
+    try:
+        collection = services().jobs.field(job_id, "collection") if job_id else None
+    except redis.RedisError:  # the task itself will meet the outage and say so
+        collection = None
     _task_context[task_id] = logs.bind(job_id=job_id, collection=collection,
                                        request_id=task.request.get(logs.REQUEST_ID_HEADER))
 
