@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from shared import tasknames
+from shared import logs, tasknames
 from shared.settings import Settings
 
 
@@ -39,6 +39,9 @@ def celery_config(settings: Settings) -> dict:
            tasknames.COLLECT_VERSIONS: {"queue": tasknames.QUEUE_INDEX}},
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Beat writes its schedule file after every task it sends: `python -m workers.health beat`
+        # reads the file's age (beat answers no pings).
+        "beat_sync_every": 1,
         # `celery beat` (or a worker started with -B) sends the sweep; a sweep lock in Redis makes a
         # second beat harmless. Often enough that a stale job waits little past the threshold.
         "beat_schedule": {
@@ -65,6 +68,9 @@ def make_celery(settings: Settings, main: str = "swapline") -> Celery:
 
 
 def enqueue(celery: Celery, kind: str, job_id: str) -> None:
-    """Send the task for a job of `kind` by name; the message carries only the job id."""
+    """Send the task for a job of `kind` by name; the message carries only the job id (and, in a
+    header, the id of the API request that asked for it, so the worker's log lines carry it too)."""
     name, queue = tasknames.KINDS[kind]
-    celery.send_task(name, args=[job_id], queue=queue)
+    request_id = logs.current("request_id")
+    headers = {logs.REQUEST_ID_HEADER: request_id} if request_id else None
+    celery.send_task(name, args=[job_id], queue=queue, headers=headers)

@@ -93,6 +93,17 @@ def sweep_lock() -> str:
     return _k("sweep", "lock")
 
 
+# Counters Prometheus reads (monotonic, never reset by Swapline)
+def embedded_chunks() -> str:
+    """Hash collection -> chunks embedded by ingest jobs so far (swapline_chunks_embedded_total)."""
+    return _k("counters", "embedded_chunks")
+
+
+def embed_seconds() -> str:
+    """Hash collection -> seconds ingest jobs spent embedding (swapline_embed_seconds_total)."""
+    return _k("counters", "embed_seconds")
+
+
 # Events, swaps and replicas
 def events() -> str:
     """Stream of job and index events; entry ids are the SSE event ids."""

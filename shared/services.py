@@ -18,6 +18,7 @@ from shared.storage import Storage
 from shared.store.broker import BrokerView
 from shared.store.collections import CollectionStore
 from shared.store.conn import connect
+from shared.store.counters import WorkCounters
 from shared.store.events import EventLog
 from shared.store.history import JobHistory
 from shared.store.idempotency import IdempotencyStore
@@ -45,6 +46,7 @@ class Services:
     events: EventLog
     idempotency: IdempotencyStore
     broker: BrokerView
+    counters: WorkCounters
     storage: Storage
     # enqueue(kind, job_id): send the job's task by name.
     enqueue: Callable[[str, str], None]
@@ -81,6 +83,7 @@ def build_services(settings: Settings, enqueue: Callable[[str, str], None], torc
         events=EventLog(client, settings.events_max_len),
         idempotency=IdempotencyStore(client, settings.idempotency_ttl_seconds, IDEMPOTENCY_PENDING_SECONDS),
         broker=BrokerView(client),
+        counters=WorkCounters(client),
         storage=Storage(settings.data_dir),
         enqueue=enqueue,
         torch_threads=torch_threads,

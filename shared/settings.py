@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 EMBEDDERS = ("minilm", "hash")
+LOG_FORMATS = ("text", "json")
 ROLES = ("read", "write", "admin")
 
 
@@ -69,11 +70,15 @@ class Settings:
     sse_max_streams: int = 64
     # Search results cached per served version (dropped on swap); 0 turns the cache off.
     search_cache_size: int = 512
+    # "text": key=value lines; "json": one JSON object per line (shared/logs.py).
+    log_format: str = "text"
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.embedder not in EMBEDDERS:
             raise SettingsError(f"SWAPLINE_EMBEDDER must be one of {', '.join(EMBEDDERS)}, not {self.embedder!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"SWAPLINE_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
         if self.task_time_limit <= self.task_soft_time_limit:
             raise SettingsError("SWAPLINE_TASK_TIME_LIMIT must be above SWAPLINE_TASK_SOFT_TIME_LIMIT")

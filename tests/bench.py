@@ -132,18 +132,14 @@ def bench_swap(n_docs: int) -> None:
     import redis
 
     from shared.settings import Settings
-    from tests.support import Proc, free_port, start_api, start_worker, wait_for, wait_job
+    from tests.support import start_api, start_redis_server, start_worker, wait_for, wait_job
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        port = free_port()
-        server = Proc("redis", ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                                "--dir", str(tmp)], dict(os.environ), tmp)
-        url = f"redis://127.0.0.1:{port}/0"
+        server, url, _ = start_redis_server(tmp)
         client = redis.Redis.from_url(url, decode_responses=True)
-        wait_for(client.ping, timeout=20)
         settings = Settings(redis_url=url, data_dir=tmp / "data", embedder="hash", watcher_poll_seconds=2.0)
-        procs = [server]
+        procs = []
         try:
             api1, base1 = start_api(settings, tmp, name="api1")
             procs.append(api1)
@@ -192,6 +188,8 @@ def bench_swap(n_docs: int) -> None:
         finally:
             for proc in procs:
                 proc.stop()
+            server.terminate()
+            server.wait(10)
 
 
 def main() -> None:

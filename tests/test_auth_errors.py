@@ -21,9 +21,12 @@ RANK = {"read": 1, "write": 2, "admin": 3}
 
 def assert_error(resp, status: int, code: str | None = None) -> dict:
     assert resp.status_code == status, (resp.status_code, resp.text)
-    assert resp.headers["Content-Type"].startswith("application/json"), resp.headers
+    assert resp.headers["Content-Type"] == "application/problem+json", resp.headers
     body = resp.json()
     assert isinstance(body["code"], str) and isinstance(body["message"], str), body
+    # RFC 9457 members, consistent with the status line and Swapline's own members.
+    assert body["status"] == status and body["detail"] == body["message"], body
+    assert body["type"] == f"urn:swapline:problem:{body['code']}" and isinstance(body["title"], str), body
     if code:
         assert body["code"] == code, body
     if "errors" in body:
@@ -167,9 +170,34 @@ def test_unhandled_exception_answers_500_in_the_error_shape(settings, inprocess)
         raise RuntimeError("kaboom")
 
     resp = app.test_client().get("/v1/boom")
-    assert resp.status_code == 500
-    assert resp.get_json() == {"code": "internal_error",
-                               "message": "internal server error; the details are in the server log"}
+    assert resp.status_code == 500 and resp.mimetype == "application/problem+json"
+    detail = "internal server error; the details are in the server log"
+    assert resp.get_json() == {"type": "urn:swapline:problem:internal_error", "title": "Internal Server Error",
+                               "status": 500, "detail": detail, "code": "internal_error", "message": detail}
+
+
+def test_openapi_documents_every_error_as_a_problem_document(settings, inprocess):
+    spec = inprocess(settings).test_client().get("/openapi.json").get_json()
+    error = spec["components"]["schemas"]["Error"]
+    assert {"type", "title", "status", "detail", "code", "message"} <= set(error["required"])
+    assert {"errors", "job_id", "queue"} <= set(error["properties"])
+    components = spec["components"]["responses"]
+    checked = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if method == "parameters":
+                continue
+            for status, response in operation["responses"].items():
+                if status == "default" or int(status) < 400:
+                    continue
+                if "$ref" in response:
+                    response = components[response["$ref"].rsplit("/", 1)[-1]]
+                if (path, method, status) == ("/readyz", "get", "503"):
+                    continue  # not an error: the health body saying what is not ready
+                assert response["content"] == {"application/problem+json": {
+                    "schema": {"$ref": "#/components/schemas/Error"}}}, (path, method, status)
+                checked += 1
+    assert checked > 50
 
 
 def test_redis_down_answers_503(settings, inprocess):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -14,8 +15,8 @@ import requests
 
 from tests.support import BIN, free_port, wait_for
 from webapp.cli.batching import InputError, doc_bytes, find_files, make_batches, read_documents
-from webapp.cli.client import ApiError
 from webapp.cli.follow import IngestRun
+from webapp.client import ApiError
 
 PROGRESS = re.compile(r"^ingest \[[#-]+\] (\d+)/(\d+) docs +\d+% [\d.]+ docs/s ETA [\d:?]+", re.M)
 
@@ -237,7 +238,7 @@ class _QueueFullOnce:
         self.refused = 0
         self.jobs: dict[str, dict] = {}
 
-    def submit(self, collection, documents, rebuild):
+    def add_documents(self, collection, documents, rebuild):
         if not self.refused:
             self.refused += 1
             raise ApiError(503, "queue_full", "the ingest queue is full", retry_after=0.05)
@@ -257,3 +258,65 @@ def test_ingest_waits_out_a_full_queue_instead_of_failing():
     summary = IngestRun(client, "docs", batches, len(docs), rebuild=False, poll=0.01).run()
     assert client.refused == 1 and len(client.jobs) == 3
     assert (summary.documents, summary.jobs, summary.chunks) == (5, 3, 5)
+
+
+# ---- the command's conventions: --version, --json everywhere, exit codes, completion -----------------
+
+
+def test_version_usage_and_completion():
+    version = swapline(None, "--version")
+    assert version.returncode == 0 and re.fullmatch(r"swapline, version \d+\.\d+\.\d+\n", version.stdout)
+    usage = swapline(None, "search")  # missing arguments
+    assert usage.returncode == 2 and "Missing argument" in usage.stderr
+    assert swapline(None, "--retries", "-1", "status", "x").returncode == 2
+    helped = swapline(None, "--help")
+    assert "130 interrupted" in helped.stdout and "_SWAPLINE_COMPLETE=bash_source" in helped.stdout
+    completion = swapline(None, env={**os.environ, "_SWAPLINE_COMPLETE": "bash_source"})
+    assert completion.returncode == 0 and "complete -o nosort -F" in completion.stdout
+    assert "_swapline_completion" in completion.stdout
+
+
+def test_every_command_takes_json():
+    import click
+
+    from webapp.cli.commands import main
+
+    commands = main.commands
+    assert set(commands) == {"ingest", "search", "status", "jobs", "job", "rebuild"}
+    for name, command in commands.items():
+        flags = {opt for p in command.params if isinstance(p, click.Option) for opt in p.opts}
+        assert "--json" in flags, name
+
+
+@pytest.mark.integration
+def test_ctrl_c_while_following_exits_130(settings, procs, tmp_path):
+    base = procs.api(settings)  # no worker: the job stays queued, so the command keeps following it
+    requests.post(f"{base}/v1/collections", json={"name": "docs"}, timeout=10)
+    job = requests.post(f"{base}/v1/collections/docs/rebuild", timeout=10).json()
+    err = tmp_path / "stderr"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPLINE_")} | {"SWAPLINE_URL": base}
+    with open(err, "w") as sink:
+        cli = subprocess.Popen([str(BIN / "swapline"), "job", job["id"], "--wait"], stdout=subprocess.PIPE,
+                               stderr=sink, text=True, env=env)
+        try:
+            wait_for(lambda: "job [" in err.read_text(), timeout=30, message="the CLI following the job")
+            cli.send_signal(signal.SIGINT)
+            assert cli.wait(30) == 130
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+    assert err.read_text().rstrip().endswith("interrupted") and "Traceback" not in err.read_text()
+
+
+@pytest.mark.integration
+def test_json_output_of_ingest_and_rebuild(settings, procs, corpus):
+    base = procs.api(settings)
+    procs.worker(settings)
+    done = swapline(base, "ingest", str(corpus), "-c", "docs", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["collection"] == "docs" and summary["documents"] == 5 and summary["index_version"] >= 1
+    queued = json.loads(swapline(base, "rebuild", "docs", "--json").stdout)
+    assert queued["kind"] == "rebuild" and queued["state"] in ("queued", "running", "succeeded")
+    finished = json.loads(swapline(base, "rebuild", "docs", "--wait", "--json").stdout)
+    assert finished["state"] == "succeeded" and finished["result"]["version"] > summary["index_version"]

@@ -68,9 +68,12 @@ def test_flower_refuses_to_start_without_a_password(compose_bin):
 
 def test_services_share_one_image_and_one_data_volume(model):
     services = model["services"]
-    assert {"redis", "api", "worker", "flower"} <= set(services)
+    assert {"redis", "api", "worker", "beat", "flower"} <= set(services)
     app = [name for name in services if name != "redis"]
     assert {services[name]["image"] for name in app} == {"swapline:latest"}
+    # One service builds the image; the others run it and never pull an image of that name.
+    assert [name for name in services if "build" in services[name]] == ["api"]
+    assert all(services[name]["pull_policy"] == "never" for name in app if name != "api")
     for name in app:
         env = services[name]["environment"]
         assert env["SWAPLINE_DATA_DIR"] == "/data", name
@@ -127,3 +130,31 @@ def test_dockerfile_pins_cpu_torch_and_runs_unprivileged():
     assert "download.pytorch.org/whl/cpu torch==2.13.0" in dockerfile
     assert "\nUSER " in dockerfile
     assert "SWAPLINE_DATA_DIR=/data" in dockerfile
+
+
+def test_worker_beat_and_flower_have_health_checks(model):
+    services = model["services"]
+    worker = " ".join(services["worker"]["healthcheck"]["test"])
+    # Its own node: $$ keeps compose from interpolating, so the shell in the container expands $HOSTNAME
+    # (compose config prints the escaped form).
+    assert "celery -A workers.celery_app inspect ping --destination celery@$$HOSTNAME" in worker
+    assert services["beat"]["healthcheck"]["test"][1:] == [
+        "python", "-m", "workers.health", "beat", "--schedule", "/tmp/celerybeat-schedule"]
+    assert "/tmp/celerybeat-schedule" in services["beat"]["command"]
+    assert "http://127.0.0.1:5555/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
+    for name in ("api", "worker", "beat", "flower"):
+        check = services[name]["healthcheck"]
+        assert check["interval"] and check["retries"] >= 3, name
+
+
+def test_beat_health_reads_the_age_of_the_schedule_file(tmp_path):
+    from workers.health import beat_healthy
+
+    schedule = tmp_path / "celerybeat-schedule"
+    ok, why = beat_healthy(schedule, interval=60)
+    assert not ok and "no schedule file" in why
+    (tmp_path / "celerybeat-schedule.db").write_bytes(b"")  # dbm may add a suffix
+    written = (tmp_path / "celerybeat-schedule.db").stat().st_mtime
+    assert beat_healthy(schedule, interval=60, now=written + 60)[0]
+    ok, why = beat_healthy(schedule, interval=60, now=written + 3 * 60 + 11)
+    assert not ok and "beat sends nothing" in why

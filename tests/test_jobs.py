@@ -270,3 +270,14 @@ def test_every_writer_gives_events_the_same_shape(jobs, client):
     assert [e["type"] for e in written] == ["job.queued", "job.started", "job.progress", "index.published",
                                            "job.succeeded", "index.swapped"]
     assert all(set(e) == set(entry("any")) for e in written)
+
+
+def test_work_counters_only_grow_per_collection(client):
+    from shared.store.counters import WorkCounters
+
+    counters = WorkCounters(client)
+    assert counters.embedded() == {}
+    counters.add_embedded("docs", 10, 0.5)
+    counters.add_embedded("docs", 5, 0.25)
+    counters.add_embedded("keps", 0, 0.0)
+    assert counters.embedded() == {"docs": (15, 0.75), "keps": (0, 0.0)}

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -30,14 +31,18 @@ QUERY = {"query": "pods scheduled onto nodes", "k": 3}
 class LauncherProcess:
     """The launcher as a user runs it, its output in a file the test reads."""
 
-    def __init__(self, cwd: Path, sample_limit: int, name: str = "launcher"):
+    def __init__(self, cwd: Path, sample_limit: int | None, name: str = "launcher", **extra_env: str):
         self.cwd = cwd
         self.api_port, self.flower_port = free_port(), free_port()
         self.log_path = cwd / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPLINE_")}
         env.update({"SWAPLINE_EMBEDDER": "hash", "SWAPLINE_DATA_DIR": str(cwd / "data"),
-                    "SWAPLINE_WATCHER_POLL_SECONDS": "0.5", "SWAPLINE_SAMPLE_LIMIT": str(sample_limit),
-                    "PYTHONUNBUFFERED": "1"})
+                    "SWAPLINE_WATCHER_POLL_SECONDS": "0.5", "PYTHONUNBUFFERED": "1"})
+        if sample_limit is None:
+            env["SWAPLINE_SAMPLE"] = "0"
+        else:
+            env["SWAPLINE_SAMPLE_LIMIT"] = str(sample_limit)
+        env.update(extra_env)
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "webapp.devstack", "--api-port", str(self.api_port),
@@ -84,8 +89,8 @@ class LauncherProcess:
 def launch(tmp_path):
     started: list[LauncherProcess] = []
 
-    def start(sample_limit: int, name: str = "launcher") -> LauncherProcess:
-        run = LauncherProcess(tmp_path, sample_limit, name)
+    def start(sample_limit: int | None, name: str = "launcher", **extra_env: str) -> LauncherProcess:
+        run = LauncherProcess(tmp_path, sample_limit, name, **extra_env)
         started.append(run)
         return run
 
@@ -173,6 +178,52 @@ def test_restart_keeps_the_data_and_a_dead_child_stops_the_stack(launch):
     out = second.output()
     assert re.search(r"event=child\.died name=worker pid=\d+ code=-9", out)
     assert "worker stopped unexpectedly (killed by SIGKILL); stopping the stack" in out
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_a_stack_with_a_busy_worker_within_10_s_and_the_job_resumes(launch):
+    # A rebuild that takes ~40 s (80 chunks, one per step, 0.5 s apart); a 5 s lease so the restarted
+    # worker can take the lock of the one that was stopped (the lease default is tested elsewhere).
+    slow = {"SWAPLINE_BUILD_STEP": "1", "SWAPLINE_BUILD_STEP_DELAY": "0.5", "SWAPLINE_LOCK_TTL_SECONDS": "5"}
+    first = launch(None, name="first", **slow)
+    api = first.ready()["api"]
+    assert requests.post(f"{api}/v1/collections", json={"name": "docs"}, timeout=10).status_code == 201
+    docs = [{"id": f"d{i}", "text": f"# T{i}\nitem {i}"} for i in range(80)]
+    ingest = requests.post(f"{api}/v1/collections/docs/documents", json={"documents": docs, "rebuild": False},
+                           timeout=30).json()
+    wait_for(lambda: requests.get(f"{api}/v1/jobs/{ingest['id']}", timeout=10).json()["state"] == "succeeded",
+             timeout=60, message="the ingest")
+    job_id = requests.post(f"{api}/v1/collections/docs/rebuild", timeout=10).json()["id"]
+
+    def building():
+        job = requests.get(f"{api}/v1/jobs/{job_id}", timeout=10).json()
+        progress = job.get("progress") or {}
+        return job["state"] == "running" and progress.get("stage") == "build" and progress.get("done", 0) > 0
+    wait_for(building, timeout=60, interval=0.2, message="the rebuild to be building")
+
+    children = first.descendants()
+    started = time.monotonic()
+    first.popen.send_signal(signal.SIGINT)
+    code = first.finish(timeout=30)
+    took = time.monotonic() - started
+    print(f"launcher stopped {took:.1f} s after Ctrl-C with a rebuild in progress")
+    assert code == 0, first.output()[-4000:]
+    assert took < 10, f"Ctrl-C took {took:.1f} s"
+    assert_all_gone(children)
+    out = first.output()
+    # The grace ran out: the worker's cold shutdown cut the task off unacknowledged.
+    assert re.search(r"event=child\.stop name=worker pid=\d+ signal=SIGQUIT", out), out[-4000:]
+
+    # Next start: the broker hands the task out again and the same job finishes.
+    second = launch(None, name="second", SWAPLINE_LOCK_TTL_SECONDS="5")
+    api = second.ready()["api"]
+    job = wait_for(lambda: (j := requests.get(f"{api}/v1/jobs/{job_id}", timeout=10).json())["state"]
+                   in ("succeeded", "failed", "canceled") and j, timeout=120, interval=0.5,
+                   message="the interrupted rebuild to finish after the restart")
+    assert job["state"] == "succeeded", job
+    assert requests.get(f"{api}/v1/collections/docs", timeout=10).json()["index"]["vectors"] == 80
+    second.popen.send_signal(signal.SIGINT)
+    assert second.finish() == 0
 
 
 @pytest.mark.integration

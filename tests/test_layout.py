@@ -15,8 +15,10 @@ RULES = {
     "shared": ("shared",),
     "workers": ("workers", "shared"),
     "webapp/api": ("webapp.api", "shared"),
-    "webapp/cli": ("webapp.cli", "shared.jobs.model"),
-    "webapp/devstack": ("webapp.devstack", "webapp.cli", "webapp.api.gunicorn_conf", "shared.settings"),
+    "webapp/client": ("webapp.client", "shared.jobs.model"),
+    "webapp/cli": ("webapp.cli", "webapp.client", "shared.jobs.model"),
+    "webapp/devstack": ("webapp.devstack", "webapp.cli", "webapp.client", "webapp.api.gunicorn_conf",
+                        "shared.settings"),
 }
 OWN = ("shared", "workers", "webapp")
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared import keys
 from tests.support import create_collection, ingest, ingest_and_rebuild, search, wait_for, wait_job
@@ -15,17 +16,9 @@ from tests.support import create_collection, ingest, ingest_and_rebuild, search,
 pytestmark = pytest.mark.integration
 
 
-
-
-
-
-
-
 def corpus(n, offset=0, tag="alpha"):
     return [{"id": f"doc-{i}", "text": f"# Section {i % 9}\nThe {tag} document {i} talks about item{i}.",
              "metadata": {"source": f"notes/doc-{i}.md"}} for i in range(offset, offset + n)]
-
-
 
 
 class SSEReader:
@@ -196,8 +189,21 @@ def test_metrics_expose_the_named_series(settings, procs):
                    'swapline_index_version{collection="docs",replica="',
                    f'swapline_index_published_version{{collection="docs"}} {float(version)}',
                    'swapline_index_vectors{collection="docs"} 12.0', "swapline_index_swaps_total 1.0",
-                   "swapline_index_load_seconds_count 1.0", "swapline_embed_rate "):
+                   "swapline_index_load_seconds_count 1.0",
+                   'swapline_chunks_embedded_total{collection="docs"} 12.0',
+                   'swapline_embed_seconds_total{collection="docs"} '):
         assert series in text, series
+    # Prometheus naming: counters end in _total, durations in _seconds, no unit-less rates.
+    families = list(text_string_to_metric_families(text))
+    ours = [f for f in families if f.name.startswith("swapline_")]
+    assert {f.name for f in ours if f.type == "counter"} >= {
+        "swapline_chunks_embedded", "swapline_embed_seconds", "swapline_index_swaps", "swapline_index_load_errors"}
+    for family in ours:
+        assert "rate" not in family.name, family.name
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
+        if family.type == "histogram":
+            assert family.name.endswith("_seconds"), family.name
 
 
 def test_metrics_sum_every_gunicorn_worker(settings, procs):

@@ -3,20 +3,46 @@
 Configuration is added lazily (Celery evaluates `add_defaults` callables on first use), so importing
 this module reads no environment; the settings come from `shared.settings.load_settings()` once per
 process, and the same `celery_config()` configures the API's sender and Flower.
+
+Logging is Swapline's (shared/logs.py) in workers and beat alike: Celery's own setup is replaced, and
+each task's log lines carry its job id, collection and the request id of the API call behind it. With
+SWAPLINE_LOG_FORMAT=json the start banners are left out, so every line is a JSON object.
 """
 
 from __future__ import annotations
 
 import os
-from functools import cache
+from functools import cache, cached_property
 
-from celery import Celery
+import redis
+from celery import Celery, signals
+from celery.apps.beat import Beat
 
+from shared import logs
 from shared.celeryconfig import celery_config, enqueue
+from shared.names import is_job_id
 from shared.services import Services, build_services
 from shared.settings import Settings, load_settings
 
-app = Celery("swapline", include=["workers.tasks"])
+
+def json_logs() -> bool:
+    return settings().log_format == "json"
+
+
+class SwaplineBeat(Beat):
+    def run(self) -> None:
+        # Beat prints its banner before logging is set up; JSON logs have no room for it.
+        self.quiet = self.quiet or json_logs()
+        super().run()
+
+
+class SwaplineCelery(Celery):
+    @cached_property
+    def Beat(self):  # noqa: N802 (Celery's name)
+        return self.subclass_with_self(SwaplineBeat)
+
+
+app = SwaplineCelery("swapline", include=["workers.tasks"])
 
 
 @cache
@@ -39,3 +65,42 @@ def services() -> Services:
         _services[pid] = build_services(s, lambda kind, job_id: enqueue(app, kind, job_id),
                                         torch_threads=s.worker_torch_threads)
     return _services[pid]
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel=None, **_) -> None:
+    # A receiver here means Celery configures no logging of its own (worker and beat).
+    logs.configure_logging(settings().log_format, loglevel or "INFO")
+
+
+@signals.celeryd_init.connect
+def _early_logging(**_) -> None:
+    # The worker warns (e.g. about running as root) before it sets logging up: catch that in the format too.
+    logs.configure_logging(settings().log_format)
+
+
+@signals.celeryd_after_setup.connect
+def _quiet_banner(sender, instance, **_) -> None:
+    if json_logs():
+        instance.quiet = True  # the worker prints its banner right after this signal unless quiet
+
+
+_task_context: dict[str, object] = {}
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id=None, task=None, args=None, **_) -> None:
+    job_id = args[0] if args and isinstance(args[0], str) and is_job_id(args[0]) else None
+    try:
+        collection = services().jobs.field(job_id, "collection") if job_id else None
+    except redis.RedisError:  # the task itself will meet the outage and say so
+        collection = None
+    _task_context[task_id] = logs.bind(job_id=job_id, collection=collection,
+                                       request_id=task.request.get(logs.REQUEST_ID_HEADER))
+
+
+@signals.task_postrun.connect
+def _unbind_task(task_id=None, **_) -> None:
+    token = _task_context.pop(task_id, None)
+    if token is not None:
+        logs.unbind(token)

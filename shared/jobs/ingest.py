@@ -93,6 +93,8 @@ def run_ingest(svc: Services, job_id: str) -> None:
         records, texts, counts = chunk_documents(svc, documents)
         known = _known_vectors(svc, collection, list(counts), svc.embedder.model_id)
         vectors, embedded, embed_seconds = embed_records(svc, job_id, records, texts, known)
+        # Counted when done: a redelivered job embeds (and counts) its chunks again, as it really did.
+        svc.counters.add_embedded(collection, embedded, embed_seconds)
         seq = svc.collections.next_segment_seq(collection)
         svc.jobs.progress(job_id, "write", 0, 1)
         svc.storage.write_segment(collection, seq, records, vectors, {

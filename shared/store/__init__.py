@@ -11,5 +11,6 @@ to Redis. Keys come from `shared.keys`; multi-step changes are Lua scripts in `s
 | `events` | the event stream (SSE) and the one shape of its entries |
 | `replicas` | which index version each API process serves (heartbeats) |
 | `idempotency` | Idempotency-Key records |
+| `counters` | monotonic work counters (chunks embedded, seconds embedding) that /metrics exports |
 | `broker` | a read-mostly view of kombu's Redis layout, for the sweeper and metrics |
 """

@@ -4,7 +4,6 @@ retention that bounds history, and the recent and per-collection views status pa
 from __future__ import annotations
 
 import base64
-import json
 import time
 
 import redis
@@ -71,21 +70,17 @@ class JobHistory:
         return [(raw["id"], raw.get("kind", ""), raw["state"]) for raw in self._hashes(ids)
                 if raw and raw.get("state") in states]
 
-    def count_by_kind_state(self, scan: int) -> tuple[dict[tuple[str, str], int], float | None]:
-        """Jobs among the newest `scan` by (kind, state), and the embed rate of the newest ingest
-        that recorded one (metrics)."""
+    def count_by_kind_state(self, scan: int) -> dict[tuple[str, str], int]:
+        """Jobs among the newest `scan` by (kind, state) (metrics)."""
         ids = self.r.zrevrange(keys.jobs(), 0, scan - 1)
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(keys.job(job_id), "kind", "state", "result")
+            pipe.hmget(keys.job(job_id), "kind", "state")
         counts: dict[tuple[str, str], int] = {}
-        embed_rate = None
-        for kind, state, result in pipe.execute() if ids else []:
+        for kind, state in pipe.execute() if ids else []:
             if kind and state:
                 counts[(kind, state)] = counts.get((kind, state), 0) + 1
-            if embed_rate is None and kind == "ingest" and result:
-                embed_rate = json.loads(result).get("embed_rate")
-        return counts, embed_rate
+        return counts
 
     def list(self, collection: str | None = None, state: str | None = None, kind: str | None = None,
              limit: int = 20, cursor: str | None = None) -> tuple[list[dict], str | None]:

@@ -10,6 +10,7 @@
 | `idempotency` | `Idempotency-Key` on job-creating views |
 | `apidoc` | what the OpenAPI document says beyond the schemas |
 | `metrics` | Prometheus metrics at /metrics |
+| `requestid` | X-Request-ID on every answer, and the request's log context |
 | `schemas` | marshmallow schemas for every body, query and response |
 | `routes/` | one blueprint per resource |
 """

@@ -1,17 +1,36 @@
 """What the OpenAPI document says beyond the marshmallow schemas, added per operation by one apispec
 plugin: the auth scheme and required role (webapp.api.auth), the Idempotency-Key header and its answers
-(webapp.api.idempotency), and the error answers every operation can give."""
+(webapp.api.idempotency), and the error answers every operation can give. Also the docs UI at /docs,
+whose Swagger UI files come from the installed swagger-ui-bundle package, never from a CDN, so the page
+works offline and behind a strict proxy."""
 
 from __future__ import annotations
 
 import http
 
 from apispec import BasePlugin
+from flask import Flask, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
 
 from shared.settings import Settings
 from webapp.api import auth, idempotency
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+ERROR_REF = "#/components/schemas/Error"
+PROBLEM_JSON = "application/problem+json"
+DOCS_PATH = "docs"
+DOCS_ASSETS = "/docs/assets/"
+ASSET_MAX_AGE = 24 * 3600
+
+
+def serve_docs_ui(app: Flask) -> None:
+    """Swagger UI at /docs with its scripts and styles served by this app from the installed package."""
+    app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", DOCS_PATH)
+    app.config.setdefault("OPENAPI_SWAGGER_UI_URL", DOCS_ASSETS)
+    # No validator badge: Swagger UI would fetch it from validator.swagger.io.
+    app.config.setdefault("OPENAPI_SWAGGER_UI_CONFIG", {"validatorUrl": None})
+    app.add_url_rule(f"{DOCS_ASSETS}<path:filename>", "docs_assets",
+                     lambda filename: send_from_directory(str(swagger_ui_path), filename, max_age=ASSET_MAX_AGE))
 
 
 def _status_ref(code: int) -> str:
@@ -30,14 +49,26 @@ class SwaplineSpecPlugin(BasePlugin):
             if "requestBody" in operation or method in ("post", "put", "patch"):
                 responses.setdefault("413", _status_ref(413))
             responses.setdefault("500", _status_ref(500))
+            for response in responses.values():
+                _problem_content(response)
+
+
+def _problem_content(response) -> None:
+    """An error answer documented as JSON is a problem document: say so in its content type."""
+    content = response.get("content") if isinstance(response, dict) else None
+    if content and content.get("application/json", {}).get("schema") == {"$ref": ERROR_REF}:
+        content[PROBLEM_JSON] = content.pop("application/json")
 
 
 def api_description(settings: Settings) -> str:
     return f"""Semantic search in which indexing never blocks searching.
 
-**Errors.** Every 4xx and 5xx answer is JSON `{{"code", "message", "errors"?}}`: `code` is machine-readable
-(e.g. `not_found`, `invalid`, `queue_full`), `errors` holds per-field validation messages. Unknown body
-fields are rejected with 422.
+**Errors.** Every 4xx and 5xx answer is an RFC 9457 problem document, `application/problem+json`:
+`type` (`urn:swapline:problem:<code>`), `title` (the HTTP status phrase), `status`, `detail`, plus
+Swapline's members: `code`, machine-readable (e.g. `not_found`, `invalid`, `queue_full`); `message`, the
+same text as `detail`; `errors`, per-field validation messages; and where they apply `job_id` (the job in
+the way) and `queue` (the full queue). Unknown body fields are rejected with 422. Every answer carries
+`X-Request-ID` (the one the request sent, else a new one), also found in the server's log lines.
 
 **Auth.** `Authorization: Bearer <key>`; roles `read` (search and GET) < `write` (submit jobs) < `admin`
 (cancel, delete, rollback, admin page). 401 without a valid key, 403 when its role is too low.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
+from shared.logs import configure_logging
 from shared.settings import Settings, load_settings
-from webapp.api import auth
+from webapp.api import auth, requestid
 from webapp.api.errors import Api
 from webapp.api.metrics import Metrics
 from webapp.api.routes import admin, collections, events, health, jobs, search, versions
@@ -18,7 +17,7 @@ API_BLUEPRINTS = (health, collections, jobs, search, versions, events)
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_format)
     app = Flask(__name__)
     app.config.update(
         API_TITLE="Swapline",
@@ -29,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         SWAPLINE_SETTINGS=settings,
     )
+    requestid.init_app(app)  # first, so every answer (errors from auth included) carries X-Request-ID
     api = Api(app)
     swapline.init_app(app, settings)
     auth.init_app(app, settings)

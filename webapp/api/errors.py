@@ -1,13 +1,16 @@
-"""One error shape for every 4xx/5xx: {"code", "message", "errors"?} (+ extras such as job_id), from
-aborts, unknown routes, 405, 413 from MAX_CONTENT_LENGTH, Redis outages, full queues and unhandled
-exceptions alike; and the flask-smorest `Api` that answers it and documents every error in OpenAPI."""
+"""One error shape for every 4xx/5xx, from aborts, unknown routes, 405, 413 from MAX_CONTENT_LENGTH,
+Redis outages, full queues and unhandled exceptions alike: an RFC 9457 problem document
+(`application/problem+json`: type, title, status, detail) that also carries Swapline's own members
+`code`, `message` (the same text as `detail`), `errors` and extras such as job_id; and the
+flask-smorest `Api` that answers it and documents every error in OpenAPI."""
 
 from __future__ import annotations
 
+import http
 import logging
 
 import redis
-from flask import Flask, current_app, request
+from flask import Flask, Response, current_app, request
 from flask_smorest import Api as _Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 
@@ -23,6 +26,27 @@ ERROR_CODES = {
     429: "too_many_requests", 500: "internal_error", 503: "unavailable",
 }
 JSON_VALUES = (str, int, float, bool, list, dict, type(None))
+PROBLEM_JSON = apidoc.PROBLEM_JSON
+# Problem types are named after the machine-readable code; not a URL, so nothing pretends to resolve.
+PROBLEM_TYPE_PREFIX = "urn:swapline:problem:"
+
+
+def problem(status: int, code: str, message: str, headers: dict | None = None, **members) -> Response:
+    """The answer for an error: RFC 9457 members first, then Swapline's (code, message, errors, extras)."""
+    body = {"type": PROBLEM_TYPE_PREFIX + code, "title": _title(status), "status": status, "detail": message,
+            "code": code, "message": message, **members}
+    response = current_app.json.response(body)
+    response.status_code = status
+    response.mimetype = PROBLEM_JSON
+    response.headers.update(headers or {})
+    return response
+
+
+def _title(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 # A client backs off this long on a full queue; queues drain at the speed of the workers, so a short,
 # fixed hint spreads retries without promising a time we cannot know.
@@ -52,11 +76,9 @@ class Api(_Api):
     scheme and every error answer."""
 
     ERROR_SCHEMA = ErrorSchema
-    SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
 
     def init_app(self, app: Flask, *, spec_kwargs=None):
-        app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", "docs")
-        app.config.setdefault("OPENAPI_SWAGGER_UI_URL", self.SWAGGER_UI_CDN)
+        apidoc.serve_docs_ui(app)
         super().init_app(app, spec_kwargs=spec_kwargs)
 
     def _init_spec(self, **options):
@@ -66,6 +88,15 @@ class Api(_Api):
             options.setdefault("info", {"description": apidoc.api_description(settings)})
         super()._init_spec(**options)
         self.spec.components.security_scheme(auth.SCHEME_NAME, auth.SECURITY_SCHEME)
+
+    def _register_responses(self):
+        # The response components flask-smorest documents for each status carry the problem type.
+        default = self.DEFAULT_RESPONSE_CONTENT_TYPE
+        self.DEFAULT_RESPONSE_CONTENT_TYPE = PROBLEM_JSON
+        try:
+            super()._register_responses()
+        finally:
+            self.DEFAULT_RESPONSE_CONTENT_TYPE = default
 
     def _register_error_handlers(self):
         super()._register_error_handlers()
@@ -86,25 +117,23 @@ class Api(_Api):
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         if message is None and isinstance(error, RequestEntityTooLarge) and limit:
             message = f"the request body exceeds {limit} bytes (SWAPLINE_MAX_REQUEST_BYTES)"
-        payload = {
-            "code": data.pop("code", None) or ERROR_CODES.get(error.code, "error"),
-            "message": message or error.description or error.name,
-        }
+        status = error.code or 500
+        code = data.pop("code", None) or ERROR_CODES.get(status, "error")
+        members = {}
         if messages:
             # webargs nests messages by location ("json", "query"); one location needs no nesting.
             errors = next(iter(messages.values())) if len(messages) == 1 else messages
-            payload["errors"] = errors if isinstance(errors, dict) else {"_schema": errors}
-        payload.update({k: v for k, v in data.items() if isinstance(v, JSON_VALUES)})
-        return payload, error.code or 500, headers
+            members["errors"] = errors if isinstance(errors, dict) else {"_schema": errors}
+        reserved = {"type", "title", "status", "detail"}
+        members.update({k: v for k, v in data.items() if isinstance(v, JSON_VALUES) and k not in reserved})
+        return problem(status, code, message or error.description or error.name, headers, **members)
 
     def handle_redis_down(self, error: Exception):
         log.error("event=http.redis_unavailable error=%r", str(error))
-        payload = {"code": "unavailable", "message": "Redis is unavailable; retry shortly"}
-        return payload, 503, {"Retry-After": "5"}
+        return problem(503, "unavailable", "Redis is unavailable; retry shortly", {"Retry-After": "5"})
 
     def handle_unexpected(self, error: Exception):
         if isinstance(error, HTTPException):  # handled above; kept for safety when MRO ties
             return self.handle_http_exception(error)
         log.exception("event=http.unhandled method=%s path=%s", request.method, request.path)
-        return {"code": "internal_error",
-                "message": "internal server error; the details are in the server log"}, 500
+        return problem(500, "internal_error", "internal server error; the details are in the server log")

@@ -16,6 +16,9 @@ import os
 import shutil
 import tempfile
 
+from shared.logs import dict_config
+from shared.settings import LOG_FORMATS
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # What `-c` takes to load this file as a module (no path to resolve, wherever gunicorn starts).
 CONFIG_ARG = "python:webapp.api.gunicorn_conf"
@@ -33,6 +36,10 @@ keepalive = 5
 # Log to stderr; the access log is off (per-route latency is in /metrics).
 errorlog = "-"
 loglevel = "info"
+# gunicorn's own lines ("Booting worker") in the same format as the app's (SWAPLINE_LOG_FORMAT). A
+# config file is read when gunicorn starts; a wrong value is left to create_app, which says why.
+_log_format = os.environ.get("SWAPLINE_LOG_FORMAT") or "text"
+logconfig_dict = dict_config(_log_format if _log_format in LOG_FORMATS else "text")
 
 _created_metrics_dir: str | None = None
 

@@ -1,5 +1,9 @@
 """Prometheus metrics at /metrics: request and search latency, index loads and swaps, jobs by kind and
-state, queue depth, the version each API process serves, and the embed rate of recent ingests.
+state, queue depth, the version each API process serves, and chunks embedded.
+
+Named the Prometheus way: counters end in `_total`, durations are in seconds and end in `_seconds`, and
+nothing exports a rate: `rate(swapline_chunks_embedded_total[5m])` is the embedding throughput, and
+divided by `rate(swapline_embed_seconds_total[5m])` the speed while embedding.
 
 Latency histograms and counters belong to the process that observed them. Under gunicorn with several
 workers, `webapp/api/gunicorn_conf.py` sets PROMETHEUS_MULTIPROC_DIR and prometheus_client keeps them
@@ -15,7 +19,7 @@ import time
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from shared.tasknames import QUEUES
@@ -34,8 +38,7 @@ class RedisCollector:
     def collect(self):
         svc = self.rt.svc
         jobs = GaugeMetricFamily("swapline_jobs", "Jobs kept in history, by kind and state", labels=["kind", "state"])
-        counts, embed_rate = svc.history.count_by_kind_state(JOBS_SCANNED)
-        for (kind, state), n in sorted(counts.items()):
+        for (kind, state), n in sorted(svc.history.count_by_kind_state(JOBS_SCANNED).items()):
             jobs.add_metric([kind, state], n)
         yield jobs
 
@@ -64,9 +67,16 @@ class RedisCollector:
         yield published
         yield vectors
 
-        rate = GaugeMetricFamily("swapline_embed_rate", "Chunks embedded per second by the newest ingest job")
-        rate.add_metric([], embed_rate or 0.0)
-        yield rate
+        # prometheus_client appends _total to counter families.
+        chunks = CounterMetricFamily("swapline_chunks_embedded", "Chunks embedded by ingest jobs",
+                                     labels=["collection"])
+        seconds = CounterMetricFamily("swapline_embed_seconds", "Seconds ingest jobs spent embedding",
+                                      labels=["collection"])
+        for name, (count, spent) in sorted(svc.counters.embedded().items()):
+            chunks.add_metric([name], count)
+            seconds.add_metric([name], spent)
+        yield chunks
+        yield seconds
 
 
 class Metrics:

@@ -18,8 +18,18 @@ class StrictSchema(Schema):
 
 
 class ErrorSchema(Schema):
+    """An RFC 9457 problem document (application/problem+json) with Swapline's members."""
+
+    class Meta:
+        ordered = True
+
+    type = fields.String(required=True, metadata={
+        "description": "the problem type, `urn:swapline:problem:` followed by `code`"})
+    title = fields.String(required=True, metadata={"description": "the HTTP status phrase"})
+    status = fields.Integer(required=True, metadata={"description": "the HTTP status code"})
+    detail = fields.String(required=True, metadata={"description": "what went wrong, for a person"})
     code = fields.String(required=True, metadata={"description": "machine-readable error code"})
-    message = fields.String(required=True)
+    message = fields.String(required=True, metadata={"description": "the same text as `detail`"})
     errors = fields.Dict(metadata={"description": "per-field validation messages"})
     job_id = fields.String(metadata={"description": "the job in the way (409 on rebuild or drop)"})
     queue = fields.String(metadata={"description": "the full queue (503 queue_full)"})

@@ -1,11 +1,12 @@
-"""`swapline`: the command line for a running Swapline API.
+"""`swapline`: the command line for a running Swapline API, built on `webapp.client`.
 
     swapline ingest PATH... --collection NAME [--glob '*.md']
     swapline search NAME "query" [-k 10] [--json]
     swapline status NAME | jobs [--collection C] [--state S] | job ID [--wait] | rebuild NAME [--wait]
 
 Talks to SWAPLINE_URL (default http://127.0.0.1:8000) and sends SWAPLINE_API_KEY, when set, as a bearer
-token. Errors are one line on stderr and exit status 1, never a traceback.
+token. Every command takes --json. Errors are one line on stderr, never a traceback. Exit status: 0 ok,
+1 an API error or a failed job, 2 a usage error, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict
 
 import click
 
@@ -27,19 +29,24 @@ from webapp.cli.batching import (
     make_batches,
     read_documents,
 )
-from webapp.cli.client import DEFAULT_URL, ApiError, ApiUnreachable, Client, RebuildBusy
-from webapp.cli.follow import IngestRun, JobFailed, job_fraction, wait_job
+from webapp.cli.follow import IngestRun
 from webapp.cli.progress import ProgressBar
+from webapp.client import DEFAULT_URL, ApiError, ApiUnreachable, Client, JobFailed, RebuildBusy, job_fraction
+from webapp.client.client import DEFAULT_RETRIES
 
 EXPECTED_ERRORS = (ApiUnreachable, ApiError, JobFailed, InputError, TimeoutError)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 
 class SwaplineGroup(click.Group):
-    """Turns the errors a user can meet into one line, exit status 1."""
+    """Turns the errors a user can meet into one line with exit status 1, and Ctrl-C into 130."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         except ApiError as exc:
             hint = {401: "; set SWAPLINE_API_KEY or --api-key", 403: "; this needs a key with a higher role"}
             raise click.ClickException(exc.details() + hint.get(exc.status, "")) from None
@@ -53,10 +60,19 @@ class SwaplineGroup(click.Group):
 @click.option("--api-key", envvar="SWAPLINE_API_KEY", default=None, metavar="KEY",
               help="Sent as 'Authorization: Bearer KEY' [env SWAPLINE_API_KEY].")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for one HTTP answer.")
+@click.option("--retries", default=DEFAULT_RETRIES, show_default=True, type=click.IntRange(0),
+              help="Tries again after a connection error, 429, 502, 503 or 504 (waiting as Retry-After says).")
+@click.version_option(package_name="swapline", prog_name="swapline")
 @click.pass_context
-def main(ctx: click.Context, url: str, api_key: str | None, timeout: float) -> None:
-    """Swapline: semantic search where indexing never blocks searching."""
-    ctx.obj = Client(url, api_key, timeout)
+def main(ctx: click.Context, url: str, api_key: str | None, timeout: float, retries: int) -> None:
+    """Swapline: semantic search where indexing never blocks searching.
+
+    \b
+    Exit status: 0 ok, 1 an API error or a failed job, 2 a usage error, 130 interrupted.
+    Shell completion (bash; zsh_source and fish_source for the others):
+      eval "$(_SWAPLINE_COMPLETE=bash_source swapline)"
+    """
+    ctx.obj = Client(url, api_key, timeout, retries, user_agent="swapline-cli")
 
 
 @main.command()
@@ -73,9 +89,10 @@ def main(ctx: click.Context, url: str, api_key: str | None, timeout: float) -> N
               help="Skip larger files (the API refuses them).")
 @click.option("--max-inflight", default=4, show_default=True, help="Unfinished jobs allowed at once.")
 @click.option("--poll", default=0.5, show_default=True, help="Seconds between job polls.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
 def ingest(client: Client, paths, collection, pattern, create, rebuild, batch_size, batch_bytes,
-           max_doc_bytes, max_inflight, poll) -> None:
+           max_doc_bytes, max_inflight, poll, as_json) -> None:
     """Read files on this machine, post them in batches, follow the jobs to completion.
 
     A directory contributes its files matching --glob, with ids relative to it; the metadata of each
@@ -93,12 +110,15 @@ def ingest(client: Client, paths, collection, pattern, create, rebuild, batch_si
         bar.close()  # end the bar's line before the message
         click.echo(f"interrupted; jobs already submitted keep running on the server "
                    f"(swapline jobs --collection {collection})", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         bar.close()
         for line in skipped:
             click.echo(f"skipped {line}", err=True)
-    click.echo(fmt.ingest_summary(collection, summary, len(skipped)))
+    if as_json:
+        click.echo(json.dumps({"collection": collection, **asdict(summary), "skipped": skipped}, indent=2))
+    else:
+        click.echo(fmt.ingest_summary(collection, summary, len(skipped)))
 
 
 def _ensure_collection(client: Client, name: str, create: bool) -> None:
@@ -170,22 +190,29 @@ def job(client: Client, job_id, wait, as_json) -> None:
 @main.command()
 @click.argument("name")
 @click.option("--wait", is_flag=True, help="Follow the rebuild until it is published.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (the finished job with --wait).")
 @click.pass_obj
-def rebuild(client: Client, name, wait) -> None:
+def rebuild(client: Client, name, wait, as_json) -> None:
     """Rebuild the index of collection NAME from its documents."""
+    say = (lambda text: click.echo(text, err=True)) if as_json else click.echo
     try:
         started = client.rebuild(name)
-        click.echo(f"rebuild of {name!r} queued: job {started['id']}")
+        say(f"rebuild of {name!r} queued: job {started['id']}")
     except RebuildBusy as busy:
         if not busy.job_id:
             raise
-        started = {"id": busy.job_id}
-        click.echo(f"a rebuild of {name!r} is already queued or running: job {busy.job_id}")
+        started = client.job(busy.job_id)
+        say(f"a rebuild of {name!r} is already queued or running: job {busy.job_id}")
     if not wait:
+        if as_json:
+            click.echo(json.dumps(started, indent=2))
         return
     begun = time.monotonic()
     done = _follow(client, started["id"], fail=True)
     result = done.get("result") or {}
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+        return
     click.echo(f"rebuild {done['id']} succeeded: index v{result.get('version')} with "
                f"{result.get('vectors')} vectors in {time.monotonic() - begun:.1f} s")
 
@@ -200,7 +227,7 @@ def _follow(client: Client, job_id: str, fail: bool = False) -> dict:
         bar.update(100 * job_fraction(job), 100, note, force=job["state"] in TERMINAL)
 
     try:
-        return wait_job(client, job_id, on_update=show)
+        return client.wait(job_id, on_update=show)
     except JobFailed as exc:
         if fail:
             raise

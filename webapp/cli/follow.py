@@ -1,6 +1,6 @@
-"""Following jobs over the REST API: submit document batches with a bounded number in flight, poll
-the jobs to completion, then wait for the rebuilds they asked for. Shared by `swapline ingest` and
-the sample load of `make run`."""
+"""Submitting many batches over the REST API with a bounded number in flight, polling the jobs to
+completion, then waiting for the rebuilds they asked for. Shared by `swapline ingest` and the sample
+load of `make run`; the calls themselves are `webapp.client`'s."""
 
 from __future__ import annotations
 
@@ -9,60 +9,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from shared.jobs.model import RUNNING, SUCCEEDED, TERMINAL
-from webapp.cli.client import ApiError, Client
+from shared.jobs.model import SUCCEEDED, TERMINAL
+from webapp.client import ApiError, Client, JobFailed, job_fraction
+from webapp.client.client import pause
 
 # progress(done, total, note, force): done may be fractional (a running job's share).
 Progress = Callable[[float, int, str, bool], None]
-
-
-class JobFailed(Exception):
-    def __init__(self, job: dict):
-        self.job = job
-        reason = job.get("error") or "no error recorded"
-        super().__init__(f"{job.get('kind', 'job')} job {job['id']} {job['state']}: {reason}")
-
-
-class Interrupted(Exception):
-    """The caller asked to stop following (Ctrl-C in the launcher)."""
-
-
-def job_fraction(job: dict) -> float:
-    """How far a job is, 0..1, from its state and stage progress."""
-    if job["state"] == SUCCEEDED:
-        return 1.0
-    if job["state"] != RUNNING:
-        return 0.0
-    progress = job.get("progress") or {}
-    done, total = progress.get("done", 0), progress.get("total", 0)
-    # Embedding (ingest) and building (rebuild) are where the time goes; the other stages are short.
-    if progress.get("stage") in ("embed", "build") and total:
-        return 0.95 * min(done / total, 1.0)
-    return 0.97 if progress.get("stage") in ("write", "verify", "publish") else 0.0
-
-
-def _pause(stop: threading.Event | None, seconds: float) -> None:
-    if stop is None:
-        time.sleep(seconds)
-    elif stop.wait(seconds):
-        raise Interrupted()
-
-
-def wait_job(client: Client, job_id: str, poll: float = 0.5, on_update: Callable[[dict], None] | None = None,
-             stop: threading.Event | None = None, timeout: float | None = None) -> dict:
-    """Poll a job until it finishes; returns it, or raises JobFailed when it did not succeed."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        job = client.job(job_id)
-        if on_update:
-            on_update(job)
-        if job["state"] in TERMINAL:
-            if job["state"] != SUCCEEDED:
-                raise JobFailed(job)
-            return job
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {job['state']} after {timeout:g} s")
-        _pause(stop, poll)
 
 
 @dataclass
@@ -107,7 +59,7 @@ class IngestRun:
                     exhausted = True
                     break
                 try:
-                    job = self.client.submit(self.collection, batch, self.rebuild)
+                    job = self.client.add_documents(self.collection, batch, self.rebuild)
                 except ApiError as exc:
                     if exc.status != 503 or exc.retry_after is None:
                         raise
@@ -120,7 +72,7 @@ class IngestRun:
                     self.on_submit(job, len(batch))
             if not inflight and held is None:
                 break
-            _pause(self.stop, self.poll)
+            pause(self.stop, self.poll)
             finished = False
             for job_id, (count, _) in list(inflight.items()):
                 job = self.client.job(job_id)
@@ -155,7 +107,7 @@ class IngestRun:
         """Wait for every rebuild the batches asked for (rebuilds coalesce, so there are few); the last
         one to finish serves all the documents."""
         for job_id in self.summary.rebuild_jobs:
-            job = wait_job(self.client, job_id, self.poll, stop=self.stop)
+            job = self.client.wait(job_id, poll=self.poll, stop=self.stop)
             version = (job.get("result") or {}).get("version")
             if version is not None:
                 self.summary.index_version = max(version, self.summary.index_version or 0)

