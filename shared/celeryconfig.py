@@ -39,12 +39,13 @@ def celery_config(settings: Settings) -> dict:
            tasknames.COLLECT_VERSIONS: {"queue": tasknames.QUEUE_INDEX}},
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        # `celery beat` (or a worker started with -B) sends the sweep; a sweep lock in Redis makes a
-        # second beat harmless. Often enough that a stale job waits little past the threshold.
+        # Every worker runs recovery, the sweep and version collection from its own housekeeping thread
+        # (workers/housekeeping.py), so none of it waits behind a long rebuild and beat is optional.
+        # A beat, if one runs, also sends them as tasks; locks in Redis make the duplicates harmless.
         "beat_schedule": {
             "swapline-sweep": {
-                "task": tasknames.SWEEP, "schedule": sweep_interval(settings),
-                "options": {"queue": tasknames.QUEUE_INDEX, "expires": sweep_interval(settings)}},
+                "task": tasknames.SWEEP, "schedule": settings.sweep_interval,
+                "options": {"queue": tasknames.QUEUE_INDEX, "expires": settings.sweep_interval}},
             # Rebuilds collect old versions when they publish; this catches versions that stopped
             # being served later (an API process swapped away or went down).
             "swapline-collect-versions": {
@@ -52,10 +53,6 @@ def celery_config(settings: Settings) -> dict:
                 "options": {"queue": tasknames.QUEUE_INDEX, "expires": settings.collect_versions_seconds}},
         },
     }
-
-
-def sweep_interval(settings: Settings) -> float:
-    return float(min(60, max(5, settings.sweep_stale_seconds // 5)))
 
 
 def make_celery(settings: Settings, main: str = "swapline") -> Celery:

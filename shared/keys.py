@@ -93,6 +93,16 @@ def sweep_lock() -> str:
     return _k("sweep", "lock")
 
 
+def recover_lock() -> str:
+    """Held (with a TTL) by the one recovery check running now: every worker runs it, one at a time."""
+    return _k("recover", "lock")
+
+
+def collect_lock() -> str:
+    """Held (with a TTL) by the one version collection running now."""
+    return _k("collect", "lock")
+
+
 # Events, swaps and replicas
 def events() -> str:
     """Stream of job and index events; entry ids are the SSE event ids."""

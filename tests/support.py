@@ -39,6 +39,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last error: {last_error!r})")
 
 
+def held_lease(client, collection: str, holder: str, fence: int):
+    """Make `holder` the collection's lease holder at `fence` (as the lock script would), for unit tests
+    of what only a lease holder may do."""
+    from shared import keys
+    from shared.store.locks import Lease
+
+    client.set(keys.lock(collection), f"{holder}|{fence}", px=60_000)
+    return Lease(collection, holder, fence)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

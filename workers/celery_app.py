@@ -13,10 +13,13 @@ from functools import cache
 from celery import Celery
 
 from shared.celeryconfig import celery_config, enqueue
+from shared.jobs.liveness import Keepalive
 from shared.services import Services, build_services
 from shared.settings import Settings, load_settings
+from workers.housekeeping import Housekeeping
 
 app = Celery("swapline", include=["workers.tasks"])
+app.steps["worker"].add(Housekeeping)
 
 
 @cache
@@ -27,6 +30,7 @@ def settings() -> Settings:
 app.add_defaults(lambda: celery_config(settings()))
 
 _services: dict[int, Services] = {}
+_keepalive: dict[int, Keepalive] = {}
 
 
 def services() -> Services:
@@ -39,3 +43,12 @@ def services() -> Services:
         _services[pid] = build_services(s, lambda kind, job_id: enqueue(app, kind, job_id),
                                         torch_threads=s.worker_torch_threads)
     return _services[pid]
+
+
+def keepalive() -> Keepalive:
+    """This process's keepalive thread (started on first use, after the fork)."""
+    pid = os.getpid()
+    if pid not in _keepalive:
+        _keepalive.clear()
+        _keepalive[pid] = Keepalive(services())
+    return _keepalive[pid]

@@ -89,6 +89,12 @@ class JobSchema(Schema):
     result = fields.Dict(allow_none=True)
     cancel_requested = fields.Boolean(metadata={
         "description": "cancel was requested while the job ran; it stops at its next step boundary"})
+    attempts = fields.Integer(metadata={
+        "description": "how many times a worker started the job (more than 1 after a worker was lost or a "
+                       "transient error; at most SWAPLINE_JOB_MAX_ATTEMPTS lost runs before it fails)"})
+    retryable = fields.Boolean(metadata={
+        "description": "the job failed for a transient reason (e.g. the data volume was full): making the "
+                       "same request again can succeed"})
 
 
 class JobListQuerySchema(StrictSchema):
