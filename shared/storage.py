@@ -44,6 +44,9 @@ class StorageFull(OSError):
                                       f"({cause.strerror or cause}); free space on it, then retry")
         self.what = what
 
+    def __str__(self) -> str:
+        return self.strerror
+
 
 def reraise(exc: BaseException, what: str) -> NoReturn:
     """Raise `exc` again, as StorageFull when it says the volume is full (call from an except block)."""

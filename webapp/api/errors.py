@@ -12,6 +12,7 @@ from flask_smorest import Api as _Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 
 from shared.jobs.model import QueueFull
+from shared.storage import StorageFull
 from webapp.api import apidoc, auth
 from webapp.api.schemas import ErrorSchema
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 ERROR_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid",
-    429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+    429: "too_many_requests", 500: "internal_error", 503: "unavailable", 507: "insufficient_storage",
 }
 JSON_VALUES = (str, int, float, bool, list, dict, type(None))
 
@@ -72,6 +73,7 @@ class Api(_Api):
         self._app.register_error_handler(redis.ConnectionError, self.handle_redis_down)
         self._app.register_error_handler(redis.TimeoutError, self.handle_redis_down)
         self._app.register_error_handler(QueueFull, lambda full: self.handle_http_exception(queue_full_error(full)))
+        self._app.register_error_handler(StorageFull, self.handle_storage_full)
         self._app.register_error_handler(Exception, self.handle_unexpected)
 
     def handle_http_exception(self, error: HTTPException):
@@ -101,6 +103,11 @@ class Api(_Api):
         log.error("event=http.redis_unavailable error=%r", str(error))
         payload = {"code": "unavailable", "message": "Redis is unavailable; retry shortly"}
         return payload, 503, {"Retry-After": "5"}
+
+    def handle_storage_full(self, error: StorageFull):
+        log.error("event=http.storage_full error=%r", str(error))
+        return {"code": ERROR_CODES[507], "message": f"{error.strerror}; nothing was created"}, 507, {
+            "Retry-After": str(RETRY_AFTER_SECONDS * 12)}
 
     def handle_unexpected(self, error: Exception):
         if isinstance(error, HTTPException):  # handled above; kept for safety when MRO ties

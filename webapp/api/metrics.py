@@ -64,6 +64,14 @@ class RedisCollector:
         yield published
         yield vectors
 
+        failing = GaugeMetricFamily("swapline_index_load_failing", "Attempts at loading a version an API process "
+                                    "could not load (0 series when every process loads what is published)",
+                                    labels=["collection", "replica", "version"])
+        for replica, failed in sorted(svc.replicas.failures().items()):
+            for name, failure in sorted(failed.items()):
+                failing.add_metric([name, replica, str(failure.get("version"))], failure.get("attempts", 1))
+        yield failing
+
         rate = GaugeMetricFamily("swapline_embed_rate", "Chunks embedded per second by the newest ingest job")
         rate.add_metric([], embed_rate or 0.0)
         yield rate

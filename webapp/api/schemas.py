@@ -115,7 +115,7 @@ class JobListSchema(Schema):
 class SearchQuerySchema(StrictSchema):
     query = fields.String(required=True, validate=validate.Length(min=1), metadata={
         "description": "at most SWAPLINE_MAX_QUERY_CHARS characters (default 2000), else 422"})
-    k = fields.Integer(load_default=10, validate=validate.Range(min=1), metadata={
+    k = fields.Integer(load_default=10, strict=True, validate=validate.Range(min=1), metadata={
         "description": "hits to return; at most SWAPLINE_MAX_K (default 100), else 422"})
 
 
@@ -166,6 +166,9 @@ class CollectionStatusSchema(CollectionSchema):
     replicas = fields.Dict(keys=fields.String(), values=fields.Integer(allow_none=True),
                            metadata={"description": "API process id -> version it serves"})
     converged = fields.Boolean(metadata={"description": "every live API process serves the published version"})
+    load_failures = fields.List(fields.Dict(), metadata={
+        "description": "versions API processes could not load (damaged or unreadable files): replica, version, "
+                       "error, attempts, since. Each keeps serving what it served and retries with backoff."})
 
 
 class VersionSchema(Schema):
@@ -186,4 +189,4 @@ class VersionListSchema(Schema):
 
 
 class RollbackSchema(StrictSchema):
-    version = fields.Integer(required=True, validate=validate.Range(min=1))
+    version = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
