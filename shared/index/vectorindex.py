@@ -173,11 +173,20 @@ def load_npy(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+def read_index(directory: Path, manifest: dict) -> faiss.Index:
+    """The version's FAISS index, memory-mapped (see LoadedVersion)."""
+    flag = faiss.IO_FLAG_MMAP if manifest.get("kind") == KIND_IVF else faiss.IO_FLAG_MMAP_IFC
+    try:
+        return faiss.read_index(str(directory / INDEX_FILE), flag)
+    except RuntimeError as exc:
+        raise VerifyFailed(f"{directory / INDEX_FILE} cannot be read: {str(exc)[-200:]}") from exc
+
+
 def verify_version(directory: Path) -> dict:
     """Load what was written and check it against the manifest; returns the manifest."""
     manifest = read_manifest(directory)
     check_files(directory, manifest)
-    index = faiss.read_index(str(directory / INDEX_FILE))
+    index = read_index(directory, manifest)
     if index.ntotal != manifest["vectors"] or index.d != manifest["dim"]:
         raise VerifyFailed(f"index has {index.ntotal}x{index.d}, manifest says {manifest['vectors']}x{manifest['dim']}")
     _check_offsets(directory, load_npy(directory / OFFSETS_FILE), manifest)
@@ -208,12 +217,12 @@ class LoadedVersion:
             raise VerifyFailed(f"{directory} holds version {self.manifest.get('version')}, not {version}")
         # Checked before FAISS or numpy read a length from any of the files.
         check_files(directory, self.manifest)
+        # Memory-mapped: loads in milliseconds whatever the size, and a length field in the file that
+        # claims more than the file holds is refused by FAISS instead of allocated; warm() faults the
+        # pages in before the swap.
+        self.index = read_index(directory, self.manifest)
         if self.manifest.get("kind") == KIND_IVF:
-            # Memory-mapped: loads in milliseconds whatever the size; warm() faults pages in before the swap.
-            self.index = faiss.read_index(str(directory / INDEX_FILE), faiss.IO_FLAG_MMAP)
             faiss.extract_index_ivf(self.index).nprobe = int(self.manifest.get("nprobe", 32))
-        else:
-            self.index = faiss.read_index(str(directory / INDEX_FILE))
         if self.index.ntotal != self.manifest["vectors"] or self.index.d != self.manifest["dim"]:
             raise VerifyFailed(f"index in {directory} does not match its manifest")
         self.offsets = load_npy(directory / OFFSETS_FILE)
