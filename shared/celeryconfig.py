@@ -11,6 +11,11 @@ from shared.settings import Settings
 
 def celery_config(settings: Settings) -> dict:
     transport = {"visibility_timeout": settings.visibility_timeout}
+    if settings.visibility_timeout_seconds:
+        # kombu looks for unacked messages past the timeout every interval x throttle seconds (100 s by
+        # default); a timeout set shorter than the default one is looked for as often as it is short.
+        transport |= {"unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 2)),
+                      "unacked_restore_throttle": 1}
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,

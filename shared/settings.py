@@ -47,6 +47,9 @@ class Settings:
     rebuild_retry_seconds: float = 2.0
     task_soft_time_limit: int = 3300
     task_time_limit: int = 3600
+    # Redis redelivers a task not acked for this long; 0: the hard time limit plus 600 s, so a task that
+    # still runs is never handed to a second worker (a duplicate delivery does nothing anyway).
+    visibility_timeout_seconds: int = 0
     watcher_poll_seconds: float = 2.0
     replica_ttl_seconds: int = 30
     api_torch_threads: int = 1
@@ -97,9 +100,9 @@ class Settings:
 
     @property
     def visibility_timeout(self) -> int:
-        """Redis redelivers an unacked task after this long: above the hard limit, so a task that is
-        still running (late acks) is never handed to a second worker."""
-        return self.task_time_limit + 600
+        """Redis redelivers an unacked task after this long: by default above the hard limit, so a task
+        that is still running (late acks) is never handed to a second worker."""
+        return self.visibility_timeout_seconds or self.task_time_limit + 600
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from shared.settings import Settings
-from tests.support import Proc, free_port, start_api, start_worker, wait_for
+from tests.support import Proc, free_port, start_api, start_beat, start_worker, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -77,6 +77,17 @@ def procs(tmp_path):
             proc, base = start_api(settings, tmp_path, **kw)
             started.append(proc)
             return base
+
+        def api_proc(self, settings, **kw):
+            """The API process and its base URL (to stop it, read its log)."""
+            proc, base = start_api(settings, tmp_path, **kw)
+            started.append(proc)
+            return proc, base
+
+        def beat(self, settings):
+            proc = start_beat(settings, tmp_path)
+            started.append(proc)
+            return proc
 
     yield Starter()
     for proc in reversed(started):

@@ -119,6 +119,52 @@ def start_api(settings: Settings, log_dir: Path, name: str = "api1", threads: in
     return proc, base
 
 
+def start_beat(settings: Settings, log_dir: Path) -> Proc:
+    """A real `celery beat` process (its schedule file in `log_dir`)."""
+    proc = Proc("beat", [str(BIN / "celery"), "-A", "workers.celery_app", "beat", "--loglevel", "INFO",
+                         "--schedule", str(log_dir / "celerybeat-schedule")], child_env(settings), log_dir)
+    wait_for(lambda: ("beat: Starting" in proc.log()) or not proc.alive() and _died(proc), timeout=60,
+             message="beat started")
+    return proc
+
+
+class RedisServer:
+    """A redis-server a test owns (append-only file on, so a restart keeps everything), on a port it
+    keeps across restarts."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.popen: subprocess.Popen | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.start()
+
+    def start(self) -> None:
+        import redis
+
+        self.popen = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "everysec", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: client.ping(), timeout=20, message="redis-server to answer PING")
+        client.close()
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM: Redis flushes its append-only file and exits)."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            self.popen.wait(20)
+
+
+def pool_children(proc: Proc) -> list[int]:
+    """The pids of a celery worker's pool processes."""
+    import psutil
+
+    return [child.pid for child in psutil.Process(proc.popen.pid).children(recursive=True)]
+
+
 def _died(proc: Proc):
     raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()[-4000:]}")
 

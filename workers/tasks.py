@@ -15,6 +15,7 @@ from shared.errors import JobCanceled, JobInputError, LockBusy
 from shared.jobs.deletion import run_delete, run_drop
 from shared.jobs.housekeeping import collect_all
 from shared.jobs.ingest import run_ingest
+from shared.jobs.liveness import another_run_is_live, runner_id
 from shared.jobs.model import JobNotFound
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.sweep import sweep as run_sweep
@@ -54,7 +55,12 @@ def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None)
 
 
 def _attempt(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | None, unrecorded: list[int]) -> None:
-    executions, lost = svc.jobs.begin_attempt(job_id, ended_meanwhile=unrecorded[0])
+    me = runner_id()
+    if another_run_is_live(svc, job_id, me):
+        log.warning("event=task.duplicate job=%s (another run of the job is alive; this delivery does nothing)",
+                    job_id)
+        return
+    executions, lost = svc.jobs.begin_attempt(job_id, me, ended_meanwhile=unrecorded[0])
     unrecorded[0] = 0
     try:
         if lost >= svc.settings.job_max_attempts:
@@ -68,7 +74,7 @@ def _attempt(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | Non
     finally:
         # Not reached when the process dies: an execution without its end is a lost one.
         try:
-            svc.jobs.end_attempt(job_id)
+            svc.jobs.end_attempt(job_id, me)
         except TRANSIENT:
             unrecorded[0] += 1
             raise

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
+import time
 
 import redis
 
+from shared.jobs.model import RUNNING
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -70,3 +74,36 @@ class Keepalive:
                 log.exception("event=keepalive.error")
                 wait = min(RETRY_SECONDS, self.interval)
             self._wake.wait(wait)
+
+
+def runner_id() -> str:
+    """Who runs a job: host and process, so a redelivery on the same host can tell a dead run at once."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive_here(runner: str) -> bool | None:
+    """Whether the process named by `runner` lives, when it ran on this host (None: another host)."""
+    host, _, pid = runner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def another_run_is_live(svc: Services, job_id: str, me: str) -> bool:
+    """True when a delivery of a running job finds another run of it still alive: its process lives
+    (when it is on this host) and its heartbeat is fresher than the lease. Such a delivery is a
+    duplicate (kombu restoring a message past the visibility timeout, say) and must do nothing: the
+    live run finishes the job, and should it die, the recovery check sends the job again. A run that
+    died (gone from this host, or silent for a whole lease) is taken over at once."""
+    state, heartbeat, runner = svc.jobs.run_info(job_id)
+    if state != RUNNING or not runner or runner == me:
+        return False
+    if _alive_here(runner) is False:
+        return False
+    return time.time() - heartbeat < svc.settings.lock_ttl_seconds

@@ -139,6 +139,8 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     lap("merge")
 
     step = _Step(svc, job_id, lease, len(records))
+    log.info("event=rebuild.building job=%s collection=%s fence=%s vectors=%s", job_id, collection, lease.fence,
+             len(records))
     approximate = len(records) >= svc.settings.approx_threshold
     if approximate:
         index = build_ivf(vectors, svc.settings.build_step, step, svc.settings.ivf_nprobe)

@@ -227,12 +227,14 @@ class JobStore:
     # ends (whatever its outcome: done, failed, handed back for a retry) counts an end. An execution
     # that never ended was lost with its worker (killed, crashed, out of memory).
 
-    def begin_attempt(self, job_id: str, ended_meanwhile: int = 0) -> tuple[int, int]:
-        """Count an execution of the job (and `ended_meanwhile` ends its caller could not record);
-        returns (executions so far, executions lost before this one); (0, 0) for a job that is gone."""
+    def begin_attempt(self, job_id: str, runner: str, ended_meanwhile: int = 0) -> tuple[int, int]:
+        """Count an execution of the job by `runner` (and `ended_meanwhile` ends its caller could not
+        record); returns (executions so far, executions lost before this one); (0, 0) for a job that is
+        gone."""
         if not self.r.exists(keys.job(job_id)):
             return 0, 0
         pipe = self.r.pipeline(transaction=True)
+        pipe.hset(keys.job(job_id), "runner", runner)
         pipe.hincrby(keys.job(job_id), "executions", 1)
         if ended_meanwhile:
             pipe.hincrby(keys.job(job_id), "ended", ended_meanwhile)
@@ -240,9 +242,27 @@ class JobStore:
         executions, *_, ended = pipe.execute()
         return int(executions), max(0, int(executions) - 1 - int(ended or 0))
 
-    def end_attempt(self, job_id: str) -> None:
-        if self.r.exists(keys.job(job_id)):
-            self.r.hincrby(keys.job(job_id), "ended", 1)
+    def end_attempt(self, job_id: str, runner: str) -> None:
+        """Count the end of `runner`'s execution and forget it as the job's runner (if it still is)."""
+        key = keys.job(job_id)
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if not pipe.exists(key):
+                    return
+                mine = pipe.hget(key, "runner") == runner
+                pipe.multi()
+                pipe.hincrby(key, "ended", 1)
+                if mine:
+                    pipe.hdel(key, "runner")
+                pipe.execute()
+            except redis.WatchError:  # the job changed meanwhile (another run began): count the end only
+                self.r.hincrby(key, "ended", 1)
+
+    def run_info(self, job_id: str) -> tuple[str | None, float, str | None]:
+        """(state, heartbeat, runner) of the job."""
+        state, heartbeat, runner = self.r.hmget(keys.job(job_id), "state", "heartbeat", "runner")
+        return state, float(heartbeat or 0), runner
 
     def running_ids(self) -> set[str]:
         return self.r.smembers(keys.running())
