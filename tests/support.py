@@ -107,15 +107,17 @@ def start_worker(settings: Settings, log_dir: Path, name: str = "w1", queues: st
 
 
 def start_api(settings: Settings, log_dir: Path, name: str = "api1", threads: int = 8, workers: int = 1,
-              **extra_env: str) -> tuple[Proc, str]:
-    """A real API process under gunicorn on a free port; returns once /readyz answers 200."""
+              ready: bool = True, **extra_env: str) -> tuple[Proc, str]:
+    """A real API process under gunicorn on a free port; returns once /readyz answers 200 (or, with
+    `ready=False`, once /healthz does: a process that may never be ready)."""
     port = free_port()
     proc = Proc(name, [str(BIN / "gunicorn"), "-c", GUNICORN_CONFIG, "--bind", f"127.0.0.1:{port}",
                        "--workers", str(workers), "--threads", str(threads), "webapp:create_app()"],
                 child_env(settings, **extra_env), log_dir)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: (not proc.alive() and _died(proc)) or requests.get(f"{base}/readyz", timeout=2).status_code == 200,
-             timeout=90, message=f"{name} ready")
+    probe = "/readyz" if ready else "/healthz"
+    wait_for(lambda: (not proc.alive() and _died(proc)) or requests.get(f"{base}{probe}", timeout=2).status_code == 200,
+             timeout=90, message=f"{name} {probe}")
     return proc, base
 
 

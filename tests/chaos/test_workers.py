@@ -19,8 +19,8 @@ from shared import keys
 from tests.chaos.conftest import (
     SearchLoad,
     job,
-    publishes,
     published,
+    publishes,
     rebuild,
     serving,
     stage_documents,
