@@ -45,17 +45,17 @@ def _stale_candidates(svc: Services, stale_before: float) -> list[dict]:
     if not ids:
         return []
     rows = svc.jobs.fields_many([job_id for job_id, _ in ids], "state", "kind", "collection", "heartbeat",
-                                "created_at")
+                                "created_at", "requeued_at")
     out = []
     for (job_id, listed), fields in zip(ids, rows, strict=True):
-        state, kind, collection, heartbeat, created_at = fields
+        state, kind, collection, heartbeat, created_at, requeued_at = fields
         if listed == RUNNING and state != RUNNING:
             svc.jobs.forget_running(job_id)  # finished by the publish script, or deleted
             continue
         if state != listed or not kind:
             continue
-        if float(heartbeat or created_at or 0) >= stale_before:
-            continue
+        if max(float(heartbeat or created_at or 0), float(requeued_at or 0)) >= stale_before:
+            continue  # heard from, or sent again, within the last lease
         if state == RUNNING and kind in ("rebuild", "drop"):
             holder = svc.locks.holder(collection)
             if holder and holder["job_id"] == job_id:

@@ -216,10 +216,12 @@ class JobStore:
             self.r.hset(keys.job(job_id), "heartbeat", time.time())
 
     def mark_requeued(self, job_id: str) -> None:
-        """The sweeper sent the job's task again: a fresh heartbeat, and one more requeue counted."""
+        """The recovery check sent the job's task again: when (so the next check waits a lease before
+        sending it again) and one more requeue counted. The heartbeat stays as it was: it tells the
+        delivery whether the run it replaces is still alive."""
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(keys.job(job_id), mapping={"heartbeat": now, "requeued_at": now})
+        pipe.hset(keys.job(job_id), mapping={"requeued_at": now})
         pipe.hincrby(keys.job(job_id), "requeues", 1)
         pipe.execute()
 
@@ -239,7 +241,7 @@ class JobStore:
         if ended_meanwhile:
             pipe.hincrby(keys.job(job_id), "ended", ended_meanwhile)
         pipe.hget(keys.job(job_id), "ended")
-        executions, *_, ended = pipe.execute()
+        _, executions, *_, ended = pipe.execute()
         return int(executions), max(0, int(executions) - 1 - int(ended or 0))
 
     def end_attempt(self, job_id: str, runner: str) -> None:
