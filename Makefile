@@ -24,13 +24,13 @@ run: $(STAMP) ## Start Redis, workers, API and Flower; load the sample corpus; p
 
 test: $(STAMP) ## Run the whole test suite (unit, integration, real model, browser), then the chaos tests serially
 	$(PY) -m pytest -m "not chaos"
-	$(PY) -m pytest -m chaos -p no:randomly
+	$(PY) -m pytest -m chaos
 
 test-fast: $(STAMP) ## Unit tests only (fakeredis, hashing embedder): needs no redis-server, worker, model or browser
 	$(PY) -m pytest -m "not integration and not model and not browser and not chaos"
 
 test-chaos: $(STAMP) ## Only the chaos tests (faults injected into real processes at default timeouts; ~10 min)
-	$(PY) -m pytest -m chaos -p no:randomly
+	$(PY) -m pytest -m chaos
 
 bench: $(STAMP) ## Benchmark ingest and search against the raw model and raw FAISS
 	$(PY) -m tests.bench

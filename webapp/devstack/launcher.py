@@ -1,8 +1,8 @@
 """`make run`: the whole stack on one machine, owned by one command.
 
 Redis (SWAPLINE_REDIS_URL, or an embedded redis-server with its data under ./var/redis), one Celery
-worker for the ingest and index queues, Celery beat (the sweeper's clock), the API under gunicorn and
-Flower run as child processes with prefixed, colored output. On first start the sample collection
+worker for the ingest and index queues, Celery beat (optional: workers run the sweep themselves), the
+API under gunicorn and Flower run as child processes with prefixed, colored output. On first start the sample collection
 `keps` is loaded over the REST API; the URLs are printed once it is searchable. Ctrl-C stops everything,
 Redis last; a child that dies stops the stack and the launcher exits 1.
 
