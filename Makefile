@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test test-fast bench lint clean
+.PHONY: help install run test test-fast test-chaos bench lint clean
 
 help: ## List targets with one-line descriptions
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -22,11 +22,15 @@ install: $(STAMP) ## Create .venv (if missing) and install Swapline with test ex
 run: $(STAMP) ## Start Redis, workers, API and Flower; load the sample corpus; print URLs
 	$(PY) -m webapp.devstack
 
-test: $(STAMP) ## Run the whole test suite (unit, integration, real model, browser)
-	$(PY) -m pytest
+test: $(STAMP) ## Run the whole test suite (unit, integration, real model, browser), then the chaos tests serially
+	$(PY) -m pytest -m "not chaos"
+	$(PY) -m pytest -m chaos
 
 test-fast: $(STAMP) ## Unit tests only (fakeredis, hashing embedder): needs no redis-server, worker, model or browser
-	$(PY) -m pytest -m "not integration and not model and not browser"
+	$(PY) -m pytest -m "not integration and not model and not browser and not chaos"
+
+test-chaos: $(STAMP) ## Only the chaos tests (faults injected into real processes at default timeouts; ~10 min)
+	$(PY) -m pytest -m chaos
 
 bench: $(STAMP) ## Benchmark ingest and search against the raw model and raw FAISS
 	$(PY) -m tests.bench

@@ -11,6 +11,11 @@ from shared.settings import Settings
 
 def celery_config(settings: Settings) -> dict:
     transport = {"visibility_timeout": settings.visibility_timeout}
+    if settings.visibility_timeout_seconds:
+        # kombu looks for unacked messages past the timeout every interval x throttle seconds (100 s by
+        # default); a timeout set shorter than the default one is looked for as often as it is short.
+        transport |= {"unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 2)),
+                      "unacked_restore_throttle": 1}
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,
@@ -42,12 +47,13 @@ def celery_config(settings: Settings) -> dict:
         # Beat writes its schedule file after every task it sends: `python -m workers.health beat`
         # reads the file's age (beat answers no pings).
         "beat_sync_every": 1,
-        # `celery beat` (or a worker started with -B) sends the sweep; a sweep lock in Redis makes a
-        # second beat harmless. Often enough that a stale job waits little past the threshold.
+        # Every worker runs recovery, the sweep and version collection from its own housekeeping thread
+        # (workers/housekeeping.py), so none of it waits behind a long rebuild and beat is optional.
+        # A beat, if one runs, also sends them as tasks; locks in Redis make the duplicates harmless.
         "beat_schedule": {
             "swapline-sweep": {
-                "task": tasknames.SWEEP, "schedule": sweep_interval(settings),
-                "options": {"queue": tasknames.QUEUE_INDEX, "expires": sweep_interval(settings)}},
+                "task": tasknames.SWEEP, "schedule": settings.sweep_interval,
+                "options": {"queue": tasknames.QUEUE_INDEX, "expires": settings.sweep_interval}},
             # Rebuilds collect old versions when they publish; this catches versions that stopped
             # being served later (an API process swapped away or went down).
             "swapline-collect-versions": {
@@ -55,10 +61,6 @@ def celery_config(settings: Settings) -> dict:
                 "options": {"queue": tasknames.QUEUE_INDEX, "expires": settings.collect_versions_seconds}},
         },
     }
-
-
-def sweep_interval(settings: Settings) -> float:
-    return float(min(60, max(5, settings.sweep_stale_seconds // 5)))
 
 
 def make_celery(settings: Settings, main: str = "swapline") -> Celery:

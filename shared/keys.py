@@ -104,6 +104,16 @@ def embed_seconds() -> str:
     return _k("counters", "embed_seconds")
 
 
+def recover_lock() -> str:
+    """Held (with a TTL) by the one recovery check running now: every worker runs it, one at a time."""
+    return _k("recover", "lock")
+
+
+def collect_lock() -> str:
+    """Held (with a TTL) by the one version collection running now."""
+    return _k("collect", "lock")
+
+
 # Events, swaps and replicas
 def events() -> str:
     """Stream of job and index events; entry ids are the SSE event ids."""

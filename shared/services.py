@@ -40,6 +40,8 @@ class Services:
     history: JobHistory
     locks: RebuildLocks
     sweep_lock: TokenLock
+    recover_lock: TokenLock
+    collect_lock: TokenLock
     pointers: Pointers
     collections: CollectionStore
     replicas: ReplicaStore
@@ -77,6 +79,8 @@ def build_services(settings: Settings, enqueue: Callable[[str, str], None], torc
         history=JobHistory(client),
         locks=RebuildLocks(client, settings.lock_ttl_seconds),
         sweep_lock=TokenLock(client, keys.sweep_lock()),
+        recover_lock=TokenLock(client, keys.recover_lock()),
+        collect_lock=TokenLock(client, keys.collect_lock()),
         pointers=Pointers(client, settings.versions_keep, settings.events_max_len),
         collections=CollectionStore(client),
         replicas=ReplicaStore(client, settings.replica_ttl_seconds),

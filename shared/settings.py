@@ -39,10 +39,18 @@ class Settings:
     # search is measured and kept in the manifest); below it, exact search is fast enough.
     approx_threshold: int = 200_000
     ivf_nprobe: int = 32
+    # The lease of a collection's rebuild lock, and the liveness of every running job: a worker's
+    # keepalive thread refreshes both every quarter of it; a running job not heard from for this long
+    # (and holding no lease) is sent again by the recovery check every worker runs.
     lock_ttl_seconds: int = 60
+    # Runs of one job lost with their worker (killed, crashed) before the job fails instead.
+    job_max_attempts: int = 3
     rebuild_retry_seconds: float = 2.0
     task_soft_time_limit: int = 3300
     task_time_limit: int = 3600
+    # Redis redelivers a task not acked for this long; 0: the hard time limit plus 600 s, so a task that
+    # still runs is never handed to a second worker (a duplicate delivery does nothing anyway).
+    visibility_timeout_seconds: int = 0
     watcher_poll_seconds: float = 2.0
     replica_ttl_seconds: int = 30
     api_torch_threads: int = 1
@@ -67,7 +75,7 @@ class Settings:
     sse_heartbeat_seconds: float = 15.0
     sse_max_seconds: float = 300.0
     sse_send_timeout_seconds: float = 30.0
-    sse_max_streams: int = 64
+    sse_max_streams: int = 128
     # Search results cached per served version (dropped on swap); 0 turns the cache off.
     search_cache_size: int = 512
     # "text": key=value lines; "json": one JSON object per line (shared/logs.py).
@@ -84,10 +92,22 @@ class Settings:
             raise SettingsError("SWAPLINE_TASK_TIME_LIMIT must be above SWAPLINE_TASK_SOFT_TIME_LIMIT")
 
     @property
+    def keepalive_seconds(self) -> float:
+        """How often a worker refreshes its running jobs' heartbeats and its leases, and how often each
+        worker checks for jobs whose worker is gone: a quarter of the lease, so a lost run is sent again
+        within about twice the lease."""
+        return max(0.25, self.lock_ttl_seconds / 4)
+
+    @property
+    def sweep_interval(self) -> float:
+        """How often the sweep runs (history retention, orphaned staged batches)."""
+        return float(min(60, max(5, self.sweep_stale_seconds // 5)))
+
+    @property
     def visibility_timeout(self) -> int:
-        """Redis redelivers an unacked task after this long: above the hard limit, so a task that is
-        still running (late acks) is never handed to a second worker."""
-        return self.task_time_limit + 600
+        """Redis redelivers an unacked task after this long: by default above the hard limit, so a task
+        that is still running (late acks) is never handed to a second worker."""
+        return self.visibility_timeout_seconds or self.task_time_limit + 600
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)

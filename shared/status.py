@@ -40,6 +40,8 @@ def collection_status(svc: Services, name: str) -> dict:
         lock["since"] = iso_time(svc.jobs.field(lock["job_id"], "started_at"))
     replicas = svc.replicas.versions()
     served = {rid: versions.get(name) for rid, versions in replicas.items()}
+    load_failures = [{"replica": rid, **failed[name]} for rid, failed in sorted(svc.replicas.failures().items())
+                     if name in failed]
     return {
         "name": name,
         "documents": info["documents"],
@@ -52,6 +54,7 @@ def collection_status(svc: Services, name: str) -> dict:
         "pending_rebuild": svc.locks.pending(name),
         "lock": lock,
         "replicas": served,
+        "load_failures": load_failures,
         "converged": bool(pointer) and bool(served) and all(v == pointer["version"] for v in served.values()),
     }
 

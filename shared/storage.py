@@ -6,28 +6,80 @@ Layout (under `data_dir`):
     indexes/{collection}/v{version}/ immutable: index.faiss, chunks.jsonl, offsets.npy, manifest.json
 
 Everything is written under a temporary name, fsynced, and renamed into place, so a reader never sees
-a half-written file or directory. Names come only from validated collection names, hex job ids and
+a half-written file or directory; every write, flush, fsync and close is checked, and what a failed
+write leaves behind is removed at once. A full volume raises `StorageFull` (retryable: the same request
+can succeed once space is freed). Names come only from validated collection names, hex job ids and
 integers, and every path is checked to stay inside the data dir.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from shared.names import is_collection_name, is_job_id
 
 TMP_PREFIX = ".tmp-"
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class UnsafePath(ValueError):
     pass
+
+
+class StorageFull(OSError):
+    """The data volume has no room for a write (or the quota is used up). Nothing half-written stays."""
+
+    def __init__(self, what: str, cause: OSError):
+        super().__init__(cause.errno, f"no space left on the data volume while writing {what} "
+                                      f"({cause.strerror or cause}); free space on it, then retry")
+        self.what = what
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def reraise(exc: BaseException, what: str) -> NoReturn:
+    """Raise `exc` again, as StorageFull when it says the volume is full (call from an except block)."""
+    if isinstance(exc, OSError) and not isinstance(exc, StorageFull) and exc.errno in DISK_FULL:
+        raise StorageFull(what, exc) from exc
+    raise exc
+
+
+class _Stream:
+    """A plain writable for numpy: given a real file, numpy writes with C stdio and reports a short write
+    without errno ("N requested and M written"); through this it calls write() and gets the OSError."""
+
+    def __init__(self, fh):
+        self.write = fh.write
+
+
+def write_npy(fh, array: np.ndarray) -> None:
+    np.lib.format.write_array(_Stream(fh), np.ascontiguousarray(array), allow_pickle=False)
+
+
+@contextlib.contextmanager
+def written(path: Path, what: str):
+    """Write one file in place of `path` through the binary handle this yields: the data is flushed and
+    fsynced and the handle closed (each checked) before the block ends. On any failure the partial file
+    is removed and a full volume raises StorageFull."""
+    try:
+        with open(path, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException as exc:
+        path.unlink(missing_ok=True)
+        reraise(exc, what)
 
 
 def fsync_dir(path: Path) -> None:
@@ -104,16 +156,23 @@ class Storage:
     # staging
 
     def write_staging(self, job_id: str, documents: Iterable[dict]) -> Path:
+        """Stage a batch; raises StorageFull (leaving nothing behind) when the volume is full."""
         path = self.staging_path(job_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reraise(exc, "a staged batch")
         tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with written(tmp, "a staged batch") as fh:
             for doc in documents:
-                fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
+                fh.write(json.dumps(doc, ensure_ascii=False).encode("utf-8") + b"\n")
+        try:
+            os.rename(tmp, path)
+            fsync_dir(path.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            reraise(exc, "a staged batch")
         return path
 
     def read_staging(self, job_id: str) -> list[dict]:
@@ -132,17 +191,21 @@ class Storage:
         if len(records) != len(vectors):
             raise ValueError("records and vectors differ in length")
         final = self.segment_dir(collection, seq)
-        tmp = self.temp_dir(final.parent, f"seg{seq}")
+        tmp = None
         try:
-            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as fh:
+            tmp = self.temp_dir(final.parent, f"seg{seq}")
+            with written(tmp / "chunks.jsonl", "a segment") as fh:
                 for rec in records:
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            np.save(tmp / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
-            (tmp / "meta.json").write_text(json.dumps({**meta, "seq": seq, "chunks": len(records)}))
+                    fh.write(json.dumps(rec, ensure_ascii=False).encode("utf-8") + b"\n")
+            with written(tmp / "vectors.npy", "a segment") as fh:
+                write_npy(fh, vectors.astype(np.float32, copy=False))
+            with written(tmp / "meta.json", "a segment") as fh:
+                fh.write(json.dumps({**meta, "seq": seq, "chunks": len(records)}).encode())
             self.commit_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        except BaseException as exc:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            reraise(exc, "a segment")
         return final
 
     def read_segment_meta(self, collection: str, seq: int) -> dict:

@@ -11,7 +11,7 @@ import redis
 
 from shared.settings import Settings
 from tests.browser import CHROMIUM_ARGS, ChromiumMissing, pick_chromium
-from tests.support import Proc, start_api, start_redis_server, start_worker
+from tests.support import Proc, start_api, start_beat, start_redis_server, start_worker
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -67,6 +67,17 @@ def procs(tmp_path):
             proc, base = start_api(settings, tmp_path, **kw)
             started.append(proc)
             return base
+
+        def api_proc(self, settings, **kw):
+            """The API process and its base URL (to stop it, read its log)."""
+            proc, base = start_api(settings, tmp_path, **kw)
+            started.append(proc)
+            return proc, base
+
+        def beat(self, settings):
+            proc = start_beat(settings, tmp_path)
+            started.append(proc)
+            return proc
 
     yield Starter()
     for proc in reversed(started):

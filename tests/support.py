@@ -41,6 +41,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last error: {last_error!r})")
 
 
+def held_lease(client, collection: str, holder: str, fence: int):
+    """Make `holder` the collection's lease holder at `fence` (as the lock script would), for unit tests
+    of what only a lease holder may do."""
+    from shared import keys
+    from shared.store.locks import Lease
+
+    client.set(keys.lock(collection), f"{holder}|{fence}", px=60_000)
+    return Lease(collection, holder, fence)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -127,16 +137,64 @@ def start_worker(settings: Settings, log_dir: Path, name: str = "w1", queues: st
 
 
 def start_api(settings: Settings, log_dir: Path, name: str = "api1", threads: int = 8, workers: int = 1,
-              **extra_env: str) -> tuple[Proc, str]:
-    """A real API process under gunicorn on a free port; returns once /readyz answers 200."""
+              ready: bool = True, **extra_env: str) -> tuple[Proc, str]:
+    """A real API process under gunicorn on a free port; returns once /readyz answers 200 (or, with
+    `ready=False`, once /healthz does: a process that may never be ready)."""
     port = free_port()
     proc = Proc(name, [str(BIN / "gunicorn"), "-c", GUNICORN_CONFIG, "--bind", f"127.0.0.1:{port}",
                        "--workers", str(workers), "--threads", str(threads), "webapp:create_app()"],
                 child_env(settings, **extra_env), log_dir)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: (not proc.alive() and _died(proc)) or requests.get(f"{base}/readyz", timeout=2).status_code == 200,
-             timeout=90, message=f"{name} ready")
+    probe = "/readyz" if ready else "/healthz"
+    wait_for(lambda: (not proc.alive() and _died(proc)) or requests.get(f"{base}{probe}", timeout=2).status_code == 200,
+             timeout=90, message=f"{name} {probe}")
     return proc, base
+
+
+def start_beat(settings: Settings, log_dir: Path) -> Proc:
+    """A real `celery beat` process (its schedule file in `log_dir`)."""
+    proc = Proc("beat", [str(BIN / "celery"), "-A", "workers.celery_app", "beat", "--loglevel", "INFO",
+                         "--schedule", str(log_dir / "celerybeat-schedule")], child_env(settings), log_dir)
+    wait_for(lambda: ("beat: Starting" in proc.log()) or not proc.alive() and _died(proc), timeout=60,
+             message="beat started")
+    return proc
+
+
+class RedisServer:
+    """A redis-server a test owns (append-only file on, so a restart keeps everything), on a port it
+    keeps across restarts."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.popen: subprocess.Popen | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.start()
+
+    def start(self) -> None:
+        import redis
+
+        self.popen = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "everysec", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: client.ping(), timeout=20, message="redis-server to answer PING")
+        client.close()
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM: Redis flushes its append-only file and exits)."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            self.popen.wait(20)
+
+
+def pool_children(proc: Proc) -> list[int]:
+    """The pids of a celery worker's pool processes."""
+    import psutil
+
+    return [child.pid for child in psutil.Process(proc.popen.pid).children(recursive=True)]
 
 
 def _died(proc: Proc):

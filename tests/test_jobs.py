@@ -18,6 +18,7 @@ from shared.store.events import EventLog, entry
 from shared.store.jobs import JobStore
 from shared.store.pointers import Pointers
 from shared.tasknames import QUEUE_INDEX, QUEUE_INGEST
+from tests.support import held_lease
 
 
 @pytest.fixture
@@ -264,7 +265,8 @@ def test_every_writer_gives_events_the_same_shape(jobs, client):
     # Lua writers (create, transitions, publish) use lib/events.lua; Python writers use entry().
     job_id = running_job(jobs)
     jobs.progress(job_id, "build", 1, 2)
-    Pointers(client, history_len=3, events_max_len=1000).publish("docs", 1, {"version": 1}, job_id, {"ok": True})
+    Pointers(client, history_len=3, events_max_len=1000).publish(held_lease(client, "docs", job_id, 1), {"version": 1},
+                                                         job_id, {"ok": True})
     EventLog(client, 1000).append("index.swapped", collection="docs", data={"version": 1})
     written = events(client)
     assert [e["type"] for e in written] == ["job.queued", "job.started", "job.progress", "index.published",

@@ -11,7 +11,7 @@ from shared.jobs.model import CANCELED, FAILED, RUNNING, SUCCEEDED
 from shared.store.jobs import JobStore
 from shared.store.locks import LeaseLost, RebuildLocks
 from shared.store.pointers import Pointers, PublishRefused
-from tests.support import wait_for
+from tests.support import held_lease, wait_for
 
 JOB_A, JOB_B = "a" * 32, "b" * 32
 
@@ -142,7 +142,7 @@ def pointer(version: int) -> dict:
 
 def test_publish_sets_pointer_history_and_job(pointers, jobs, client):
     job_id = running_rebuild(jobs)
-    pointers.publish("docs", 5, pointer(5), job_id, {"version": 5, "vectors": 50})
+    pointers.publish(held_lease(client, "docs", job_id, 5), pointer(5), job_id, {"version": 5, "vectors": 50})
     live = pointers.get("docs")
     assert live["version"] == 5 and live["fence"] == 5 and live["vectors"] == 50 and live["dim"] == 8
     assert live["path"] == "indexes/docs/v5" and live["collection"] == "docs"
@@ -157,11 +157,12 @@ def test_publish_sets_pointer_history_and_job(pointers, jobs, client):
 
 
 @pytest.mark.parametrize("delta", [-1, 0])
-def test_publish_with_lower_or_equal_fence_is_stale(pointers, jobs, delta):
-    pointers.publish("docs", 7, pointer(7))
+def test_publish_with_lower_or_equal_fence_is_stale(pointers, jobs, client, delta):
+    pointers.publish(held_lease(client, "docs", "r" * 32, 7), pointer(7))
     job_id = running_rebuild(jobs)
     with pytest.raises(PublishRefused) as refused:
-        pointers.publish("docs", 7 + delta, pointer(7 + delta), job_id, {"version": 7 + delta})
+        pointers.publish(held_lease(client, "docs", job_id, 7 + delta), pointer(7 + delta), job_id,
+                         {"version": 7 + delta})
     assert refused.value.reason == "stale"
     assert pointers.get("docs")["version"] == 7
     assert len(pointers.history("docs")) == 1
@@ -169,40 +170,40 @@ def test_publish_with_lower_or_equal_fence_is_stale(pointers, jobs, delta):
 
 
 @pytest.mark.parametrize("end", [SUCCEEDED, FAILED, CANCELED])
-def test_publish_refused_when_job_not_running(pointers, jobs, end):
+def test_publish_refused_when_job_not_running(pointers, jobs, client, end):
     job_id = running_rebuild(jobs)
     assert jobs.transition(job_id, end)[0]
     with pytest.raises(PublishRefused) as refused:
-        pointers.publish("docs", 1, pointer(1), job_id, {})
+        pointers.publish(held_lease(client, "docs", job_id, 1), pointer(1), job_id, {})
     assert refused.value.reason == f"state:{end}"
     assert pointers.get("docs") is None and pointers.history("docs") == []
     assert jobs.state(job_id) == end
 
 
-def test_publish_refused_for_queued_or_unknown_job(pointers, jobs):
+def test_publish_refused_for_queued_or_unknown_job(pointers, jobs, client):
     queued = jobs.create("rebuild", "docs")["id"]
     with pytest.raises(PublishRefused) as refused:
-        pointers.publish("docs", 1, pointer(1), queued, {})
+        pointers.publish(held_lease(client, "docs", queued, 1), pointer(1), queued, {})
     assert refused.value.reason == "state:queued"
     with pytest.raises(PublishRefused) as refused:
-        pointers.publish("docs", 1, pointer(1), "f" * 32, {})
+        pointers.publish(held_lease(client, "docs", "f" * 32, 1), pointer(1), "f" * 32, {})
     assert refused.value.reason.startswith("state:")
     assert pointers.get("docs") is None
 
 
-def test_publish_refused_when_cancel_requested(pointers, jobs):
+def test_publish_refused_when_cancel_requested(pointers, jobs, client):
     job_id = running_rebuild(jobs)
     assert jobs.request_cancel(job_id) == RUNNING
     with pytest.raises(PublishRefused) as refused:
-        pointers.publish("docs", 1, pointer(1), job_id, {})
+        pointers.publish(held_lease(client, "docs", job_id, 1), pointer(1), job_id, {})
     assert refused.value.reason == "canceled"
     assert pointers.get("docs") is None
     assert jobs.state(job_id) == RUNNING
 
 
-def test_history_is_trimmed_newest_first(pointers):
+def test_history_is_trimmed_newest_first(pointers, client):
     for version in range(1, 6):
-        pointers.publish("docs", version, pointer(version))
+        pointers.publish(held_lease(client, "docs", "r" * 32, version), pointer(version))
     assert [h["version"] for h in pointers.history("docs")] == [5, 4, 3]  # history_len=3
     assert pointers.get("docs")["version"] == 5
 
@@ -214,12 +215,40 @@ def test_publish_announces_on_swap_channel(rclient):
              message="the subscription to register")
     jobs = JobStore(rclient)
     job_id = running_rebuild(jobs)
-    Pointers(rclient, history_len=3, events_max_len=1000).publish("docs", 4, pointer(4), job_id, {"version": 4})
+    Pointers(rclient, history_len=3, events_max_len=1000).publish(held_lease(rclient, "docs", job_id, 4), pointer(4),
+                                                          job_id, {"version": 4})
     message = wait_for(lambda: pubsub.get_message(timeout=0.1), timeout=5, message="the swap message")
     assert message["channel"] == keys.swap_channel()
     assert json.loads(message["data"]) == {"collection": "docs", "version": 4}
     # A refused publish announces nothing.
     with pytest.raises(PublishRefused):
-        Pointers(rclient, history_len=3, events_max_len=1000).publish("docs", 3, pointer(3))
+        Pointers(rclient, history_len=3, events_max_len=1000).publish(held_lease(rclient, "docs", "r" * 32, 3),
+                                                              pointer(3))
     assert pubsub.get_message(timeout=0.2) is None
     pubsub.close()
+
+
+def test_publish_refused_when_the_lease_moved_on(pointers, jobs, locks, client):
+    """A worker paused past its lease holds a fence above the published one, but another run took the
+    lease over: its publish is refused whether the newer run has published yet or not."""
+    first = locks.acquire("docs", "r" * 32)
+    pointers.publish(first, pointer(first.fence))
+    locks.release(first)
+    job_id = running_rebuild(jobs)
+    paused = locks.acquire("docs", job_id)
+    client.delete(keys.lock("docs"))  # its lease expired while it was stopped
+    taker = locks.acquire("docs", job_id)  # the job, sent again, runs on another worker
+    assert taker.fence > paused.fence > pointers.get("docs")["fence"]
+    with pytest.raises(PublishRefused) as refused:
+        pointers.publish(paused, pointer(paused.fence), job_id, {})
+    assert refused.value.reason == "lease"
+    assert pointers.get("docs")["fence"] == first.fence and jobs.state(job_id) == RUNNING
+    pointers.publish(taker, pointer(taker.fence), job_id, {"version": taker.fence})
+    with pytest.raises(PublishRefused) as refused:
+        pointers.publish(paused, pointer(paused.fence), job_id, {})
+    assert refused.value.reason == "lease"
+    assert pointers.get("docs")["fence"] == taker.fence and jobs.state(job_id) == SUCCEEDED
+    # Without any lease (released, or never taken) nothing publishes.
+    assert locks.release(taker)
+    with pytest.raises(PublishRefused):
+        pointers.publish(taker, pointer(taker.fence + 1))

@@ -17,7 +17,7 @@ from shared.jobs.model import SUCCEEDED
 from shared.jobs.submit import submit_documents
 from shared.jobs.sweep import requeue_lost, sweep
 from shared.services import build_services
-from tests.support import create_collection, wait_for, wait_job
+from tests.support import create_collection, held_lease, wait_for, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,8 @@ def test_requeue_only_jobs_whose_message_is_lost(svc, sent, rclient):
     assert svc.locks.acquire("leased", leased)  # its lease is alive: its worker is alive too
     finished = svc.jobs.create("rebuild", "done")["id"]
     assert svc.jobs.start(finished)
-    svc.pointers.publish("done", 5, {"version": 5, "path": "x"}, finished, {})  # succeeds outside transitions
+    # The publish script finishes the job outside the transition script.
+    svc.pointers.publish(held_lease(rclient, "done", finished, 5), {"version": 5, "path": "x"}, finished, {})
     assert rclient.sismember(keys.running(), finished)
 
     requeued = requeue_lost(svc, now=old, recheck_delay=0.01)
@@ -147,7 +148,7 @@ def test_sweep_task_on_a_worker_resends_a_lost_job(settings, procs, rclient):
     create_collection(base, "docs")
     svc = build_services(fast, lambda kind, job_id: None, torch_threads=1)  # enqueue goes nowhere: lost
     lost = submit_documents(svc, "docs", [{"id": "a", "text": "# A\nsome text"}], rebuild=False)["id"]
-    rclient.hset(keys.job(lost), "heartbeat", time.time() - 10)  # created before the stale threshold
+    rclient.hset(keys.job(lost), "heartbeat", time.time() - 120)  # older than the lease: lost
     procs.worker(fast)
     assert requests.get(f"{base}/v1/jobs/{lost}").json()["state"] == "queued"
     celery = make_celery(fast)

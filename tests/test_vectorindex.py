@@ -74,3 +74,62 @@ def test_verify_rejects_a_tampered_version(tmp_path):
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({**manifest, "checksum": "0" * 64}))
     with pytest.raises(VerifyFailed):
         verify_version(tmp_path)
+
+
+def _rewrite_consistently(directory, name: str, data: bytes) -> None:
+    """Replace a file and fix the manifest's checksums to match: a forger who controls every file."""
+    from shared.index.vectorindex import INDEX_FILE, sha256_file
+
+    (directory / name).write_bytes(data)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest["files"][name] = sha256_file(directory / name)
+    if name == INDEX_FILE:
+        manifest["checksum"] = manifest["files"][name]
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_a_flipped_byte_is_never_loaded(tmp_path):
+    from shared.index.vectorindex import CHUNKS_FILE, INDEX_FILE
+
+    for name in (INDEX_FILE, CHUNKS_FILE):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_version(folder, build_flat(clustered(50), 25, lambda d: None), records(50),
+                      {"kind": KIND_FLAT, "model": "m", "version": 3})
+        assert LoadedVersion(folder, 3).vectors == 50
+        data = bytearray((folder / name).read_bytes())
+        data[-20] ^= 0xFF  # inside the vectors / inside a chunk's text
+        (folder / name).write_bytes(bytes(data))
+        with pytest.raises(VerifyFailed, match="checksum"):
+            LoadedVersion(folder, 3)
+        with pytest.raises(VerifyFailed, match="checksum"):
+            verify_version(folder)
+    with pytest.raises(VerifyFailed, match="holds version 3"):
+        LoadedVersion(tmp_path / CHUNKS_FILE, 4)
+
+
+def test_forged_lengths_are_refused_without_allocating(tmp_path):
+    import resource
+    import struct
+
+    from shared.index.vectorindex import INDEX_FILE, OFFSETS_FILE
+
+    write_version(tmp_path, build_flat(clustered(10, dim=8), 5, lambda d: None), records(10),
+                  {"kind": KIND_FLAT, "model": "m", "version": 1})
+    good_index = (tmp_path / INDEX_FILE).read_bytes()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # The index's vector store claims 250M floats (1 GB) in a 365-byte file, checksums made to match.
+    forged = bytearray(good_index)
+    at = forged.index(struct.pack("<Q", 10 * 8))  # the length field: 80 floats
+    forged[at:at + 8] = struct.pack("<Q", 250_000_000)
+    _rewrite_consistently(tmp_path, INDEX_FILE, bytes(forged))
+    with pytest.raises(VerifyFailed):
+        LoadedVersion(tmp_path, 1)
+    _rewrite_consistently(tmp_path, INDEX_FILE, good_index)
+    # offsets.npy whose header claims a billion entries.
+    data = (tmp_path / OFFSETS_FILE).read_bytes()
+    _rewrite_consistently(tmp_path, OFFSETS_FILE, data.replace(b"(11,)", b"(1000000000,)"))
+    with pytest.raises(VerifyFailed, match="does not match its"):
+        LoadedVersion(tmp_path, 1)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100, f"loading forged files grew the process by {grown_mb:.0f} MB"

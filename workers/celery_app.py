@@ -20,9 +20,11 @@ from celery.apps.beat import Beat
 
 from shared import logs
 from shared.celeryconfig import celery_config, enqueue
+from shared.jobs.liveness import Keepalive
 from shared.names import is_job_id
 from shared.services import Services, build_services
 from shared.settings import Settings, load_settings
+from workers.housekeeping import Housekeeping
 
 
 def json_logs() -> bool:
@@ -43,6 +45,7 @@ class SwaplineCelery(Celery):
 
 
 app = SwaplineCelery("swapline", include=["workers.tasks"])
+app.steps["worker"].add(Housekeeping)
 
 
 @cache
@@ -53,6 +56,7 @@ def settings() -> Settings:
 app.add_defaults(lambda: celery_config(settings()))
 
 _services: dict[int, Services] = {}
+_keepalive: dict[int, Keepalive] = {}
 
 
 def services() -> Services:
@@ -104,3 +108,12 @@ def _unbind_task(task_id=None, **_) -> None:
     token = _task_context.pop(task_id, None)
     if token is not None:
         logs.unbind(token)
+
+
+def keepalive() -> Keepalive:
+    """This process's keepalive thread (started on first use, after the fork)."""
+    pid = os.getpid()
+    if pid not in _keepalive:
+        _keepalive.clear()
+        _keepalive[pid] = Keepalive(services())
+    return _keepalive[pid]

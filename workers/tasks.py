@@ -5,20 +5,37 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from shared import tasknames
 from shared.errors import JobCanceled, JobInputError, LockBusy
-from shared.index.versions import collect_versions
 from shared.jobs.deletion import run_delete, run_drop
+from shared.jobs.housekeeping import collect_all
 from shared.jobs.ingest import run_ingest
+from shared.jobs.liveness import another_run_is_live, runner_id
 from shared.jobs.model import JobNotFound
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.sweep import sweep as run_sweep
 from shared.names import is_job_id
-from workers.celery_app import app, services
+from shared.storage import StorageFull
+from shared.store.locks import LeaseLost
+from shared.store.pointers import PublishRefused
+from workers.celery_app import app, keepalive, services
 
 log = logging.getLogger(__name__)
+
+# A job hit by a Redis outage (a restart, a failover) runs again from its last safe point once Redis
+# answers, with growing pauses (jittered, 1 s doubling to 30 s), for as long as the outage lasts: the
+# task's soft time limit ends it in the worst case. Its message stays unacked meanwhile, and every job
+# step is safe to run again. Nothing is written to the job during the outage: Redis is what is down.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+
+
+def _transient_retry() -> Retry:
+    return Retry(ExponentialWithJitterBackoff(cap=30.0, base=1.0), retries=-1, supported_errors=TRANSIENT)
 
 
 def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None) -> None:
@@ -26,8 +43,49 @@ def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None)
         log.error("event=task.bad_id job=%r", job_id)
         return
     svc = services()
+
+    def report(error: Exception) -> None:
+        log.warning("event=task.redis_unavailable job=%s error=%r (running it again once Redis answers)",
+                    job_id, str(error))
+
+    # Ends this process could not record (Redis went down as the attempt ended), recorded with the next
+    # begin, so an attempt cut short by an outage is not mistaken for one lost with its worker.
+    unrecorded = [0]
+    _transient_retry().call_with_retry(lambda: _attempt(svc, job_id, work, on_busy, unrecorded), report)
+
+
+def _attempt(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | None, unrecorded: list[int]) -> None:
+    me = runner_id()
+    if another_run_is_live(svc, job_id, me):
+        log.warning("event=task.duplicate job=%s (another run of the job is alive; this delivery does nothing)",
+                    job_id)
+        return
+    executions, lost = svc.jobs.begin_attempt(job_id, me, ended_meanwhile=unrecorded[0])
+    unrecorded[0] = 0
+    try:
+        if lost >= svc.settings.job_max_attempts:
+            svc.jobs.fail(job_id, f"gave up after {executions - 1} attempts: the worker running the job was lost "
+                                  f"each time (killed or crashed; SWAPLINE_JOB_MAX_ATTEMPTS="
+                                  f"{svc.settings.job_max_attempts})")
+            log.error("event=task.gave_up job=%s attempts=%s", job_id, executions - 1)
+            return
+        with keepalive().working_on(job_id):
+            _outcome(svc, job_id, work, on_busy)
+    finally:
+        # Not reached when the process dies: an execution without its end is a lost one.
+        try:
+            svc.jobs.end_attempt(job_id, me)
+        except TRANSIENT:
+            unrecorded[0] += 1
+            raise
+
+
+def _outcome(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | None) -> None:
+    """Run the work and map what it raised to the job's state."""
     try:
         work(svc, job_id)
+    except TRANSIENT:
+        raise  # handled by _run: the job is neither failed nor touched
     except JobNotFound:
         log.warning("event=task.unknown_job job=%s", job_id)
     except JobCanceled:
@@ -37,6 +95,16 @@ def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None)
         if on_busy is None:
             raise
         on_busy()
+    except (LeaseLost, PublishRefused) as exc:
+        if isinstance(exc, PublishRefused) and exc.reason not in PublishRefused.SUPERSEDED:
+            svc.jobs.fail(job_id, f"publish refused: {exc.reason}")
+            raise
+        # Another run of the job took the lease over (this worker was paused or cut off past its lease,
+        # and the job was sent again): that run owns the job now, so this one leaves it alone.
+        log.warning("event=task.superseded job=%s reason=%r", job_id, str(exc))
+    except StorageFull as exc:
+        svc.jobs.fail(job_id, str(exc), retryable=True)
+        log.warning("event=task.failed job=%s retryable=1 error=%r", job_id, str(exc))
     except JobInputError as exc:
         svc.jobs.fail(job_id, str(exc))
         log.warning("event=task.failed job=%s error=%r", job_id, str(exc))
@@ -86,5 +154,4 @@ def sweep() -> dict:
 @app.task(name=tasknames.COLLECT_VERSIONS)
 def collect_old_versions() -> dict:
     """Delete index versions not among the last K and served by no live API process."""
-    svc = services()
-    return {name: collect_versions(svc, name) for name in svc.collections.names()}
+    return collect_all(services()) or {"skipped": True}

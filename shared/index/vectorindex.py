@@ -1,7 +1,11 @@
 """FAISS indexes: build in steps, write a version directory aside, verify it, load it for search.
 
 A version directory holds index.faiss, chunks.jsonl (one record per vector, in id order),
-offsets.npy (byte offset of each record, so a search reads only its hits) and manifest.json.
+offsets.npy (byte offset of each record, so a search reads only its hits) and manifest.json, which
+records the sha256 of each of the other files. Every load (the worker's verify and each API process's
+`LoadedVersion`) checks those checksums before reading anything else, and bounds every size read from a
+file by the file's length before allocating, so a damaged or forged file is refused, never served and
+never the cause of a huge allocation.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from shared.storage import write_npy, written
+
 INDEX_FILE, CHUNKS_FILE, OFFSETS_FILE, MANIFEST_FILE = "index.faiss", "chunks.jsonl", "offsets.npy", "manifest.json"
 KIND_FLAT = "flat-ip"
 KIND_IVF = "ivf-flat-ip"
+CHECKED_FILES = (INDEX_FILE, CHUNKS_FILE, OFFSETS_FILE)
+MANIFEST_MAX_BYTES = 1 << 20
 
 
 class VerifyFailed(RuntimeError):
@@ -88,32 +96,107 @@ def measure_recall(index: faiss.Index, vectors: np.ndarray, k: int = 10, queries
 
 
 def write_version(directory: Path, index: faiss.Index, records: list[dict], manifest: dict) -> dict:
-    """Write the files of a version into `directory` (a temporary one); returns the full manifest."""
-    faiss.write_index(index, str(directory / INDEX_FILE))
+    """Write the files of a version into `directory` (a temporary one); returns the full manifest.
+    Every write is checked (see `shared.storage.written`): a full volume raises StorageFull."""
+    what = "an index version"
+    with written(directory / INDEX_FILE, what) as fh:
+        # Through a Python writer, so a failed write raises OSError with its errno (faiss's own file
+        # writer reports a short write only as text).
+        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
     offsets = np.zeros(len(records) + 1, dtype=np.int64)
-    with open(directory / CHUNKS_FILE, "wb") as fh:
+    with written(directory / CHUNKS_FILE, what) as fh:
+        position = 0
         for i, rec in enumerate(records):
-            fh.write(json.dumps(rec, ensure_ascii=False).encode("utf-8") + b"\n")
-            offsets[i + 1] = fh.tell()
-    np.save(directory / OFFSETS_FILE, offsets)
-    full = {**manifest, "vectors": int(index.ntotal), "dim": int(index.d),
-            "checksum": sha256_file(directory / INDEX_FILE)}
-    (directory / MANIFEST_FILE).write_text(json.dumps(full, indent=2))
+            line = json.dumps(rec, ensure_ascii=False).encode("utf-8") + b"\n"
+            fh.write(line)
+            position += len(line)
+            offsets[i + 1] = position
+    with written(directory / OFFSETS_FILE, what) as fh:
+        write_npy(fh, offsets)
+    files = {name: sha256_file(directory / name) for name in CHECKED_FILES}
+    full = {**manifest, "vectors": int(index.ntotal), "dim": int(index.d), "checksum": files[INDEX_FILE],
+            "files": files}
+    with written(directory / MANIFEST_FILE, what) as fh:
+        fh.write(json.dumps(full, indent=2).encode())
     return full
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / MANIFEST_FILE
+    if path.stat().st_size > MANIFEST_MAX_BYTES:
+        raise VerifyFailed(f"{path} is larger than {MANIFEST_MAX_BYTES} bytes")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise VerifyFailed(f"{path} is not JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("checksum"), str):
+        raise VerifyFailed(f"{path} is not a version manifest")
+    return manifest
+
+
+def check_files(directory: Path, manifest: dict) -> None:
+    """The files match the manifest's checksums, and the index file is large enough for the vectors the
+    manifest claims (versions written before per-file checksums carry the index file's only)."""
+    expected = dict(manifest.get("files") or {})
+    if expected.setdefault(INDEX_FILE, manifest["checksum"]) != manifest["checksum"]:
+        raise VerifyFailed(f"manifest in {directory} gives two checksums for {INDEX_FILE}")
+    vectors, dim = int(manifest.get("vectors", -1)), int(manifest.get("dim", -1))
+    if vectors < 0 or dim <= 0:
+        raise VerifyFailed(f"manifest in {directory} has no vector count or dimension")
+    if manifest.get("kind") != KIND_IVF and os.path.getsize(directory / INDEX_FILE) < vectors * dim * 4:
+        raise VerifyFailed(f"{directory / INDEX_FILE} is too short for {vectors}x{dim} vectors")
+    for name, digest in expected.items():
+        if name not in CHECKED_FILES:
+            raise VerifyFailed(f"manifest in {directory} names an unknown file {name!r}")
+        if sha256_file(directory / name) != digest:
+            raise VerifyFailed(f"checksum mismatch: {directory / name} is not the file the manifest describes")
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """A .npy array whose header is checked against the file's length before anything is allocated."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = read_header(fh)
+        except ValueError as exc:
+            raise VerifyFailed(f"{path} is not a .npy file: {exc}") from exc
+        data_start = fh.tell()
+    if dtype.hasobject or fortran:
+        raise VerifyFailed(f"{path} holds an array Swapline never writes")
+    if data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != size:
+        raise VerifyFailed(f"{path} claims shape {shape} of {dtype}, which does not match its {size} bytes")
+    return np.load(path, allow_pickle=False)
+
+
+def read_index(directory: Path, manifest: dict) -> faiss.Index:
+    """The version's FAISS index, memory-mapped (see LoadedVersion)."""
+    flag = faiss.IO_FLAG_MMAP if manifest.get("kind") == KIND_IVF else faiss.IO_FLAG_MMAP_IFC
+    try:
+        return faiss.read_index(str(directory / INDEX_FILE), flag)
+    except RuntimeError as exc:
+        raise VerifyFailed(f"{directory / INDEX_FILE} cannot be read: {str(exc)[-200:]}") from exc
 
 
 def verify_version(directory: Path) -> dict:
     """Load what was written and check it against the manifest; returns the manifest."""
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    if sha256_file(directory / INDEX_FILE) != manifest["checksum"]:
-        raise VerifyFailed(f"checksum mismatch in {directory}")
-    index = faiss.read_index(str(directory / INDEX_FILE))
+    manifest = read_manifest(directory)
+    check_files(directory, manifest)
+    index = read_index(directory, manifest)
     if index.ntotal != manifest["vectors"] or index.d != manifest["dim"]:
         raise VerifyFailed(f"index has {index.ntotal}x{index.d}, manifest says {manifest['vectors']}x{manifest['dim']}")
-    offsets = np.load(directory / OFFSETS_FILE)
-    if len(offsets) != manifest["vectors"] + 1 or offsets[-1] != os.path.getsize(directory / CHUNKS_FILE):
-        raise VerifyFailed(f"chunk store does not match the index in {directory}")
+    _check_offsets(directory, load_npy(directory / OFFSETS_FILE), manifest)
     return manifest
+
+
+def _check_offsets(directory: Path, offsets: np.ndarray, manifest: dict) -> None:
+    if offsets.ndim != 1 or len(offsets) != manifest["vectors"] + 1 \
+            or offsets[-1] != os.path.getsize(directory / CHUNKS_FILE):
+        raise VerifyFailed(f"chunk store does not match the index in {directory}")
 
 
 @dataclass
@@ -129,14 +212,21 @@ class LoadedVersion:
         started = time.perf_counter()
         self.directory = directory
         self.version = version
-        self.manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        self.manifest = read_manifest(directory)
+        if int(self.manifest.get("version", version)) != version:
+            raise VerifyFailed(f"{directory} holds version {self.manifest.get('version')}, not {version}")
+        # Checked before FAISS or numpy read a length from any of the files.
+        check_files(directory, self.manifest)
+        # Memory-mapped: loads in milliseconds whatever the size, and a length field in the file that
+        # claims more than the file holds is refused by FAISS instead of allocated; warm() faults the
+        # pages in before the swap.
+        self.index = read_index(directory, self.manifest)
         if self.manifest.get("kind") == KIND_IVF:
-            # Memory-mapped: loads in milliseconds whatever the size; warm() faults pages in before the swap.
-            self.index = faiss.read_index(str(directory / INDEX_FILE), faiss.IO_FLAG_MMAP)
             faiss.extract_index_ivf(self.index).nprobe = int(self.manifest.get("nprobe", 32))
-        else:
-            self.index = faiss.read_index(str(directory / INDEX_FILE))
-        self.offsets = np.load(directory / OFFSETS_FILE)
+        if self.index.ntotal != self.manifest["vectors"] or self.index.d != self.manifest["dim"]:
+            raise VerifyFailed(f"index in {directory} does not match its manifest")
+        self.offsets = load_npy(directory / OFFSETS_FILE)
+        _check_offsets(directory, self.offsets, self.manifest)
         self._fd = os.open(directory / CHUNKS_FILE, os.O_RDONLY)
         self.load_seconds = time.perf_counter() - started
 

@@ -60,7 +60,7 @@ def rollback(svc: Services, name: str, version: int) -> dict:
         raise RollbackRefused(409, "rebuild_in_progress", "a rebuild holds the collection's lock; retry after it")
     try:
         record = {k: v for k, v in entry.items() if k not in ("fence", "published_at", "collection")}
-        svc.pointers.publish(name, lease.fence, {**record, "rolled_back_from": pointer["version"] if pointer else 0})
+        svc.pointers.publish(lease, {**record, "rolled_back_from": pointer["version"] if pointer else 0})
     except PublishRefused as exc:
         raise RollbackRefused(409, "publish_refused", f"publish refused: {exc.reason}") from exc
     finally:

@@ -67,4 +67,6 @@ def public(data: dict) -> dict:
         "finished_at": iso_time(data.get("finished_at")),
         "result": json.loads(data["result"]) if data.get("result") else None,
         "cancel_requested": data.get("cancel_requested") == "1",
+        "attempts": int(data.get("executions") or 0),
+        "retryable": data.get("retryable") == "1",
     }

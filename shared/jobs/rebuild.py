@@ -25,7 +25,7 @@ from shared.index.versions import collect_versions
 from shared.jobs.model import TERMINAL
 from shared.jobs.progress import ProgressReporter
 from shared.services import Services
-from shared.storage import fsync_dir, fsync_tree
+from shared.storage import fsync_dir, fsync_tree, reraise
 from shared.store.locks import Lease
 from shared.store.pointers import PublishRefused
 
@@ -139,6 +139,8 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     lap("merge")
 
     step = _Step(svc, job_id, lease, len(records))
+    log.info("event=rebuild.building job=%s collection=%s fence=%s vectors=%s", job_id, collection, lease.fence,
+             len(records))
     approximate = len(records) >= svc.settings.approx_threshold
     if approximate:
         index = build_ivf(vectors, svc.settings.build_step, step, svc.settings.ivf_nprobe)
@@ -159,20 +161,24 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     parent = storage.indexes_dir(collection)
     storage.remove_stale_temps(parent)  # leftovers of builds killed mid-write; we hold the lease
     final = storage.version_dir(collection, lease.fence)
-    tmp = storage.temp_dir(parent, f"v{lease.fence}")
+    tmp = None
     published = False
     try:
         svc.jobs.progress(job_id, "write", 0, 1)
-        manifest = write_version(tmp, index, records, {
-            "collection": collection, "version": lease.fence, "model": embedder.model_id,
-            "kind": KIND_IVF if approximate else KIND_FLAT, **quality,
-            "documents": documents, "segments": segments, "built_at": time.time(), "job_id": job_id})
-        fsync_tree(tmp)
-        lap("write")
-        svc.jobs.progress(job_id, "verify", 0, 1)
-        verify_version(tmp)
-        os.rename(tmp, final)
-        fsync_dir(parent)
+        try:
+            tmp = storage.temp_dir(parent, f"v{lease.fence}")
+            manifest = write_version(tmp, index, records, {
+                "collection": collection, "version": lease.fence, "model": embedder.model_id,
+                "kind": KIND_IVF if approximate else KIND_FLAT, **quality,
+                "documents": documents, "segments": segments, "built_at": time.time(), "job_id": job_id})
+            fsync_tree(tmp)
+            lap("write")
+            svc.jobs.progress(job_id, "verify", 0, 1)
+            verify_version(tmp)
+            os.rename(tmp, final)
+            fsync_dir(parent)
+        except OSError as exc:
+            reraise(exc, "an index version")
         lap("verify")
         svc.jobs.progress(job_id, "publish", 0, 1)
         svc.locks.renew(lease)
@@ -183,7 +189,7 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
         result = {"version": lease.fence, "vectors": manifest["vectors"], "documents": documents,
                   "kind": manifest["kind"], **quality, "timings": dict(timings)}
         try:
-            svc.pointers.publish(collection, lease.fence, pointer, job_id, result)
+            svc.pointers.publish(lease, pointer, job_id, result)
         except PublishRefused as refused:
             if refused.reason == "canceled":
                 raise JobCanceled(job_id) from refused
@@ -196,5 +202,6 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
                  job_id, collection, lease.fence, manifest["vectors"], timings)
     finally:
         if not published:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(final, ignore_errors=True)

@@ -1,22 +1,28 @@
-"""The sweeper: bounded job history, and jobs whose Celery message was lost.
+"""Keeping jobs moving: recovery of jobs whose worker or message is gone, and the periodic sweep.
 
-Run periodically (the `swapline.sweep` task on celery beat, see `shared.celeryconfig`), it
+`recover` (every worker runs it every `keepalive_seconds` from its housekeeping thread, see
+`workers/housekeeping.py`; beat is not needed) sends again
 
-- deletes finished jobs older than `job_ttl_seconds`, keeping the newest `jobs_keep_per_collection`
-  of every collection;
-- sends again the task of a job left `queued` for `sweep_stale_seconds` whose message is nowhere in
-  the broker (the API died between creating the job and enqueueing it). One a worker holds unacked is
-  left to kombu, which restores it after the visibility timeout: sending it again could run it twice;
-- sends again the task of a `running` job whose heartbeat is older than `sweep_stale_seconds` (its
-  worker died; the task's start takes an already running job as a resume, and the rebuild lease and
-  fence keep a resumed rebuild safe), first dropping its unacked delivery so kombu does not bring it
-  back later. A rebuild or drop whose lease is still alive is not stale: its worker renews the lease
-  between steps;
-- removes staged batches nobody will read (their job finished or never came to exist).
+- the task of a job left `queued` for `lock_ttl_seconds` whose message is nowhere in the broker (the
+  API died between creating the job and enqueueing it). One a worker holds unacked is left to kombu,
+  which restores it after the visibility timeout: sending it again could run it twice;
+- the task of a `running` job not heard from for `lock_ttl_seconds` (its worker's keepalive thread
+  refreshes the heartbeat every quarter of that while it lives, so silence means the worker is gone),
+  first dropping its unacked delivery so kombu does not bring it back later. A rebuild or drop whose
+  lease is still alive is not stale. The task's start takes an already running job as a resume; the
+  rebuild lease and the fence checked at publish keep a resumed rebuild safe, and a job lost with its
+  worker `job_max_attempts` times fails instead (`workers/tasks.py`).
+
+So a job whose worker died is sent again within about twice the lease (silence for one lease, then
+the next check), whether or not beat runs.
+
+`sweep` (the housekeeping thread every `sweep_interval`, or the `swapline.sweep` task) also deletes
+finished jobs older than `job_ttl_seconds` (keeping the newest `jobs_keep_per_collection` of every
+collection) and removes staged batches nobody will read (their job finished or never came to exist).
 
 "Nowhere in the broker" is read from kombu's Redis layout (`shared.store.broker`). The check runs
 twice, a moment apart, so a message in flight between a queue list and the unacked hash is not
-mistaken for a lost one.
+mistaken for a lost one. One lock (`recover_lock`) makes concurrent checks on many workers harmless.
 """
 
 from __future__ import annotations
@@ -39,17 +45,17 @@ def _stale_candidates(svc: Services, stale_before: float) -> list[dict]:
     if not ids:
         return []
     rows = svc.jobs.fields_many([job_id for job_id, _ in ids], "state", "kind", "collection", "heartbeat",
-                                "created_at")
+                                "created_at", "requeued_at")
     out = []
     for (job_id, listed), fields in zip(ids, rows, strict=True):
-        state, kind, collection, heartbeat, created_at = fields
+        state, kind, collection, heartbeat, created_at, requeued_at = fields
         if listed == RUNNING and state != RUNNING:
             svc.jobs.forget_running(job_id)  # finished by the publish script, or deleted
             continue
         if state != listed or not kind:
             continue
-        if float(heartbeat or created_at or 0) >= stale_before:
-            continue
+        if max(float(heartbeat or created_at or 0), float(requeued_at or 0)) >= stale_before:
+            continue  # heard from, or sent again, within the last lease
         if state == RUNNING and kind in ("rebuild", "drop"):
             holder = svc.locks.holder(collection)
             if holder and holder["job_id"] == job_id:
@@ -76,9 +82,10 @@ def _lost(candidates: list[dict], waiting: set[str], taken: dict[str, list[tuple
 
 
 def requeue_lost(svc: Services, now: float | None = None, recheck_delay: float = 0.5) -> list[str]:
-    """Send again the tasks of queued and running jobs whose message is lost. Returns their ids."""
+    """Send again the tasks of queued and running jobs whose message or worker is lost. Returns their
+    ids. Callers hold `recover_lock` (see `recover`)."""
     now = now if now is not None else time.time()
-    stale_before = now - svc.settings.sweep_stale_seconds
+    stale_before = now - svc.settings.lock_ttl_seconds
     candidates = _stale_candidates(svc, stale_before)
     if not candidates:
         return []
@@ -123,6 +130,17 @@ def remove_orphan_staging(svc: Services, now: float | None = None) -> int:
     return removed
 
 
+def recover(svc: Services, now: float | None = None, recheck_delay: float = 0.5) -> list[str] | None:
+    """Send again the jobs whose message or worker is lost; None when another check runs right now."""
+    token = svc.recover_lock.acquire(max(30, svc.settings.lock_ttl_seconds))
+    if token is None:
+        return None
+    try:
+        return requeue_lost(svc, now, recheck_delay)
+    finally:
+        svc.recover_lock.release(token)
+
+
 def sweep(svc: Services, now: float | None = None, recheck_delay: float = 0.5) -> dict:
     """One sweep; skipped (returns {"skipped": True}) while another one runs."""
     token = svc.sweep_lock.acquire(max(60, svc.settings.sweep_stale_seconds))
@@ -131,7 +149,7 @@ def sweep(svc: Services, now: float | None = None, recheck_delay: float = 0.5) -
     try:
         started = time.monotonic()
         expired = svc.history.cleanup(svc.settings.job_ttl_seconds, svc.settings.jobs_keep_per_collection, now)
-        requeued = requeue_lost(svc, now, recheck_delay)
+        requeued = recover(svc, now, recheck_delay) or []
         staging = remove_orphan_staging(svc, now)
         result = {"expired": expired, "requeued": requeued, "staging_removed": staging,
                   "seconds": round(time.monotonic() - started, 3)}

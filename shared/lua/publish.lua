@@ -1,11 +1,19 @@
 -- Publish a new index version of a collection, fenced, and finish its rebuild job, atomically.
 -- KEYS[1] pointer hash, KEYS[2] pointer history, KEYS[3] job hash, KEYS[4] events stream,
--- KEYS[5] collection hash
+-- KEYS[5] collection hash, KEYS[6] the collection's lease lock
 -- ARGV[1] fence, ARGV[2] pointer JSON, ARGV[3] history length kept, ARGV[4] job result JSON,
 -- ARGV[5] now, ARGV[6] swap channel, ARGV[7] events max length, ARGV[8] job id ('' for a rollback),
--- ARGV[9] the running state, ARGV[10] the succeeded state, ARGV[11] its event type
--- Returns {1, ''} when published; {0, reason} when refused: 'stale' (a fence not higher than the
--- published one), 'canceled' (cancel requested) or 'state:<s>' (the job is no longer running).
+-- ARGV[9] the running state, ARGV[10] the succeeded state, ARGV[11] its event type,
+-- ARGV[12] the publisher's lease token "holder|fence"
+-- Returns {1, ''} when published; {0, reason} when refused: 'lease' (the publisher no longer holds the
+-- collection's lease with this fence: it expired, or another run took it over), 'stale' (a fence not
+-- higher than the published one), 'canceled' (cancel requested) or 'state:<s>' (the job is no longer
+-- running).
+-- The lease check comes first: a worker paused past its lease may hold a fence above the published one
+-- while another worker builds with a newer fence; only the lease holder may publish.
+if redis.call('GET', KEYS[6]) ~= ARGV[12] then
+  return {0, 'lease'}
+end
 local current = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
 local fence = tonumber(ARGV[1])
 if fence <= current then

@@ -5,13 +5,26 @@ from __future__ import annotations
 from importlib import resources
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 LUA_LIBRARY = ("lib", "events.lua")
 
+# A command that meets a broken connection or a timeout reconnects and tries again, with jittered
+# exponential pauses; past the retries the caller gets the error (and maps it: 503 on the API, a task
+# retry on a worker). Every process reconnects by itself when Redis comes back; nothing needs a restart.
+SOCKET_TIMEOUT = 5.0
 
-def connect(url: str) -> redis.Redis:
-    """A client that answers str, with a health check so idle pooled connections are revalidated."""
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+def connect(url: str, retries: int = 3, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
+    """A client that answers str, with a health check so idle pooled connections are revalidated.
+
+    Blocking reads (XREAD BLOCK, pub/sub waits) must block for less than `socket_timeout`, or the read
+    fails with a timeout while it is merely waiting."""
+    return redis.Redis.from_url(
+        url, decode_responses=True, health_check_interval=30, socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries))
 
 
 def _lua(*parts: str) -> str:

@@ -157,9 +157,12 @@ class JobStore:
                                    finished_at=time.time(), stage="done")
         return moved
 
-    def fail(self, job_id: str, error: str) -> bool:
-        moved, _ = self.transition(job_id, FAILED, data={"error": error}, error=error,
-                                   finished_at=time.time())
+    def fail(self, job_id: str, error: str, retryable: bool = False) -> bool:
+        """running/queued -> failed. `retryable`: the cause was transient (a full disk, say), so the same
+        request made again can succeed; the job says so to its client."""
+        data = {"error": error, "retryable": retryable}
+        moved, _ = self.transition(job_id, FAILED, data=data, error=error, finished_at=time.time(),
+                                   retryable=int(retryable))
         return moved
 
     def cancel(self, job_id: str, reason: str = "canceled") -> bool:
@@ -207,16 +210,61 @@ class JobStore:
         self.r.hset(keys.job(job_id), mapping=fields)
 
     def touch(self, job_id: str) -> None:
-        """Refresh the heartbeat without progress (a job waiting for a lock is still alive)."""
-        self.r.hset(keys.job(job_id), "heartbeat", time.time())
+        """Refresh the heartbeat without progress (a job waiting for a lock, or inside a long step, is
+        still alive). A job that is gone stays gone: no hash is created for it."""
+        if self.r.exists(keys.job(job_id)):
+            self.r.hset(keys.job(job_id), "heartbeat", time.time())
 
     def mark_requeued(self, job_id: str) -> None:
-        """The sweeper sent the job's task again: a fresh heartbeat, and one more requeue counted."""
+        """The recovery check sent the job's task again: when (so the next check waits a lease before
+        sending it again) and one more requeue counted. The heartbeat stays as it was: it tells the
+        delivery whether the run it replaces is still alive."""
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(keys.job(job_id), mapping={"heartbeat": now, "requeued_at": now})
+        pipe.hset(keys.job(job_id), mapping={"requeued_at": now})
         pipe.hincrby(keys.job(job_id), "requeues", 1)
         pipe.execute()
+
+    # attempts: each time a worker starts work on a job it counts an execution, and each execution that
+    # ends (whatever its outcome: done, failed, handed back for a retry) counts an end. An execution
+    # that never ended was lost with its worker (killed, crashed, out of memory).
+
+    def begin_attempt(self, job_id: str, runner: str, ended_meanwhile: int = 0) -> tuple[int, int]:
+        """Count an execution of the job by `runner` (and `ended_meanwhile` ends its caller could not
+        record); returns (executions so far, executions lost before this one); (0, 0) for a job that is
+        gone."""
+        if not self.r.exists(keys.job(job_id)):
+            return 0, 0
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(keys.job(job_id), "runner", runner)
+        pipe.hincrby(keys.job(job_id), "executions", 1)
+        if ended_meanwhile:
+            pipe.hincrby(keys.job(job_id), "ended", ended_meanwhile)
+        pipe.hget(keys.job(job_id), "ended")
+        _, executions, *_, ended = pipe.execute()
+        return int(executions), max(0, int(executions) - 1 - int(ended or 0))
+
+    def end_attempt(self, job_id: str, runner: str) -> None:
+        """Count the end of `runner`'s execution and forget it as the job's runner (if it still is)."""
+        key = keys.job(job_id)
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if not pipe.exists(key):
+                    return
+                mine = pipe.hget(key, "runner") == runner
+                pipe.multi()
+                pipe.hincrby(key, "ended", 1)
+                if mine:
+                    pipe.hdel(key, "runner")
+                pipe.execute()
+            except redis.WatchError:  # the job changed meanwhile (another run began): count the end only
+                self.r.hincrby(key, "ended", 1)
+
+    def run_info(self, job_id: str) -> tuple[str | None, float, str | None]:
+        """(state, heartbeat, runner) of the job."""
+        state, heartbeat, runner = self.r.hmget(keys.job(job_id), "state", "heartbeat", "runner")
+        return state, float(heartbeat or 0), runner
 
     def running_ids(self) -> set[str]:
         return self.r.smembers(keys.running())

@@ -1,12 +1,17 @@
 """The per-collection rebuild lease lock with fencing numbers, and plain locks for housekeeping.
 
-A rebuild holds the lease while it builds and renews it between steps. Each acquisition hands out a
-higher fence; the publish script refuses a fence not above the published one, so a worker that lost
-its lease (paused, partitioned, killed and redelivered) can never publish over a newer index.
+A rebuild holds the lease while it builds: it renews it between steps, and the worker's keepalive
+thread renews every lease the process holds in the background (`renew_held`), so a long single step
+(training an IVF index, writing a large version) never outlives its lease while the worker is alive.
+Each acquisition hands out a higher fence; the publish script refuses a publisher that no longer holds
+the lease with its fence, and a fence not above the published one, so a worker that lost its lease
+(paused, partitioned, killed and redelivered) can never publish.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import uuid
 from dataclasses import dataclass
 
@@ -15,6 +20,7 @@ import redis
 from shared import keys
 from shared.store.conn import delete_if_equals, load_script
 
+log = logging.getLogger(__name__)
 
 class LeaseLost(RuntimeError):
     """The lease expired or was taken over; the holder must stop without publishing."""
@@ -39,19 +45,50 @@ class RebuildLocks:
         self._renew = load_script(client, "lock_renew")
         self._release = load_script(client, "lock_release")
         self._claim = load_script(client, "claim_rebuild")
+        # The leases this process holds now, renewed by `renew_held` (the worker's keepalive thread).
+        self._held: dict[str, Lease] = {}
+        self._held_lock = threading.Lock()
 
     def acquire(self, collection: str, job_id: str) -> Lease | None:
         """The lease with a new fence, or None while another job holds it."""
         fence, _holder = self._acquire(keys=[keys.lock(collection), keys.fence(collection)],
                                        args=[job_id, self.ttl_ms])
-        return Lease(collection, job_id, int(fence)) if int(fence) else None
+        if not int(fence):
+            return None
+        lease = Lease(collection, job_id, int(fence))
+        with self._held_lock:
+            self._held[lease.token] = lease
+        return lease
 
     def renew(self, lease: Lease) -> None:
         if not self._renew(keys=[keys.lock(lease.collection)], args=[lease.token, self.ttl_ms]):
+            self._forget(lease)
             raise LeaseLost(f"collection={lease.collection} job={lease.job_id} fence={lease.fence}")
 
     def release(self, lease: Lease) -> bool:
+        self._forget(lease)
         return bool(self._release(keys=[keys.lock(lease.collection)], args=[lease.token]))
+
+    def _forget(self, lease: Lease) -> None:
+        with self._held_lock:
+            self._held.pop(lease.token, None)
+
+    def held(self) -> list[Lease]:
+        with self._held_lock:
+            return list(self._held.values())
+
+    def renew_held(self) -> list[Lease]:
+        """Renew every lease this process holds; returns those that were lost (expired or taken over),
+        which are no longer renewed. The holder notices at its next step (its own renew raises)."""
+        lost = []
+        for lease in self.held():
+            try:
+                self.renew(lease)
+            except LeaseLost:
+                lost.append(lease)
+                log.warning("event=lease.lost collection=%s job=%s fence=%s", lease.collection, lease.job_id,
+                            lease.fence)
+        return lost
 
     def holder(self, collection: str) -> dict | None:
         """Who holds the lease and for how much longer, for status pages."""

@@ -10,12 +10,19 @@ import redis
 from shared import keys
 from shared.jobs.model import EVENT_FOR_STATE, RUNNING, SUCCEEDED
 from shared.store.conn import load_script
+from shared.store.locks import Lease
 
 POINTER_INT_FIELDS = ("version", "fence", "vectors", "dim", "documents", "changes")
 POINTER_FLOAT_FIELDS = ("built_at", "published_at")
 
 
 class PublishRefused(RuntimeError):
+    """The publish script refused: see `Pointers.publish` for the reasons."""
+
+    # The run that tried no longer owns the job's build: another run (or nobody) does, so this one must
+    # leave the job alone rather than fail it.
+    SUPERSEDED = ("lease", "stale")
+
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
@@ -39,18 +46,20 @@ class Pointers:
         self.events_max_len = events_max_len
         self._publish = load_script(client, "publish")
 
-    def publish(self, collection: str, fence: int, pointer: dict, job_id: str = "",
-                result: dict | None = None) -> None:
-        """Make `pointer` live for `collection` if `fence` is above the published one; with a job id,
-        also mark that rebuild job succeeded with `result`. Raises PublishRefused otherwise."""
+    def publish(self, lease: Lease, pointer: dict, job_id: str = "", result: dict | None = None) -> None:
+        """Make `pointer` live for the lease's collection if the lease is still held (same holder, same
+        fence) and its fence is above the published one; with a job id, also mark that rebuild job
+        succeeded with `result`. Raises PublishRefused otherwise (reason 'lease', 'stale', 'canceled' or
+        'state:<s>')."""
         now = time.time()
+        collection, fence = lease.collection, lease.fence
         record = {**pointer, "collection": collection, "fence": fence, "published_at": now}
         ok, reason = self._publish(
             keys=[keys.pointer(collection), keys.pointer_history(collection), keys.job(job_id or "-"),
-                  keys.events(), keys.collection(collection)],
+                  keys.events(), keys.collection(collection), keys.lock(collection)],
             args=[fence, json.dumps(record), self.history_len, json.dumps(result or {}), now,
                   keys.swap_channel(), self.events_max_len, job_id, RUNNING, SUCCEEDED,
-                  EVENT_FOR_STATE[SUCCEEDED]])
+                  EVENT_FOR_STATE[SUCCEEDED], lease.token])
         if not int(ok):
             raise PublishRefused(reason)
 

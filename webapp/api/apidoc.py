@@ -14,10 +14,10 @@ from swagger_ui_bundle import swagger_ui_path
 
 from shared.settings import Settings
 from webapp.api import auth, idempotency
+from webapp.api.problem import PROBLEM_JSON
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 ERROR_REF = "#/components/schemas/Error"
-PROBLEM_JSON = "application/problem+json"
 DOCS_PATH = "docs"
 DOCS_ASSETS = "/docs/assets/"
 ASSET_MAX_AGE = 24 * 3600
@@ -71,7 +71,9 @@ the way) and `queue` (the full queue). Unknown body fields are rejected with 422
 `X-Request-ID` (the one the request sent, else a new one), also found in the server's log lines.
 
 **Auth.** `Authorization: Bearer <key>`; roles `read` (search and GET) < `write` (submit jobs) < `admin`
-(cancel, delete, rollback, admin page). 401 without a valid key, 403 when its role is too low.
+(cancel, delete, rollback, admin page). 401 without a valid key, 403 when its role is too low. HTTP Basic
+(the key as password) is accepted only by the admin page and the event stream it follows (GET /v1/events),
+never by the rest of the API, so a browser logged into /admin cannot be made to act by another site.
 
 **Jobs.** Job-creating requests answer 202 with the job and `Location: /v1/jobs/{{id}}`. Send
 `Idempotency-Key` to retry safely. When a queue already holds its bound of queued jobs
@@ -82,6 +84,16 @@ SWAPLINE_MAX_QUEUED_INDEX={settings.max_queued_index}) the answer is 503 with `R
 past it); {settings.max_documents_per_batch} documents per batch (SWAPLINE_MAX_DOCUMENTS_PER_BATCH, 413);
 {settings.max_document_bytes} bytes of text per document (SWAPLINE_MAX_DOCUMENT_BYTES, 413);
 search `k` at most {settings.max_k} (SWAPLINE_MAX_K, 422); query at most {settings.max_query_chars} characters
-(SWAPLINE_MAX_QUERY_CHARS, 422). In front of the API, the HTTP server (gunicorn) refuses a request line
-over 4094 bytes (414) and a header over 8190 bytes (400) with its own page.
+(SWAPLINE_MAX_QUERY_CHARS, 422); `k` must be an integer (1.5 or "3" is a 422). Bodies must be JSON that
+round-trips: NaN, Infinity, numbers too large for a double and lone UTF-16 surrogates (`\\ud800`) are
+refused with 422, a body nested too deeply with 400. In front of the API, the HTTP server (gunicorn)
+refuses a request line over 4094 bytes (414), a header over 8190 bytes or more than 100 headers (431)
+and malformed requests (400), in the same JSON error shape.
+
+**Storage.** A request that cannot be staged because the data volume is full answers 507 with
+`Retry-After`; nothing is created. A job that failed for that reason says `"retryable": true`.
+
+**Degraded mode.** While Redis is unreachable, searches of a collection the answering process serves
+are answered from memory with `X-Swapline-Degraded: redis-unavailable`; submissions, job status and
+events answer 503 with `Retry-After`, and `/readyz` says not ready until Redis answers again.
 """

@@ -6,7 +6,7 @@ from flask import Flask
 
 from shared.logs import configure_logging
 from shared.settings import Settings, load_settings
-from webapp.api import auth, requestid
+from webapp.api import auth, jsonbody, requestid
 from webapp.api.errors import Api
 from webapp.api.metrics import Metrics
 from webapp.api.routes import admin, collections, events, health, jobs, search, versions
@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api = Api(app)
     swapline.init_app(app, settings)
     auth.init_app(app, settings)
+    jsonbody.init_app(app)  # after auth: a request without a key gets 401 before its body is read
     Metrics().init_app(app, swapline.runtime_of(app))
     for module in API_BLUEPRINTS:
         api.register_blueprint(module.blp)

@@ -1,10 +1,14 @@
 """API keys with roles: `read` < `write` < `admin` (a higher role includes the lower ones).
 
 Keys come from `SWAPLINE_API_KEYS` ("k1:admin,k2:write,k3:read"). A request carries its key as
-`Authorization: Bearer KEY` (or HTTP Basic with the key as password, which browsers send after a
-prompt, so the /admin page and the event stream it follows work from a browser). Without a key the
-answer is 401 with `WWW-Authenticate`; with a key whose role is too low, 403. With no keys configured
-the API runs open, logs a warning at start, and /readyz reports `checks.auth = "open"`.
+`Authorization: Bearer KEY`. HTTP Basic (the key as password, which a browser sends after a prompt) is
+accepted only where a browser needs it: the /admin page and the event stream it follows (GET
+/v1/events). A browser sends Basic credentials with every request to the site, cross-site form posts
+included, so accepting them on the API would let any page an operator visits act as the operator
+(CSRF). The admin page's own POSTs (under /admin) must also carry `X-CSRF-Token`, a value derived
+from the key that the page embeds, and come from the same origin. Without a key the answer is 401 with
+`WWW-Authenticate`; with a key whose role is too low, 403. With no keys configured the API runs open,
+logs a warning at start, and /readyz reports `checks.auth = "open"`.
 
 Every request is checked in one `before_request` hook, so a new route is protected by default:
 
@@ -102,19 +106,58 @@ def required_role() -> str | None:
     return None if role == PUBLIC else role
 
 
+def basic_allowed() -> bool:
+    """Basic credentials count only on the admin page and the event stream it opens."""
+    path = request.path
+    if path == "/admin" or path.startswith("/admin/"):
+        return True
+    return path == "/v1/events" and request.method in ("GET", "HEAD")
+
+
 def _presented_key() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     scheme, value = scheme.lower(), value.strip()
     if scheme == "bearer" and value:
         return value
-    if scheme == "basic" and value:
+    if scheme == "basic" and value and basic_allowed():
         try:
             _, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
             return None
         return password or None
     return None
+
+
+CSRF_HEADER = "X-CSRF-Token"
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def csrf_token(principal: Principal | None, ring: KeyRing) -> str:
+    """The admin page's token for its own POSTs: derived from the caller's key with the keys only the
+    server knows, so another site can neither read nor forge it."""
+    secret = ring.secret_for(principal.key_id) if principal else b"open"
+    return hmac.new(secret, b"swapline-admin-csrf", hashlib.sha256).hexdigest()[:40]
+
+
+def _same_origin() -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        # Browsers send Origin on every cross-site POST; a request without one came from a same-origin
+        # page of an older browser or from a non-browser client (which needs the token too).
+        return True
+    return origin.rstrip("/") == f"{request.scheme}://{request.host}"
+
+
+def check_admin_csrf() -> None:
+    """403 for a state-changing /admin request without the page's token or from another origin."""
+    if request.method not in UNSAFE_METHODS or not (request.path == "/admin" or request.path.startswith("/admin/")):
+        return
+    ring: KeyRing = current_app.extensions["swapline_auth"]
+    token = request.headers.get(CSRF_HEADER, "")
+    if not _same_origin() or not hmac.compare_digest(token.encode(), csrf_token(principal(), ring).encode()):
+        abort(403, code="csrf_refused", message=f"admin actions must come from the admin page itself (same origin, "
+                                                f"with its {CSRF_HEADER}); reload /admin and try again")
 
 
 class KeyRing:
@@ -126,6 +169,13 @@ class KeyRing:
     @property
     def open(self) -> bool:
         return not self._pairs
+
+    def secret_for(self, key_id_: str) -> bytes:
+        """The key whose id is `key_id_` (as bytes), to derive per-key values from."""
+        for known, _role in self._pairs:
+            if key_id(known.decode()) == key_id_:
+                return known
+        return b"unknown"
 
     def role_of(self, key: str) -> str | None:
         found = None
@@ -150,11 +200,13 @@ def _challenge(error: str | None = None) -> dict:
 
 
 def authenticate() -> None:
-    """The before_request hook: 401/403 unless the request carries a key with the role it needs."""
+    """The before_request hook: 401/403 unless the request carries a key with the role it needs (and,
+    for the admin page's own actions, its CSRF token)."""
     role = required_role()
     ring: KeyRing = current_app.extensions["swapline_auth"]
     if ring.open:
         g.swapline_principal = Principal("admin", "open")
+        check_admin_csrf()
         return
     key = _presented_key()
     if role is None:
@@ -162,8 +214,10 @@ def authenticate() -> None:
             g.swapline_principal = Principal(found, key_id(key))
         return
     if key is None:
-        abort(401, code="unauthorized", message="an API key is required: Authorization: Bearer <key>",
-              headers=_challenge())
+        basic = request.headers.get("Authorization", "").lower().startswith("basic ")
+        message = ("Basic credentials are accepted only by the admin page and its event stream; send "
+                   "Authorization: Bearer <key>" if basic else "an API key is required: Authorization: Bearer <key>")
+        abort(401, code="unauthorized", message=message, headers=_challenge())
     found = ring.role_of(key)
     if found is None:
         abort(401, code="unauthorized", message="the API key is not valid",
@@ -171,6 +225,7 @@ def authenticate() -> None:
     if RANK[found] < RANK[role]:
         abort(403, code="forbidden", message=f"this operation needs the {role} role; the key has {found}")
     g.swapline_principal = Principal(found, key_id(key))
+    check_admin_csrf()
 
 
 def principal() -> Principal | None:

@@ -6,7 +6,6 @@ flask-smorest `Api` that answers it and documents every error in OpenAPI."""
 
 from __future__ import annotations
 
-import http
 import logging
 
 import redis
@@ -15,7 +14,9 @@ from flask_smorest import Api as _Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 
 from shared.jobs.model import QueueFull
+from shared.storage import StorageFull
 from webapp.api import apidoc, auth
+from webapp.api.problem import PROBLEM_JSON, problem_body
 from webapp.api.schemas import ErrorSchema
 
 log = logging.getLogger(__name__)
@@ -23,30 +24,19 @@ log = logging.getLogger(__name__)
 ERROR_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid",
-    429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+    429: "too_many_requests", 500: "internal_error", 503: "unavailable", 507: "insufficient_storage",
 }
 JSON_VALUES = (str, int, float, bool, list, dict, type(None))
-PROBLEM_JSON = apidoc.PROBLEM_JSON
-# Problem types are named after the machine-readable code; not a URL, so nothing pretends to resolve.
-PROBLEM_TYPE_PREFIX = "urn:swapline:problem:"
 
 
 def problem(status: int, code: str, message: str, headers: dict | None = None, **members) -> Response:
-    """The answer for an error: RFC 9457 members first, then Swapline's (code, message, errors, extras)."""
-    body = {"type": PROBLEM_TYPE_PREFIX + code, "title": _title(status), "status": status, "detail": message,
-            "code": code, "message": message, **members}
-    response = current_app.json.response(body)
+    """The answer for an error (see webapp.api.problem for the body)."""
+    response = current_app.json.response(problem_body(status, code, message, **members))
     response.status_code = status
     response.mimetype = PROBLEM_JSON
     response.headers.update(headers or {})
     return response
 
-
-def _title(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 # A client backs off this long on a full queue; queues drain at the speed of the workers, so a short,
 # fixed hint spreads retries without promising a time we cannot know.
@@ -103,6 +93,7 @@ class Api(_Api):
         self._app.register_error_handler(redis.ConnectionError, self.handle_redis_down)
         self._app.register_error_handler(redis.TimeoutError, self.handle_redis_down)
         self._app.register_error_handler(QueueFull, lambda full: self.handle_http_exception(queue_full_error(full)))
+        self._app.register_error_handler(StorageFull, self.handle_storage_full)
         self._app.register_error_handler(Exception, self.handle_unexpected)
 
     def handle_http_exception(self, error: HTTPException):
@@ -124,13 +115,17 @@ class Api(_Api):
             # webargs nests messages by location ("json", "query"); one location needs no nesting.
             errors = next(iter(messages.values())) if len(messages) == 1 else messages
             members["errors"] = errors if isinstance(errors, dict) else {"_schema": errors}
-        reserved = {"type", "title", "status", "detail"}
-        members.update({k: v for k, v in data.items() if isinstance(v, JSON_VALUES) and k not in reserved})
+        members.update({k: v for k, v in data.items() if isinstance(v, JSON_VALUES)})
         return problem(status, code, message or error.description or error.name, headers, **members)
 
     def handle_redis_down(self, error: Exception):
         log.error("event=http.redis_unavailable error=%r", str(error))
         return problem(503, "unavailable", "Redis is unavailable; retry shortly", {"Retry-After": "5"})
+
+    def handle_storage_full(self, error: StorageFull):
+        log.error("event=http.storage_full error=%r", str(error))
+        return problem(507, ERROR_CODES[507], f"{error.strerror}; nothing was created",
+                       {"Retry-After": str(RETRY_AFTER_SECONDS * 12)})
 
     def handle_unexpected(self, error: Exception):
         if isinstance(error, HTTPException):  # handled above; kept for safety when MRO ties

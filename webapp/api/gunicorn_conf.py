@@ -5,6 +5,14 @@
 
 Flags given on the command line override what is set here.
 
+Threads: `threads` (here or `--threads`) is the number of request threads of a worker process; at
+start the master adds one thread per event-stream slot (SWAPLINE_SSE_MAX_STREAMS). A stream holds its
+thread for as long as it is open, and the API admits at most that many streams, so by construction
+open streams can never take the threads searches and job submissions run on.
+
+Errors gunicorn answers itself (a request line or header over its limits, a malformed request) are
+written in the API's one JSON error shape instead of gunicorn's HTML page.
+
 Metrics: with several workers, each process observes its own requests. Unless PROMETHEUS_MULTIPROC_DIR
 is set already, the master creates an empty folder for prometheus_client's multiprocess mode before it
 forks workers, so /metrics on any worker reports all of them (see webapp/api/metrics.py).
@@ -12,12 +20,16 @@ forks workers, so /metrics on any worker reports all of them (see webapp/api/met
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 
+from gunicorn import util
+
 from shared.logs import dict_config
 from shared.settings import LOG_FORMATS
+from webapp.api.problem import PROBLEM_JSON, problem_body
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # What `-c` takes to load this file as a module (no path to resolve, wherever gunicorn starts).
@@ -25,7 +37,8 @@ CONFIG_ARG = "python:webapp.api.gunicorn_conf"
 
 bind = "127.0.0.1:8000"
 workers = 1
-# Threads per worker: a search waiting on the embedder does not hold up the others.
+# Request threads per worker: a search waiting on the embedder does not hold up the others. Event
+# streams get threads of their own on top (see on_starting).
 worker_class = "gthread"
 threads = 8
 # A request (a search, a staged batch) never takes this long; a worker stuck past it is replaced.
@@ -44,7 +57,43 @@ logconfig_dict = dict_config(_log_format if _log_format in LOG_FORMATS else "tex
 _created_metrics_dir: str | None = None
 
 
+# The codes of the API's error shape (webapp/api/problem.py) for the answers gunicorn writes itself.
+GUNICORN_ERROR_CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
+                        431: "header_fields_too_large", 500: "internal_error", 501: "not_implemented"}
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's `util.write_error`, answering the API's problem document instead of an HTML page."""
+    message = f"{reason}: {mesg}" if mesg else reason
+    code = GUNICORN_ERROR_CODES.get(status_int, "error")
+    body = json.dumps(problem_body(status_int, code, message[:500])).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_JSON}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 def on_starting(server) -> None:
+    # gunicorn writes the errors it answers before the app sees a request (over-long request lines and
+    # headers, malformed requests) through this one function; workers fork from here and inherit it.
+    util.write_error = write_json_error
+    _add_stream_threads(server)
+    _metrics_dir()
+
+
+def on_reload(server) -> None:
+    _add_stream_threads(server)  # a reload (SIGHUP) reads this file again, threads included
+
+
+def _add_stream_threads(server) -> None:
+    from shared.settings import load_settings
+
+    request_threads = server.cfg.threads
+    streams = load_settings().sse_max_streams
+    server.cfg.set("threads", request_threads + streams)
+    server.log.info("event=gunicorn.threads request_threads=%s stream_threads=%s", request_threads, streams)
+
+
+def _metrics_dir() -> None:
     global _created_metrics_dir
     existing = os.environ.get(MULTIPROC_ENV)
     if existing:

@@ -53,7 +53,7 @@ def fingerprint() -> str:
     raw = request.get_data(cache=True)  # cached: the view's body parser reads it again
     try:
         body = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode() if raw else b""
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         body = raw
     who = principal().key_id if principal() else "-"
     digest = hashlib.sha256()

@@ -3,6 +3,13 @@
 Readers take a reference to the current `LoadedVersion` and search it without any lock; the watcher
 loads a newer version off the request path, warms it, and replaces one reference. A query in flight
 finishes on the version it started with.
+
+A version that cannot be loaded (damaged, truncated, checksum mismatch) is never served: the process
+keeps serving what it has, reports the failure (an `index.load_failed` event, the load-error metric,
+its replica heartbeat, which the collection's status shows) and tries again with growing pauses, not
+on every poll. A process that has nothing to serve for the collection (it just started) serves the
+newest loadable version from the pointer history meanwhile. The watcher also tells whether Redis
+answers (`redis_down`), so searches can be answered from memory while it does not.
 """
 
 from __future__ import annotations
@@ -55,6 +62,24 @@ class ResultCache:
                 self._data.popitem(last=False)
 
 
+@dataclass
+class LoadFailure:
+    fence: int
+    version: int
+    error: str
+    attempts: int
+    since: float
+    retry_at: float  # time.monotonic()
+
+    def public(self) -> dict:
+        return {"version": self.version, "error": self.error[:300], "attempts": self.attempts, "since": self.since}
+
+
+# Pauses between load attempts of a version that failed: doubling from the first, up to the last.
+LOAD_RETRY = (2.0, 300.0)
+REDIS_RETRY = (0.5, 5.0)
+
+
 @dataclass(frozen=True)
 class Served:
     fence: int
@@ -104,9 +129,15 @@ class IndexWatcher(threading.Thread):
         self.warm_embedder = warm_embedder
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.ready = threading.Event()
+        # Set while Redis does not answer (the watcher's reads, or a search's): searches answer from memory
+        # (degraded) meanwhile. Cleared by the watcher's next successful sync.
+        self.redis_down = threading.Event()
         self._stopping = threading.Event()
         self.last_sync: float = 0.0
         self.errors = 0
+        self.failures: dict[str, LoadFailure] = {}
+        # Collections with a published version of which this process can serve none at all.
+        self.unservable: set[str] = set()
         # Called with the load time of each swap, or None when a load failed (metrics hook).
         self.on_load = lambda seconds: None
 
@@ -118,12 +149,16 @@ class IndexWatcher(threading.Thread):
         poll = self.svc.settings.watcher_poll_seconds
         if self.warm_embedder:
             self.svc.embedder.embed(["warm up"])  # the model loads here, not in the first search
+        failures = 0
         while not self._stopping.is_set():
             pubsub = None
             try:
                 pubsub = self.svc.pointers.subscribe()
                 self.sync()
                 self.ready.set()
+                if failures:
+                    log.info("event=watcher.redis_back replica=%s after_failures=%s", self.replica_id, failures)
+                failures = 0
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=poll)
                     if message and message.get("type") == "message":
@@ -132,9 +167,14 @@ class IndexWatcher(threading.Thread):
                     if time.monotonic() - self.last_sync >= poll:
                         self.sync()
             except (redis.RedisError, OSError) as exc:
+                self.redis_down.set()
                 self.errors += 1
-                log.warning("event=watcher.redis_error replica=%s error=%r", self.replica_id, str(exc))
-                self._stopping.wait(min(poll, 1.0))
+                failures += 1
+                delay = min(REDIS_RETRY[1], REDIS_RETRY[0] * 2 ** (failures - 1))
+                if failures == 1 or delay == REDIS_RETRY[1]:
+                    log.warning("event=watcher.redis_error replica=%s error=%r retry_in=%.1f", self.replica_id,
+                                str(exc), delay)
+                self._stopping.wait(delay)
             finally:
                 if pubsub is not None:
                     try:
@@ -144,30 +184,44 @@ class IndexWatcher(threading.Thread):
         self._unregister()
 
     def sync(self, names: list[str] | None = None) -> None:
-        """Load every collection whose published pointer differs from what this process serves."""
+        """Load every collection whose published pointer differs from what this process serves (a
+        version that failed to load is tried again only once its pause has passed)."""
         full = names is None
         if full:
             names = self.svc.collections.names()
             for gone in set(self.live.served()) - set(names):
                 self.live.drop(gone)
-        for name, pointer in self.svc.pointers.get_many(names).items():
-            if pointer["fence"] != self.live.fence(name):
-                self._load(name, pointer)
+        pointers = self.svc.pointers.get_many(names)
+        now = time.monotonic()
+        for name, pointer in pointers.items():
+            if pointer["fence"] == self.live.fence(name):
+                self.failures.pop(name, None)
+                continue
+            failure = self.failures.get(name)
+            if failure and failure.fence == pointer["fence"] and now < failure.retry_at:
+                continue
+            self._load(name, pointer)
+        self.redis_down.clear()
         if full:
+            for gone in set(self.failures) - set(pointers):
+                self.failures.pop(gone)
+            self.unservable = {name for name in pointers if self.live.get(name) is None}
             self.last_sync = time.monotonic()
             self._heartbeat()
+
+    def _open(self, pointer: dict) -> LoadedVersion:
+        version = LoadedVersion(self.svc.storage.resolve_relative(pointer["path"]), pointer["version"])
+        version.warm()
+        return version
 
     def _load(self, name: str, pointer: dict) -> None:
         started = time.perf_counter()
         try:
-            version = LoadedVersion(self.svc.storage.resolve_relative(pointer["path"]), pointer["version"])
-            version.warm()
-        except Exception:
-            # Stay on the version we serve; the next poll tries again.
-            log.exception("event=watcher.load_failed replica=%s collection=%s version=%s",
-                          self.replica_id, name, pointer.get("version"))
-            self.on_load(None)
+            version = self._open(pointer)
+        except Exception as exc:
+            self._load_failed(name, pointer, exc)
             return
+        self.failures.pop(name, None)
         self.live.swap(name, pointer["fence"], version)
         seconds = time.perf_counter() - started
         self.on_load(seconds)
@@ -177,8 +231,47 @@ class IndexWatcher(threading.Thread):
         log.info("event=watcher.swapped replica=%s collection=%s version=%s vectors=%s load_seconds=%.4f",
                  self.replica_id, name, pointer["version"], version.vectors, seconds)
 
+    def _load_failed(self, name: str, pointer: dict, exc: Exception) -> None:
+        """Keep serving what we serve; report; try again after a pause that doubles each time."""
+        self.on_load(None)
+        before = self.failures.get(name)
+        attempts = before.attempts + 1 if before and before.fence == pointer["fence"] else 1
+        delay = min(LOAD_RETRY[1], LOAD_RETRY[0] * 2 ** (attempts - 1))
+        error = f"{type(exc).__name__}: {exc}"
+        self.failures[name] = LoadFailure(pointer["fence"], pointer["version"], error, attempts,
+                                          before.since if before and attempts > 1 else time.time(),
+                                          time.monotonic() + delay)
+        log.warning("event=watcher.load_failed replica=%s collection=%s version=%s attempts=%s retry_in=%.0f "
+                    "serving=%s error=%r", self.replica_id, name, pointer["version"], attempts, delay,
+                    self.live.served().get(name), error)
+        if attempts == 1:
+            self.svc.events.append("index.load_failed", collection=name, data={
+                "version": pointer["version"], "replica": self.replica_id, "error": error[:300],
+                "serving": self.live.served().get(name)})
+        if self.live.get(name) is None:
+            self._fall_back(name, pointer)
+        self._heartbeat()
+
+    def _fall_back(self, name: str, failed: dict) -> None:
+        """Serve the newest version from the pointer history that loads, while the published one
+        cannot be (this process had nothing to serve for the collection)."""
+        for entry in self.svc.pointers.history(name):
+            if entry["version"] == failed["version"] or "path" not in entry:
+                continue
+            try:
+                version = self._open(entry)
+            except Exception as exc:
+                log.warning("event=watcher.fallback_failed replica=%s collection=%s version=%s error=%r",
+                            self.replica_id, name, entry["version"], f"{type(exc).__name__}: {exc}")
+                continue
+            self.live.swap(name, entry["fence"], version)
+            log.warning("event=watcher.fallback replica=%s collection=%s version=%s published=%s",
+                        self.replica_id, name, entry["version"], failed["version"])
+            return
+
     def _heartbeat(self) -> None:
-        self.svc.replicas.heartbeat(self.replica_id, self.live.served())
+        self.svc.replicas.heartbeat(self.replica_id, self.live.served(),
+                                    {name: f.public() for name, f in self.failures.items()})
 
     def _unregister(self) -> None:
         try:

@@ -78,6 +78,14 @@ class RedisCollector:
         yield chunks
         yield seconds
 
+        failing = GaugeMetricFamily("swapline_index_load_failing", "Attempts at loading a version an API process "
+                                    "could not load (0 series when every process loads what is published)",
+                                    labels=["collection", "replica", "version"])
+        for replica, failed in sorted(svc.replicas.failures().items()):
+            for name, failure in sorted(failed.items()):
+                failing.add_metric([name, replica, str(failure.get("version"))], failure.get("attempts", 1))
+        yield failing
+
 
 class Metrics:
     def __init__(self):

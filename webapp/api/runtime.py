@@ -10,6 +10,7 @@ from flask import Flask, current_app
 from shared.celeryconfig import enqueue, make_celery
 from shared.services import Services, build_services
 from shared.settings import Settings
+from webapp.api.eventhub import EventHub
 from webapp.api.live import IndexWatcher, LiveIndexes
 
 EXTENSION = "swapline"
@@ -22,15 +23,20 @@ class Runtime:
         self.svc: Services = build_services(settings, lambda kind, job_id: enqueue(self.celery, kind, job_id),
                                             torch_threads=settings.api_torch_threads)
         self.live = LiveIndexes(settings.search_cache_size)
-        # Open SSE streams of this app; each holds a server thread and a blocked Redis read.
+        # Open SSE streams of this app. Each holds a server thread (gunicorn_conf adds one thread per slot
+        # to the request threads, so streams never take a thread a search needs) and waits on the hub.
         self.sse_slots = threading.BoundedSemaphore(settings.sse_max_streams)
+        self.events_hub = EventHub(settings.redis_url, settings.events_max_len)
         self.watcher = IndexWatcher(self.svc, self.live, warm_embedder=settings.embedder == "minilm")
 
     def start(self) -> None:
         self.watcher.start()
+        self.events_hub.start()
 
     def close(self) -> None:
         self.watcher.stop()
+        if self.events_hub.is_alive():
+            self.events_hub.stop()
         self.svc.close()
 
 

@@ -99,6 +99,12 @@ class JobSchema(Schema):
     result = fields.Dict(allow_none=True)
     cancel_requested = fields.Boolean(metadata={
         "description": "cancel was requested while the job ran; it stops at its next step boundary"})
+    attempts = fields.Integer(metadata={
+        "description": "how many times a worker started the job (more than 1 after a worker was lost or a "
+                       "transient error; at most SWAPLINE_JOB_MAX_ATTEMPTS lost runs before it fails)"})
+    retryable = fields.Boolean(metadata={
+        "description": "the job failed for a transient reason (e.g. the data volume was full): making the "
+                       "same request again can succeed"})
 
 
 class JobListQuerySchema(StrictSchema):
@@ -119,7 +125,7 @@ class JobListSchema(Schema):
 class SearchQuerySchema(StrictSchema):
     query = fields.String(required=True, validate=validate.Length(min=1), metadata={
         "description": "at most SWAPLINE_MAX_QUERY_CHARS characters (default 2000), else 422"})
-    k = fields.Integer(load_default=10, validate=validate.Range(min=1), metadata={
+    k = fields.Integer(load_default=10, strict=True, validate=validate.Range(min=1), metadata={
         "description": "hits to return; at most SWAPLINE_MAX_K (default 100), else 422"})
 
 
@@ -170,6 +176,9 @@ class CollectionStatusSchema(CollectionSchema):
     replicas = fields.Dict(keys=fields.String(), values=fields.Integer(allow_none=True),
                            metadata={"description": "API process id -> version it serves"})
     converged = fields.Boolean(metadata={"description": "every live API process serves the published version"})
+    load_failures = fields.List(fields.Dict(), metadata={
+        "description": "versions API processes could not load (damaged or unreadable files): replica, version, "
+                       "error, attempts, since. Each keeps serving what it served and retries with backoff."})
 
 
 class VersionSchema(Schema):
@@ -190,4 +199,4 @@ class VersionListSchema(Schema):
 
 
 class RollbackSchema(StrictSchema):
-    version = fields.Integer(required=True, validate=validate.Range(min=1))
+    version = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))

@@ -1,8 +1,8 @@
 """`make run`: the whole stack on one machine, owned by one command.
 
 Redis (SWAPLINE_REDIS_URL, or an embedded redis-server with its data under ./var/redis), one Celery
-worker for the ingest and index queues, Celery beat (the sweeper's clock), the API under gunicorn and
-Flower run as child processes with prefixed, colored output. On first start the sample collection
+worker for the ingest and index queues, Celery beat (optional: workers run the sweep themselves), the
+API under gunicorn and Flower run as child processes with prefixed, colored output. On first start the sample collection
 `keps` is loaded over the REST API; the URLs are printed once it is searchable. Ctrl-C stops everything,
 Redis last; a child that dies stops the stack and the launcher exits 1.
 
@@ -40,7 +40,7 @@ LAUNCHER_ENV: dict[str, tuple[str, str]] = {
     "SWAPLINE_REDIS_PORT": ("0", "embedded Redis port (0: a free one)"),
     "SWAPLINE_VAR_DIR": ("./var", "embedded Redis data (redis/) and, unless SWAPLINE_DATA_DIR is set, data/"),
     "SWAPLINE_API_WORKERS": ("1", "gunicorn worker processes (each holds the model and the indexes)"),
-    "SWAPLINE_API_THREADS": ("8", "threads per gunicorn worker (gthread, so SSE streams don't block)"),
+    "SWAPLINE_API_THREADS": ("8", "request threads per gunicorn worker (event streams get threads of their own)"),
     "SWAPLINE_WORKER_CONCURRENCY": ("1", "Celery pool processes of the worker"),
     "SWAPLINE_SAMPLE": ("1", "load the sample collection `keps` on first start (0 or --no-sample: skip)"),
     "SWAPLINE_SAMPLE_LIMIT": ("", "load only the first N sample files (empty: all)"),

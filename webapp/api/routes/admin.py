@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flask import Blueprint, render_template
+from flask import Blueprint, current_app, jsonify, render_template, request
+from flask_smorest import abort
 
+from shared.index.versions import list_versions
 from shared.jobs.model import EVENT_FOR_STATE
 from shared.status import overview
+from webapp.api.auth import CSRF_HEADER, csrf_token, principal
+from webapp.api.routes.common import job_location, roll_back, start_rebuild
 from webapp.api.runtime import swapline
 
 blp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -35,10 +39,31 @@ def _context() -> dict:
 
 @blp.get("")
 def page():
-    return render_template("admin.html", refresh_on=REFRESH_ON, **_context())
+    token = csrf_token(principal(), current_app.extensions["swapline_auth"])
+    return render_template("admin.html", refresh_on=REFRESH_ON, csrf_header=CSRF_HEADER, csrf_token=token,
+                           **_context())
 
 
 @blp.get("/fragment")
 def fragment():
     """The live part of the page, re-rendered when a job or index event arrives."""
     return render_template("admin_fragment.html", **_context())
+
+
+# The page's own actions. They live under /admin because that is where a browser's Basic credentials
+# are accepted; webapp.api.auth refuses them without the page's CSRF token or from another origin.
+
+@blp.post("/collections/<string:name>/rebuild")
+def rebuild(name):
+    job = start_rebuild(name)
+    return jsonify(job), 202, job_location(job["id"])
+
+
+@blp.post("/collections/<string:name>/rollback")
+def rollback(name):
+    body = request.get_json(silent=True)
+    version = body.get("version") if isinstance(body, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        abort(422, message="the body must be {\"version\": N} with N a published version", code="invalid")
+    roll_back(name, version)
+    return jsonify({"versions": list_versions(swapline.runtime.svc, name)})

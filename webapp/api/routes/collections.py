@@ -6,19 +6,11 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from shared.jobs.model import iso_time
-from shared.jobs.submit import (
-    DropInProgress,
-    RebuildInProgress,
-    drop_in_progress,
-    request_rebuild,
-    submit_delete,
-    submit_documents,
-    submit_drop,
-)
+from shared.jobs.submit import DropInProgress, drop_in_progress, submit_delete, submit_documents, submit_drop
 from shared.status import collection_status
 from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
-from webapp.api.routes.common import job_location, require_collection
+from webapp.api.routes.common import job_location, require_collection, start_rebuild
 from webapp.api.runtime import swapline
 from webapp.api.schemas import (
     CollectionCreateSchema,
@@ -99,6 +91,8 @@ class Documents(MethodView):
                       description="Too many documents, a document too large, or a body over "
                                   "SWAPLINE_MAX_REQUEST_BYTES")
     @blp.alt_response(503, **QUEUE_FULL)
+    @blp.alt_response(507, schema=ErrorSchema, description="The data volume has no room to stage the batch; "
+                                                           "nothing was created. Retry after Retry-After seconds.")
     def post(self, body, name):
         """Add or replace documents (a document id submitted again replaces it). Answers the ingest
         job; with `rebuild` (the default) a rebuild follows and the job's result names it."""
@@ -145,10 +139,5 @@ class Rebuild(MethodView):
     @blp.alt_response(503, **QUEUE_FULL)
     def post(self, name):
         """Rebuild the collection's index from its documents."""
-        require_collection(name)
-        try:
-            job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True, bounded=True)
-        except RebuildInProgress as busy:
-            abort(409, message="a rebuild of this collection is already queued or running",
-                  code="rebuild_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
+        job = start_rebuild(name)
         return job, 202, job_location(job["id"])

@@ -1,9 +1,11 @@
-"""Helpers the resource blueprints share."""
+"""Helpers the resource blueprints (and the admin page's actions) share."""
 
 from __future__ import annotations
 
 from flask_smorest import abort
 
+from shared.index.versions import RollbackRefused, rollback
+from shared.jobs.submit import RebuildInProgress, request_rebuild
 from webapp.api.runtime import swapline
 
 
@@ -14,3 +16,23 @@ def require_collection(name: str) -> None:
 
 def job_location(job_id: str) -> dict:
     return {"Location": f"/v1/jobs/{job_id}"}
+
+
+def start_rebuild(name: str) -> dict:
+    """A new rebuild of the collection (its job); 409 naming the one already queued or running."""
+    require_collection(name)
+    try:
+        job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True, bounded=True)
+    except RebuildInProgress as busy:
+        abort(409, message="a rebuild of this collection is already queued or running",
+              code="rebuild_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
+    return job
+
+
+def roll_back(name: str, version: int) -> None:
+    """Publish an older kept version again; 404/409 when that cannot be."""
+    require_collection(name)
+    try:
+        rollback(swapline.runtime.svc, name, version)
+    except RollbackRefused as refused:
+        abort(refused.status, code=refused.code, message=refused.message)

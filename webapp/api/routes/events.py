@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 
+import redis
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from marshmallow import Schema, fields
 
 from shared.store.events import STREAM_ID, EventLog, older
+from webapp.api.eventhub import READ_COUNT, Subscription
 from webapp.api.runtime import swapline
 from webapp.api.schemas import ErrorSchema
 
@@ -26,25 +30,61 @@ def _format(event: dict) -> str:
     return f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
 
 
-def event_stream(events: EventLog, after: str, collection: str | None, heartbeat: float, max_seconds: float):
-    """Yield SSE frames after stream id `after`; a comment line every `heartbeat` idle seconds; end
-    after `max_seconds` (the client reconnects with the last id it saw)."""
+KEEPALIVE = ": keepalive\n\n"
+# While Redis cannot be read for a catch-up, the stream tries again this often (heartbeats go on).
+CATCH_UP_RETRY_SECONDS = 1.0
+
+
+def event_stream(events: EventLog, sub: Subscription, after: str, collection: str | None, heartbeat: float,
+                 max_seconds: float, clock: Callable[[], float] = time.monotonic):
+    """Yield SSE frames after stream id `after`: first what Redis holds after it (a resumed client),
+    then what the hub hands over; a comment every `heartbeat` idle seconds; after `max_seconds` a final
+    comment and the end (the client reconnects with the last id it saw and misses nothing).
+
+    Never raises: a Redis error only delays the catch-up, so the HTTP response always ends cleanly."""
     yield f"retry: 2000\n: stream from {after}\n\n"
-    oldest = events.oldest_id()
-    if after != "0-0" and oldest and older(after, oldest):
-        # The stream was trimmed past where the client stopped: say so instead of hiding the gap.
-        yield f"event: gap\ndata: {json.dumps({'requested_after': after, 'oldest': oldest})}\n\n"
-    deadline = time.monotonic() + max_seconds
-    while time.monotonic() < deadline:
-        block = int(min(heartbeat, max(0.05, deadline - time.monotonic())) * 1000)
-        batch = events.read_after(after, count=100, block_ms=block)
-        if not batch:
-            yield ": keepalive\n\n"
-            continue
+    deadline = clock() + max_seconds
+    next_beat = clock() + heartbeat
+    catching_up, checked_gap, retry_at = True, False, 0.0
+    while True:
+        now = clock()
+        if now >= deadline:
+            yield f": this stream ends after {max_seconds:g} s; reconnect with Last-Event-ID: {after}\n\n"
+            return
+        frames: list[str] = []
+        if sub.lagged.is_set():
+            sub.lagged.clear()
+            sub.drain()
+            catching_up = True
+        if catching_up and now >= retry_at:
+            try:
+                if not checked_gap:
+                    oldest = events.oldest_id()
+                    checked_gap = True
+                    if after != "0-0" and oldest and older(after, oldest):
+                        # The stream was trimmed past where the client stopped: say so, never hide the gap.
+                        gap = json.dumps({"requested_after": after, "oldest": oldest})
+                        frames.append(f"event: gap\ndata: {gap}\n\n")
+                batch = events.read_after(after, count=READ_COUNT)
+                catching_up = len(batch) == READ_COUNT
+            except (redis.RedisError, OSError):
+                batch, retry_at = [], now + CATCH_UP_RETRY_SECONDS
+        else:
+            wait = min(next_beat, deadline) - now
+            if catching_up:
+                wait = min(wait, retry_at - now)
+            batch = sub.get(wait) or []
         for event in batch:
-            after = event["id"]
-            if collection is None or event["collection"] == collection:
-                yield _format(event)
+            if older(after, event["id"]):  # the hub may hand over what the catch-up already sent
+                after = event["id"]
+                if collection is None or event["collection"] == collection:
+                    frames.append(_format(event))
+        if frames:
+            yield "".join(frames)
+            next_beat = clock() + heartbeat
+        elif clock() >= next_beat:
+            yield KEEPALIVE
+            next_beat = clock() + heartbeat
 
 
 @blp.route("")
@@ -71,12 +111,23 @@ class Events(MethodView):
             # A client that stops reading must not hold this thread forever.
             sock.settimeout(settings.sse_send_timeout_seconds)
 
-        def generate():
-            try:
-                yield from event_stream(events, after, args.get("collection"), settings.sse_heartbeat_seconds,
-                                        settings.sse_max_seconds)
-            finally:
+        sub = rt.events_hub.subscribe()
+        freed = threading.Event()
+
+        def free() -> None:  # from the generator's end and from the response's close, whichever is first
+            if not freed.is_set():
+                freed.set()
+                sub.close()
                 rt.sse_slots.release()
 
-        return Response(generate(), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        def generate():
+            try:
+                yield from event_stream(events, sub, after, args.get("collection"), settings.sse_heartbeat_seconds,
+                                        settings.sse_max_seconds)
+            finally:
+                free()
+
+        response = Response(generate(), mimetype="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response.call_on_close(free)
+        return response

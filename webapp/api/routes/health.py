@@ -24,9 +24,11 @@ class Health(MethodView):
 @blp.route("/readyz")
 class Ready(MethodView):
     @blp.response(200, HealthSchema)
-    @blp.alt_response(503, schema=HealthSchema, description="Not ready: Redis unreachable or watcher down")
+    @blp.alt_response(503, schema=HealthSchema, description="Not ready: Redis unreachable, watcher down, or a "
+                                                             "published collection of which no version loads")
     def get(self):
-        """Ready to serve: Redis answers and the index watcher runs and has synced once."""
+        """Ready to serve: Redis answers, the index watcher runs and has synced once, and every collection
+        with a published index has a version this process serves."""
         rt = swapline.runtime
         checks = {}
         try:
@@ -36,6 +38,9 @@ class Ready(MethodView):
             checks["redis_error"] = str(exc)
         checks["index_watcher"] = rt.watcher.is_alive() and rt.watcher.ready.is_set()
         checks["served_versions"] = rt.live.served()
+        # Collections with a published version of which this process can serve none (all unloadable).
+        checks["unservable"] = sorted(rt.watcher.unservable)
+        checks["load_failures"] = {name: f.public() for name, f in rt.watcher.failures.items()}
         checks["auth"] = auth.mode()  # "open" when no API keys are configured
-        ok = checks["redis"] and checks["index_watcher"]
+        ok = checks["redis"] and checks["index_watcher"] and not checks["unservable"]
         return {"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -9,6 +10,8 @@ from webapp.api.auth import requires
 from webapp.api.routes.common import require_collection
 from webapp.api.runtime import swapline
 from webapp.api.schemas import ErrorSchema, SearchQuerySchema, SearchResultSchema
+
+DEGRADED_HEADER = "X-Swapline-Degraded"
 
 blp = Blueprint("search", __name__, url_prefix="/v1/collections", description="Semantic search")
 
@@ -20,10 +23,25 @@ class Search(MethodView):
     @blp.response(200, SearchResultSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
     @blp.alt_response(409, schema=ErrorSchema, description="The index was built with another model")
+    @blp.alt_response(503, schema=ErrorSchema, description="Redis is unreachable and this process serves no "
+                                                           "version of the collection")
     def post(self, body, name):
-        """Search the version this process serves; never waits for a build or a load."""
-        require_collection(name)
+        """Search the version this process serves; never waits for a build or a load.
+
+        While Redis is unreachable, a collection this process serves is still searched, from memory, and
+        the answer carries `X-Swapline-Degraded: redis-unavailable` (only submissions, job status and
+        events need Redis)."""
         rt = swapline.runtime
+        degraded = rt.watcher.redis_down.is_set()
+        if not degraded:
+            try:
+                require_collection(name)
+            except redis.RedisError:
+                rt.watcher.redis_down.set()
+                degraded = True
+        if degraded and rt.live.get(name) is None:
+            raise redis.ConnectionError("Redis is unavailable and this process serves no version of the collection")
+        extra = {DEGRADED_HEADER: "redis-unavailable"} if degraded else {}
         settings = rt.settings
         if body["k"] > settings.max_k:
             abort(422, message=f"k must be at most {settings.max_k}", errors={"k": [f"at most {settings.max_k}"]})
@@ -32,12 +50,12 @@ class Search(MethodView):
                   errors={"query": [f"at most {settings.max_query_chars} characters"]})
         served = rt.live.get(name)  # one reference: a swap after this line does not affect this query
         if served is None:
-            return {"index_version": None, "hits": []}, 200, {"X-Index-Version": "", "X-Cache": "miss"}
+            return {"index_version": None, "hits": []}, 200, {"X-Index-Version": "", "X-Cache": "miss", **extra}
         live = served.version
         key = (body["query"], body["k"])
         cached = served.cache.get(key)
         if cached is not None:
-            return cached, 200, {"X-Index-Version": str(live.version), "X-Cache": "hit"}
+            return cached, 200, {"X-Index-Version": str(live.version), "X-Cache": "hit", **extra}
         embedder = rt.svc.embedder
         if live.manifest["model"] != embedder.model_id:
             abort(409, code="model_mismatch",
@@ -49,4 +67,4 @@ class Search(MethodView):
                  "metadata": h.record.get("metadata", {})} for h in live.search(query, body["k"])]
         result = {"index_version": live.version, "hits": hits}
         served.cache.put(key, result)
-        return result, 200, {"X-Index-Version": str(live.version), "X-Cache": "miss"}
+        return result, 200, {"X-Index-Version": str(live.version), "X-Cache": "miss", **extra}

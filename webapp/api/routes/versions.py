@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 
-from shared.index.versions import RollbackRefused, list_versions, rollback
+from shared.index.versions import list_versions
 from webapp.api.auth import requires
-from webapp.api.routes.common import require_collection
+from webapp.api.routes.common import require_collection, roll_back
 from webapp.api.runtime import swapline
 from webapp.api.schemas import ErrorSchema, RollbackSchema, VersionListSchema
 
@@ -34,10 +34,5 @@ class Rollback(MethodView):
     @blp.alt_response(409, schema=ErrorSchema, description="Already current, deleted, or a rebuild holds the lock")
     def post(self, body, name):
         """Publish an older kept version again (fenced like any publish); every API process swaps back."""
-        require_collection(name)
-        svc = swapline.runtime.svc
-        try:
-            rollback(svc, name, body["version"])
-        except RollbackRefused as refused:
-            abort(refused.status, code=refused.code, message=refused.message)
-        return {"versions": list_versions(svc, name)}
+        roll_back(name, body["version"])
+        return {"versions": list_versions(swapline.runtime.svc, name)}

@@ -1,0 +1,79 @@
+"""JSON bodies that round-trip: checked once per request before any view (or the Idempotency-Key
+fingerprint) reads them.
+
+Python's `json` accepts what JSON does not: `NaN`, `Infinity`, numbers too large for a float (they
+become inf), and `\\ud800`-style escapes that decode to a lone surrogate, which no UTF-8 encoder can
+write back (a document id or text with one failed deep in the stack with a 500; NaN in metadata was
+stored and later answered in a search body that was not JSON). Such input is refused with 422. A body
+nested so deep that the parser runs out of stack is refused with 400 instead of crashing the request.
+Syntax errors are left to the view's body parser, which answers 400 in the usual shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from flask import Flask, request
+from flask_smorest import abort
+
+SURROGATE_ESCAPES = (b"\\ud", b"\\uD")
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _reject_constant(name: str):
+    raise _NotJSON(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJSON(f"{text[:40]} is too large for a number")
+    return value
+
+
+def _lone_surrogate(value) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def check_json_body() -> None:
+    """The before_request hook: 422 for NaN/Infinity/overflowing numbers and lone surrogates, 400 for
+    nesting too deep to parse; other bodies pass untouched."""
+    if not request.is_json:
+        return
+    raw = request.get_data(cache=True)
+    if not raw:
+        return
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except _NotJSON as exc:
+        abort(422, code="invalid", message=f"the body is not valid JSON: {exc} (NaN and Infinity are not JSON)")
+    except RecursionError:
+        abort(400, code="bad_request", message="the body is not valid JSON: it is nested too deeply")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # malformed: the view's body parser answers 400
+    except ValueError as exc:  # e.g. an integer literal longer than Python converts
+        abort(400, code="bad_request", message=f"the body is not valid JSON: {str(exc)[:200]}")
+    if any(escape in raw for escape in SURROGATE_ESCAPES) and _lone_surrogate(value):
+        abort(422, code="invalid", message="the body holds a string with a lone UTF-16 surrogate (such as "
+                                           "\\ud800), which is not valid Unicode text")
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(check_json_body)

@@ -1,0 +1,28 @@
+"""A worker bootstep that runs Swapline's housekeeping (recovery of lost jobs, the sweep, version
+collection: `shared.jobs.housekeeping`) in a thread of the worker's main process, so every worker does
+it on its own clock, whether or not beat runs and whatever its pool is busy with."""
+
+from __future__ import annotations
+
+from celery import bootsteps
+
+from shared.jobs.housekeeping import HousekeepingThread
+
+
+class Housekeeping(bootsteps.StartStopStep):
+    # Started after the pool, so the pool's processes are forked before this thread exists.
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        self.thread: HousekeepingThread | None = None
+
+    def start(self, worker) -> None:
+        from workers.celery_app import services  # the app module adds this step: import it lazily
+
+        self.thread = HousekeepingThread(services)
+        self.thread.start()
+
+    def stop(self, worker) -> None:
+        if self.thread is not None:
+            self.thread.stop()
