@@ -102,7 +102,7 @@ def test_api_lines_are_json_and_answers_carry_a_request_id(settings, procs):
 
 @pytest.mark.integration
 def test_every_line_beat_prints_is_json(settings, tmp_path):
-    # A stale threshold of 25 s makes beat send the sweep every 5 s (shared.celeryconfig.sweep_interval).
+    # A stale threshold of 25 s makes beat send the sweep every 5 s (Settings.sweep_interval).
     jsonlogs = settings.with_(log_format="json", sweep_stale_seconds=25)
     beat = Proc("beat", [str(BIN / "celery"), "-A", "workers.celery_app", "beat", "--loglevel", "INFO",
                          "--schedule", str(tmp_path / "schedule")], child_env(jsonlogs), tmp_path)

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-from shared.celeryconfig import sweep_interval
 from shared.settings import load_settings
 
 MISSED_SWEEPS = 3
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     beat = sub.add_parser("beat", help="beat keeps sending its periodic tasks")
     beat.add_argument("--schedule", type=Path, required=True, help="the file given to `celery beat --schedule`")
     args = parser.parse_args(argv)
-    ok, why = beat_healthy(args.schedule, sweep_interval(load_settings()))
+    ok, why = beat_healthy(args.schedule, load_settings().sweep_interval)
     print(("healthy: " if ok else "unhealthy: ") + why)
     return 0 if ok else 1
 
