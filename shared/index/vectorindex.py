@@ -1,7 +1,9 @@
 """FAISS indexes: build in steps, write a version directory aside, verify it, load it for search.
 
 A version directory holds index.faiss, chunks.jsonl (one record per vector, in id order),
-offsets.npy (byte offset of each record, so a search reads only its hits) and manifest.json.
+offsets.npy (byte offset of each record, so a search reads only its hits), keyword/ (the BM25 index
+over the same rows, `shared.index.keyword`), documents.jsonl (one entry per document,
+`shared.index.doctable`) and manifest.json. All are written, verified and loaded together.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from shared.index import doctable, keyword
+from shared.index.doctable import DocTable
+from shared.index.keyword import KEYWORD_DIR, KeywordIndex
 
 INDEX_FILE, CHUNKS_FILE, OFFSETS_FILE, MANIFEST_FILE = "index.faiss", "chunks.jsonl", "offsets.npy", "manifest.json"
 KIND_FLAT = "flat-ip"
@@ -97,7 +103,8 @@ def write_version(directory: Path, index: faiss.Index, records: list[dict], mani
             offsets[i + 1] = fh.tell()
     np.save(directory / OFFSETS_FILE, offsets)
     full = {**manifest, "vectors": int(index.ntotal), "dim": int(index.d),
-            "checksum": sha256_file(directory / INDEX_FILE)}
+            "checksum": sha256_file(directory / INDEX_FILE),
+            "keyword": keyword.save(directory, records), "documents_table": doctable.write(directory, records)}
     (directory / MANIFEST_FILE).write_text(json.dumps(full, indent=2))
     return full
 
@@ -113,6 +120,15 @@ def verify_version(directory: Path) -> dict:
     offsets = np.load(directory / OFFSETS_FILE)
     if len(offsets) != manifest["vectors"] + 1 or offsets[-1] != os.path.getsize(directory / CHUNKS_FILE):
         raise VerifyFailed(f"chunk store does not match the index in {directory}")
+    try:
+        # Versions written before the keyword index and documents table existed have neither; they
+        # stay valid for rollback.
+        if "keyword" in manifest:
+            keyword.verify(directory, manifest)
+        if "documents_table" in manifest:
+            doctable.verify(directory, manifest)
+    except (keyword.KeywordVerifyFailed, doctable.DocTableVerifyFailed, KeyError) as exc:
+        raise VerifyFailed(str(exc)) from exc
     return manifest
 
 
@@ -138,6 +154,10 @@ class LoadedVersion:
             self.index = faiss.read_index(str(directory / INDEX_FILE))
         self.offsets = np.load(directory / OFFSETS_FILE)
         self._fd = os.open(directory / CHUNKS_FILE, os.O_RDONLY)
+        # Versions written before keyword search existed have no keyword index: they answer vector
+        # searches only (a rebuild adds it).
+        self.keyword = KeywordIndex(directory, self.vectors) if (directory / KEYWORD_DIR).is_dir() else None
+        self.documents = DocTable.load(directory, self.vectors, (self.record(i) for i in range(self.vectors)))
         self.load_seconds = time.perf_counter() - started
 
     def __del__(self):
@@ -153,12 +173,38 @@ class LoadedVersion:
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         return json.loads(os.pread(self._fd, end - start, start))
 
-    def search(self, query: np.ndarray, k: int) -> list[Hit]:
-        if self.index.ntotal == 0:
+    def records(self, rows: list[list[int]]) -> list[dict]:
+        """The chunk records of [start, stop) row ranges, in row order."""
+        return [self.record(i) for start, stop in rows for i in range(start, stop)]
+
+    def nearest(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """(row, cosine) of the `k` nearest rows, best first. With `allowed` (a boolean mask over rows)
+        only those rows are candidates, chosen by FAISS itself through an id selector, so a selective
+        filter still gets its true top k; an IVF search that finds fewer than k in its probed lists
+        probes every list before it gives up."""
+        if self.index.ntotal == 0 or k <= 0:
             return []
-        scores, ids = self.index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32),
-                                        min(k, self.index.ntotal))
-        return [Hit(float(s), self.record(int(i))) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+        q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        if allowed is None:
+            scores, ids = self.index.search(q, min(k, self.index.ntotal))
+        else:
+            wanted = np.flatnonzero(allowed).astype(np.int64)
+            if not len(wanted):
+                return []
+            k = min(k, len(wanted))
+            selector = faiss.IDSelectorBatch(wanted)
+            ivf = faiss.try_extract_index_ivf(self.index)
+            if ivf is None:
+                scores, ids = self.index.search(q, k, params=faiss.SearchParameters(sel=selector))
+            else:
+                scores, ids = self.index.search(q, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe))
+                if int((ids[0] >= 0).sum()) < k:
+                    scores, ids = self.index.search(
+                        q, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nlist))
+        return [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+
+    def search(self, query: np.ndarray, k: int) -> list[Hit]:
+        return [Hit(score, self.record(row)) for row, score in self.nearest(query, k)]
 
     def warm(self, searches: int = 16) -> None:
         """Searches touch the index's pages before any request does (a memory-mapped IVF index
@@ -169,3 +215,5 @@ class LoadedVersion:
         for _ in range(searches if self.manifest.get("kind") == KIND_IVF else 1):
             q = rng.standard_normal(self.index.d).astype(np.float32)
             self.index.search((q / np.linalg.norm(q)).reshape(1, -1), 10)
+        if self.keyword is not None:
+            self.keyword.warm()

@@ -6,6 +6,7 @@ from marshmallow import RAISE, Schema, fields, validate
 
 from shared.jobs.model import STATES
 from shared.names import COLLECTION_NAME_PATTERN, COLLECTION_NAME_RULE, openapi_pattern
+from shared.search.engine import DEFAULT_MODE, HYBRID_DEPTH, MODES
 from shared.tasknames import KINDS
 
 # The pattern the OpenAPI document shows; `collection_name` checks the stricter \Z form itself.
@@ -106,24 +107,56 @@ class JobListSchema(Schema):
         "description": "pass as `cursor` for the next page; null on the last page"})
 
 
+FILTER_DOC = (
+    "Only chunks of documents that match every entry (AND). Entries: "
+    "`\"metadata.KEY\": VALUE` (metadata[KEY] equals VALUE; when the metadata value is a list, any "
+    "element may equal), `\"metadata.KEY\": {\"in\": [V, ...]}` (equals one of them), `\"type\"` "
+    "(metadata.type, else the extension of metadata.path, metadata.source or the id) and `\"source\"` "
+    "(metadata.source) with the same two forms, and `\"path_prefix\": \"P\"` (metadata.path, else the "
+    "document id, starts with P). VALUE is a string, number, boolean or null. An unknown key or "
+    "operator is a 422. Example: `{\"type\": \"note\", \"metadata.tags\": {\"in\": [\"a\", \"b\"]}}`.")
+
+
 class SearchQuerySchema(StrictSchema):
     query = fields.String(required=True, validate=validate.Length(min=1), metadata={
         "description": "at most SWAPLINE_MAX_QUERY_CHARS characters (default 2000), else 422"})
     k = fields.Integer(load_default=10, validate=validate.Range(min=1), metadata={
         "description": "hits to return; at most SWAPLINE_MAX_K (default 100), else 422"})
+    mode = fields.String(load_default=DEFAULT_MODE, validate=validate.OneOf(MODES), metadata={
+        "description": "vector: nearest chunks by meaning (FAISS); keyword: BM25 over the words of the "
+                       "chunks (exact identifiers, numbers, error strings); hybrid: both, each to "
+                       f"max(k, {HYBRID_DEPTH}) candidates, fused by reciprocal rank fusion"})
+    filter = fields.Dict(keys=fields.String(), allow_none=True, metadata={"description": FILTER_DOC})
 
 
 class HitSchema(Schema):
     doc_id = fields.String()
     chunk_id = fields.String()
-    score = fields.Float()
+    score = fields.Float(metadata={"description": "cosine similarity (vector), BM25 score (keyword) or the "
+                                                  "reciprocal-rank-fusion score (hybrid)"})
     text = fields.String()
     heading_path = fields.List(fields.String())
     metadata = fields.Dict()
+    vector_rank = fields.Integer(allow_none=True, metadata={
+        "description": "1-based rank among the vector candidates; null when vector search did not "
+                       "return this chunk (or did not run)"})
+    keyword_rank = fields.Integer(allow_none=True, metadata={
+        "description": "1-based rank among the keyword candidates; null when no query word occurs in "
+                       "the chunk (or keyword search did not run)"})
+    vector_score = fields.Float(allow_none=True)
+    keyword_score = fields.Float(allow_none=True)
 
 
 class SearchResultSchema(Schema):
     index_version = fields.Integer(allow_none=True)
+    mode = fields.String(validate=validate.OneOf(MODES), metadata={
+        "description": "the mode that answered: hybrid over an index built before keyword indexes "
+                       "existed answers as vector"})
+    scanned = fields.Integer(metadata={
+        "description": "candidate chunks considered: the chunks the filter admits (all chunks without a "
+                       "filter); each one is a candidate, so a selective filter still gets its top k"})
+    matched_documents = fields.Integer(allow_none=True, metadata={
+        "description": "documents the filter admits; null without a filter"})
     hits = fields.List(fields.Nested(HitSchema))
 
 
@@ -181,3 +214,60 @@ class VersionListSchema(Schema):
 
 class RollbackSchema(StrictSchema):
     version = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+class PageQuerySchema(StrictSchema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(validate=validate.Length(min=1, max=1400),
+                           metadata={"description": "next_cursor of the previous page"})
+
+
+class CollectionSummarySchema(CollectionSchema):
+    served_version = fields.Integer(allow_none=True, metadata={
+        "description": "the index version this API process serves (null: none loaded yet)"})
+
+
+class CollectionListSchema(Schema):
+    collections = fields.List(fields.Nested(CollectionSummarySchema), required=True,
+                              metadata={"description": "by name"})
+    next_cursor = fields.String(required=True, allow_none=True, metadata={
+        "description": "pass as `cursor` for the next page; null on the last page"})
+
+
+class DocumentListQuerySchema(PageQuerySchema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    prefix = fields.String(load_default="", validate=validate.Length(max=256),
+                           metadata={"description": "only document ids that start with this"})
+
+
+class DocumentSummarySchema(Schema):
+    id = fields.String(required=True)
+    type = fields.String(metadata={"description": "metadata.type, else the extension of metadata.path, "
+                                                  "metadata.source or the id"})
+    source = fields.String(allow_none=True, metadata={"description": "metadata.source"})
+    path = fields.String(allow_none=True, metadata={"description": "metadata.path"})
+    chunks = fields.Integer()
+    updated_at = fields.String(allow_none=True, metadata={"description": "when this version of the document "
+                                                                         "was written (ingested)"})
+
+
+class DocumentListSchema(Schema):
+    index_version = fields.Integer(allow_none=True, metadata={
+        "description": "the served version listed (documents ingested since appear after the next "
+                       "rebuild); null when this process serves no index of the collection yet"})
+    documents = fields.List(fields.Nested(DocumentSummarySchema), required=True, metadata={"description": "by id"})
+    next_cursor = fields.String(required=True, allow_none=True, metadata={
+        "description": "pass as `cursor` for the next page; null on the last page"})
+
+
+class ChunkSchema(Schema):
+    chunk_id = fields.String()
+    text = fields.String()
+    heading_path = fields.List(fields.String())
+
+
+class DocumentDetailSchema(DocumentSummarySchema):
+    index_version = fields.Integer(metadata={"description": "the served version read"})
+    metadata = fields.Dict()
+    chunk_records = fields.List(fields.Nested(ChunkSchema), metadata={
+        "description": "the document's chunks as stored in the served version, in order"})
