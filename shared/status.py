@@ -66,9 +66,12 @@ def encode_cursor(last: str) -> str:
 def decode_cursor(cursor: str) -> str:
     """The item a cursor names; ValueError when it is not one of ours."""
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+        last = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode("utf-8")
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError("not a valid cursor") from exc
+    if not last or encode_cursor(last) != cursor:
+        raise ValueError("not a valid cursor")
+    return last
 
 
 def list_collections(svc: Services, after: str | None, limit: int,
