@@ -121,3 +121,26 @@ def test_filters_outside_the_grammar_are_422(stack, flt):
     body = resp.json()
     assert body["code"] == "invalid" and set(body["errors"]) == {"filter"} and body["message"].startswith("filter")
     assert search(base, "pods", "alpha", mode="fuzzy").status_code == 422
+
+
+def test_cli_lists_collections_and_documents_and_searches_with_a_filter(stack):
+    from tests.test_cli import swapline
+
+    base, version = stack
+    listed = swapline(base, "collections")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert rows[0] == ["NAME", "DOCUMENTS", "CHUNKS", "PUBLISHED", "SERVED"]
+    assert rows[1] == ["alpha", "100", "1000", f"v{version}", f"v{version}"] and rows[2][0] == "beta"
+    docs = swapline(base, "docs", "alpha", "--prefix", "group-3/doc 09")
+    assert docs.returncode == 0, docs.stderr
+    lines = docs.stdout.splitlines()
+    assert lines[0].split() == ["ID", "TYPE", "CHUNKS", "SOURCE", "UPDATED"]
+    assert [line.split("  ")[0] for line in lines[1:-1]] == ["group-3/doc 091.md", "group-3/doc 095.md",
+                                                             "group-3/doc 099.md"]
+    assert lines[-1] == f"3 documents in 'alpha', index v{version}"
+    found = swapline(base, "search", "alpha", "pods", "-k", "3", "--filter", '{"metadata.bucket": 7}')
+    assert found.returncode == 0, found.stderr
+    assert "(index v" in found.stdout and ", hybrid)" in found.stdout and found.stdout.count("group-3/doc 007.md") == 3
+    bad = swapline(base, "search", "alpha", "pods", "--filter", '{"metadata.bucket": {"gt": 1}}')
+    assert bad.returncode == 1 and "unknown operator 'gt'" in bad.stderr

@@ -105,8 +105,22 @@ class Client:
         params = {k: v for k, v in filters.items() if v is not None}
         return self.request("GET", "/v1/jobs", params=params).json()
 
-    def search(self, name: str, query: str, k: int = 10) -> dict:
-        return self.request("POST", f"/v1/collections/{name}/search", json={"query": query, "k": k}).json()
+    def search(self, name: str, query: str, k: int = 10, mode: str | None = None,
+               filter: dict | None = None) -> dict:
+        body: dict[str, Any] = {"query": query, "k": k}
+        if mode:
+            body["mode"] = mode
+        if filter:
+            body["filter"] = filter
+        return self.request("POST", f"/v1/collections/{name}/search", json=body).json()
+
+    def collections(self, limit: int = 100, cursor: str | None = None) -> dict:
+        params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return self.request("GET", "/v1/collections", params=params).json()
+
+    def documents(self, name: str, prefix: str = "", limit: int = 100, cursor: str | None = None) -> dict:
+        params = {"prefix": prefix, "limit": limit, **({"cursor": cursor} if cursor else {})}
+        return self.request("GET", f"/v1/collections/{name}/documents", params=params).json()
 
     def rebuild(self, name: str) -> dict:
         return self.request("POST", f"/v1/collections/{name}/rebuild", ok=(202,)).json()
