@@ -25,6 +25,7 @@ from shared.store.jobs import JobStore
 from shared.store.locks import RebuildLocks, TokenLock
 from shared.store.pointers import Pointers
 from shared.store.replicas import ReplicaStore
+from shared.store.webhooks import WebhookStore
 
 # A pending Idempotency-Key claim expires after this long should its process die mid-request; well
 # above any request's run time (gunicorn kills a request at its timeout).
@@ -45,6 +46,8 @@ class Services:
     events: EventLog
     idempotency: IdempotencyStore
     broker: BrokerView
+    webhooks: WebhookStore
+    webhook_dispatch_lock: TokenLock
     storage: Storage
     # enqueue(kind, job_id): send the job's task by name.
     enqueue: Callable[[str, str], None]
@@ -81,6 +84,8 @@ def build_services(settings: Settings, enqueue: Callable[[str, str], None], torc
         events=EventLog(client, settings.events_max_len),
         idempotency=IdempotencyStore(client, settings.idempotency_ttl_seconds, IDEMPOTENCY_PENDING_SECONDS),
         broker=BrokerView(client),
+        webhooks=WebhookStore(client, settings.webhook_deliveries_keep, settings.job_ttl_seconds),
+        webhook_dispatch_lock=TokenLock(client, keys.webhook_dispatch_lock()),
         storage=Storage(settings.data_dir),
         enqueue=enqueue,
         torch_threads=torch_threads,

@@ -132,7 +132,7 @@ def child_env(settings: Settings, environ: Mapping[str, str], **extra: str) -> d
 def stack_commands(opts: Options, python: str = sys.executable) -> dict[str, list[str]]:
     celery = [python, "-m", "celery", "-A", "workers.celery_app"]
     return {
-        "worker": celery + ["worker", "-Q", "ingest,index", "-c", str(opts.worker_concurrency),
+        "worker": celery + ["worker", "-Q", "ingest,index,webhooks", "-c", str(opts.worker_concurrency),
                             "-n", "worker1@%h", "--loglevel", "INFO"],
         "api": [python, "-m", "gunicorn", "-c", GUNICORN_CONFIG, "--bind", f"{opts.host}:{opts.api_port}",
                 "--workers", str(opts.api_workers), "--threads", str(opts.api_threads), "webapp:create_app()"],
