@@ -98,7 +98,7 @@ def test_unreachable_api_is_one_friendly_line():
     assert "Traceback" not in result.stderr
 
 
-HEAVY = ("flask", "celery", "faiss", "numpy", "torch", "sentence_transformers", "redis", "kombu")
+HEAVY = ("flask", "celery", "faiss", "numpy", "torch", "sentence_transformers", "redis", "kombu", "mcp", "bm25s")
 
 
 @pytest.mark.parametrize("args", [("--help",), ("search", "docs", "how are pods scheduled")])

@@ -8,8 +8,8 @@ from shared.jobs.model import STATES
 from shared.names import COLLECTION_NAME_PATTERN, COLLECTION_NAME_RULE, openapi_pattern
 from shared.search.engine import DEFAULT_MODE, HYBRID_DEPTH, MODES
 from shared.store.webhooks import DELIVERY_STATES
-from shared.webhooks.delivery import EVENTS as WEBHOOK_EVENTS
 from shared.tasknames import KINDS
+from shared.webhooks.delivery import EVENTS as WEBHOOK_EVENTS
 
 # The pattern the OpenAPI document shows; `collection_name` checks the stricter \Z form itself.
 COLLECTION_NAME_DOC = openapi_pattern(COLLECTION_NAME_PATTERN)

@@ -8,6 +8,7 @@ It turns transport failures and error answers into two exceptions whose text is 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -113,6 +114,10 @@ class Client:
         if filter:
             body["filter"] = filter
         return self.request("POST", f"/v1/collections/{name}/search", json=body).json()
+
+    def delete_document(self, name: str, doc_id: str) -> dict:
+        return self.request("DELETE", f"/v1/collections/{name}/documents/{quote(doc_id, safe='/')}",
+                            ok=(202,)).json()
 
     def collections(self, limit: int = 100, cursor: str | None = None) -> dict:
         params = {"limit": limit, **({"cursor": cursor} if cursor else {})}

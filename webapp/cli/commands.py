@@ -243,6 +243,18 @@ def rebuild(client: Client, name, wait) -> None:
                f"{result.get('vectors')} vectors in {time.monotonic() - begun:.1f} s")
 
 
+@main.command()
+@click.pass_obj
+def mcp(client: Client) -> None:
+    """Serve Swapline to agents: a Model Context Protocol server on stdin/stdout.
+
+    Tools: search, index_status, remember, forget. Configure an agent with the command
+    `swapline mcp` and SWAPLINE_URL / SWAPLINE_API_KEY in its environment."""
+    from webapp.cli.mcp_server import serve  # the MCP SDK loads for this command only
+
+    serve(client)
+
+
 def _follow(client: Client, job_id: str, fail: bool = False) -> dict:
     bar = ProgressBar("job", "%")
 
