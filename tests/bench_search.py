@@ -154,15 +154,18 @@ def main() -> None:
     print(f"\nhits@5 ({len(queries)} labelled queries)")
     print(f"  {'mode':<8} " + " ".join(f"{kind:>14}" for kind in KINDS))
     for mode in MODES:
-        cells = [f"{quality[mode][k]['hits']:>3}/{quality[mode][k]['queries']:<3} {quality[mode][k]['hits'] / max(1, quality[mode][k]['queries']):4.0%}"
-                 for k in KINDS]
+        cells = []
+        for kind in KINDS:
+            cell = quality[mode][kind]
+            cells.append(f"{cell['hits']:>3}/{cell['queries']:<3} {cell['hits'] / max(1, cell['queries']):4.0%}")
         print(f"  {mode:<8} " + " ".join(f"{c:>14}" for c in cells))
     print("\nlatency per search, query embedding included (k=10)")
     for mode in MODES:
         print(f"  {mode:<8} p50 {timing[mode]['p50_ms']:7.2f} ms   p99 {timing[mode]['p99_ms']:7.2f} ms   "
               f"({timing[mode]['searches']} searches)")
-    print(f"\nsizes: index.faiss {size['faiss_bytes'] / 2**20:.1f} MiB, keyword/ {size['keyword_bytes'] / 2**20:.1f} MiB, "
-          f"chunks.jsonl {size['chunks_jsonl_bytes'] / 2**20:.1f} MiB; load {os.getloadavg()[0]:.2f}")
+    mib = {key: value / 2**20 for key, value in size.items()}
+    print(f"\nsizes: index.faiss {mib['faiss_bytes']:.1f} MiB, keyword/ {mib['keyword_bytes']:.1f} MiB, "
+          f"chunks.jsonl {mib['chunks_jsonl_bytes']:.1f} MiB; load {os.getloadavg()[0]:.2f}")
     for mode in MODES:
         print(f"  {mode} misses: {quality[mode]['misses']}")
     ARTIFACTS.mkdir(exist_ok=True)
