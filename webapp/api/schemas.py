@@ -37,6 +37,11 @@ def collection_name(**kw) -> fields.String:
         metadata={**kw.pop("metadata", {}), "pattern": COLLECTION_NAME_DOC}, **kw)
 
 
+def next_cursor_field() -> fields.String:
+    return fields.String(required=True, allow_none=True, metadata={
+        "description": "pass as `cursor` for the next page; null on the last page"})
+
+
 class CollectionCreateSchema(StrictSchema):
     name = collection_name(required=True)
 
@@ -105,8 +110,7 @@ class JobListQuerySchema(StrictSchema):
 
 class JobListSchema(Schema):
     jobs = fields.List(fields.Nested(JobSchema), required=True, metadata={"description": "newest first"})
-    next_cursor = fields.String(required=True, allow_none=True, metadata={
-        "description": "pass as `cursor` for the next page; null on the last page"})
+    next_cursor = next_cursor_field()
 
 
 FILTER_DOC = (
@@ -232,8 +236,7 @@ class CollectionSummarySchema(CollectionSchema):
 class CollectionListSchema(Schema):
     collections = fields.List(fields.Nested(CollectionSummarySchema), required=True,
                               metadata={"description": "by name"})
-    next_cursor = fields.String(required=True, allow_none=True, metadata={
-        "description": "pass as `cursor` for the next page; null on the last page"})
+    next_cursor = next_cursor_field()
 
 
 class DocumentListQuerySchema(PageQuerySchema):
@@ -258,8 +261,7 @@ class DocumentListSchema(Schema):
         "description": "the served version listed (documents ingested since appear after the next "
                        "rebuild); null when this process serves no index of the collection yet"})
     documents = fields.List(fields.Nested(DocumentSummarySchema), required=True, metadata={"description": "by id"})
-    next_cursor = fields.String(required=True, allow_none=True, metadata={
-        "description": "pass as `cursor` for the next page; null on the last page"})
+    next_cursor = next_cursor_field()
 
 
 class ChunkSchema(Schema):
