@@ -80,11 +80,32 @@ def receiver():
     ("http://192.168.0.10/", "private"),
     ("http://[::ffff:127.0.0.1]/", "loopback"),
     ("http://0.0.0.0/", "unspecified"),
-    ("http://no-such-host.invalid/", "cannot resolve"),
 ])
 def test_unsafe_targets_are_refused_by_default(url, why):
     with pytest.raises(targets.UnsafeTarget, match=why):
         targets.check(url, allow_private=False)
+
+
+def fake_dns(monkeypatch, answers: dict[str, list[str]]) -> None:
+    """Names resolve to the given addresses (no query leaves this machine); others do not resolve."""
+    import socket
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+                for a in answers[host]]
+
+    monkeypatch.setattr(targets.socket, "getaddrinfo", getaddrinfo)
+
+
+def test_every_address_of_a_name_is_checked(monkeypatch):
+    fake_dns(monkeypatch, {"hooks.example.com": ["93.184.216.34"], "mixed.example.com": ["93.184.216.34", "10.0.0.7"]})
+    assert targets.check("https://hooks.example.com/x", allow_private=False) == ["93.184.216.34"]
+    with pytest.raises(targets.UnsafeTarget, match="10.0.0.7, a private address"):
+        targets.check("https://mixed.example.com/x", allow_private=False)
+    with pytest.raises(targets.UnsafeTarget, match="cannot resolve"):
+        targets.check("https://gone.example.com/x", allow_private=False)
 
 
 def test_public_and_allowed_private_targets_pass():
@@ -161,17 +182,24 @@ def test_a_failed_attempt_is_logged_and_retried_then_delivered_signed(svc, recei
         assert json.loads(request["body"])["event"]["id"] == event_id
 
 
-def test_delivery_rechecks_the_target_and_gives_up_after_max_attempts(client, tmp_path, receiver):
+def test_delivery_rechecks_the_target_and_gives_up_after_max_attempts(client, tmp_path, receiver, monkeypatch):
     target = receiver([503])
     strict = build_services(Settings(embedder="hash", data_dir=tmp_path, webhook_max_attempts=2,
                                      webhook_retry_base_seconds=0.01), lambda kind, job_id: None, 1, client=client)
-    # Created while allowed (or while its name pointed elsewhere); now it resolves to loopback.
-    hook, _ = strict.webhooks.create(target.url, ["job.failed"], None)
+    # DNS rebinding: the name resolved to a public address when the webhook was created ...
+    fake_dns(monkeypatch, {"hooks.example.com": ["93.184.216.34"]})
+    targets.check("http://hooks.example.com/hook", allow_private=False)
+    rebound, _ = strict.webhooks.create("http://hooks.example.com/hook", ["job.failed"], None)
+    # ... and to this machine by the time of the delivery: refused, nothing is sent.
+    fake_dns(monkeypatch, {"hooks.example.com": ["127.0.0.1"]})
     strict.events.append("job.failed", job_id="b" * 32)
     sent: list[str] = []
     dispatch(strict, sent.append)
     assert deliver(strict, sent[0]).state == FAILED
-    assert target.requests == [] and "loopback" in strict.webhooks.delivery(sent[0])["error"]
+    assert target.requests == [] and "127.0.0.1, a loopback address" in strict.webhooks.delivery(sent[0])["error"]
+    monkeypatch.undo()
+    assert strict.webhooks.delete(rebound["id"]) and strict.webhooks.delivery(sent[0]) is None
+    strict.webhooks.create(target.url, ["job.failed"], None)
     lenient = build_services(strict.settings.with_(webhook_allow_private=True), lambda k, j: None, 1, client=client)
     strict.events.append("job.failed", job_id="c" * 32)
     dispatch(lenient, sent.append)
