@@ -23,9 +23,10 @@ MODES = ("vector", "keyword", "hybrid")
 # Chosen by measurement (tests/bench_search.py, README "Search modes"): hybrid found the exact
 # identifiers vector search missed and lost nothing on paraphrased questions.
 DEFAULT_MODE = "hybrid"
-# Candidates each side contributes to the fusion: deep enough that an item ranked low by one side
-# and high by the other still surfaces, cheap on both sides.
-HYBRID_DEPTH = 50
+# Candidates each side contributes to the fusion (at least k). Deeper lists let chunks ranked middling
+# by both sides outvote a chunk one side ranks first: on the labelled sample queries depths 10 to 40
+# kept every paraphrase vector search finds while 50 and 100 lost some (tests/bench_search.py).
+HYBRID_DEPTH = 20
 
 
 class KeywordUnavailable(Exception):
