@@ -49,10 +49,12 @@ def test_hybrid_is_not_worse_than_vector_on_paraphrases(evaluated):
     assert hybrid >= vector
 
 
-def test_a_feature_gate_vector_search_misses_is_the_first_hybrid_hit(evaluated):
+def test_a_feature_gate_vector_search_misses_is_found_by_hybrid(evaluated):
     version, _, table, embedder = evaluated
     query = "SchedulerPopFromBackoffQ"
     assert query in table["vector"]["misses"]
     hybrid = search(version, query, 5, "hybrid", None, lambda text: embedder.embed([text])[0])
-    assert hybrid.hits[0]["doc_id"] == "keps/sig-scheduling/5142-pop-backoffq-when-activeq-empty/README.md"
-    assert hybrid.hits[0]["keyword_rank"] == 1
+    found = [h for h in hybrid.hits
+             if h["doc_id"] == "keps/sig-scheduling/5142-pop-backoffq-when-activeq-empty/README.md"]
+    # Keyword search ranks it first; vector search does not have it among its candidates at all.
+    assert found and found[0]["keyword_rank"] == 1 and found[0]["vector_rank"] is None
