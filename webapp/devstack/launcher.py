@@ -1,10 +1,10 @@
 """`make run`: the whole stack on one machine, owned by one command.
 
 Redis (SWAPLINE_REDIS_URL, or an embedded redis-server with its data under ./var/redis), one Celery
-worker for the ingest and index queues, Celery beat (the sweeper's clock), the API under gunicorn and
-Flower run as child processes with prefixed, colored output. On first start the sample collection
-`keps` is loaded over the REST API; the URLs are printed once it is searchable. Ctrl-C stops everything,
-Redis last; a child that dies stops the stack and the launcher exits 1.
+worker for the ingest, index and webhooks queues, Celery beat (the sweeper's and webhook dispatcher's
+clock), the API under gunicorn and Flower run as child processes with prefixed, colored output. On first
+start the sample collection `keps` is loaded over the REST API; the URLs are printed once it is
+searchable. Ctrl-C stops everything, Redis last; a child that dies stops the stack and the launcher exits 1.
 
 Launcher-only options are flags or `SWAPLINE_*` variables listed in LAUNCHER_ENV (they are not Swapline
 settings: the API and workers never read them).
