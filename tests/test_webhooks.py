@@ -87,10 +87,15 @@ def test_unsafe_targets_are_refused_by_default(url, why):
 
 
 def fake_dns(monkeypatch, answers: dict[str, list[str]]) -> None:
-    """Names resolve to the given addresses (no query leaves this machine); others do not resolve."""
+    """Names under example.com resolve to the given addresses or not at all, without a query leaving
+    this machine; everything else (the test's Redis at 127.0.0.1) resolves as usual."""
     import socket
 
+    real = socket.getaddrinfo
+
     def getaddrinfo(host, port, *args, **kwargs):
+        if not str(host).endswith("example.com"):
+            return real(host, port, *args, **kwargs)
         if host not in answers:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))

@@ -32,7 +32,7 @@ def search_result(name: str, query: str, answer: dict) -> str:
     for rank, hit in enumerate(hits, 1):
         ranks = ", ".join(f"{side} #{hit[f'{side}_rank']}" for side in ("vector", "keyword")
                           if hit.get(f"{side}_rank") is not None)
-        lines.append(f"{rank:>3}. {hit['score']:.4f}  {hit['doc_id']}" + (f"  ({ranks})" if ranks else ""))
+        lines.append(f"{rank:>3}. {hit['score']:.4f}  " + (f"({ranks})  " if ranks else "") + hit["doc_id"])
         if hit.get("heading_path"):
             lines.append("       " + " > ".join(hit["heading_path"]))
         lines.append("       " + _one_line(hit.get("text", ""), 100))
