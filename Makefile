@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test test-fast test-chaos bench lint clean
+.PHONY: help install run test test-fast test-chaos bench bench-search lint clean
 
 help: ## List targets with one-line descriptions
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test-chaos: $(STAMP) ## Only the chaos tests (faults injected into real processe
 
 bench: $(STAMP) ## Benchmark ingest and search against the raw model and raw FAISS
 	$(PY) -m tests.bench
+
+bench-search: $(STAMP) ## hits@5 and latency of vector, keyword and hybrid search on the sample, real model
+	$(PY) -m tests.bench_search
 
 lint: $(STAMP) ## Check style and common mistakes with ruff (config in pyproject.toml)
 	$(VENV)/bin/ruff check .

@@ -41,7 +41,9 @@ def celery_config(settings: Settings) -> dict:
         "task_default_queue": tasknames.QUEUE_INGEST,
         "task_routes": {name: {"queue": queue} for name, queue in tasknames.KINDS.values()}
         | {tasknames.SWEEP: {"queue": tasknames.QUEUE_INDEX},
-           tasknames.COLLECT_VERSIONS: {"queue": tasknames.QUEUE_INDEX}},
+           tasknames.COLLECT_VERSIONS: {"queue": tasknames.QUEUE_INDEX},
+           tasknames.WEBHOOK_DISPATCH: {"queue": tasknames.QUEUE_WEBHOOKS},
+           tasknames.WEBHOOK_DELIVER: {"queue": tasknames.QUEUE_WEBHOOKS}},
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Beat writes its schedule file after every task it sends: `python -m workers.health beat`
@@ -59,6 +61,11 @@ def celery_config(settings: Settings) -> dict:
             "swapline-collect-versions": {
                 "task": tasknames.COLLECT_VERSIONS, "schedule": settings.collect_versions_seconds,
                 "options": {"queue": tasknames.QUEUE_INDEX, "expires": settings.collect_versions_seconds}},
+            # Follows the event stream from its cursor and enqueues webhook deliveries
+            # (shared/webhooks/delivery.py says why no event is lost).
+            "swapline-webhooks-dispatch": {
+                "task": tasknames.WEBHOOK_DISPATCH, "schedule": settings.webhook_dispatch_seconds,
+                "options": {"queue": tasknames.QUEUE_WEBHOOKS, "expires": settings.webhook_dispatch_seconds}},
         },
     }
 

@@ -141,6 +141,37 @@ def idempotency(route: str, key: str) -> str:
     return _k("idem", route, key)
 
 
+# Webhooks
+def webhooks() -> str:
+    """Set of webhook ids."""
+    return _k("webhooks")
+
+
+def webhook(webhook_id: str) -> str:
+    """Hash: id, url, events (JSON list), collection, secret, created_at."""
+    return _k("webhook", webhook_id)
+
+
+def webhook_deliveries(webhook_id: str) -> str:
+    """List of the webhook's delivery ids, newest first, trimmed to the newest few."""
+    return _k("webhook", webhook_id, "deliveries")
+
+
+def delivery(delivery_id: str) -> str:
+    """Hash: one delivery of one event to one webhook, its state and attempts; expires."""
+    return _k("delivery", delivery_id)
+
+
+def webhook_cursor() -> str:
+    """The id of the last event the webhook dispatcher has fanned out into deliveries."""
+    return _k("webhooks", "cursor")
+
+
+def webhook_dispatch_lock() -> str:
+    """Held (with a TTL) by the one dispatcher running now."""
+    return _k("webhooks", "dispatch_lock")
+
+
 def dropping(name: str) -> str:
     """Set while a drop of the collection runs (value: the drop job id), so it is not re-created
     half-way through."""

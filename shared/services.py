@@ -26,6 +26,7 @@ from shared.store.jobs import JobStore
 from shared.store.locks import RebuildLocks, TokenLock
 from shared.store.pointers import Pointers
 from shared.store.replicas import ReplicaStore
+from shared.store.webhooks import WebhookStore
 
 # A pending Idempotency-Key claim expires after this long should its process die mid-request; well
 # above any request's run time (gunicorn kills a request at its timeout).
@@ -49,6 +50,8 @@ class Services:
     idempotency: IdempotencyStore
     broker: BrokerView
     counters: WorkCounters
+    webhooks: WebhookStore
+    webhook_dispatch_lock: TokenLock
     storage: Storage
     # enqueue(kind, job_id): send the job's task by name.
     enqueue: Callable[[str, str], None]
@@ -88,6 +91,8 @@ def build_services(settings: Settings, enqueue: Callable[[str, str], None], torc
         idempotency=IdempotencyStore(client, settings.idempotency_ttl_seconds, IDEMPOTENCY_PENDING_SECONDS),
         broker=BrokerView(client),
         counters=WorkCounters(client),
+        webhooks=WebhookStore(client, settings.webhook_deliveries_keep, settings.job_ttl_seconds),
+        webhook_dispatch_lock=TokenLock(client, keys.webhook_dispatch_lock()),
         storage=Storage(settings.data_dir),
         enqueue=enqueue,
         torch_threads=torch_threads,

@@ -80,6 +80,16 @@ class Settings:
     search_cache_size: int = 512
     # "text": key=value lines; "json": one JSON object per line (shared/logs.py).
     log_format: str = "text"
+    # Webhooks: targets on loopback, private, link-local and other non-public addresses are refused
+    # unless allowed (tests, a receiver on the same host); failed deliveries are retried after
+    # base * 2^(attempt-1) seconds, at most max seconds apart, up to max_attempts attempts.
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_attempts: int = 8
+    webhook_retry_base_seconds: float = 10.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_dispatch_seconds: float = 2.0
+    webhook_deliveries_keep: int = 100
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:

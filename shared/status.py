@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import bisect
 import json
 
 from shared.index.versions import list_versions
@@ -57,6 +59,44 @@ def collection_status(svc: Services, name: str) -> dict:
         "load_failures": load_failures,
         "converged": bool(pointer) and bool(served) and all(v == pointer["version"] for v in served.values()),
     }
+
+
+def encode_cursor(last: str) -> str:
+    """A page cursor naming the last item of a page (names and document ids may hold any character)."""
+    return base64.urlsafe_b64encode(last.encode("utf-8")).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The item a cursor names; ValueError when it is not one of ours."""
+    try:
+        last = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("not a valid cursor") from exc
+    if not last or encode_cursor(last) != cursor:
+        raise ValueError("not a valid cursor")
+    return last
+
+
+def list_collections(svc: Services, after: str | None, limit: int,
+                     served: dict[str, int]) -> tuple[list[dict], str | None]:
+    """A page of collections by name, after the name `after`: counts, the published index, and the
+    version `served` (this process's name -> version) has. Returns (page, next cursor or None)."""
+    names = svc.collections.names()
+    start = bisect.bisect_right(names, after) if after is not None else 0
+    page = names[start:start + limit]
+    pointers = svc.pointers.get_many(page)
+    items = []
+    for name in page:
+        info = svc.collections.info(name)
+        pointer = pointers.get(name)
+        index = None
+        if pointer:
+            index = {key: pointer.get(key) for key in ("version", "vectors", "kind", "model", "dim")}
+            index["built_at"] = iso_time(pointer.get("built_at"))
+        items.append({"name": name, "documents": info["documents"], "chunks": info["chunks"], "index": index,
+                      "served_version": served.get(name)})
+    more = start + limit < len(names)
+    return items, encode_cursor(page[-1]) if more and page else None
 
 
 def badge(status: dict, last_rebuild: dict | None) -> str:

@@ -91,9 +91,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def fsync_tree(path: Path) -> None:
-    """fsync every file in a directory, then the directory itself."""
+    """fsync every file in a directory and its subdirectories (a version's keyword/), then each directory."""
     for child in path.iterdir():
-        if child.is_file():
+        if child.is_dir():
+            fsync_tree(child)
+        elif child.is_file():
             with open(child, "rb") as fh:
                 os.fsync(fh.fileno())
     fsync_dir(path)

@@ -7,10 +7,15 @@ DELETE_DOCUMENTS = "swapline.delete_documents"
 DROP_COLLECTION = "swapline.drop_collection"
 SWEEP = "swapline.sweep"
 COLLECT_VERSIONS = "swapline.collect_versions"
+WEBHOOK_DISPATCH = "swapline.webhooks.dispatch"
+WEBHOOK_DELIVER = "swapline.webhooks.deliver"
 
 QUEUE_INGEST = "ingest"
 QUEUE_INDEX = "index"
-QUEUES = (QUEUE_INGEST, QUEUE_INDEX)
+# Webhook deliveries wait on other people's servers: their own queue, so a slow receiver never delays
+# an ingest or a publish, and a long rebuild never delays a delivery.
+QUEUE_WEBHOOKS = "webhooks"
+QUEUES = (QUEUE_INGEST, QUEUE_INDEX, QUEUE_WEBHOOKS)
 
 # Job kind -> (task name, queue).
 KINDS = {

@@ -124,12 +124,14 @@ class Proc:
         return self.popen.returncode
 
 
-def start_worker(settings: Settings, log_dir: Path, name: str = "w1", queues: str = "ingest,index",
-                 concurrency: int = 1, **extra_env: str) -> Proc:
-    """A real `celery worker` process; returns once it logged that it is ready."""
+def start_worker(settings: Settings, log_dir: Path, name: str = "w1", queues: str = "ingest,index,webhooks",
+                 concurrency: int = 1, beat: bool = False, **extra_env: str) -> Proc:
+    """A real `celery worker` process (with `beat`, also running Celery beat's schedule in it: the
+    sweeper, version collection and the webhook dispatcher); returns once it logged that it is ready."""
+    clock = ["-B", "--schedule", str(log_dir / f"beat-{name}")] if beat else []
     proc = Proc(f"worker-{name}", [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", queues,
                                    "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO",
-                                   "--without-mingle", "--without-gossip"],
+                                   "--without-mingle", "--without-gossip", *clock],
                 child_env(settings, **extra_env), log_dir)
     wait_for(lambda: ("ready." in proc.log()) or not proc.alive() and _died(proc), timeout=60,
              message=f"worker {name} ready")

@@ -12,6 +12,7 @@ from pathlib import Path
 import compose
 import pytest
 
+from shared import tasknames
 from webapp.api import gunicorn_conf
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
 from webapp.devstack.launcher import parse_options, stack_commands
@@ -116,7 +117,7 @@ def test_worker_can_be_scaled(model):
     assert "container_name" not in worker
     assert not worker.get("ports")
     assert worker["command"][:4] == ["celery", "-A", "workers.celery_app", "worker"]
-    assert "ingest,index" in worker["command"]
+    assert ",".join(tasknames.QUEUES) in worker["command"]  # every queue, webhooks included
 
 
 def test_flower_uses_basic_auth_from_the_environment(model):

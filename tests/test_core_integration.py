@@ -33,7 +33,8 @@ def test_create_ingest_rebuild_search(settings, procs):
     procs.worker(settings)
     assert create_collection(base) == {"name": "docs", "documents": 0, "chunks": 0, "index": None}
     empty = search(base, "anything")
-    assert empty.json() == {"index_version": None, "hits": []}
+    assert empty.json() == {"index_version": None, "mode": "hybrid", "scanned": 0, "matched_documents": None,
+                            "hits": []}
 
     job, rebuild = ingest_and_rebuild(base, DOCS)
     assert job["kind"] == "ingest" and job["result"]["documents"] == 3 and job["result"]["chunks"] == 3

@@ -18,6 +18,7 @@ import pytest
 import redis
 import requests
 
+from shared import tasknames
 from shared.settings import Settings
 from tests.support import free_port, wait_for
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
@@ -291,6 +292,6 @@ def test_children_get_settings_but_not_launcher_options(tmp_path):
     assert "SWAPLINE_API_PORT" not in env and env["PATH"] == "/usr/bin"
     commands = stack_commands(Options("127.0.0.1", 8000, 5555, 0, tmp_path, 1, 8, 1, True, None), python="py")
     assert commands["worker"][:6] == ["py", "-m", "celery", "-A", "workers.celery_app", "worker"]
-    assert "ingest,index" in commands["worker"]
+    assert ",".join(tasknames.QUEUES) in commands["worker"]
     assert GUNICORN_CONFIG in commands["api"] and commands["api"][-1] == "webapp:create_app()"
     assert "--port=5555" in commands["flower"]

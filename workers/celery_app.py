@@ -1,4 +1,4 @@
-"""The workers' Celery app: `celery -A workers.celery_app worker -Q ingest,index`.
+"""The workers' Celery app: `celery -A workers.celery_app worker -Q ingest,index,webhooks`.
 
 Configuration is added lazily (Celery evaluates `add_defaults` callables on first use), so importing
 this module reads no environment; the settings come from `shared.settings.load_settings()` once per

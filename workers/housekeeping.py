@@ -1,6 +1,7 @@
 """A worker bootstep that runs Swapline's housekeeping (recovery of lost jobs, the sweep, version
-collection: `shared.jobs.housekeeping`) in a thread of the worker's main process, so every worker does
-it on its own clock, whether or not beat runs and whatever its pool is busy with."""
+collection, the webhook dispatcher: `shared.jobs.housekeeping`) in a thread of the worker's main
+process, so every worker does it on its own clock, whether or not beat runs and whatever its pool is
+busy with."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ class Housekeeping(bootsteps.StartStopStep):
         self.thread: HousekeepingThread | None = None
 
     def start(self, worker) -> None:
-        from workers.celery_app import services  # the app module adds this step: import it lazily
+        # The app module adds this step, and the tasks module imports the app: import both lazily.
+        from workers.celery_app import services
+        from workers.tasks import send_delivery
 
-        self.thread = HousekeepingThread(services)
+        self.thread = HousekeepingThread(services, send_delivery)
         self.thread.start()
 
     def stop(self, worker) -> None:

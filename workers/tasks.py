@@ -23,6 +23,7 @@ from shared.names import is_job_id
 from shared.storage import StorageFull
 from shared.store.locks import LeaseLost
 from shared.store.pointers import PublishRefused
+from shared.webhooks.delivery import PENDING, deliver, dispatch
 from workers.celery_app import app, keepalive, services
 
 log = logging.getLogger(__name__)
@@ -155,3 +156,26 @@ def sweep() -> dict:
 def collect_old_versions() -> dict:
     """Delete index versions not among the last K and served by no live API process."""
     return collect_all(services()) or {"skipped": True}
+
+
+@app.task(name=tasknames.WEBHOOK_DISPATCH)
+def webhooks_dispatch() -> int:
+    """Fan new events out into webhook deliveries (shared.webhooks.delivery.dispatch)."""
+    return dispatch(services(), send_delivery)
+
+
+def send_delivery(delivery_id: str) -> None:
+    webhooks_deliver.apply_async(args=[delivery_id])
+
+
+@app.task(name=tasknames.WEBHOOK_DELIVER, bind=True, max_retries=None)
+def webhooks_deliver(self, delivery_id: str) -> str:
+    """One attempt at a delivery; a failed attempt comes back after an exponential backoff. The attempt
+    count lives in the delivery record, so a redelivered message does not start the count over."""
+    if not is_job_id(delivery_id):  # the same 32 hex digits as a job id
+        log.error("event=task.bad_id delivery=%r", delivery_id)
+        return "skipped"
+    outcome = deliver(services(), delivery_id)
+    if outcome.state == PENDING:
+        raise self.retry(countdown=outcome.retry_in)
+    return outcome.state

@@ -1,8 +1,10 @@
 """FAISS indexes: build in steps, write a version directory aside, verify it, load it for search.
 
 A version directory holds index.faiss, chunks.jsonl (one record per vector, in id order),
-offsets.npy (byte offset of each record, so a search reads only its hits) and manifest.json, which
-records the sha256 of each of the other files. Every load (the worker's verify and each API process's
+offsets.npy (byte offset of each record, so a search reads only its hits), keyword/ (the BM25 index
+over the same rows, `shared.index.keyword`), documents.jsonl (one entry per document,
+`shared.index.doctable`) and manifest.json, which records the sha256 of every other file. All are
+written, verified and loaded together. Every load (the worker's verify and each API process's
 `LoadedVersion`) checks those checksums before reading anything else, and bounds every size read from a
 file by the file's length before allocating, so a damaged or forged file is refused, never served and
 never the cause of a huge allocation.
@@ -21,12 +23,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from shared.storage import write_npy, written
+from shared.index import doctable, keyword
+from shared.index.doctable import DocTable
+from shared.index.keyword import KEYWORD_DIR, KeywordIndex
+from shared.storage import reraise, write_npy, written
 
 INDEX_FILE, CHUNKS_FILE, OFFSETS_FILE, MANIFEST_FILE = "index.faiss", "chunks.jsonl", "offsets.npy", "manifest.json"
 KIND_FLAT = "flat-ip"
 KIND_IVF = "ivf-flat-ip"
-CHECKED_FILES = (INDEX_FILE, CHUNKS_FILE, OFFSETS_FILE)
 MANIFEST_MAX_BYTES = 1 << 20
 
 
@@ -113,12 +117,27 @@ def write_version(directory: Path, index: faiss.Index, records: list[dict], mani
             offsets[i + 1] = position
     with written(directory / OFFSETS_FILE, what) as fh:
         write_npy(fh, offsets)
-    files = {name: sha256_file(directory / name) for name in CHECKED_FILES}
+    try:
+        tables = {"keyword": keyword.save(directory, records), "documents_table": doctable.write(directory, records)}
+    except OSError as exc:
+        reraise(exc, what)  # bm25s writes its own files: a full volume still says so
+    files = {name: sha256_file(directory / name) for name in version_files(directory)}
     full = {**manifest, "vectors": int(index.ntotal), "dim": int(index.d), "checksum": files[INDEX_FILE],
-            "files": files}
+            "files": files, **tables}
     with written(directory / MANIFEST_FILE, what) as fh:
         fh.write(json.dumps(full, indent=2).encode())
     return full
+
+
+def version_files(directory: Path) -> list[str]:
+    """Every file of a version but its manifest, as paths relative to the version directory."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+                  if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def _plain_relative(name: str) -> bool:
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts
 
 
 def read_manifest(directory: Path) -> dict:
@@ -146,8 +165,8 @@ def check_files(directory: Path, manifest: dict) -> None:
     if manifest.get("kind") != KIND_IVF and os.path.getsize(directory / INDEX_FILE) < vectors * dim * 4:
         raise VerifyFailed(f"{directory / INDEX_FILE} is too short for {vectors}x{dim} vectors")
     for name, digest in expected.items():
-        if name not in CHECKED_FILES:
-            raise VerifyFailed(f"manifest in {directory} names an unknown file {name!r}")
+        if not _plain_relative(name):
+            raise VerifyFailed(f"manifest in {directory} names a file outside the version: {name!r}")
         if sha256_file(directory / name) != digest:
             raise VerifyFailed(f"checksum mismatch: {directory / name} is not the file the manifest describes")
 
@@ -190,6 +209,15 @@ def verify_version(directory: Path) -> dict:
     if index.ntotal != manifest["vectors"] or index.d != manifest["dim"]:
         raise VerifyFailed(f"index has {index.ntotal}x{index.d}, manifest says {manifest['vectors']}x{manifest['dim']}")
     _check_offsets(directory, load_npy(directory / OFFSETS_FILE), manifest)
+    try:
+        # Versions written before the keyword index and documents table existed have neither; they
+        # stay valid for rollback.
+        if "keyword" in manifest:
+            keyword.verify(directory, manifest)
+        if "documents_table" in manifest:
+            doctable.verify(directory, manifest)
+    except (keyword.KeywordVerifyFailed, doctable.DocTableVerifyFailed, KeyError) as exc:
+        raise VerifyFailed(str(exc)) from exc
     return manifest
 
 
@@ -228,6 +256,10 @@ class LoadedVersion:
         self.offsets = load_npy(directory / OFFSETS_FILE)
         _check_offsets(directory, self.offsets, self.manifest)
         self._fd = os.open(directory / CHUNKS_FILE, os.O_RDONLY)
+        # Versions written before keyword search existed have no keyword index: they answer vector
+        # searches only (a rebuild adds it).
+        self.keyword = KeywordIndex(directory, self.vectors) if (directory / KEYWORD_DIR).is_dir() else None
+        self.documents = DocTable.load(directory, self.vectors, (self.record(i) for i in range(self.vectors)))
         self.load_seconds = time.perf_counter() - started
 
     def __del__(self):
@@ -243,12 +275,38 @@ class LoadedVersion:
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         return json.loads(os.pread(self._fd, end - start, start))
 
-    def search(self, query: np.ndarray, k: int) -> list[Hit]:
-        if self.index.ntotal == 0:
+    def records(self, rows: list[list[int]]) -> list[dict]:
+        """The chunk records of [start, stop) row ranges, in row order."""
+        return [self.record(i) for start, stop in rows for i in range(start, stop)]
+
+    def nearest(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """(row, cosine) of the `k` nearest rows, best first. With `allowed` (a boolean mask over rows)
+        only those rows are candidates, chosen by FAISS itself through an id selector, so a selective
+        filter still gets its true top k; an IVF search that finds fewer than k in its probed lists
+        probes every list before it gives up."""
+        if self.index.ntotal == 0 or k <= 0:
             return []
-        scores, ids = self.index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32),
-                                        min(k, self.index.ntotal))
-        return [Hit(float(s), self.record(int(i))) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+        q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        if allowed is None:
+            scores, ids = self.index.search(q, min(k, self.index.ntotal))
+        else:
+            wanted = np.flatnonzero(allowed).astype(np.int64)
+            if not len(wanted):
+                return []
+            k = min(k, len(wanted))
+            selector = faiss.IDSelectorBatch(wanted)
+            ivf = faiss.try_extract_index_ivf(self.index)
+            if ivf is None:
+                scores, ids = self.index.search(q, k, params=faiss.SearchParameters(sel=selector))
+            else:
+                scores, ids = self.index.search(q, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe))
+                if int((ids[0] >= 0).sum()) < k:
+                    scores, ids = self.index.search(
+                        q, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nlist))
+        return [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+
+    def search(self, query: np.ndarray, k: int) -> list[Hit]:
+        return [Hit(score, self.record(row)) for row, score in self.nearest(query, k)]
 
     def warm(self, searches: int = 16) -> None:
         """Searches touch the index's pages before any request does (a memory-mapped IVF index
@@ -259,3 +317,5 @@ class LoadedVersion:
         for _ in range(searches if self.manifest.get("kind") == KIND_IVF else 1):
             q = rng.standard_normal(self.index.d).astype(np.float32)
             self.index.search((q / np.linalg.norm(q)).reshape(1, -1), 10)
+        if self.keyword is not None:
+            self.keyword.warm()

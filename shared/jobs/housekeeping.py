@@ -1,4 +1,5 @@
-"""Housekeeping on a clock of its own: the recovery check, the sweep and version collection, run by
+"""Housekeeping on a clock of its own: the recovery check, the sweep, version collection and the webhook
+dispatcher, run by
 every worker's housekeeping thread (`workers/housekeeping.py`) rather than as tasks on a queue, so a
 long rebuild on the `index` queue never delays them, and beat is not needed. Locks in Redis make many
 workers doing the same harmless: each piece runs on one worker at a time.
@@ -16,6 +17,7 @@ import redis
 from shared.index.versions import collect_versions
 from shared.jobs.sweep import recover, sweep
 from shared.services import Services
+from shared.webhooks.delivery import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class Housekeeper:
     """What is due when: `run_due()` runs every piece whose interval has passed and says how long to
     sleep before the next one is due."""
 
-    def __init__(self, svc: Services):
+    def __init__(self, svc: Services, send_delivery: Callable[[str], None] | None = None):
         self.svc = svc
         s = svc.settings
         self.pieces: list[tuple[str, float, Callable[[Services], object]]] = [
@@ -46,6 +48,8 @@ class Housekeeper:
             ("sweep", s.sweep_interval, sweep),
             ("collect_versions", s.collect_versions_seconds, collect_all),
         ]
+        if send_delivery is not None:
+            self.pieces.append(("webhooks", s.webhook_dispatch_seconds, lambda svc: dispatch(svc, send_delivery)))
         now = time.monotonic()
         self.next_at = {name: now for name, _, _ in self.pieces}
         self.failures = 0
@@ -70,9 +74,10 @@ class Housekeeper:
 
 
 class HousekeepingThread(threading.Thread):
-    def __init__(self, services: Callable[[], Services]):
+    def __init__(self, services: Callable[[], Services], send_delivery: Callable[[str], None] | None = None):
         super().__init__(name="swapline-housekeeping", daemon=True)
         self._services = services
+        self._send_delivery = send_delivery
         self._stopping = threading.Event()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -80,7 +85,7 @@ class HousekeepingThread(threading.Thread):
         self.join(timeout)
 
     def run(self) -> None:
-        keeper = Housekeeper(self._services())
+        keeper = Housekeeper(self._services(), self._send_delivery)
         while not self._stopping.is_set():
             try:
                 wait = keeper.run_due()

@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 
 from shared.errors import JobCanceled, JobInputError, LockBusy
+from shared.index.doctable import count_by_type
 from shared.index.vectorindex import (
     KIND_FLAT,
     KIND_IVF,
@@ -34,10 +35,13 @@ log = logging.getLogger(__name__)
 
 def merge_segments(svc: Services, collection: str, segments: list[int], dim: int) -> tuple[list[dict], np.ndarray, int]:
     """The live chunks of a collection: for each document, the version in the latest registered
-    segment wins; tombstones drop documents. Returns (records, vectors, documents)."""
+    segment wins; tombstones drop documents. Each record gets `updated_at`, when its segment was
+    written. Returns (records, vectors, documents)."""
     latest: dict[str, int | None] = {}
+    written: dict[int, float | None] = {}
     for seq in segments:
         meta = svc.storage.read_segment_meta(collection, seq)
+        written[seq] = meta.get("created_at")
         for doc in meta.get("tombstones", []):
             latest[doc] = None
         for doc in meta.get("docs", []):
@@ -50,35 +54,13 @@ def merge_segments(svc: Services, collection: str, segments: list[int], dim: int
         for row, rec in enumerate(svc.storage.iter_segment_records(collection, seq)):
             if latest.get(rec["doc_id"]) == seq:
                 rec.pop("hash", None)
+                rec["updated_at"] = written[seq]
                 records.append(rec)
                 rows.append(row)
         if rows:
             parts.append(np.asarray(vectors[rows], dtype=np.float32))
     stacked = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
     return records, stacked, sum(1 for s in latest.values() if s is not None)
-
-
-def document_type(record: dict) -> str:
-    """A document's type for status pages: metadata "type", else the extension of its source or id."""
-    meta = record.get("metadata") or {}
-    if isinstance(meta.get("type"), str) and meta["type"]:
-        return meta["type"][:32]
-    name = str(meta.get("source") or record["doc_id"])
-    ext = os.path.splitext(name)[1].lower()
-    return ext[:16] if ext else "none"
-
-
-def count_by_type(records: list[dict]) -> dict[str, dict[str, int]]:
-    """type -> {"documents": n, "chunks": m} over the live chunk records."""
-    counts: dict[str, dict[str, int]] = {}
-    seen: set[str] = set()
-    for rec in records:
-        entry = counts.setdefault(document_type(rec), {"documents": 0, "chunks": 0})
-        entry["chunks"] += 1
-        if rec["doc_id"] not in seen:
-            seen.add(rec["doc_id"])
-            entry["documents"] += 1
-    return counts
 
 
 class _Step:

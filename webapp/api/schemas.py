@@ -6,7 +6,10 @@ from marshmallow import RAISE, Schema, fields, validate
 
 from shared.jobs.model import STATES
 from shared.names import COLLECTION_NAME_PATTERN, COLLECTION_NAME_RULE, openapi_pattern
+from shared.search.engine import DEFAULT_MODE, HYBRID_DEPTH, MODES
+from shared.store.webhooks import DELIVERY_STATES
 from shared.tasknames import KINDS
+from shared.webhooks.delivery import EVENTS as WEBHOOK_EVENTS
 
 # The pattern the OpenAPI document shows; `collection_name` checks the stricter \Z form itself.
 COLLECTION_NAME_DOC = openapi_pattern(COLLECTION_NAME_PATTERN)
@@ -42,6 +45,11 @@ def collection_name(**kw) -> fields.String:
     return fields.String(validate=validate.Regexp(
         COLLECTION_NAME_PATTERN, error=f"must match {shown}: {COLLECTION_NAME_RULE}"),
         metadata={**kw.pop("metadata", {}), "pattern": COLLECTION_NAME_DOC}, **kw)
+
+
+def next_cursor_field() -> fields.String:
+    return fields.String(required=True, allow_none=True, metadata={
+        "description": "pass as `cursor` for the next page; null on the last page"})
 
 
 class CollectionCreateSchema(StrictSchema):
@@ -118,8 +126,17 @@ class JobListQuerySchema(StrictSchema):
 
 class JobListSchema(Schema):
     jobs = fields.List(fields.Nested(JobSchema), required=True, metadata={"description": "newest first"})
-    next_cursor = fields.String(required=True, allow_none=True, metadata={
-        "description": "pass as `cursor` for the next page; null on the last page"})
+    next_cursor = next_cursor_field()
+
+
+FILTER_DOC = (
+    "Only chunks of documents that match every entry (AND). Entries: "
+    "`\"metadata.KEY\": VALUE` (metadata[KEY] equals VALUE; when the metadata value is a list, any "
+    "element may equal), `\"metadata.KEY\": {\"in\": [V, ...]}` (equals one of them), `\"type\"` "
+    "(metadata.type, else the extension of metadata.path, metadata.source or the id) and `\"source\"` "
+    "(metadata.source) with the same two forms, and `\"path_prefix\": \"P\"` (metadata.path, else the "
+    "document id, starts with P). VALUE is a string, number, boolean or null. An unknown key or "
+    "operator is a 422. Example: `{\"type\": \"note\", \"metadata.tags\": {\"in\": [\"a\", \"b\"]}}`.")
 
 
 class SearchQuerySchema(StrictSchema):
@@ -127,19 +144,41 @@ class SearchQuerySchema(StrictSchema):
         "description": "at most SWAPLINE_MAX_QUERY_CHARS characters (default 2000), else 422"})
     k = fields.Integer(load_default=10, strict=True, validate=validate.Range(min=1), metadata={
         "description": "hits to return; at most SWAPLINE_MAX_K (default 100), else 422"})
+    mode = fields.String(load_default=DEFAULT_MODE, validate=validate.OneOf(MODES), metadata={
+        "description": "vector: nearest chunks by meaning (FAISS); keyword: BM25 over the words of the "
+                       "chunks (exact identifiers, numbers, error strings); hybrid: both, each to "
+                       f"max(k, {HYBRID_DEPTH}) candidates, fused by reciprocal rank fusion"})
+    filter = fields.Dict(keys=fields.String(), allow_none=True, metadata={"description": FILTER_DOC})
 
 
 class HitSchema(Schema):
     doc_id = fields.String()
     chunk_id = fields.String()
-    score = fields.Float()
+    score = fields.Float(metadata={"description": "cosine similarity (vector), BM25 score (keyword) or the "
+                                                  "reciprocal-rank-fusion score (hybrid)"})
     text = fields.String()
     heading_path = fields.List(fields.String())
     metadata = fields.Dict()
+    vector_rank = fields.Integer(allow_none=True, metadata={
+        "description": "1-based rank among the vector candidates; null when vector search did not "
+                       "return this chunk (or did not run)"})
+    keyword_rank = fields.Integer(allow_none=True, metadata={
+        "description": "1-based rank among the keyword candidates; null when no query word occurs in "
+                       "the chunk (or keyword search did not run)"})
+    vector_score = fields.Float(allow_none=True)
+    keyword_score = fields.Float(allow_none=True)
 
 
 class SearchResultSchema(Schema):
     index_version = fields.Integer(allow_none=True)
+    mode = fields.String(validate=validate.OneOf(MODES), metadata={
+        "description": "the mode that answered: hybrid over an index built before keyword indexes "
+                       "existed answers as vector"})
+    scanned = fields.Integer(metadata={
+        "description": "candidate chunks considered: the chunks the filter admits (all chunks without a "
+                       "filter); each one is a candidate, so a selective filter still gets its top k"})
+    matched_documents = fields.Integer(allow_none=True, metadata={
+        "description": "documents the filter admits; null without a filter"})
     hits = fields.List(fields.Nested(HitSchema))
 
 
@@ -200,3 +239,116 @@ class VersionListSchema(Schema):
 
 class RollbackSchema(StrictSchema):
     version = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+class PageQuerySchema(StrictSchema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(validate=validate.Length(min=1, max=1400),
+                           metadata={"description": "next_cursor of the previous page"})
+
+
+class CollectionSummarySchema(CollectionSchema):
+    served_version = fields.Integer(allow_none=True, metadata={
+        "description": "the index version this API process serves (null: none loaded yet)"})
+
+
+class CollectionListSchema(Schema):
+    collections = fields.List(fields.Nested(CollectionSummarySchema), required=True,
+                              metadata={"description": "by name"})
+    next_cursor = next_cursor_field()
+
+
+class DocumentListQuerySchema(PageQuerySchema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    prefix = fields.String(load_default="", validate=validate.Length(max=256),
+                           metadata={"description": "only document ids that start with this"})
+
+
+class DocumentSummarySchema(Schema):
+    id = fields.String(required=True)
+    type = fields.String(metadata={"description": "metadata.type, else the extension of metadata.path, "
+                                                  "metadata.source or the id"})
+    source = fields.String(allow_none=True, metadata={"description": "metadata.source"})
+    path = fields.String(allow_none=True, metadata={"description": "metadata.path"})
+    chunks = fields.Integer()
+    updated_at = fields.String(allow_none=True, metadata={"description": "when this version of the document "
+                                                                         "was written (ingested)"})
+
+
+class DocumentListSchema(Schema):
+    index_version = fields.Integer(allow_none=True, metadata={
+        "description": "the served version listed (documents ingested since appear after the next "
+                       "rebuild); null when this process serves no index of the collection yet"})
+    documents = fields.List(fields.Nested(DocumentSummarySchema), required=True, metadata={"description": "by id"})
+    next_cursor = next_cursor_field()
+
+
+class ChunkSchema(Schema):
+    chunk_id = fields.String()
+    text = fields.String()
+    heading_path = fields.List(fields.String())
+
+
+class DocumentDetailSchema(DocumentSummarySchema):
+    index_version = fields.Integer(metadata={"description": "the served version read"})
+    metadata = fields.Dict()
+    chunk_records = fields.List(fields.Nested(ChunkSchema), metadata={
+        "description": "the document's chunks as stored in the served version, in order"})
+
+
+class WebhookCreateSchema(StrictSchema):
+    url = fields.String(required=True, validate=validate.Length(min=1, max=2048), metadata={
+        "description": "an http(s) URL; its host must resolve to public addresses only (checked now and at "
+                       "every delivery) unless SWAPLINE_WEBHOOK_ALLOW_PRIVATE=1"})
+    events = fields.List(fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)), required=True,
+                         validate=validate.Length(min=1, max=len(WEBHOOK_EVENTS)))
+    collection = collection_name(allow_none=True, load_default=None,
+                                 metadata={"description": "only events of this collection (default: all)"})
+
+
+class WebhookSchema(Schema):
+    id = fields.String(required=True)
+    url = fields.String(required=True)
+    events = fields.List(fields.String(), required=True)
+    collection = fields.String(allow_none=True)
+    created_at = fields.String(allow_none=True)
+
+
+class WebhookCreatedSchema(WebhookSchema):
+    secret = fields.String(required=True, metadata={
+        "description": "the signing secret, shown this once: each delivery carries "
+                       "X-Swapline-Signature, the hex HMAC-SHA256 of the raw body with this secret"})
+
+
+class WebhookListSchema(Schema):
+    webhooks = fields.List(fields.Nested(WebhookSchema), required=True)
+
+
+class DeliveryAttemptSchema(Schema):
+    at = fields.String(allow_none=True)
+    status_code = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)
+    seconds = fields.Float()
+
+
+class DeliverySchema(Schema):
+    id = fields.String(required=True, metadata={"description": "also sent as X-Swapline-Delivery"})
+    event = fields.Dict(metadata={"description": "the event, as GET /v1/events shows it"})
+    state = fields.String(validate=validate.OneOf(DELIVERY_STATES), metadata={
+        "description": "pending (waiting for an attempt or a retry), delivered (a 2xx answer) or failed "
+                       "(SWAPLINE_WEBHOOK_MAX_ATTEMPTS attempts, or a refused target)"})
+    attempts = fields.Integer()
+    created_at = fields.String(allow_none=True)
+    last_attempt_at = fields.String(allow_none=True)
+    next_attempt_at = fields.String(allow_none=True)
+    status_code = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)
+    history = fields.List(fields.Nested(DeliveryAttemptSchema), metadata={"description": "attempts, oldest first"})
+
+
+class DeliveryListQuerySchema(StrictSchema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=100))
+
+
+class DeliveryListSchema(Schema):
+    deliveries = fields.List(fields.Nested(DeliverySchema), required=True, metadata={"description": "newest first"})

@@ -1,8 +1,10 @@
 """`swapline`: the command line for a running Swapline API, built on `webapp.client`.
 
     swapline ingest PATH... --collection NAME [--glob '*.md']
-    swapline search NAME "query" [-k 10] [--json]
+    swapline search NAME "query" [-k 10] [--mode hybrid] [--filter JSON] [--json]
     swapline status NAME | jobs [--collection C] [--state S] | job ID [--wait] | rebuild NAME [--wait]
+    swapline collections | docs NAME [--prefix P]
+    swapline mcp                      (a Model Context Protocol server over stdio, for agents)
 
 Talks to SWAPLINE_URL (default http://127.0.0.1:8000) and sends SWAPLINE_API_KEY, when set, as a bearer
 token. Every command takes --json. Errors are one line on stderr, never a traceback. Exit status: 0 ok,
@@ -134,15 +136,31 @@ def _ensure_collection(client: Client, name: str, create: bool) -> None:
             click.echo(f"created collection {name!r}", err=True)
 
 
+def _json_object(ctx, param, value: str | None) -> dict | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("a JSON object, e.g. '{\"type\": \".md\"}'")
+    return parsed
+
+
 @main.command()
 @click.argument("name")
 @click.argument("query")
 @click.option("-k", default=10, show_default=True, help="Number of hits.")
+@click.option("--mode", type=click.Choice(["vector", "keyword", "hybrid"]), default=None,
+              help="Search mode (the API's default: hybrid).")
+@click.option("--filter", "filter_", callback=_json_object, metavar="JSON",
+              help='Metadata filter, e.g. \'{"type": ".md", "metadata.sig": {"in": ["sig-node"]}}\'.')
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
 @click.pass_obj
-def search(client: Client, name, query, k, as_json) -> None:
+def search(client: Client, name, query, k, mode, filter_, as_json) -> None:
     """Search collection NAME for QUERY."""
-    answer = client.search(name, query, k)
+    answer = client.search(name, query, k, mode=mode, filter=filter_)
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
@@ -157,6 +175,41 @@ def status(client: Client, name, as_json) -> None:
     """Counts of collection NAME and the index version it serves."""
     info = client.collection(name)
     click.echo(json.dumps(info, indent=2) if as_json else fmt.collection_status(info))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answers.")
+@click.pass_obj
+def collections(client: Client, as_json) -> None:
+    """Every collection: documents, chunks, the index version published and served."""
+    items, cursor = [], None
+    while True:
+        page = client.collections(cursor=cursor)
+        items += page["collections"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    click.echo(json.dumps(items, indent=2) if as_json else fmt.collections_table(items))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--prefix", default="", help="Only document ids that start with this.")
+@click.option("--limit", default=None, type=int, help="Show at most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print the documents as JSON.")
+@click.pass_obj
+def docs(client: Client, name, prefix, limit, as_json) -> None:
+    """Documents of collection NAME in the index version served: id, type, chunks, source, updated."""
+    items, cursor, version = [], None, None
+    while limit is None or len(items) < limit:
+        page = client.documents(name, prefix, limit=min(500, limit or 500), cursor=cursor)
+        version = page["index_version"]
+        items += page["documents"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    items = items[:limit] if limit is not None else items
+    click.echo(json.dumps(items, indent=2) if as_json else fmt.documents_table(name, version, items, bool(cursor)))
 
 
 @main.command()
@@ -215,6 +268,18 @@ def rebuild(client: Client, name, wait, as_json) -> None:
         return
     click.echo(f"rebuild {done['id']} succeeded: index v{result.get('version')} with "
                f"{result.get('vectors')} vectors in {time.monotonic() - begun:.1f} s")
+
+
+@main.command()
+@click.pass_obj
+def mcp(client: Client) -> None:
+    """Serve Swapline to agents: a Model Context Protocol server on stdin/stdout.
+
+    Tools: search, index_status, remember, forget. Configure an agent with the command
+    `swapline mcp` and SWAPLINE_URL / SWAPLINE_API_KEY in its environment."""
+    from webapp.cli.mcp_server import serve  # the MCP SDK loads for this command only
+
+    serve(client)
 
 
 def _follow(client: Client, job_id: str, fail: bool = False) -> dict:

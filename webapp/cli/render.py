@@ -27,9 +27,12 @@ def search_result(name: str, query: str, answer: dict) -> str:
     if answer.get("index_version") is None:
         return (f"collection {name!r} has no index yet: ingest documents "
                 f"(swapline ingest PATH -c {name}) or run `swapline rebuild {name}`")
-    lines = [f"{len(hits)} hits for {query!r} in {name!r} (index v{answer['index_version']})"]
+    mode = f", {answer['mode']}" if answer.get("mode") else ""
+    lines = [f"{len(hits)} hits for {query!r} in {name!r} (index v{answer['index_version']}{mode})"]
     for rank, hit in enumerate(hits, 1):
-        lines.append(f"{rank:>3}. {hit['score']:.4f}  {hit['doc_id']}")
+        ranks = ", ".join(f"{side} #{hit[f'{side}_rank']}" for side in ("vector", "keyword")
+                          if hit.get(f"{side}_rank") is not None)
+        lines.append(f"{rank:>3}. {hit['score']:.4f}  " + (f"({ranks})  " if ranks else "") + hit["doc_id"])
         if hit.get("heading_path"):
             lines.append("       " + " > ".join(hit["heading_path"]))
         lines.append("       " + _one_line(hit.get("text", ""), 100))
@@ -48,6 +51,35 @@ def collection_status(info: dict) -> str:
     return "\n".join(lines)
 
 
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def collections_table(items: list[dict]) -> str:
+    if not items:
+        return "no collections (swapline ingest PATH -c NAME creates one)"
+    rows = [("NAME", "DOCUMENTS", "CHUNKS", "PUBLISHED", "SERVED")]
+    for c in items:
+        published = f"v{c['index']['version']}" if c.get("index") else "-"
+        served = f"v{c['served_version']}" if c.get("served_version") is not None else "-"
+        rows.append((c["name"], str(c["documents"]), str(c["chunks"]), published, served))
+    return "\n".join(_table(rows))
+
+
+def documents_table(name: str, version: int | None, items: list[dict], more: bool) -> str:
+    if version is None:
+        return f"collection {name!r} has no index served yet"
+    if not items:
+        return f"no documents in {name!r} (index v{version}) match"
+    rows = [("ID", "TYPE", "CHUNKS", "SOURCE", "UPDATED")]
+    rows += [(d["id"], d.get("type") or "", str(d["chunks"]), d.get("source") or "", d.get("updated_at") or "")
+             for d in items]
+    out = _table(rows)
+    out.append(f"{len(items)} documents{' shown (more: raise --limit)' if more else ''} in {name!r}, index v{version}")
+    return "\n".join(out)
+
+
 def _progress(job: dict) -> str:
     if job["state"] == SUCCEEDED:
         return "done"  # the counters describe the last stage, which would read like "0/1"
@@ -63,8 +95,7 @@ def jobs_table(page: dict) -> str:
     for job in jobs:
         rows.append((job["id"], job["kind"], job["collection"], job["state"], _progress(job),
                      job.get("created_at") or "", _one_line(job.get("error") or "", 60)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    out = _table(rows)
     if page.get("next_cursor"):
         out.append(f"more: swapline jobs --cursor {page['next_cursor']}")
     return "\n".join(out)

@@ -145,9 +145,30 @@ class Client:
         """Queue a rebuild of the index; RebuildBusy (with its job_id) when one is queued or running."""
         return self._create("POST", f"/v1/collections/{name}/rebuild", idempotency_key)
 
-    def search(self, name: str, query: str, k: int = 10) -> dict:
-        """The `k` best hits for `query`, and the index version that answered."""
-        return self.request("POST", f"/v1/collections/{name}/search", json={"query": query, "k": k}).json()
+    def collections(self, limit: int = 100, cursor: str | None = None) -> dict:
+        """A page of collections by name, with counts and the version served (`next_cursor` pages on)."""
+        params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return self.request("GET", "/v1/collections", params=params).json()
+
+    def documents(self, name: str, prefix: str = "", limit: int = 100, cursor: str | None = None) -> dict:
+        """A page of the documents in the served version of `name`, by id, optionally under `prefix`."""
+        params = {"prefix": prefix, "limit": limit, **({"cursor": cursor} if cursor else {})}
+        return self.request("GET", f"/v1/collections/{name}/documents", params=params).json()
+
+    def document(self, name: str, doc_id: str) -> dict:
+        """One document as stored in the served version: its metadata and chunks."""
+        return self.request("GET", f"/v1/collections/{name}/documents/{quote(doc_id)}").json()
+
+    def search(self, name: str, query: str, k: int = 10, mode: str | None = None,
+               filter: dict | None = None) -> dict:
+        """The `k` best hits for `query`, and the index version that answered. `mode` is vector,
+        keyword or hybrid (the API's default); `filter` narrows the chunks searched (see the README)."""
+        body: dict[str, Any] = {"query": query, "k": k}
+        if mode:
+            body["mode"] = mode
+        if filter:
+            body["filter"] = filter
+        return self.request("POST", f"/v1/collections/{name}/search", json=body).json()
 
     # jobs
 

@@ -1,10 +1,11 @@
 """`make run`: the whole stack on one machine, owned by one command.
 
 Redis (SWAPLINE_REDIS_URL, or an embedded redis-server with its data under ./var/redis), one Celery
-worker for the ingest and index queues, Celery beat (optional: workers run the sweep themselves), the
-API under gunicorn and Flower run as child processes with prefixed, colored output. On first start the sample collection
-`keps` is loaded over the REST API; the URLs are printed once it is searchable. Ctrl-C stops everything,
-Redis last; a child that dies stops the stack and the launcher exits 1.
+worker for the ingest, index and webhooks queues, Celery beat (optional: workers run the sweep and the
+webhook dispatcher themselves), the API under gunicorn and Flower run as child processes with prefixed,
+colored output. On first start the sample collection `keps` is loaded over the REST API; the URLs are
+printed once it is searchable. Ctrl-C stops everything, Redis last; a child that dies stops the stack and
+the launcher exits 1.
 
 Launcher-only options are flags or `SWAPLINE_*` variables listed in LAUNCHER_ENV (they are not Swapline
 settings: the API and workers never read them).
@@ -138,7 +139,7 @@ def child_env(settings: Settings, environ: Mapping[str, str], **extra: str) -> d
 def stack_commands(opts: Options, python: str = sys.executable) -> dict[str, list[str]]:
     celery = [python, "-m", "celery", "-A", "workers.celery_app"]
     return {
-        "worker": celery + ["worker", "-Q", "ingest,index", "-c", str(opts.worker_concurrency),
+        "worker": celery + ["worker", "-Q", "ingest,index,webhooks", "-c", str(opts.worker_concurrency),
                             "-n", "worker1@%h", "--loglevel", "INFO"],
         "api": [python, "-m", "gunicorn", "-c", GUNICORN_CONFIG, "--bind", f"{opts.host}:{opts.api_port}",
                 "--workers", str(opts.api_workers), "--threads", str(opts.api_threads), "webapp:create_app()"],

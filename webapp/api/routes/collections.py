@@ -7,18 +7,23 @@ from flask_smorest import Blueprint, abort
 
 from shared.jobs.model import iso_time
 from shared.jobs.submit import DropInProgress, drop_in_progress, submit_delete, submit_documents, submit_drop
-from shared.status import collection_status
+from shared.status import collection_status, decode_cursor, encode_cursor, list_collections
 from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
 from webapp.api.routes.common import job_location, require_collection, start_rebuild
 from webapp.api.runtime import swapline
 from webapp.api.schemas import (
     CollectionCreateSchema,
+    CollectionListSchema,
     CollectionSchema,
     CollectionStatusSchema,
     DocumentBatchSchema,
+    DocumentDetailSchema,
+    DocumentListQuerySchema,
+    DocumentListSchema,
     ErrorSchema,
     JobSchema,
+    PageQuerySchema,
 )
 
 blp = Blueprint("collections", __name__, url_prefix="/v1/collections", description="Collections and documents")
@@ -34,8 +39,33 @@ def collection_view(name: str) -> dict:
     return status
 
 
+def after_cursor(args: dict) -> str | None:
+    """The item the request's `cursor` names, or a 422."""
+    if not args.get("cursor"):
+        return None
+    try:
+        return decode_cursor(args["cursor"])
+    except ValueError:
+        abort(422, message="cursor is not valid; pass next_cursor of a previous page",
+              errors={"cursor": ["not a valid cursor"]})
+
+
+def document_summary(entry: dict) -> dict:
+    return {"id": entry["id"], "type": entry["type"], "source": entry.get("source"), "path": entry.get("path"),
+            "chunks": entry["chunks"], "updated_at": iso_time(entry.get("updated_at"))}
+
+
 @blp.route("")
 class Collections(MethodView):
+    @blp.arguments(PageQuerySchema, location="query")
+    @blp.response(200, CollectionListSchema)
+    def get(self, args):
+        """Collections by name, with document and chunk counts, the published index version and the
+        version this API process serves; page with `cursor`."""
+        rt = swapline.runtime
+        items, next_cursor = list_collections(rt.svc, after_cursor(args), args["limit"], rt.live.served())
+        return {"collections": items, "next_cursor": next_cursor}
+
     @blp.arguments(CollectionCreateSchema)
     @blp.response(201, CollectionSchema)
     @blp.alt_response(409, schema=ErrorSchema, description="A collection with that name exists")
@@ -83,6 +113,20 @@ class Collection(MethodView):
 
 @blp.route("/<string:name>/documents")
 class Documents(MethodView):
+    @blp.arguments(DocumentListQuerySchema, location="query")
+    @blp.response(200, DocumentListSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    def get(self, args, name):
+        """The documents of the index version this process serves, by id: type, source, path, chunk
+        count and when each was written; `prefix` keeps ids that start with it; page with `cursor`."""
+        require_collection(name)
+        served = swapline.runtime.live.get(name)
+        if served is None:
+            return {"index_version": None, "documents": [], "next_cursor": None}
+        page, more = served.version.documents.page(args["prefix"], after_cursor(args), args["limit"])
+        return {"index_version": served.version.version, "documents": [document_summary(e) for e in page],
+                "next_cursor": encode_cursor(page[-1]["id"]) if more else None}
+
     @idempotent
     @blp.arguments(DocumentBatchSchema)
     @blp.response(202, JobSchema, headers=LOCATION)
@@ -116,6 +160,23 @@ class Documents(MethodView):
 
 @blp.route("/<string:name>/documents/<path:doc_id>")
 class Document(MethodView):
+    @blp.response(200, DocumentDetailSchema)
+    @blp.alt_response(404, schema=ErrorSchema,
+                      description="No such collection, or no such document in the served index version")
+    def get(self, name, doc_id):
+        """One document as stored in the index version this process serves: its metadata and its
+        chunks in order."""
+        require_collection(name)
+        served = swapline.runtime.live.get(name)
+        entry = served.version.documents.get(doc_id) if served is not None else None
+        if entry is None:
+            abort(404, code="document_not_found",
+                  message=f"document {doc_id!r} is not in the served index of {name!r}")
+        chunks = [{"chunk_id": r["chunk_id"], "text": r["text"], "heading_path": r.get("heading_path", [])}
+                  for r in served.version.records(entry["rows"])]
+        return {**document_summary(entry), "index_version": served.version.version,
+                "metadata": entry.get("metadata") or {}, "chunk_records": chunks}
+
     @idempotent
     @blp.response(202, JobSchema, headers=LOCATION,
                   description="The delete job: it writes a tombstone for the document, then a rebuild "

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+from shared.search.engine import KeywordUnavailable, search
+from shared.search.filters import FilterError, parse_filter
 from webapp.api.auth import requires
 from webapp.api.routes.common import require_collection
 from webapp.api.runtime import swapline
@@ -13,7 +17,7 @@ from webapp.api.schemas import ErrorSchema, SearchQuerySchema, SearchResultSchem
 
 DEGRADED_HEADER = "X-Swapline-Degraded"
 
-blp = Blueprint("search", __name__, url_prefix="/v1/collections", description="Semantic search")
+blp = Blueprint("search", __name__, url_prefix="/v1/collections", description="Vector, keyword and hybrid search")
 
 
 @blp.route("/<string:name>/search")
@@ -22,7 +26,9 @@ class Search(MethodView):
     @blp.arguments(SearchQuerySchema)
     @blp.response(200, SearchResultSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
-    @blp.alt_response(409, schema=ErrorSchema, description="The index was built with another model")
+    @blp.alt_response(409, schema=ErrorSchema,
+                      description="The index was built with another model (vector and hybrid), or it has no "
+                                  "keyword index yet (keyword; a rebuild adds one)")
     @blp.alt_response(503, schema=ErrorSchema, description="Redis is unreachable and this process serves no "
                                                            "version of the collection")
     def post(self, body, name):
@@ -48,23 +54,30 @@ class Search(MethodView):
         if len(body["query"]) > settings.max_query_chars:
             abort(422, message=f"query must be at most {settings.max_query_chars} characters",
                   errors={"query": [f"at most {settings.max_query_chars} characters"]})
+        try:
+            flt = parse_filter(body.get("filter"))
+        except FilterError as bad:
+            abort(422, message=str(bad), errors={"filter": bad.errors})
+        mode = body["mode"]
         served = rt.live.get(name)  # one reference: a swap after this line does not affect this query
         if served is None:
-            return {"index_version": None, "hits": []}, 200, {"X-Index-Version": "", "X-Cache": "miss", **extra}
+            return ({"index_version": None, "mode": mode, "scanned": 0, "matched_documents": None, "hits": []},
+                    200, {"X-Index-Version": "", "X-Cache": "miss", **extra})
         live = served.version
-        key = (body["query"], body["k"])
+        key = (body["query"], body["k"], mode, json.dumps(body.get("filter"), sort_keys=True))
         cached = served.cache.get(key)
         if cached is not None:
             return cached, 200, {"X-Index-Version": str(live.version), "X-Cache": "hit", **extra}
         embedder = rt.svc.embedder
-        if live.manifest["model"] != embedder.model_id:
+        if mode != "keyword" and live.manifest["model"] != embedder.model_id:
             abort(409, code="model_mismatch",
                   message=f"index v{live.version} was built with {live.manifest['model']}; "
                           f"this API embeds queries with {embedder.model_id}")
-        query = embedder.embed([body["query"]])[0]
-        hits = [{"doc_id": h.record["doc_id"], "chunk_id": h.record["chunk_id"], "score": h.score,
-                 "text": h.record["text"], "heading_path": h.record.get("heading_path", []),
-                 "metadata": h.record.get("metadata", {})} for h in live.search(query, body["k"])]
-        result = {"index_version": live.version, "hits": hits}
+        try:
+            answer = search(live, body["query"], body["k"], mode, flt, lambda text: embedder.embed([text])[0])
+        except KeywordUnavailable as missing:
+            abort(409, code="keyword_index_missing", message=str(missing))
+        result = {"index_version": live.version, "mode": answer.mode, "scanned": answer.scanned,
+                  "matched_documents": answer.matched_documents, "hits": answer.hits}
         served.cache.put(key, result)
         return result, 200, {"X-Index-Version": str(live.version), "X-Cache": "miss", **extra}

@@ -1,0 +1,144 @@
+"""The documents table of a version: one entry per document, sorted by id, written beside the index.
+
+Each entry names a document's id, type, source, path, metadata, when its segment was written and the
+rows (chunk records and vectors) that hold its chunks. The API lists and reads documents from it and
+search filters evaluate metadata once per document through it, never per chunk record.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from shared.storage import written
+
+DOCUMENTS_FILE = "documents.jsonl"
+
+
+class DocTableVerifyFailed(RuntimeError):
+    pass
+
+
+def document_type(record: dict) -> str:
+    """A document's type: metadata "type", else the first extension among its path, source and id
+    ("none" when none has one)."""
+    meta = record.get("metadata") or {}
+    if isinstance(meta.get("type"), str) and meta["type"]:
+        return meta["type"][:32]
+    for name in (meta.get("path"), meta.get("source"), record["doc_id"]):
+        ext = os.path.splitext(name)[1].lower() if isinstance(name, str) else ""
+        if ext:
+            return ext[:16]
+    return "none"
+
+
+def count_by_type(records: list[dict]) -> dict[str, dict[str, int]]:
+    """type -> {"documents": n, "chunks": m} over the live chunk records."""
+    counts: dict[str, dict[str, int]] = {}
+    seen: set[str] = set()
+    for rec in records:
+        entry = counts.setdefault(document_type(rec), {"documents": 0, "chunks": 0})
+        entry["chunks"] += 1
+        if rec["doc_id"] not in seen:
+            seen.add(rec["doc_id"])
+            entry["documents"] += 1
+    return counts
+
+
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def build(records: Iterable[dict]) -> list[dict]:
+    """Entries of the documents in `records` (chunk records in row order), sorted by id. `rows` holds
+    [start, stop) ranges, usually one: a document's chunks are written together."""
+    entries: dict[str, dict] = {}
+    for row, rec in enumerate(records):
+        entry = entries.get(rec["doc_id"])
+        if entry is None:
+            meta = rec.get("metadata") or {}
+            entry = entries[rec["doc_id"]] = {
+                "id": rec["doc_id"], "type": document_type(rec), "source": _text_or_none(meta.get("source")),
+                "path": _text_or_none(meta.get("path")), "metadata": meta, "chunks": 0,
+                "updated_at": rec.get("updated_at"), "rows": []}
+        entry["chunks"] += 1
+        if entry["rows"] and entry["rows"][-1][1] == row:
+            entry["rows"][-1][1] = row + 1
+        else:
+            entry["rows"].append([row, row + 1])
+    return [entries[doc_id] for doc_id in sorted(entries)]
+
+
+def write(directory: Path, records: list[dict]) -> dict:
+    """Write documents.jsonl for `records`; returns its manifest entry."""
+    entries = build(records)
+    with written(directory / DOCUMENTS_FILE, "an index version") as fh:
+        for entry in entries:
+            fh.write(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
+    return {"documents": len(entries)}
+
+
+def read(directory: Path) -> list[dict]:
+    with open(directory / DOCUMENTS_FILE, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def verify(directory: Path, manifest: dict) -> None:
+    entries = read(directory)
+    chunks = sum(e["chunks"] for e in entries)
+    if len(entries) != manifest["documents_table"]["documents"] or chunks != manifest["vectors"]:
+        raise DocTableVerifyFailed(f"documents table has {len(entries)} documents and {chunks} chunks; the "
+                                   f"version has {manifest['vectors']} vectors")
+
+
+class DocTable:
+    """The documents of one loaded version, for listing, reading and filtering."""
+
+    def __init__(self, entries: list[dict], rows: int):
+        self.entries = entries
+        self.ids = [e["id"] for e in entries]
+        self._by_id = {e["id"]: i for i, e in enumerate(entries)}
+        # Row -> index of its document in `entries`, so a per-document verdict becomes a row mask.
+        self.row_doc = np.zeros(rows, dtype=np.int32)
+        for i, entry in enumerate(entries):
+            for start, stop in entry["rows"]:
+                self.row_doc[start:stop] = i
+
+    @classmethod
+    def load(cls, directory: Path, rows: int, records: Iterable[dict] | None = None) -> DocTable:
+        """From documents.jsonl; versions written before it existed derive it from their records."""
+        if (directory / DOCUMENTS_FILE).exists() or records is None:
+            return cls(read(directory), rows)
+        return cls(build(records), rows)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, doc_id: str) -> dict | None:
+        i = self._by_id.get(doc_id)
+        return None if i is None else self.entries[i]
+
+    def page(self, prefix: str = "", after: str | None = None, limit: int = 100) -> tuple[list[dict], bool]:
+        """Up to `limit` entries whose id starts with `prefix`, in id order, after id `after`; and
+        whether more follow."""
+        start = bisect.bisect_right(self.ids, after) if after is not None else 0
+        start = max(start, bisect.bisect_left(self.ids, prefix))
+        out: list[dict] = []
+        for entry in self.entries[start:]:
+            if not entry["id"].startswith(prefix):
+                break
+            if len(out) == limit:
+                return out, True
+            out.append(entry)
+        return out, False
+
+    def select(self, keep_document) -> tuple[int, np.ndarray]:
+        """How many documents `keep_document(entry)` keeps, and the boolean mask over rows of theirs."""
+        verdicts = np.fromiter((bool(keep_document(e)) for e in self.entries), dtype=bool, count=len(self.entries))
+        rows = verdicts[self.row_doc] if len(self.row_doc) else np.zeros(0, dtype=bool)
+        return int(verdicts.sum()), rows

@@ -1,0 +1,2 @@
+"""Search over a loaded index version: filters (`filters`), reciprocal rank fusion (`fusion`) and the
+three modes, vector, keyword and hybrid (`engine`)."""
