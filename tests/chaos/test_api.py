@@ -120,8 +120,8 @@ def test_10_swaps_under_search_load_fail_no_search(cfg, procs):
     assert len({version for _, version, _ in load.answers} & set(versions)) >= 3  # swapped while searched
 
 
-def search_p99(base: str, rounds: int = 3, per_round: int = 150) -> float:
-    """The median over rounds of each round's p99 latency of distinct (uncached) searches, in seconds."""
+def search_p99(base: str, rounds: int = 3, per_round: int = 150) -> list[float]:
+    """Each round's p99 latency of distinct (uncached) searches, in seconds."""
     session = requests.Session()
     p99s = []
     for r in range(rounds):
@@ -133,7 +133,7 @@ def search_p99(base: str, rounds: int = 3, per_round: int = 150) -> float:
             times.append(time.perf_counter() - started)
             assert resp.status_code == 200
         p99s.append(statistics.quantiles(times, n=100)[98])
-    return statistics.median(p99s)
+    return p99s
 
 
 def test_11_hundred_idle_event_streams_at_the_default_heartbeat(cfg, procs):
@@ -144,16 +144,20 @@ def test_11_hundred_idle_event_streams_at_the_default_heartbeat(cfg, procs):
     stage_documents(base, 200)
     version = published(base)
     wait_for(lambda: serving(base) == version)
+    # Rounds without streams before and after the rounds with them, so a burst of other work on the
+    # machine weighs on both sides alike.
     alone = search_p99(base)
 
     opened_at = time.monotonic()
     stop = threading.Event()
     seen: dict[int, list] = {i: [] for i in range(100)}
     broken: dict[int, str] = {}
+    responses: list[requests.Response] = []
 
     def follow(i: int) -> None:
         try:
             with requests.get(f"{base}/v1/events", stream=True, timeout=60) as resp:
+                responses.append(resp)
                 seen[i].append(resp.status_code)
                 for line in resp.iter_lines(decode_unicode=True):
                     if line == ": keepalive":
@@ -177,9 +181,14 @@ def test_11_hundred_idle_event_streams_at_the_default_heartbeat(cfg, procs):
     wait_for(lambda: time.monotonic() - opened_at > cfg.sse_heartbeat_seconds + 5, timeout=30)
     assert not broken, dict(list(broken.items())[:3])
     stop.set()
-    print(f"search p99: {alone * 1000:.2f} ms alone, {with_streams * 1000:.2f} ms with 100 idle event streams")
-    assert with_streams <= 1.5 * alone, f"search p99 {with_streams * 1000:.1f} ms with 100 streams, " \
-                                        f"{alone * 1000:.1f} ms without"
+    for resp in responses:
+        resp.close()
+    alone += search_p99(base)
+    alone_p99, with_p99 = statistics.median(alone), statistics.median(with_streams)
+    print(f"search p99: {alone_p99 * 1000:.2f} ms alone, {with_p99 * 1000:.2f} ms with 100 idle event streams "
+          f"(rounds alone {[round(x * 1000, 1) for x in alone]}, with {[round(x * 1000, 1) for x in with_streams]})")
+    assert with_p99 <= 1.5 * alone_p99, f"search p99 {with_p99 * 1000:.1f} ms with 100 streams, " \
+                                        f"{alone_p99 * 1000:.1f} ms without"
 
 
 def test_12_cross_site_form_post_with_admin_basic_credentials_is_refused(cfg, procs):

@@ -13,6 +13,7 @@ from shared import keys
 from tests.chaos.conftest import (
     SearchLoad,
     corpus,
+    job,
     published,
     publishes,
     rebuild,
@@ -26,6 +27,8 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 
 
 def test_4_redis_restart_mid_job_loses_nothing_and_searches_go_on(cfg, procs, rdb, own_redis):
+    # A slower build (about 12 s for the 400 vectors) so the outage below surely meets it mid-build.
+    cfg = cfg.with_(build_step_delay=0.25)
     api, base = procs.api_proc(cfg)
     worker = procs.worker(cfg)
     pids = (api.popen.pid, worker.popen.pid)
@@ -40,6 +43,7 @@ def test_4_redis_restart_mid_job_loses_nothing_and_searches_go_on(cfg, procs, rd
     queued = [ingest(base, corpus(5, f"queued{i}"), rebuild=False)["id"] for i in range(3)]
     load = SearchLoad(base, threads=2)
 
+    assert job(base, rebuild_id)["state"] == "running"  # the outage hits a job at work
     own_redis.stop()
     wait_for(lambda: requests.get(f"{base}/readyz", timeout=10).status_code == 503, timeout=30,
              message="/readyz to say not ready while Redis is down")
@@ -48,6 +52,9 @@ def test_4_redis_restart_mid_job_loses_nothing_and_searches_go_on(cfg, procs, rd
     # Submissions need Redis: refused in the error shape, nothing answered 202.
     refused = post_documents(base, corpus(1, "refused"), rebuild=False)
     assert refused.status_code == 503 and refused.json()["code"] == "unavailable"
+    # An outage longer than the client's own reconnect attempts: the running job meets it.
+    wait_for(lambda: "event=task.redis_unavailable" in worker.log(), timeout=60,
+             message="the running rebuild to meet the outage")
     own_redis.start()
 
     wait_for(lambda: requests.get(f"{base}/readyz", timeout=10).status_code == 200, timeout=60,
@@ -61,7 +68,6 @@ def test_4_redis_restart_mid_job_loses_nothing_and_searches_go_on(cfg, procs, rd
     assert any(h == "redis-unavailable" for _, _, h in load.answers)
     assert (api.popen.pid, worker.popen.pid) == pids and api.alive() and worker.alive()
     assert publishes(rdb)[-1] == wait_job(base, rebuild_id)["result"]["version"]
-    assert "event=task.redis_unavailable" in worker.log()
 
 
 @pytest.fixture

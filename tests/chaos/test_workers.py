@@ -6,6 +6,7 @@ process, and a redis-server each test owns."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -31,13 +32,17 @@ from tests.support import create_collection, pool_children, wait_for, wait_job
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 
 
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
 def log_times(text: str, marker: str) -> list[float]:
-    """Epoch times of the Celery log lines holding `marker` ("[2026-01-02 03:04:05,678: INFO/...] ...")."""
+    """Epoch times of the worker's log lines holding `marker` (shared.logs' text format: "2026-01-02
+    03:04:05,678 INFO logger message")."""
     out = []
     for line in text.splitlines():
-        if marker in line and line.startswith("["):
-            stamp = line[1:24]
-            out.append(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp())
+        stamp = STAMP.match(line)
+        if marker in line and stamp:
+            out.append(datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
     return out
 
 
