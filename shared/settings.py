@@ -69,6 +69,23 @@ class Settings:
     sse_max_streams: int = 64
     # Search results cached per served version (dropped on swap); 0 turns the cache off.
     search_cache_size: int = 512
+    # Sources: folders a collection follows. Empty roots turn sources off; a source's path must resolve
+    # (symlinks included) inside one of these ':'-separated folders.
+    source_roots: str = ""
+    # Changed files per child ingest job of a reconcile (the unit spread over workers and retried alone).
+    source_batch_files: int = 16
+    # Retries of a failing child batch (with growing waits from source_retry_seconds) before it fails.
+    source_batch_retries: int = 3
+    source_retry_seconds: float = 2.0
+    # The watcher: changes settle this long before a reconcile is submitted; a source's watch lease.
+    watch_debounce_seconds: float = 1.0
+    watch_lease_seconds: int = 30
+    # Embedding cache under the data dir, shared by workers, bounded (least recently used goes first).
+    embed_cache_bytes: int = 1024 * 1024 * 1024
+    # Compaction: merge a collection's segments once it has this many, or once this share of their rows
+    # is superseded (replaced or deleted documents).
+    compact_min_segments: int = 32
+    compact_superseded_ratio: float = 0.5
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +94,11 @@ class Settings:
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
         if self.task_time_limit <= self.task_soft_time_limit:
             raise SettingsError("SWAPLINE_TASK_TIME_LIMIT must be above SWAPLINE_TASK_SOFT_TIME_LIMIT")
+
+    @property
+    def source_root_paths(self) -> tuple[Path, ...]:
+        """The source roots, resolved (a root that is itself a symlink counts as its target)."""
+        return tuple(Path(part).resolve() for part in self.source_roots.split(":") if part.strip())
 
     @property
     def visibility_timeout(self) -> int:

@@ -7,6 +7,9 @@ DELETE_DOCUMENTS = "swapline.delete_documents"
 DROP_COLLECTION = "swapline.drop_collection"
 SWEEP = "swapline.sweep"
 COLLECT_VERSIONS = "swapline.collect_versions"
+RECONCILE = "swapline.reconcile"
+INGEST_FILES = "swapline.ingest_files"
+COMPACT = "swapline.compact"
 
 QUEUE_INGEST = "ingest"
 QUEUE_INDEX = "index"
@@ -18,4 +21,9 @@ KINDS = {
     "delete": (DELETE_DOCUMENTS, QUEUE_INGEST),
     "rebuild": (REBUILD, QUEUE_INDEX),
     "drop": (DROP_COLLECTION, QUEUE_INDEX),
+    # Walks a source, fans changed files out as ingest jobs, tombstones removed files (or removes a source).
+    "reconcile": (RECONCILE, QUEUE_INGEST),
+    # One batch of a reconcile's changed files: read, chunk, embed, one segment (retried on its own).
+    "ingest_files": (INGEST_FILES, QUEUE_INGEST),
+    "compact": (COMPACT, QUEUE_INDEX),
 }

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared import tasknames
-from shared.errors import JobCanceled, JobInputError, LockBusy
+from shared.errors import JobCanceled, JobInputError, LockBusy, TryAgain
 from shared.index.versions import collect_versions
 from shared.jobs.deletion import run_delete, run_drop
 from shared.jobs.ingest import run_ingest
@@ -16,12 +16,15 @@ from shared.jobs.model import JobNotFound
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.sweep import sweep as run_sweep
 from shared.names import is_job_id
+from shared.sources.batch import run_batch
+from shared.sources.reconcile import run_reconcile
 from workers.celery_app import app, services
 
 log = logging.getLogger(__name__)
 
 
-def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None) -> None:
+def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None,
+         on_retry: Callable[[TryAgain], None] | None = None) -> None:
     if not is_job_id(job_id):
         log.error("event=task.bad_id job=%r", job_id)
         return
@@ -37,6 +40,10 @@ def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None)
         if on_busy is None:
             raise
         on_busy()
+    except TryAgain as again:
+        if on_retry is None:
+            raise
+        on_retry(again)
     except JobInputError as exc:
         svc.jobs.fail(job_id, str(exc))
         log.warning("event=task.failed job=%s error=%r", job_id, str(exc))
@@ -75,6 +82,30 @@ def drop_collection(self, job_id: str) -> None:
         raise self.retry(countdown=services().settings.rebuild_retry_seconds)
 
     _run(job_id, run_drop, on_busy=busy)
+
+
+@app.task(name=tasknames.RECONCILE, bind=True, max_retries=None)
+def reconcile(self, job_id: str) -> None:
+    """Walk a source and fan its changes out (shared.sources.reconcile); returns at once, never waiting
+    for its children. A source removal waits here (retried) for the source's reconcile to stop."""
+    def busy() -> None:
+        raise self.retry(countdown=services().settings.rebuild_retry_seconds)
+
+    _run(job_id, run_reconcile, on_busy=busy)
+
+
+@app.task(name=tasknames.INGEST_FILES, bind=True, max_retries=None)
+def ingest_files(self, job_id: str) -> None:
+    """One batch of a reconcile. A transient failure retries this batch alone, waiting longer each time;
+    after SWAPLINE_SOURCE_BATCH_RETRIES retries the batch fails and its parent names its files."""
+    settings = services().settings
+    final = self.request.retries >= settings.source_batch_retries
+
+    def again(_: TryAgain) -> None:
+        raise self.retry(countdown=settings.source_retry_seconds * 2 ** self.request.retries)
+
+    _run(job_id, lambda svc, j: run_batch(svc, j, final_attempt=final, worker=self.request.hostname or ""),
+         on_retry=again)
 
 
 @app.task(name=tasknames.SWEEP)
