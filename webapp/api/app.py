@@ -10,10 +10,10 @@ from shared.settings import Settings, load_settings
 from webapp.api import auth
 from webapp.api.errors import Api
 from webapp.api.metrics import Metrics
-from webapp.api.routes import admin, collections, events, health, jobs, search, versions
+from webapp.api.routes import admin, collections, events, health, jobs, search, sources, versions
 from webapp.api.runtime import swapline
 
-API_BLUEPRINTS = (health, collections, jobs, search, versions, events)
+API_BLUEPRINTS = (health, collections, sources, jobs, search, versions, events)
 
 
 def create_app(settings: Settings | None = None) -> Flask:

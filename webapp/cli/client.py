@@ -36,7 +36,7 @@ class ApiError(Exception):
 
 
 class RebuildBusy(ApiError):
-    """POST /rebuild answered 409: a rebuild is queued or running; `job_id` names it."""
+    """POST /rebuild (or a source's /reconcile) answered 409: one is queued or running; `job_id` names it."""
 
     @property
     def job_id(self) -> str | None:
@@ -111,6 +111,20 @@ class Client:
     def rebuild(self, name: str) -> dict:
         return self.request("POST", f"/v1/collections/{name}/rebuild", ok=(202,)).json()
 
+    def add_source(self, name: str, path: str, watch: bool = False, include: list[str] | None = None,
+                   exclude: list[str] | None = None, prefix: str = "") -> dict:
+        body = {"path": path, "watch": watch, "include": include or [], "exclude": exclude or [], "prefix": prefix}
+        return self.request("POST", f"/v1/collections/{name}/sources", ok=(202,), json=body).json()
+
+    def sources(self, name: str) -> list[dict]:
+        return self.request("GET", f"/v1/collections/{name}/sources").json()["sources"]
+
+    def reconcile(self, name: str, source_id: str) -> dict:
+        return self.request("POST", f"/v1/collections/{name}/sources/{source_id}/reconcile", ok=(202,)).json()
+
+    def remove_source(self, name: str, source_id: str) -> dict:
+        return self.request("DELETE", f"/v1/collections/{name}/sources/{source_id}", ok=(202,)).json()
+
 
 def _error_from(resp: requests.Response) -> ApiError:
     try:
@@ -124,6 +138,7 @@ def _error_from(resp: requests.Response) -> ApiError:
     if not isinstance(body, dict):
         text = " ".join(resp.text.split())[:200] or resp.reason
         return ApiError(resp.status_code, "http_error", text, retry_after=retry_after)
-    cls = RebuildBusy if resp.status_code == 409 and body.get("code") == "rebuild_in_progress" else ApiError
+    busy = resp.status_code == 409 and body.get("code") in ("rebuild_in_progress", "reconcile_in_progress")
+    cls = RebuildBusy if busy else ApiError
     code, message = str(body.get("code") or "error"), str(body.get("message") or resp.reason)
     return cls(resp.status_code, code, message, body, retry_after)

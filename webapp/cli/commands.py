@@ -3,6 +3,7 @@
     swapline ingest PATH... --collection NAME [--glob '*.md']
     swapline search NAME "query" [-k 10] [--json]
     swapline status NAME | jobs [--collection C] [--state S] | job ID [--wait] | rebuild NAME [--wait]
+    swapline source add NAME PATH [--watch] | source list NAME | source reconcile NAME ID [--wait]
 
 Talks to SWAPLINE_URL (default http://127.0.0.1:8000) and sends SWAPLINE_API_KEY, when set, as a bearer
 token. Errors are one line on stderr and exit status 1, never a traceback.
@@ -30,6 +31,7 @@ from webapp.cli.batching import (
 from webapp.cli.client import DEFAULT_URL, ApiError, ApiUnreachable, Client, RebuildBusy
 from webapp.cli.follow import IngestRun, JobFailed, job_fraction, wait_job
 from webapp.cli.progress import ProgressBar
+from webapp.cli.sources import source
 
 EXPECTED_ERRORS = (ApiUnreachable, ApiError, JobFailed, InputError, TimeoutError)
 
@@ -207,6 +209,9 @@ def _follow(client: Client, job_id: str, fail: bool = False) -> dict:
         return exc.job
     finally:
         bar.close()
+
+
+main.add_command(source)
 
 
 if __name__ == "__main__":

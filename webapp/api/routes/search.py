@@ -46,7 +46,9 @@ class Search(MethodView):
         query = embedder.embed([body["query"]])[0]
         hits = [{"doc_id": h.record["doc_id"], "chunk_id": h.record["chunk_id"], "score": h.score,
                  "text": h.record["text"], "heading_path": h.record.get("heading_path", []),
-                 "metadata": h.record.get("metadata", {})} for h in live.search(query, body["k"])]
+                 "metadata": h.record.get("metadata", {}),
+                 **({"lines": h.record["lines"]} if "lines" in h.record else {})}
+                for h in live.search(query, body["k"])]
         result = {"index_version": live.version, "hits": hits}
         served.cache.put(key, result)
         return result, 200, {"X-Index-Version": str(live.version), "X-Cache": "miss"}
