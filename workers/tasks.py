@@ -10,6 +10,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from shared import tasknames
 from shared.errors import JobCanceled, JobInputError, LockBusy, TryAgain
 from shared.index.versions import collect_versions
+from shared.jobs.compact import run_compact
 from shared.jobs.deletion import run_delete, run_drop
 from shared.jobs.ingest import run_ingest
 from shared.jobs.model import JobNotFound
@@ -106,6 +107,15 @@ def ingest_files(self, job_id: str) -> None:
 
     _run(job_id, lambda svc, j: run_batch(svc, j, final_attempt=final, worker=self.request.hostname or ""),
          on_retry=again)
+
+
+@app.task(name=tasknames.COMPACT, bind=True, max_retries=None)
+def compact(self, job_id: str) -> None:
+    """Merge a collection's segments (shared.jobs.compact); waits out a rebuild before deleting the old ones."""
+    def busy() -> None:
+        raise self.retry(countdown=services().settings.rebuild_retry_seconds)
+
+    _run(job_id, run_compact, on_busy=busy)
 
 
 @app.task(name=tasknames.SWEEP)

@@ -110,7 +110,7 @@ def _compare(svc: Services, job_id: str, folder, files: dict, held: dict[str, Fi
         else:
             candidates.append((rel, entry, state))
     progress = ProgressReporter(svc.jobs, job_id, "compare", len(candidates), svc.settings.progress_every)
-    for i, (rel, entry, state) in enumerate(candidates):
+    for i, (rel, _entry, state) in enumerate(candidates):
         if i % CANCEL_EVERY == 0 and svc.jobs.cancel_requested(job_id):
             raise JobCanceled(job_id)
         progress.update(i)
