@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from shared.settings import Settings
-from tests.support import Proc, free_port, start_api, start_worker, wait_for
+from tests.support import Proc, free_port, start_api, start_watcher, start_worker, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -70,6 +70,11 @@ def procs(tmp_path):
 
         def worker(self, settings, **kw):
             proc = start_worker(settings, tmp_path, **kw)
+            started.append(proc)
+            return proc
+
+        def watcher(self, settings, **kw):
+            proc = start_watcher(settings, tmp_path, **kw)
             started.append(proc)
             return proc
 

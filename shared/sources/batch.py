@@ -73,7 +73,7 @@ def run_batch(svc: Services, job_id: str, final_attempt: bool = True, worker: st
                                            [source["prefix"] + g for g in gone])
             svc.sources.record_files(source["id"], held, gone)
         svc.jobs.succeed(job_id, {"segment": seq, "files": len(paths), **summary, "attempts": attempts,
-                                  "seconds": round(time.monotonic() - started, 3)})
+                                  "worker": worker, "seconds": round(time.monotonic() - started, 3)})
     except JobCanceled:
         svc.jobs.cancel(job_id, "canceled by request")
     except JobInputError as exc:
