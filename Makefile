@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test test-fast bench lint clean
+.PHONY: help install run test test-fast bench bench-sources lint clean
 
 help: ## List targets with one-line descriptions
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-fast: $(STAMP) ## Unit tests only (fakeredis, hashing embedder): needs no r
 
 bench: $(STAMP) ## Benchmark ingest and search against the raw model and raw FAISS
 	$(PY) -m tests.bench
+
+bench-sources: $(STAMP) ## A whole repository as a source with the real model: 1 vs 2 workers, unchanged run, watch, compaction
+	$(PY) -m tests.bench_sources
 
 lint: $(STAMP) ## Check style and common mistakes with ruff (config in pyproject.toml)
 	$(VENV)/bin/ruff check .

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 import shared.sources.batch as batch
-from workers.celery_app import app  # noqa: F401  (the app celery -A loads)
 from workers import tasks  # noqa: F401  (registers the tasks)
+from workers.celery_app import app  # noqa: F401  (the app celery -A loads)
 
 _real_read = batch.read_file
 
