@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -170,8 +171,10 @@ def run(workers: int, source: Path, log_dir: Path, torch_threads: int, last: boo
         searcher = None
         if workers > 1:
             docs = [{"id": p.name + str(i), "text": p.read_text()[:4000]}
-                    for i, p in enumerate(sorted((source / "keps").rglob("README.md"))[:PROBE_DOCS])]
-            probe = requests.post(f"{base}/v1/collections/probe/documents", json={"documents": docs}, timeout=60).json()
+                    for i, p in enumerate(sorted(source.rglob("README.md"))[:PROBE_DOCS])]
+            resp = requests.post(f"{base}/v1/collections/probe/documents", json={"documents": docs}, timeout=60)
+            resp.raise_for_status()
+            probe = resp.json()
             rebuild = wait_job(base, probe["id"])["result"]["rebuild_job_id"]
             served_version(base, "probe", wait_job(base, rebuild)["result"]["version"])
             searcher = Searcher(base, "probe")
@@ -200,13 +203,15 @@ def run(workers: int, source: Path, log_dir: Path, torch_threads: int, last: boo
         job2, ended2, _, _ = reconcile_until_served(base, "k8s", source_id)
         say(f"unchanged second reconcile: {ended2:.2f} s (files_unchanged={job2['result']['files_unchanged']}, "
             f"chunks_embedded={job2['result']['chunks_embedded']}, rebuild={'rebuild_job_id' in job2['result']})")
-        compactions = wait_for(lambda: [j for j in requests.get(f"{base}/v1/jobs", params={
-            "kind": "compact", "collection": "k8s"}, timeout=30).json()["jobs"] if j["state"] == "succeeded"],
-            timeout=600, interval=1, message="the compaction")
-        c = compactions[-1]["result"]
-        say(f"compaction: segments {c['segments_before']} -> {c['segments_after']}, disk "
-            f"{c['bytes_before'] / 1e6:.1f} MB -> {c['bytes_after'] / 1e6:.1f} MB, rows {c.get('rows_before')} -> "
-            f"{c.get('rows_after')}")
+        compactions = requests.get(f"{base}/v1/jobs", params={"kind": "compact", "collection": "k8s"},
+                                   timeout=30).json()["jobs"]
+        if compactions:
+            c = wait_job(base, compactions[-1]["id"])["result"]
+            say(f"compaction: segments {c['segments_before']} -> {c['segments_after']}, disk "
+                f"{c['bytes_before'] / 1e6:.1f} MB -> {c['bytes_after'] / 1e6:.1f} MB, rows "
+                f"{c.get('rows_before')} -> {c.get('rows_after')}")
+        else:
+            say("compaction: none requested (fewer segments than SWAPLINE_COMPACT_MIN_SEGMENTS)")
         # A watched, writable copy in another collection: the embedding cache serves every chunk.
         shutil.copytree(source, writable, symlinks=True)
         for path in writable.rglob("*"):
@@ -244,6 +249,8 @@ def run(workers: int, source: Path, log_dir: Path, torch_threads: int, last: boo
 
 
 def main() -> None:
+    # SIGTERM ends the run like Ctrl-C, so the processes it started are stopped (they run in their own sessions).
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     source = Path(os.environ.get("BENCH_SOURCE", DEFAULT_SOURCE)).resolve()
     counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
     torch_threads = int(os.environ.get("BENCH_TORCH_THREADS", "1"))

@@ -17,6 +17,8 @@ from shared.index.tokens import WORDS, Tokenizer
 
 NAME_FIELDS = ("name", "key", "declarator", "type")
 WRAPPER_FIELDS = ("definition", "declaration")
+# Statements that name other modules rather than define something here.
+NOT_DEFINITIONS = ("import", "include", "package", "use_declaration", "require")
 MAX_NAMES = 3
 # Tokens kept free when packing a group, for the names it will carry in its symbol path.
 LABEL_RESERVE = 24
@@ -41,6 +43,8 @@ def _text(src: bytes, start: int, end: int) -> str:
 
 def node_name(node, src: bytes, depth: int = 0) -> str | None:
     """The name a definition is known by (function, class, method, type, key), if it has one."""
+    if any(word in node.type for word in NOT_DEFINITIONS):
+        return None
     for name in NAME_FIELDS:
         child = node.child_by_field_name(name)
         while child is not None and name == "declarator" and child.child_by_field_name("declarator") is not None:

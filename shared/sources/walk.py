@@ -51,8 +51,8 @@ class Rules:
 
     def __init__(self, folder: Path, include: Iterable[str] = (), exclude: Iterable[str] = ()):
         self.folder = folder
-        self.include = pathspec.PathSpec.from_lines("gitwildmatch", list(include) or DEFAULT_INCLUDE)
-        self.exclude = pathspec.PathSpec.from_lines("gitwildmatch", list(exclude))
+        self.include = pathspec.PathSpec.from_lines("gitignore", list(include) or DEFAULT_INCLUDE)
+        self.exclude = pathspec.PathSpec.from_lines("gitignore", list(exclude))
         self._ignore: dict[str, pathspec.GitIgnoreSpec | None] = {}
 
     def _spec(self, rel_dir: str) -> pathspec.GitIgnoreSpec | None:
