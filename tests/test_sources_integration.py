@@ -218,15 +218,21 @@ def test_watched_source_picks_up_an_edit_and_catches_up_after_a_restart(src_sett
              message="the change made while unwatched to be searchable")
 
 
-def test_a_failing_batch_is_retried_alone_at_the_default_wait(src_settings, procs, roots, tmp_path):
-    fault_dir = tmp_path / "faults"
+def start_with_faults(settings, procs, roots, fault_dir, fail_reads: str) -> tuple[str, dict]:
+    """An API and a worker whose reads of the listed files fail (tests/faulty_worker.py); the fixture
+    tree as a source. Returns (API base URL, the first reconcile job)."""
     fault_dir.mkdir()
-    base = procs.api(src_settings)
-    procs.worker(src_settings, app="tests.faulty_worker", SWAPLINE_TEST_FAIL_READS="docs/irrigation.md:1",
+    base = procs.api(settings)
+    procs.worker(settings, app="tests.faulty_worker", SWAPLINE_TEST_FAIL_READS=fail_reads,
                  SWAPLINE_TEST_FAULT_DIR=str(fault_dir))
     make_tree(roots / "orchard")
     create_collection(base)
-    job = add_source(base, "orchard").json()["job"]
+    return base, add_source(base, "orchard").json()["job"]
+
+
+def test_a_failing_batch_is_retried_alone_at_the_default_wait(src_settings, procs, roots, tmp_path):
+    fault_dir = tmp_path / "faults"
+    base, job = start_with_faults(src_settings, procs, roots, fault_dir, "docs/irrigation.md:1")
     done = finished(base, job["id"])
     assert done["result"]["files_failed"] == []
     attempts = {b["result"]["files"] and b["id"]: b["result"]["attempts"] for b in children(base)}
@@ -239,13 +245,7 @@ def test_a_failing_batch_is_retried_alone_at_the_default_wait(src_settings, proc
 def test_a_batch_that_keeps_failing_fails_the_parent_naming_its_files(src_settings, procs, roots, tmp_path):
     quick = src_settings.with_(source_retry_seconds=0.1, source_batch_retries=2)
     fault_dir = tmp_path / "faults"
-    fault_dir.mkdir()
-    base = procs.api(quick)
-    procs.worker(quick, app="tests.faulty_worker", SWAPLINE_TEST_FAIL_READS="src/planner.py:-1",
-                 SWAPLINE_TEST_FAULT_DIR=str(fault_dir))
-    make_tree(roots / "orchard")
-    create_collection(base)
-    job = add_source(base, "orchard").json()["job"]
+    base, job = start_with_faults(quick, procs, roots, fault_dir, "src/planner.py:-1")
     done = finished(base, job["id"], state="failed")
     assert "src/planner.py" in done["error"] and done["result"]["files_failed"] == ["src/planner.py"]
     batches = children(base)

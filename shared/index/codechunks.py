@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from shared.index.chunking import Budget, Chunk, check_caps, enforce, line_windows
+from shared.index.chunking import Budget, Chunk, check_caps, enforce, line_windows, pack
 from shared.index.tokens import WORDS, Tokenizer
 
 NAME_FIELDS = ("name", "key", "declarator", "type")
@@ -128,18 +128,9 @@ class _CodeChunker:
         if header is not None:
             spans[0] = (header[0], spans[0][1])
         cost = {span: budget.cost(_text(self.src, *span)) for span in spans}
+        # Packed with room left for the names the group's symbol path will carry.
         room = max(1, budget.tokens - LABEL_RESERVE)
-        groups, first, used = [], None, 0
-        for i, span in enumerate(spans):
-            n = cost[span]
-            if first is not None and used + n > room:
-                groups.append((first, i - 1))
-                first, used = None, 0
-            if first is None:
-                first, used = i, 0
-            used += n
-        if first is not None:
-            groups.append((first, len(spans) - 1))
+        groups = pack(spans, lambda s, e: cost[(s, e)], room)
         for a, b in groups:
             start, end = spans[a][0], spans[b][1]
             first_line = (header[2] if header is not None and a == 0 else units[a][0].start_point[0] + 1)
