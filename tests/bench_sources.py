@@ -6,13 +6,15 @@ and follows the folder BENCH_SOURCE (default: ../shared/corpora/kubernetes-enhan
 
 1. runs with 1 and with 2 worker processes (BENCH_WORKERS="1,2"): files/s and chunks/s of the first
    reconcile (POST to the reconcile's end, and to the new index being served), with the load average
-   seen; during the 2-worker run, 4 threads search a small collection and report errors and p50/p99;
+   seen; during the last run's reconcile, BENCH_SEARCHERS threads (default 4, 0: none) search a small
+   collection, each pausing 0.25 s between searches, and report errors and p50/p99;
 2. after the last run: the unchanged second reconcile's time, the compaction the rebuild asked for
    (segments and disk use before and after), and, with the watcher, a writable copy of the folder as a
    watched source in another collection (the embedding cache makes it cost no embedding) and the time
    from editing one file to a search finding the edit.
 
-Torch threads per worker: BENCH_TORCH_THREADS (default 1, so N workers use N cores). Prints one line
+Torch threads per worker: BENCH_TORCH_THREADS (default 1, so N workers use N cores); files per child
+batch: BENCH_BATCH_FILES (default 16, the service's default). Prints one line
 per measurement; the full log of each process stays in BENCH_LOG_DIR (default a temporary folder).
 """
 
@@ -110,8 +112,8 @@ def reconcile_until_served(base: str, name: str, source_id: str | None, path: st
 class Searcher:
     """Threads searching one collection in a loop: errors and latencies."""
 
-    def __init__(self, base: str, name: str, threads: int = 4):
-        self.base, self.name = base, name
+    def __init__(self, base: str, name: str, threads: int = 4, pause: float = 0.25):
+        self.base, self.name, self.pause = base, name, pause
         self.latencies: list[float] = []
         self.errors: list[str] = []
         self.stop = threading.Event()
@@ -133,6 +135,7 @@ class Searcher:
             except requests.RequestException as exc:
                 self.errors.append(repr(exc))
             self.latencies.append(time.perf_counter() - started)
+            self.stop.wait(self.pause)  # a steady load of clients, not a flood that starves the workers
 
     def __enter__(self):
         for t in self.threads:
@@ -151,13 +154,15 @@ class Searcher:
                 f"p50 {pick(0.5):.0f} ms, p99 {pick(0.99):.0f} ms, max {ordered[-1] * 1000:.0f} ms")
 
 
-def run(workers: int, source: Path, log_dir: Path, torch_threads: int, last: bool) -> None:
+def run(workers: int, source: Path, log_dir: Path, torch_threads: int, last: bool, searchers: int,
+        batch_files: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-sources-{workers}w-"))
     redis_proc, url = start_redis(tmp)
     procs = []
     writable = tmp / "copy"
     settings = Settings(redis_url=url, data_dir=tmp / "data", embedder="minilm", worker_torch_threads=torch_threads,
-                        source_roots=f"{source.parent}:{writable.parent}", watch_debounce_seconds=0.2)
+                        source_roots=f"{source.parent}:{writable.parent}", watch_debounce_seconds=0.2,
+                        source_batch_files=batch_files)
     run_logs = log_dir / f"{workers}w"
     run_logs.mkdir(parents=True, exist_ok=True)
     try:
@@ -169,7 +174,7 @@ def run(workers: int, source: Path, log_dir: Path, torch_threads: int, last: boo
         for name in ("k8s", "probe"):
             requests.post(f"{base}/v1/collections", json={"name": name}, timeout=30).raise_for_status()
         searcher = None
-        if workers > 1:
+        if searchers and last:
             docs = [{"id": p.name + str(i), "text": p.read_text()[:4000]}
                     for i, p in enumerate(sorted(source.rglob("README.md"))[:PROBE_DOCS])]
             resp = requests.post(f"{base}/v1/collections/probe/documents", json={"documents": docs}, timeout=60)
@@ -177,7 +182,7 @@ def run(workers: int, source: Path, log_dir: Path, torch_threads: int, last: boo
             probe = resp.json()
             rebuild = wait_job(base, probe["id"])["result"]["rebuild_job_id"]
             served_version(base, "probe", wait_job(base, rebuild)["result"]["version"])
-            searcher = Searcher(base, "probe")
+            searcher = Searcher(base, "probe", searchers)
         sampler = LoadSampler()
         sampler.start()
         say(f"== {workers} worker process(es), {torch_threads} torch thread(s) each; load avg before: "
@@ -254,10 +259,13 @@ def main() -> None:
     source = Path(os.environ.get("BENCH_SOURCE", DEFAULT_SOURCE)).resolve()
     counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
     torch_threads = int(os.environ.get("BENCH_TORCH_THREADS", "1"))
+    searchers = int(os.environ.get("BENCH_SEARCHERS", "4"))
+    batch_files = int(os.environ.get("BENCH_BATCH_FILES", "16"))
     log_dir = Path(os.environ.get("BENCH_LOG_DIR") or tempfile.mkdtemp(prefix="bench-sources-logs-"))
-    say(f"source {source}; logs in {log_dir}; {os.cpu_count()} cores")
+    say(f"source {source}; logs in {log_dir}; {os.cpu_count()} cores; {batch_files} files per batch")
     for i, n in enumerate(counts):
-        run(n, source, log_dir, torch_threads, last=i == len(counts) - 1)
+        run(n, source, log_dir, torch_threads, last=i == len(counts) - 1, searchers=searchers,
+            batch_files=batch_files)
 
 
 if __name__ == "__main__":
