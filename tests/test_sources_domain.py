@@ -67,7 +67,10 @@ def test_second_reconcile_of_an_unchanged_tree_embeds_nothing_and_rebuilds_nothi
     assert [k for k, _ in ran].count("ingest_files") == 3  # 5 files in batches of 2
     first = env.job(job["id"])
     assert first["state"] == SUCCEEDED and first["result"]["files_added"] == len(INDEXED)
-    assert first["progress"]["counts"]["batches"] == 3
+    counts = first["progress"]["counts"]
+    assert counts["batches"] == counts["batches_done"] == 3 and counts["files_added"] == len(INDEXED)
+    assert counts["chunks_embedded"] == first["result"]["chunks_embedded"] and counts["eta_seconds"] == 0
+    assert (first["progress"]["done"], first["progress"]["total"]) == (len(INDEXED), len(INDEXED))
     assert env.svc.collections.info("docs")["documents"] == len(INDEXED)
     again = submit_reconcile(env.svc, source)
     ran = env.pump()

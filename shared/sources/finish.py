@@ -57,7 +57,8 @@ def report_progress(svc: Services, parent_id: str) -> None:
     plan = json.loads(svc.jobs.field(parent_id, "plan") or "{}")
     counts = {**{k: plan.get(k, 0) for k in RESULT_COUNTS}, "chunks_embedded": state["chunks_embedded"],
               "chunks_reused": state["chunks_reused"], "batches_done": state["total"] - state["remaining"],
-              "batches": state["total"]}
+              "batches": state["total"], "files_per_second": round(rate, 2) if rate else None,
+              "eta_seconds": round((state["files_total"] - state["files_done"]) / rate, 1) if rate else None}
     svc.jobs.set_fields(parent_id, counts=json.dumps(counts))
     svc.jobs.progress(parent_id, "ingest", state["files_done"], state["files_total"], rate)
 
