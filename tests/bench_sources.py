@@ -227,7 +227,7 @@ def run(workers: int, source: Path, log_dir: Path, torch_threads: int, last: boo
         job3, ended3, searchable3, _ = reconcile_until_served(base, "watched", None, str(writable), watch=True)
         say(f"watched copy, first reconcile: {ended3:.1f} s (searchable {searchable3:.1f} s), "
             f"chunks_embedded={job3['result']['chunks_embedded']} chunks_reused={job3['result']['chunks_reused']}")
-        target = writable / "keps" / "sig-node" / "2400-node-swap" / "README.md"
+        target = sorted(writable.rglob("README.md"))[0]
         wait_for(lambda: requests.get(f"{base}/v1/collections/watched/sources", timeout=30).json()["sources"][0][
             "watched_by"], timeout=60, message="the watcher to follow the copy")
         time.sleep(3)  # let the watcher's own catch-up reconcile (which finds nothing) pass
