@@ -1,12 +1,15 @@
-"""A Celery worker app for tests: the real workers.celery_app with one fault injected. Reading a source
-file whose path is listed in SWAPLINE_TEST_FAIL_READS (`path:times,...`, times -1 = always) raises
-OSError that many times; attempts are counted in files under SWAPLINE_TEST_FAULT_DIR, so every worker
-process shares the count. Start with `procs.worker(settings, app="tests.faulty_worker")`.
+"""A Celery worker app for tests: the real workers.celery_app with faults injected into reading source
+files. A path listed in SWAPLINE_TEST_FAIL_READS (`path:times,...`, times -1 = always) raises OSError
+that many times (attempts are counted in files under SWAPLINE_TEST_FAULT_DIR, so every worker process
+shares the count); SWAPLINE_TEST_READ_DELAY (seconds) slows every read, so that a batch lasts long
+enough for another idle worker to take the next one. Start with
+`procs.worker(settings, app="tests.faulty_worker", SWAPLINE_TEST_...=...)`.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import shared.sources.batch as batch
@@ -25,6 +28,7 @@ def _plan() -> dict[str, int]:
 
 
 def _failing_read(path: Path):
+    time.sleep(float(os.environ.get("SWAPLINE_TEST_READ_DELAY") or 0))
     for rel, times in _plan().items():
         if str(path).endswith("/" + rel):
             marker = Path(os.environ["SWAPLINE_TEST_FAULT_DIR"]) / rel.replace("/", "__")

@@ -66,8 +66,8 @@ def children(base: str, kind: str = "ingest_files") -> list[dict]:
 
 def test_reconcile_then_edit_delete_add_then_unchanged(src_settings, procs, roots):
     base = procs.api(src_settings)
-    procs.worker(src_settings, name="w1")
-    procs.worker(src_settings, name="w2")
+    for name in ("w1", "w2"):  # reads slowed a little, so each batch outlasts the other worker's wait
+        procs.worker(src_settings, name=name, app="tests.faulty_worker", SWAPLINE_TEST_READ_DELAY="0.3")
     tree = make_tree(roots / "orchard")
     (tree / "link-out.md").symlink_to(roots.parent / "outside.md")
     (roots.parent / "outside.md").write_text("# Outside\nnever read\n")
