@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from shared.jobs.model import iso_time
+from shared.jobs.model import QUEUED, RUNNING, iso_time
 from shared.names import is_job_id
 from shared.sources.paths import SourcePathRefused
 from shared.sources.submit import (
@@ -42,7 +42,7 @@ def source_view(source: dict) -> dict:
     holder = svc.sources.reconcile_holder(source["id"])
     return {**source, "created_at": iso_time(source["created_at"]), "last_reconcile": last,
             "files": svc.sources.file_count(source["id"]),
-            "reconcile_job_id": holder if holder and svc.jobs.state(holder) in ("queued", "running") else None,
+            "reconcile_job_id": holder if holder and svc.jobs.state(holder) in (QUEUED, RUNNING) else None,
             "watched_by": svc.sources.watch_holder(source["id"]) if source["watch"] else None}
 
 
