@@ -188,34 +188,45 @@ def test_the_embedding_cache_is_bounded(client, tmp_path):
     assert cache.get_many("m", [f"0-{j}" for j in range(100)], 384) == {}  # the oldest went first
 
 
-def test_compaction_keeps_every_document_and_newer_segments_win(env):
+def test_compaction_keeps_every_document_and_an_ingest_landing_meanwhile_wins(env):
     for i in range(6):
         submit_documents(env.svc, "docs", [{"id": f"d{i}", "text": f"# Doc {i}\nplum {i}"},
                                            {"id": "shared", "text": f"# Shared\nversion {i}"}], rebuild=False)
     env.pump()
     before = env.svc.collections.info("docs")
-    segments = env.svc.collections.segments("docs")
-    assert len(segments) == 6
+    assert len(env.svc.collections.segments("docs")) == 6
+    real_replace = env.svc.collections.replace_segments
+
+    def ingest_lands_meanwhile(*args, **kwargs):
+        # Between the compaction's snapshot and its swap, an ingest registers a newer "shared".
+        submit_documents(env.svc, "docs", [{"id": "shared", "text": "# Shared\nnewest"}], rebuild=False)
+        env.pump()
+        return real_replace(*args, **kwargs)
+
+    env.svc.collections.replace_segments = ingest_lands_meanwhile
     job = env.svc.jobs.create("compact", "docs", {})
-    # An ingest lands between the compaction's snapshot and its swap: simulated by registering a segment
-    # first and compacting only the head (the script replaces exactly the snapshotted head).
-    submit_documents(env.svc, "docs", [{"id": "shared", "text": "# Shared\nnewest"}], rebuild=False)
-    env.pump()
     run_compact(env.svc, job["id"])
+    env.svc.collections.replace_segments = real_replace
     result = env.job(job["id"])["result"]
-    assert result["segments_before"] == 7 and result["segments_after"] == 1
-    assert result["bytes_after"] < result["bytes_before"] and result["rows_after"] == 7
+    assert result["segments_before"] == 6 and result["segments_after"] == 2  # the merged one + the newer
+    assert result["rows_before"] == 12 and result["rows_after"] == 7
+    assert result["bytes_after"] < result["bytes_before"] + env.svc.storage.segment_bytes(
+        "docs", env.svc.collections.segments("docs")[1])
     after = env.svc.collections.info("docs")
-    assert (after["documents"], after["chunks"], after["changes"]) == (before["documents"], 7, before["changes"] + 1)
+    assert (after["documents"], after["chunks"]) == (before["documents"], 7)
+    assert after["changes"] == before["changes"] + 1  # the ingest; compaction changes nothing live
     rebuild = env.svc.jobs.create("rebuild", "docs", {})
     run_rebuild(env.svc, rebuild["id"])
-    assert env.job(rebuild["id"])["result"]["vectors"] == 7
-    seq = env.svc.collections.segments("docs")[0]
-    texts = {rec["doc_id"]: rec["text"] for rec in env.svc.storage.iter_segment_records("docs", seq)}
+    assert env.job(rebuild["id"])["result"]["vectors"] == 7 and env.job(rebuild["id"])["result"]["documents"] == 7
+    merged, newer = env.svc.collections.segments("docs")
+    texts = {rec["doc_id"]: rec["text"] for seq in (merged, newer)
+             for rec in env.svc.storage.iter_segment_records("docs", seq)}
     assert texts["shared"] == "newest"
+    assert env.svc.collections.doc_locations("docs", ["shared", "d0"]) == {"shared": newer, "d0": merged}
+    assert not env.svc.storage.segment_dir("docs", 1).exists()  # the replaced folders are gone
     # A stale head is refused and changes nothing.
     assert not env.svc.collections.replace_segments("docs", [1, 2], 99, {"d0": 1})
-    assert env.svc.collections.segments("docs") == [seq]
+    assert env.svc.collections.segments("docs") == [merged, newer]
 
 
 def test_compaction_thresholds_at_the_defaults():
