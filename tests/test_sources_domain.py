@@ -229,6 +229,24 @@ def test_compaction_keeps_every_document_and_an_ingest_landing_meanwhile_wins(en
     assert env.svc.collections.segments("docs") == [merged, newer]
 
 
+def test_compaction_waits_for_a_running_rebuild_before_deleting_and_never_takes_the_lease(env):
+    for i in range(3):
+        submit_documents(env.svc, "docs", [{"id": f"d{i}", "text": f"# Doc {i}\nfig {i}"}], rebuild=False)
+    env.pump()
+    old = env.svc.collections.segments("docs")
+    lease = env.svc.locks.acquire("docs", "a-running-rebuild")  # snapshotted before the swap, say
+    job = env.svc.jobs.create("compact", "docs", {})
+    with pytest.raises(LockBusy):
+        run_compact(env.svc, job["id"])
+    assert env.svc.jobs.state(job["id"]) == "running" and len(env.svc.collections.segments("docs")) == 1
+    assert all(env.svc.storage.segment_dir("docs", seq).is_dir() for seq in old)  # still readable
+    assert env.svc.locks.holder("docs")["job_id"] == "a-running-rebuild"
+    env.svc.locks.release(lease)
+    run_compact(env.svc, job["id"])  # the retry resumes at the deletion step
+    assert env.job(job["id"])["result"]["segments_after"] == 1
+    assert not any(env.svc.storage.segment_dir("docs", seq).exists() for seq in old)
+
+
 def test_compaction_thresholds_at_the_defaults():
     svc_settings = Settings()
     assert (svc_settings.compact_min_segments, svc_settings.compact_superseded_ratio) == (32, 0.5)

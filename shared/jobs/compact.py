@@ -8,8 +8,10 @@ segments as one new segment (tombstones drop out: nothing older remains for them
 it in with one Lua script that replaces exactly the snapshotted head of the list and repoints only the
 documents still living there; segments registered meanwhile stay after it and keep winning. Ingest and
 search never wait for it: ingest appends behind it, search reads index versions, and the live content
-does not change, so no rebuild is needed. The replaced segment folders are deleted under the
-collection's rebuild lease (a rebuild reading them holds it); while a rebuild runs the job retries.
+does not change, so no rebuild is needed. The replaced segment folders are deleted once the
+collection's rebuild lease is seen free after the swap (a rebuild that could still read them holds it);
+while one runs the job retries. Compaction never takes the lease itself, so it never delays a rebuild
+or a rollback.
 """
 
 from __future__ import annotations
@@ -104,15 +106,14 @@ def run_compact(svc: Services, job_id: str) -> None:
             done = json.loads(raw["compacted"])
             before, stats = done["replaced"], done["stats"]
         svc.jobs.progress(job_id, "collect", 0, len(before))
-        lease = svc.locks.acquire(collection, job_id)
-        if lease is None:
+        if svc.locks.holder(collection) is not None:
+            # A rebuild may have snapshotted the list before the swap and still be reading the old
+            # folders. Once the lease is seen free after the swap, every such rebuild has ended (a
+            # rebuild holds it from before its snapshot to its publish) and later ones read the new list.
             svc.jobs.touch(job_id)
             raise LockBusy(collection)
-        try:
-            for old in before:
-                svc.storage.remove_segment(collection, old)
-        finally:
-            svc.locks.release(lease)
+        for old in before:
+            svc.storage.remove_segment(collection, old)
         after = svc.collections.segments(collection)
         result = {**stats, "segments_after": len(after), "bytes_after": disk_use(svc, collection, after)}
         svc.jobs.succeed(job_id, result)
