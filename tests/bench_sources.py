@@ -14,7 +14,8 @@ and follows the folder BENCH_SOURCE (default: ../shared/corpora/kubernetes-enhan
    from editing one file to a search finding the edit.
 
 Torch threads per worker: BENCH_TORCH_THREADS (default 1, so N workers use N cores); files per child
-batch: BENCH_BATCH_FILES (default 16, the service's default). Prints one line
+batch: BENCH_BATCH_FILES (default 16, the service's default); BENCH_CHURN_EDITS (default 0) edits of
+the watched copy after the timed ones, to show compaction of superseded rows. Prints one line
 per measurement; the full log of each process stays in BENCH_LOG_DIR (default a temporary folder).
 """
 
@@ -245,12 +246,40 @@ def run(workers: int, source: Path, log_dir: Path, torch_threads: int, last: boo
             wait_for(found, timeout=300, interval=0.1, message="the edit to be searchable")
             say(f"edit to searchable (watched source, attempt {attempt + 1}): {time.monotonic() - started:.2f} s")
             time.sleep(2)
+        churn(base, writable, int(os.environ.get("BENCH_CHURN_EDITS", "0")))
     finally:
         for proc in reversed(procs):
             proc.stop()
         redis_proc.terminate()
         redis_proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def churn(base: str, folder: Path, edits: int) -> None:
+    """A watched folder that changes all day: `edits` edits of a few files, each waited for until
+    searchable; then the compaction they lead to, with segments and disk use before and after."""
+    if edits <= 0:
+        return
+    files = sorted(folder.rglob("README.md"))[:4]
+    seen = {j["id"] for j in requests.get(f"{base}/v1/jobs", params={"kind": "compact", "collection": "watched",
+                                                                      "limit": 100}, timeout=30).json()["jobs"]}
+    for i in range(edits):
+        word = f"churnword{i}x"
+        with open(files[i % len(files)], "a") as fh:
+            fh.write(f"\n\nChurn note {word}.\n")
+        wait_for(lambda w=word: any(w in h["text"] for h in requests.post(
+            f"{base}/v1/collections/watched/search", json={"query": f"churn note {w}", "k": 5}, timeout=30,
+        ).json()["hits"]), timeout=300, interval=0.2, message="a churn edit to be searchable")
+    jobs = [j for j in requests.get(f"{base}/v1/jobs", params={"kind": "compact", "collection": "watched",
+                                                                "limit": 100}, timeout=30).json()["jobs"]
+            if j["id"] not in seen]
+    if not jobs:
+        say(f"after {edits} edits: no compaction requested")
+        return
+    c = wait_job(base, jobs[-1]["id"])["result"]
+    say(f"after {edits} edits of {len(files)} files, compaction: segments {c['segments_before']} -> "
+        f"{c['segments_after']}, disk {c['bytes_before'] / 1e6:.1f} MB -> {c['bytes_after'] / 1e6:.1f} MB, "
+        f"rows {c.get('rows_before')} -> {c.get('rows_after')}")
 
 
 def main() -> None:
