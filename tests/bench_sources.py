@@ -266,7 +266,7 @@ def churn(base: str, folder: Path, edits: int) -> None:
     for i in range(edits):
         word = f"churnword{i}x"
         with open(files[i % len(files)], "a") as fh:
-            fh.write(f"\n\nChurn note {word}.\n")
+            fh.write(f"\n\n## Churn {word}\nChurn note {word} mentions {word}.\n")
         wait_for(lambda w=word: any(w in h["text"] for h in requests.post(
             f"{base}/v1/collections/watched/search", json={"query": f"churn note {w}", "k": 5}, timeout=30,
         ).json()["hits"]), timeout=300, interval=0.2, message="a churn edit to be searchable")
