@@ -268,7 +268,8 @@ def churn(base: str, folder: Path, edits: int) -> None:
         with open(files[i % len(files)], "a") as fh:
             fh.write(f"\n\n## Churn {word}\nChurn note {word} mentions {word}.\n")
         wait_for(lambda w=word: any(w in h["text"] for h in requests.post(
-            f"{base}/v1/collections/watched/search", json={"query": f"churn note {w}", "k": 5}, timeout=30,
+            # Many near-identical churn sections compete: look as deep as there are edits.
+            f"{base}/v1/collections/watched/search", json={"query": f"churn note {w}", "k": 100}, timeout=30,
         ).json()["hits"]), timeout=300, interval=0.2, message="a churn edit to be searchable")
     jobs = [j for j in requests.get(f"{base}/v1/jobs", params={"kind": "compact", "collection": "watched",
                                                                 "limit": 100}, timeout=30).json()["jobs"]
