@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test test-fast test-chaos bench bench-search lint clean
+.PHONY: help install run test test-fast test-chaos bench bench-search bench-sources lint clean
 
 help: ## List targets with one-line descriptions
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench: $(STAMP) ## Benchmark ingest and search against the raw model and raw FAI
 
 bench-search: $(STAMP) ## hits@5 and latency of vector, keyword and hybrid search on the sample, real model
 	$(PY) -m tests.bench_search
+
+bench-sources: $(STAMP) ## A whole repository as a source with the real model: 1 vs 2 workers, unchanged run, watch, compaction
+	$(PY) -m tests.bench_sources
 
 lint: $(STAMP) ## Check style and common mistakes with ruff (config in pyproject.toml)
 	$(VENV)/bin/ruff check .

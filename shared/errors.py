@@ -11,3 +11,8 @@ class LockBusy(Exception):
 
 class JobInputError(Exception):
     """The job cannot succeed whatever the retries (missing collection, unreadable batch)."""
+
+
+class TryAgain(Exception):
+    """A transient failure of one attempt (a file that could not be read): the task is retried on
+    its own, with a growing wait, before the job is failed."""

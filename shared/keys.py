@@ -178,11 +178,62 @@ def dropping(name: str) -> str:
     return _k("col", name, "dropping")
 
 
+# Sources (folders a collection follows) and fan-out
+def sources() -> str:
+    """Hash source_id -> collection, for every source (the watcher lists them)."""
+    return _k("sources")
+
+
+def collection_sources(name: str) -> str:
+    """Set of the ids of a collection's sources."""
+    return _k("col", name, "sources")
+
+
+def source(source_id: str) -> str:
+    """Hash: id, collection, path, include, exclude, prefix, watch, created_at, last_reconcile (JSON)."""
+    return _k("source", source_id)
+
+
+def source_files(source_id: str) -> str:
+    """Hash relative path -> "size:mtime_ns:content hash" of each file the collection holds from the source."""
+    return _k("source", source_id, "files")
+
+
+def source_reconcile(source_id: str) -> str:
+    """The id of the source's one queued or running reconcile."""
+    return _k("source", source_id, "reconcile")
+
+
+def watch_lease(source_id: str) -> str:
+    """Held (with a TTL the holder renews) by the one watcher process following the source."""
+    return _k("source", source_id, "watch")
+
+
+def fanout(parent_id: str) -> str:
+    """Hash: the barrier of a job that fanned out children (total, remaining, sums of their counts)."""
+    return _k("job", parent_id, "fanout")
+
+
+def fanout_pending(parent_id: str) -> str:
+    """Set of the children of a fanned-out job that have not finished yet."""
+    return _k("job", parent_id, "pending")
+
+
+def fanout_failed(parent_id: str) -> str:
+    """List of the files whose child batch failed for good."""
+    return _k("job", parent_id, "failed")
+
+
+def compact_pending(name: str) -> str:
+    """The id of the one queued or running compaction of a collection."""
+    return _k("col", name, "compact_pending")
+
+
 def collection_keys(name: str) -> list[str]:
     """The keys a drop deletes. The fence counter stays: fences keep rising across a drop and a
     re-create, so a stale builder of the old collection can never publish over the new one."""
     return [collection(name), collection_docs(name), segments(name), segment_seq(name), rebuild_pending(name),
-            pointer(name), pointer_history(name)]
+            pointer(name), pointer_history(name), collection_sources(name), compact_pending(name)]
 
 
 # Celery's broker (kombu's Redis transport). These keys belong to kombu, not to Swapline, and carry no

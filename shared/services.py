@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import redis
 
 from shared import keys
+from shared.index.embedcache import EmbeddingCache, NoCache
 from shared.index.embedders import Embedder, make_embedder
 from shared.settings import Settings
 from shared.storage import Storage
@@ -20,12 +21,14 @@ from shared.store.collections import CollectionStore
 from shared.store.conn import connect
 from shared.store.counters import WorkCounters
 from shared.store.events import EventLog
+from shared.store.fanout import FanOut
 from shared.store.history import JobHistory
 from shared.store.idempotency import IdempotencyStore
 from shared.store.jobs import JobStore
 from shared.store.locks import RebuildLocks, TokenLock
 from shared.store.pointers import Pointers
 from shared.store.replicas import ReplicaStore
+from shared.store.sources import SourceStore
 from shared.store.webhooks import WebhookStore
 
 # A pending Idempotency-Key claim expires after this long should its process die mid-request; well
@@ -52,11 +55,14 @@ class Services:
     counters: WorkCounters
     webhooks: WebhookStore
     webhook_dispatch_lock: TokenLock
+    sources: SourceStore
+    fanout: FanOut
     storage: Storage
     # enqueue(kind, job_id): send the job's task by name.
     enqueue: Callable[[str, str], None]
     torch_threads: int = 1
     _embedder: Embedder | None = field(default=None, repr=False)
+    _embed_cache: EmbeddingCache | NoCache | None = field(default=None, repr=False)
 
     @property
     def embedder(self) -> Embedder:
@@ -65,10 +71,21 @@ class Services:
             self._embedder = make_embedder(self.settings, self.torch_threads)
         return self._embedder
 
+    @property
+    def embed_cache(self) -> EmbeddingCache | NoCache:
+        """The embedding cache under the data dir, opened on first use, once per process."""
+        if self._embed_cache is None:
+            limit = self.settings.embed_cache_bytes
+            self._embed_cache = (EmbeddingCache(self.storage.embedding_cache_dir(), limit) if limit > 0
+                                 else NoCache())
+        return self._embed_cache
+
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
     def close(self) -> None:
+        if self._embed_cache is not None:
+            self._embed_cache.close()
         self.redis.close()
 
 
@@ -93,6 +110,8 @@ def build_services(settings: Settings, enqueue: Callable[[str, str], None], torc
         counters=WorkCounters(client),
         webhooks=WebhookStore(client, settings.webhook_deliveries_keep, settings.job_ttl_seconds),
         webhook_dispatch_lock=TokenLock(client, keys.webhook_dispatch_lock()),
+        sources=SourceStore(client),
+        fanout=FanOut(client),
         storage=Storage(settings.data_dir),
         enqueue=enqueue,
         torch_threads=torch_threads,

@@ -90,6 +90,23 @@ class Settings:
     webhook_retry_max_seconds: float = 3600.0
     webhook_dispatch_seconds: float = 2.0
     webhook_deliveries_keep: int = 100
+    # Sources: folders a collection follows. Empty roots turn sources off; a source's path must resolve
+    # (symlinks included) inside one of these ':'-separated folders.
+    source_roots: str = ""
+    # Changed files per child ingest job of a reconcile (the unit spread over workers and retried alone).
+    source_batch_files: int = 16
+    # Retries of a failing child batch (with growing waits from source_retry_seconds) before it fails.
+    source_batch_retries: int = 3
+    source_retry_seconds: float = 2.0
+    # The watcher: changes settle this long before a reconcile is submitted; a source's watch lease.
+    watch_debounce_seconds: float = 1.0
+    watch_lease_seconds: int = 30
+    # Embedding cache under the data dir, shared by workers, bounded (least recently used goes first).
+    embed_cache_bytes: int = 1024 * 1024 * 1024
+    # Compaction: merge a collection's segments once it has this many, or once this share of their rows
+    # is superseded (replaced or deleted documents).
+    compact_min_segments: int = 32
+    compact_superseded_ratio: float = 0.5
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +129,11 @@ class Settings:
     def sweep_interval(self) -> float:
         """How often the sweep runs (history retention, orphaned staged batches)."""
         return float(min(60, max(5, self.sweep_stale_seconds // 5)))
+
+    @property
+    def source_root_paths(self) -> tuple[Path, ...]:
+        """The source roots, resolved (a root that is itself a symlink counts as its target)."""
+        return tuple(Path(part).resolve() for part in self.source_roots.split(":") if part.strip())
 
     @property
     def visibility_timeout(self) -> int:

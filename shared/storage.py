@@ -4,6 +4,7 @@ Layout (under `data_dir`):
     staging/{job_id}.jsonl          a submitted batch, deleted once ingested
     segments/{collection}/{seq}/    immutable: chunks.jsonl, vectors.npy, meta.json
     indexes/{collection}/v{version}/ immutable: index.faiss, chunks.jsonl, offsets.npy, manifest.json
+    cache/embeddings/               (model, content hash) -> vector, bounded, shared by workers
 
 Everything is written under a temporary name, fsynced, and renamed into place, so a reader never sees
 a half-written file or directory; every write, flush, fsync and close is checked, and what a failed
@@ -130,6 +131,9 @@ class Storage:
     def segment_dir(self, collection: str, seq: int) -> Path:
         return self._inside(self.segments_dir(collection) / f"{int(seq):010d}")
 
+    def embedding_cache_dir(self) -> Path:
+        return self._inside(self.root / "cache" / "embeddings")
+
     def indexes_dir(self, collection: str) -> Path:
         return self._inside(self.root / "indexes" / self.check_collection(collection))
 
@@ -220,6 +224,13 @@ class Storage:
 
     def read_segment_vectors(self, collection: str, seq: int) -> np.ndarray:
         return np.load(self.segment_dir(collection, seq) / "vectors.npy", mmap_mode="r")
+
+    def segment_bytes(self, collection: str, seq: int) -> int:
+        folder = self.segment_dir(collection, seq)
+        return sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+
+    def remove_segment(self, collection: str, seq: int) -> None:
+        shutil.rmtree(self.segment_dir(collection, seq), ignore_errors=True)
 
     def remove_collection(self, collection: str) -> None:
         for path in (self.segments_dir(collection), self.indexes_dir(collection)):

@@ -9,6 +9,9 @@ SWEEP = "swapline.sweep"
 COLLECT_VERSIONS = "swapline.collect_versions"
 WEBHOOK_DISPATCH = "swapline.webhooks.dispatch"
 WEBHOOK_DELIVER = "swapline.webhooks.deliver"
+RECONCILE = "swapline.reconcile"
+INGEST_FILES = "swapline.ingest_files"
+COMPACT = "swapline.compact"
 
 QUEUE_INGEST = "ingest"
 QUEUE_INDEX = "index"
@@ -23,4 +26,9 @@ KINDS = {
     "delete": (DELETE_DOCUMENTS, QUEUE_INGEST),
     "rebuild": (REBUILD, QUEUE_INDEX),
     "drop": (DROP_COLLECTION, QUEUE_INDEX),
+    # Walks a source, fans changed files out as ingest jobs, tombstones removed files (or removes a source).
+    "reconcile": (RECONCILE, QUEUE_INGEST),
+    # One batch of a reconcile's changed files: read, chunk, embed, one segment (retried on its own).
+    "ingest_files": (INGEST_FILES, QUEUE_INGEST),
+    "compact": (COMPACT, QUEUE_INDEX),
 }

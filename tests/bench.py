@@ -206,7 +206,9 @@ def main() -> None:
     import fakeredis
 
     with tempfile.TemporaryDirectory() as tmp:
-        services = build_services(Settings(data_dir=tmp, embedder="minilm"), enqueue=lambda kind, job_id: None,
+        # No embedding cache: the timed passes must embed every chunk, not find the first pass's vectors.
+        services = build_services(Settings(data_dir=tmp, embedder="minilm", embed_cache_bytes=0),
+                                  enqueue=lambda kind, job_id: None,
                                   torch_threads=2, client=fakeredis.FakeRedis(decode_responses=True))
         bench_embedding(services, n_chunks)
 

@@ -11,7 +11,14 @@ import redis
 
 from shared.settings import Settings
 from tests.browser import CHROMIUM_ARGS, ChromiumMissing, pick_chromium
-from tests.support import Proc, start_api, start_beat, start_redis_server, start_worker
+from tests.support import (
+    Proc,
+    start_api,
+    start_beat,
+    start_redis_server,
+    start_watcher,
+    start_worker,
+)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -60,6 +67,11 @@ def procs(tmp_path):
 
         def worker(self, settings, **kw):
             proc = start_worker(settings, tmp_path, **kw)
+            started.append(proc)
+            return proc
+
+        def watcher(self, settings, **kw):
+            proc = start_watcher(settings, tmp_path, **kw)
             started.append(proc)
             return proc
 

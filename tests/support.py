@@ -125,16 +125,25 @@ class Proc:
 
 
 def start_worker(settings: Settings, log_dir: Path, name: str = "w1", queues: str = "ingest,index,webhooks",
-                 concurrency: int = 1, beat: bool = False, **extra_env: str) -> Proc:
-    """A real `celery worker` process (with `beat`, also running Celery beat's schedule in it: the
-    sweeper, version collection and the webhook dispatcher); returns once it logged that it is ready."""
+                 concurrency: int = 1, beat: bool = False, app: str = "workers.celery_app", **extra_env: str) -> Proc:
+    """A real `celery worker` process of `app` (e.g. a test app that injects faults); with `beat`, also
+    running Celery beat's schedule in it (the sweeper, version collection and the webhook dispatcher).
+    Returns once it logged that it is ready."""
     clock = ["-B", "--schedule", str(log_dir / f"beat-{name}")] if beat else []
-    proc = Proc(f"worker-{name}", [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", queues,
+    proc = Proc(f"worker-{name}", [str(BIN / "celery"), "-A", app, "worker", "-Q", queues,
                                    "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO",
                                    "--without-mingle", "--without-gossip", *clock],
                 child_env(settings, **extra_env), log_dir)
     wait_for(lambda: ("ready." in proc.log()) or not proc.alive() and _died(proc), timeout=60,
              message=f"worker {name} ready")
+    return proc
+
+
+def start_watcher(settings: Settings, log_dir: Path, name: str = "watcher1", **extra_env: str) -> Proc:
+    """A real watcher process (`python -m workers.watcher`); returns once it logged its start."""
+    proc = Proc(name, [sys.executable, "-m", "workers.watcher"], child_env(settings, **extra_env), log_dir)
+    wait_for(lambda: "event=watcher.start" in proc.log() or not proc.alive() and _died(proc), timeout=60,
+             message=f"{name} started")
     return proc
 
 

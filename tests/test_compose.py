@@ -120,6 +120,16 @@ def test_worker_can_be_scaled(model):
     assert ",".join(tasknames.QUEUES) in worker["command"]  # every queue, webhooks included
 
 
+def test_the_watcher_runs_and_every_app_service_sees_the_sources_read_only(model):
+    services = model["services"]
+    assert services["watcher"]["command"] == ["python", "-m", "workers.watcher"]
+    assert stack_commands(parse_options([], {}))["watcher"][1:] == ["-m", "workers.watcher"]
+    for name in ("api", "worker", "watcher"):
+        assert services[name]["environment"]["SWAPLINE_SOURCE_ROOTS"] == "/sources", name
+        mounts = {v["target"]: v for v in services[name]["volumes"]}
+        assert mounts["/sources"]["type"] == "bind" and mounts["/sources"]["read_only"], name
+
+
 def test_flower_uses_basic_auth_from_the_environment(model):
     flower = model["services"]["flower"]
     assert flower["environment"]["FLOWER_BASIC_AUTH"] == ENV["FLOWER_BASIC_AUTH"]

@@ -145,14 +145,15 @@ def test_make_run_entry_serves_the_sample_and_stops_cleanly(launch, tmp_path):
 
     children = run.descendants()
     names = " ".join(" ".join(p.cmdline()) for p in children)
-    for part in ("redis-server", "gunicorn", "celery -A workers.celery_app worker", "flower", "beat"):
+    for part in ("redis-server", "gunicorn", "celery -A workers.celery_app worker", "flower", "beat",
+                 "-m workers.watcher"):
         assert part in names, part
     run.popen.send_signal(signal.SIGINT)
     assert run.finish() == 0, run.output()[-4000:]
     assert_all_gone(children)
     out = run.output()
     exits = re.findall(r"event=child\.exit name=(\w+)", out)
-    assert sorted(exits) == ["api", "beat", "flower", "redis", "worker"] and exits[-1] == "redis", exits
+    assert sorted(exits) == ["api", "beat", "flower", "redis", "watcher", "worker"] and exits[-1] == "redis", exits
     assert "event=launcher.stopped" in out
     aof = list((tmp_path / "var" / "redis").rglob("appendonly*"))
     assert aof, "the embedded Redis keeps an append-only file"

@@ -18,7 +18,9 @@ ROWS = {m.group(1): m.group(2) for m in ROW.finditer(README)}
 @pytest.mark.parametrize(("name", "default"), env_table())
 def test_every_setting_is_documented_with_its_default(name, default):
     assert name in ROWS, f"README.md has no configuration row for {name}"
-    if isinstance(default, (int, float, str)) and not isinstance(default, bool):
+    if default == "":
+        assert "(empty)" in ROWS[name], f"README.md shows {ROWS[name]!r} for {name}, not (empty)"
+    elif isinstance(default, (int, float, str)) and not isinstance(default, bool):
         assert f"`{default}`" in ROWS[name], f"README.md shows {ROWS[name]!r} for {name}, not {default!r}"
 
 

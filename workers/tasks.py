@@ -11,7 +11,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from shared import tasknames
-from shared.errors import JobCanceled, JobInputError, LockBusy
+from shared.errors import JobCanceled, JobInputError, LockBusy, TryAgain
+from shared.jobs.compact import run_compact
 from shared.jobs.deletion import run_delete, run_drop
 from shared.jobs.housekeeping import collect_all
 from shared.jobs.ingest import run_ingest
@@ -20,6 +21,8 @@ from shared.jobs.model import JobNotFound
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.sweep import sweep as run_sweep
 from shared.names import is_job_id
+from shared.sources.batch import run_batch
+from shared.sources.reconcile import run_reconcile
 from shared.storage import StorageFull
 from shared.store.locks import LeaseLost
 from shared.store.pointers import PublishRefused
@@ -39,7 +42,8 @@ def _transient_retry() -> Retry:
     return Retry(ExponentialWithJitterBackoff(cap=30.0, base=1.0), retries=-1, supported_errors=TRANSIENT)
 
 
-def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None) -> None:
+def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None,
+         on_retry: Callable[[TryAgain], None] | None = None) -> None:
     if not is_job_id(job_id):
         log.error("event=task.bad_id job=%r", job_id)
         return
@@ -52,10 +56,11 @@ def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None)
     # Ends this process could not record (Redis went down as the attempt ended), recorded with the next
     # begin, so an attempt cut short by an outage is not mistaken for one lost with its worker.
     unrecorded = [0]
-    _transient_retry().call_with_retry(lambda: _attempt(svc, job_id, work, on_busy, unrecorded), report)
+    _transient_retry().call_with_retry(lambda: _attempt(svc, job_id, work, on_busy, on_retry, unrecorded), report)
 
 
-def _attempt(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | None, unrecorded: list[int]) -> None:
+def _attempt(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | None,
+             on_retry: Callable[[TryAgain], None] | None, unrecorded: list[int]) -> None:
     me = runner_id()
     if another_run_is_live(svc, job_id, me):
         log.warning("event=task.duplicate job=%s (another run of the job is alive; this delivery does nothing)",
@@ -71,7 +76,7 @@ def _attempt(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | Non
             log.error("event=task.gave_up job=%s attempts=%s", job_id, executions - 1)
             return
         with keepalive().working_on(job_id):
-            _outcome(svc, job_id, work, on_busy)
+            _outcome(svc, job_id, work, on_busy, on_retry)
     finally:
         # Not reached when the process dies: an execution without its end is a lost one.
         try:
@@ -81,7 +86,8 @@ def _attempt(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | Non
             raise
 
 
-def _outcome(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | None) -> None:
+def _outcome(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | None,
+             on_retry: Callable[[TryAgain], None] | None) -> None:
     """Run the work and map what it raised to the job's state."""
     try:
         work(svc, job_id)
@@ -106,6 +112,10 @@ def _outcome(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | Non
     except StorageFull as exc:
         svc.jobs.fail(job_id, str(exc), retryable=True)
         log.warning("event=task.failed job=%s retryable=1 error=%r", job_id, str(exc))
+    except TryAgain as again:
+        if on_retry is None:
+            raise
+        on_retry(again)
     except JobInputError as exc:
         svc.jobs.fail(job_id, str(exc))
         log.warning("event=task.failed job=%s error=%r", job_id, str(exc))
@@ -144,6 +154,39 @@ def drop_collection(self, job_id: str) -> None:
         raise self.retry(countdown=services().settings.rebuild_retry_seconds)
 
     _run(job_id, run_drop, on_busy=busy)
+
+
+@app.task(name=tasknames.RECONCILE, bind=True, max_retries=None)
+def reconcile(self, job_id: str) -> None:
+    """Walk a source and fan its changes out (shared.sources.reconcile); returns at once, never waiting
+    for its children. A source removal waits here (retried) for the source's reconcile to stop."""
+    def busy() -> None:
+        raise self.retry(countdown=services().settings.rebuild_retry_seconds)
+
+    _run(job_id, run_reconcile, on_busy=busy)
+
+
+@app.task(name=tasknames.INGEST_FILES, bind=True, max_retries=None)
+def ingest_files(self, job_id: str) -> None:
+    """One batch of a reconcile. A transient failure retries this batch alone, waiting longer each time;
+    after SWAPLINE_SOURCE_BATCH_RETRIES retries the batch fails and its parent names its files."""
+    settings = services().settings
+    final = self.request.retries >= settings.source_batch_retries
+
+    def again(_: TryAgain) -> None:
+        raise self.retry(countdown=settings.source_retry_seconds * 2 ** self.request.retries)
+
+    _run(job_id, lambda svc, j: run_batch(svc, j, final_attempt=final, worker=self.request.hostname or ""),
+         on_retry=again)
+
+
+@app.task(name=tasknames.COMPACT, bind=True, max_retries=None)
+def compact(self, job_id: str) -> None:
+    """Merge a collection's segments (shared.jobs.compact); waits out a rebuild before deleting the old ones."""
+    def busy() -> None:
+        raise self.retry(countdown=services().settings.rebuild_retry_seconds)
+
+    _run(job_id, run_compact, on_busy=busy)
 
 
 @app.task(name=tasknames.SWEEP)

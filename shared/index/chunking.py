@@ -1,20 +1,32 @@
-"""Markdown-aware chunking.
+"""Chunking, with caps counted by the model's own tokenizer (`shared.index.tokens`).
 
-ATX headings `#` to `######` open sections; each chunk keeps its heading path (the titles of the
-enclosing headings, outermost first). A section longer than `max_tokens` is split into windows of at
-most `max_tokens` tokens that overlap by `overlap` tokens. Tokens are counted as words and punctuation
-marks, which tracks MiniLM's word pieces closely enough when the cap leaves headroom (200 of 256).
+Markdown: ATX headings `#` to `######` open sections; each chunk keeps its heading path (the titles of
+the enclosing headings, outermost first). A section is cut into blocks (paragraphs, and code fences
+kept whole) and consecutive blocks are packed into chunks up to the cap; a block longer than the cap
+is cut into windows that overlap by `overlap` tokens (a fence into windows of whole lines). YAML front
+matter becomes metadata, not chunk text. Code: see `shared.index.codechunks`.
+
+The cap counts what is embedded: the heading path that `embed_text` puts before the text and the
+special tokens the model adds, so no chunk is ever cut short by the model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import yaml
+
+from shared.index.tokens import WORD_TOKEN, WORDS, Tokenizer
 
 HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 FENCE = re.compile(r"^ {0,3}(```|~~~)")
-TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?\r?\n)?(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S)
+TOKEN = WORD_TOKEN  # kept for callers that count words
+PATH_SEP = " > "
+MAX_TITLE_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,7 @@ class Chunk:
     text: str
     heading_path: tuple[str, ...] = field(default_factory=tuple)
     ordinal: int = 0
+    lines: tuple[int, int] | None = None  # first and last line (1-based), for code
 
     @property
     def content_hash(self) -> str:
@@ -30,14 +43,145 @@ class Chunk:
 
 
 def count_tokens(text: str) -> int:
-    return len(TOKEN.findall(text))
+    return WORDS.count(text)
 
 
 def embed_text(chunk: Chunk) -> str:
     """What gets embedded: the heading path gives a chunk its context."""
     if chunk.heading_path:
-        return " > ".join(chunk.heading_path) + "\n" + chunk.text
+        return PATH_SEP.join(chunk.heading_path) + "\n" + chunk.text
     return chunk.text
+
+
+def check_caps(max_tokens: int, overlap: int) -> None:
+    if max_tokens < 1 or not 0 <= overlap < max_tokens:
+        raise ValueError("need max_tokens >= 1 and 0 <= overlap < max_tokens")
+
+
+class Budget:
+    """The tokens left for chunk text under one heading path."""
+
+    def __init__(self, tok: Tokenizer, cap: int, path: tuple[str, ...]):
+        self.tok, self.cap = tok, cap
+        self.path = fit_path(tok, cap, path)
+        head = PATH_SEP.join(self.path) + "\n" if self.path else ""
+        self.tokens = max(1, cap - tok.count(head))
+
+    def cost(self, text: str) -> int:
+        return self.tok.count(text) - self.tok.special
+
+    def fits(self, text: str) -> bool:
+        """The exact check, on what will be embedded."""
+        return self.tok.count(embed_text(Chunk(text, self.path))) <= self.cap
+
+
+def fit_path(tok: Tokenizer, cap: int, path: tuple[str, ...]) -> tuple[str, ...]:
+    """The heading path, shortened (outer titles first, then words of the last one) to at most half
+    the cap, so a chunk always has room for text."""
+    path = tuple(title[:MAX_TITLE_CHARS] for title in path)
+    limit = cap // 2
+    while len(path) > 1 and tok.count(PATH_SEP.join(path)) > limit:
+        path = path[1:]
+    if path and tok.count(path[0]) > limit:
+        words = tok.words(path[0])
+        keep, used = 0, tok.special
+        for _start, end, n in words:
+            if used + n > limit:
+                break
+            keep, used = end, used + n
+        path = (path[0][:keep],) if keep else ()
+    return path
+
+
+def windows(text: str, tok: Tokenizer, budget: int, overlap: int) -> list[str]:
+    """Slices of `text` of at most `budget` tokens each, cut between words, consecutive slices sharing
+    up to `overlap` tokens. A single word longer than the budget is cut by characters."""
+    words = tok.words(text)
+    if sum(n for _, _, n in words) <= budget:
+        return [text.strip()] if text.strip() else []
+    out: list[str] = []
+    start = 0
+    while start < len(words):
+        end, used = start, 0
+        while end < len(words) and used + words[end][2] <= budget:
+            used += words[end][2]
+            end += 1
+        if end == start:  # one word over the budget
+            s, e, n = words[start]
+            step = max(1, (e - s) * budget // n)
+            out.extend(text[i:min(i + step, e)] for i in range(s, e, step))
+            start += 1
+            continue
+        out.append(text[words[start][0]:words[end - 1][1]].strip())
+        if end >= len(words):
+            break
+        nxt, shared = end, 0
+        while nxt - 1 > start and shared + words[nxt - 1][2] <= overlap:
+            nxt -= 1
+            shared += words[nxt][2]
+        start = nxt
+    return [piece for piece in out if piece]
+
+
+def line_windows(lines: list[str], tok: Tokenizer, budget: int, overlap: int) -> list[tuple[int, int, str]]:
+    """Whole lines packed into windows of at most `budget` tokens; consecutive windows repeat their
+    last lines up to `overlap` tokens. Returns (first line index, last line index, text)."""
+    costs = [tok.count(line) - tok.special for line in lines]
+    out: list[tuple[int, int, str]] = []
+    start = 0
+    while start < len(lines):
+        if costs[start] > budget:  # one line over the budget: cut it between words
+            out.extend((start, start, piece) for piece in windows(lines[start], tok, budget, overlap))
+            start += 1
+            continue
+        end, used = start, 0
+        while end < len(lines) and used + costs[end] <= budget:
+            used += costs[end]
+            end += 1
+        text = "\n".join(lines[start:end]).strip("\n")
+        if text.strip():
+            out.append((start, end - 1, text))
+        if end >= len(lines):
+            break
+        nxt, shared = end, 0
+        while nxt - 1 > start and shared + costs[nxt - 1] <= overlap:
+            nxt -= 1
+            shared += costs[nxt]
+        start = nxt
+    return out
+
+
+def pack(units: list[tuple[int, int]], cost: Callable[[int, int], int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive units (start, end) grouped greedily while their summed cost fits `budget`; a unit
+    over the budget stands alone (the caller cuts it). Returns (first unit, last unit) index pairs."""
+    groups: list[tuple[int, int]] = []
+    first, used = None, 0
+    for i, (s, e) in enumerate(units):
+        n = cost(s, e)
+        if first is not None and (used + n > budget or n > budget):
+            groups.append((first, i - 1))
+            first, used = None, 0
+        if first is None:
+            first, used = i, 0
+        used += n
+    if first is not None:
+        groups.append((first, len(units) - 1))
+    return groups
+
+
+def split_front_matter(text: str) -> tuple[dict | None, str]:
+    """YAML front matter (a mapping between `---` lines at the very start) and the text after it.
+    Anything else at the start, or YAML that does not parse to a mapping, stays text."""
+    match = FRONT_MATTER.match(text)
+    if not match:
+        return None, text
+    try:
+        data = yaml.safe_load(match.group(1) or "")
+    except yaml.YAMLError:
+        return None, text
+    if not isinstance(data, dict):
+        return None, text
+    return {str(k): v for k, v in data.items()}, text[match.end():]
 
 
 def _sections(text: str) -> list[tuple[tuple[str, ...], list[str]]]:
@@ -69,29 +213,67 @@ def _sections(text: str) -> list[tuple[tuple[str, ...], list[str]]]:
     return sections
 
 
-def _windows(text: str, max_tokens: int, overlap: int) -> list[str]:
-    spans = [m.span() for m in TOKEN.finditer(text)]
-    if len(spans) <= max_tokens:
-        return [text.strip()]
-    step = max(1, max_tokens - overlap)
-    out = []
-    for start in range(0, len(spans), step):
-        window = spans[start:start + max_tokens]
-        out.append(text[window[0][0]:window[-1][1]].strip())
-        if start + max_tokens >= len(spans):
-            break
+def _blocks(lines: list[str]) -> list[tuple[int, int, bool]]:
+    """(first line, end line exclusive, is a fence) of each paragraph and each whole code fence."""
+    blocks: list[tuple[int, int, bool]] = []
+    start, in_fence = None, None
+    for i, line in enumerate(lines):
+        fence = FENCE.match(line)
+        if in_fence:
+            if fence and fence.group(1) == in_fence:
+                blocks.append((start, i + 1, True))
+                start, in_fence = None, None
+            continue
+        if fence:
+            if start is not None:
+                blocks.append((start, i, False))
+            start, in_fence = i, fence.group(1)
+        elif not line.strip():
+            if start is not None:
+                blocks.append((start, i, False))
+                start = None
+        elif start is None:
+            start = i
+    if start is not None:
+        blocks.append((start, len(lines), bool(in_fence)))
+    return blocks
+
+
+def _section_chunks(lines: list[str], budget: Budget, overlap: int) -> list[str]:
+    blocks = _blocks(lines)
+    if not blocks:
+        return []
+    costs = {(s, e): budget.cost("\n".join(lines[s:e])) for s, e, _ in blocks}
+    out: list[str] = []
+    for first, last in pack([(s, e) for s, e, _ in blocks], lambda s, e: costs[(s, e)], budget.tokens):
+        s, e, is_fence = blocks[first][0], blocks[last][1], blocks[first][2]
+        text = "\n".join(lines[s:e]).strip()
+        if first == last and costs[(s, e)] > budget.tokens:
+            if is_fence:
+                out.extend(t for _, _, t in line_windows(lines[s:e], budget.tok, budget.tokens, overlap))
+            else:
+                out.extend(windows(text, budget.tok, budget.tokens, overlap))
+        elif text:
+            out.append(text)
     return out
 
 
-def chunk_markdown(text: str, max_tokens: int = 200, overlap: int = 40) -> list[Chunk]:
+def chunk_markdown(text: str, max_tokens: int = 200, overlap: int = 40, tokenizer: Tokenizer = WORDS) -> list[Chunk]:
     """Chunks of a markdown document, in document order. Empty sections produce no chunk."""
-    if max_tokens < 1 or not 0 <= overlap < max_tokens:
-        raise ValueError("need max_tokens >= 1 and 0 <= overlap < max_tokens")
+    check_caps(max_tokens, overlap)
     chunks: list[Chunk] = []
     for heading_path, lines in _sections(text):
-        body = "\n".join(lines).strip()
-        if not body:
-            continue
-        for piece in _windows(body, max_tokens, overlap):
-            chunks.append(Chunk(piece, heading_path, len(chunks)))
+        budget = Budget(tokenizer, max_tokens, heading_path)
+        for piece in _section_chunks(lines, budget, overlap):
+            chunks.extend(enforce(Chunk(piece, budget.path, len(chunks)), budget, overlap, len(chunks)))
     return chunks
+
+
+def enforce(chunk: Chunk, budget: Budget, overlap: int, ordinal: int) -> list[Chunk]:
+    """The chunk itself when what is embedded fits the cap (the exact count), else its windows. Sums of
+    pieces match the exact count for WordPiece (words never span a line break), so this is a guard."""
+    if budget.fits(chunk.text):
+        return [Chunk(chunk.text, chunk.heading_path, ordinal, chunk.lines)]
+    smaller = max(1, budget.tokens - 8)
+    pieces = windows(chunk.text, budget.tok, smaller, min(overlap, smaller - 1))
+    return [Chunk(p, chunk.heading_path, ordinal + i, chunk.lines) for i, p in enumerate(pieces)]

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from shared.index.tokens import WORDS, Tokenizer, minilm_tokenizer
 from shared.settings import Settings
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -22,6 +23,9 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 class Embedder(Protocol):
     model_id: str
     dim: int
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
 
     def embed(self, texts: list[str]) -> np.ndarray: ...
 
@@ -41,6 +45,7 @@ class HashEmbedder:
     def __init__(self, dim: int = 384):
         self.dim = dim
         self.model_id = f"hash-{dim}"
+        self.tokenizer = WORDS
 
     def _bucket(self, feature: str) -> tuple[int, float]:
         digest = hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest()
@@ -68,6 +73,11 @@ class MiniLMEmbedder:
         self.batch_size = batch_size
         self._model = None
         self._lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's WordPiece tokenizer (chunk caps), without loading torch or the weights."""
+        return minilm_tokenizer()
 
     def _load(self):
         with self._lock:

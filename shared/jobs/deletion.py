@@ -23,6 +23,19 @@ log = logging.getLogger(__name__)
 DROP_REASON = "collection dropped"
 
 
+def write_tombstones(svc: Services, job_id: str, collection: str, doc_ids: list[str]) -> int:
+    """Write and register a segment that holds only tombstones for `doc_ids`; returns its seq."""
+    svc.jobs.progress(job_id, "write", 0, 1)
+    seq = svc.collections.next_segment_seq(collection)
+    # No chunks, so no vectors and no model: merges read tombstones from meta.json only.
+    svc.storage.write_segment(collection, seq, [], np.zeros((0, 0), dtype=np.float32), {
+        "docs": [], "tombstones": list(doc_ids), "model": None, "dim": 0, "job_id": job_id,
+        "created_at": time.time()})
+    svc.collections.register_segment(collection, seq, job_id, {doc: -1 for doc in doc_ids})
+    log.info("event=delete.segment job=%s collection=%s seq=%s tombstones=%s", job_id, collection, seq, len(doc_ids))
+    return seq
+
+
 def run_delete(svc: Services, job_id: str) -> None:
     """Run one delete job: register a segment that holds only tombstones for the job's documents,
     then ask for the rebuild that makes the deletion visible. Safe to run again after a crash."""
@@ -39,17 +52,9 @@ def run_delete(svc: Services, job_id: str) -> None:
         if svc.jobs.cancel_requested(job_id):
             raise JobCanceled(job_id)
         present = svc.collections.doc_locations(collection, doc_ids)
-        svc.jobs.progress(job_id, "write", 0, 1)
-        seq = svc.collections.next_segment_seq(collection)
-        # No chunks, so no vectors and no model: merges read tombstones from meta.json only.
-        svc.storage.write_segment(collection, seq, [], np.zeros((0, 0), dtype=np.float32), {
-            "docs": [], "tombstones": doc_ids, "model": None, "dim": 0, "job_id": job_id,
-            "created_at": time.time()})
         summary = {"requested": len(doc_ids), "deleted": len(present)}
         svc.jobs.set_fields(job_id, summary=json.dumps(summary))
-        svc.collections.register_segment(collection, seq, job_id, {doc: -1 for doc in doc_ids})
-        log.info("event=delete.segment job=%s collection=%s seq=%s requested=%s deleted=%s",
-                 job_id, collection, seq, len(doc_ids), len(present))
+        seq = write_tombstones(svc, job_id, collection, doc_ids)
     else:
         seq = int(raw["segment"])
         summary = json.loads(raw.get("summary") or "{}")
@@ -77,6 +82,7 @@ def run_drop(svc: Services, job_id: str) -> None:
     if not svc.jobs.start(job_id):
         return
     svc.collections.hide(collection, job_id)
+    svc.sources.remove_collection(collection)  # nothing watches or reconciles into it any more
     svc.jobs.progress(job_id, "stop-jobs", 0, 1)
     busy = []
     for other, kind, _state in svc.history.of_collection(collection, (QUEUED, RUNNING)):

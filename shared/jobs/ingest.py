@@ -1,4 +1,8 @@
-"""Ingest: chunk a staged batch, embed what has not been embedded before, write one segment."""
+"""Ingest: chunk a staged batch, embed what has not been embedded before, write one segment.
+
+A chunk's vector is looked up before it is embedded: first among the chunks the same document had
+(its segment), then in the embedding cache shared by every collection and job (`embed_cache`); only
+what neither holds reaches the model, and what the model returns goes into the cache."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import time
 import numpy as np
 
 from shared.errors import JobCanceled, JobInputError
-from shared.index.chunking import chunk_markdown, embed_text
+from shared.index.chunking import embed_text
+from shared.index.documents import chunk_document
 from shared.jobs.progress import ProgressReporter
 from shared.jobs.submit import request_rebuild
 from shared.services import Services
@@ -22,25 +27,33 @@ def _known_vectors(svc: Services, collection: str, doc_ids: list[str], model_id:
     documents only embed the chunks that changed."""
     known: dict[str, np.ndarray] = {}
     for seq in sorted(set(svc.collections.doc_locations(collection, doc_ids).values())):
-        if svc.storage.read_segment_meta(collection, seq).get("model") != model_id:
-            continue
-        vectors = svc.storage.read_segment_vectors(collection, seq)
-        for row, rec in enumerate(svc.storage.iter_segment_records(collection, seq)):
-            known.setdefault(rec["hash"], np.array(vectors[row]))
+        try:
+            if svc.storage.read_segment_meta(collection, seq).get("model") != model_id:
+                continue
+            vectors = svc.storage.read_segment_vectors(collection, seq)
+            for row, rec in enumerate(svc.storage.iter_segment_records(collection, seq)):
+                known.setdefault(rec["hash"], np.array(vectors[row]))
+        except FileNotFoundError:
+            continue  # compacted away meanwhile: the cache or the model provides the vectors
     return known
 
 
 def chunk_documents(svc: Services, documents: list[dict]) -> tuple[list[dict], list[str], dict[str, int]]:
     """Chunk records, the text to embed for each, and the chunk count per document."""
     s = svc.settings
+    tokenizer = svc.embedder.tokenizer
     records, texts, counts = [], [], {}
     for doc in documents:
-        chunks = chunk_markdown(doc["text"], s.chunk_max_tokens, s.chunk_overlap_tokens)
+        metadata = doc.get("metadata") or {}
+        chunks, extra = chunk_document(doc["text"], metadata, tokenizer, s.chunk_max_tokens, s.chunk_overlap_tokens)
+        metadata = {**metadata, **extra}
         counts[doc["id"]] = len(chunks)
         for chunk in chunks:
-            records.append({"doc_id": doc["id"], "chunk_id": f"{doc['id']}#{chunk.ordinal}", "text": chunk.text,
-                            "heading_path": list(chunk.heading_path), "metadata": doc.get("metadata") or {},
-                            "hash": chunk.content_hash})
+            record = {"doc_id": doc["id"], "chunk_id": f"{doc['id']}#{chunk.ordinal}", "text": chunk.text,
+                      "heading_path": list(chunk.heading_path), "metadata": metadata, "hash": chunk.content_hash}
+            if chunk.lines:
+                record["lines"] = list(chunk.lines)
+            records.append(record)
             texts.append(embed_text(chunk))
     return records, texts, counts
 
@@ -52,11 +65,16 @@ def embed_records(svc: Services, job_id: str, records: list[dict], texts: list[s
     Returns (vectors, how many were embedded, seconds spent embedding)."""
     embedder = svc.embedder
     vectors = np.zeros((len(records), embedder.dim), dtype=np.float32)
-    todo = []
+    missing = list({rec["hash"] for rec in records if rec["hash"] not in known})
+    known = {**known, **svc.embed_cache.get_many(embedder.model_id, missing, embedder.dim)}
+    todo, seen = [], {}
     for i, rec in enumerate(records):
         if rec["hash"] in known:
             vectors[i] = known[rec["hash"]]
+        elif rec["hash"] in seen:
+            continue  # the same text twice in this batch: embedded once, copied below
         else:
+            seen[rec["hash"]] = i
             todo.append(i)
     # Longest first, so each batch pads little; the embedder keeps its own order within a call.
     todo.sort(key=lambda i: len(texts[i]), reverse=True)
@@ -67,9 +85,38 @@ def embed_records(svc: Services, job_id: str, records: list[dict], texts: list[s
             raise JobCanceled(job_id)
         rows = todo[start:start + group]
         vectors[rows] = embedder.embed([texts[i] for i in rows])
+        svc.embed_cache.put_many(embedder.model_id, {records[i]["hash"]: vectors[i] for i in rows})
         progress.update(start + len(rows))
+    for i, rec in enumerate(records):
+        if rec["hash"] in seen and seen[rec["hash"]] != i:
+            vectors[i] = vectors[seen[rec["hash"]]]
     seconds = progress.finish()
     return vectors, len(todo), seconds
+
+
+def write_documents(svc: Services, job_id: str, collection: str, documents: list[dict],
+                    tombstones: list[str] = ()) -> tuple[int, dict]:
+    """Chunk and embed `documents`, write them (and tombstones for `tombstones`) as one segment and
+    register it. Returns (segment seq, summary). Used by ingest jobs and by a reconcile's batches."""
+    svc.jobs.progress(job_id, "chunk", 0, len(documents))
+    records, texts, counts = chunk_documents(svc, documents)
+    known = _known_vectors(svc, collection, list(counts), svc.embedder.model_id)
+    vectors, embedded, embed_seconds = embed_records(svc, job_id, records, texts, known)
+    # Counted when done: a redelivered job embeds (and counts) its chunks again, as it really did.
+    svc.counters.add_embedded(collection, embedded, embed_seconds)
+    seq = svc.collections.next_segment_seq(collection)
+    svc.jobs.progress(job_id, "write", 0, 1)
+    svc.storage.write_segment(collection, seq, records, vectors, {
+        "docs": list(counts), "tombstones": list(tombstones), "model": svc.embedder.model_id,
+        "dim": svc.embedder.dim, "job_id": job_id, "created_at": time.time()})
+    summary = {"documents": len(counts), "chunks": len(records), "embedded": embedded,
+               "reused": len(records) - embedded, "embed_seconds": round(embed_seconds, 3),
+               "embed_rate": round(embedded / embed_seconds, 2) if embedded and embed_seconds > 0 else None}
+    svc.jobs.set_fields(job_id, summary=json.dumps(summary))
+    svc.collections.register_segment(collection, seq, job_id, {**counts, **{doc: -1 for doc in tombstones}})
+    log.info("event=ingest.segment job=%s collection=%s seq=%s documents=%s chunks=%s embedded=%s tombstones=%s",
+             job_id, collection, seq, len(counts), len(records), embedded, len(tombstones))
+    return seq, summary
 
 
 def run_ingest(svc: Services, job_id: str) -> None:
@@ -81,7 +128,6 @@ def run_ingest(svc: Services, job_id: str) -> None:
     collection = raw["collection"]
     options = svc.jobs.options(job_id)
     started = time.monotonic()
-    summary: dict = {}
     if "segment" not in raw:
         if not svc.collections.exists(collection):
             raise JobInputError(f"collection {collection!r} does not exist")
@@ -89,24 +135,7 @@ def run_ingest(svc: Services, job_id: str) -> None:
             documents = svc.storage.read_staging(job_id)
         except FileNotFoundError as exc:
             raise JobInputError("the staged batch is missing from the data dir") from exc
-        svc.jobs.progress(job_id, "chunk", 0, len(documents))
-        records, texts, counts = chunk_documents(svc, documents)
-        known = _known_vectors(svc, collection, list(counts), svc.embedder.model_id)
-        vectors, embedded, embed_seconds = embed_records(svc, job_id, records, texts, known)
-        # Counted when done: a redelivered job embeds (and counts) its chunks again, as it really did.
-        svc.counters.add_embedded(collection, embedded, embed_seconds)
-        seq = svc.collections.next_segment_seq(collection)
-        svc.jobs.progress(job_id, "write", 0, 1)
-        svc.storage.write_segment(collection, seq, records, vectors, {
-            "docs": list(counts), "tombstones": [], "model": svc.embedder.model_id, "dim": svc.embedder.dim,
-            "job_id": job_id, "created_at": time.time()})
-        summary = {"documents": len(counts), "chunks": len(records), "embedded": embedded,
-                   "reused": len(records) - embedded, "embed_seconds": round(embed_seconds, 3),
-                   "embed_rate": round(embedded / embed_seconds, 2) if embedded and embed_seconds > 0 else None}
-        svc.jobs.set_fields(job_id, summary=json.dumps(summary))
-        svc.collections.register_segment(collection, seq, job_id, counts)
-        log.info("event=ingest.segment job=%s collection=%s seq=%s documents=%s chunks=%s embedded=%s",
-                 job_id, collection, seq, len(counts), len(records), embedded)
+        seq, summary = write_documents(svc, job_id, collection, documents)
     else:
         seq = int(raw["segment"])
         summary = json.loads(raw.get("summary") or "{}")

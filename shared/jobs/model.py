@@ -52,6 +52,14 @@ def iso_time(ts: str | float | None) -> str | None:
     return datetime.fromtimestamp(float(ts), UTC).isoformat().replace("+00:00", "Z")
 
 
+def _progress(data: dict) -> dict:
+    progress = {"stage": data.get("stage", ""), "done": int(float(data.get("done") or 0)),
+                "total": int(float(data.get("total") or 0))}
+    if data.get("counts"):  # a job that fanned out: the sums of its children's counts
+        progress["counts"] = json.loads(data["counts"])
+    return progress
+
+
 def public(data: dict) -> dict:
     """A job hash as the API shows it."""
     return {
@@ -59,8 +67,7 @@ def public(data: dict) -> dict:
         "kind": data["kind"],
         "collection": data["collection"],
         "state": data["state"],
-        "progress": {"stage": data.get("stage", ""), "done": int(float(data.get("done") or 0)),
-                     "total": int(float(data.get("total") or 0))},
+        "progress": _progress(data),
         "error": data.get("error") or None,
         "created_at": iso_time(data.get("created_at")),
         "started_at": iso_time(data.get("started_at")),

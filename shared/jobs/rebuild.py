@@ -23,6 +23,8 @@ from shared.index.vectorindex import (
     write_version,
 )
 from shared.index.versions import collect_versions
+from shared.jobs.compact import maybe_compact
+from shared.jobs.merge import live_rows
 from shared.jobs.model import TERMINAL
 from shared.jobs.progress import ProgressReporter
 from shared.services import Services
@@ -34,33 +36,11 @@ log = logging.getLogger(__name__)
 
 
 def merge_segments(svc: Services, collection: str, segments: list[int], dim: int) -> tuple[list[dict], np.ndarray, int]:
-    """The live chunks of a collection: for each document, the version in the latest registered
-    segment wins; tombstones drop documents. Each record gets `updated_at`, when its segment was
-    written. Returns (records, vectors, documents)."""
-    latest: dict[str, int | None] = {}
-    written: dict[int, float | None] = {}
-    for seq in segments:
-        meta = svc.storage.read_segment_meta(collection, seq)
-        written[seq] = meta.get("created_at")
-        for doc in meta.get("tombstones", []):
-            latest[doc] = None
-        for doc in meta.get("docs", []):
-            latest[doc] = seq
-    records: list[dict] = []
-    parts: list[np.ndarray] = []
-    for seq in sorted(set(s for s in latest.values() if s is not None), key=segments.index):
-        vectors = svc.storage.read_segment_vectors(collection, seq)
-        rows = []
-        for row, rec in enumerate(svc.storage.iter_segment_records(collection, seq)):
-            if latest.get(rec["doc_id"]) == seq:
-                rec.pop("hash", None)
-                rec["updated_at"] = written[seq]
-                records.append(rec)
-                rows.append(row)
-        if rows:
-            parts.append(np.asarray(vectors[rows], dtype=np.float32))
-    stacked = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
-    return records, stacked, sum(1 for s in latest.values() if s is not None)
+    """The live chunks of a collection for an index build. Returns (records, vectors, documents)."""
+    live, records, vectors, _ = live_rows(svc, collection, segments, dim)
+    for rec in records:
+        rec.pop("hash", None)
+    return records, vectors, len(live)
 
 
 class _Step:
@@ -95,16 +75,18 @@ def run_rebuild(svc: Services, job_id: str) -> None:
         svc.locks.clear_pending(collection, job_id)
         if not svc.jobs.start(job_id):
             return
-        _build_and_publish(svc, job_id, collection, lease)
+        stats = _build_and_publish(svc, job_id, collection, lease)
     finally:
         svc.locks.release(lease)
+    maybe_compact(svc, collection, *stats)
     try:
         collect_versions(svc, collection)
     except Exception:  # collection is housekeeping: it must not turn a published rebuild into a failure
         log.exception("event=versions.collect_failed collection=%s", collection)
 
 
-def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease) -> None:
+def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease) -> tuple[int, int, int]:
+    """Returns (segments merged, rows they hold, live rows): what decides a compaction."""
     timings: dict[str, float] = {}
     clock = time.monotonic()
 
@@ -117,7 +99,10 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     embedder = svc.embedder
     segments, changes = svc.collections.snapshot(collection)
     svc.jobs.progress(job_id, "merge", 0, len(segments))
-    records, vectors, documents = merge_segments(svc, collection, segments, embedder.dim)
+    live, records, vectors, rows_total = live_rows(svc, collection, segments, embedder.dim)
+    for rec in records:
+        rec.pop("hash", None)
+    documents = len(live)
     lap("merge")
 
     step = _Step(svc, job_id, lease, len(records))
@@ -182,6 +167,7 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
         lap("publish")
         log.info("event=rebuild.published job=%s collection=%s version=%s vectors=%s timings=%s",
                  job_id, collection, lease.fence, manifest["vectors"], timings)
+        return len(segments), rows_total, len(records)
     finally:
         if not published:
             if tmp is not None:

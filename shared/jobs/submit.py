@@ -8,13 +8,13 @@ ingest asks for must never be lost, and coalescing keeps it to one queued rebuil
 
 from __future__ import annotations
 
-from shared.jobs.model import CANCELED, QUEUED, RUNNING, TERMINAL, QueueFull, new_job_id
+from shared.jobs.model import CANCELED, QUEUED, RUNNING, TERMINAL, JobNotFound, QueueFull, new_job_id
 from shared.services import Services
 from shared.tasknames import KINDS, QUEUE_INDEX, QUEUE_INGEST
 
 __all__ = ["QueueFull", "RebuildInProgress", "NotCancelable", "submit_documents", "request_rebuild",
            "submit_delete", "submit_drop", "DropInProgress", "drop_in_progress",
-           "cancel_job", "cleanup_canceled", "check_capacity"]
+           "cancel_job", "cleanup_canceled", "check_capacity", "request_cancel_tree"]
 
 
 class RebuildInProgress(Exception):
@@ -158,13 +158,27 @@ def cancel_job(svc: Services, job_id: str) -> dict:
         raise NotCancelable(job, f"the job has already {job['state']}")
     if job["kind"] == "drop" and job["state"] == RUNNING:
         raise NotCancelable(job, "a drop that has started runs to its end")
-    state = svc.jobs.request_cancel(job_id)
+    state = request_cancel_tree(svc, job_id)
     job = svc.jobs.get(job_id)
-    if state == CANCELED:
-        cleanup_canceled(svc, job)
-    elif state != RUNNING and state != QUEUED:
+    if state != CANCELED and state != RUNNING and state != QUEUED:
         raise NotCancelable(job, f"the job has already {state}")
     return job
+
+
+def request_cancel_tree(svc: Services, job_id: str, reason: str = "canceled by request") -> str:
+    """Cancel a job (queued: now; running: flagged) and, when it fanned out children, each child
+    still pending: queued ones never run (a worker that receives one counts it as done for its
+    parent's barrier), running ones stop at their next step. Returns the job's state after it."""
+    state = svc.jobs.request_cancel(job_id, reason)
+    if state == CANCELED:
+        cleanup_canceled(svc, svc.jobs.get(job_id))
+    for child in sorted(svc.fanout.pending(job_id)):
+        try:
+            if svc.jobs.request_cancel(child, "its parent job was canceled") == CANCELED:
+                cleanup_canceled(svc, svc.jobs.get(child))
+        except JobNotFound:
+            continue
+    return state
 
 
 def cleanup_canceled(svc: Services, job: dict) -> None:

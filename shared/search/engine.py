@@ -46,7 +46,8 @@ def _hit(version: LoadedVersion, row: int, score: float, ranks: dict[str, int], 
     return {"doc_id": rec["doc_id"], "chunk_id": rec["chunk_id"], "score": score, "text": rec["text"],
             "heading_path": rec.get("heading_path", []), "metadata": rec.get("metadata", {}),
             "vector_rank": ranks.get("vector"), "keyword_rank": ranks.get("keyword"),
-            "vector_score": scores.get(("vector", row)), "keyword_score": scores.get(("keyword", row))}
+            "vector_score": scores.get(("vector", row)), "keyword_score": scores.get(("keyword", row)),
+            **({"lines": rec["lines"]} if "lines" in rec else {})}
 
 
 def search(version: LoadedVersion, query: str, k: int, mode: str, flt: Filter | None,

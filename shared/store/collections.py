@@ -14,6 +14,7 @@ class CollectionStore:
     def __init__(self, client: redis.Redis):
         self.r = client
         self._register = load_script(client, "register_segment")
+        self._replace = load_script(client, "replace_segments")
 
     def create(self, name: str) -> bool:
         """False when the collection already exists."""
@@ -49,6 +50,23 @@ class CollectionStore:
         return int(self._register(
             keys=[keys.collection_docs(name), keys.segments(name), keys.collection(name), keys.job(job_id)],
             args=args))
+
+    def replace_segments(self, name: str, replaced: list[int], seq: int, doc_chunks: dict[str, int]) -> bool:
+        """Put the merged segment `seq` where `replaced` (the list's oldest segments) were; False when
+        the list no longer starts with them."""
+        args: list = [seq, len(replaced), *replaced]
+        for doc_id, count in doc_chunks.items():
+            args += [doc_id, count]
+        return bool(self._replace(keys=[keys.segments(name), keys.collection_docs(name)], args=args))
+
+    def claim_compaction(self, name: str, job_id: str) -> str | None:
+        """None when `job_id` is now the collection's one compaction, else the id holding the slot."""
+        if self.r.set(keys.compact_pending(name), job_id, nx=True):
+            return None
+        return self.r.get(keys.compact_pending(name)) or ""
+
+    def release_compaction(self, name: str, job_id: str) -> None:
+        delete_if_equals(self.r, keys.compact_pending(name), job_id)
 
     def segments(self, name: str) -> list[int]:
         return [int(s) for s in self.r.lrange(keys.segments(name), 0, -1)]

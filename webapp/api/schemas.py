@@ -34,7 +34,8 @@ class ErrorSchema(Schema):
     code = fields.String(required=True, metadata={"description": "machine-readable error code"})
     message = fields.String(required=True, metadata={"description": "the same text as `detail`"})
     errors = fields.Dict(metadata={"description": "per-field validation messages"})
-    job_id = fields.String(metadata={"description": "the job in the way (409 on rebuild or drop)"})
+    job_id = fields.String(metadata={"description": "the job in the way (409 on rebuild, drop or reconcile)"})
+    source_id = fields.String(metadata={"description": "the source in the way (409 source_conflict)"})
     queue = fields.String(metadata={"description": "the full queue (503 queue_full)"})
 
 
@@ -92,6 +93,7 @@ class ProgressSchema(Schema):
     stage = fields.String()
     done = fields.Integer()
     total = fields.Integer()
+    counts = fields.Dict(metadata={"description": "a reconcile's running sums of its children's counts"})
 
 
 class JobSchema(Schema):
@@ -157,7 +159,8 @@ class HitSchema(Schema):
     score = fields.Float(metadata={"description": "cosine similarity (vector), BM25 score (keyword) or the "
                                                   "reciprocal-rank-fusion score (hybrid)"})
     text = fields.String()
-    heading_path = fields.List(fields.String())
+    heading_path = fields.List(fields.String(), metadata={
+        "description": "headings around the chunk (markdown), or its symbol path (code)"})
     metadata = fields.Dict()
     vector_rank = fields.Integer(allow_none=True, metadata={
         "description": "1-based rank among the vector candidates; null when vector search did not "
@@ -167,6 +170,7 @@ class HitSchema(Schema):
                        "the chunk (or keyword search did not run)"})
     vector_score = fields.Float(allow_none=True)
     keyword_score = fields.Float(allow_none=True)
+    lines = fields.List(fields.Integer(), metadata={"description": "first and last line of a code chunk"})
 
 
 class SearchResultSchema(Schema):
@@ -352,3 +356,58 @@ class DeliveryListQuerySchema(StrictSchema):
 
 class DeliveryListSchema(Schema):
     deliveries = fields.List(fields.Nested(DeliverySchema), required=True, metadata={"description": "newest first"})
+
+
+class SourceCreateSchema(StrictSchema):
+    path = fields.String(required=True, validate=validate.Length(min=1, max=4096), metadata={
+        "description": "a folder inside SWAPLINE_SOURCE_ROOTS (absolute, or relative to its first root); "
+                       "symlinks are resolved before the check"})
+    include = fields.List(fields.String(validate=validate.Length(min=1, max=256)), load_default=list,
+                          validate=validate.Length(max=100), metadata={
+                              "description": "gitignore-style globs of files to take (default: common text "
+                                             "and code extensions)"})
+    exclude = fields.List(fields.String(validate=validate.Length(min=1, max=256)), load_default=list,
+                          validate=validate.Length(max=100),
+                          metadata={"description": "gitignore-style globs of files and folders to leave out"})
+    watch = fields.Boolean(load_default=False, metadata={
+        "description": "follow changes: the watcher reconciles changed paths by itself"})
+    prefix = fields.String(load_default="", validate=validate.Length(max=128), metadata={
+        "description": "put before each document id (the path relative to the folder); needed when a "
+                       "collection follows several folders"})
+
+
+class LastReconcileSchema(Schema):
+    job_id = fields.String()
+    state = fields.String()
+    finished_at = fields.String(allow_none=True)
+    files_seen = fields.Integer()
+    files_added = fields.Integer()
+    files_changed = fields.Integer()
+    files_removed = fields.Integer()
+    files_skipped = fields.Integer()
+    chunks_embedded = fields.Integer()
+    chunks_reused = fields.Integer()
+
+
+class SourceSchema(Schema):
+    id = fields.String(required=True)
+    collection = fields.String()
+    path = fields.String(metadata={"description": "the resolved folder"})
+    include = fields.List(fields.String())
+    exclude = fields.List(fields.String())
+    prefix = fields.String()
+    watch = fields.Boolean()
+    created_at = fields.String(allow_none=True)
+    files = fields.Integer(metadata={"description": "files of the folder the collection holds"})
+    reconcile_job_id = fields.String(allow_none=True, metadata={"description": "the reconcile queued or running"})
+    watched_by = fields.String(allow_none=True, metadata={"description": "the watcher process holding the lease"})
+    last_reconcile = fields.Nested(LastReconcileSchema, allow_none=True)
+
+
+class SourceListSchema(Schema):
+    sources = fields.List(fields.Nested(SourceSchema), required=True)
+
+
+class SourceCreatedSchema(Schema):
+    source = fields.Nested(SourceSchema, required=True)
+    job = fields.Nested(JobSchema, required=True, metadata={"description": "the first reconcile"})

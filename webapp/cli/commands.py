@@ -5,6 +5,7 @@
     swapline status NAME | jobs [--collection C] [--state S] | job ID [--wait] | rebuild NAME [--wait]
     swapline collections | docs NAME [--prefix P]
     swapline mcp                      (a Model Context Protocol server over stdio, for agents)
+    swapline source add NAME PATH [--watch] | source list NAME | source reconcile NAME ID [--wait]
 
 Talks to SWAPLINE_URL (default http://127.0.0.1:8000) and sends SWAPLINE_API_KEY, when set, as a bearer
 token. Every command takes --json. Errors are one line on stderr, never a traceback. Exit status: 0 ok,
@@ -33,6 +34,7 @@ from webapp.cli.batching import (
 )
 from webapp.cli.follow import IngestRun
 from webapp.cli.progress import ProgressBar
+from webapp.cli.sources import source
 from webapp.client import DEFAULT_URL, ApiError, ApiUnreachable, Client, JobFailed, RebuildBusy, job_fraction
 from webapp.client.client import DEFAULT_RETRIES
 
@@ -299,6 +301,9 @@ def _follow(client: Client, job_id: str, fail: bool = False) -> dict:
         return exc.job
     finally:
         bar.close()
+
+
+main.add_command(source)
 
 
 if __name__ == "__main__":

@@ -170,6 +170,31 @@ class Client:
             body["filter"] = filter
         return self.request("POST", f"/v1/collections/{name}/search", json=body).json()
 
+    # sources: folders a collection follows (SWAPLINE_SOURCE_ROOTS on the server)
+
+    def add_source(self, name: str, path: str, watch: bool = False, include: list[str] | None = None,
+                   exclude: list[str] | None = None, prefix: str = "", idempotency_key: str | None = None) -> dict:
+        """Follow folder `path` (on the server) into collection `name`; returns {"source", "job"}: the
+        source and its first reconcile job. With `watch`, changes are picked up by themselves."""
+        body = {"path": path, "watch": watch, "include": include or [], "exclude": exclude or [], "prefix": prefix}
+        return self._create("POST", f"/v1/collections/{name}/sources", idempotency_key, json=body)
+
+    def sources(self, name: str) -> list[dict]:
+        """The sources of collection `name`, each with its last reconcile."""
+        return self.request("GET", f"/v1/collections/{name}/sources").json()["sources"]
+
+    def source(self, name: str, source_id: str) -> dict:
+        return self.request("GET", f"/v1/collections/{name}/sources/{source_id}").json()
+
+    def reconcile(self, name: str, source_id: str, idempotency_key: str | None = None) -> dict:
+        """Compare the folder with the collection now; returns the reconcile job. RebuildBusy (with the
+        running job's id) when one is queued or running."""
+        return self._create("POST", f"/v1/collections/{name}/sources/{source_id}/reconcile", idempotency_key)
+
+    def remove_source(self, name: str, source_id: str, idempotency_key: str | None = None) -> dict:
+        """Stop following the folder and remove its documents; returns the job."""
+        return self._create("DELETE", f"/v1/collections/{name}/sources/{source_id}", idempotency_key)
+
     # jobs
 
     def job(self, job_id: str) -> dict:
@@ -239,7 +264,8 @@ def error_from(resp: requests.Response) -> ApiError:
     if not isinstance(body, dict):
         text = " ".join(resp.text.split())[:200] or resp.reason
         return ApiError(resp.status_code, "http_error", text, retry_after=retry_after)
-    cls = RebuildBusy if resp.status_code == 409 and body.get("code") == "rebuild_in_progress" else ApiError
+    busy = resp.status_code == 409 and body.get("code") in ("rebuild_in_progress", "reconcile_in_progress")
+    cls = RebuildBusy if busy else ApiError
     code = str(body.get("code") or "error")
     message = str(body.get("detail") or body.get("message") or resp.reason)
     return cls(resp.status_code, code, message, body, retry_after)

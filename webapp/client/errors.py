@@ -28,7 +28,7 @@ class ApiError(Exception):
 
 
 class RebuildBusy(ApiError):
-    """POST /rebuild answered 409: a rebuild is queued or running; `job_id` names it."""
+    """POST /rebuild (or a source's /reconcile) answered 409: one is queued or running; `job_id` names it."""
 
     @property
     def job_id(self) -> str | None:

@@ -2,10 +2,10 @@
 
 Redis (SWAPLINE_REDIS_URL, or an embedded redis-server with its data under ./var/redis), one Celery
 worker for the ingest, index and webhooks queues, Celery beat (optional: workers run the sweep and the
-webhook dispatcher themselves), the API under gunicorn and Flower run as child processes with prefixed,
-colored output. On first start the sample collection `keps` is loaded over the REST API; the URLs are
-printed once it is searchable. Ctrl-C stops everything, Redis last; a child that dies stops the stack and
-the launcher exits 1.
+webhook dispatcher themselves), the source watcher, the API under gunicorn and Flower run as child
+processes with prefixed, colored output. On first start the sample collection `keps` is loaded over the
+REST API; the URLs are printed once it is searchable. Ctrl-C stops everything, Redis last; a child that
+dies stops the stack and the launcher exits 1.
 
 Launcher-only options are flags or `SWAPLINE_*` variables listed in LAUNCHER_ENV (they are not Swapline
 settings: the API and workers never read them).
@@ -46,7 +46,7 @@ LAUNCHER_ENV: dict[str, tuple[str, str]] = {
     "SWAPLINE_SAMPLE": ("1", "load the sample collection `keps` on first start (0 or --no-sample: skip)"),
     "SWAPLINE_SAMPLE_LIMIT": ("", "load only the first N sample files (empty: all)"),
 }
-STOP_ORDER = (("api", "flower", "beat", "worker"), ("redis",))
+STOP_ORDER = (("api", "flower", "beat", "watcher", "worker"), ("redis",))
 # Ctrl-C stops the whole stack within 10 s, whatever the children are doing: (signal, seconds to wait)
 # steps, then SIGKILL to the child's process group. The worker's warm shutdown (SIGTERM) lets a task
 # that is about to end finish; past the grace a cold shutdown (SIGQUIT) cancels it unacknowledged, so
@@ -144,6 +144,8 @@ def stack_commands(opts: Options, python: str = sys.executable) -> dict[str, lis
         "api": [python, "-m", "gunicorn", "-c", GUNICORN_CONFIG, "--bind", f"{opts.host}:{opts.api_port}",
                 "--workers", str(opts.api_workers), "--threads", str(opts.api_threads), "webapp:create_app()"],
         "flower": celery + ["flower", f"--address={opts.host}", f"--port={opts.flower_port}"],
+        # Follows sources with watch: true and turns file changes into reconciles (one per source, by lease).
+        "watcher": [python, "-m", "workers.watcher"],
         # Sends the periodic sweep (lost and stale jobs); its schedule file lives with the launcher's data.
         "beat": celery + ["beat", "--loglevel", "INFO",
                           "--schedule", str(opts.var_dir / "celerybeat-schedule")],
@@ -297,6 +299,7 @@ class Launcher:
         self.sup.start("worker", commands["worker"], env, stop_steps=WORKER_STOP)
         self.sup.start("api", commands["api"], env, stop_steps=API_STOP)
         self.sup.start("beat", commands["beat"], env, stop_steps=OTHER_STOP)
+        self.sup.start("watcher", commands["watcher"], env, stop_steps=OTHER_STOP)
         # Flower's API answers without auth only here, on the local default; compose sets basic auth.
         flower_env = child_env(settings, self.environ, FLOWER_UNAUTHENTICATED_API="true")
         self.sup.start("flower", commands["flower"], flower_env, stop_steps=OTHER_STOP)

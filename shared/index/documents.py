@@ -1,0 +1,26 @@
+"""One entry point for chunking a document by its type: markdown (and plain text) by headings and
+blocks, code by definitions. The type comes from the document's metadata (`type`, `language`): sources
+set them from file names; documents posted without them are markdown."""
+
+from __future__ import annotations
+
+from shared.index.chunking import Chunk, chunk_markdown, split_front_matter
+from shared.index.codechunks import chunk_code
+from shared.index.tokens import Tokenizer
+
+
+def chunk_document(text: str, metadata: dict, tokenizer: Tokenizer, max_tokens: int,
+                   overlap: int) -> tuple[list[Chunk], dict]:
+    """(chunks, metadata to add to the document's): YAML front matter of markdown goes to metadata
+    under `front_matter`, not into chunk text."""
+    cap = min(max_tokens, tokenizer.max_tokens or max_tokens)
+    overlap = min(overlap, cap - 1)
+    doc_type = metadata.get("type")
+    if doc_type == "code":
+        return chunk_code(text, metadata.get("language"), cap, overlap, tokenizer), {}
+    extra: dict = {}
+    if doc_type in (None, "markdown"):
+        front, text = split_front_matter(text)
+        if front:
+            extra["front_matter"] = front
+    return chunk_markdown(text, cap, overlap, tokenizer), extra

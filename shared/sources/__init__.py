@@ -1,0 +1,12 @@
+"""Sources: collections that follow folders.
+
+| module | what lives there |
+| --- | --- |
+| `paths` | where a source may live (SWAPLINE_SOURCE_ROOTS) and the checks every path passes |
+| `filetypes` | a file's document type and language, and the default include globs |
+| `walk` | walking a tree: .gitignore (pathspec), skipped folders, include/exclude globs, what to skip |
+| `submit` | adding and removing sources, submitting reconciles (one per source at a time) |
+| `reconcile` | the reconcile job: compare with what the collection holds, fan out, tombstone, finish |
+| `batch` | a child ingest job of a reconcile: read the files, chunk, embed, record what is held |
+| `watching` | the watcher's logic: one watcher per source (lease), debounced changes into reconciles |
+"""
