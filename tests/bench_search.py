@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import faiss
 import numpy as np
 
-from shared.index.embedders import MiniLMEmbedder
+from shared.index.embedders import MiniLMEmbedder, make_embedder
 from shared.index.keyword import KEYWORD_DIR
 from shared.index.vectorindex import INDEX_FILE, LoadedVersion, build_flat, write_version
 from shared.jobs.ingest import chunk_documents
@@ -58,7 +58,9 @@ def load_queries(sigs: set[str] | None = None) -> list[dict]:
 def corpus_records(sigs: set[str] | None = None) -> tuple[list[dict], list[str]]:
     """Chunk records and the text embedded for each, produced by ingest's own chunking."""
     docs = [d for d in sample_documents() if not sigs or d["metadata"]["sig"] in sigs]
-    records, texts, _ = chunk_documents(SimpleNamespace(settings=Settings()), docs)
+    # Chunk caps are counted with the model's own tokenizer, as ingest does (no weights loaded for that).
+    settings = Settings()
+    records, texts, _ = chunk_documents(SimpleNamespace(settings=settings, embedder=make_embedder(settings, 1)), docs)
     for rec in records:
         rec.pop("hash", None)
     return records, texts

@@ -44,7 +44,7 @@ def test_mcp_tools_over_stdio(settings, procs):
     async def session():
         async with Client(server_params(base)) as client:
             tools = {tool.name for tool in (await client.list_tools()).tools}
-            assert tools == {"search", "index_status", "remember", "forget"}
+            assert tools == {"search", "index_status", "add_source", "reconcile", "remember", "forget"}
 
             found = structured(await client.call_tool("search", {"collection": "kb", "query": "rotate credentials 3",
                                                                  "k": 3}))
@@ -89,6 +89,36 @@ def test_mcp_tools_over_stdio(settings, procs):
     deleted = wait_job(base, forgotten["job_id"], timeout=60)
     wait_job(base, deleted["result"]["rebuild_job_id"], timeout=120)
     wait_for(lambda: not note_found()["hits"], timeout=60, message="the note to be gone")
+
+
+def test_mcp_add_source_and_reconcile(settings, procs, tmp_path):
+    root = tmp_path / "repos"
+    (root / "ops").mkdir(parents=True)
+    (root / "ops" / "rotate.md").write_text("# Rotating keys\nThe vault key rotates on the first Monday.\n")
+    s = settings.with_(source_roots=str(root))
+    base = procs.api(s)
+    procs.worker(s)
+
+    async def session():
+        async with Client(server_params(base)) as client:
+            added = structured(await client.call_tool("add_source", {"collection": "repo", "path": str(root / "ops"),
+                                                                     "watch": False}))
+            assert added["state"] == "queued" and added["path"] == str((root / "ops").resolve())
+            first = wait_job(base, added["job_id"], timeout=120)
+            assert first["state"] == "succeeded" and first["result"]["files_added"] == 1, first
+            wait_job(base, first["result"]["rebuild_job_id"], timeout=120)
+            (root / "ops" / "revoke.md").write_text("# Revoking\nA leaked token is revoked within the hour.\n")
+            again = structured(await client.call_tool("reconcile", {"collection": "repo",
+                                                                    "source_id": added["source_id"]}))
+            return again
+
+    again = asyncio.run(session())
+    done = wait_job(base, again["job_id"], timeout=120)
+    assert done["state"] == "succeeded" and done["result"]["files_added"] == 1, done
+    wait_job(base, done["result"]["rebuild_job_id"], timeout=120)
+    hits = wait_for(lambda: asyncio.run(_call(base, "search", {"collection": "repo", "query": "leaked token revoked",
+                                                               "k": 1}))["hits"], timeout=60)
+    assert hits[0]["doc_id"] == "revoke.md"
 
 
 async def _call(base: str, tool: str, args: dict) -> dict:

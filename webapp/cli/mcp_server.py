@@ -5,7 +5,7 @@ SWAPLINE_API_KEY), so it answers in the time of those calls: a search reads the 
 `index_status` reads the collection's status, `remember` and `forget` return the job the API queued
 without waiting for it. Nothing a tool does waits for an ingest or a rebuild.
 
-Tools: search, index_status, remember, forget. (add_source and reconcile come with the sources routes.)
+Tools: search, index_status, add_source, reconcile, remember, forget.
 Imported only by the `mcp` command, so `swapline --help` never loads the MCP SDK.
 """
 
@@ -17,14 +17,15 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from webapp.client import ApiError, ApiUnreachable, Client
+from webapp.client import ApiError, ApiUnreachable, Client, RebuildBusy
 
 NOTE_TYPE = "note"
 NOTE_PREFIX = "notes/"
 INSTRUCTIONS = (
     "Swapline indexes documents into named collections and searches them by meaning and by exact words. "
     "Use `search` to find passages (mode hybrid by default; keyword for exact identifiers), `index_status` "
-    "to see whether a collection is being indexed, `remember` to store a note an agent can find later and "
+    "to see whether a collection is being indexed, `add_source` to make a collection follow a folder on the "
+    "server (and `reconcile` to catch it up now), `remember` to store a note an agent can find later and "
     "`forget` to delete one. Indexing runs in the background: no tool waits for it.")
 
 
@@ -77,6 +78,31 @@ def build_server(client: Client) -> MCPServer:
                              "vectors": index.get("vectors")} if index else None,
             "changed_since_rebuild": info.get("drift"),
         }
+
+    @server.tool()
+    def add_source(collection: str, path: str, watch: bool = True) -> dict[str, Any]:
+        """Make a collection follow a folder on the server (inside its SWAPLINE_SOURCE_ROOTS), creating
+        the collection if needed. Returns at once with the source id and its first reconcile job; with
+        `watch`, later edits are indexed by themselves. index_status shows the progress."""
+        _call(client.create_collection, collection)
+        answer = _call(client.add_source, collection, path, watch)
+        src, job = answer["source"], answer["job"]
+        return {"collection": collection, "source_id": src["id"], "path": src["path"], "watch": src["watch"],
+                "job_id": job["id"], "state": job["state"]}
+
+    @server.tool()
+    def reconcile(collection: str, source_id: str) -> dict[str, Any]:
+        """Compare a followed folder with the collection now and index what changed. Returns at once
+        with the reconcile job (the one already running, if any)."""
+        try:
+            job = client.reconcile(collection, source_id)
+        except RebuildBusy as busy:
+            if not busy.job_id:
+                raise ToolError(busy.details()) from None
+            job = _call(client.job, busy.job_id)
+        except (ApiError, ApiUnreachable) as exc:
+            raise ToolError(exc.details() if isinstance(exc, ApiError) else str(exc)) from None
+        return {"collection": collection, "source_id": source_id, "job_id": job["id"], "state": job["state"]}
 
     @server.tool()
     def remember(collection: str, text: str, tags: list[str] | None = None) -> dict[str, Any]:
