@@ -87,6 +87,9 @@ def dict_config(log_format: str, level: str | int = "INFO") -> dict:
         "loggers": {
             "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
             "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+            # FAISS logs each CPU-specific build it tries and cannot import (avx512, avx2) at INFO,
+            # tracebacks included, before falling back: noise in every process's start.
+            "faiss.loader": {"level": "WARNING"},
         },
     }
 

@@ -3,6 +3,7 @@ gunicorn and the watcher, with the hashing embedder and small fixture trees made
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -346,3 +347,10 @@ def test_cli_source_add_list_reconcile(src_settings, procs, roots):
     assert again.returncode == 0, again.stderr
     assert "chunks embedded 0" in again.stdout and "nothing to rebuild" in again.stdout
     assert "reconcile [" in again.stderr  # the progress bar
+    # A collection that does not exist yet is created, as `swapline ingest` does (--no-create refuses).
+    refused = cli("source", "add", "fresh", "orchard", "--no-create")
+    assert refused.returncode == 1 and "does not exist" in refused.stderr
+    created = cli("source", "add", "fresh", "orchard", "--wait", "--json")
+    assert created.returncode == 0, created.stderr
+    assert "created collection 'fresh'" in created.stderr
+    assert json.loads(created.stdout)["job"]["result"]["files_added"] == 5

@@ -33,10 +33,13 @@ class ProgressBar:
         self._drawn = False
 
     def render(self, done: float, total: int, note: str = "") -> str:
+        if not total:  # the total is not known yet (a job still queued, a walk not done): no bar to fill
+            text = f"{self.label} [{'.' * self.width}] {int(done)} {self.unit}"
+            return f"{text}  {note}" if note else text
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = done / elapsed
         remaining = (total - done) / rate if rate > 0 else None
-        frac = min(done / total, 1.0) if total else 1.0
+        frac = min(done / total, 1.0)
         filled = int(round(frac * self.width))
         bar = "#" * filled + "-" * (self.width - filled)
         text = (f"{self.label} [{bar}] {int(done)}/{total} {self.unit} {frac:4.0%} "

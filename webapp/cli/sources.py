@@ -67,12 +67,15 @@ def summary_line(job: dict, seconds: float) -> str:
 @click.option("--include", multiple=True, help="Glob of files to take (repeatable; default: text and code).")
 @click.option("--exclude", multiple=True, help="Glob of files or folders to leave out (repeatable).")
 @click.option("--prefix", default="", help="Put before every document id (several folders in one collection).")
+@click.option("--create/--no-create", default=True, show_default=True, help="Create the collection if missing.")
 @click.option("--wait", is_flag=True, help="Follow the first reconcile and its rebuild to the end.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer (the finished job with --wait).")
 @click.pass_obj
-def add(client: Client, name, path, watch, include, exclude, prefix, wait, as_json) -> None:
+def add(client: Client, name, path, watch, include, exclude, prefix, create, wait, as_json) -> None:
     """Make collection NAME follow the folder PATH (on the server)."""
     begun = time.monotonic()
+    if create and client.create_collection(name):
+        click.echo(f"created collection {name!r}", err=True)
     answer = client.add_source(name, path, watch, list(include), list(exclude), prefix)
     src, job = answer["source"], answer["job"]
     if not as_json:

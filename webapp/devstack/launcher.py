@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from shared.settings import Settings, SettingsError, load_settings, settings_env
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
-from webapp.client import ApiError, ApiUnreachable, Client, Interrupted, JobFailed
+from webapp.client import DEFAULT_URL, ApiError, ApiUnreachable, Client, Interrupted, JobFailed
 from webapp.devstack.embedded_redis import RedisNotFound, find_redis_server, redis_argv, wait_for_redis
 from webapp.devstack.sample import COLLECTION, EXAMPLE_QUERY, SampleLoader
 from webapp.devstack.supervisor import Supervisor
@@ -231,6 +231,8 @@ def banner(opts: Options, redis_desc: str, settings: Settings, searchable_after:
     auth = ' -H "Authorization: Bearer $SWAPLINE_API_KEY"' if settings.api_keys else ""
     curl = (f"curl -s -X POST {opts.api_url}/v1/collections/{COLLECTION}/search "
             f"-H 'Content-Type: application/json'{auth} -d '{{\"query\": \"{EXAMPLE_QUERY}\", \"k\": 3}}'")
+    # The CLI talks to DEFAULT_URL unless told otherwise: say so when this stack listens elsewhere.
+    cli_env = "" if opts.api_url == DEFAULT_URL else f"SWAPLINE_URL={opts.api_url} "
     head = "Swapline is up"
     if searchable_after is not None:
         head += f"; the sample collection '{COLLECTION}' is searchable after {searchable_after:.1f} s"
@@ -243,7 +245,7 @@ def banner(opts: Options, redis_desc: str, settings: Settings, searchable_after:
         f"  Redis      {redis_desc}",
         "  Try:",
         f"    {curl}",
-        f"    swapline search {COLLECTION} \"{EXAMPLE_QUERY}\"",
+        f"    {cli_env}swapline search {COLLECTION} \"{EXAMPLE_QUERY}\"",
         "Press Ctrl-C to stop.", "=" * 72,
     ]
 
