@@ -11,6 +11,7 @@ import redis
 from shared import keys
 from shared.jobs.model import TERMINAL, public
 from shared.names import is_job_id
+from shared.store.jobs import job_hashes
 
 LIST_BATCH = 100
 LIST_SCAN_MAX = 1000
@@ -38,21 +39,13 @@ class JobHistory:
     def __init__(self, client: redis.Redis):
         self.r = client
 
-    def _hashes(self, ids: list[str]) -> list[dict]:
-        if not ids:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hgetall(keys.job(job_id))
-        return pipe.execute()
-
     def newest_ids(self, collection: str | None = None, count: int = 20) -> list[str]:
         index = keys.collection_jobs(collection) if collection else keys.jobs()
         return self.r.zrevrange(index, 0, count - 1)
 
     def newest(self, collection: str | None = None, count: int = 20) -> list[dict]:
         """The raw fields of the newest `count` jobs (of one collection), newest first."""
-        return [raw for raw in self._hashes(self.newest_ids(collection, count)) if raw]
+        return [raw for raw in job_hashes(self.r, self.newest_ids(collection, count)) if raw]
 
     def recent(self, count: int = 15) -> list[dict]:
         """The newest jobs as the API shows them."""
@@ -67,7 +60,7 @@ class JobHistory:
     def of_collection(self, collection: str, states: tuple[str, ...]) -> list[tuple[str, str, str]]:
         """(id, kind, state) of every job of the collection in one of `states`."""
         ids = self.r.zrange(keys.collection_jobs(collection), 0, -1)
-        return [(raw["id"], raw.get("kind", ""), raw["state"]) for raw in self._hashes(ids)
+        return [(raw["id"], raw.get("kind", ""), raw["state"]) for raw in job_hashes(self.r, ids)
                 if raw and raw.get("state") in states]
 
     def count_by_kind_state(self, scan: int) -> dict[tuple[str, str], int]:
@@ -106,7 +99,7 @@ class JobHistory:
             if not batch:
                 exhausted = True
                 break
-            for (member, score), data in zip(batch, self._hashes([m for m, _ in batch]), strict=True):
+            for (member, score), data in zip(batch, job_hashes(self.r, [m for m, _ in batch]), strict=True):
                 scanned += 1
                 last = (score, member)
                 if data and (state is None or data.get("state") == state) \

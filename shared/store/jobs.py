@@ -36,6 +36,16 @@ from shared.tasknames import KINDS, QUEUES
 log = logging.getLogger(__name__)
 
 
+def job_hashes(client: redis.Redis, job_ids: list[str]) -> list[dict]:
+    """The raw fields of each job, in order, in one round trip ({} for jobs that are gone)."""
+    if not job_ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hgetall(keys.job(job_id))
+    return pipe.execute()
+
+
 class JobStore:
     """Reads and changes job hashes. Every write to a job goes through this class."""
 
@@ -103,12 +113,7 @@ class JobStore:
 
     def raw_many(self, job_ids: list[str]) -> list[dict]:
         """The raw fields of each job, in order ({} for jobs that are gone)."""
-        if not job_ids:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hgetall(keys.job(job_id))
-        return pipe.execute()
+        return job_hashes(self.r, job_ids)
 
     def options(self, job_id: str) -> dict:
         return json.loads(self.field(job_id, "options") or "{}")
