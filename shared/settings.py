@@ -11,7 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-EMBEDDERS = ("minilm", "hash")
+# "minilm" is all-MiniLM-L6-v2 in its default runtime (shared/index/embedders.py says which and why);
+# the others pick one: torch (sentence-transformers), ONNX Runtime fp32 or int8, the test hashing one, or
+# "clustered", a synthetic benchmark embedder (shared/index/embedders.py), never for real text.
+EMBEDDERS = ("minilm", "minilm-torch", "minilm-onnx", "minilm-onnx-int8", "hash", "clustered")
 LOG_FORMATS = ("text", "json")
 ROLES = ("read", "write", "admin")
 
@@ -35,10 +38,18 @@ class Settings:
     build_step: int = 4096
     # Seconds to pause between build steps. 0 in production; demos and tests raise it to watch a build.
     build_step_delay: float = 0.0
-    # At or above this many vectors a rebuild builds an approximate IVF index (recall@10 against exact
-    # search is measured and kept in the manifest); below it, exact search is fast enough.
+    # At or above this many vectors a rebuild builds an approximate IVF index; below it, exact search is
+    # fast enough (shared/index/vectorindex.py says why IVF-Flat).
     approx_threshold: int = 200_000
-    ivf_nprobe: int = 32
+    # An IVF build picks the smallest nprobe (1, 2, 4, ... up to this many lists) whose recall@10 against
+    # exact search on held-out queries reaches recall_target; if even the largest stays below
+    # recall_floor, the build is refused and the live version stays.
+    ivf_nprobe: int = 256
+    recall_target: float = 0.95
+    recall_floor: float = 0.90
+    # A rebuild starts from the published version (copy, drop superseded rows, add new ones) when only
+    # segments were added since it was built; false: every rebuild reads every segment.
+    incremental_builds: bool = True
     # The lease of a collection's rebuild lock, and the liveness of every running job: a worker's
     # keepalive thread refreshes both every quarter of it; a running job not heard from for this long
     # (and holding no lease) is sent again by the recovery check every worker runs.

@@ -5,6 +5,7 @@ Layout (under `data_dir`):
     segments/{collection}/{seq}/    immutable: chunks.jsonl, vectors.npy, meta.json
     indexes/{collection}/v{version}/ immutable: index.faiss, chunks.jsonl, offsets.npy, manifest.json
     cache/embeddings/               (model, content hash) -> vector, bounded, shared by workers
+    models/{variant}/model.onnx     the ONNX exports of the embedding model, made once on first use
 
 Everything is written under a temporary name, fsynced, and renamed into place, so a reader never sees
 a half-written file or directory; every write, flush, fsync and close is checked, and what a failed
@@ -133,6 +134,10 @@ class Storage:
 
     def embedding_cache_dir(self) -> Path:
         return self._inside(self.root / "cache" / "embeddings")
+
+    def models_dir(self) -> Path:
+        """Model files made on this machine (ONNX exports), one folder per variant."""
+        return self._inside(self.root / "models")
 
     def indexes_dir(self, collection: str) -> Path:
         return self._inside(self.root / "indexes" / self.check_collection(collection))

@@ -81,3 +81,18 @@ def test_text_without_words_gives_a_zero_row_without_nan(text):
     assert np.isfinite(vectors).all()
     assert not vectors[0].any()
     assert np.linalg.norm(vectors[1]) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_clustered_embedder_is_deterministic_and_clustered():
+    """The benchmark embedder: the same text gives the same row in any process, rows of one cluster are
+    closer to each other than to other clusters, and a held-out query is never a stored row."""
+    from shared.index.embedders import ClusteredEmbedder
+
+    embedder = make_embedder(Settings(embedder="clustered"), threads=1)
+    assert isinstance(embedder, ClusteredEmbedder) and embedder.model_id == "clustered-384-4096"
+    rows = embedder.embed(["c7 r1", "c7 r2", "c8 r1", "c7 q1", "free text"])
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(rows, ClusteredEmbedder().embed(["c7 r1", "c7 r2", "c8 r1", "c7 q1", "free text"]))
+    same, other, query = rows[0] @ rows[1], rows[0] @ rows[2], rows[3] @ rows[0]
+    assert same > 0.4 > 0.2 > other
+    assert 0.4 < query < 0.99

