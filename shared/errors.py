@@ -13,6 +13,11 @@ class JobInputError(Exception):
     """The job cannot succeed whatever the retries (missing collection, unreadable batch)."""
 
 
+class RecallBelowFloor(JobInputError):
+    """An approximate index would answer below the configured recall floor at any nprobe tried: the
+    build is refused and the published version stays."""
+
+
 class TryAgain(Exception):
     """A transient failure of one attempt (a file that could not be read): the task is retried on
     its own, with a growing wait, before the job is failed."""

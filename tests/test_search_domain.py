@@ -44,7 +44,7 @@ def make_records(docs: list[dict]) -> list[dict]:
 
 def write(tmp_path, records: list[dict], ivf: bool = False) -> LoadedVersion:
     vectors = EMBED.embed([r["text"] for r in records]) if records else np.zeros((0, 64), np.float32)
-    index = build_ivf(vectors, 1000, lambda d: None, nprobe=2) if ivf else build_flat(vectors, 1000, lambda d: None)
+    index = build_ivf(vectors, 1000, lambda d: None, nprobe=2)[0] if ivf else build_flat(vectors, 1000, lambda d: None)
     write_version(tmp_path, index, records, {"kind": "ivf-flat-ip" if ivf else "flat-ip", "model": EMBED.model_id,
                                              "nprobe": 2})
     verify_version(tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 
@@ -15,7 +16,6 @@ from shared.index.vectorindex import (
     VerifyFailed,
     build_flat,
     build_ivf,
-    measure_recall,
     verify_version,
     write_version,
 )
@@ -33,12 +33,24 @@ def records(n: int) -> list[dict]:
             for i in range(n)]
 
 
+def measure_recall(index, vectors: np.ndarray, k: int = 10, queries: int = 200, seed: int = 99) -> float:
+    """recall@k of `index` against exact search, for queries drawn from the indexed vectors."""
+    rng = np.random.default_rng(seed)
+    q = np.ascontiguousarray(vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)])
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    k = min(k, len(vectors))
+    _, truth = exact.search(q, k)
+    _, got = index.search(q, k)
+    return sum(len(set(t) & set(g)) for t, g in zip(truth, got, strict=True)) / (len(q) * k)
+
+
 @pytest.mark.parametrize("kind", [KIND_FLAT, KIND_IVF])
 def test_written_version_verifies_loads_and_finds_each_vector(tmp_path, kind):
     vectors = clustered(3000)
     steps = []
     if kind == KIND_IVF:
-        index = build_ivf(vectors, 500, steps.append, nprobe=16)
+        index = build_ivf(vectors, 500, steps.append, nprobe=16)[0]
         extra = {"nprobe": 16}
     else:
         index = build_flat(vectors, 500, steps.append)
@@ -56,8 +68,8 @@ def test_written_version_verifies_loads_and_finds_each_vector(tmp_path, kind):
 
 def test_ivf_recall_is_measured_against_exact_search():
     vectors = clustered(4000)
-    good = build_ivf(vectors, 1000, lambda done: None, nprobe=32)
-    poor = build_ivf(vectors, 1000, lambda done: None, nprobe=1)
+    good = build_ivf(vectors, 1000, lambda done: None, nprobe=32)[0]
+    poor = build_ivf(vectors, 1000, lambda done: None, nprobe=1)[0]
     assert measure_recall(good, vectors) >= 0.9
     assert measure_recall(poor, vectors) < measure_recall(good, vectors)
     exact = build_flat(vectors, 1000, lambda done: None)

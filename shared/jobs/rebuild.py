@@ -9,22 +9,14 @@ import shutil
 import time
 
 import faiss
-import numpy as np
 
-from shared.errors import JobCanceled, JobInputError, LockBusy
+from shared.errors import JobCanceled, JobInputError, LockBusy, RecallBelowFloor
 from shared.index.doctable import count_by_type
-from shared.index.vectorindex import (
-    KIND_FLAT,
-    KIND_IVF,
-    build_flat,
-    build_ivf,
-    measure_recall,
-    verify_version,
-    write_version,
-)
+from shared.index.ivf import tune_nprobe
+from shared.index.vectorindex import KIND_IVF, verify_version, write_version
 from shared.index.versions import collect_versions
+from shared.jobs.build import build_index
 from shared.jobs.compact import maybe_compact
-from shared.jobs.merge import live_rows
 from shared.jobs.model import TERMINAL
 from shared.jobs.progress import ProgressReporter
 from shared.services import Services
@@ -35,12 +27,26 @@ from shared.store.pointers import PublishRefused
 log = logging.getLogger(__name__)
 
 
-def merge_segments(svc: Services, collection: str, segments: list[int], dim: int) -> tuple[list[dict], np.ndarray, int]:
-    """The live chunks of a collection for an index build. Returns (records, vectors, documents)."""
-    live, records, vectors, _ = live_rows(svc, collection, segments, dim)
-    for rec in records:
-        rec.pop("hash", None)
-    return records, vectors, len(live)
+def _tuned(svc: Services, index) -> dict:
+    """nprobe tuned to the recall target; raises RecallBelowFloor when even the best tried is below the
+    floor (nothing has been written yet, so nothing is published and the pointer stays)."""
+    settings = svc.settings
+    tuned = tune_nprobe(index, settings.recall_target, settings.ivf_nprobe)
+    tuned.update(nlist=faiss.extract_index_ivf(index).nlist, recall_floor=settings.recall_floor)
+    if tuned["recall_at_10"] < settings.recall_floor:
+        raise RecallBelowFloor(
+            f"recall@10 {tuned['recall_at_10']:.4f} at nprobe {tuned['nprobe']} (best of {tuned['ladder']}) is below "
+            f"the floor {settings.recall_floor}: the index was not published")
+    return tuned
+
+
+RESULT_FACTS = ("kind", "incremental", "built_from", "reused_rows", "added_rows", "removed_rows", "full_reason",
+                "quantizer", "nprobe", "nlist", "recall_at_10", "recall_target")
+
+
+def _result_facts(facts: dict) -> dict:
+    """What the job result repeats of the manifest's build facts (not the training record or ladder)."""
+    return {name: facts[name] for name in RESULT_FACTS if name in facts}
 
 
 class _Step:
@@ -96,32 +102,26 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
         timings[stage] = round(now - clock, 4)
         clock = now
 
-    embedder = svc.embedder
     segments, changes = svc.collections.snapshot(collection)
     svc.jobs.progress(job_id, "merge", 0, len(segments))
-    live, records, vectors, rows_total = live_rows(svc, collection, segments, embedder.dim)
-    for rec in records:
-        rec.pop("hash", None)
-    documents = len(live)
-    lap("merge")
+    steps: list[_Step] = []
 
-    step = _Step(svc, job_id, lease, len(records))
-    log.info("event=rebuild.building job=%s collection=%s fence=%s vectors=%s", job_id, collection, lease.fence,
-             len(records))
-    approximate = len(records) >= svc.settings.approx_threshold
-    if approximate:
-        index = build_ivf(vectors, svc.settings.build_step, step, svc.settings.ivf_nprobe)
-    else:
-        index = build_flat(vectors, svc.settings.build_step, step)
-    if not len(records):
-        step(0)  # an empty collection still checks cancel and lease once
-    step.progress.finish()
+    def start_building(rows: int) -> _Step:
+        # Called once what is to be added is known: reading and merging end here, adding begins.
+        lap("merge")
+        steps.append(_Step(svc, job_id, lease, rows))
+        log.info("event=rebuild.building job=%s collection=%s fence=%s adding=%s", job_id, collection,
+                 lease.fence, rows)
+        return steps[-1]
+
+    built = build_index(svc, collection, segments, lease.fence, start_building)
+    steps[-1].progress.finish()
     lap("build")
-    quality = {}
-    if approximate:
+    index, records, documents = built.index, built.records, built.documents
+    facts = dict(built.facts)
+    if facts["kind"] == KIND_IVF:
         svc.jobs.progress(job_id, "measure", 0, 1)
-        quality = {"nprobe": faiss.extract_index_ivf(index).nprobe, "nlist": faiss.extract_index_ivf(index).nlist,
-                   "recall_at_10": round(measure_recall(index, vectors), 4)}
+        facts.update(_tuned(svc, index))
         lap("measure")
 
     storage = svc.storage
@@ -135,8 +135,7 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
         try:
             tmp = storage.temp_dir(parent, f"v{lease.fence}")
             manifest = write_version(tmp, index, records, {
-                "collection": collection, "version": lease.fence, "model": embedder.model_id,
-                "kind": KIND_IVF if approximate else KIND_FLAT, **quality,
+                "collection": collection, "version": lease.fence, "model": svc.embedder.model_id, **facts,
                 "documents": documents, "segments": segments, "built_at": time.time(), "job_id": job_id})
             fsync_tree(tmp)
             lap("write")
@@ -154,7 +153,7 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
                    "built_at": manifest["built_at"], "documents": documents, "changes": changes,
                    "checksum": manifest["checksum"], "by_type": json.dumps(count_by_type(records))}
         result = {"version": lease.fence, "vectors": manifest["vectors"], "documents": documents,
-                  "kind": manifest["kind"], **quality, "timings": dict(timings)}
+                  **_result_facts(facts), "timings": dict(timings)}
         try:
             svc.pointers.publish(lease, pointer, job_id, result)
         except PublishRefused as refused:
@@ -165,9 +164,10 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
         # The job's result (with the timings above) was written by the publish script itself, atomically
         # with the pointer; the publish step's own duration is only in this log line.
         lap("publish")
-        log.info("event=rebuild.published job=%s collection=%s version=%s vectors=%s timings=%s",
-                 job_id, collection, lease.fence, manifest["vectors"], timings)
-        return len(segments), rows_total, len(records)
+        log.info("event=rebuild.published job=%s collection=%s version=%s vectors=%s incremental=%s built_from=%s "
+                 "timings=%s", job_id, collection, lease.fence, manifest["vectors"], facts["incremental"],
+                 facts["built_from"], timings)
+        return len(segments), built.rows_total, len(records)
     finally:
         if not published:
             if tmp is not None:

@@ -204,8 +204,10 @@ def test_9_sigterm_then_sigkill_and_cancel_mid_build(cfg, procs, rdb):
         assert f"event=rebuild.published job={job_id}" in second.log()
     assert publishes(rdb) == [done["result"]["version"]]
 
-    # Cancel mid-build: canceled at the next step boundary, nothing published.
+    # Cancel mid-build: canceled at the next step boundary, nothing published. New documents give the
+    # (incremental) build rows to add: with nothing new it would add none and finish at once.
     before = publishes(rdb)
+    stage_documents(base, 600, "gamma")
     job_id = rebuild(base)
     wait_building(base, job_id)
     mark = rdb.xrevrange(keys.events(), count=1)[0][0]

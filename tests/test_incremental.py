@@ -1,0 +1,330 @@
+"""Incremental rebuilds, IVF quantizer reuse, nprobe tuning and the recall floor.
+
+The IVF helpers are tested on numpy vectors; the rebuilds run the real domain code (run_rebuild) on the
+session's redis-server with the hashing embedder, and one refused build goes through a real worker."""
+
+from __future__ import annotations
+
+import hashlib
+
+import faiss
+import numpy as np
+import pytest
+import requests
+
+from shared.errors import RecallBelowFloor
+from shared.index import ivf
+from shared.index.vectorindex import (
+    MANIFEST_FILE,
+    LoadedVersion,
+    ivf_on,
+    read_manifest,
+    train_ivf,
+    training_rows,
+    verify_version,
+)
+from shared.jobs.compact import request_compaction, run_compact
+from shared.jobs.deletion import run_delete
+from shared.jobs.ingest import run_ingest
+from shared.jobs.model import SUCCEEDED
+from shared.jobs.rebuild import run_rebuild
+from shared.jobs.submit import request_rebuild, submit_delete, submit_documents
+from shared.services import build_services
+from shared.settings import Settings
+from shared.storage import TMP_PREFIX
+from tests.test_vectorindex import clustered
+
+
+def _lists(index: faiss.Index) -> list[tuple[list[int], bytes]]:
+    inner = faiss.extract_index_ivf(index)
+    out = []
+    for list_no in range(inner.nlist):
+        size = inner.invlists.list_size(list_no)
+        ids = faiss.rev_swig_ptr(inner.invlists.get_ids(list_no), size).tolist() if size else []
+        codes = bytes(faiss.rev_swig_ptr(inner.invlists.get_codes(list_no), size * inner.code_size)) if size else b""
+        out.append((ids, codes))
+    return out
+
+
+def _filled(quantizer: faiss.Index, vectors: np.ndarray) -> faiss.Index:
+    index = ivf_on(quantizer)
+    _, lists = ivf.assign(quantizer, vectors)
+    ivf.add_assigned(index, vectors, lists, 700, lambda done: None)
+    return index
+
+
+def test_dropped_rows_and_renumbered_ids_equal_a_build_of_what_is_left():
+    vectors = clustered(3000)
+    trained = train_ivf(vectors)  # owns the quantizer
+    quantizer = trained.quantizer
+    keep = np.random.default_rng(5).random(3000) > 0.2
+    added = clustered(400, seed=8)
+    edited = _filled(quantizer, vectors)
+    assert ivf.drop_and_renumber(edited, keep) == int(keep.sum())
+    _, lists = ivf.assign(quantizer, added)
+    ivf.add_assigned(edited, added, lists, 100, lambda done: None)
+    rebuilt = _filled(quantizer, np.concatenate([vectors[keep], added]))
+    assert edited.ntotal == rebuilt.ntotal == int(keep.sum()) + 400
+    assert _lists(edited) == _lists(rebuilt)
+
+
+def test_exact_search_over_ivf_lists_equals_flat_search():
+    vectors = clustered(2000)
+    trained = train_ivf(vectors)
+    index = _filled(trained.quantizer, vectors)
+    flat = faiss.IndexFlatIP(64)
+    flat.add(vectors)
+    queries = clustered(30, seed=11)
+    got_scores, got_ids = ivf.exact_search(index, queries, 10)
+    want_scores, want_ids = flat.search(queries, 10)
+    assert (got_ids == want_ids).all() and np.allclose(got_scores, want_scores, atol=1e-5)
+
+
+def test_nprobe_is_the_smallest_on_the_ladder_that_reaches_the_target():
+    vectors = clustered(4000)
+    trained = train_ivf(vectors)
+    index = _filled(trained.quantizer, vectors)
+    tuned = ivf.tune_nprobe(index, 0.95, 256)
+    assert tuned["recall_at_10"] >= 0.95 and tuned["query_kind"].startswith("held-out")
+    assert faiss.extract_index_ivf(index).nprobe == tuned["nprobe"] == tuned["ladder"][-1][0]
+    assert all(recall < 0.95 for _, recall in tuned["ladder"][:-1])
+    assert [n for n, _ in tuned["ladder"]] == [1 << i for i in range(len(tuned["ladder"]))]
+    # Every list probed is exact search; queries the caller holds out are used as given.
+    everything = ivf.tune_nprobe(index, 1.01, 10_000, queries=clustered(50, seed=12))
+    assert everything["ladder"][-1] == [index.nlist, 1.0] and everything["query_kind"] == "given"
+    assert ivf.nprobe_ladder(48, 256) == [1, 2, 4, 8, 16, 32, 48]
+
+
+def _cluster_sample(n: int, centres_seed: int, seed: int, dim: int = 64, clusters: int = 40) -> np.ndarray:
+    centres = np.random.default_rng(centres_seed).standard_normal((clusters, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    v = centres[rng.integers(0, clusters, n)] + 0.4 * rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_quantizer_is_retrained_on_drift_growth_or_imbalance_only():
+    vectors = _cluster_sample(4000, centres_seed=3, seed=4)
+    trained = train_ivf(vectors)
+    top, lists = ivf.assign(trained.quantizer, vectors)
+    record = ivf.training_record(top, lists, training_rows(4000, trained.nlist), trained.nlist, version=1)
+    sizes = np.bincount(lists, minlength=trained.nlist)
+    same = _cluster_sample(600, centres_seed=3, seed=21)  # new rows from the same clusters
+    top_same, lists_same = ivf.assign(trained.quantizer, same)
+    fine = ivf.after_assigning(record, top_same)
+    assert fine["assigned_since"] == 600 and fine["far_since"] < 0.08 * 600
+    assert ivf.retrain_reason(fine, 4600, sizes + np.bincount(lists_same, minlength=trained.nlist)) is None
+    elsewhere = _cluster_sample(600, centres_seed=77, seed=22)  # rows around other centres
+    top_far, lists_far = ivf.assign(trained.quantizer, elsewhere)
+    drifted = ivf.after_assigning(record, top_far)
+    assert ivf.retrain_reason(drifted, 4600, sizes).startswith("drift")
+    assert ivf.retrain_reason(ivf.after_assigning(record, top_far[:150]), 4150, sizes) is None  # too few to judge
+    assert ivf.retrain_reason(record, 9000, sizes).startswith("size")
+    lopsided = sizes.copy()
+    lopsided[0] += 8000
+    assert ivf.retrain_reason(record, 4000, lopsided).startswith("imbalance")
+
+
+def test_leave_one_out_recall_tracks_recall_on_fresh_queries():
+    """The default held-out queries (indexed rows searched leave-one-out) estimate what queries the
+    index never saw get, at every nprobe."""
+    vectors = _cluster_sample(6000, centres_seed=3, seed=4)
+    trained = train_ivf(vectors)
+    index = _filled(trained.quantizer, vectors)
+    held_out = ivf.tune_nprobe(index, 1.01, 32)
+    fresh = ivf.tune_nprobe(index, 1.01, 32, queries=_cluster_sample(200, centres_seed=3, seed=9))
+    for (nprobe, estimate), (same, measured) in zip(held_out["ladder"], fresh["ladder"], strict=True):
+        assert nprobe == same and abs(estimate - measured) < 0.06, (held_out["ladder"], fresh["ladder"])
+
+
+# Rebuilds through the domain code.
+
+def _docs(ids, variant: str = "") -> list[dict]:
+    return [{"id": i, "text": f"# Area {sum(map(ord, i)) % 17}\nNote {i}{variant} covers subject{len(i) * 7 % 101} and "
+                              f"detail {i} {variant}."} for i in ids]
+
+
+class Collection:
+    def __init__(self, redis_url, rclient, tmp_path, **overrides):
+        self.settings = Settings(embedder="hash", data_dir=tmp_path, redis_url=redis_url, build_step=64,
+                                 **overrides)
+        self.rclient = rclient
+        self.svc = self.services(self.settings)
+        self.svc.collections.create("docs")
+
+    def services(self, settings):
+        return build_services(settings, enqueue=lambda kind, job_id: None, torch_threads=1, client=self.rclient)
+
+    def ingest(self, docs):
+        job = submit_documents(self.svc, "docs", docs, rebuild=False)
+        run_ingest(self.svc, job["id"])
+        assert self.svc.jobs.state(job["id"]) == SUCCEEDED
+
+    def delete(self, ids):
+        job = submit_delete(self.svc, "docs", ids)
+        run_delete(self.svc, job["id"])
+
+    def rebuild(self, **overrides) -> dict:
+        svc = self.services(self.settings.with_(**overrides)) if overrides else self.svc
+        job, _ = request_rebuild(svc, "docs", exclusive=False)
+        run_rebuild(svc, job["id"])
+        done = svc.jobs.get(job["id"])
+        assert done["state"] == SUCCEEDED, done
+        return done["result"]
+
+    def loaded(self, version: int) -> LoadedVersion:
+        return LoadedVersion(self.svc.storage.version_dir("docs", version), version)
+
+    def files(self, version: int) -> dict[str, str]:
+        folder = self.svc.storage.version_dir("docs", version)
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def _same_answers(a: LoadedVersion, b: LoadedVersion, queries: np.ndarray) -> None:
+    assert a.vectors == b.vectors
+    assert [a.record(i) for i in range(a.vectors)] == [b.record(i) for i in range(b.vectors)]
+    for q in queries:
+        got, want = a.nearest(q, 10), b.nearest(q, 10)
+        assert [row for row, _ in got] == [row for row, _ in want]
+        assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-6)
+
+
+@pytest.mark.parametrize("approx_threshold", [200_000, 300], ids=["flat", "ivf"])
+def test_incremental_build_answers_like_a_full_build(redis_url, rclient, tmp_path, approx_threshold):
+    col = Collection(redis_url, rclient, tmp_path, approx_threshold=approx_threshold)
+    col.ingest(_docs([f"d{i}" for i in range(400)]))
+    first = col.rebuild()
+    assert first["incremental"] is False and first["full_reason"] == "no published version"
+    v1_files = col.files(first["version"])
+
+    col.ingest(_docs([f"n{i}" for i in range(20)]) + _docs([f"d{i}" for i in range(1, 6)], "edited"))
+    col.ingest(_docs(["d1", "n0"], "again"))  # documents written twice among the new segments
+    col.delete([*(f"d{i}" for i in range(10, 15)), "n3"])
+    col.delete([])  # a segment with nothing in it
+    col.ingest(_docs(["d12"], "back"))  # deleted, then written again
+    second = col.rebuild()
+    assert second["incremental"] is True and second["built_from"] == first["version"]
+    assert (second["reused_rows"], second["removed_rows"], second["added_rows"]) == (390, 10, 25)
+    assert second["vectors"] == 415 and second["documents"] == 415
+    assert col.files(first["version"]) == v1_files  # the published version was copied, never changed
+    verify_version(col.svc.storage.version_dir("docs", first["version"]))
+
+    full = col.rebuild(incremental_builds=False)
+    assert full["incremental"] is False
+    incremental_version, full_version = col.loaded(second["version"]), col.loaded(full["version"])
+    queries = col.svc.embedder.embed([d["text"] for d in _docs(["d1", "d12", "n0", "n7", "d300", "zz"], "again")])
+    _same_answers(incremental_version, full_version, queries)
+    if approx_threshold == 300:
+        assert second["kind"] == full["kind"] == "ivf-flat-ip"
+        assert second["quantizer"] == full["quantizer"] == {"reused": True, "trained_in": first["version"]}
+        assert second["nprobe"] == full["nprobe"]
+    # Same quantizer, same rows, same order: the very same index file.
+    assert incremental_version.manifest["checksum"] == full_version.manifest["checksum"]
+
+
+def test_tuned_nprobe_and_build_facts_land_in_the_manifest(redis_url, rclient, tmp_path):
+    col = Collection(redis_url, rclient, tmp_path, approx_threshold=300)
+    col.ingest(_docs([f"d{i}" for i in range(400)]))
+    result = col.rebuild()
+    manifest = read_manifest(col.svc.storage.version_dir("docs", result["version"]))
+    assert manifest["kind"] == "ivf-flat-ip" and manifest["recall_target"] == 0.95
+    assert manifest["recall_at_10"] == result["recall_at_10"] >= 0.95
+    assert manifest["nprobe"] == result["nprobe"] == manifest["ladder"][-1][0]
+    assert manifest["ivf_training"]["rows"] == 400 and manifest["ivf_training"]["trained_in"] == result["version"]
+    assert manifest["quantizer"] == {"reused": False, "trained_in": result["version"], "retrain_reason": None}
+    loaded = col.loaded(result["version"])
+    assert faiss.extract_index_ivf(loaded.index).nprobe == manifest["nprobe"]
+
+
+@pytest.mark.parametrize("approx_threshold", [200_000, 300], ids=["flat", "ivf"])
+def test_compaction_in_between_falls_back_to_a_full_build(redis_url, rclient, tmp_path, approx_threshold):
+    col = Collection(redis_url, rclient, tmp_path, approx_threshold=approx_threshold)
+    col.ingest(_docs([f"d{i}" for i in range(300)]))
+    col.ingest(_docs([f"e{i}" for i in range(100)]))
+    first = col.rebuild()
+    col.ingest(_docs([f"d{i}" for i in range(50)], "edited"))
+    job = request_compaction(col.svc, "docs")
+    run_compact(col.svc, job["id"])
+    assert col.svc.jobs.state(job["id"]) == SUCCEEDED and len(col.svc.collections.segments("docs")) == 1
+    col.ingest(_docs(["f1"]))
+    after = col.rebuild()
+    assert after["incremental"] is False and "compacted" in after["full_reason"]
+    assert after["vectors"] == 401
+    if approx_threshold == 300:  # a full build still reuses the trained quantizer
+        assert after["quantizer"] == {"reused": True, "trained_in": first["version"]}
+    again = col.rebuild()  # and the next build is incremental again, from the compacted list
+    assert again["incremental"] is True and again["built_from"] == after["version"]
+    _same_answers(col.loaded(after["version"]), col.loaded(again["version"]),
+                  col.svc.embedder.embed(["Note d3edited covers", "detail f1"]))
+
+
+@pytest.mark.parametrize("approx_threshold", [200_000, 300], ids=["flat", "ivf"])
+def test_a_compaction_of_exactly_the_published_segments_keeps_the_next_build_incremental(
+        redis_url, rclient, tmp_path, approx_threshold):
+    """A rebuild that publishes asks for a compaction at once; when that compaction folded exactly the
+    version's segments, its one segment holds the version's rows, so the next build still only adds."""
+    col = Collection(redis_url, rclient, tmp_path, approx_threshold=approx_threshold)
+    col.ingest(_docs([f"d{i}" for i in range(300)]))
+    col.ingest(_docs([f"e{i}" for i in range(100)]))
+    first = col.rebuild()
+    job = request_compaction(col.svc, "docs")
+    run_compact(col.svc, job["id"])
+    assert col.svc.jobs.state(job["id"]) == SUCCEEDED and len(col.svc.collections.segments("docs")) == 1
+    col.ingest(_docs(["f1", "f2"]) + _docs(["d7"], "edited"))
+    col.delete(["e5"])
+    after = col.rebuild()
+    assert after["incremental"] is True and after["built_from"] == first["version"]
+    assert (after["reused_rows"], after["removed_rows"], after["added_rows"]) == (398, 2, 3)
+    full = col.rebuild(incremental_builds=False)
+    _same_answers(col.loaded(after["version"]), col.loaded(full["version"]),
+                  col.svc.embedder.embed(["Note d7edited covers", "detail f1", "detail e5"]))
+
+
+def test_a_build_below_the_recall_floor_is_refused_and_the_pointer_stays(redis_url, rclient, tmp_path):
+    col = Collection(redis_url, rclient, tmp_path, approx_threshold=300)
+    col.ingest(_docs([f"d{i}" for i in range(400)]))
+    first = col.rebuild()
+    col.ingest(_docs([f"n{i}" for i in range(30)]))
+    strict = col.services(col.settings.with_(recall_floor=1.01))
+    job, _ = request_rebuild(strict, "docs", exclusive=False)
+    with pytest.raises(RecallBelowFloor, match=r"recall@10 .* below the floor 1.01"):
+        run_rebuild(strict, job["id"])
+    assert strict.pointers.get("docs")["version"] == first["version"]
+    indexes = col.svc.storage.indexes_dir("docs")
+    assert [p.name for p in indexes.iterdir()] == [f"v{first['version']}"]
+    assert not any(p.name.startswith(TMP_PREFIX) for p in col.svc.storage.root.rglob("*"))
+    assert (indexes / f"v{first['version']}" / MANIFEST_FILE).is_file()
+
+
+@pytest.mark.integration
+def test_a_refused_build_fails_its_job_through_a_worker(settings, procs):
+    """Through the rebuild task on a real worker: the job fails with the measured recall in its error,
+    and the collection still serves the version it had."""
+    from tests.support import create_collection, ingest, ingest_and_rebuild, wait_job
+
+    base = procs.api(settings)
+    worker = procs.worker(settings.with_(approx_threshold=300))
+    create_collection(base, "docs")
+    first = ingest_and_rebuild(base, _docs([f"d{i}" for i in range(400)]))[1]["result"]
+    assert first["kind"] == "ivf-flat-ip" and first["recall_at_10"] >= 0.95
+    worker.stop()
+    procs.worker(settings.with_(approx_threshold=300, recall_floor=1.01), name="strict")
+    job = wait_job(base, ingest(base, _docs([f"n{i}" for i in range(30)]))["id"])
+    refused = wait_job(base, job["result"]["rebuild_job_id"])
+    assert refused["state"] == "failed" and "below the floor 1.01" in refused["error"], refused
+    assert "recall@10" in refused["error"] and not refused.get("retryable")
+    status = requests.get(f"{base}/v1/collections/docs", timeout=10).json()
+    assert status["index"]["version"] == first["version"] and status["index"]["vectors"] == 400
+
+
+def test_a_quantizer_to_retrain_turns_the_build_into_a_full_one_that_trains(redis_url, rclient, tmp_path,
+                                                                           monkeypatch):
+    col = Collection(redis_url, rclient, tmp_path, approx_threshold=300)
+    col.ingest(_docs([f"d{i}" for i in range(400)]))
+    first = col.rebuild()
+    col.ingest(_docs([f"n{i}" for i in range(30)]))
+    monkeypatch.setattr(ivf, "retrain_reason", lambda training, rows, sizes: "drift: as the test says")
+    second = col.rebuild()
+    assert second["incremental"] is False and second["full_reason"] == "quantizer retrained: drift: as the test says"
+    assert second["quantizer"] == {"reused": False, "trained_in": second["version"],
+                                   "retrain_reason": "quantizer retrained: drift: as the test says"}
+    assert second["vectors"] == 430 and first["version"] < second["version"]
