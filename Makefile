@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test test-fast test-chaos bench bench-search bench-sources lint clean
+.PHONY: help install run test test-fast test-chaos bench bench-quick bench-search bench-sources lint clean
 
 help: ## List targets with one-line descriptions
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
@@ -32,8 +32,11 @@ test-fast: $(STAMP) ## Unit tests only (fakeredis, hashing embedder): needs no r
 test-chaos: $(STAMP) ## Only the chaos tests (faults injected into real processes at default timeouts; ~10 min)
 	$(PY) -m pytest -m chaos
 
-bench: $(STAMP) ## Benchmark ingest and search against the raw model and raw FAISS
+bench: $(STAMP) ## Every benchmark at full size (1M vectors; long): bench/results.json, BENCHMARKS.md, bench/latency.png
 	$(PY) -m tests.bench
+
+bench-quick: $(STAMP) ## The same table at smaller sizes in under 5 minutes (bench/results-quick.json; BENCHMARKS.md untouched)
+	$(PY) -m tests.bench --quick
 
 bench-search: $(STAMP) ## hits@5 and latency of vector, keyword and hybrid search on the sample, real model
 	$(PY) -m tests.bench_search

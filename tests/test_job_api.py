@@ -55,7 +55,6 @@ def test_twenty_concurrent_identical_requests_create_one_job(settings, procs, rc
         # The others were told to wait (still being accepted) or got the first answer again.
         assert (status == 409 and body["code"] == "idempotency_in_progress") or \
                (status == 202 and body["id"] == job_id), (status, replayed, body)
-    print("answers:", sorted((status, replayed) for status, replayed, _ in answers))
     assert len(os.listdir(settings.data_dir / "staging")) == 1
 
 

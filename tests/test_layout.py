@@ -52,3 +52,21 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
     names = own_imports(bad)
     assert names == {"webapp.api.app.create_app", "shared.settings"}
     assert not allowed("webapp.api.app.create_app", RULES["webapp/cli"])
+
+
+def test_the_benchmark_peer_stays_outside_swapline():
+    """txtai is measured from its own venv (tests/bench/peer.py): never a dependency of Swapline, never
+    imported by its code."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    assert not [d for d in declared if d.lower().startswith("txtai")]
+    importers = []
+    for folder in OWN:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                importers += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "txtai"]
+    assert not importers

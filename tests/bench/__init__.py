@@ -1,0 +1,12 @@
+"""`make bench` / `make bench-quick`: Swapline measured against the parts it wraps and against its targets.
+
+Each module here exposes `run(quick: bool) -> list[dict]`, rows of
+    {"name": "dotted.id", "label": "...", "value": 1.23, "unit": "x" | "ms" | "s" | "MiB" | ...,
+     "target": {"op": "<=" | ">=", "value": 1.3} or None, "note": "sizes, variant"}
+(extra keys such as "series" feed the plot). `python -m tests.bench [--quick]` runs them all
+(tests/bench/__main__.py) and writes bench/results.json, BENCHMARKS.md and bench/latency.png
+(tests/bench/report.py).
+"""
+
+# Run in this order; a module that is missing or fails becomes an error row and the run goes on.
+MODULES = ("core", "embed", "latency", "million", "incremental", "scaleout", "peer")

@@ -1,0 +1,174 @@
+"""What the benchmark modules share: result rows, percentiles, a real stack (redis-server, celery
+workers, gunicorn API processes) started and stopped around a measurement, and HTTP helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+import redis
+import requests
+
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_CORPUS = ROOT / "webapp" / "devstack" / "sample_corpus"
+
+
+def row(name: str, label: str, value: float | None, unit: str, target: tuple[str, float] | None = None,
+        note: str = "", **extra) -> dict:
+    """One measurement in the shared row shape (see tests/bench/__init__.py)."""
+    return {"name": name, "label": label, "value": None if value is None else round(float(value), 4), "unit": unit,
+            "target": {"op": target[0], "value": target[1]} if target else None, "note": note, **extra}
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of `values`."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ms(seconds: float) -> float:
+    return 1000.0 * seconds
+
+
+# The KEP tree beside the project when it is there (../shared/corpora), else the part of it shipped with
+# the dev stack: one corpus for every benchmark that embeds markdown.
+CORPUS_DIRS = (ROOT.parent / "shared" / "corpora" / "kubernetes-enhancements" / "keps", SAMPLE_CORPUS / "keps")
+
+
+def corpus_documents(limit_files: int | None = None) -> list[dict]:
+    """The first `limit_files` (all when None) KEP markdown files, in path order, as documents."""
+    for folder in CORPUS_DIRS:
+        files = sorted(folder.rglob("*.md"))[:limit_files] if folder.is_dir() else []
+        if files:
+            return [{"id": str(p.relative_to(folder)), "text": p.read_text(errors="replace")} for p in files]
+    raise RuntimeError(f"no markdown files under {' or '.join(map(str, CORPUS_DIRS))}")
+
+
+def job_seconds(job: dict) -> float:
+    """Wall time of a finished job, from its started_at / finished_at stamps."""
+    return (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds()
+
+
+@dataclass
+class Stack:
+    """A running stack: its settings, Redis client, API base URLs and processes."""
+
+    settings: Settings
+    redis: redis.Redis
+    apis: list = field(default_factory=list)  # (Proc, base url)
+    workers: list = field(default_factory=list)
+    workdir: Path = Path(".")
+
+    @property
+    def base(self) -> str:
+        return self.apis[0][1]
+
+    def add_worker(self, name: str, concurrency: int = 1):
+        from tests.support import start_worker
+
+        proc = start_worker(self.settings, self.workdir, name=name, concurrency=concurrency)
+        self.workers.append(proc)
+        return proc
+
+    def stop_workers(self) -> None:
+        for proc in self.workers:
+            proc.stop()
+        self.workers.clear()
+
+    def api_pid(self, i: int = 0) -> int:
+        """The pid of the gunicorn worker (the process that serves and holds the index) of API `i`."""
+        import psutil
+
+        children = psutil.Process(self.apis[i][0].popen.pid).children()
+        return children[0].pid if children else self.apis[i][0].popen.pid
+
+
+@contextlib.contextmanager
+def stack(settings: Settings, apis: int = 1, workers: int = 1, api_threads: int = 8) -> Iterator[Stack]:
+    """redis-server, `workers` celery worker processes and `apis` gunicorn API processes on `settings`
+    (its redis_url and data_dir are replaced by a throwaway server and folder); everything is stopped
+    on exit."""
+    from tests.support import start_api, start_redis_server
+
+    with tempfile.TemporaryDirectory(prefix="swapline-bench-") as tmp:
+        workdir = Path(tmp)
+        server, url, _ = start_redis_server(workdir)
+        settings = replace(settings, redis_url=url, data_dir=workdir / "data")
+        running = Stack(settings, redis.Redis.from_url(url, decode_responses=True), workdir=workdir)
+        try:
+            for i in range(apis):
+                running.apis.append(start_api(settings, workdir, name=f"api{i + 1}", threads=api_threads))
+            for i in range(workers):
+                running.add_worker(f"w{i + 1}")
+            yield running
+        finally:
+            running.stop_workers()
+            for proc, _ in running.apis:
+                proc.stop()
+            running.redis.close()
+            server.terminate()
+            server.wait(10)
+
+
+def submit(base: str, collection: str, docs: list[dict], rebuild: bool = False) -> dict:
+    """POST a batch of documents; returns the (queued) ingest job. A full queue (503) is waited out."""
+    while True:
+        resp = requests.post(f"{base}/v1/collections/{collection}/documents",
+                             json={"documents": docs, "rebuild": rebuild}, timeout=120)
+        if resp.status_code != 503:
+            break
+        time.sleep(float(resp.headers.get("Retry-After", "1")))
+    if resp.status_code != 202:
+        raise RuntimeError(f"submit failed: {resp.status_code} {resp.text[:300]}")
+    return resp.json()
+
+
+def wait_all(base: str, job_ids: list[str], timeout: float) -> list[dict]:
+    """Wait for every job to finish; raises if any did not succeed."""
+    from tests.support import wait_job
+
+    deadline = time.monotonic() + timeout
+    jobs = [wait_job(base, job_id, max(1.0, deadline - time.monotonic())) for job_id in job_ids]
+    failed = [j for j in jobs if j["state"] != "succeeded"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} jobs did not succeed, first: {failed[0]}")
+    return jobs
+
+
+def rebuild(base: str, collection: str, timeout: float) -> dict:
+    """Ask for a rebuild and wait for it; returns the finished job."""
+    from tests.support import wait_job
+
+    resp = requests.post(f"{base}/v1/collections/{collection}/rebuild", timeout=30)
+    if resp.status_code != 202:
+        raise RuntimeError(f"rebuild refused: {resp.status_code} {resp.text[:300]}")
+    job = wait_job(base, resp.json()["id"], timeout)
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"rebuild failed: {job}")
+    return job
+
+
+def wait_served(base: str, collection: str, version: int, timeout: float = 300.0) -> None:
+    """Wait until the API process at `base` serves `version` of the collection."""
+    from tests.support import wait_for
+
+    wait_for(lambda: requests.post(f"{base}/v1/collections/{collection}/search", json={"query": "probe", "k": 1},
+                                   timeout=30).json().get("index_version") == version,
+             timeout=timeout, interval=0.2, message=f"{base} to serve version {version}")
+
+
+def reset_commandstats(client: redis.Redis) -> None:
+    client.config_resetstat()
+
+
+def redis_commands(client: redis.Redis) -> int:
+    """Commands Redis ran since the last CONFIG RESETSTAT (from INFO commandstats)."""
+    stats = client.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_config")

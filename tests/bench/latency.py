@@ -1,0 +1,107 @@
+"""Search latency over HTTP against the floor under it, with the real model.
+
+A real stack (redis-server, one celery worker, one gunicorn API process) indexes KEP files of the
+sample corpus with all-MiniLM-L6-v2. Then distinct queries (and the result cache off, so no answer comes
+from it) are searched over HTTP one at a time, and the same queries in this process as query embedding
+(the same model, one torch thread like the API) + raw FAISS search on the index version the API serves.
+Target: HTTP p50 <= 1.3x in-process p50. The ratio compares like with like: HTTP searches in `vector`
+mode (embed + FAISS, then the hits' records read and serialized); the default `hybrid` mode also runs
+BM25 over a deeper candidate list and fuses, and is reported beside it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from shared.settings import Settings
+from tests.bench.common import corpus_documents, ms, pct, rebuild, row, stack, submit, wait_all, wait_served
+
+COLLECTION = "latency"
+
+
+def _queries(n: int) -> list[str]:
+    """Distinct question-like queries built from KEP vocabulary (every string is new to the cache)."""
+    topics = ["pod scheduling", "volume snapshots", "node shutdown", "api priority", "dual-stack networking",
+              "kubelet credential providers", "cron jobs", "topology aware routing", "sidecar containers",
+              "storage capacity tracking", "graceful termination", "resource quotas", "seccomp profiles",
+              "indexed jobs", "service internal traffic", "csi migration", "memory manager", "cpu manager"]
+    verbs = ["how does", "why is", "when should I use", "what changed in", "limits of"]
+    return [f"{verbs[i % len(verbs)]} {topics[i % len(topics)]} ({i})" for i in range(n)]
+
+
+def _http_latencies(base: str, queries: list[str], mode: str) -> list[float]:
+    session = requests.Session()
+    out = []
+    for q in queries:
+        started = time.perf_counter()
+        resp = session.post(f"{base}/v1/collections/{COLLECTION}/search", json={"query": q, "k": 10, "mode": mode},
+                            timeout=60)
+        out.append(time.perf_counter() - started)
+        if resp.status_code != 200:
+            raise RuntimeError(f"search failed: {resp.status_code} {resp.text[:200]}")
+    return out
+
+
+def _http_floor(base: str, n: int) -> list[float]:
+    """GET /healthz round trips: what gunicorn, Flask and the HTTP client cost with no work behind them."""
+    session = requests.Session()
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        session.get(f"{base}/healthz", timeout=30).raise_for_status()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def _inprocess_latencies(settings: Settings, version: int, queries: list[str]) -> list[float]:
+    from shared.index.embedders import make_embedder
+    from shared.index.vectorindex import LoadedVersion
+    from shared.storage import Storage
+
+    embedder = make_embedder(settings, threads=settings.api_torch_threads)
+    loaded = LoadedVersion(Storage(settings.data_dir).version_dir(COLLECTION, version), version)
+    loaded.warm()
+    embedder.embed(["warm"])
+    out = []
+    for q in queries:
+        started = time.perf_counter()
+        vector = embedder.embed([q])
+        loaded.index.search(vector, 10)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def run(quick: bool) -> list[dict]:
+    files, n_queries = (12, 100) if quick else (40, 300)
+    settings = Settings(embedder="minilm", search_cache_size=0)
+    with stack(settings) as running:
+        base = running.base
+        requests.post(f"{base}/v1/collections", json={"name": COLLECTION}, timeout=30).raise_for_status()
+        started = time.perf_counter()
+        wait_all(base, [submit(base, COLLECTION, corpus_documents(files))["id"]], timeout=900)
+        ingest_s = time.perf_counter() - started
+        job = rebuild(base, COLLECTION, timeout=300)
+        version, vectors = job["result"]["version"], job["result"]["vectors"]
+        wait_served(base, COLLECTION, version)
+        queries = _queries(2 * n_queries + 10)
+        _http_latencies(base, queries[:10], "vector")  # warm the process (model load, connections)
+        http = _http_latencies(base, queries[10:n_queries + 10], "vector")
+        hybrid = _http_latencies(base, queries[n_queries + 10:], "hybrid")
+        floor = _http_floor(base, n_queries)
+        local = _inprocess_latencies(running.settings, version, queries[10:n_queries + 10])
+    note = (f"{vectors} chunks of {files} KEP files, all-MiniLM-L6-v2 ({settings.embedder}, 1 thread), "
+            f"{n_queries} distinct queries, result cache off; ingest took {ingest_s:.0f} s")
+    return [
+        row("latency.http_p50", "search over HTTP p50, vector mode (real model)", ms(pct(http, .5)), "ms", note=note),
+        row("latency.http_p99", "search over HTTP p99, vector mode (real model)", ms(pct(http, .99)), "ms", note=note),
+        row("latency.http_hybrid_p50", "search over HTTP p50, hybrid mode (the default)", ms(pct(hybrid, .5)), "ms",
+            note=note),
+        row("latency.inprocess_p50", "in-process embed + raw FAISS p50", ms(pct(local, .5)), "ms", note=note),
+        row("latency.inprocess_p99", "in-process embed + raw FAISS p99", ms(pct(local, .99)), "ms", note=note),
+        row("latency.http_floor_p50", "HTTP round trip of GET /healthz p50 (no work)", ms(pct(floor, .5)), "ms",
+            note="gunicorn + Flask + requests on loopback"),
+        row("latency.http_over_inprocess_p50", "search p50, HTTP (vector mode) / in-process",
+            pct(http, .5) / pct(local, .5), "x", ("<=", 1.3), note=note),
+    ]
