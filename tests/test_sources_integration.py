@@ -199,8 +199,13 @@ def test_watched_source_picks_up_an_edit_and_catches_up_after_a_restart(src_sett
     def holder():
         return requests.get(f"{base}/v1/collections/docs/sources/{source['id']}", timeout=10).json()["watched_by"]
 
+    def started():
+        return [w for w in (first_watcher, second_watcher) if f"event=watch.start source={source['id']}" in w.log()]
+
     wait_for(holder, timeout=30, message="a watcher to take the source")
-    starts = [w for w in (first_watcher, second_watcher) if f"event=watch.start source={source['id']}" in w.log()]
+    # The lease is taken just before the holder logs its start: wait for the line, not only the lease.
+    wait_for(started, timeout=30, message="the watcher holding the source to log its start")
+    starts = started()
     assert len(starts) == 1, "exactly one watcher follows the source"
 
     # An edit with no request: searchable after the watcher's reconcile and the rebuild.
