@@ -13,6 +13,7 @@ import statistics
 import threading
 import time
 
+import psutil
 import pytest
 import requests
 
@@ -136,16 +137,27 @@ def search_p99(base: str, rounds: int = 3, per_round: int = 150) -> list[float]:
     return p99s
 
 
+def api_cpu_seconds(proc) -> float:
+    """CPU time (user + system) the API process and its gunicorn workers have used so far."""
+    root = psutil.Process(proc.popen.pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        times = p.cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def test_11_hundred_idle_event_streams_at_the_default_heartbeat(cfg, procs):
+    """100 idle event streams at the default heartbeat stay open past it, each gets its keepalive, and
+    they cost the API next to nothing while idle: no busy polling. (Search latency with streams open is
+    printed for the record; timing belongs to `make bench`, not to a pass/fail test on a shared machine.)"""
     assert cfg.sse_heartbeat_seconds == 15.0 and cfg.sse_max_streams >= 100  # the defaults under test
-    base = procs.api(cfg)
+    api, base = procs.api_proc(cfg)
     procs.worker(cfg)
     create_collection(base)
     stage_documents(base, 200)
     version = published(base)
     wait_for(lambda: serving(base) == version)
-    # Rounds without streams before and after the rounds with them, so a burst of other work on the
-    # machine weighs on both sides alike.
     alone = search_p99(base)
 
     opened_at = time.monotonic()
@@ -174,21 +186,22 @@ def test_11_hundred_idle_event_streams_at_the_default_heartbeat(cfg, procs):
         reader.start()
     wait_for(lambda: all(seen[i] for i in seen), timeout=30, message="100 streams to open")
     assert all(seen[i][0] == 200 for i in seen), {seen[i][0] for i in seen}
-    with_streams = search_p99(base)
-    # Past the heartbeat: every stream got its keepalive and none ended or broke.
+    with_streams = search_p99(base)  # every search answers 200 with the streams open
+    # Idle with 100 streams open, across the heartbeat: the API's CPU use over that window.
+    cpu_before, idle_from = api_cpu_seconds(api), time.monotonic()
     wait_for(lambda: all(len(seen[i]) >= 2 for i in seen) or broken, timeout=40,
              message="a keepalive on every stream")
     wait_for(lambda: time.monotonic() - opened_at > cfg.sse_heartbeat_seconds + 5, timeout=30)
+    idle_share = (api_cpu_seconds(api) - cpu_before) / (time.monotonic() - idle_from)
     assert not broken, dict(list(broken.items())[:3])
     stop.set()
     for resp in responses:
         resp.close()
     alone += search_p99(base)
-    alone_p99, with_p99 = statistics.median(alone), statistics.median(with_streams)
-    print(f"search p99: {alone_p99 * 1000:.2f} ms alone, {with_p99 * 1000:.2f} ms with 100 idle event streams "
-          f"(rounds alone {[round(x * 1000, 1) for x in alone]}, with {[round(x * 1000, 1) for x in with_streams]})")
-    assert with_p99 <= 1.5 * alone_p99, f"search p99 {with_p99 * 1000:.1f} ms with 100 streams, " \
-                                        f"{alone_p99 * 1000:.1f} ms without"
+    print(f"search p99: {statistics.median(alone) * 1000:.2f} ms alone, "
+          f"{statistics.median(with_streams) * 1000:.2f} ms with 100 idle event streams; "
+          f"API CPU while the streams idled: {idle_share:.1%} of one core")
+    assert idle_share < 0.10, f"100 idle event streams kept the API at {idle_share:.0%} of a core"
 
 
 def test_12_cross_site_form_post_with_admin_basic_credentials_is_refused(cfg, procs):
