@@ -39,10 +39,10 @@ bench-quick: $(STAMP) ## The same table at smaller sizes in under 5 minutes (ben
 	$(PY) -m tests.bench --quick
 
 bench-search: $(STAMP) ## hits@5 and latency of vector, keyword and hybrid search on the sample, real model
-	$(PY) -m tests.bench_search
+	$(PY) -m tests.bench.search_modes
 
 bench-sources: $(STAMP) ## A whole repository as a source with the real model: 1 vs 2 workers, unchanged run, watch, compaction
-	$(PY) -m tests.bench_sources
+	$(PY) -m tests.bench.sources
 
 lint: $(STAMP) ## Check style and common mistakes with ruff (config in pyproject.toml)
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,6 @@
 """Hybrid search against vector search with the real all-MiniLM-L6-v2, on part of the sample corpus
 (three SIGs, about 1,800 chunks, so the suite embeds it in a minute or two; `python -m
-tests.bench_search` runs the same evaluation on the whole corpus): hybrid finds exact identifiers
+tests.bench.search_modes` runs the same evaluation on the whole corpus): hybrid finds exact identifiers
 (KEP numbers, feature gates, Go functions, error strings) that vector search misses, and finds the
 paraphrased questions vector search finds."""
 
@@ -10,7 +10,7 @@ import pytest
 
 from shared.index.embedders import MiniLMEmbedder
 from shared.search.engine import search
-from tests.bench_search import build_version, corpus_records, embed_cached, hits_at_5, load_queries
+from tests.bench.search_modes import build_version, corpus_records, embed_cached, hits_at_5, load_queries
 
 pytestmark = pytest.mark.model
 

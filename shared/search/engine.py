@@ -20,12 +20,12 @@ from shared.search.filters import Filter
 from shared.search.fusion import reciprocal_rank_fusion
 
 MODES = ("vector", "keyword", "hybrid")
-# Chosen by measurement (tests/bench_search.py, README "Search modes"): hybrid found the exact
+# Chosen by measurement (tests/bench/search_modes.py, README "Search modes"): hybrid found the exact
 # identifiers vector search missed and lost nothing on paraphrased questions.
 DEFAULT_MODE = "hybrid"
 # Candidates each side contributes to the fusion (at least k). Deeper lists let chunks ranked middling
 # by both sides outvote a chunk one side ranks first: on the labelled sample queries depths 10 to 40
-# kept every paraphrase vector search finds while 50 and 100 lost some (tests/bench_search.py).
+# kept every paraphrase vector search finds while 50 and 100 lost some (tests/bench/search_modes.py).
 HYBRID_DEPTH = 20
 
 

@@ -6,6 +6,11 @@ Each module here exposes `run(quick: bool) -> list[dict]`, rows of
 (extra keys such as "series" feed the plot). `python -m tests.bench [--quick]` runs them all
 (tests/bench/__main__.py) and writes bench/results.json, BENCHMARKS.md and bench/latency.png
 (tests/bench/report.py).
+
+Beside them, benchmarks with a make target or a command of their own, outside that table:
+`search_modes` (`make bench-search`: hits@5 and latency of the three search modes on the sample),
+`sources` (`make bench-sources`: a whole repository as a source) and `chunks` (chunk lengths as the
+model sees them).
 """
 
 # Run in this order; a module that is missing or fails becomes an error row and the run goes on.

@@ -12,7 +12,7 @@
 - one query embedded with the API's thread count: p50/p99 over the labelled queries.
 
 --quick uses three SIGs of the sample (about 1,800 chunks) and fewer passes. Corpus vectors are cached
-under test-artifacts/ by model id and texts (as tests/bench_search.py does), ONNX exports under
+under test-artifacts/ by model id and texts (as tests/bench/search_modes.py does), ONNX exports under
 test-artifacts/bench-models/.
 """
 
@@ -30,7 +30,7 @@ import numpy as np
 from shared.index.embedders import MiniLMEmbedder
 from shared.index.onnxembed import OnnxMiniLMEmbedder
 from shared.settings import Settings
-from tests.bench_search import ARTIFACTS, build_version, corpus_records, embed_cached, hits_at_5, load_queries
+from tests.bench.search_modes import ARTIFACTS, build_version, corpus_records, embed_cached, hits_at_5, load_queries
 
 QUICK_SIGS = {"sig-scheduling", "sig-storage", "sig-instrumentation"}
 VARIANTS = ("fp32", "int8")

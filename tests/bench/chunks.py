@@ -1,4 +1,4 @@
-"""`python -m tests.bench_chunks`: chunk lengths as MiniLM sees them, before and after exact caps.
+"""`python -m tests.bench.chunks`: chunk lengths as MiniLM sees them, before and after exact caps.
 
 "Before" is the chunker of commit ef7a2cd (words counted by a regex, heading path not counted), loaded
 from git; "after" is today's. Lengths are counted with the model's own tokenizer on what is embedded
@@ -19,7 +19,7 @@ from shared.index.chunking import embed_text
 from shared.index.documents import chunk_document
 from shared.index.tokens import minilm_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "webapp" / "devstack" / "sample_corpus"
 CORPUS = ROOT.parent / "shared" / "corpora" / "kubernetes-enhancements"
 BEFORE = "ef7a2cd"

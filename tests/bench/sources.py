@@ -36,7 +36,7 @@ import requests
 from shared.settings import Settings
 from tests.support import free_port, start_api, start_watcher, start_worker, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = ROOT.parent / "shared" / "corpora" / "kubernetes-enhancements"
 PROBE_DOCS = 20
 EDIT_WORD = "zanzibarquokka"

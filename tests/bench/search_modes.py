@@ -1,6 +1,6 @@
 """Search quality and latency of the three modes over the sample corpus, with the real model.
 
-    .venv/bin/python -m tests.bench_search [--sigs sig-node,sig-scheduling] [--repeats 5]
+    .venv/bin/python -m tests.bench.search_modes [--sigs sig-node,sig-scheduling] [--repeats 5]
 
 Chunks the sample KEPs exactly as ingest does, embeds them with all-MiniLM-L6-v2 (cached under
 test-artifacts/ by model and text, so a second run skips the minutes of embedding), writes and loads
@@ -39,7 +39,7 @@ from shared.settings import Settings
 from webapp.api.runtime import FAISS_THREADS
 from webapp.devstack.sample import sample_documents
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUERIES = ROOT / "tests" / "data" / "search_queries.json"
 ARTIFACTS = ROOT / "test-artifacts"
 KINDS = ("identifier", "paraphrase")
