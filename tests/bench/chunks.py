@@ -9,6 +9,7 @@ and every markdown file of ../shared/corpora/kubernetes-enhancements: chunks, ho
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def measure(name: str, files: list[Path]) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()  # --help only
     manifest = json.loads((SAMPLE / "manifest.json").read_text())["files"]
     measure("first 40 sample KEPs", [SAMPLE / e["path"] for e in manifest[:40]])
     measure("all sample KEPs", [SAMPLE / e["path"] for e in manifest])

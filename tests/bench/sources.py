@@ -21,6 +21,7 @@ per measurement; the full log of each process stays in BENCH_LOG_DIR (default a 
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -284,6 +285,9 @@ def churn(base: str, folder: Path, edits: int) -> None:
 
 
 def main() -> None:
+    # Settings come from the environment (the docstring lists them); the parser only answers --help and
+    # refuses anything else, so a mistyped flag does not start an hour-long run.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     # SIGTERM ends the run like Ctrl-C, so the processes it started are stopped (they run in their own sessions).
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     source = Path(os.environ.get("BENCH_SOURCE", DEFAULT_SOURCE)).resolve()
