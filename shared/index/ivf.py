@@ -4,11 +4,10 @@ memory (rows dropped, ids renumbered), exact search over the lists, and nprobe t
 **When a trained quantizer is reused.** Training (k-means) is most of a large build, so a new IVF
 version reuses the previous version's centroids (a copy) unless one of these measured rules says the
 data has moved away from them. At training the manifest records, under "ivf_training": the rows it was
-trained for, nlist, `far_ip` (the 5th percentile, over every row added at training, of a row's inner
-product with its nearest centroid, over the rows k-means did not train on: 5% of such rows lie "far"
-from every centroid), the
-list-size imbalance factor, and two counters (rows assigned to lists since training, and how many of
-them fell below `far_ip`). A later build retrains when
+trained for, nlist, `far_ip` (the 5th percentile of a row's inner product with its nearest centroid,
+over the rows added at training that k-means did not train on: 5% of such rows lie "far" from every
+centroid), the list-size imbalance factor, and two counters (rows assigned to lists since training,
+and how many of them fell below `far_ip`). A later build retrains when
 
 - **size**: the live rows are outside [0.5, 2] x the trained rows: lists would be twice as long (or
   half as full) as `ivf_lists` plans, and searches pay for it;

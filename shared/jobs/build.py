@@ -118,10 +118,12 @@ def build_index(svc: Services, collection: str, segments: list[int], version: in
     """The index and records of a new version over `segments`, incremental when it can be."""
     previous = previous_version(svc, collection)
     reason = why_not_incremental(svc, collection, previous, segments)
+    # Every segment's metadata, read once: a full build after a refused incremental one reuses it.
+    latest = latest_documents(svc, collection, segments)
     retrain = None
     if reason is None:
         try:
-            built = incremental(svc, collection, segments, previous, version, steps)
+            built = incremental(svc, collection, segments, latest, previous, version, steps)
         except (VerifyFailed, OSError) as exc:  # damaged, or collected meanwhile: the segments still hold it all
             built = f"version {previous.version} could not be read: {exc}"
         if isinstance(built, Built):
@@ -129,15 +131,14 @@ def build_index(svc: Services, collection: str, segments: list[int], version: in
         reason = built
         retrain = reason if reason.startswith("quantizer") else None
     log.info("event=build.full collection=%s reason=%r", collection, reason)
-    built = full(svc, collection, segments, previous, version, steps, retrain)
+    built = full(svc, collection, segments, latest, previous, version, steps, retrain)
     built.facts["full_reason"] = reason
     return built
 
 
-def full(svc: Services, collection: str, segments: list[int], previous: Previous | None, version: int,
-         steps: Steps, retrain: str | None = None) -> Built:
+def full(svc: Services, collection: str, segments: list[int], latest: Latest, previous: Previous | None,
+         version: int, steps: Steps, retrain: str | None = None) -> Built:
     dim = svc.embedder.dim
-    latest = latest_documents(svc, collection, segments)
     records, vectors = read_live(svc, collection, segments, latest, dim)
     _strip(records)
     step = steps(len(records))
@@ -188,11 +189,10 @@ def _full_ivf(svc: Services, vectors: np.ndarray, previous: Previous | None, ver
                    "quantizer": {"reused": False, "trained_in": version, "retrain_reason": retrain}}
 
 
-def incremental(svc: Services, collection: str, segments: list[int], previous: Previous, version: int,
-                steps: Steps) -> Built | str:
+def incremental(svc: Services, collection: str, segments: list[int], latest: Latest, previous: Previous,
+                version: int, steps: Steps) -> Built | str:
     """The new version's index from the published one, or why a full build is needed instead."""
     head = published_head(svc, collection, segments, previous.manifest["segments"])
-    latest = latest_documents(svc, collection, segments)
     old_records = read_records(previous.directory, previous.manifest)
     keep = _kept(old_records, latest, set(segments[:head]))
     new_records, new_vectors = read_live(svc, collection, segments[head:], latest, svc.embedder.dim)
