@@ -21,3 +21,17 @@ class RecallBelowFloor(JobInputError):
 class TryAgain(Exception):
     """A transient failure of one attempt (a file that could not be read): the task is retried on
     its own, with a growing wait, before the job is failed."""
+
+
+class JobInProgress(Exception):
+    """A job of `kind` that excludes another one is already queued or running (a second drop of a
+    collection, an explicit rebuild while one is pending, a reconcile of a source being reconciled).
+    The API answers 409 with code `<kind>_in_progress`, the `job_id` and its Location, in one place."""
+
+    def __init__(self, kind: str, job_id: str, message: str):
+        super().__init__(message)
+        self.kind, self.job_id, self.message = kind, job_id, message
+
+    @property
+    def code(self) -> str:
+        return f"{self.kind}_in_progress"
