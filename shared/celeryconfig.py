@@ -6,6 +6,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from shared import logs, tasknames
+from shared.jobkinds import KINDS
 from shared.settings import Settings
 
 
@@ -39,7 +40,7 @@ def celery_config(settings: Settings) -> dict:
         "task_track_started": True,
         "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in tasknames.QUEUES],
         "task_default_queue": tasknames.QUEUE_INGEST,
-        "task_routes": {name: {"queue": queue} for name, queue in tasknames.KINDS.values()}
+        "task_routes": {kind.task: {"queue": kind.queue} for kind in KINDS.values()}
         | {tasknames.SWEEP: {"queue": tasknames.QUEUE_INDEX},
            tasknames.COLLECT_VERSIONS: {"queue": tasknames.QUEUE_INDEX},
            tasknames.WEBHOOK_DISPATCH: {"queue": tasknames.QUEUE_WEBHOOKS},
@@ -79,7 +80,7 @@ def make_celery(settings: Settings, main: str = "swapline") -> Celery:
 def enqueue(celery: Celery, kind: str, job_id: str) -> None:
     """Send the task for a job of `kind` by name; the message carries only the job id (and, in a
     header, the id of the API request that asked for it, so the worker's log lines carry it too)."""
-    name, queue = tasknames.KINDS[kind]
+    spec = KINDS[kind]
     request_id = logs.current("request_id")
     headers = {logs.REQUEST_ID_HEADER: request_id} if request_id else None
-    celery.send_task(name, args=[job_id], queue=queue, headers=headers)
+    celery.send_task(spec.task, args=[job_id], queue=spec.queue, headers=headers)

@@ -13,9 +13,9 @@ from shared import keys
 from shared.errors import JobCanceled, JobInputError, LockBusy
 from shared.index.vectorindex import MANIFEST_FILE, LoadedVersion, verify_version
 from shared.jobs.ingest import run_ingest
-from shared.jobs.model import CANCELED, QUEUED, RUNNING, SUCCEEDED
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import submit_documents
+from shared.jobstates import CANCELED, QUEUED, RUNNING, SUCCEEDED
 from shared.services import Services, build_services
 from shared.settings import Settings
 from shared.storage import TMP_PREFIX

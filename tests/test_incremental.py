@@ -26,9 +26,9 @@ from shared.index.vectorindex import (
 from shared.jobs.compact import request_compaction, run_compact
 from shared.jobs.deletion import run_delete
 from shared.jobs.ingest import run_ingest
-from shared.jobs.model import SUCCEEDED
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import request_rebuild, submit_delete, submit_documents
+from shared.jobstates import SUCCEEDED
 from shared.services import build_services
 from shared.settings import Settings
 from shared.storage import TMP_PREFIX

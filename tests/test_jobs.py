@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from shared import keys
-from shared.jobs.model import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFound
 from shared.jobs.progress import ProgressReporter
+from shared.jobstates import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFound
 from shared.store.events import EventLog, entry
 from shared.store.jobs import JobStore
 from shared.store.pointers import Pointers

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from shared import keys
-from shared.jobs.model import CANCELED, FAILED, RUNNING, SUCCEEDED
+from shared.jobstates import CANCELED, FAILED, RUNNING, SUCCEEDED
 from shared.store.jobs import JobStore
 from shared.store.locks import LeaseLost, RebuildLocks
 from shared.store.pointers import Pointers, PublishRefused

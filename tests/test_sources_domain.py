@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.errors import LockBusy
+from shared.errors import JobInProgress, LockBusy
 from shared.jobs.compact import run_compact, should_compact
 from shared.jobs.ingest import run_ingest
-from shared.jobs.model import CANCELED, SUCCEEDED
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import cancel_job, submit_documents
+from shared.jobstates import CANCELED, SUCCEEDED
 from shared.services import Services, build_services
 from shared.settings import Settings
 from shared.sources.batch import run_batch
 from shared.sources.reconcile import run_reconcile
-from shared.sources.submit import ReconcileInProgress, add_source, remove_source, submit_reconcile
+from shared.sources.submit import add_source, remove_source, submit_reconcile
 from shared.sources.watching import FULL, WatchManager
 from tests.sourcetree import INDEXED, make_tree
 
@@ -107,7 +107,7 @@ def test_a_touched_file_is_recorded_not_ingested_and_a_path_reconcile_sees_only_
 def test_one_reconcile_per_source_at_a_time(env):
     make_tree(env.roots / "orchard")
     source, job = add_source(env.svc, "docs", "orchard", [], [], False)
-    with pytest.raises(ReconcileInProgress) as busy:
+    with pytest.raises(JobInProgress) as busy:
         submit_reconcile(env.svc, source)
     assert busy.value.job_id == job["id"]
     env.pump()

@@ -13,9 +13,9 @@ import requests
 
 from shared import keys, tasknames
 from shared.celeryconfig import make_celery
-from shared.jobs.model import SUCCEEDED
 from shared.jobs.submit import submit_documents
 from shared.jobs.sweep import requeue_lost, sweep
+from shared.jobstates import SUCCEEDED
 from shared.services import build_services
 from tests.support import create_collection, held_lease, wait_for, wait_job
 

@@ -18,7 +18,7 @@ import redis
 from celery import Celery, signals
 from celery.apps.beat import Beat
 
-from shared import logs
+from shared import logs, tasknames
 from shared.celeryconfig import celery_config, enqueue
 from shared.jobs.liveness import Keepalive
 from shared.names import is_job_id
@@ -42,6 +42,14 @@ class SwaplineCelery(Celery):
     @cached_property
     def Beat(self):  # noqa: N802 (Celery's name)
         return self.subclass_with_self(SwaplineBeat)
+
+    def swapline_services(self) -> Services:
+        """This process's services (bootsteps reach them through `worker.app`)."""
+        return services()
+
+    def send_delivery(self, delivery_id: str) -> None:
+        """Enqueue one webhook delivery attempt (by task name; the route puts it on its queue)."""
+        self.send_task(tasknames.WEBHOOK_DELIVER, args=[delivery_id])
 
 
 app = SwaplineCelery("swapline", include=["workers.tasks"])

@@ -19,11 +19,9 @@ class Housekeeping(bootsteps.StartStopStep):
         self.thread: HousekeepingThread | None = None
 
     def start(self, worker) -> None:
-        # The app module adds this step, and the tasks module imports the app: import both lazily.
-        from workers.celery_app import services
-        from workers.tasks import send_delivery
-
-        self.thread = HousekeepingThread(services, send_delivery)
+        # The app is reached through the worker it runs in (the app module adds this step: importing it
+        # here would be a circle).
+        self.thread = HousekeepingThread(worker.app.swapline_services, worker.app.send_delivery)
         self.thread.start()
 
     def stop(self, worker) -> None:

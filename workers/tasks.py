@@ -6,20 +6,22 @@ import logging
 from collections.abc import Callable
 
 import redis
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from shared import tasknames
+from shared import jobkinds, tasknames
 from shared.errors import JobCanceled, JobInputError, LockBusy, TryAgain
+from shared.jobkinds import JobKind
 from shared.jobs.compact import run_compact
 from shared.jobs.deletion import run_delete, run_drop
 from shared.jobs.housekeeping import collect_all
 from shared.jobs.ingest import run_ingest
 from shared.jobs.liveness import another_run_is_live, runner_id
-from shared.jobs.model import JobNotFound
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.sweep import sweep as run_sweep
+from shared.jobstates import JobNotFound
 from shared.names import is_job_id
 from shared.sources.batch import run_batch
 from shared.sources.reconcile import run_reconcile
@@ -128,45 +130,32 @@ def _outcome(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | Non
         raise
 
 
-@app.task(name=tasknames.INGEST)
-def ingest(job_id: str) -> None:
-    _run(job_id, run_ingest)
+def job_task(kind: JobKind, work: Callable) -> Task:
+    """The task of a job kind: registered under the kind's name, running `work(svc, job_id)` through
+    `_run`; a kind that `retry_when_busy` waits out a held lock (LockBusy) by retrying shortly, its job
+    staying as it is."""
+
+    def run(self: Task, job_id: str) -> None:
+        def busy() -> None:
+            raise self.retry(countdown=services().settings.rebuild_retry_seconds)
+
+        _run(job_id, work, on_busy=busy if kind.retry_when_busy else None)
+
+    run.__name__ = run.__qualname__ = kind.name
+    return app.task(name=kind.task, bind=True, max_retries=None)(run)
 
 
-@app.task(name=tasknames.REBUILD, bind=True, max_retries=None)
-def rebuild(self, job_id: str) -> None:
-    def busy() -> None:
-        # Another rebuild of the collection runs: this one stays queued and tries again shortly.
-        raise self.retry(countdown=services().settings.rebuild_retry_seconds)
-
-    _run(job_id, run_rebuild, on_busy=busy)
-
-
-@app.task(name=tasknames.DELETE_DOCUMENTS)
-def delete_documents(job_id: str) -> None:
-    _run(job_id, run_delete)
+ingest = job_task(jobkinds.INGEST, run_ingest)
+rebuild = job_task(jobkinds.REBUILD, run_rebuild)
+delete_documents = job_task(jobkinds.DELETE, run_delete)
+drop_collection = job_task(jobkinds.DROP, run_drop)
+# Walks a source and fans its changes out (shared.sources.reconcile); returns at once, never waiting for
+# its children.
+reconcile = job_task(jobkinds.RECONCILE, run_reconcile)
+compact = job_task(jobkinds.COMPACT, run_compact)
 
 
-@app.task(name=tasknames.DROP_COLLECTION, bind=True, max_retries=None)
-def drop_collection(self, job_id: str) -> None:
-    def busy() -> None:
-        # A rebuild holds the lease or another job of the collection is stopping: try again shortly.
-        raise self.retry(countdown=services().settings.rebuild_retry_seconds)
-
-    _run(job_id, run_drop, on_busy=busy)
-
-
-@app.task(name=tasknames.RECONCILE, bind=True, max_retries=None)
-def reconcile(self, job_id: str) -> None:
-    """Walk a source and fan its changes out (shared.sources.reconcile); returns at once, never waiting
-    for its children. A source removal waits here (retried) for the source's reconcile to stop."""
-    def busy() -> None:
-        raise self.retry(countdown=services().settings.rebuild_retry_seconds)
-
-    _run(job_id, run_reconcile, on_busy=busy)
-
-
-@app.task(name=tasknames.INGEST_FILES, bind=True, max_retries=None)
+@app.task(name=jobkinds.INGEST_FILES.task, bind=True, max_retries=None)
 def ingest_files(self, job_id: str) -> None:
     """One batch of a reconcile. A transient failure retries this batch alone, waiting longer each time;
     after SWAPLINE_SOURCE_BATCH_RETRIES retries the batch fails and its parent names its files."""
@@ -178,15 +167,6 @@ def ingest_files(self, job_id: str) -> None:
 
     _run(job_id, lambda svc, j: run_batch(svc, j, final_attempt=final, worker=self.request.hostname or ""),
          on_retry=again)
-
-
-@app.task(name=tasknames.COMPACT, bind=True, max_retries=None)
-def compact(self, job_id: str) -> None:
-    """Merge a collection's segments (shared.jobs.compact); waits out a rebuild before deleting the old ones."""
-    def busy() -> None:
-        raise self.retry(countdown=services().settings.rebuild_retry_seconds)
-
-    _run(job_id, run_compact, on_busy=busy)
 
 
 @app.task(name=tasknames.SWEEP)
@@ -204,11 +184,7 @@ def collect_old_versions() -> dict:
 @app.task(name=tasknames.WEBHOOK_DISPATCH)
 def webhooks_dispatch() -> int:
     """Fan new events out into webhook deliveries (shared.webhooks.delivery.dispatch)."""
-    return dispatch(services(), send_delivery)
-
-
-def send_delivery(delivery_id: str) -> None:
-    webhooks_deliver.apply_async(args=[delivery_id])
+    return dispatch(services(), app.send_delivery)
 
 
 @app.task(name=tasknames.WEBHOOK_DELIVER, bind=True, max_retries=None)

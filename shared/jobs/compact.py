@@ -22,8 +22,10 @@ import time
 from collections import Counter
 
 from shared.errors import LockBusy
+from shared.jobkinds import COMPACT
 from shared.jobs.merge import live_rows
-from shared.jobs.model import QUEUED, RUNNING, TERMINAL, new_job_id
+from shared.jobs.submit import create_and_enqueue
+from shared.jobstates import QUEUED, RUNNING, TERMINAL, new_job_id
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,7 @@ def request_compaction(svc: Services, collection: str) -> dict | None:
     for _ in range(2):
         other = svc.collections.claim_compaction(collection, job_id)
         if other is None:
-            job = svc.jobs.create("compact", collection, {}, job_id)
-            svc.enqueue("compact", job_id)
-            return job
+            return create_and_enqueue(svc, COMPACT.name, collection, {}, job_id)
         if other and svc.jobs.state(other) in (QUEUED, RUNNING):
             return None
         svc.collections.release_compaction(collection, other)

@@ -13,8 +13,8 @@ import uuid
 import numpy as np
 
 from shared.errors import JobCanceled, JobInputError, LockBusy
-from shared.jobs.model import CANCELED, QUEUED, RUNNING, TERMINAL
 from shared.jobs.submit import cleanup_canceled, request_rebuild
+from shared.jobstates import CANCELED, QUEUED, RUNNING, TERMINAL
 from shared.services import Services
 from shared.storage import TMP_PREFIX
 

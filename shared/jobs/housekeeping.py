@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import redis
 
-from shared.index.versions import collect_versions
 from shared.jobs.sweep import recover, sweep
+from shared.jobs.versions import collect_versions
 from shared.services import Services
 from shared.webhooks.delivery import dispatch
 

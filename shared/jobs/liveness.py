@@ -18,7 +18,7 @@ import time
 
 import redis
 
-from shared.jobs.model import RUNNING
+from shared.jobstates import RUNNING
 from shared.services import Services
 
 log = logging.getLogger(__name__)

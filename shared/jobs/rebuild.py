@@ -14,11 +14,11 @@ from shared.errors import JobCanceled, JobInputError, LockBusy, RecallBelowFloor
 from shared.index.doctable import count_by_type
 from shared.index.ivf import tune_nprobe
 from shared.index.vectorindex import KIND_IVF, verify_version, write_version
-from shared.index.versions import collect_versions
 from shared.jobs.build import build_index
 from shared.jobs.compact import maybe_compact
-from shared.jobs.model import TERMINAL
 from shared.jobs.progress import ProgressReporter
+from shared.jobs.versions import collect_versions
+from shared.jobstates import TERMINAL
 from shared.services import Services
 from shared.storage import fsync_dir, fsync_tree, reraise
 from shared.store.locks import Lease

@@ -8,19 +8,21 @@ ingest asks for must never be lost, and coalescing keeps it to one queued rebuil
 
 from __future__ import annotations
 
-from shared.jobs.model import CANCELED, QUEUED, RUNNING, TERMINAL, JobNotFound, QueueFull, new_job_id
+from collections.abc import Callable
+
+from shared.errors import JobInProgress
+from shared.jobkinds import DELETE, DROP, DROP_MARKER, INGEST, KINDS, PENDING_REBUILD, REBUILD, STAGED_BATCH
+from shared.jobstates import CANCELED, QUEUED, RUNNING, TERMINAL, JobNotFound, QueueFull, new_job_id
 from shared.services import Services
-from shared.tasknames import KINDS, QUEUE_INDEX, QUEUE_INGEST
+from shared.tasknames import QUEUE_INDEX, QUEUE_INGEST
 
-__all__ = ["QueueFull", "RebuildInProgress", "NotCancelable", "submit_documents", "request_rebuild",
-           "submit_delete", "submit_drop", "DropInProgress", "drop_in_progress",
-           "cancel_job", "cleanup_canceled", "check_capacity", "request_cancel_tree"]
+__all__ = ["QueueFull", "NotCancelable", "submit_documents", "request_rebuild", "submit_delete", "submit_drop",
+           "drop_in_progress", "cancel_job", "cleanup_canceled", "check_capacity", "request_cancel_tree",
+           "create_and_enqueue"]
 
 
-class RebuildInProgress(Exception):
-    def __init__(self, job_id: str):
-        super().__init__(job_id)
-        self.job_id = job_id
+def in_progress(kind: str, job_id: str) -> JobInProgress:
+    return JobInProgress(kind, job_id, KINDS[kind].busy_message)
 
 
 class NotCancelable(Exception):
@@ -36,21 +38,24 @@ def queue_bound(svc: Services, queue: str) -> int:
 
 
 def _bound(svc: Services, kind: str, bounded: bool) -> int:
-    return queue_bound(svc, KINDS[kind][1]) if bounded else 0
+    return queue_bound(svc, KINDS[kind].queue) if bounded else 0
 
 
 def check_capacity(svc: Services, kind: str) -> None:
     """Raise QueueFull early, before any work (staging a large batch), when the queue is full now.
     The bound is enforced again, atomically, when the job is created."""
-    queue = KINDS[kind][1]
+    queue = KINDS[kind].queue
     bound = queue_bound(svc, queue)
     depth = svc.jobs.queued_depth(queue)
     if bound and depth >= bound:
         raise QueueFull(queue, depth, bound)
 
 
-def _create_and_enqueue(svc: Services, kind: str, collection: str, options: dict, job_id: str,
-                        bounded: bool) -> dict:
+def create_and_enqueue(svc: Services, kind: str, collection: str, options: dict, job_id: str | None = None,
+                       bounded: bool = False) -> dict:
+    """Create the job (queued; with `bounded`, only while its queue has room: QueueFull otherwise) and
+    send its task."""
+    job_id = job_id or new_job_id()
     job = svc.jobs.create(kind, collection, options, job_id, max_queued=_bound(svc, kind, bounded))
     # If the process dies here the job stays queued without a message; the sweeper sends it again.
     svc.enqueue(kind, job_id)
@@ -62,12 +67,12 @@ def submit_documents(svc: Services, collection: str, documents: list[dict], rebu
     """Stage the batch under the data dir (never inside the Celery message), create the ingest job
     and enqueue it. If enqueueing fails after the job exists, the sweeper re-enqueues it."""
     if bounded:
-        check_capacity(svc, "ingest")
+        check_capacity(svc, INGEST.name)
     job_id = new_job_id()
     svc.storage.write_staging(job_id, documents)
     try:
         options = {"rebuild": rebuild, "documents": len(documents)}
-        return _create_and_enqueue(svc, "ingest", collection, options, job_id, bounded)
+        return create_and_enqueue(svc, INGEST.name, collection, options, job_id, bounded)
     except QueueFull:
         svc.storage.delete_staging(job_id)
         raise
@@ -75,35 +80,29 @@ def submit_documents(svc: Services, collection: str, documents: list[dict], rebu
 
 def submit_delete(svc: Services, collection: str, doc_ids: list[str], bounded: bool = False) -> dict:
     """A delete job (ingest queue): it writes a tombstone segment, then asks for a rebuild."""
-    return _create_and_enqueue(svc, "delete", collection, {"documents": list(doc_ids), "rebuild": True},
+    return create_and_enqueue(svc, DELETE.name, collection, {"documents": list(doc_ids), "rebuild": True},
                                new_job_id(), bounded)
-
-
-class DropInProgress(Exception):
-    def __init__(self, job_id: str):
-        super().__init__(job_id)
-        self.job_id = job_id
 
 
 def submit_drop(svc: Services, collection: str, bounded: bool = False) -> dict:
     """A drop job (index queue): removes the collection, its index, segments and pointer.
 
     The collection's drop marker names the job from submission to its end: a second drop meanwhile
-    raises DropInProgress, and the API refuses to re-create the name half-way through."""
+    raises JobInProgress, and the API refuses to re-create the name half-way through."""
     if bounded:
-        check_capacity(svc, "drop")
+        check_capacity(svc, DROP.name)
     job_id = new_job_id()
     for _ in range(2):
         other = svc.collections.claim_drop(collection, job_id)
         if other is None:
             break
         if other and svc.jobs.state(other) not in TERMINAL:
-            raise DropInProgress(other)
+            raise in_progress(DROP.name, other)
         svc.collections.release_drop(collection, other)  # left by a drop that ended without clearing it
     else:
-        raise DropInProgress(svc.collections.dropping_job(collection) or "")
+        raise in_progress(DROP.name, svc.collections.dropping_job(collection) or "")
     try:
-        return _create_and_enqueue(svc, "drop", collection, {}, job_id, bounded)
+        return create_and_enqueue(svc, DROP.name, collection, {}, job_id, bounded)
     except QueueFull:
         svc.collections.release_drop(collection, job_id)
         raise
@@ -121,22 +120,22 @@ def request_rebuild(svc: Services, collection: str, exclusive: bool,
                     bounded: bool = False) -> tuple[dict, bool]:
     """A rebuild of `collection`: a new queued one, or the one already queued (coalescing).
 
-    With `exclusive` (an explicit POST /rebuild) raises RebuildInProgress when a rebuild is queued or
+    With `exclusive` (an explicit POST /rebuild) raises JobInProgress when a rebuild is queued or
     running. With `bounded` raises QueueFull (and frees the claimed slot) when the index queue is
     full. Returns (job, created)."""
     if bounded:
-        check_capacity(svc, "rebuild")
+        check_capacity(svc, REBUILD.name)
     job_id = new_job_id()
     for _ in range(2):
         claimed, other = svc.locks.claim_rebuild(collection, job_id, exclusive)
         if claimed:
             try:
-                job = svc.jobs.create("rebuild", collection, {}, job_id,
-                                      max_queued=_bound(svc, "rebuild", bounded))
+                job = svc.jobs.create(REBUILD.name, collection, {}, job_id,
+                                      max_queued=_bound(svc, REBUILD.name, bounded))
             except QueueFull:
                 svc.locks.clear_pending(collection, job_id)
                 raise
-            svc.enqueue("rebuild", job_id)
+            svc.enqueue(REBUILD.name, job_id)
             return job, True
         if svc.jobs.state(other) in TERMINAL:
             # A pending slot left by a job that ended without clearing it (canceled while queued,
@@ -144,9 +143,9 @@ def request_rebuild(svc: Services, collection: str, exclusive: bool,
             svc.locks.clear_pending(collection, other)
             continue
         if exclusive:
-            raise RebuildInProgress(other)
+            raise in_progress(REBUILD.name, other)
         return svc.jobs.get(other), False
-    raise RebuildInProgress(other)
+    raise in_progress(REBUILD.name, other)
 
 
 def cancel_job(svc: Services, job_id: str) -> dict:
@@ -156,8 +155,8 @@ def cancel_job(svc: Services, job_id: str) -> dict:
     job = svc.jobs.get(job_id)
     if job["state"] in TERMINAL:
         raise NotCancelable(job, f"the job has already {job['state']}")
-    if job["kind"] == "drop" and job["state"] == RUNNING:
-        raise NotCancelable(job, "a drop that has started runs to its end")
+    if job["state"] == RUNNING and not KINDS[job["kind"]].cancel_while_running:
+        raise NotCancelable(job, f"a {job['kind']} that has started runs to its end")
     state = request_cancel_tree(svc, job_id)
     job = svc.jobs.get(job_id)
     if state != CANCELED and state != RUNNING and state != QUEUED:
@@ -181,12 +180,16 @@ def request_cancel_tree(svc: Services, job_id: str, reason: str = "canceled by r
     return state
 
 
+# How to remove each leftover a kind names (`JobKind.leftovers`).
+CLEANUPS: dict[str, Callable[[Services, dict], None]] = {
+    PENDING_REBUILD: lambda svc, job: svc.locks.clear_pending(job["collection"], job["id"]),
+    STAGED_BATCH: lambda svc, job: svc.storage.delete_staging(job["id"]),
+    DROP_MARKER: lambda svc, job: svc.collections.release_drop(job["collection"], job["id"]),
+}
+
+
 def cleanup_canceled(svc: Services, job: dict) -> None:
-    """What a job canceled while queued leaves behind: the rebuild's pending slot, the ingest's
-    staged batch. (The worker that receives its message skips it, and would clean these too.)"""
-    if job["kind"] == "rebuild":
-        svc.locks.clear_pending(job["collection"], job["id"])
-    elif job["kind"] == "ingest":
-        svc.storage.delete_staging(job["id"])
-    elif job["kind"] == "drop":
-        svc.collections.release_drop(job["collection"], job["id"])
+    """What a job canceled while queued leaves behind (its kind's `leftovers`). The worker that
+    receives its message skips it, and would clean these too."""
+    for leftover in KINDS[job["kind"]].leftovers:
+        CLEANUPS[leftover](svc, job)

@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import time
 
-from shared.jobs.model import QUEUED, RUNNING, TERMINAL
+from shared.jobkinds import KINDS
+from shared.jobstates import QUEUED, RUNNING, TERMINAL
 from shared.names import JOB_ID_IN_TEXT
 from shared.services import Services
 from shared.storage import TMP_PREFIX
@@ -56,7 +57,7 @@ def _stale_candidates(svc: Services, stale_before: float) -> list[dict]:
             continue
         if max(float(heartbeat or created_at or 0), float(requeued_at or 0)) >= stale_before:
             continue  # heard from, or sent again, within the last lease
-        if state == RUNNING and kind in ("rebuild", "drop"):
+        if state == RUNNING and kind in KINDS and KINDS[kind].holds_lease:
             holder = svc.locks.holder(collection)
             if holder and holder["job_id"] == job_id:
                 continue  # the lease is alive, so its worker is too

@@ -9,8 +9,8 @@ import json
 import logging
 import time
 
-from shared.jobs.model import FAILED, SUCCEEDED, TERMINAL
 from shared.jobs.submit import request_rebuild
+from shared.jobstates import FAILED, SUCCEEDED, TERMINAL
 from shared.services import Services
 
 log = logging.getLogger(__name__)

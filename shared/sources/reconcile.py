@@ -19,10 +19,11 @@ import logging
 from collections import Counter
 
 from shared.errors import JobCanceled, JobInputError, LockBusy
+from shared.jobkinds import INGEST_FILES
 from shared.jobs.deletion import write_tombstones
-from shared.jobs.model import QUEUED, RUNNING, TERMINAL, new_job_id
 from shared.jobs.progress import ProgressReporter
 from shared.jobs.submit import request_cancel_tree, request_rebuild
+from shared.jobstates import QUEUED, RUNNING, TERMINAL, new_job_id
 from shared.services import Services
 from shared.sources.files import content_problem, digest, read_file
 from shared.sources.finish import finish_reconcile, resume
@@ -157,11 +158,11 @@ def _fan_out(svc: Services, job_id: str, collection: str, source: dict, files: l
     svc.jobs.set_fields(job_id, children=json.dumps(list(children)))
     for child, paths in children.items():
         # Unbounded: the parent was accepted (202), so its work must not be refused half-way.
-        svc.jobs.create("ingest_files", collection, {"parent": job_id, "source": source["id"], "paths": paths},
+        svc.jobs.create(INGEST_FILES.name, collection, {"parent": job_id, "source": source["id"], "paths": paths},
                         child)
     svc.fanout.open(job_id, {child: len(paths) for child, paths in children.items()})
     for child in children:
-        svc.enqueue("ingest_files", child)
+        svc.enqueue(INGEST_FILES.name, child)
     log.info("event=reconcile.fanout job=%s collection=%s source=%s files=%s batches=%s",
              job_id, collection, source["id"], len(files), len(children))
     if not children:

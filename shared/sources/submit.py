@@ -1,21 +1,15 @@
 """Adding and removing sources and submitting their reconciles, from the API and the watcher.
 
 A source has at most one reconcile queued or running at a time: its slot (`SourceStore.claim_reconcile`)
-names that job, so a second request gets ReconcileInProgress with its id (the API answers 409)."""
+names that job, so a second request gets JobInProgress with its id (the API answers 409)."""
 
 from __future__ import annotations
 
-from shared.jobs.model import QUEUED, RUNNING, QueueFull, new_job_id
-from shared.jobs.submit import check_capacity, queue_bound
+from shared.jobkinds import RECONCILE
+from shared.jobs.submit import check_capacity, create_and_enqueue, in_progress
+from shared.jobstates import QUEUED, RUNNING, QueueFull, new_job_id
 from shared.services import Services
 from shared.sources.paths import resolve_source_path
-from shared.tasknames import KINDS
-
-
-class ReconcileInProgress(Exception):
-    def __init__(self, job_id: str):
-        super().__init__(job_id)
-        self.job_id = job_id
 
 
 class SourceConflict(Exception):
@@ -37,7 +31,7 @@ def add_source(svc: Services, collection: str, path: str, include: list[str], ex
         if other["prefix"] == prefix:
             raise SourceConflict(other["id"], f"source {other['id']} already uses the document id prefix "
                                               f"{prefix!r}; give this one another `prefix`")
-    check_capacity(svc, "reconcile")
+    check_capacity(svc, RECONCILE.name)
     source = svc.sources.create(collection, str(folder), include, exclude, watch, prefix)
     job = submit_reconcile(svc, source, bounded=True)
     return source, job
@@ -49,36 +43,30 @@ def _live(svc: Services, job_id: str | None) -> bool:
 
 def submit_reconcile(svc: Services, source: dict, paths: list[str] | None = None, bounded: bool = False) -> dict:
     """A reconcile of the whole source, or only of `paths` (relative; the watcher's changes). Raises
-    ReconcileInProgress when one is queued or running, QueueFull (bounded) when its queue is full."""
+    JobInProgress when one is queued or running, QueueFull (bounded) when its queue is full."""
     job_id = new_job_id()
     for _ in range(3):
         other = svc.sources.claim_reconcile(source["id"], job_id)
         if other is None:
             break
         if _live(svc, other):
-            raise ReconcileInProgress(other)
+            raise in_progress(RECONCILE.name, other)
         svc.sources.release_reconcile(source["id"], other)  # left by a job that has finished
     else:
-        raise ReconcileInProgress(svc.sources.reconcile_holder(source["id"]) or "")
+        raise in_progress(RECONCILE.name, svc.sources.reconcile_holder(source["id"]) or "")
     options = {"source": source["id"], "paths": sorted(set(paths)) if paths is not None else None}
-    bound = queue_bound(svc, KINDS["reconcile"][1]) if bounded else 0
     try:
-        job = svc.jobs.create("reconcile", source["collection"], options, job_id, max_queued=bound)
+        return create_and_enqueue(svc, RECONCILE.name, source["collection"], options, job_id, bounded)
     except QueueFull:
         svc.sources.release_reconcile(source["id"], job_id)
         raise
-    svc.enqueue("reconcile", job_id)
-    return job
 
 
 def remove_source(svc: Services, source: dict, bounded: bool = False) -> dict:
     """Stop watching now, and submit the job that removes the source's documents and then the
     source itself (it first stops a running reconcile of the source)."""
     if bounded:
-        check_capacity(svc, "reconcile")
+        check_capacity(svc, RECONCILE.name)
     svc.sources.set_watch(source["id"], False)
-    bound = queue_bound(svc, KINDS["reconcile"][1]) if bounded else 0
-    job = svc.jobs.create("reconcile", source["collection"], {"source": source["id"], "remove": True},
-                          new_job_id(), max_queued=bound)
-    svc.enqueue("reconcile", job["id"])
-    return job
+    return create_and_enqueue(svc, RECONCILE.name, source["collection"], {"source": source["id"], "remove": True},
+                              bounded=bounded)

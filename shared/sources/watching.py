@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.jobs.model import QueueFull
+from shared.errors import JobInProgress
+from shared.jobstates import QueueFull
 from shared.services import Services
-from shared.sources.submit import ReconcileInProgress, submit_reconcile
+from shared.sources.submit import submit_reconcile
 from shared.sources.walk import SKIP_DIRS
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class WatchManager:
                 continue
             try:
                 job = submit_reconcile(self.svc, source, sorted(paths) if paths is not FULL else None)
-            except (ReconcileInProgress, QueueFull):
+            except (JobInProgress, QueueFull):
                 continue  # merged into the next try
             self._drop_pending(source_id, paths)
             submitted.append(job["id"])

@@ -9,7 +9,7 @@ import time
 import redis
 
 from shared import keys
-from shared.jobs.model import TERMINAL, public
+from shared.jobstates import TERMINAL, public
 from shared.names import is_job_id
 from shared.store.jobs import job_hashes
 

@@ -15,7 +15,8 @@ import time
 import redis
 
 from shared import keys
-from shared.jobs.model import (
+from shared.jobkinds import KINDS
+from shared.jobstates import (
     CANCELED,
     EVENT_FOR_STATE,
     FAILED,
@@ -31,7 +32,7 @@ from shared.jobs.model import (
 )
 from shared.store.conn import load_script
 from shared.store.events import EventLog
-from shared.tasknames import KINDS, QUEUES
+from shared.tasknames import QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class JobStore:
         With `max_queued` > 0 the job is created only while its queue holds fewer queued jobs than
         that (checked and created in one script); otherwise raises QueueFull and creates nothing."""
         job_id = job_id or new_job_id()
-        _, queue = KINDS[kind]
+        queue = KINDS[kind].queue
         now = time.time()
         fields = {
             "id": job_id, "kind": kind, "collection": collection, "queue": queue, "state": QUEUED,

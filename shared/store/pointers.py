@@ -8,7 +8,7 @@ import time
 import redis
 
 from shared import keys
-from shared.jobs.model import EVENT_FOR_STATE, RUNNING, SUCCEEDED
+from shared.jobstates import EVENT_FOR_STATE, RUNNING, SUCCEEDED
 from shared.store.conn import load_script
 from shared.store.locks import Lease
 

@@ -22,14 +22,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import requests
 from celery.utils.time import get_exponential_backoff_interval
 
-from shared.jobs.model import EVENT_FOR_STATE
-from shared.services import Services
-from shared.store.events import older
-from shared.store.webhooks import DELIVERED, FAILED, PENDING
+from shared.jobstates import EVENT_FOR_STATE
+from shared.settings import Settings
+from shared.store.events import EventLog, older
+from shared.store.locks import TokenLock
+from shared.store.webhooks import DELIVERED, FAILED, PENDING, WebhookStore
 from shared.webhooks.targets import UnsafeTarget, check
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,15 @@ ATTEMPT_HEADER = "X-Swapline-Attempt"
 DISPATCH_LOCK_SECONDS = 60
 DISPATCH_BATCH = 500
 DISPATCH_MAX_BATCHES = 20
+
+
+class WebhookServices(Protocol):
+    """What deliveries need of a process's services (`shared.services.Services` has it all)."""
+
+    settings: Settings
+    webhooks: WebhookStore
+    events: EventLog
+    webhook_dispatch_lock: TokenLock
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -67,7 +78,7 @@ def subscribed(webhook: dict, event: dict) -> bool:
             and _event_ms(event["id"]) >= int(webhook["created_at"] * 1000))
 
 
-def dispatch(svc: Services, send: Callable[[str], None]) -> int:
+def dispatch(svc: WebhookServices, send: Callable[[str], None]) -> int:
     """Turn new events into deliveries and `send(delivery_id)` each; returns how many were sent.
     Does nothing while another dispatcher holds the lock."""
     token = svc.webhook_dispatch_lock.acquire(DISPATCH_LOCK_SECONDS)
@@ -79,7 +90,7 @@ def dispatch(svc: Services, send: Callable[[str], None]) -> int:
         svc.webhook_dispatch_lock.release(token)
 
 
-def _dispatch(svc: Services, send: Callable[[str], None]) -> int:
+def _dispatch(svc: WebhookServices, send: Callable[[str], None]) -> int:
     store = svc.webhooks
     hooks = store.all()
     cursor = store.cursor() or "0-0"
@@ -117,14 +128,14 @@ class Outcome:
     retry_in: float | None = None
 
 
-def backoff(svc: Services, attempt: int) -> float:
+def backoff(svc: WebhookServices, attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: base * 2^(attempt-1), at most the configured maximum."""
     s = svc.settings
     return float(get_exponential_backoff_interval(s.webhook_retry_base_seconds, attempt - 1,
                                                   s.webhook_retry_max_seconds))
 
 
-def deliver(svc: Services, did: str) -> Outcome:
+def deliver(svc: WebhookServices, did: str) -> Outcome:
     """One attempt at a pending delivery: check the target again, POST the signed body, log it."""
     store, s = svc.webhooks, svc.settings
     delivery = store.delivery(did)

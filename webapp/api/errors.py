@@ -13,7 +13,7 @@ from flask import Flask, Response, current_app, request
 from flask_smorest import Api as _Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 
-from shared.jobs.model import QueueFull
+from shared.jobstates import QueueFull
 from shared.storage import StorageFull
 from webapp.api import apidoc, auth
 from webapp.api.problem import PROBLEM_JSON, problem_body

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
 
-from shared.jobs.model import STATES
+from shared.jobkinds import KINDS
+from shared.jobstates import STATES
 from shared.names import COLLECTION_NAME_PATTERN, COLLECTION_NAME_RULE, openapi_pattern
 from shared.search.engine import DEFAULT_MODE, HYBRID_DEPTH, MODES
 from shared.store.webhooks import DELIVERY_STATES
-from shared.tasknames import KINDS
 from shared.webhooks.delivery import EVENTS as WEBHOOK_EVENTS
 
 # The pattern the OpenAPI document shows; `collection_name` checks the stricter \Z form itself.

@@ -21,7 +21,7 @@ from dataclasses import asdict
 
 import click
 
-from shared.jobs.model import STATES, SUCCEEDED, TERMINAL
+from shared.jobstates import STATES, SUCCEEDED, TERMINAL
 from webapp.cli import render as fmt
 from webapp.cli.batching import (
     DEFAULT_BATCH_BYTES,

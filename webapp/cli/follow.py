@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from shared.jobs.model import SUCCEEDED, TERMINAL
+from shared.jobstates import SUCCEEDED, TERMINAL
 from webapp.client import ApiError, Client, JobFailed, job_fraction
 from webapp.client.client import pause
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from shared.jobs.model import SUCCEEDED
+from shared.jobstates import SUCCEEDED
 from webapp.cli.follow import IngestSummary
 
 

@@ -15,7 +15,7 @@ import time
 
 import click
 
-from shared.jobs.model import TERMINAL
+from shared.jobstates import TERMINAL
 from webapp.cli.progress import ProgressBar
 from webapp.client import Client, RebuildBusy
 

@@ -18,7 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from shared.jobs.model import SUCCEEDED, TERMINAL
+from shared.jobstates import SUCCEEDED, TERMINAL
 from webapp.client import events
 from webapp.client.errors import ApiError, ApiUnreachable, Interrupted, JobFailed, RebuildBusy
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.jobs.model import RUNNING, SUCCEEDED
+from shared.jobstates import RUNNING, SUCCEEDED
 
 
 def job_fraction(job: dict) -> float:

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, jsonify, render_template, request
 from flask_smorest import abort
 
-from shared.index.versions import list_versions
-from shared.jobs.model import EVENT_FOR_STATE
-from shared.status import overview
+from shared.jobs.status import overview
+from shared.jobs.versions import list_versions
+from shared.jobstates import EVENT_FOR_STATE
 from webapp.api.auth import CSRF_HEADER, csrf_token, principal
 from webapp.api.routes.common import job_location, roll_back, start_rebuild
 from webapp.api.runtime import swapline

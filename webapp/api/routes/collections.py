@@ -5,9 +5,10 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from shared.jobs.model import iso_time
-from shared.jobs.submit import DropInProgress, drop_in_progress, submit_delete, submit_documents, submit_drop
-from shared.status import collection_status, decode_cursor, encode_cursor, list_collections
+from shared.errors import JobInProgress
+from shared.jobs.status import collection_status, decode_cursor, encode_cursor, list_collections
+from shared.jobs.submit import drop_in_progress, submit_delete, submit_documents, submit_drop
+from shared.jobstates import iso_time
 from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
 from webapp.api.routes.common import job_location, require_collection, start_rebuild
@@ -105,7 +106,7 @@ class Collection(MethodView):
         require_collection(name)
         try:
             job = submit_drop(swapline.runtime.svc, name, bounded=True)
-        except DropInProgress as busy:
+        except JobInProgress as busy:
             abort(409, message="a drop of this collection is already queued or running",
                   code="drop_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
         return job, 202, job_location(job["id"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask_smorest import abort
 
-from shared.index.versions import RollbackRefused, rollback
-from shared.jobs.submit import RebuildInProgress, request_rebuild
+from shared.errors import JobInProgress
+from shared.jobs.submit import request_rebuild
+from shared.jobs.versions import RollbackRefused, rollback
 from webapp.api.runtime import swapline
 
 
@@ -23,7 +24,7 @@ def start_rebuild(name: str) -> dict:
     require_collection(name)
     try:
         job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True, bounded=True)
-    except RebuildInProgress as busy:
+    except JobInProgress as busy:
         abort(409, message="a rebuild of this collection is already queued or running",
               code="rebuild_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
     return job

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from shared.jobs.model import TERMINAL, JobNotFound
 from shared.jobs.submit import NotCancelable, cancel_job
+from shared.jobstates import TERMINAL, JobNotFound
 from shared.names import is_job_id
 from webapp.api.auth import requires
 from webapp.api.runtime import swapline

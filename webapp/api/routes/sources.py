@@ -5,11 +5,11 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from shared.jobs.model import QUEUED, RUNNING, iso_time
+from shared.errors import JobInProgress
+from shared.jobstates import QUEUED, RUNNING, iso_time
 from shared.names import is_job_id
 from shared.sources.paths import SourcePathRefused
 from shared.sources.submit import (
-    ReconcileInProgress,
     SourceConflict,
     add_source,
     remove_source,
@@ -121,7 +121,7 @@ class Reconcile(MethodView):
         source = load_source(name, source_id)
         try:
             job = submit_reconcile(swapline.runtime.svc, source, bounded=True)
-        except ReconcileInProgress as busy:
+        except JobInProgress as busy:
             abort(409, code="reconcile_in_progress", message="a reconcile of this source is already queued or running",
                   job_id=busy.job_id, headers=job_location(busy.job_id))
         return job, 202, job_location(job["id"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from shared.index.versions import list_versions
+from shared.jobs.versions import list_versions
 from webapp.api.auth import requires
 from webapp.api.routes.common import require_collection, roll_back
 from webapp.api.runtime import swapline

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from shared.jobs.model import iso_time
+from shared.jobstates import iso_time
 from shared.names import is_job_id
 from shared.webhooks.targets import UnsafeTarget, check
 from webapp.api.auth import requires

@@ -6,8 +6,9 @@ import base64
 import bisect
 import json
 
-from shared.index.versions import list_versions
-from shared.jobs.model import FAILED, RUNNING, SUCCEEDED, iso_time, public
+from shared.jobkinds import REBUILD
+from shared.jobs.versions import list_versions
+from shared.jobstates import FAILED, RUNNING, SUCCEEDED, iso_time, public
 from shared.services import Services
 
 
@@ -101,7 +102,7 @@ def list_collections(svc: Services, after: str | None, limit: int,
 
 def badge(status: dict, last_rebuild: dict | None) -> str:
     """idle / rebuilding / succeeded / failed, for the admin page."""
-    if status["lock"] or (status["running_job"] and status["running_job"]["kind"] == "rebuild") \
+    if status["lock"] or (status["running_job"] and status["running_job"]["kind"] == REBUILD.name) \
             or status["pending_rebuild"]:
         return "rebuilding"
     if last_rebuild and last_rebuild["state"] in (SUCCEEDED, FAILED):
@@ -114,7 +115,7 @@ def overview(svc: Services) -> dict:
     collections = []
     for name in svc.collections.names():
         status = collection_status(svc, name)
-        last_rebuild = svc.history.last_of_kind(name, "rebuild")
+        last_rebuild = svc.history.last_of_kind(name, REBUILD.name)
         collections.append({**status, "badge": badge(status, last_rebuild), "last_rebuild_job": last_rebuild,
                             "versions": list_versions(svc, name)})
     return {"collections": collections, "jobs": svc.history.recent(), "replicas": svc.replicas.versions()}
