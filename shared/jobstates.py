@@ -10,6 +10,8 @@ import json
 import uuid
 from datetime import UTC, datetime
 
+from shared import eventnames as names
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
@@ -18,11 +20,11 @@ TRANSITIONS = {
     RUNNING: frozenset({SUCCEEDED, FAILED, CANCELED}),
 }
 EVENT_FOR_STATE = {
-    QUEUED: "job.queued",
-    RUNNING: "job.started",
-    SUCCEEDED: "job.succeeded",
-    FAILED: "job.failed",
-    CANCELED: "job.canceled",
+    QUEUED: names.JOB_QUEUED,
+    RUNNING: names.JOB_STARTED,
+    SUCCEEDED: names.JOB_SUCCEEDED,
+    FAILED: names.JOB_FAILED,
+    CANCELED: names.JOB_CANCELED,
 }
 
 

@@ -42,7 +42,7 @@ class FakeSubscription:
 def test_default_stream_beats_every_15_s_and_ends_after_300_s_with_a_final_comment():
     settings = Settings()
     clock = Clock()
-    events = EventLog(fakeredis.FakeRedis(decode_responses=True))
+    events = EventLog(fakeredis.FakeRedis(decode_responses=True), 1000)
     sub = FakeSubscription(clock)
     started = clock.now
     frames = []
@@ -73,6 +73,6 @@ def test_a_redis_outage_delays_the_catch_up_but_never_breaks_the_stream():
             raise redis.ConnectionError("down")
 
     sub = FakeSubscription(clock)
-    frames = list(event_stream(Down(None), sub, "5-0", None, 15.0, 60.0, clock=clock))
+    frames = list(event_stream(Down(None, 1000), sub, "5-0", None, 15.0, 60.0, clock=clock))
     assert frames[-1].startswith(": this stream ends after 60 s")
     assert frames.count(KEEPALIVE) == 4  # at 15, 30, 45 and 60 s

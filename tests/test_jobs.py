@@ -169,13 +169,13 @@ def test_queued_depth_drops_when_job_leaves_queued(jobs, leave):
 def test_concurrent_starts_move_the_job_exactly_once(redis_url):
     """Many clients race queued -> running on the real server: one transition, one event."""
     setup = redis.Redis.from_url(redis_url, decode_responses=True)
-    job_id = JobStore(setup).create("ingest", "docs")["id"]
+    job_id = JobStore(setup, 1000).create("ingest", "docs")["id"]
     results: list[tuple[bool, str]] = []
     barrier = threading.Barrier(8)
 
     def race():
         client = redis.Redis.from_url(redis_url, decode_responses=True)
-        store = JobStore(client)
+        store = JobStore(client, 1000)
         barrier.wait()
         results.append(store.transition(job_id, RUNNING))
         client.close()

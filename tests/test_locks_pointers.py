@@ -8,6 +8,7 @@ import pytest
 
 from shared import keys
 from shared.jobstates import CANCELED, FAILED, RUNNING, SUCCEEDED
+from shared.settings import Settings
 from shared.store.jobs import JobStore
 from shared.store.locks import LeaseLost, RebuildLocks
 from shared.store.pointers import Pointers, PublishRefused
@@ -23,7 +24,7 @@ def locks(client) -> RebuildLocks:
 
 @pytest.fixture
 def jobs(client) -> JobStore:
-    return JobStore(client)
+    return JobStore(client, Settings.events_max_len)
 
 
 @pytest.fixture
@@ -213,7 +214,7 @@ def test_publish_announces_on_swap_channel(rclient):
     pubsub.subscribe(keys.swap_channel())
     wait_for(lambda: rclient.pubsub_numsub(keys.swap_channel())[0][1] == 1, timeout=5,
              message="the subscription to register")
-    jobs = JobStore(rclient)
+    jobs = JobStore(rclient, Settings.events_max_len)
     job_id = running_rebuild(jobs)
     Pointers(rclient, history_len=3, events_max_len=1000).publish(held_lease(rclient, "docs", job_id, 4), pointer(4),
                                                           job_id, {"version": 4})

@@ -12,6 +12,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from shared import jobkinds, tasknames
+from shared.backoff import doubling
 from shared.errors import JobCanceled, JobInputError, LockBusy, TryAgain
 from shared.jobkinds import JobKind
 from shared.jobs.compact import run_compact
@@ -163,7 +164,7 @@ def ingest_files(self, job_id: str) -> None:
     final = self.request.retries >= settings.source_batch_retries
 
     def again(_: TryAgain) -> None:
-        raise self.retry(countdown=settings.source_retry_seconds * 2 ** self.request.retries)
+        raise self.retry(countdown=doubling(settings.source_retry_seconds, self.request.retries + 1))
 
     _run(job_id, lambda svc, j: run_batch(svc, j, final_attempt=final, worker=self.request.hostname or ""),
          on_retry=again)

@@ -53,7 +53,7 @@ class HashEmbedder:
     Deterministic across processes and machines (blake2b, not Python's salted hash); texts sharing
     words land close together, which is all the fast tests need."""
 
-    def __init__(self, dim: int = 384):
+    def __init__(self, dim: int = Settings.hash_dim):
         self.dim = dim
         self.model_id = f"hash-{dim}"
         self.tokenizer = WORDS
@@ -119,7 +119,7 @@ class MiniLMEmbedder(MiniLMRuntime):
 
     model_id = MINILM_ID
 
-    def __init__(self, threads: int, batch_size: int = 32):
+    def __init__(self, threads: int, batch_size: int = Settings.embed_batch_size):
         super().__init__(threads, batch_size)
 
     def _open(self):

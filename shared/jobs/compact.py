@@ -21,6 +21,7 @@ import logging
 import time
 from collections import Counter
 
+from shared import eventnames as names
 from shared.errors import LockBusy
 from shared.jobkinds import COMPACT
 from shared.jobs.merge import live_rows
@@ -85,13 +86,13 @@ def run_compact(svc: Services, job_id: str) -> None:
                                           else "segments of several models"})
                 svc.collections.release_compaction(collection, job_id)
                 return
-            svc.jobs.progress(job_id, "merge", 0, len(before))
+            svc.jobs.progress(job_id, names.STAGE_MERGE, 0, len(before))
             dim = next((m["dim"] for m in metas.values() if m.get("dim")), svc.embedder.dim)
             live, records, vectors, rows_total = live_rows(svc, collection, before, dim)
             counts = Counter(rec["doc_id"] for rec in records)
             doc_chunks = {doc: counts.get(doc, 0) for doc in live}
             seq = svc.collections.next_segment_seq(collection)
-            svc.jobs.progress(job_id, "write", 0, 1)
+            svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
             svc.storage.write_segment(collection, seq, records, vectors, {
                 "docs": list(doc_chunks), "tombstones": [], "model": next(iter(models), None), "dim": dim,
                 "job_id": job_id, "created_at": time.time(), "compacted_from": before})
@@ -105,7 +106,7 @@ def run_compact(svc: Services, job_id: str) -> None:
         else:
             done = json.loads(raw["compacted"])
             before, stats = done["replaced"], done["stats"]
-        svc.jobs.progress(job_id, "collect", 0, len(before))
+        svc.jobs.progress(job_id, names.STAGE_COLLECT, 0, len(before))
         if svc.locks.holder(collection) is not None:
             # A rebuild may have snapshotted the list before the swap and still be reading the old
             # folders. Once the lease is seen free after the swap, every such rebuild has ended (a

@@ -12,6 +12,7 @@ import uuid
 
 import numpy as np
 
+from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError, LockBusy
 from shared.jobs.submit import cleanup_canceled, request_rebuild
 from shared.jobstates import CANCELED, QUEUED, RUNNING, TERMINAL
@@ -25,7 +26,7 @@ DROP_REASON = "collection dropped"
 
 def write_tombstones(svc: Services, job_id: str, collection: str, doc_ids: list[str]) -> int:
     """Write and register a segment that holds only tombstones for `doc_ids`; returns its seq."""
-    svc.jobs.progress(job_id, "write", 0, 1)
+    svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
     seq = svc.collections.next_segment_seq(collection)
     # No chunks, so no vectors and no model: merges read tombstones from meta.json only.
     svc.storage.write_segment(collection, seq, [], np.zeros((0, 0), dtype=np.float32), {
@@ -83,7 +84,7 @@ def run_drop(svc: Services, job_id: str) -> None:
         return
     svc.collections.hide(collection, job_id)
     svc.sources.remove_collection(collection)  # nothing watches or reconciles into it any more
-    svc.jobs.progress(job_id, "stop-jobs", 0, 1)
+    svc.jobs.progress(job_id, names.STAGE_STOP_JOBS, 0, 1)
     busy = []
     for other, kind, _state in svc.history.of_collection(collection, (QUEUED, RUNNING)):
         if other == job_id:
@@ -101,7 +102,7 @@ def run_drop(svc: Services, job_id: str) -> None:
         svc.jobs.touch(job_id)
         raise LockBusy(collection)
     try:
-        svc.jobs.progress(job_id, "remove", 0, 1)
+        svc.jobs.progress(job_id, names.STAGE_REMOVE, 0, 1)
         # Move the directories aside first: a collection created again under this name right after
         # starts from empty directories, whatever the rmtree below is still doing.
         aside = []

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import redis
 
+from shared.backoff import Backoff
 from shared.jobs.sweep import recover, sweep
 from shared.jobs.versions import collect_versions
 from shared.services import Services
@@ -52,7 +53,7 @@ class Housekeeper:
             self.pieces.append(("webhooks", s.webhook_dispatch_seconds, lambda svc: dispatch(svc, send_delivery)))
         now = time.monotonic()
         self.next_at = {name: now for name, _, _ in self.pieces}
-        self.failures = 0
+        self.backoff = Backoff(*ERROR_BACKOFF)
 
     def run_due(self) -> float:
         now = time.monotonic()
@@ -62,11 +63,10 @@ class Housekeeper:
             try:
                 result = piece(self.svc)
             except redis.RedisError as exc:
-                self.failures += 1
-                delay = min(ERROR_BACKOFF[1], ERROR_BACKOFF[0] * 2 ** (self.failures - 1))
+                delay = self.backoff.failed()
                 log.warning("event=housekeeping.redis_error piece=%s error=%r retry_in=%.1f", name, str(exc), delay)
                 return delay
-            self.failures = 0
+            self.backoff.succeeded()
             self.next_at[name] = time.monotonic() + interval
             if name == "recover" and result:
                 log.info("event=housekeeping.recovered jobs=%s", result)

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError
 from shared.index.chunking import embed_text
 from shared.index.documents import chunk_document
@@ -79,7 +80,7 @@ def embed_records(svc: Services, job_id: str, records: list[dict], texts: list[s
     # Longest first, so each batch pads little; the embedder keeps its own order within a call.
     todo.sort(key=lambda i: len(texts[i]), reverse=True)
     group = svc.settings.embed_batch_size * 4
-    progress = ProgressReporter(svc.jobs, job_id, "embed", len(todo), svc.settings.progress_every)
+    progress = ProgressReporter(svc.jobs, job_id, names.STAGE_EMBED, len(todo), svc.settings.progress_every)
     for start in range(0, len(todo), group):
         if svc.jobs.cancel_requested(job_id):
             raise JobCanceled(job_id)
@@ -98,14 +99,14 @@ def write_documents(svc: Services, job_id: str, collection: str, documents: list
                     tombstones: list[str] = ()) -> tuple[int, dict]:
     """Chunk and embed `documents`, write them (and tombstones for `tombstones`) as one segment and
     register it. Returns (segment seq, summary). Used by ingest jobs and by a reconcile's batches."""
-    svc.jobs.progress(job_id, "chunk", 0, len(documents))
+    svc.jobs.progress(job_id, names.STAGE_CHUNK, 0, len(documents))
     records, texts, counts = chunk_documents(svc, documents)
     known = _known_vectors(svc, collection, list(counts), svc.embedder.model_id)
     vectors, embedded, embed_seconds = embed_records(svc, job_id, records, texts, known)
     # Counted when done: a redelivered job embeds (and counts) its chunks again, as it really did.
     svc.counters.add_embedded(collection, embedded, embed_seconds)
     seq = svc.collections.next_segment_seq(collection)
-    svc.jobs.progress(job_id, "write", 0, 1)
+    svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
     svc.storage.write_segment(collection, seq, records, vectors, {
         "docs": list(counts), "tombstones": list(tombstones), "model": svc.embedder.model_id,
         "dim": svc.embedder.dim, "job_id": job_id, "created_at": time.time()})

@@ -10,6 +10,7 @@ import time
 
 import faiss
 
+from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError, LockBusy, RecallBelowFloor
 from shared.index.doctable import count_by_type
 from shared.index.ivf import tune_nprobe
@@ -54,7 +55,7 @@ class _Step:
 
     def __init__(self, svc: Services, job_id: str, lease: Lease, total: int):
         self.svc, self.job_id, self.lease = svc, job_id, lease
-        self.progress = ProgressReporter(svc.jobs, job_id, "build", total, svc.settings.progress_every)
+        self.progress = ProgressReporter(svc.jobs, job_id, names.STAGE_BUILD, total, svc.settings.progress_every)
 
     def __call__(self, done: int) -> None:
         self.progress.update(done)
@@ -103,7 +104,7 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
         clock = now
 
     segments, changes = svc.collections.snapshot(collection)
-    svc.jobs.progress(job_id, "merge", 0, len(segments))
+    svc.jobs.progress(job_id, names.STAGE_MERGE, 0, len(segments))
     steps: list[_Step] = []
 
     def start_building(rows: int) -> _Step:
@@ -120,7 +121,7 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     index, records, documents = built.index, built.records, built.documents
     facts = dict(built.facts)
     if facts["kind"] == KIND_IVF:
-        svc.jobs.progress(job_id, "measure", 0, 1)
+        svc.jobs.progress(job_id, names.STAGE_MEASURE, 0, 1)
         facts.update(_tuned(svc, index))
         lap("measure")
 
@@ -131,7 +132,7 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     tmp = None
     published = False
     try:
-        svc.jobs.progress(job_id, "write", 0, 1)
+        svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
         try:
             tmp = storage.temp_dir(parent, f"v{lease.fence}")
             manifest = write_version(tmp, index, records, {
@@ -139,14 +140,14 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
                 "documents": documents, "segments": segments, "built_at": time.time(), "job_id": job_id})
             fsync_tree(tmp)
             lap("write")
-            svc.jobs.progress(job_id, "verify", 0, 1)
+            svc.jobs.progress(job_id, names.STAGE_VERIFY, 0, 1)
             verify_version(tmp)
             os.rename(tmp, final)
             fsync_dir(parent)
         except OSError as exc:
             reraise(exc, "an index version")
         lap("verify")
-        svc.jobs.progress(job_id, "publish", 0, 1)
+        svc.jobs.progress(job_id, names.STAGE_PUBLISH, 0, 1)
         svc.locks.renew(lease)
         pointer = {"version": lease.fence, "path": storage.relative(final), "vectors": manifest["vectors"],
                    "model": manifest["model"], "dim": manifest["dim"], "kind": manifest["kind"],

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import bisect
 import json
 
+from shared import cursors
 from shared.jobkinds import REBUILD
 from shared.jobs.versions import list_versions
 from shared.jobstates import FAILED, RUNNING, SUCCEEDED, iso_time, public
@@ -62,22 +62,6 @@ def collection_status(svc: Services, name: str) -> dict:
     }
 
 
-def encode_cursor(last: str) -> str:
-    """A page cursor naming the last item of a page (names and document ids may hold any character)."""
-    return base64.urlsafe_b64encode(last.encode("utf-8")).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The item a cursor names; ValueError when it is not one of ours."""
-    try:
-        last = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode("utf-8")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("not a valid cursor") from exc
-    if not last or encode_cursor(last) != cursor:
-        raise ValueError("not a valid cursor")
-    return last
-
-
 def list_collections(svc: Services, after: str | None, limit: int,
                      served: dict[str, int]) -> tuple[list[dict], str | None]:
     """A page of collections by name, after the name `after`: counts, the published index, and the
@@ -97,7 +81,7 @@ def list_collections(svc: Services, after: str | None, limit: int,
         items.append({"name": name, "documents": info["documents"], "chunks": info["chunks"], "index": index,
                       "served_version": served.get(name)})
     more = start + limit < len(names)
-    return items, encode_cursor(page[-1]) if more and page else None
+    return items, cursors.encode(page[-1]) if more and page else None
 
 
 def badge(status: dict, last_rebuild: dict | None) -> str:

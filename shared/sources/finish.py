@@ -9,6 +9,7 @@ import json
 import logging
 import time
 
+from shared import eventnames as names
 from shared.jobs.submit import request_rebuild
 from shared.jobstates import FAILED, SUCCEEDED, TERMINAL
 from shared.services import Services
@@ -60,7 +61,7 @@ def report_progress(svc: Services, parent_id: str) -> None:
               "batches": state["total"], "files_per_second": round(rate, 2) if rate else None,
               "eta_seconds": round((state["files_total"] - state["files_done"]) / rate, 1) if rate else None}
     svc.jobs.set_fields(parent_id, counts=json.dumps(counts))
-    svc.jobs.progress(parent_id, "ingest", state["files_done"], state["files_total"], rate)
+    svc.jobs.progress(parent_id, names.STAGE_INGEST, state["files_done"], state["files_total"], rate)
 
 
 def _needs_rebuild(svc: Services, collection: str) -> bool:

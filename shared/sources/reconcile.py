@@ -18,6 +18,7 @@ import json
 import logging
 from collections import Counter
 
+from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError, LockBusy
 from shared.jobkinds import INGEST_FILES
 from shared.jobs.deletion import write_tombstones
@@ -77,7 +78,7 @@ def _reconcile(svc: Services, job_id: str, raw: dict, options: dict) -> None:
     if paths is not None and any(p.rsplit("/", 1)[-1] == IGNORE_FILE for p in paths):
         paths = None  # a changed .gitignore can change what belongs anywhere below it
     rules = Rules(folder, source["include"], source["exclude"])
-    svc.jobs.progress(job_id, "walk", 0, 0)
+    svc.jobs.progress(job_id, names.STAGE_WALK, 0, 0)
     walk = walk_tree(rules, paths)
     held = svc.sources.files(source["id"])
     in_scope = held if paths is None else {p: s for p, s in held.items() if under(p, paths)}
@@ -110,7 +111,7 @@ def _compare(svc: Services, job_id: str, folder, files: dict, held: dict[str, Fi
             out["unchanged"] += 1
         else:
             candidates.append((rel, entry, state))
-    progress = ProgressReporter(svc.jobs, job_id, "compare", len(candidates), svc.settings.progress_every)
+    progress = ProgressReporter(svc.jobs, job_id, names.STAGE_COMPARE, len(candidates), svc.settings.progress_every)
     for i, (rel, _entry, state) in enumerate(candidates):
         if i % CANCEL_EVERY == 0 and svc.jobs.cancel_requested(job_id):
             raise JobCanceled(job_id)

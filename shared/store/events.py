@@ -40,7 +40,7 @@ def older(a: str, b: str) -> bool:
 
 
 class EventLog:
-    def __init__(self, client: redis.Redis, max_len: int = 100_000):
+    def __init__(self, client: redis.Redis, max_len: int):
         self.r = client
         self.max_len = max_len
 

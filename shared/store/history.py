@@ -3,12 +3,11 @@ retention that bounds history, and the recent and per-collection views status pa
 
 from __future__ import annotations
 
-import base64
 import time
 
 import redis
 
-from shared import keys
+from shared import cursors, keys
 from shared.jobstates import TERMINAL, public
 from shared.names import is_job_id
 from shared.store.jobs import job_hashes
@@ -18,21 +17,12 @@ LIST_SCAN_MAX = 1000
 CLEANUP_BATCH = 500
 
 
-def encode_cursor(score: float, job_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{score!r}|{job_id}".encode()).decode().rstrip("=")
-
-
 def decode_cursor(cursor: str) -> tuple[float, str]:
     """(created_at, job id) from a cursor; ValueError when it is not one of ours."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, _, job_id = raw.partition("|")
-        value = float(score)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("not a valid cursor") from exc
-    if not is_job_id(job_id) or value != value or value in (float("inf"), float("-inf")):
+    score, job_id = cursors.decode(cursor, float, str)
+    if not is_job_id(job_id):
         raise ValueError("not a valid cursor")
-    return value, job_id
+    return score, job_id
 
 
 class JobHistory:
@@ -114,7 +104,7 @@ class JobHistory:
         rest = self.r.zrevrangebyscore(index, last[0], "-inf", start=0, num=LIST_BATCH, withscores=True)
         if not any(not (sc == last[0] and m >= last[1]) for m, sc in rest):
             return page, None
-        return page, encode_cursor(*last)
+        return page, cursors.encode(*last)
 
     def cleanup(self, ttl_seconds: float, keep_per_collection: int, now: float | None = None) -> int:
         """Delete finished jobs older than `ttl_seconds`, except the newest `keep_per_collection` of

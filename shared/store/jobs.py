@@ -14,6 +14,7 @@ import time
 
 import redis
 
+from shared import eventnames as names
 from shared import keys
 from shared.jobkinds import KINDS
 from shared.jobstates import (
@@ -50,7 +51,7 @@ def job_hashes(client: redis.Redis, job_ids: list[str]) -> list[dict]:
 class JobStore:
     """Reads and changes job hashes. Every write to a job goes through this class."""
 
-    def __init__(self, client: redis.Redis, events_max_len: int = 100_000):
+    def __init__(self, client: redis.Redis, events_max_len: int):
         self.r = client
         self.events = EventLog(client, events_max_len)
         self._transition = load_script(client, "transition")
@@ -69,7 +70,7 @@ class JobStore:
         now = time.time()
         fields = {
             "id": job_id, "kind": kind, "collection": collection, "queue": queue, "state": QUEUED,
-            "stage": "queued", "done": 0, "total": 0, "created_at": now, "heartbeat": now,
+            "stage": names.STAGE_QUEUED, "done": 0, "total": 0, "created_at": now, "heartbeat": now,
             "options": json.dumps(options or {}),
         }
         argv: list = [max(0, int(max_queued)), job_id, now, self.events.max_len, collection, kind,
@@ -146,7 +147,7 @@ class JobStore:
         """queued -> running. True also when the job was already running: a redelivered message after
         a worker died resumes it (the rebuild lock and fence keep that safe)."""
         now = time.time()
-        moved, seen = self.transition(job_id, RUNNING, started_at=now, heartbeat=now, stage="starting")
+        moved, seen = self.transition(job_id, RUNNING, started_at=now, heartbeat=now, stage=names.STAGE_STARTING)
         return moved or seen == RUNNING
 
     def begin(self, job_id: str) -> dict | None:
@@ -160,7 +161,7 @@ class JobStore:
 
     def succeed(self, job_id: str, result: dict) -> bool:
         moved, _ = self.transition(job_id, SUCCEEDED, data={"result": result}, result=json.dumps(result),
-                                   finished_at=time.time(), stage="done")
+                                   finished_at=time.time(), stage=names.STAGE_DONE)
         return moved
 
     def fail(self, job_id: str, error: str, retryable: bool = False) -> bool:
@@ -173,7 +174,7 @@ class JobStore:
 
     def cancel(self, job_id: str, reason: str = "canceled") -> bool:
         moved, _ = self.transition(job_id, CANCELED, data={"reason": reason}, error=reason,
-                                   finished_at=time.time(), stage="canceled")
+                                   finished_at=time.time(), stage=names.STAGE_CANCELED)
         return moved
 
     def request_cancel(self, job_id: str, reason: str = "canceled by request") -> str:
@@ -183,7 +184,7 @@ class JobStore:
         # Only from queued: `cancel()` would also move a running job, leaving its worker still writing
         # (an ingest would register its segment after the job was reported canceled).
         moved, state = self.transition(job_id, CANCELED, data={"reason": reason}, only_from=(QUEUED,),
-                                       error=reason, finished_at=time.time(), stage="canceled")
+                                       error=reason, finished_at=time.time(), stage=names.STAGE_CANCELED)
         if moved:
             return CANCELED
         if not state:
@@ -207,7 +208,7 @@ class JobStore:
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(keys.job(job_id), mapping={"stage": stage, "done": done, "total": total, "heartbeat": now,
                                              "rate": data.get("rate", 0)})
-        self.events.append_in(pipe, "job.progress", job_id=job_id, collection=collection or "", kind=kind or "",
+        self.events.append_in(pipe, names.JOB_PROGRESS, job_id=job_id, collection=collection or "", kind=kind or "",
                               state=RUNNING, data=data)
         pipe.execute()
 

@@ -7,7 +7,9 @@ import time
 
 import redis
 
+from shared import eventnames as names
 from shared import keys
+from shared.jobkinds import REBUILD
 from shared.jobstates import EVENT_FOR_STATE, RUNNING, SUCCEEDED
 from shared.store.conn import load_script
 from shared.store.locks import Lease
@@ -59,7 +61,7 @@ class Pointers:
                   keys.events(), keys.collection(collection), keys.lock(collection)],
             args=[fence, json.dumps(record), self.history_len, json.dumps(result or {}), now,
                   keys.swap_channel(), self.events_max_len, job_id, RUNNING, SUCCEEDED,
-                  EVENT_FOR_STATE[SUCCEEDED], lease.token])
+                  EVENT_FOR_STATE[SUCCEEDED], lease.token, names.INDEX_PUBLISHED, REBUILD.name, names.STAGE_DONE])
         if not int(ok):
             raise PublishRefused(reason)
 

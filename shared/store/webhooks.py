@@ -31,7 +31,7 @@ def _delivery(raw: dict) -> dict:
 
 
 class WebhookStore:
-    def __init__(self, client: redis.Redis, deliveries_keep: int = 100, delivery_ttl_seconds: int = 7 * 24 * 3600):
+    def __init__(self, client: redis.Redis, deliveries_keep: int, delivery_ttl_seconds: int):
         self.r = client
         self.deliveries_keep = deliveries_keep
         self.delivery_ttl = delivery_ttl_seconds

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import requests
-from celery.utils.time import get_exponential_backoff_interval
 
+from shared import eventnames as names
+from shared.backoff import doubling
 from shared.jobstates import EVENT_FOR_STATE
 from shared.settings import Settings
 from shared.store.events import EventLog, older
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # The events a webhook may subscribe to: job transitions and index publishes (progress and per-process
 # swaps are too chatty for HTTP callbacks; follow /v1/events for those).
-EVENTS = (*EVENT_FOR_STATE.values(), "index.published")
+EVENTS = (*EVENT_FOR_STATE.values(), names.INDEX_PUBLISHED)
 SIGNATURE_HEADER = "X-Swapline-Signature"
 EVENT_HEADER = "X-Swapline-Event"
 DELIVERY_HEADER = "X-Swapline-Delivery"
@@ -131,8 +132,7 @@ class Outcome:
 def backoff(svc: WebhookServices, attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: base * 2^(attempt-1), at most the configured maximum."""
     s = svc.settings
-    return float(get_exponential_backoff_interval(s.webhook_retry_base_seconds, attempt - 1,
-                                                  s.webhook_retry_max_seconds))
+    return doubling(s.webhook_retry_base_seconds, attempt, s.webhook_retry_max_seconds)
 
 
 def deliver(svc: WebhookServices, did: str) -> Outcome:

@@ -16,6 +16,7 @@ import threading
 
 import redis
 
+from shared.backoff import Backoff
 from shared.store.conn import connect
 from shared.store.events import EventLog
 
@@ -27,7 +28,7 @@ BLOCK_MS = 1000
 READ_COUNT = 500
 # Batches a slow stream may have waiting before it is told to catch up from Redis instead.
 SUBSCRIBER_BACKLOG = 256
-BACKOFF = (0.5, 10.0)
+RECONNECT = (0.5, 10.0)  # pauses after Redis errors: doubling from the first, up to the second
 
 
 class Subscription:
@@ -95,22 +96,20 @@ class EventHub(threading.Thread):
 
     def run(self) -> None:
         after: str | None = None
-        failures = 0
+        backoff = Backoff(*RECONNECT)
         while not self._stopping.is_set():
             try:
                 if after is None:
                     after = self.events.last_id()
                 batch = self.events.read_after(after, count=READ_COUNT, block_ms=BLOCK_MS)
-                if failures:
-                    log.info("event=events.hub_reconnected after_failures=%s", failures)
-                failures = 0
+                if ended := backoff.succeeded():
+                    log.info("event=events.hub_reconnected after_failures=%s", ended)
                 self.connected.set()
             except (redis.RedisError, OSError) as exc:
-                failures += 1
+                delay = backoff.failed()
                 self.errors += 1
                 self.connected.clear()
-                delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1))
-                if failures == 1 or delay == BACKOFF[1]:
+                if backoff.worth_logging:
                     log.warning("event=events.hub_redis_error error=%r retry_in=%.1f", str(exc), delay)
                 self._stopping.wait(delay)
                 continue

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import redis
 
+from shared import eventnames as names
+from shared.backoff import Backoff, doubling
 from shared.index.vectorindex import LoadedVersion
 from shared.services import Services
 
@@ -109,7 +111,7 @@ class LiveIndexes:
     """Collection name -> the version this process serves. The mapping is replaced, never mutated,
     so a reader's `get` needs no lock; only the watcher writes, under `_write`."""
 
-    def __init__(self, cache_size: int = 0):
+    def __init__(self, cache_size: int):
         self.cache_size = cache_size
         self._current: dict[str, Served] = {}
         self._write = threading.Lock()
@@ -167,16 +169,15 @@ class IndexWatcher(threading.Thread):
         poll = self.svc.settings.watcher_poll_seconds
         if self.warm_embedder:
             self.svc.embedder.embed(["warm up"])  # the model loads here, not in the first search
-        failures = 0
+        backoff = Backoff(*REDIS_RETRY)
         while not self._stopping.is_set():
             pubsub = None
             try:
                 pubsub = self.svc.pointers.subscribe()
                 self.sync()
                 self.ready.set()
-                if failures:
-                    log.info("event=watcher.redis_back replica=%s after_failures=%s", self.replica_id, failures)
-                failures = 0
+                if ended := backoff.succeeded():
+                    log.info("event=watcher.redis_back replica=%s after_failures=%s", self.replica_id, ended)
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=poll)
                     if message and message.get("type") == "message":
@@ -187,9 +188,8 @@ class IndexWatcher(threading.Thread):
             except (redis.RedisError, OSError) as exc:
                 self.redis_down.set()
                 self.errors += 1
-                failures += 1
-                delay = min(REDIS_RETRY[1], REDIS_RETRY[0] * 2 ** (failures - 1))
-                if failures == 1 or delay == REDIS_RETRY[1]:
+                delay = backoff.failed()
+                if backoff.worth_logging:
                     log.warning("event=watcher.redis_error replica=%s error=%r retry_in=%.1f", self.replica_id,
                                 str(exc), delay)
                 self._stopping.wait(delay)
@@ -246,7 +246,7 @@ class IndexWatcher(threading.Thread):
         self.live.swap(name, pointer["fence"], version)
         seconds = time.perf_counter() - started
         self.on_load(seconds)
-        self.svc.events.append("index.swapped", collection=name, data={
+        self.svc.events.append(names.INDEX_SWAPPED, collection=name, data={
             "version": pointer["version"], "replica": self.replica_id, "load_seconds": round(seconds, 4)})
         self._heartbeat()
         log.info("event=watcher.swapped replica=%s collection=%s version=%s vectors=%s load_seconds=%.4f",
@@ -257,7 +257,7 @@ class IndexWatcher(threading.Thread):
         self.on_load(None)
         before = self.failures.get(name)
         attempts = before.attempts + 1 if before and before.fence == pointer["fence"] else 1
-        delay = min(LOAD_RETRY[1], LOAD_RETRY[0] * 2 ** (attempts - 1))
+        delay = doubling(LOAD_RETRY[0], attempts, LOAD_RETRY[1])
         error = f"{type(exc).__name__}: {exc}"
         self.failures[name] = LoadFailure(pointer["fence"], pointer["version"], error, attempts,
                                           before.since if before and attempts > 1 else time.time(),
@@ -266,7 +266,7 @@ class IndexWatcher(threading.Thread):
                     "serving=%s error=%r", self.replica_id, name, pointer["version"], attempts, delay,
                     self.live.served().get(name), error)
         if attempts == 1:
-            self.svc.events.append("index.load_failed", collection=name, data={
+            self.svc.events.append(names.INDEX_LOAD_FAILED, collection=name, data={
                 "version": pointer["version"], "replica": self.replica_id, "error": error[:300],
                 "serving": self.live.served().get(name)})
         if self.live.get(name) is None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, jsonify, render_template, request
 from flask_smorest import abort
 
+from shared import eventnames as names
 from shared.jobs.status import overview
 from shared.jobs.versions import list_versions
 from shared.jobstates import EVENT_FOR_STATE
@@ -18,7 +19,7 @@ blp = Blueprint("admin", __name__, url_prefix="/admin")
 
 ERROR_PREVIEW = 300  # characters of a job error shown; the page never dumps whole logs
 # Events after which the page re-renders its live part (progress updates only move a bar).
-REFRESH_ON = [*EVENT_FOR_STATE.values(), "index.published", "index.swapped", "gap"]
+REFRESH_ON = [*EVENT_FOR_STATE.values(), names.INDEX_PUBLISHED, names.INDEX_SWAPPED, names.GAP]
 
 
 def _when(ts) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+from shared import cursors
 from shared.errors import JobInProgress
-from shared.jobs.status import collection_status, decode_cursor, encode_cursor, list_collections
+from shared.jobs.status import collection_status, list_collections
 from shared.jobs.submit import drop_in_progress, submit_delete, submit_documents, submit_drop
 from shared.jobstates import iso_time
 from webapp.api.errors import QUEUE_FULL
@@ -45,7 +46,7 @@ def after_cursor(args: dict) -> str | None:
     if not args.get("cursor"):
         return None
     try:
-        return decode_cursor(args["cursor"])
+        return cursors.decode(args["cursor"], str)[0]
     except ValueError:
         abort(422, message="cursor is not valid; pass next_cursor of a previous page",
               errors={"cursor": ["not a valid cursor"]})
@@ -126,7 +127,7 @@ class Documents(MethodView):
             return {"index_version": None, "documents": [], "next_cursor": None}
         page, more = served.version.documents.page(args["prefix"], after_cursor(args), args["limit"])
         return {"index_version": served.version.version, "documents": [document_summary(e) for e in page],
-                "next_cursor": encode_cursor(page[-1]["id"]) if more else None}
+                "next_cursor": cursors.encode(page[-1]["id"]) if more else None}
 
     @idempotent
     @blp.arguments(DocumentBatchSchema)

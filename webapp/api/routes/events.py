@@ -13,6 +13,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from marshmallow import Schema, fields
 
+from shared import eventnames as names
 from shared.store.events import STREAM_ID, EventLog, older
 from webapp.api.eventhub import READ_COUNT, Subscription
 from webapp.api.runtime import swapline
@@ -64,7 +65,7 @@ def event_stream(events: EventLog, sub: Subscription, after: str, collection: st
                     if after != "0-0" and oldest and older(after, oldest):
                         # The stream was trimmed past where the client stopped: say so, never hide the gap.
                         gap = json.dumps({"requested_after": after, "oldest": oldest})
-                        frames.append(f"event: gap\ndata: {gap}\n\n")
+                        frames.append(f"event: {names.GAP}\ndata: {gap}\n\n")
                 batch = events.read_after(after, count=READ_COUNT)
                 catching_up = len(batch) == READ_COUNT
             except (redis.RedisError, OSError):
