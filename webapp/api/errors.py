@@ -17,7 +17,7 @@ from shared.jobs.model import QueueFull
 from shared.storage import StorageFull
 from webapp.api import apidoc, auth
 from webapp.api.problem import PROBLEM_JSON, problem_body
-from webapp.api.schemas import ErrorSchema
+from webapp.api.schemas.common import ErrorSchema
 
 log = logging.getLogger(__name__)
 

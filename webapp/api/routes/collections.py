@@ -12,19 +12,20 @@ from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
 from webapp.api.routes.common import job_location, require_collection, start_rebuild
 from webapp.api.runtime import swapline
-from webapp.api.schemas import (
+from webapp.api.schemas.collections import (
     CollectionCreateSchema,
     CollectionListSchema,
     CollectionSchema,
     CollectionStatusSchema,
+)
+from webapp.api.schemas.common import ErrorSchema, PageQuerySchema
+from webapp.api.schemas.documents import (
     DocumentBatchSchema,
     DocumentDetailSchema,
     DocumentListQuerySchema,
     DocumentListSchema,
-    ErrorSchema,
-    JobSchema,
-    PageQuerySchema,
 )
+from webapp.api.schemas.jobs import JobSchema
 
 blp = Blueprint("collections", __name__, url_prefix="/v1/collections", description="Collections and documents")
 

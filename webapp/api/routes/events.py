@@ -11,19 +11,14 @@ import redis
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from marshmallow import Schema, fields
 
 from shared.store.events import STREAM_ID, EventLog, older
 from webapp.api.eventhub import READ_COUNT, Subscription
 from webapp.api.runtime import swapline
-from webapp.api.schemas import ErrorSchema
+from webapp.api.schemas.common import ErrorSchema
+from webapp.api.schemas.events import EventsQuerySchema
 
 blp = Blueprint("events", __name__, url_prefix="/v1/events", description="Live job and index events (SSE)")
-
-class EventsQuerySchema(Schema):
-    collection = fields.String(metadata={"description": "only events of this collection"})
-    last_event_id = fields.String(metadata={"description": "resume after this event id (same as the "
-                                                           "Last-Event-ID header, for clients that cannot set it)"})
 
 
 def _format(event: dict) -> str:

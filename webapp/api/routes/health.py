@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 
 from webapp.api import auth
 from webapp.api.runtime import swapline
-from webapp.api.schemas import HealthSchema
+from webapp.api.schemas.health import HealthSchema
 
 blp = Blueprint("health", __name__, description="Liveness and readiness probes")
 

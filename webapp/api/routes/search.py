@@ -14,7 +14,8 @@ from shared.search.filters import FilterError, parse_filter
 from webapp.api.auth import requires
 from webapp.api.routes.common import require_collection
 from webapp.api.runtime import swapline
-from webapp.api.schemas import ErrorSchema, SearchQuerySchema, SearchResultSchema
+from webapp.api.schemas.common import ErrorSchema
+from webapp.api.schemas.search import SearchQuerySchema, SearchResultSchema
 
 DEGRADED_HEADER = "X-Swapline-Degraded"
 

@@ -19,14 +19,9 @@ from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
 from webapp.api.routes.common import job_location, require_collection
 from webapp.api.runtime import swapline
-from webapp.api.schemas import (
-    ErrorSchema,
-    JobSchema,
-    SourceCreatedSchema,
-    SourceCreateSchema,
-    SourceListSchema,
-    SourceSchema,
-)
+from webapp.api.schemas.common import ErrorSchema
+from webapp.api.schemas.jobs import JobSchema
+from webapp.api.schemas.sources import SourceCreatedSchema, SourceCreateSchema, SourceListSchema, SourceSchema
 
 blp = Blueprint("sources", __name__, url_prefix="/v1/collections",
                 description="Sources: folders a collection follows (reconcile, watch)")
