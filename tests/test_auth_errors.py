@@ -200,6 +200,22 @@ def test_openapi_documents_every_error_as_a_problem_document(settings, inprocess
     assert checked > 50
 
 
+def test_every_operation_has_a_unique_readable_operation_id(settings, inprocess):
+    spec = inprocess(settings).test_client().get("/openapi.json").get_json()
+    ids = {(path, method): operation.get("operationId") for path, operations in spec["paths"].items()
+           for method, operation in operations.items() if method != "parameters"}
+    assert all(ids.values()), [op for op, found in ids.items() if not found]
+    assert len(set(ids.values())) == len(ids), sorted(ids.values())
+    assert all(found.isidentifier() and found[0].islower() for found in ids.values()), ids
+    assert ids[("/v1/collections/{name}/search", "post")] == "searchCollection"
+    assert ids[("/v1/jobs", "get")] == "listJobs" and ids[("/v1/jobs/{job_id}", "get")] == "getJob"
+    assert ids[("/v1/jobs/{job_id}/cancel", "post")] == "cancelJob"
+    assert ids[("/v1/collections", "post")] == "createCollection"
+    assert ids[("/v1/collections/{name}/sources/{source_id}/reconcile", "post")] == "reconcileSource"
+    assert ids[("/v1/webhooks/{webhook_id}/deliveries", "get")] == "listDeliveries"
+    assert ids[("/v1/collections/{name}/documents", "post")] == "addDocuments"  # named by its view
+
+
 def test_redis_down_answers_503(settings, inprocess):
     app = inprocess(settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     resp = app.test_client().get("/v1/jobs")

@@ -129,6 +129,7 @@ class Documents(MethodView):
                 "next_cursor": encode_cursor(page[-1]["id"]) if more else None}
 
     @idempotent
+    @blp.doc(operationId="addDocuments")  # a batch that adds or replaces, not one document created
     @blp.arguments(DocumentBatchSchema)
     @blp.response(202, JobSchema, headers=LOCATION)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
