@@ -9,6 +9,7 @@ import base64
 import pytest
 import requests
 
+from shared.errors import JobInProgress
 from shared.settings import Settings
 from tests.support import free_port
 
@@ -174,6 +175,23 @@ def test_unhandled_exception_answers_500_in_the_error_shape(settings, inprocess)
     detail = "internal server error; the details are in the server log"
     assert resp.get_json() == {"type": "urn:swapline:problem:internal_error", "title": "Internal Server Error",
                                "status": 500, "detail": detail, "code": "internal_error", "message": detail}
+
+
+def test_a_job_in_progress_is_one_409_naming_the_job(settings, inprocess):
+    """Views let JobInProgress propagate (a second drop, rebuild or reconcile); one handler answers."""
+    app = inprocess(settings)
+
+    @app.post("/v1/busy")
+    def busy():
+        raise JobInProgress("reconcile", "j-in-the-way", "a reconcile of this source is already queued or running")
+
+    resp = app.test_client().post("/v1/busy")
+    assert resp.status_code == 409 and resp.mimetype == "application/problem+json"
+    assert resp.headers["Location"] == "/v1/jobs/j-in-the-way"
+    detail = "a reconcile of this source is already queued or running"
+    assert resp.get_json() == {"type": "urn:swapline:problem:reconcile_in_progress", "title": "Conflict",
+                               "status": 409, "detail": detail, "code": "reconcile_in_progress",
+                               "message": detail, "job_id": "j-in-the-way"}
 
 
 def test_openapi_documents_every_error_as_a_problem_document(settings, inprocess):

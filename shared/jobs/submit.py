@@ -8,6 +8,7 @@ ingest asks for must never be lost, and coalescing keeps it to one queued rebuil
 
 from __future__ import annotations
 
+from shared.errors import JobInProgress
 from shared.jobs.model import CANCELED, QUEUED, RUNNING, TERMINAL, JobNotFound, QueueFull, new_job_id
 from shared.services import Services
 from shared.tasknames import KINDS, QUEUE_INDEX, QUEUE_INGEST
@@ -17,10 +18,9 @@ __all__ = ["QueueFull", "RebuildInProgress", "NotCancelable", "submit_documents"
            "cancel_job", "cleanup_canceled", "check_capacity", "request_cancel_tree"]
 
 
-class RebuildInProgress(Exception):
+class RebuildInProgress(JobInProgress):
     def __init__(self, job_id: str):
-        super().__init__(job_id)
-        self.job_id = job_id
+        super().__init__("rebuild", job_id, "a rebuild of this collection is already queued or running")
 
 
 class NotCancelable(Exception):
@@ -79,10 +79,9 @@ def submit_delete(svc: Services, collection: str, doc_ids: list[str], bounded: b
                                new_job_id(), bounded)
 
 
-class DropInProgress(Exception):
+class DropInProgress(JobInProgress):
     def __init__(self, job_id: str):
-        super().__init__(job_id)
-        self.job_id = job_id
+        super().__init__("drop", job_id, "a drop of this collection is already queued or running")
 
 
 def submit_drop(svc: Services, collection: str, bounded: bool = False) -> dict:

@@ -5,6 +5,7 @@ names that job, so a second request gets ReconcileInProgress with its id (the AP
 
 from __future__ import annotations
 
+from shared.errors import JobInProgress
 from shared.jobs.model import QUEUED, RUNNING, QueueFull, new_job_id
 from shared.jobs.submit import check_capacity, queue_bound
 from shared.services import Services
@@ -12,10 +13,9 @@ from shared.sources.paths import resolve_source_path
 from shared.tasknames import KINDS
 
 
-class ReconcileInProgress(Exception):
+class ReconcileInProgress(JobInProgress):
     def __init__(self, job_id: str):
-        super().__init__(job_id)
-        self.job_id = job_id
+        super().__init__("reconcile", job_id, "a reconcile of this source is already queued or running")
 
 
 class SourceConflict(Exception):

@@ -6,7 +6,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from shared.jobs.model import iso_time
-from shared.jobs.submit import DropInProgress, drop_in_progress, submit_delete, submit_documents, submit_drop
+from shared.jobs.submit import drop_in_progress, submit_delete, submit_documents, submit_drop
 from shared.status import collection_status, decode_cursor, encode_cursor, list_collections
 from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
@@ -104,11 +104,7 @@ class Collection(MethodView):
         """Drop the collection (a `drop` job on the index queue). Its queued jobs are canceled and
         running ones stop first."""
         require_collection(name)
-        try:
-            job = submit_drop(swapline.runtime.svc, name, bounded=True)
-        except DropInProgress as busy:
-            abort(409, message="a drop of this collection is already queued or running",
-                  code="drop_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
+        job = submit_drop(swapline.runtime.svc, name, bounded=True)  # JobInProgress: 409 (webapp.api.errors)
         return job, 202, job_location(job["id"])
 
 

@@ -9,7 +9,6 @@ from shared.jobs.model import QUEUED, RUNNING, iso_time
 from shared.names import is_job_id
 from shared.sources.paths import SourcePathRefused
 from shared.sources.submit import (
-    ReconcileInProgress,
     SourceConflict,
     add_source,
     remove_source,
@@ -114,9 +113,5 @@ class Reconcile(MethodView):
         """Reconcile the collection with the folder now: new and changed files are ingested, removed
         ones tombstoned, then one rebuild. An unchanged folder costs a walk and nothing more."""
         source = load_source(name, source_id)
-        try:
-            job = submit_reconcile(swapline.runtime.svc, source, bounded=True)
-        except ReconcileInProgress as busy:
-            abort(409, code="reconcile_in_progress", message="a reconcile of this source is already queued or running",
-                  job_id=busy.job_id, headers=job_location(busy.job_id))
+        job = submit_reconcile(swapline.runtime.svc, source, bounded=True)  # JobInProgress: 409 (webapp.api.errors)
         return job, 202, job_location(job["id"])
