@@ -7,6 +7,7 @@ from flask_smorest import Blueprint, abort
 
 from shared.jobs.model import iso_time
 from shared.jobs.submit import drop_in_progress, submit_delete, submit_documents, submit_drop
+from shared.limits import check_documents
 from shared.status import collection_status, decode_cursor, encode_cursor, list_collections
 from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
@@ -139,20 +140,8 @@ class Documents(MethodView):
         """Add or replace documents (a document id submitted again replaces it). Answers the ingest
         job; with `rebuild` (the default) a rebuild follows and the job's result names it."""
         require_collection(name)
-        settings = swapline.runtime.settings
-        docs = body["documents"]
-        if len(docs) > settings.max_documents_per_batch:
-            abort(413, message=f"at most {settings.max_documents_per_batch} documents per batch",
-                  code="batch_too_large")
-        seen = set()
-        for i, doc in enumerate(docs):
-            if len(doc["text"].encode("utf-8")) > settings.max_document_bytes:
-                abort(413, message=f"documents[{i}].text exceeds {settings.max_document_bytes} bytes",
-                      code="document_too_large")
-            if doc["id"] in seen:
-                abort(422, message=f"document id {doc['id']!r} appears twice in the batch", code="invalid")
-            seen.add(doc["id"])
-        job = submit_documents(swapline.runtime.svc, name, docs, body["rebuild"], bounded=True)
+        check_documents(body["documents"], swapline.runtime.settings)  # RequestRefused: webapp.api.errors
+        job = submit_documents(swapline.runtime.svc, name, body["documents"], body["rebuild"], bounded=True)
         return job, 202, job_location(job["id"])
 
 
