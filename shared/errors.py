@@ -23,6 +23,15 @@ class TryAgain(Exception):
     its own, with a growing wait, before the job is failed."""
 
 
+class RequestRefused(Exception):
+    """A request refused before any work (a bound exceeded, a malformed filter, an index that cannot
+    answer it): `status` and `code` are what the API answers, `errors` the per-field messages."""
+
+    def __init__(self, status: int, code: str, message: str, errors: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.errors = status, code, message, errors
+
+
 class JobInProgress(Exception):
     """A job of `kind` that excludes another one is already queued or running (a second drop of a
     collection, an explicit rebuild while one is pending, a reconcile of a source being reconciled).

@@ -9,6 +9,7 @@ import base64
 import pytest
 import requests
 
+from shared.errors import JobInProgress
 from shared.settings import Settings
 from tests.support import free_port
 
@@ -176,6 +177,23 @@ def test_unhandled_exception_answers_500_in_the_error_shape(settings, inprocess)
                                "status": 500, "detail": detail, "code": "internal_error", "message": detail}
 
 
+def test_a_job_in_progress_is_one_409_naming_the_job(settings, inprocess):
+    """Views let JobInProgress propagate (a second drop, rebuild or reconcile); one handler answers."""
+    app = inprocess(settings)
+
+    @app.post("/v1/busy")
+    def busy():
+        raise JobInProgress("reconcile", "j-in-the-way", "a reconcile of this source is already queued or running")
+
+    resp = app.test_client().post("/v1/busy")
+    assert resp.status_code == 409 and resp.mimetype == "application/problem+json"
+    assert resp.headers["Location"] == "/v1/jobs/j-in-the-way"
+    detail = "a reconcile of this source is already queued or running"
+    assert resp.get_json() == {"type": "urn:swapline:problem:reconcile_in_progress", "title": "Conflict",
+                               "status": 409, "detail": detail, "code": "reconcile_in_progress",
+                               "message": detail, "job_id": "j-in-the-way"}
+
+
 def test_openapi_documents_every_error_as_a_problem_document(settings, inprocess):
     spec = inprocess(settings).test_client().get("/openapi.json").get_json()
     error = spec["components"]["schemas"]["Error"]
@@ -198,6 +216,22 @@ def test_openapi_documents_every_error_as_a_problem_document(settings, inprocess
                     "schema": {"$ref": "#/components/schemas/Error"}}}, (path, method, status)
                 checked += 1
     assert checked > 50
+
+
+def test_every_operation_has_a_unique_readable_operation_id(settings, inprocess):
+    spec = inprocess(settings).test_client().get("/openapi.json").get_json()
+    ids = {(path, method): operation.get("operationId") for path, operations in spec["paths"].items()
+           for method, operation in operations.items() if method != "parameters"}
+    assert all(ids.values()), [op for op, found in ids.items() if not found]
+    assert len(set(ids.values())) == len(ids), sorted(ids.values())
+    assert all(found.isidentifier() and found[0].islower() for found in ids.values()), ids
+    assert ids[("/v1/collections/{name}/search", "post")] == "searchCollection"
+    assert ids[("/v1/jobs", "get")] == "listJobs" and ids[("/v1/jobs/{job_id}", "get")] == "getJob"
+    assert ids[("/v1/jobs/{job_id}/cancel", "post")] == "cancelJob"
+    assert ids[("/v1/collections", "post")] == "createCollection"
+    assert ids[("/v1/collections/{name}/sources/{source_id}/reconcile", "post")] == "reconcileSource"
+    assert ids[("/v1/webhooks/{webhook_id}/deliveries", "get")] == "listDeliveries"
+    assert ids[("/v1/collections/{name}/documents", "post")] == "addDocuments"  # named by its view
 
 
 def test_redis_down_answers_503(settings, inprocess):

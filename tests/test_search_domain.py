@@ -1,7 +1,8 @@
 """Search over a written version, called directly (no Redis, no processes), with the hashing embedder:
 the keyword index written, verified and memory-mapped with the version; the documents table; every
 filter operator; a selective filter that still gets its true top k (exact and IVF indexes); reciprocal
-rank fusion and the ranks each hit carries."""
+rank fusion and the ranks each hit carries; a request from its body to its answer (bounds, cache,
+refusals) as the API makes it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
+from shared.errors import RequestRefused
 from shared.index import keyword
 from shared.index.doctable import DOCUMENTS_FILE, document_type
 from shared.index.embedders import HashEmbedder
@@ -27,6 +29,8 @@ from shared.index.vectorindex import (
 from shared.search.engine import KeywordUnavailable, search
 from shared.search.filters import FilterError, parse_filter
 from shared.search.fusion import reciprocal_rank_fusion
+from shared.search.service import SearchRequest, nothing_served, search_version
+from shared.settings import Settings
 
 EMBED = HashEmbedder(64)
 TOPICS = ["scheduler places pods on nodes", "volumes resize online", "dual stack networking",
@@ -225,3 +229,55 @@ def test_an_empty_version_has_an_empty_keyword_index(tmp_path):
     version = write(tmp_path, [])
     assert search(version, "anything", 5, "hybrid", None, lambda q: EMBED.embed([q])[0]).hits == []
     assert search(version, "anything", 5, "keyword", parse_filter({"type": "x"}), None).hits == []
+
+
+class DictCache:
+    def __init__(self):
+        self.data = {}
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def put(self, key, value):
+        self.data[key] = value
+
+
+BOUNDS = Settings(max_k=5, max_query_chars=20)
+
+
+def search_body(**changes) -> dict:
+    return {"query": "pods", "k": 2, "mode": "hybrid", "filter": None, **changes}
+
+
+@pytest.mark.parametrize("changes, field", [({"k": 6}, "k"), ({"query": "x" * 21}, "query"),
+                                            ({"filter": {"colour": "red"}}, "filter")])
+def test_a_search_past_a_bound_or_with_a_filter_outside_the_grammar_is_refused(changes, field):
+    with pytest.raises(RequestRefused) as refused:
+        SearchRequest.from_body(search_body(**changes), BOUNDS)
+    assert (refused.value.status, refused.value.code) == (422, "invalid") and field in refused.value.errors
+
+
+def test_the_served_version_answers_once_then_from_its_cache(tmp_path):
+    version, cache = write(tmp_path, make_records(SMALL)), DictCache()
+    request = SearchRequest.from_body(search_body(filter={"path_prefix": "a"}), BOUNDS)
+    first = search_version(version, cache, request, EMBED)
+    assert (first.cached, first.version, first.result["index_version"]) == (False, 1, 1)
+    assert first.result["mode"] == "hybrid" and first.result["matched_documents"] is not None
+    again = search_version(version, cache, request, EMBED)
+    assert again.cached and again.result == first.result
+    assert nothing_served(request).result == {"index_version": None, "mode": "hybrid", "scanned": 0,
+                                              "matched_documents": None, "hits": []}
+
+
+def test_an_index_of_another_model_or_without_keywords_is_refused(tmp_path):
+    version = write(tmp_path, make_records(SMALL))
+    other = HashEmbedder(32)
+    with pytest.raises(RequestRefused) as refused:
+        search_version(version, DictCache(), SearchRequest.from_body(search_body(mode="vector"), BOUNDS), other)
+    assert (refused.value.status, refused.value.code) == (409, "model_mismatch")
+    keyword = SearchRequest.from_body(search_body(mode="keyword"), BOUNDS)
+    assert search_version(version, DictCache(), keyword, other).result["hits"]  # no model needed
+    as_older_version(tmp_path, KEYWORD_DIR, "keyword")
+    with pytest.raises(RequestRefused) as refused:
+        search_version(LoadedVersion(tmp_path, 1), DictCache(), keyword, EMBED)
+    assert (refused.value.status, refused.value.code) == (409, "keyword_index_missing")

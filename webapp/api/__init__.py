@@ -11,6 +11,6 @@
 | `apidoc` | what the OpenAPI document says beyond the schemas |
 | `metrics` | Prometheus metrics at /metrics |
 | `requestid` | X-Request-ID on every answer, and the request's log context |
-| `schemas` | marshmallow schemas for every body, query and response |
+| `schemas/` | marshmallow schemas of every body, query and answer, one module per resource |
 | `routes/` | one blueprint per resource |
 """

@@ -1,6 +1,7 @@
 """What the OpenAPI document says beyond the marshmallow schemas, added per operation by one apispec
-plugin: the auth scheme and required role (webapp.api.auth), the Idempotency-Key header and its answers
-(webapp.api.idempotency), and the error answers every operation can give. Also the docs UI at /docs,
+plugin: its `operationId` (read from the path, see `operation_id`), the auth scheme and required role
+(webapp.api.auth), the Idempotency-Key header and its answers (webapp.api.idempotency), and the error
+answers every operation can give. Also the docs UI at /docs,
 whose Swagger UI files come from the installed swagger-ui-bundle package, never from a CDN, so the page
 works offline and behind a strict proxy."""
 
@@ -38,11 +39,41 @@ def _status_ref(code: int) -> str:
     return http.HTTPStatus(code).name
 
 
+# The verb of an operation on one item (the path ends with its id).
+ITEM_VERBS = {"get": "get", "delete": "delete", "put": "replace", "patch": "update"}
+
+
+def _singular(noun: str) -> str:
+    noun = noun[:-3] + "y" if noun.endswith("ies") else noun.removesuffix("s")
+    return noun[:1].upper() + noun[1:]
+
+
+def operation_id(path: str, method: str) -> str:
+    """A readable operationId from the path and method, so every operation has one without an edit per
+    view: `listJobs` and `createCollection` on a plural noun, `getJob` and `deleteSource` on one item,
+    and for an action under an item its name and the item's noun: `searchCollection`, `cancelJob`,
+    `reconcileSource`. Where that reads wrong a view names its own: `@blp.doc(operationId="...")`."""
+    parts = [part for part in path.strip("/").split("/") if part and part != "v1"]
+    nouns = [part for part in parts if not part.startswith("{")]
+    last = parts[-1]
+    if last.startswith("{"):
+        return ITEM_VERBS.get(method, method) + _singular(nouns[-1])
+    plural = last.endswith("s")
+    if method == "get":
+        return ("list" if plural else "get") + last[:1].upper() + last[1:]
+    if method == "post" and plural:
+        return "create" + _singular(last)
+    if len(nouns) > 1 and parts[-2].startswith("{"):
+        return last + _singular(nouns[-2])
+    return method + last[:1].upper() + last[1:]
+
+
 class SwaplineSpecPlugin(BasePlugin):
     def operation_helper(self, path=None, operations=None, **kwargs):
         for method, operation in (operations or {}).items():
             if method not in METHODS:
                 continue
+            operation.setdefault("operationId", operation_id(path or "", method))
             idempotency.document_operation(operation)
             auth.document_operation(path or "", method, operation)
             responses = operation.setdefault("responses", {})

@@ -13,11 +13,12 @@ from flask import Flask, Response, current_app, request
 from flask_smorest import Api as _Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 
+from shared.errors import JobInProgress, RequestRefused
 from shared.jobstates import QueueFull
 from shared.storage import StorageFull
 from webapp.api import apidoc, auth
 from webapp.api.problem import PROBLEM_JSON, problem_body
-from webapp.api.schemas import ErrorSchema
+from webapp.api.schemas.common import ErrorSchema
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class Api(_Api):
         self._app.register_error_handler(redis.TimeoutError, self.handle_redis_down)
         self._app.register_error_handler(QueueFull, lambda full: self.handle_http_exception(queue_full_error(full)))
         self._app.register_error_handler(StorageFull, self.handle_storage_full)
+        self._app.register_error_handler(JobInProgress, self.handle_job_in_progress)
+        self._app.register_error_handler(RequestRefused, self.handle_refused)
         self._app.register_error_handler(Exception, self.handle_unexpected)
 
     def handle_http_exception(self, error: HTTPException):
@@ -126,6 +129,15 @@ class Api(_Api):
         log.error("event=http.storage_full error=%r", str(error))
         return problem(507, ERROR_CODES[507], f"{error.strerror}; nothing was created",
                        {"Retry-After": str(RETRY_AFTER_SECONDS * 12)})
+
+    def handle_job_in_progress(self, busy: JobInProgress):
+        """409 naming the job in the way (a second drop, rebuild or reconcile): views let it propagate."""
+        return problem(409, busy.code, busy.message, {"Location": f"/v1/jobs/{busy.job_id}"}, job_id=busy.job_id)
+
+    def handle_refused(self, refused: RequestRefused):
+        """A bound or a check of the domain said no (shared.limits, shared.search.service)."""
+        members = {"errors": refused.errors} if refused.errors else {}
+        return problem(refused.status, refused.code, refused.message, **members)
 
     def handle_unexpected(self, error: Exception):
         if isinstance(error, HTTPException):  # handled above; kept for safety when MRO ties

@@ -6,27 +6,28 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from shared import cursors
-from shared.errors import JobInProgress
 from shared.jobs.status import collection_status, list_collections
 from shared.jobs.submit import drop_in_progress, submit_delete, submit_documents, submit_drop
 from shared.jobstates import iso_time
+from shared.limits import check_documents
 from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
 from webapp.api.routes.common import job_location, require_collection, start_rebuild
 from webapp.api.runtime import swapline
-from webapp.api.schemas import (
+from webapp.api.schemas.collections import (
     CollectionCreateSchema,
     CollectionListSchema,
     CollectionSchema,
     CollectionStatusSchema,
+)
+from webapp.api.schemas.common import ErrorSchema, PageQuerySchema
+from webapp.api.schemas.documents import (
     DocumentBatchSchema,
     DocumentDetailSchema,
     DocumentListQuerySchema,
     DocumentListSchema,
-    ErrorSchema,
-    JobSchema,
-    PageQuerySchema,
 )
+from webapp.api.schemas.jobs import JobSchema
 
 blp = Blueprint("collections", __name__, url_prefix="/v1/collections", description="Collections and documents")
 
@@ -105,11 +106,7 @@ class Collection(MethodView):
         """Drop the collection (a `drop` job on the index queue). Its queued jobs are canceled and
         running ones stop first."""
         require_collection(name)
-        try:
-            job = submit_drop(swapline.runtime.svc, name, bounded=True)
-        except JobInProgress as busy:
-            abort(409, message="a drop of this collection is already queued or running",
-                  code="drop_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
+        job = submit_drop(swapline.runtime.svc, name, bounded=True)  # JobInProgress: 409 (webapp.api.errors)
         return job, 202, job_location(job["id"])
 
 
@@ -130,6 +127,7 @@ class Documents(MethodView):
                 "next_cursor": cursors.encode(page[-1]["id"]) if more else None}
 
     @idempotent
+    @blp.doc(operationId="addDocuments")  # a batch that adds or replaces, not one document created
     @blp.arguments(DocumentBatchSchema)
     @blp.response(202, JobSchema, headers=LOCATION)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
@@ -143,20 +141,8 @@ class Documents(MethodView):
         """Add or replace documents (a document id submitted again replaces it). Answers the ingest
         job; with `rebuild` (the default) a rebuild follows and the job's result names it."""
         require_collection(name)
-        settings = swapline.runtime.settings
-        docs = body["documents"]
-        if len(docs) > settings.max_documents_per_batch:
-            abort(413, message=f"at most {settings.max_documents_per_batch} documents per batch",
-                  code="batch_too_large")
-        seen = set()
-        for i, doc in enumerate(docs):
-            if len(doc["text"].encode("utf-8")) > settings.max_document_bytes:
-                abort(413, message=f"documents[{i}].text exceeds {settings.max_document_bytes} bytes",
-                      code="document_too_large")
-            if doc["id"] in seen:
-                abort(422, message=f"document id {doc['id']!r} appears twice in the batch", code="invalid")
-            seen.add(doc["id"])
-        job = submit_documents(swapline.runtime.svc, name, docs, body["rebuild"], bounded=True)
+        check_documents(body["documents"], swapline.runtime.settings)  # RequestRefused: webapp.api.errors
+        job = submit_documents(swapline.runtime.svc, name, body["documents"], body["rebuild"], bounded=True)
         return job, 202, job_location(job["id"])
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask_smorest import abort
 
-from shared.errors import JobInProgress
 from shared.jobs.submit import request_rebuild
 from shared.jobs.versions import RollbackRefused, rollback
 from webapp.api.runtime import swapline
@@ -20,13 +19,10 @@ def job_location(job_id: str) -> dict:
 
 
 def start_rebuild(name: str) -> dict:
-    """A new rebuild of the collection (its job); 409 naming the one already queued or running."""
+    """A new rebuild of the collection (its job). One already queued or running raises JobInProgress,
+    which the API answers with 409 naming it."""
     require_collection(name)
-    try:
-        job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True, bounded=True)
-    except JobInProgress as busy:
-        abort(409, message="a rebuild of this collection is already queued or running",
-              code="rebuild_in_progress", job_id=busy.job_id, headers=job_location(busy.job_id))
+    job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True, bounded=True)
     return job
 
 

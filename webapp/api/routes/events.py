@@ -11,20 +11,15 @@ import redis
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from marshmallow import Schema, fields
 
 from shared import eventnames as names
 from shared.store.events import STREAM_ID, EventLog, older
 from webapp.api.eventhub import READ_COUNT, Subscription
 from webapp.api.runtime import swapline
-from webapp.api.schemas import ErrorSchema
+from webapp.api.schemas.common import ErrorSchema
+from webapp.api.schemas.events import EventsQuerySchema
 
 blp = Blueprint("events", __name__, url_prefix="/v1/events", description="Live job and index events (SSE)")
-
-class EventsQuerySchema(Schema):
-    collection = fields.String(metadata={"description": "only events of this collection"})
-    last_event_id = fields.String(metadata={"description": "resume after this event id (same as the "
-                                                           "Last-Event-ID header, for clients that cannot set it)"})
 
 
 def _format(event: dict) -> str:
@@ -90,6 +85,7 @@ def event_stream(events: EventLog, sub: Subscription, after: str, collection: st
 
 @blp.route("")
 class Events(MethodView):
+    @blp.doc(operationId="streamEvents")
     @blp.arguments(EventsQuerySchema, location="query")
     @blp.response(200, description="A text/event-stream of events; each SSE id is the Redis stream id, "
                                    "so reconnecting with Last-Event-ID misses nothing.",

@@ -8,13 +8,14 @@ from flask_smorest import Blueprint
 
 from webapp.api import auth
 from webapp.api.runtime import swapline
-from webapp.api.schemas import HealthSchema
+from webapp.api.schemas.health import HealthSchema
 
 blp = Blueprint("health", __name__, description="Liveness and readiness probes")
 
 
 @blp.route("/healthz")
 class Health(MethodView):
+    @blp.doc(operationId="getLiveness")
     @blp.response(200, HealthSchema)
     def get(self):
         """The process is alive."""
@@ -23,6 +24,7 @@ class Health(MethodView):
 
 @blp.route("/readyz")
 class Ready(MethodView):
+    @blp.doc(operationId="getReadiness")
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="Not ready: Redis unreachable, watcher down, or a "
                                                              "published collection of which no version loads")

@@ -10,7 +10,8 @@ from shared.jobstates import TERMINAL, JobNotFound
 from shared.names import is_job_id
 from webapp.api.auth import requires
 from webapp.api.runtime import swapline
-from webapp.api.schemas import ErrorSchema, JobListQuerySchema, JobListSchema, JobSchema
+from webapp.api.schemas.common import ErrorSchema
+from webapp.api.schemas.jobs import JobListQuerySchema, JobListSchema, JobSchema
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Ingest, delete, rebuild and drop jobs")
 

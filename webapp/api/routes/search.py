@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
-import json
-
 import redis
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 
-from shared.index.embedders import same_vector_space
-from shared.search.engine import KeywordUnavailable, search
-from shared.search.filters import FilterError, parse_filter
+from shared.search.service import SearchRequest, nothing_served, search_version
 from webapp.api.auth import requires
 from webapp.api.routes.common import require_collection
 from webapp.api.runtime import swapline
-from webapp.api.schemas import ErrorSchema, SearchQuerySchema, SearchResultSchema
+from webapp.api.schemas.common import ErrorSchema
+from webapp.api.schemas.search import SearchQuerySchema, SearchResultSchema
 
 DEGRADED_HEADER = "X-Swapline-Degraded"
 
 blp = Blueprint("search", __name__, url_prefix="/v1/collections", description="Vector, keyword and hybrid search")
+
+
+def redis_down(name: str) -> bool:
+    """Whether Redis is unreachable (then a collection this process serves is searched from memory);
+    404 for a collection that does not exist, 503 when Redis is down and this process serves none."""
+    rt = swapline.runtime
+    if not rt.watcher.redis_down.is_set():
+        try:
+            require_collection(name)
+            return False
+        except redis.RedisError:
+            rt.watcher.redis_down.set()
+    if rt.live.get(name) is None:
+        raise redis.ConnectionError("Redis is unavailable and this process serves no version of the collection")
+    return True
 
 
 @blp.route("/<string:name>/search")
@@ -39,48 +51,17 @@ class Search(MethodView):
         the answer carries `X-Swapline-Degraded: redis-unavailable` (only submissions, job status and
         events need Redis)."""
         rt = swapline.runtime
-        degraded = rt.watcher.redis_down.is_set()
-        if not degraded:
-            try:
-                require_collection(name)
-            except redis.RedisError:
-                rt.watcher.redis_down.set()
-                degraded = True
-        if degraded and rt.live.get(name) is None:
-            raise redis.ConnectionError("Redis is unavailable and this process serves no version of the collection")
-        extra = {DEGRADED_HEADER: "redis-unavailable"} if degraded else {}
-        settings = rt.settings
-        if body["k"] > settings.max_k:
-            abort(422, message=f"k must be at most {settings.max_k}", errors={"k": [f"at most {settings.max_k}"]})
-        if len(body["query"]) > settings.max_query_chars:
-            abort(422, message=f"query must be at most {settings.max_query_chars} characters",
-                  errors={"query": [f"at most {settings.max_query_chars} characters"]})
-        try:
-            flt = parse_filter(body.get("filter"))
-        except FilterError as bad:
-            abort(422, message=str(bad), errors={"filter": bad.errors})
-        mode = body["mode"]
+        degraded = redis_down(name)
+        # A refusal (RequestRefused: 422 past a bound or for a bad filter, 409 when the index cannot
+        # answer) propagates to the one handler in webapp.api.errors.
+        wanted = SearchRequest.from_body(body, rt.settings)
         served = rt.live.get(name)  # one reference: a swap after this line does not affect this query
         if served is None:
-            return ({"index_version": None, "mode": mode, "scanned": 0, "matched_documents": None, "hits": []},
-                    200, {"X-Index-Version": "", "X-Cache": "miss", **extra})
-        live = served.version
-        key = (body["query"], body["k"], mode, json.dumps(body.get("filter"), sort_keys=True))
-        cached = served.cache.get(key)
-        if cached is not None:
-            return cached, 200, {"X-Index-Version": str(live.version), "X-Cache": "hit", **extra}
-        embedder = rt.svc.embedder
-        # Runtimes of one model (torch, ONNX fp32/int8) embed into one space, so a version built by one
-        # answers queries embedded by another (tests/bench/embed.py measures hits@5 across them).
-        if mode != "keyword" and not same_vector_space(live.manifest["model"], embedder.model_id):
-            abort(409, code="model_mismatch",
-                  message=f"index v{live.version} was built with {live.manifest['model']}; "
-                          f"this API embeds queries with {embedder.model_id}")
-        try:
-            answer = search(live, body["query"], body["k"], mode, flt, lambda text: embedder.embed([text])[0])
-        except KeywordUnavailable as missing:
-            abort(409, code="keyword_index_missing", message=str(missing))
-        result = {"index_version": live.version, "mode": answer.mode, "scanned": answer.scanned,
-                  "matched_documents": answer.matched_documents, "hits": answer.hits}
-        served.cache.put(key, result)
-        return result, 200, {"X-Index-Version": str(live.version), "X-Cache": "miss", **extra}
+            found = nothing_served(wanted)
+        else:
+            found = search_version(served.version, served.cache, wanted, rt.svc.embedder)
+        headers = {"X-Index-Version": "" if found.version is None else str(found.version),
+                   "X-Cache": "hit" if found.cached else "miss"}
+        if degraded:
+            headers[DEGRADED_HEADER] = "redis-unavailable"
+        return found.result, 200, headers

@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from shared.errors import JobInProgress
 from shared.jobstates import QUEUED, RUNNING, iso_time
 from shared.names import is_job_id
 from shared.sources.paths import SourcePathRefused
@@ -19,14 +18,9 @@ from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
 from webapp.api.routes.common import job_location, require_collection
 from webapp.api.runtime import swapline
-from webapp.api.schemas import (
-    ErrorSchema,
-    JobSchema,
-    SourceCreatedSchema,
-    SourceCreateSchema,
-    SourceListSchema,
-    SourceSchema,
-)
+from webapp.api.schemas.common import ErrorSchema
+from webapp.api.schemas.jobs import JobSchema
+from webapp.api.schemas.sources import SourceCreatedSchema, SourceCreateSchema, SourceListSchema, SourceSchema
 
 blp = Blueprint("sources", __name__, url_prefix="/v1/collections",
                 description="Sources: folders a collection follows (reconcile, watch)")
@@ -119,9 +113,5 @@ class Reconcile(MethodView):
         """Reconcile the collection with the folder now: new and changed files are ingested, removed
         ones tombstoned, then one rebuild. An unchanged folder costs a walk and nothing more."""
         source = load_source(name, source_id)
-        try:
-            job = submit_reconcile(swapline.runtime.svc, source, bounded=True)
-        except JobInProgress as busy:
-            abort(409, code="reconcile_in_progress", message="a reconcile of this source is already queued or running",
-                  job_id=busy.job_id, headers=job_location(busy.job_id))
+        job = submit_reconcile(swapline.runtime.svc, source, bounded=True)  # JobInProgress: 409 (webapp.api.errors)
         return job, 202, job_location(job["id"])

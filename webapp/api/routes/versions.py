@@ -9,7 +9,8 @@ from shared.jobs.versions import list_versions
 from webapp.api.auth import requires
 from webapp.api.routes.common import require_collection, roll_back
 from webapp.api.runtime import swapline
-from webapp.api.schemas import ErrorSchema, RollbackSchema, VersionListSchema
+from webapp.api.schemas.common import ErrorSchema
+from webapp.api.schemas.versions import RollbackSchema, VersionListSchema
 
 blp = Blueprint("versions", __name__, url_prefix="/v1/collections", description="Index versions and rollback")
 

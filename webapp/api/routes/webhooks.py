@@ -10,10 +10,10 @@ from shared.names import is_job_id
 from shared.webhooks.targets import UnsafeTarget, check
 from webapp.api.auth import requires
 from webapp.api.runtime import swapline
-from webapp.api.schemas import (
+from webapp.api.schemas.common import ErrorSchema
+from webapp.api.schemas.webhooks import (
     DeliveryListQuerySchema,
     DeliveryListSchema,
-    ErrorSchema,
     WebhookCreatedSchema,
     WebhookCreateSchema,
     WebhookListSchema,

@@ -1,0 +1,33 @@
+"""The bounds one request may ask for (SWAPLINE_MAX_*), checked before any work; a request past one
+raises RequestRefused with the status and code the API answers."""
+
+from __future__ import annotations
+
+from shared.errors import RequestRefused
+from shared.settings import Settings
+
+
+def check_documents(documents: list[dict], settings: Settings) -> None:
+    """A batch of at most SWAPLINE_MAX_DOCUMENTS_PER_BATCH documents (else 413 batch_too_large), each text
+    at most SWAPLINE_MAX_DOCUMENT_BYTES bytes of UTF-8 (else 413 document_too_large), no id twice (else
+    422 invalid: which of the two should win is the client's to say)."""
+    if len(documents) > settings.max_documents_per_batch:
+        raise RequestRefused(413, "batch_too_large", f"at most {settings.max_documents_per_batch} documents per batch")
+    seen = set()
+    for i, doc in enumerate(documents):
+        if len(doc["text"].encode("utf-8")) > settings.max_document_bytes:
+            raise RequestRefused(413, "document_too_large",
+                                 f"documents[{i}].text exceeds {settings.max_document_bytes} bytes")
+        if doc["id"] in seen:
+            raise RequestRefused(422, "invalid", f"document id {doc['id']!r} appears twice in the batch")
+        seen.add(doc["id"])
+
+
+def check_search(query: str, k: int, settings: Settings) -> None:
+    """`k` at most SWAPLINE_MAX_K and the query at most SWAPLINE_MAX_QUERY_CHARS characters (else 422)."""
+    if k > settings.max_k:
+        raise RequestRefused(422, "invalid", f"k must be at most {settings.max_k}",
+                             {"k": [f"at most {settings.max_k}"]})
+    if len(query) > settings.max_query_chars:
+        raise RequestRefused(422, "invalid", f"query must be at most {settings.max_query_chars} characters",
+                             {"query": [f"at most {settings.max_query_chars} characters"]})

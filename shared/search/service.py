@@ -1,0 +1,83 @@
+"""A search request over the version a process serves, from the request's body to its answer: the
+bounds and the filter checked, the answer looked up in (and added to) the served version's cache, the
+query's model checked against the index's, the engine called. What cannot be answered raises
+RequestRefused with the status and code the API gives it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.errors import RequestRefused
+from shared.index.embedders import Embedder, same_vector_space
+from shared.index.vectorindex import LoadedVersion
+from shared.limits import check_search
+from shared.search.engine import KeywordUnavailable, search
+from shared.search.filters import Filter, FilterError, parse_filter
+from shared.settings import Settings
+
+
+class ResultCache(Protocol):
+    """Answers computed from one served version, which lives and dies with it."""
+
+    def get(self, key) -> dict | None: ...
+
+    def put(self, key, value: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    query: str
+    k: int
+    mode: str
+    filter: Filter | None
+    key: tuple  # the answer's key in a served version's cache
+
+    @classmethod
+    def from_body(cls, body: dict, settings: Settings) -> SearchRequest:
+        """The request of a validated body (query, k, mode, filter); RequestRefused (422) past a bound
+        or for a filter outside the grammar."""
+        check_search(body["query"], body["k"], settings)
+        try:
+            flt = parse_filter(body.get("filter"))
+        except FilterError as bad:
+            raise RequestRefused(422, "invalid", str(bad), {"filter": bad.errors}) from None
+        key = (body["query"], body["k"], body["mode"], json.dumps(body.get("filter"), sort_keys=True))
+        return cls(body["query"], body["k"], body["mode"], flt, key)
+
+
+@dataclass(frozen=True)
+class Found:
+    result: dict  # the answer's body
+    version: int | None  # the index version that answered (None: this process serves none yet)
+    cached: bool
+
+
+def nothing_served(request: SearchRequest) -> Found:
+    """The answer while this process serves no version of the collection: no hits, never an error."""
+    return Found({"index_version": None, "mode": request.mode, "scanned": 0, "matched_documents": None,
+                  "hits": []}, None, False)
+
+
+def search_version(version: LoadedVersion, cache: ResultCache, request: SearchRequest, embedder: Embedder) -> Found:
+    """The answer from `version` (the caller holds that reference for the whole query, so a swap meanwhile
+    changes nothing), from `cache` when it holds it. RequestRefused (409) when the index was built with
+    another model (vector, hybrid) or has no keyword index (keyword)."""
+    cached = cache.get(request.key)
+    if cached is not None:
+        return Found(cached, version.version, True)
+    # Runtimes of one model (torch, ONNX fp32/int8) embed into one space, so a version built by one
+    # answers queries embedded by another (tests/bench/embed.py measures hits@5 across them).
+    if request.mode != "keyword" and not same_vector_space(version.manifest["model"], embedder.model_id):
+        raise RequestRefused(409, "model_mismatch", f"index v{version.version} was built with "
+                             f"{version.manifest['model']}; this API embeds queries with {embedder.model_id}")
+    try:
+        answer = search(version, request.query, request.k, request.mode, request.filter,
+                        lambda text: embedder.embed([text])[0])
+    except KeywordUnavailable as missing:
+        raise RequestRefused(409, "keyword_index_missing", str(missing)) from None
+    result = {"index_version": version.version, "mode": answer.mode, "scanned": answer.scanned,
+              "matched_documents": answer.matched_documents, "hits": answer.hits}
+    cache.put(request.key, result)
+    return Found(result, version.version, False)
