@@ -158,11 +158,24 @@ class Storage:
         path.mkdir()
         return path
 
-    def commit_dir(self, tmp: Path, final: Path) -> None:
-        """fsync a fully written temporary directory and rename it to its final name."""
-        fsync_tree(tmp)
-        os.rename(tmp, final)  # fails if `final` exists: nothing is rewritten in place
-        fsync_dir(final.parent)
+    @contextlib.contextmanager
+    def aside(self, final: Path, what: str) -> Iterator[Path]:
+        """Build a directory aside, then switch: yields a fresh temporary directory beside `final` for
+        the block to fill (and check); when the block ends, it is fsynced and renamed to `final`. If
+        the block or the switch fails, the temporary directory is removed and the error raised again
+        (as StorageFull, naming `what`, when the volume is full): nothing half-written keeps a final name."""
+        tmp, renamed = None, False
+        try:
+            tmp = self.temp_dir(final.parent, final.name)
+            yield tmp
+            fsync_tree(tmp)
+            os.rename(tmp, final)  # fails if `final` exists: nothing is rewritten in place
+            renamed = True
+            fsync_dir(final.parent)
+        except BaseException as exc:
+            if tmp is not None:
+                shutil.rmtree(final if renamed else tmp, ignore_errors=True)
+            reraise(exc, what)
 
     # staging
 
@@ -202,9 +215,7 @@ class Storage:
         if len(records) != len(vectors):
             raise ValueError("records and vectors differ in length")
         final = self.segment_dir(collection, seq)
-        tmp = None
-        try:
-            tmp = self.temp_dir(final.parent, f"seg{seq}")
+        with self.aside(final, "a segment") as tmp:
             with written(tmp / "chunks.jsonl", "a segment") as fh:
                 for rec in records:
                     fh.write(json.dumps(rec, ensure_ascii=False).encode("utf-8") + b"\n")
@@ -212,11 +223,6 @@ class Storage:
                 write_npy(fh, vectors.astype(np.float32, copy=False))
             with written(tmp / "meta.json", "a segment") as fh:
                 fh.write(json.dumps({**meta, "seq": seq, "chunks": len(records)}).encode())
-            self.commit_dir(tmp, final)
-        except BaseException as exc:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-            reraise(exc, "a segment")
         return final
 
     def read_segment_meta(self, collection: str, seq: int) -> dict:

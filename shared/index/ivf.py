@@ -244,7 +244,7 @@ def tune_nprobe(index: faiss.Index, target: float, most: int, queries: np.ndarra
     k = min(k, int(index.ntotal) - extra)
     if k <= 0 or not len(queries):
         return {"nprobe": 1, "recall_at_10": 1.0, "recall_target": target, "queries": 0, "query_kind": kind,
-                "ladder": []}
+                "ladder": [], "nlist": int(ivf.nlist)}
     truth_scores, _ = _without_self(*exact_search(index, queries, k + extra), own, k)
     ladder = []
     for nprobe in nprobe_ladder(ivf.nlist, most):
@@ -256,4 +256,4 @@ def tune_nprobe(index: faiss.Index, target: float, most: int, queries: np.ndarra
     nprobe, recall = ladder[-1] if reached else max(ladder, key=lambda pair: (pair[1], -pair[0]))
     ivf.nprobe = nprobe
     return {"nprobe": nprobe, "recall_at_10": recall, "recall_target": target, "queries": int(len(queries)),
-            "query_kind": kind, "ladder": ladder}
+            "query_kind": kind, "ladder": ladder, "nlist": int(ivf.nlist)}

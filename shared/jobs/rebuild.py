@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
-
-import faiss
+from pathlib import Path
 
 from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError, LockBusy, RecallBelowFloor
 from shared.index.doctable import count_by_type
 from shared.index.ivf import tune_nprobe
 from shared.index.vectorindex import KIND_IVF, verify_version, write_version
-from shared.jobs.build import build_index
+from shared.jobs.build import Built, build_index
 from shared.jobs.compact import maybe_compact
 from shared.jobs.progress import ProgressReporter
 from shared.jobs.versions import collect_versions
 from shared.jobstates import TERMINAL
 from shared.services import Services
-from shared.storage import fsync_dir, fsync_tree, reraise
+from shared.storage import Storage
 from shared.store.locks import Lease
 from shared.store.pointers import PublishRefused
 
@@ -32,8 +30,7 @@ def _tuned(svc: Services, index) -> dict:
     """nprobe tuned to the recall target; raises RecallBelowFloor when even the best tried is below the
     floor (nothing has been written yet, so nothing is published and the pointer stays)."""
     settings = svc.settings
-    tuned = tune_nprobe(index, settings.recall_target, settings.ivf_nprobe)
-    tuned.update(nlist=faiss.extract_index_ivf(index).nlist, recall_floor=settings.recall_floor)
+    tuned = {**tune_nprobe(index, settings.recall_target, settings.ivf_nprobe), "recall_floor": settings.recall_floor}
     if tuned["recall_at_10"] < settings.recall_floor:
         raise RecallBelowFloor(
             f"recall@10 {tuned['recall_at_10']:.4f} at nprobe {tuned['nprobe']} (best of {tuned['ladder']}) is below "
@@ -92,24 +89,42 @@ def run_rebuild(svc: Services, job_id: str) -> None:
         log.exception("event=versions.collect_failed collection=%s", collection)
 
 
-def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease) -> tuple[int, int, int]:
-    """Returns (segments merged, rows they hold, live rows): what decides a compaction."""
-    timings: dict[str, float] = {}
-    clock = time.monotonic()
+class Laps:
+    """Seconds spent in each stage of a rebuild, for the job result and the log."""
 
-    def lap(stage: str) -> None:
-        nonlocal clock
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._clock = time.monotonic()
+
+    def __call__(self, stage: str) -> None:
         now = time.monotonic()
-        timings[stage] = round(now - clock, 4)
-        clock = now
+        self.timings[stage] = round(now - self._clock, 4)
+        self._clock = now
 
+
+def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease) -> tuple[int, int, int]:
+    """Build the new version's index, write it aside and verify it, then publish it fenced. Returns
+    (segments merged, rows they hold, live rows): what decides a compaction."""
+    lap = Laps()
     segments, changes = svc.collections.snapshot(collection)
     svc.jobs.progress(job_id, names.STAGE_MERGE, 0, len(segments))
+    built = _build(svc, job_id, collection, lease, segments, lap)
+    final, manifest = _write_version(svc, job_id, collection, lease, built, segments, lap)
+    try:
+        _publish(svc, job_id, lease, built, final, manifest, changes, lap)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)  # never published: nobody serves it
+        raise
+    return len(segments), built.rows_total, len(built.records)
+
+
+def _build(svc: Services, job_id: str, collection: str, lease: Lease, segments: list[int], lap: Laps) -> Built:
+    """The index of the new version (incremental where it can be), with IVF's nprobe tuned."""
     steps: list[_Step] = []
 
     def start_building(rows: int) -> _Step:
         # Called once what is to be added is known: reading and merging end here, adding begins.
-        lap("merge")
+        lap(names.STAGE_MERGE)
         steps.append(_Step(svc, job_id, lease, rows))
         log.info("event=rebuild.building job=%s collection=%s fence=%s adding=%s", job_id, collection,
                  lease.fence, rows)
@@ -117,60 +132,57 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
 
     built = build_index(svc, collection, segments, lease.fence, start_building)
     steps[-1].progress.finish()
-    lap("build")
-    index, records, documents = built.index, built.records, built.documents
-    facts = dict(built.facts)
-    if facts["kind"] == KIND_IVF:
+    lap(names.STAGE_BUILD)
+    if built.facts["kind"] == KIND_IVF:
         svc.jobs.progress(job_id, names.STAGE_MEASURE, 0, 1)
-        facts.update(_tuned(svc, index))
-        lap("measure")
+        built.facts.update(_tuned(svc, built.index))
+        lap(names.STAGE_MEASURE)
+    return built
 
+
+def _write_version(svc: Services, job_id: str, collection: str, lease: Lease, built: Built, segments: list[int],
+                   lap: Laps) -> tuple[Path, dict]:
+    """Write the version aside under a temporary name, verify what was written, then rename it to
+    v{fence}. Returns its directory and manifest."""
     storage = svc.storage
-    parent = storage.indexes_dir(collection)
-    storage.remove_stale_temps(parent)  # leftovers of builds killed mid-write; we hold the lease
     final = storage.version_dir(collection, lease.fence)
-    tmp = None
-    published = False
+    storage.remove_stale_temps(final.parent)  # leftovers of builds killed mid-write; we hold the lease
+    svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
+    with storage.aside(final, "an index version") as tmp:
+        manifest = write_version(tmp, built.index, built.records, {
+            "collection": collection, "version": lease.fence, "model": svc.embedder.model_id, **built.facts,
+            "documents": built.documents, "segments": segments, "built_at": time.time(), "job_id": job_id})
+        lap(names.STAGE_WRITE)
+        svc.jobs.progress(job_id, names.STAGE_VERIFY, 0, 1)
+        verify_version(tmp)
+    lap(names.STAGE_VERIFY)
+    return final, manifest
+
+
+def pointer_record(storage: Storage, final: Path, manifest: dict, built: Built, changes: int) -> dict:
+    """What the collection's pointer says of a version: where it is and what it holds."""
+    return {"version": manifest["version"], "path": storage.relative(final), "vectors": manifest["vectors"],
+            "model": manifest["model"], "dim": manifest["dim"], "kind": manifest["kind"],
+            "built_at": manifest["built_at"], "documents": built.documents, "changes": changes,
+            "checksum": manifest["checksum"], "by_type": json.dumps(count_by_type(built.records))}
+
+
+def _publish(svc: Services, job_id: str, lease: Lease, built: Built, final: Path, manifest: dict, changes: int,
+             lap: Laps) -> None:
+    """The fenced publish: pointer, history, the job's success and the swap message in one script."""
+    svc.jobs.progress(job_id, names.STAGE_PUBLISH, 0, 1)
+    svc.locks.renew(lease)
+    result = {"version": lease.fence, "vectors": manifest["vectors"], "documents": built.documents,
+              **_result_facts(built.facts), "timings": dict(lap.timings)}
     try:
-        svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
-        try:
-            tmp = storage.temp_dir(parent, f"v{lease.fence}")
-            manifest = write_version(tmp, index, records, {
-                "collection": collection, "version": lease.fence, "model": svc.embedder.model_id, **facts,
-                "documents": documents, "segments": segments, "built_at": time.time(), "job_id": job_id})
-            fsync_tree(tmp)
-            lap("write")
-            svc.jobs.progress(job_id, names.STAGE_VERIFY, 0, 1)
-            verify_version(tmp)
-            os.rename(tmp, final)
-            fsync_dir(parent)
-        except OSError as exc:
-            reraise(exc, "an index version")
-        lap("verify")
-        svc.jobs.progress(job_id, names.STAGE_PUBLISH, 0, 1)
-        svc.locks.renew(lease)
-        pointer = {"version": lease.fence, "path": storage.relative(final), "vectors": manifest["vectors"],
-                   "model": manifest["model"], "dim": manifest["dim"], "kind": manifest["kind"],
-                   "built_at": manifest["built_at"], "documents": documents, "changes": changes,
-                   "checksum": manifest["checksum"], "by_type": json.dumps(count_by_type(records))}
-        result = {"version": lease.fence, "vectors": manifest["vectors"], "documents": documents,
-                  **_result_facts(facts), "timings": dict(timings)}
-        try:
-            svc.pointers.publish(lease, pointer, job_id, result)
-        except PublishRefused as refused:
-            if refused.reason == "canceled":
-                raise JobCanceled(job_id) from refused
-            raise
-        published = True
-        # The job's result (with the timings above) was written by the publish script itself, atomically
-        # with the pointer; the publish step's own duration is only in this log line.
-        lap("publish")
-        log.info("event=rebuild.published job=%s collection=%s version=%s vectors=%s incremental=%s built_from=%s "
-                 "timings=%s", job_id, collection, lease.fence, manifest["vectors"], facts["incremental"],
-                 facts["built_from"], timings)
-        return len(segments), built.rows_total, len(records)
-    finally:
-        if not published:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(final, ignore_errors=True)
+        svc.pointers.publish(lease, pointer_record(svc.storage, final, manifest, built, changes), job_id, result)
+    except PublishRefused as refused:
+        if refused.reason == "canceled":
+            raise JobCanceled(job_id) from refused
+        raise
+    # The job's result (with the timings above) was written by the publish script itself, atomically
+    # with the pointer; the publish step's own duration is only in this log line.
+    lap(names.STAGE_PUBLISH)
+    log.info("event=rebuild.published job=%s collection=%s version=%s vectors=%s incremental=%s built_from=%s "
+             "timings=%s", job_id, lease.collection, lease.fence, manifest["vectors"], built.facts["incremental"],
+             built.facts["built_from"], lap.timings)
