@@ -17,6 +17,11 @@ from pathlib import Path
 EMBEDDERS = ("minilm", "minilm-torch", "minilm-onnx", "minilm-onnx-int8", "hash", "clustered")
 LOG_FORMATS = ("text", "json")
 ROLES = ("read", "write", "admin")
+# "keys": requests need a key from api_keys (an API with no keys may listen on loopback only);
+# "open": no keys, on any address, because the operator said so.
+AUTH_MODES = ("keys", "open")
+# A key shorter than this is refused at start: guessable keys are no keys.
+MIN_KEY_CHARS = 24
 
 
 class SettingsError(ValueError):
@@ -119,6 +124,10 @@ class Settings:
     compact_min_segments: int = 32
     compact_superseded_ratio: float = 0.5
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    auth: str = "keys"
+    # Host headers an API without keys answers (a DNS-rebinding page reaches a local open API under its
+    # own host name): loopback names, plus these (comma-separated).
+    allowed_hosts: str = ""
 
     def __post_init__(self) -> None:
         if self.embedder not in EMBEDDERS:
@@ -126,6 +135,13 @@ class Settings:
         if self.log_format not in LOG_FORMATS:
             raise SettingsError(f"SWAPLINE_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
+        if self.auth not in AUTH_MODES:
+            raise SettingsError(f"SWAPLINE_AUTH must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        short = [role for key, role in self.api_keys if len(key) < MIN_KEY_CHARS]
+        if short:
+            raise SettingsError(f"SWAPLINE_API_KEYS: every key must be at least {MIN_KEY_CHARS} characters "
+                                f"({len(short)} shorter: roles {', '.join(short)}); make one with "
+                                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         if self.task_time_limit <= self.task_soft_time_limit:
             raise SettingsError("SWAPLINE_TASK_TIME_LIMIT must be above SWAPLINE_TASK_SOFT_TIME_LIMIT")
 

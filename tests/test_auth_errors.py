@@ -15,7 +15,8 @@ from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
-KEYS = (("k-admin", "admin"), ("k-write", "write"), ("k-read", "read"))
+KEYS = (("k-admin-0123456789abcdefghij", "admin"), ("k-write-0123456789abcdefghij", "write"),
+        ("k-read-0123456789abcdefghijk", "read"))
 AUTH = {role: {"Authorization": f"Bearer {key}"} for key, role in KEYS}
 RANK = {"read": 1, "write": 2, "admin": 3}
 
@@ -84,13 +85,13 @@ def test_role_matrix(keyed, procs):
     search = requests.post(f"{base}/v1/collections/docs/search", json={"query": "x", "k": 1}, headers=AUTH["write"])
     assert search.status_code == 200
     # Browsers send the key as the Basic password (the admin page prompts for it).
-    basic = base64.b64encode(b"anyone:k-admin").decode()
+    basic = base64.b64encode(b"anyone:k-admin-0123456789abcdefghij").decode()
     assert requests.get(f"{base}/admin", headers={"Authorization": f"Basic {basic}"}).status_code == 200
     assert requests.get(f"{base}/admin").headers["WWW-Authenticate"] == 'Basic realm="swapline"'
     # Public: probes, the OpenAPI document, the docs UI.
     for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
         assert requests.get(f"{base}{path}").status_code == 200, path
-    assert requests.get(f"{base}/readyz").json()["checks"]["auth"] == "keys"
+    assert requests.get(f"{base}/readyz", headers=AUTH["read"]).json()["checks"]["auth"] == "keys"
     spec = requests.get(f"{base}/openapi.json").json()
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http", "scheme": "bearer",

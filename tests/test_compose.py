@@ -19,7 +19,7 @@ from webapp.devstack.launcher import parse_options, stack_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-ENV = {"FLOWER_BASIC_AUTH": "admin:secret"}
+ENV = {"FLOWER_BASIC_AUTH": "admin:secret", "SWAPLINE_API_KEYS": "compose-admin-0123456789abcdef:admin"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def compose_bin() -> Path:
 
 def run_compose(binary: Path, compose_file: Path, *args: str,
                 env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("FLOWER_BASIC_AUTH", "COMPOSE_FILE")}
+    dropped = ("FLOWER_BASIC_AUTH", "SWAPLINE_API_KEYS", "COMPOSE_FILE")
+    full_env = {k: v for k, v in os.environ.items() if k not in dropped}
     full_env.update(env if env is not None else ENV)
     return subprocess.run([str(binary), "-f", str(compose_file), "--project-directory", str(ROOT), *args],
                           capture_output=True, text=True, env=full_env, timeout=60)
@@ -62,9 +63,17 @@ def test_a_broken_copy_is_rejected(compose_bin, tmp_path):
 
 
 def test_flower_refuses_to_start_without_a_password(compose_bin):
-    result = run_compose(compose_bin, COMPOSE_FILE, "config", "-q", env={})
+    result = run_compose(compose_bin, COMPOSE_FILE, "config", "-q",
+                         env={"SWAPLINE_API_KEYS": ENV["SWAPLINE_API_KEYS"]})
     assert result.returncode != 0
     assert "FLOWER_BASIC_AUTH" in result.stderr
+
+
+def test_the_api_refuses_to_start_without_keys(compose_bin):
+    """The API publishes its port on every interface, so compose will not start it open."""
+    result = run_compose(compose_bin, COMPOSE_FILE, "config", "-q", env={"FLOWER_BASIC_AUTH": "admin:secret"})
+    assert result.returncode != 0
+    assert "SWAPLINE_API_KEYS" in result.stderr
 
 
 def test_services_share_one_image_and_one_data_volume(model):

@@ -33,8 +33,8 @@ from tests.support import create_collection, wait_job
 
 pytestmark = pytest.mark.integration
 
-ADMIN = "contract-admin"
-KEYS = ((ADMIN, "admin"), ("contract-read", "read"))
+ADMIN = "contract-admin-0123456789abcdef"
+KEYS = ((ADMIN, "admin"), ("contract-read-0123456789abcdefg", "read"))
 # Bounded for the suite; raise them for a deeper local run, e.g. SWAPLINE_CONTRACT_EXAMPLES=200.
 MAX_EXAMPLES = int(os.environ.get("SWAPLINE_CONTRACT_EXAMPLES", "15"))
 TIME_LIMIT_SECONDS = int(os.environ.get("SWAPLINE_CONTRACT_SECONDS", "240"))

@@ -205,10 +205,10 @@ def test_11_hundred_idle_event_streams_at_the_default_heartbeat(cfg, procs):
 
 
 def test_12_cross_site_form_post_with_admin_basic_credentials_is_refused(cfg, procs):
-    keyed = cfg.with_(api_keys=(("k-admin", "admin"),))
+    keyed = cfg.with_(api_keys=(("k-admin-0123456789abcdefghij", "admin"),))
     base = procs.api(keyed)
-    bearer = {"Authorization": "Bearer k-admin"}
-    basic = {"Authorization": "Basic " + base64.b64encode(b"operator:k-admin").decode()}
+    bearer = {"Authorization": "Bearer k-admin-0123456789abcdefghij"}
+    basic = {"Authorization": "Basic " + base64.b64encode(b"operator:k-admin-0123456789abcdefghij").decode()}
     create_collection(base, headers=bearer)
     queued = requests.post(f"{base}/v1/collections/docs/rebuild", headers=bearer, timeout=10).json()
     # What a browser sends for a form on another site once the operator logged into /admin.

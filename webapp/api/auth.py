@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -205,6 +206,7 @@ def authenticate() -> None:
     role = required_role()
     ring: KeyRing = current_app.extensions["swapline_auth"]
     if ring.open:
+        check_host()
         g.swapline_principal = Principal("admin", "open")
         check_admin_csrf()
         return
@@ -220,12 +222,49 @@ def authenticate() -> None:
         abort(401, code="unauthorized", message=message, headers=_challenge())
     found = ring.role_of(key)
     if found is None:
+        log.warning("event=auth.refused key_id=%s client=%s path=%s", key_id(key), request.remote_addr, request.path)
         abort(401, code="unauthorized", message="the API key is not valid",
               headers=_challenge("invalid_token"))
     if RANK[found] < RANK[role]:
         abort(403, code="forbidden", message=f"this operation needs the {role} role; the key has {found}")
     g.swapline_principal = Principal(found, key_id(key))
     check_admin_csrf()
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """A host name or address that only this machine reaches."""
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host() -> None:
+    """An API without keys answers only requests addressed to it by a loopback name or an allowed host:
+    a page on another site that re-binds its own name to 127.0.0.1 sends its own name as the Host."""
+    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+    allowed = current_app.extensions["swapline_allowed_hosts"]
+    if not is_loopback(host) and host.strip("[]").lower() not in allowed:
+        abort(403, code="host_refused", message=f"this API has no keys and answers only loopback hosts; "
+                                                f"{host!r} is not one (SWAPLINE_ALLOWED_HOSTS adds names)")
+
+
+def refuse_open_exposure(settings: Settings, binds: list[str]) -> None:
+    """Refuse to serve without keys on anything but loopback, unless SWAPLINE_AUTH=open says so
+    (gunicorn's start calls this with the addresses it binds). Raises SystemExit with the reason."""
+    if settings.api_keys or settings.auth == "open":
+        return
+    exposed = [b for b in binds if not b.startswith(("unix:", "fd://")) and not is_loopback(b.rsplit(":", 1)[0])]
+    if exposed:
+        raise SystemExit(f"refusing to listen on {', '.join(exposed)} without API keys: set SWAPLINE_API_KEYS "
+                         "(key:role,..., keys of 24 characters or more), or SWAPLINE_AUTH=open to serve every caller "
+                         "as admin on purpose")
 
 
 def principal() -> Principal | None:
@@ -241,10 +280,13 @@ def mode(app: Flask | None = None) -> str:
 def init_app(app: Flask, settings: Settings) -> None:
     ring = KeyRing(settings.api_keys)
     app.extensions["swapline_auth"] = ring
+    app.extensions["swapline_allowed_hosts"] = {h.strip().strip("[]").lower()
+                                                for h in settings.allowed_hosts.split(",") if h.strip()}
     app.before_request(authenticate)
     if ring.open:
         log.warning("event=auth.open message=%r", "SWAPLINE_API_KEYS is empty: the API accepts every request "
-                    "without a key. Set key:role pairs (roles read, write, admin) before exposing it.")
+                    "without a key, addressed to a loopback host name only unless SWAPLINE_AUTH=open. Set "
+                    "key:role pairs (roles read, write, admin) before exposing it.")
     else:
         counts = {role: sum(1 for _, r in settings.api_keys if r == role) for role in ROLES}
         log.info("event=auth.keys %s", " ".join(f"{role}={n}" for role, n in counts.items()))

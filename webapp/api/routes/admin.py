@@ -17,6 +17,14 @@ from webapp.api.runtime import swapline
 
 blp = Blueprint("admin", __name__, url_prefix="/admin")
 
+
+@blp.after_request
+def _not_framed(response):
+    # No other site may frame the page (clickjacking its buttons).
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    return response
+
 ERROR_PREVIEW = 300  # characters of a job error shown; the page never dumps whole logs
 # Events after which the page re-renders its live part (progress updates only move a bar).
 REFRESH_ON = [*EVENT_FOR_STATE.values(), names.INDEX_PUBLISHED, names.INDEX_SWAPPED, names.GAP]

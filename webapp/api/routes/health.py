@@ -32,7 +32,7 @@ class Ready(MethodView):
         """Ready to serve: Redis answers, the index watcher runs and has synced once, and every collection
         with a published index has a version this process serves."""
         rt = swapline.runtime
-        checks = {}
+        checks: dict = {}
         try:
             checks["redis"] = rt.svc.ping()
         except redis.RedisError as exc:
@@ -45,4 +45,7 @@ class Ready(MethodView):
         checks["load_failures"] = {name: f.public() for name, f in rt.watcher.failures.items()}
         checks["auth"] = auth.mode()  # "open" when no API keys are configured
         ok = checks["redis"] and checks["index_watcher"] and not checks["unservable"]
+        if auth.principal() is None:
+            # Without a key the probe answers whether, never what (collection names, paths, errors).
+            checks = {"redis": checks["redis"], "index_watcher": checks["index_watcher"]}
         return {"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503

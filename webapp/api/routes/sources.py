@@ -14,6 +14,7 @@ from shared.sources.submit import (
     remove_source,
     submit_reconcile,
 )
+from webapp.api.auth import requires
 from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
 from webapp.api.routes.common import job_location, require_collection
@@ -57,6 +58,7 @@ class Sources(MethodView):
         require_collection(name)
         return {"sources": [source_view(s) for s in swapline.runtime.svc.sources.of_collection(name)]}
 
+    @requires("admin")  # a source reads the server's own folders: more than a write key may ask for
     @idempotent
     @blp.arguments(SourceCreateSchema)
     @blp.response(202, SourceCreatedSchema, headers=LOCATION)
