@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 # "minilm" is all-MiniLM-L6-v2 in its default runtime (shared/index/embedders.py says which and why);
 # the others pick one: torch (sentence-transformers), ONNX Runtime fp32 or int8, the test hashing one, or
@@ -185,7 +186,8 @@ def _parse_api_keys(raw: str) -> tuple[tuple[str, str], ...]:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build `Settings` from `SWAPLINE_<FIELD>` variables (upper-cased field names)."""
     env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+    # Field name -> value of the field's type, as parsed below; checked by Settings itself.
+    values: dict[str, Any] = {}
     for f in fields(Settings):
         raw = env.get(f"SWAPLINE_{f.name.upper()}")
         if raw is None or raw == "":

@@ -47,7 +47,7 @@ class StorageFull(OSError):
         self.what = what
 
     def __str__(self) -> str:
-        return self.strerror
+        return self.strerror or ""  # always set: __init__ passes a message
 
 
 def reraise(exc: BaseException, what: str) -> NoReturn:

@@ -221,6 +221,7 @@ def _blocks(lines: list[str]) -> list[tuple[int, int, bool]]:
         fence = FENCE.match(line)
         if in_fence:
             if fence and fence.group(1) == in_fence:
+                assert start is not None  # set together with in_fence
                 blocks.append((start, i + 1, True))
                 start, in_fence = None, None
             continue

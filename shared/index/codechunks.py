@@ -11,9 +11,13 @@ windows only. Caps are counted like markdown chunks (`shared.index.chunking.Budg
 from __future__ import annotations
 
 from functools import cache
+from typing import TYPE_CHECKING, cast
 
 from shared.index.chunking import Budget, Chunk, check_caps, enforce, line_windows, pack
 from shared.index.tokens import WORDS, Tokenizer
+
+if TYPE_CHECKING:
+    from tree_sitter_language_pack import SupportedLanguage
 
 NAME_FIELDS = ("name", "key", "declarator", "type")
 WRAPPER_FIELDS = ("definition", "declaration")
@@ -32,7 +36,8 @@ def parser_for(language: str | None):
     try:
         from tree_sitter_language_pack import get_parser
 
-        return get_parser(language)
+        # Any name may come in; one the pack does not know raises LookupError, caught below.
+        return get_parser(cast("SupportedLanguage", language))
     except (LookupError, ValueError, ImportError):
         return None
 

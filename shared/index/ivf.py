@@ -72,7 +72,9 @@ def imbalance(sizes: np.ndarray) -> float:
 
 def list_sizes(index: faiss.Index) -> np.ndarray:
     ivf = faiss.extract_index_ivf(index)
-    return np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
+    invlists = ivf.invlists
+    assert invlists is not None  # an IVF index always has its inverted lists
+    return np.array([invlists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
 
 
 def training_record(top_ip: np.ndarray, lists: np.ndarray, trained_on: np.ndarray, nlist: int, version: int) -> dict:
@@ -112,11 +114,13 @@ def retrain_reason(training: dict, rows: int, sizes: np.ndarray) -> str | None:
 
 def _list_views(ivf: faiss.IndexIVF, list_no: int) -> tuple[np.ndarray, np.ndarray]:
     """Writable views of one inverted list of an in-memory IVF-Flat index: ids, and vectors."""
-    size = ivf.invlists.list_size(list_no)
+    invlists = ivf.invlists
+    assert invlists is not None  # an IVF index always has its inverted lists
+    size = invlists.list_size(list_no)
     if not size:
         return np.zeros(0, dtype=np.int64), np.zeros((0, ivf.d), dtype=np.float32)
-    ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size)
-    codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(list_no), size * ivf.code_size)
+    ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
+    codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * ivf.code_size)
     return ids, codes.view(np.float32).reshape(size, ivf.d)
 
 
@@ -130,6 +134,8 @@ def drop_and_renumber(index: faiss.Index, keep: np.ndarray) -> int:
     if len(keep) != ivf.ntotal:
         raise ValueError(f"keep has {len(keep)} entries for {ivf.ntotal} rows")
     new_id = np.cumsum(keep, dtype=np.int64) - 1
+    invlists = ivf.invlists
+    assert invlists is not None  # an IVF index always has its inverted lists
     for list_no in range(ivf.nlist):
         ids, vectors = _list_views(ivf, list_no)
         if not len(ids):
@@ -141,7 +147,7 @@ def drop_and_renumber(index: faiss.Index, keep: np.ndarray) -> int:
             continue
         vectors[:kept] = vectors[mask]
         ids[:kept] = new_id[ids[mask]]
-        ivf.invlists.resize(list_no, kept)
+        invlists.resize(list_no, kept)
     kept_rows = int(keep.sum())
     ivf.ntotal = kept_rows
     index.ntotal = kept_rows
@@ -195,14 +201,15 @@ def sample_rows(index: faiss.Index, count: int, seed: int) -> tuple[np.ndarray, 
     sizes = list_sizes(index)
     ends = np.cumsum(sizes)
     picks = np.sort(rng.choice(n, size=min(count, n), replace=False))
-    ids, vectors = [], []
+    picked: list[int] = []
+    vectors = []
     for position in picks:
         list_no = int(np.searchsorted(ends, position, side="right"))
         offset = int(position - (ends[list_no] - sizes[list_no]))
         list_ids, list_vectors = _list_views(ivf, list_no)
-        ids.append(int(list_ids[offset]))
+        picked.append(int(list_ids[offset]))
         vectors.append(np.array(list_vectors[offset]))
-    return np.array(ids, dtype=np.int64), np.stack(vectors)
+    return np.array(picked, dtype=np.int64), np.stack(vectors)
 
 
 def _without_self(scores: np.ndarray, found: np.ndarray, own: np.ndarray | None, k: int) -> tuple[np.ndarray,
@@ -246,9 +253,10 @@ def tune_nprobe(index: faiss.Index, target: float, most: int, queries: np.ndarra
         return {"nprobe": 1, "recall_at_10": 1.0, "recall_target": target, "queries": 0, "query_kind": kind,
                 "ladder": [], "nlist": int(ivf.nlist)}
     truth_scores, _ = _without_self(*exact_search(index, queries, k + extra), own, k)
-    ladder = []
+    ladder: list[list] = []  # [nprobe, recall] pairs
     for nprobe in nprobe_ladder(ivf.nlist, most):
-        got = index.search(queries, k + extra, params=faiss.SearchParametersIVF(nprobe=nprobe))
+        # faiss's stubs omit the keyword constructor its Python layer adds to every SearchParameters.
+        got = index.search(queries, k + extra, params=faiss.SearchParametersIVF(nprobe=nprobe))  # type: ignore[call-arg]
         ladder.append([nprobe, round(_recall(truth_scores, *_without_self(*got, own, k)), 4)])
         if ladder[-1][1] >= target:
             break

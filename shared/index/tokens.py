@@ -30,7 +30,7 @@ class Tokenizer(Protocol):
 
 class WordTokenizer:
     special = 0
-    max_tokens = None
+    max_tokens: int | None = None
 
     def count(self, text: str) -> int:
         return len(WORD_TOKEN.findall(text))
@@ -50,7 +50,7 @@ class WordPieceTokenizer:
         self._tok = HFTokenizer.from_file(tokenizer_json)
         self._tok.no_truncation()
         self._tok.no_padding()
-        self.max_tokens = max_tokens
+        self.max_tokens: int | None = max_tokens
 
     def count(self, text: str) -> int:
         return len(self._tok.encode(text, add_special_tokens=False).ids) + self.special

@@ -89,7 +89,7 @@ def training_rows(n: int, nlist: int, seed: int = 1234) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(nlist * 64, n - n // 5), replace=False))
 
 
-def train_ivf(vectors: np.ndarray, seed: int = 1234) -> faiss.Index:
+def train_ivf(vectors: np.ndarray, seed: int = 1234) -> faiss.IndexIVFFlat:
     """An empty IVF-Flat inner-product index whose coarse quantizer is trained (k-means) on
     `training_rows` of `vectors`."""
     n, dim = vectors.shape
@@ -106,7 +106,7 @@ def ivf_on(quantizer: faiss.Index) -> faiss.Index:
 
 
 def build_ivf(vectors: np.ndarray, step: int, between_steps: Callable[[int], None], nprobe: int = 1,
-              seed: int = 1234) -> tuple[faiss.Index, np.ndarray, np.ndarray]:
+              seed: int = 1234) -> tuple[faiss.IndexIVFFlat, np.ndarray, np.ndarray]:
     """An approximate inner-product IVF index trained on these vectors: k-means on a sample, then the
     vectors added in steps like the exact build, searched with `nprobe` lists (a rebuild tunes it
     afterwards). Also returns each row's inner product with its centroid and its list, from which the
@@ -126,7 +126,8 @@ def write_version(directory: Path, index: faiss.Index, records: list[dict], mani
     with written(directory / INDEX_FILE, what) as fh:
         # Through a Python writer, so a failed write raises OSError with its errno (faiss's own file
         # writer reports a short write only as text).
-        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
+        # (faiss's stubs leave out its Python callback writer and reader.)
+        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))  # type: ignore[attr-defined]
     offsets = np.zeros(len(records) + 1, dtype=np.int64)
     with written(directory / CHUNKS_FILE, what) as fh:
         position = 0
@@ -232,7 +233,7 @@ def read_index_copy(directory: Path, manifest: dict) -> faiss.Index:
             return data
 
         try:
-            index = faiss.read_index(faiss.PyCallbackIOReader(read))
+            index = faiss.read_index(faiss.PyCallbackIOReader(read))  # type: ignore[attr-defined]
         except RuntimeError as exc:
             raise VerifyFailed(f"{directory / INDEX_FILE} cannot be read: {str(exc)[-200:]}") from exc
         digest.update(fh.read())
@@ -344,13 +345,16 @@ class LoadedVersion:
             k = min(k, len(wanted))
             selector = faiss.IDSelectorBatch(wanted)
             ivf = faiss.try_extract_index_ivf(self.index)
+            # faiss's stubs omit the keyword constructor its Python layer adds to every SearchParameters.
             if ivf is None:
-                scores, ids = self.index.search(q, k, params=faiss.SearchParameters(sel=selector))
+                scores, ids = self.index.search(
+                    q, k, params=faiss.SearchParameters(sel=selector))  # type: ignore[call-arg]
             else:
-                scores, ids = self.index.search(q, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe))
+                scores, ids = self.index.search(
+                    q, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe))  # type: ignore[call-arg]
                 if int((ids[0] >= 0).sum()) < k:
                     scores, ids = self.index.search(
-                        q, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nlist))
+                        q, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nlist))  # type: ignore[call-arg]
         return [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
 
     def search(self, query: np.ndarray, k: int) -> list[Hit]:

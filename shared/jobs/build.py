@@ -122,6 +122,7 @@ def build_index(svc: Services, collection: str, segments: list[int], version: in
     latest = latest_documents(svc, collection, segments)
     retrain = None
     if reason is None:
+        assert previous is not None  # why_not_incremental gives a reason when there is none
         try:
             built = incremental(svc, collection, segments, latest, previous, version, steps)
         except (VerifyFailed, OSError) as exc:  # damaged, or collected meanwhile: the segments still hold it all

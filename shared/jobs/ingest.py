@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -96,7 +97,7 @@ def embed_records(svc: Services, job_id: str, records: list[dict], texts: list[s
 
 
 def write_documents(svc: Services, job_id: str, collection: str, documents: list[dict],
-                    tombstones: list[str] = ()) -> tuple[int, dict]:
+                    tombstones: Sequence[str] = ()) -> tuple[int, dict]:
     """Chunk and embed `documents`, write them (and tombstones for `tombstones`) as one segment and
     register it. Returns (segment seq, summary). Used by ingest jobs and by a reconcile's batches."""
     svc.jobs.progress(job_id, names.STAGE_CHUNK, 0, len(documents))

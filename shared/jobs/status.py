@@ -58,7 +58,7 @@ def collection_status(svc: Services, name: str) -> dict:
         "lock": lock,
         "replicas": served,
         "load_failures": load_failures,
-        "converged": bool(pointer) and bool(served) and all(v == pointer["version"] for v in served.values()),
+        "converged": pointer is not None and bool(served) and all(v == pointer["version"] for v in served.values()),
     }
 
 

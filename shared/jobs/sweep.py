@@ -58,7 +58,7 @@ def _stale_candidates(svc: Services, stale_before: float) -> list[dict]:
         if max(float(heartbeat or created_at or 0), float(requeued_at or 0)) >= stale_before:
             continue  # heard from, or sent again, within the last lease
         if state == RUNNING and kind in KINDS and KINDS[kind].holds_lease:
-            holder = svc.locks.holder(collection)
+            holder = svc.locks.holder(collection) if collection else None  # every lease has a collection
             if holder and holder["job_id"] == job_id:
                 continue  # the lease is alive, so its worker is too
         out.append({"id": job_id, "state": state, "kind": kind})

@@ -36,15 +36,16 @@ def list_versions(svc: Services, name: str) -> list[dict]:
             "version": version, "vectors": entry.get("vectors"), "documents": entry.get("documents"),
             "model": entry.get("model"), "kind": entry.get("kind"), "built_at": entry.get("built_at"),
             "published_at": entry.get("published_at"),
-            "current": bool(pointer) and pointer["version"] == version,
+            "current": pointer is not None and pointer["version"] == version,
             "on_disk": svc.storage.version_dir(name, version).is_dir(),
             "served_by": sum(1 for v in served if v == version),
         })
     return out
 
 
-def rollback(svc: Services, name: str, version: int) -> dict:
-    """Publish an older version again, with a new fence, so every API process swaps back to it."""
+def rollback(svc: Services, name: str, version: int) -> dict | None:
+    """Publish an older version again, with a new fence, so every API process swaps back to it; returns
+    the pointer now published (None if the collection was dropped meanwhile)."""
     entry = next((e for e in svc.pointers.history(name) if e["version"] == version), None)
     if entry is None:
         raise RollbackRefused(404, "version_not_found", f"version {version} is not among the kept versions")

@@ -41,7 +41,8 @@ class Answer:
     matched_documents: int | None  # documents the filter admits (None without a filter)
 
 
-def _hit(version: LoadedVersion, row: int, score: float, ranks: dict[str, int], scores: dict[str, float]) -> dict:
+def _hit(version: LoadedVersion, row: int, score: float, ranks: dict[str, int],
+         scores: dict[tuple[str, int], float]) -> dict:
     rec = version.record(row)
     return {"doc_id": rec["doc_id"], "chunk_id": rec["chunk_id"], "score": score, "text": rec["text"],
             "heading_path": rec.get("heading_path", []), "metadata": rec.get("metadata", {}),
@@ -66,6 +67,7 @@ def search(version: LoadedVersion, query: str, k: int, mode: str, flt: Filter | 
     if mode in ("vector", "hybrid"):
         lists["vector"] = version.nearest(embed(query), depth, allowed)
     if mode in ("keyword", "hybrid"):
+        assert version.keyword is not None  # without one, mode became "vector" above
         lists["keyword"] = version.keyword.top(query, depth, allowed)
     scores = {(name, row): score for name, found in lists.items() for row, score in found}
     if mode == "hybrid":

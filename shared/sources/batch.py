@@ -41,6 +41,7 @@ def read_documents(svc: Services, source: dict, paths: list[str]) -> tuple[list[
         if problem:
             gone.append(rel)
             continue
+        assert text is not None  # content_problem gives the text when it finds no problem
         documents.append(document(source, rel, text))
         held[rel] = FileState(info.st_size, info.st_mtime_ns, digest(data))
     return documents, held, gone

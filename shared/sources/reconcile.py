@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from typing import Any
 
 from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError, LockBusy
@@ -39,8 +40,7 @@ CANCEL_EVERY = 500
 
 
 def run_reconcile(svc: Services, job_id: str) -> None:
-    raw = svc.jobs.raw(job_id)
-    options = json.loads(raw.get("options") or "{}")
+    options = json.loads(svc.jobs.raw(job_id).get("options") or "{}")
     if options.get("remove"):
         run_remove(svc, job_id, options["source"])
         return
@@ -103,7 +103,8 @@ def _reconcile(svc: Services, job_id: str, raw: dict, options: dict) -> None:
 def _compare(svc: Services, job_id: str, folder, files: dict, held: dict[str, FileState]) -> dict:
     """Split the walked files into added, changed, unchanged and touched (same content, new mtime),
     reading only those whose size or mtime moved."""
-    out = {"added": [], "changed": [], "unchanged": 0, "touched": {}, "skipped": Counter(), "unreadable_held": []}
+    out: dict[str, Any] = {"added": [], "changed": [], "unchanged": 0, "touched": {}, "skipped": Counter(),
+                           "unreadable_held": []}
     candidates = []
     for rel, entry in files.items():
         state = held.get(rel)
@@ -127,6 +128,7 @@ def _compare(svc: Services, job_id: str, folder, files: dict, held: dict[str, Fi
             if state is not None:
                 out["unreadable_held"].append(rel)
             continue
+        assert info is not None  # read, as `path` was set (a None path was skipped as a problem)
         new = FileState(info.st_size, info.st_mtime_ns, digest(data))
         if state is not None and state.digest == new.digest:
             out["touched"][rel] = new

@@ -38,7 +38,9 @@ def add_source(svc: Services, collection: str, path: str, include: list[str], ex
 
 
 def _live(svc: Services, job_id: str | None) -> bool:
-    return bool(job_id) and svc.jobs.state(job_id) in (QUEUED, RUNNING)
+    if not job_id:
+        return False
+    return svc.jobs.state(job_id) in (QUEUED, RUNNING)
 
 
 def submit_reconcile(svc: Services, source: dict, paths: list[str] | None = None, bounded: bool = False) -> dict:

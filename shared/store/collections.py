@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import redis
 
@@ -27,7 +28,7 @@ class CollectionStore:
         return bool(self.r.sismember(keys.collections(), name))
 
     def names(self) -> list[str]:
-        return sorted(self.r.smembers(keys.collections()))
+        return sorted(cast(set[str], self.r.smembers(keys.collections())))
 
     def info(self, name: str) -> dict:
         pipe = self.r.pipeline(transaction=False)
@@ -63,7 +64,7 @@ class CollectionStore:
         """None when `job_id` is now the collection's one compaction, else the id holding the slot."""
         if self.r.set(keys.compact_pending(name), job_id, nx=True):
             return None
-        return self.r.get(keys.compact_pending(name)) or ""
+        return cast(str | None, self.r.get(keys.compact_pending(name))) or ""
 
     def release_compaction(self, name: str, job_id: str) -> None:
         delete_if_equals(self.r, keys.compact_pending(name), job_id)
@@ -75,7 +76,7 @@ class CollectionStore:
         """Segment seq currently holding each of `doc_ids` (absent ones are left out)."""
         if not doc_ids:
             return {}
-        values = self.r.hmget(keys.collection_docs(name), doc_ids)
+        values = cast(list[str | None], self.r.hmget(keys.collection_docs(name), doc_ids))
         return {d: int(v.split(":")[0]) for d, v in zip(doc_ids, values, strict=True) if v}
 
     def snapshot(self, name: str) -> tuple[list[int], int]:
@@ -93,11 +94,11 @@ class CollectionStore:
         the drop that holds the marker."""
         if self.r.set(keys.dropping(name), job_id, nx=True):
             return None
-        return self.r.get(keys.dropping(name)) or ""
+        return cast(str | None, self.r.get(keys.dropping(name))) or ""
 
     def dropping_job(self, name: str) -> str | None:
         """The job named by the collection's drop marker, if any."""
-        return self.r.get(keys.dropping(name))
+        return cast(str | None, self.r.get(keys.dropping(name)))
 
     def release_drop(self, name: str, job_id: str) -> None:
         """Delete the drop marker if it still names `job_id`."""

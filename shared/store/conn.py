@@ -20,7 +20,10 @@ def connect(url: str, retries: int = 3, socket_timeout: float = SOCKET_TIMEOUT) 
     """A client that answers str, with a health check so idle pooled connections are revalidated.
 
     Blocking reads (XREAD BLOCK, pub/sub waits) must block for less than `socket_timeout`, or the read
-    fails with a timeout while it is merely waiting."""
+    fails with a timeout while it is merely waiting.
+
+    redis-py types every reply as `bytes | str` whatever decode_responses says, so the stores cast
+    what they read to the str types it is."""
     return redis.Redis.from_url(
         url, decode_responses=True, health_check_interval=30, socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout, retry_on_error=[redis.ConnectionError, redis.TimeoutError],

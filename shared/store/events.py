@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import cast
 
 import redis
 
@@ -46,7 +47,8 @@ class EventLog:
 
     def append(self, event_type: str, **fields) -> str:
         """Append one event (fields as in `entry`); returns its stream id."""
-        return self.r.xadd(keys.events(), entry(event_type, **fields), maxlen=self.max_len, approximate=True)
+        return cast(str, self.r.xadd(keys.events(), entry(event_type, **fields), maxlen=self.max_len,
+                                     approximate=True))
 
     def append_in(self, pipe, event_type: str, **fields) -> None:
         """Queue the same append on a caller's pipeline (written with the caller's other changes)."""
@@ -54,16 +56,18 @@ class EventLog:
 
     def last_id(self) -> str:
         """The id of the newest entry ("0-0" for an empty stream): follow from here for new events only."""
-        newest = self.r.xrevrange(keys.events(), count=1)
+        newest = cast(list[tuple[str, dict]], self.r.xrevrange(keys.events(), count=1))
         return newest[0][0] if newest else "0-0"
 
     def oldest_id(self) -> str | None:
-        oldest = self.r.xrange(keys.events(), count=1)
+        oldest = cast(list[tuple[str, dict]], self.r.xrange(keys.events(), count=1))
         return oldest[0][0] if oldest else None
 
     def read_after(self, after: str, count: int = 100, block_ms: int | None = None) -> list[dict]:
         """Entries strictly after `after`, oldest first; waits up to `block_ms` when there are none."""
-        reply = self.r.xread({keys.events(): after}, count=count, block=block_ms)
+        # RESP2 reply (what connect() speaks): [[stream, [(id, fields), ...]]]
+        reply = cast(list[tuple[str, list[tuple[str, dict]]]],
+                     self.r.xread({keys.events(): after}, count=count, block=block_ms))
         if not reply:
             return []
         _, entries = reply[0]

@@ -9,6 +9,7 @@ progress is theirs."""
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import redis
 
@@ -62,7 +63,7 @@ class FanOut:
         return out
 
     def pending(self, parent_id: str) -> set[str]:
-        return self.r.smembers(keys.fanout_pending(parent_id))
+        return cast(set[str], self.r.smembers(keys.fanout_pending(parent_id)))
 
     def expire(self, parent_id: str, ttl_seconds: int) -> None:
         """The parent finished: its barrier goes with the job's retention."""

@@ -4,6 +4,7 @@ retention that bounds history, and the recent and per-collection views status pa
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import redis
 
@@ -31,7 +32,7 @@ class JobHistory:
 
     def newest_ids(self, collection: str | None = None, count: int = 20) -> list[str]:
         index = keys.collection_jobs(collection) if collection else keys.jobs()
-        return self.r.zrevrange(index, 0, count - 1)
+        return cast(list[str], self.r.zrevrange(index, 0, count - 1))
 
     def newest(self, collection: str | None = None, count: int = 20) -> list[dict]:
         """The raw fields of the newest `count` jobs (of one collection), newest first."""
@@ -49,13 +50,13 @@ class JobHistory:
 
     def of_collection(self, collection: str, states: tuple[str, ...]) -> list[tuple[str, str, str]]:
         """(id, kind, state) of every job of the collection in one of `states`."""
-        ids = self.r.zrange(keys.collection_jobs(collection), 0, -1)
+        ids = cast(list[str], self.r.zrange(keys.collection_jobs(collection), 0, -1))
         return [(raw["id"], raw.get("kind", ""), raw["state"]) for raw in job_hashes(self.r, ids)
                 if raw and raw.get("state") in states]
 
     def count_by_kind_state(self, scan: int) -> dict[tuple[str, str], int]:
         """Jobs among the newest `scan` by (kind, state) (metrics)."""
-        ids = self.r.zrevrange(keys.jobs(), 0, scan - 1)
+        ids = cast(list[str], self.r.zrevrange(keys.jobs(), 0, scan - 1))
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(keys.job(job_id), "kind", "state")
@@ -80,8 +81,8 @@ class JobHistory:
         max_score: float | str = after[0] if after else "+inf"
         exhausted = False
         while len(page) < limit and scanned < LIST_SCAN_MAX:
-            batch = self.r.zrevrangebyscore(index, max_score, "-inf", start=0, num=LIST_BATCH,
-                                            withscores=True)
+            batch = cast(list[tuple[str, float]],
+                         self.r.zrevrangebyscore(index, max_score, "-inf", start=0, num=LIST_BATCH, withscores=True))
             if after:
                 # Same created_at as the cursor: the ones at or above its id were on earlier pages
                 # (members of equal score come in reverse id order).
@@ -97,11 +98,13 @@ class JobHistory:
                     page.append(public(data))
                     if len(page) == limit:
                         break
+            assert last is not None  # the batch was not empty, so the loop above ran
             max_score, after = last[0], last
         if exhausted or last is None:
             return page, None
         # Only look one job further when the page ended exactly at the end of the index.
-        rest = self.r.zrevrangebyscore(index, last[0], "-inf", start=0, num=LIST_BATCH, withscores=True)
+        rest = cast(list[tuple[str, float]],
+                    self.r.zrevrangebyscore(index, last[0], "-inf", start=0, num=LIST_BATCH, withscores=True))
         if not any(not (sc == last[0] and m >= last[1]) for m, sc in rest):
             return page, None
         return page, cursors.encode(*last)
@@ -114,7 +117,7 @@ class JobHistory:
         start = 0
         while True:
             # Oldest first; created before the cutoff is necessary (finished is never before created).
-            ids = self.r.zrangebyscore(keys.jobs(), "-inf", cutoff, start=start, num=CLEANUP_BATCH)
+            ids = cast(list[str], self.r.zrangebyscore(keys.jobs(), "-inf", cutoff, start=start, num=CLEANUP_BATCH))
             if not ids:
                 return deleted
             pipe = self.r.pipeline(transaction=False)
@@ -127,7 +130,7 @@ class JobHistory:
                     continue
                 if state not in TERMINAL or float(finished_at or created_at or 0) > cutoff:
                     continue
-                rank = self.r.zrevrank(keys.collection_jobs(collection), job_id)
+                rank = cast(int | None, self.r.zrevrank(keys.collection_jobs(collection), job_id))
                 if rank is not None and rank < keep_per_collection:
                     continue
                 doomed.append((job_id, collection))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from shared import eventnames as names
 from shared import keys
@@ -102,7 +104,7 @@ class JobStore:
         return self.r.hgetall(keys.job(job_id)) or None
 
     def field(self, job_id: str, name: str) -> str | None:
-        return self.r.hget(keys.job(job_id), name)
+        return cast(str | None, self.r.hget(keys.job(job_id), name))
 
     def fields_many(self, job_ids: list[str], *names: str) -> list[list[str | None]]:
         """The named fields of each job, in order (None for absent jobs or fields)."""
@@ -201,7 +203,7 @@ class JobStore:
     def progress(self, job_id: str, stage: str, done: int, total: int, rate: float | None = None) -> None:
         """Record progress and heartbeat, and append `job.progress` to the event stream."""
         now = time.time()
-        data = {"stage": stage, "done": done, "total": total}
+        data: dict[str, str | int | float] = {"stage": stage, "done": done, "total": total}
         if rate is not None:
             data["rate"] = round(rate, 2)
         collection, kind = self.r.hmget(keys.job(job_id), "collection", "kind")
@@ -214,7 +216,7 @@ class JobStore:
 
     def set_fields(self, job_id: str, **fields) -> None:
         """Bookkeeping fields that are not state (e.g. the segment an ingest registered)."""
-        self.r.hset(keys.job(job_id), mapping=fields)
+        self.r.hset(keys.job(job_id), mapping=cast(dict[FieldT, EncodableT], fields))
 
     def touch(self, job_id: str) -> None:
         """Refresh the heartbeat without progress (a job waiting for a lock, or inside a long step, is
@@ -270,14 +272,15 @@ class JobStore:
 
     def run_info(self, job_id: str) -> tuple[str | None, float, str | None]:
         """(state, heartbeat, runner) of the job."""
-        state, heartbeat, runner = self.r.hmget(keys.job(job_id), "state", "heartbeat", "runner")
+        state, heartbeat, runner = cast(list[str | None],
+                                        self.r.hmget(keys.job(job_id), "state", "heartbeat", "runner"))
         return state, float(heartbeat or 0), runner
 
     def running_ids(self) -> set[str]:
-        return self.r.smembers(keys.running())
+        return cast(set[str], self.r.smembers(keys.running()))
 
     def queued_ids(self, queue: str) -> set[str]:
-        return self.r.smembers(keys.queued(queue))
+        return cast(set[str], self.r.smembers(keys.queued(queue)))
 
     def forget_running(self, job_id: str) -> None:
         """Drop an id from the running set once its job is no longer running (the publish script

@@ -14,6 +14,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -111,7 +112,7 @@ class RebuildLocks:
         return bool(claimed), other
 
     def pending(self, collection: str) -> str | None:
-        return self.r.get(keys.rebuild_pending(collection))
+        return cast(str | None, self.r.get(keys.rebuild_pending(collection)))
 
     def clear_pending(self, collection: str, job_id: str) -> None:
         """Free the pending slot if `job_id` holds it (called when that rebuild starts or ends)."""

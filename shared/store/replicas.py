@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import time
+from typing import cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from shared import keys
 
@@ -27,7 +29,8 @@ class ReplicaStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(keys.replica(replica_id))
         pipe.hset(keys.replica(replica_id), mapping={SEEN_FIELD: now, FAILED_FIELD: json.dumps(failed or {}),
-                                                     **served})
+                                                     # redis-py's mapping type has invariant keys
+                                                     **cast(dict[FieldT, EncodableT], served)})
         pipe.expire(keys.replica(replica_id), int(self.ttl))
         pipe.zadd(keys.replicas(), {replica_id: now})
         pipe.zremrangebyscore(keys.replicas(), 0, now - self.ttl)
@@ -41,7 +44,7 @@ class ReplicaStore:
 
     def versions(self) -> dict[str, dict[str, int]]:
         """replica id -> {collection: version served}, for API processes whose heartbeat is fresh."""
-        ids = self.r.zrangebyscore(keys.replicas(), time.time() - self.ttl, "+inf")
+        ids = cast(list[str], self.r.zrangebyscore(keys.replicas(), time.time() - self.ttl, "+inf"))
         if not ids:
             return {}
         pipe = self.r.pipeline(transaction=False)
@@ -56,7 +59,7 @@ class ReplicaStore:
     def failures(self) -> dict[str, dict[str, dict]]:
         """replica id -> {collection: {version, error, attempts, since}} of the versions live API
         processes could not load."""
-        ids = self.r.zrangebyscore(keys.replicas(), time.time() - self.ttl, "+inf")
+        ids = cast(list[str], self.r.zrangebyscore(keys.replicas(), time.time() - self.ttl, "+inf"))
         if not ids:
             return {}
         pipe = self.r.pipeline(transaction=False)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from shared import keys
 from shared.store.conn import delete_if_equals
@@ -58,27 +60,31 @@ class SourceStore:
     def create(self, collection: str, path: str, include: list[str], exclude: list[str], watch: bool,
                prefix: str = "") -> dict:
         source_id = uuid.uuid4().hex
-        record = {"id": source_id, "collection": collection, "path": path, "include": json.dumps(include),
-                  "exclude": json.dumps(exclude), "watch": "1" if watch else "0", "prefix": prefix,
-                  "created_at": time.time()}
+        record: dict[FieldT, EncodableT] = {
+            "id": source_id, "collection": collection, "path": path, "include": json.dumps(include),
+            "exclude": json.dumps(exclude), "watch": "1" if watch else "0", "prefix": prefix,
+            "created_at": time.time()}
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(keys.source(source_id), mapping=record)
         pipe.sadd(keys.collection_sources(collection), source_id)
         pipe.hset(keys.sources(), source_id, collection)
         pipe.execute()
-        return self.get(source_id)
+        source = self.get(source_id)
+        assert source is not None  # just written under a fresh id no one else knows yet
+        return source
 
     def get(self, source_id: str) -> dict | None:
         raw = self.r.hgetall(keys.source(source_id))
         return _typed(raw) if raw else None
 
     def of_collection(self, collection: str) -> list[dict]:
-        ids = sorted(self.r.smembers(keys.collection_sources(collection)))
+        ids = sorted(cast(set[str], self.r.smembers(keys.collection_sources(collection))))
         return [s for s in (self.get(i) for i in ids) if s]
 
     def all(self) -> list[dict]:
         """Every source of every collection (the watcher's list)."""
-        return [s for s in (self.get(i) for i in sorted(self.r.hkeys(keys.sources()))) if s]
+        ids = sorted(cast(list[str], self.r.hkeys(keys.sources())))
+        return [s for s in (self.get(i) for i in ids) if s]
 
     def set_last_reconcile(self, source_id: str, summary: dict) -> None:
         if self.r.exists(keys.source(source_id)):
@@ -89,7 +95,7 @@ class SourceStore:
 
     def remove(self, source_id: str) -> None:
         """Forget the source: its record, its file state, its lease and its reconcile slot."""
-        collection = self.r.hget(keys.sources(), source_id)
+        collection = cast(str | None, self.r.hget(keys.sources(), source_id))
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(keys.source(source_id), keys.source_files(source_id), keys.source_reconcile(source_id),
                     keys.watch_lease(source_id))
@@ -100,13 +106,14 @@ class SourceStore:
 
     def remove_collection(self, collection: str) -> None:
         """Forget every source of a collection (it is being dropped)."""
-        for source_id in self.r.smembers(keys.collection_sources(collection)):
+        for source_id in cast(set[str], self.r.smembers(keys.collection_sources(collection))):
             self.remove(source_id)
 
     # what the collection holds of each file
 
     def files(self, source_id: str) -> dict[str, FileState]:
-        return {path: FileState.decode(raw) for path, raw in self.r.hgetall(keys.source_files(source_id)).items()}
+        raws = cast(dict[str, str], self.r.hgetall(keys.source_files(source_id)))
+        return {path: FileState.decode(raw) for path, raw in raws.items()}
 
     def file_count(self, source_id: str) -> int:
         return int(self.r.hlen(keys.source_files(source_id)))
@@ -129,10 +136,10 @@ class SourceStore:
         """None when `job_id` now holds the source's reconcile slot, else the id of the holder."""
         if self.r.set(keys.source_reconcile(source_id), job_id, nx=True):
             return None
-        return self.r.get(keys.source_reconcile(source_id)) or ""
+        return cast(str | None, self.r.get(keys.source_reconcile(source_id))) or ""
 
     def reconcile_holder(self, source_id: str) -> str | None:
-        return self.r.get(keys.source_reconcile(source_id))
+        return cast(str | None, self.r.get(keys.source_reconcile(source_id)))
 
     def take_reconcile(self, source_id: str, job_id: str, stale: str) -> bool:
         """Replace a slot left by a finished job (`stale`) with `job_id`."""
@@ -166,4 +173,4 @@ class SourceStore:
         delete_if_equals(self.r, keys.watch_lease(source_id), token)
 
     def watch_holder(self, source_id: str) -> str | None:
-        return self.r.get(keys.watch_lease(source_id))
+        return cast(str | None, self.r.get(keys.watch_lease(source_id)))

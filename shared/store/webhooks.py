@@ -6,6 +6,7 @@ import json
 import secrets
 import time
 import uuid
+from typing import cast
 
 import redis
 
@@ -48,17 +49,19 @@ class WebhookStore:
             "secret": secret, "created_at": time.time()})
         pipe.sadd(keys.webhooks(), webhook_id)
         pipe.execute()
-        return self.get(webhook_id), secret
+        webhook = self.get(webhook_id)
+        assert webhook is not None  # just written under a fresh id no one else knows yet
+        return webhook, secret
 
     def get(self, webhook_id: str) -> dict | None:
         raw = self.r.hgetall(keys.webhook(webhook_id))
         return _webhook(raw) if raw else None
 
     def secret(self, webhook_id: str) -> str | None:
-        return self.r.hget(keys.webhook(webhook_id), "secret")
+        return cast(str | None, self.r.hget(keys.webhook(webhook_id), "secret"))
 
     def all(self) -> list[dict]:
-        ids = sorted(self.r.smembers(keys.webhooks()))
+        ids = sorted(cast(set[str], self.r.smembers(keys.webhooks())))
         pipe = self.r.pipeline(transaction=False)
         for webhook_id in ids:
             pipe.hgetall(keys.webhook(webhook_id))
@@ -67,7 +70,7 @@ class WebhookStore:
 
     def delete(self, webhook_id: str) -> bool:
         """Remove the webhook and its delivery log; deliveries in flight find it gone and stop."""
-        ids = self.r.lrange(keys.webhook_deliveries(webhook_id), 0, -1)
+        ids = cast(list[str], self.r.lrange(keys.webhook_deliveries(webhook_id), 0, -1))
         pipe = self.r.pipeline(transaction=True)
         pipe.srem(keys.webhooks(), webhook_id)
         pipe.delete(keys.webhook(webhook_id), keys.webhook_deliveries(webhook_id),
@@ -83,7 +86,7 @@ class WebhookStore:
         self.r.set(keys.webhook_cursor(), event_id, nx=True)
 
     def cursor(self) -> str | None:
-        return self.r.get(keys.webhook_cursor())
+        return cast(str | None, self.r.get(keys.webhook_cursor()))
 
     def set_cursor(self, event_id: str) -> None:
         self.r.set(keys.webhook_cursor(), event_id)
@@ -124,7 +127,7 @@ class WebhookStore:
         pipe.execute()
 
     def deliveries(self, webhook_id: str, limit: int = 100) -> list[dict]:
-        ids = self.r.lrange(keys.webhook_deliveries(webhook_id), 0, limit - 1)
+        ids = cast(list[str], self.r.lrange(keys.webhook_deliveries(webhook_id), 0, limit - 1))
         pipe = self.r.pipeline(transaction=False)
         for delivery_id in ids:
             pipe.hgetall(keys.delivery(delivery_id))

@@ -51,7 +51,7 @@ def resolve(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise UnsafeTarget(f"cannot resolve {host!r}: {exc}") from None
-    return sorted({info[4][0] for info in infos})
+    return sorted({str(info[4][0]) for info in infos})  # the address: always a str for TCP results
 
 
 def check(url: str, allow_private: bool) -> list[str]:

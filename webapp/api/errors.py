@@ -7,6 +7,7 @@ flask-smorest `Api` that answers it and documents every error in OpenAPI."""
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import redis
 from flask import Flask, Response, current_app, request
@@ -32,7 +33,8 @@ JSON_VALUES = (str, int, float, bool, list, dict, type(None))
 
 def problem(status: int, code: str, message: str, headers: dict | None = None, **members) -> Response:
     """The answer for an error (see webapp.api.problem for the body)."""
-    response = current_app.json.response(problem_body(status, code, message, **members))
+    # Flask types the JSON provider's answer as werkzeug's base Response; it is the app's response_class.
+    response = cast(Response, current_app.json.response(problem_body(status, code, message, **members)))
     response.status_code = status
     response.mimetype = PROBLEM_JSON
     response.headers.update(headers or {})
@@ -56,7 +58,8 @@ QUEUE_FULL = {
 def queue_full_error(full: QueueFull) -> ServiceUnavailable:
     """The 503 for a refused submission; job-creating views just let QueueFull propagate."""
     error = ServiceUnavailable()
-    error.data = {"code": "queue_full", "queue": full.queue, "headers": {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    # What abort() attaches and flask-smorest's handler reads; werkzeug does not declare the attribute.
+    error.data = {"code": "queue_full", "queue": full.queue, "headers": {"Retry-After": str(RETRY_AFTER_SECONDS)},  # type: ignore[attr-defined]
                   "message": f"the {full.queue} queue is full ({full.depth} queued jobs, bound {full.bound}); "
                              "nothing was created, retry later"}
     return error

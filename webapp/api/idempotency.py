@@ -55,7 +55,7 @@ def fingerprint() -> str:
         body = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode() if raw else b""
     except (ValueError, UnicodeDecodeError, RecursionError):
         body = raw
-    who = principal().key_id if principal() else "-"
+    who = found.key_id if (found := principal()) else "-"
     digest = hashlib.sha256()
     for part in (request.method.encode(), request.path.encode(), request.query_string, who.encode(), body):
         digest.update(len(part).to_bytes(8, "big") + part)

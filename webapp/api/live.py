@@ -205,7 +205,7 @@ class IndexWatcher(threading.Thread):
         """Load every collection whose published pointer differs from what this process serves (a
         version that failed to load is tried again only once its pause has passed)."""
         full = names is None
-        if full:
+        if names is None:
             names = self.svc.collections.names()
             for gone in set(self.live.served()) - set(names):
                 self.live.drop(gone)

@@ -202,7 +202,8 @@ def collections(client: Client, as_json) -> None:
 @click.pass_obj
 def docs(client: Client, name, prefix, limit, as_json) -> None:
     """Documents of collection NAME in the index version served: id, type, chunks, source, updated."""
-    items, cursor, version = [], None, None
+    items: list[dict] = []
+    cursor, version = None, None
     while limit is None or len(items) < limit:
         page = client.documents(name, prefix, limit=min(500, limit or 500), cursor=cursor)
         version = page["index_version"]

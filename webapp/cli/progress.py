@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Protocol
+
+
+class Stream(Protocol):
+    """What a bar draws on: a text file such as sys.stderr, or any object with these methods."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> None: ...
+
+    def isatty(self) -> bool: ...
 
 
 def format_duration(seconds: float | None) -> str:
@@ -20,7 +30,7 @@ def format_duration(seconds: float | None) -> str:
 class ProgressBar:
     """`update(done, total)` as often as you like; the bar decides when to draw."""
 
-    def __init__(self, label: str, unit: str = "docs", stream: TextIO | None = None, tty: bool | None = None,
+    def __init__(self, label: str, unit: str = "docs", stream: Stream | None = None, tty: bool | None = None,
                  interval: float = 2.0, width: int = 24):
         self.label, self.unit, self.width = label, unit, width
         self.stream = stream or sys.stderr

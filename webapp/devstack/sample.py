@@ -39,7 +39,8 @@ def split_first(docs: list[dict], first_bytes: int = FIRST_BATCH_BYTES) -> tuple
     """A first batch of about `first_bytes` (at least one document) and the rest. KEPs of the SIG the
     example query is about go first, so the first answers a newcomer sees are on topic."""
     ranked = sorted(range(len(docs)), key=lambda i: docs[i]["metadata"].get("sig") != FIRST_SIG)
-    taken, size = set(), 0
+    taken: set[int] = set()
+    size = 0
     for i in ranked:
         size += doc_bytes(docs[i])
         if taken and size > first_bytes:

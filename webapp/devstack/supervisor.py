@@ -113,10 +113,12 @@ class Supervisor:
         return child
 
     def _pump(self, child: Child) -> None:
-        for raw in iter(child.popen.stdout.readline, b""):
+        stdout = child.popen.stdout
+        assert stdout is not None  # started with stdout=PIPE
+        for raw in iter(stdout.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             self._write(Message("line", line, dt.datetime.now(), child.name, child.colour))
-        child.popen.stdout.close()
+        stdout.close()
 
     def dead(self) -> Child | None:
         """A child that exited without being asked to."""

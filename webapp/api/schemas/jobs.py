@@ -21,7 +21,7 @@ class JobSchema(Schema):
     kind = fields.String(required=True)
     collection = fields.String(required=True)
     state = fields.String(required=True, validate=validate.OneOf(STATES))
-    progress = fields.Nested(ProgressSchema)
+    progress: fields.Field = fields.Nested(ProgressSchema)  # a subclass may answer it as a plain Dict
     error = fields.String(allow_none=True)
     created_at = fields.String(allow_none=True)
     started_at = fields.String(allow_none=True)

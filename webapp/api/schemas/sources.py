@@ -16,7 +16,9 @@ class SourceCreateSchema(StrictSchema):
                           validate=validate.Length(max=100), metadata={
                               "description": "gitignore-style globs of files to take (default: common text "
                                              "and code extensions)"})
-    exclude = fields.List(fields.String(validate=validate.Length(min=1, max=256)), load_default=list,
+    # A field named like Schema's own `exclude` (the fields to leave out), which marshmallow allows: it
+    # collects declared fields when the class is made. Only the static types clash.
+    exclude = fields.List(fields.String(validate=validate.Length(min=1, max=256)), load_default=list,  # type: ignore[assignment]
                           validate=validate.Length(max=100),
                           metadata={"description": "gitignore-style globs of files and folders to leave out"})
     watch = fields.Boolean(load_default=False, metadata={
@@ -44,7 +46,7 @@ class SourceSchema(Schema):
     collection = fields.String()
     path = fields.String(metadata={"description": "the resolved folder"})
     include = fields.List(fields.String())
-    exclude = fields.List(fields.String())
+    exclude = fields.List(fields.String())  # type: ignore[assignment]  # as in SourceCreateSchema
     prefix = fields.String()
     watch = fields.Boolean()
     created_at = fields.String(allow_none=True)
