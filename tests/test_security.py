@@ -10,6 +10,7 @@ Finding 6b: per-document metadata is bounded (SWAPLINE_MAX_METADATA_BYTES), at t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -219,3 +220,89 @@ def test_the_api_reads_a_slash_sent_as_2f_back_into_the_document_id(settings, pr
             with pytest.raises(ApiError) as missing:
                 api.document("docs", doc_id)
             assert missing.value.status == 404 and repr(doc_id) in missing.value.message
+
+
+# Finding 3: a YAML alias bomb in front matter.
+
+def alias_bomb(levels: int = 6) -> str:
+    """`a` is 9 strings, `b` 9 references to `a`, ... : a few hundred bytes, 9**levels strings expanded."""
+    names = "abcdefghij"[:levels]
+    lines = ["a: &a [x,x,x,x,x,x,x,x,x]"]
+    lines += [f"{n}: &{n} [{','.join(['*' + p] * 9)}]" for p, n in itertools.pairwise(names)]
+    return "---\n" + "\n".join(lines) + "\n---\n"
+
+
+def ingest_records(documents: list[dict], **settings) -> list[dict]:
+    """The chunk records ingest would write (shared.jobs.ingest.chunk_documents) at these settings."""
+    from types import SimpleNamespace
+
+    from shared.index.tokens import WORDS
+    from shared.jobs.ingest import chunk_documents
+    from shared.settings import Settings
+
+    svc = SimpleNamespace(settings=Settings(**settings), embedder=SimpleNamespace(tokenizer=WORDS))
+    return chunk_documents(svc, documents)[0]
+
+
+def test_an_alias_bomb_in_front_matter_gives_small_chunks():
+    bomb = alias_bomb()
+    assert len(bomb.encode()) < 400
+    text = bomb + "# Title\n\n" + "\n\n".join(f"## Part {i}\n\nSome words about part {i}." for i in range(20))
+    records = ingest_records([{"id": "bomb.md", "text": text}])
+    assert len(records) >= 10
+    for record in records:
+        assert len(json.dumps(record)) < 2_000, len(json.dumps(record))
+        assert "front_matter" not in record["metadata"]
+        assert "alias" in record["metadata"]["front_matter_refused"]
+        assert "x,x,x" not in record["text"]  # the refused block is not chunk text either
+
+
+def test_front_matter_anchors_and_oversize_blocks_are_refused_plain_front_matter_kept():
+    from shared.index.chunking import MAX_FRONT_MATTER_BYTES, split_front_matter
+
+    assert split_front_matter("---\ntitle: Hello\ntags: [a, b]\n---\nbody\n") == (
+        {"title": "Hello", "tags": ["a", "b"]}, "body\n")
+    for text in ("---\na: &x 1\n---\nbody\n", "---\na: 1\nb: *x\n---\nbody\n",
+                 "---\nbig: " + "y" * MAX_FRONT_MATTER_BYTES + "\n---\nbody\n"):
+        front, rest = split_front_matter(text)
+        assert front is None and rest == "body\n"
+
+
+# Finding 6b: metadata bounded, at the API and at ingest.
+
+def test_metadata_over_the_limit_is_refused_naming_the_document():
+    from shared.errors import RequestRefused
+    from shared.limits import check_documents
+    from shared.settings import Settings
+
+    defaults = Settings()
+    assert defaults.max_metadata_bytes == 16384
+    small = {"id": "a", "text": "t", "metadata": {"tags": ["x"] * 100}}
+    big = {"id": "b", "text": "t", "metadata": {"blob": "y" * defaults.max_metadata_bytes}}
+    check_documents([small], defaults)
+    with pytest.raises(RequestRefused) as refused:
+        check_documents([small, big], defaults)
+    assert (refused.value.status, refused.value.code) == (422, "metadata_too_large")
+    assert "documents[1]" in refused.value.message and "16384" in refused.value.message
+
+
+def test_front_matter_over_the_metadata_limit_is_dropped_at_ingest_with_a_note():
+    front = "---\n" + "\n".join(f"key{i}: {'v' * 200}" for i in range(100)) + "\n---\n"  # about 21 KB
+    records = ingest_records([{"id": "wide.md", "text": front + "# T\n\nbody words", "metadata": {"team": "a"}}])
+    assert records
+    for record in records:
+        assert len(json.dumps(record["metadata"])) <= 16384
+        assert "front_matter" not in record["metadata"] and record["metadata"]["team"] == "a"
+        assert "16384" in record["metadata"]["front_matter_dropped"]
+
+
+@pytest.mark.integration
+def test_the_api_answers_422_metadata_too_large(settings, procs):
+    base = procs.api(settings)
+    with Client(base, retries=0) as api:
+        api.create_collection("docs")
+        docs = [{"id": "ok", "text": "t"}, {"id": "big", "text": "t", "metadata": {"blob": "y" * 20_000}}]
+        with pytest.raises(ApiError) as refused:
+            api.add_documents("docs", docs)
+    assert (refused.value.status, refused.value.code) == (422, "metadata_too_large")
+    assert "documents[1]" in refused.value.message
