@@ -3,14 +3,17 @@ raises RequestRefused with the status and code the API answers."""
 
 from __future__ import annotations
 
+import json
+
 from shared.errors import RequestRefused
 from shared.settings import Settings
 
 
 def check_documents(documents: list[dict], settings: Settings) -> None:
     """A batch of at most SWAPLINE_MAX_DOCUMENTS_PER_BATCH documents (else 413 batch_too_large), each text
-    at most SWAPLINE_MAX_DOCUMENT_BYTES bytes of UTF-8 (else 413 document_too_large), no id twice (else
-    422 invalid: which of the two should win is the client's to say)."""
+    at most SWAPLINE_MAX_DOCUMENT_BYTES bytes of UTF-8 (else 413 document_too_large), its metadata at most
+    SWAPLINE_MAX_METADATA_BYTES bytes as JSON (else 422 metadata_too_large: it is copied into every chunk),
+    no id twice (else 422 invalid: which of the two should win is the client's to say)."""
     if len(documents) > settings.max_documents_per_batch:
         raise RequestRefused(413, "batch_too_large", f"at most {settings.max_documents_per_batch} documents per batch")
     seen = set()
@@ -18,9 +21,18 @@ def check_documents(documents: list[dict], settings: Settings) -> None:
         if len(doc["text"].encode("utf-8")) > settings.max_document_bytes:
             raise RequestRefused(413, "document_too_large",
                                  f"documents[{i}].text exceeds {settings.max_document_bytes} bytes")
+        if metadata_bytes(doc.get("metadata") or {}) > settings.max_metadata_bytes:
+            raise RequestRefused(422, "metadata_too_large",
+                                 f"documents[{i}].metadata exceeds {settings.max_metadata_bytes} bytes as JSON "
+                                 "(SWAPLINE_MAX_METADATA_BYTES)")
         if doc["id"] in seen:
             raise RequestRefused(422, "invalid", f"document id {doc['id']!r} appears twice in the batch")
         seen.add(doc["id"])
+
+
+def metadata_bytes(metadata: dict) -> int:
+    """The size of a document's metadata as stored with each chunk (compact JSON, UTF-8)."""
+    return len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8"))
 
 
 def check_search(query: str, k: int, settings: Settings) -> None:

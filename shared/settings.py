@@ -82,6 +82,9 @@ class Settings:
     max_request_bytes: int = 32 * 1024 * 1024
     max_documents_per_batch: int = 1_000
     max_document_bytes: int = 1024 * 1024
+    # A document's metadata is copied into each of its chunks: its JSON is bounded at the API (422)
+    # and at ingest (front matter past it is dropped).
+    max_metadata_bytes: int = 16 * 1024
     max_k: int = 100
     max_query_chars: int = 2_000
     events_max_len: int = 100_000

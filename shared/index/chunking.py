@@ -27,6 +27,8 @@ FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?\r?\n)?(?:---|\.\.\.)[ \t]*(?:\r
 TOKEN = WORD_TOKEN  # kept for callers that count words
 PATH_SEP = " > "
 MAX_TITLE_CHARS = 200
+# Front matter is metadata copied into every chunk of its document: a block past this is not read.
+MAX_FRONT_MATTER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -169,19 +171,57 @@ def pack(units: list[tuple[int, int]], cost: Callable[[int, int], int], budget: 
     return groups
 
 
-def split_front_matter(text: str) -> tuple[dict | None, str]:
-    """YAML front matter (a mapping between `---` lines at the very start) and the text after it.
-    Anything else at the start, or YAML that does not parse to a mapping, stays text."""
+class FrontMatterRefused(ValueError):
+    """Front matter that is front matter by its shape but is not read: over MAX_FRONT_MATTER_BYTES, or
+    with YAML anchors or aliases."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses every anchor and alias: an alias is expanded wherever the metadata is
+    serialized (in every chunk), so a few hundred bytes of `&a [*b, *b, ...]` became megabytes."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise FrontMatterRefused("YAML anchors and aliases are not accepted in front matter")
+        return super().compose_node(parent, index)
+
+
+def parse_front_matter(text: str) -> tuple[dict | None, str]:
+    """(front matter, the text after it). None and the text unchanged when the text opens with no
+    front matter, or with YAML that does not parse to a mapping. Raises FrontMatterRefused (its `rest`
+    is the text after the block) for a block over MAX_FRONT_MATTER_BYTES or with anchors or aliases."""
     match = FRONT_MATTER.match(text)
     if not match:
         return None, text
+    block, rest = match.group(1) or "", text[match.end():]
+    if len(block.encode("utf-8")) > MAX_FRONT_MATTER_BYTES:
+        raise _refused(f"front matter over {MAX_FRONT_MATTER_BYTES} bytes", rest)
     try:
-        data = yaml.safe_load(match.group(1) or "")
+        data = yaml.load(block, Loader=_NoAliasLoader)  # a SafeLoader subclass: no arbitrary objects
+    except FrontMatterRefused as exc:
+        raise _refused(str(exc), rest) from None
     except yaml.YAMLError:
         return None, text
     if not isinstance(data, dict):
         return None, text
-    return {str(k): v for k, v in data.items()}, text[match.end():]
+    return {str(k): v for k, v in data.items()}, rest
+
+
+def _refused(reason: str, rest: str) -> FrontMatterRefused:
+    exc = FrontMatterRefused(reason)
+    exc.rest = rest
+    return exc
+
+
+def split_front_matter(text: str) -> tuple[dict | None, str]:
+    """YAML front matter (a mapping between `---` lines at the very start) and the text after it.
+    Anything else at the start, or YAML that does not parse to a mapping, stays text; a refused block
+    (see parse_front_matter) is neither metadata nor text."""
+    try:
+        return parse_front_matter(text)
+    except FrontMatterRefused as exc:
+        return None, exc.rest
 
 
 def _sections(text: str) -> list[tuple[tuple[str, ...], list[str]]]:

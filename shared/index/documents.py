@@ -4,7 +4,7 @@ set them from file names; documents posted without them are markdown."""
 
 from __future__ import annotations
 
-from shared.index.chunking import Chunk, chunk_markdown, split_front_matter
+from shared.index.chunking import Chunk, FrontMatterRefused, chunk_markdown, parse_front_matter
 from shared.index.codechunks import chunk_code
 from shared.index.tokens import Tokenizer
 
@@ -12,7 +12,8 @@ from shared.index.tokens import Tokenizer
 def chunk_document(text: str, metadata: dict, tokenizer: Tokenizer, max_tokens: int,
                    overlap: int) -> tuple[list[Chunk], dict]:
     """(chunks, metadata to add to the document's): YAML front matter of markdown goes to metadata
-    under `front_matter`, not into chunk text."""
+    under `front_matter`, not into chunk text. Front matter that is refused (anchors or aliases, over
+    MAX_FRONT_MATTER_BYTES) is left out of both; `front_matter_refused` says why."""
     cap = min(max_tokens, tokenizer.max_tokens or max_tokens)
     overlap = min(overlap, cap - 1)
     doc_type = metadata.get("type")
@@ -20,7 +21,11 @@ def chunk_document(text: str, metadata: dict, tokenizer: Tokenizer, max_tokens: 
         return chunk_code(text, metadata.get("language"), cap, overlap, tokenizer), {}
     extra: dict = {}
     if doc_type in (None, "markdown"):
-        front, text = split_front_matter(text)
+        try:
+            front, text = parse_front_matter(text)
+        except FrontMatterRefused as refused:
+            front, text = None, refused.rest
+            extra["front_matter_refused"] = str(refused)
         if front:
             extra["front_matter"] = front
     return chunk_markdown(text, cap, overlap, tokenizer), extra

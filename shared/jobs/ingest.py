@@ -19,6 +19,7 @@ from shared.index.chunking import embed_text
 from shared.index.documents import chunk_document
 from shared.jobs.progress import ProgressReporter
 from shared.jobs.submit import request_rebuild
+from shared.limits import metadata_bytes
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,28 @@ def _known_vectors(svc: Services, collection: str, doc_ids: list[str], model_id:
     return known
 
 
+# Kept when a document's metadata must be cut down: what sources set, a few short values.
+ESSENTIAL_METADATA = ("source", "path", "type", "language")
+
+
+def bounded_metadata(metadata: dict, limit: int) -> dict:
+    """`metadata` when its JSON fits `limit` bytes (SWAPLINE_MAX_METADATA_BYTES; it is copied into every
+    chunk). Otherwise front matter is dropped first, with a note saying so; if still over, only the
+    keys sources set are kept, with a note. The API refuses posted metadata over the limit, so this
+    is for front matter (and batches staged before the limit)."""
+    if metadata_bytes(metadata) <= limit:
+        return metadata
+    note = f"front matter over SWAPLINE_MAX_METADATA_BYTES ({limit}) was dropped"
+    if "front_matter" in metadata:
+        trimmed = {k: v for k, v in metadata.items() if k != "front_matter"}
+        trimmed["front_matter_dropped"] = note
+        if metadata_bytes(trimmed) <= limit:
+            return trimmed
+    kept = {k: metadata[k] for k in ESSENTIAL_METADATA if k in metadata}
+    kept["metadata_dropped"] = f"metadata over SWAPLINE_MAX_METADATA_BYTES ({limit}) was dropped"
+    return kept if metadata_bytes(kept) <= limit else {"metadata_dropped": kept["metadata_dropped"]}
+
+
 def chunk_documents(svc: Services, documents: list[dict]) -> tuple[list[dict], list[str], dict[str, int]]:
     """Chunk records, the text to embed for each, and the chunk count per document."""
     s = svc.settings
@@ -48,7 +71,7 @@ def chunk_documents(svc: Services, documents: list[dict]) -> tuple[list[dict], l
     for doc in documents:
         metadata = doc.get("metadata") or {}
         chunks, extra = chunk_document(doc["text"], metadata, tokenizer, s.chunk_max_tokens, s.chunk_overlap_tokens)
-        metadata = {**metadata, **extra}
+        metadata = bounded_metadata({**metadata, **extra}, s.max_metadata_bytes)
         counts[doc["id"]] = len(chunks)
         for chunk in chunks:
             record = {"doc_id": doc["id"], "chunk_id": f"{doc['id']}#{chunk.ordinal}", "text": chunk.text,

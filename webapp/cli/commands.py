@@ -35,10 +35,19 @@ from webapp.cli.batching import (
 from webapp.cli.follow import IngestRun
 from webapp.cli.progress import ProgressBar
 from webapp.cli.sources import source
-from webapp.client import DEFAULT_URL, ApiError, ApiUnreachable, Client, JobFailed, RebuildBusy, job_fraction
+from webapp.client import (
+    DEFAULT_URL,
+    ApiError,
+    ApiUnreachable,
+    Client,
+    InvalidArgument,
+    JobFailed,
+    RebuildBusy,
+    job_fraction,
+)
 from webapp.client.client import DEFAULT_RETRIES
 
-EXPECTED_ERRORS = (ApiUnreachable, ApiError, JobFailed, InputError, TimeoutError)
+EXPECTED_ERRORS = (ApiUnreachable, ApiError, JobFailed, InputError, InvalidArgument, TimeoutError)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from webapp.client import ApiError, ApiUnreachable, Client, RebuildBusy
+from webapp.client import ApiError, ApiUnreachable, Client, InvalidArgument, RebuildBusy
 
 NOTE_TYPE = "note"
 NOTE_PREFIX = "notes/"
@@ -35,7 +35,7 @@ def _call(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ApiError as exc:
         raise ToolError(exc.details()) from None
-    except ApiUnreachable as exc:
+    except (ApiUnreachable, InvalidArgument) as exc:
         raise ToolError(str(exc)) from None
 
 
@@ -100,7 +100,7 @@ def build_server(client: Client) -> MCPServer:
             if not busy.job_id:
                 raise ToolError(busy.details()) from None
             job = _call(client.job, busy.job_id)
-        except (ApiError, ApiUnreachable) as exc:
+        except (ApiError, ApiUnreachable, InvalidArgument) as exc:
             raise ToolError(exc.details() if isinstance(exc, ApiError) else str(exc)) from None
         return {"collection": collection, "source_id": source_id, "job_id": job["id"], "state": job["state"]}
 

@@ -16,7 +16,8 @@
 Requests are retried on connection errors, 429, 502, 503 and 504 (honouring Retry-After), and every
 job-creating request carries an Idempotency-Key, so a retry never creates a second job. Errors are
 `ApiError` (the API answered an error; `.status`, `.code`, `.body`), `RebuildBusy` (a rebuild is
-already queued or running: `.job_id`), `ApiUnreachable` and `JobFailed` (`.job`).
+already queued or running: `.job_id`), `ApiUnreachable`, `JobFailed` (`.job`) and `InvalidArgument`
+(a collection name, job id or document id refused before any request: it could reach another route).
 
 It imports only requests (no Flask, Celery, FAISS, numpy or torch), like the `swapline` command built
 on it.
@@ -30,9 +31,9 @@ on it.
 """
 
 from webapp.client.client import DEFAULT_URL, Client
-from webapp.client.errors import ApiError, ApiUnreachable, Interrupted, JobFailed, RebuildBusy
+from webapp.client.errors import ApiError, ApiUnreachable, Interrupted, InvalidArgument, JobFailed, RebuildBusy
 from webapp.client.events import Event
 from webapp.client.jobs import job_fraction
 
-__all__ = ["DEFAULT_URL", "ApiError", "ApiUnreachable", "Client", "Event", "Interrupted", "JobFailed",
-           "RebuildBusy", "job_fraction"]
+__all__ = ["DEFAULT_URL", "ApiError", "ApiUnreachable", "Client", "Event", "Interrupted", "InvalidArgument",
+           "JobFailed", "RebuildBusy", "job_fraction"]

@@ -12,15 +12,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shared.jobstates import SUCCEEDED, TERMINAL
+from shared.names import COLLECTION_NAME_RULE, is_collection_name, is_job_id
 from webapp.client import events
-from webapp.client.errors import ApiError, ApiUnreachable, Interrupted, JobFailed, RebuildBusy
+from webapp.client.errors import ApiError, ApiUnreachable, Interrupted, InvalidArgument, JobFailed, RebuildBusy
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_RETRIES = 4
@@ -29,6 +30,55 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 BACKOFF_FACTOR = 0.25
 BACKOFF_MAX = 10.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def segment(value: object) -> str:
+    """`value` as one URL path segment: every reserved character percent-encoded (`/`, `?`, `#`, `%`
+    included), so it can neither end the path nor add segments. A value that is, or decodes to, `.` or
+    `..` is refused: requests decodes `%2E` and urllib3 then removes dot segments, which would send the
+    request to another route."""
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{value!r} is not a non-empty string")
+    decoded, previous = value, None
+    while decoded != previous:
+        previous, decoded = decoded, unquote(decoded)
+    if value in DOT_SEGMENTS or decoded in DOT_SEGMENTS:
+        raise InvalidArgument(f"{value!r} cannot be a URL path segment")
+    return quote(value, safe="")
+
+
+def collection_segment(name: object) -> str:
+    """A collection name checked against the server's own pattern (shared.names), then encoded."""
+    if not is_collection_name(name):
+        raise InvalidArgument(f"{name!r} is not a collection name ({COLLECTION_NAME_RULE})")
+    return segment(name)
+
+
+def id_segment(value: object, what: str = "job id") -> str:
+    """A job or source id: 32 lowercase hex digits, as the server issues them."""
+    if not is_job_id(value):
+        raise InvalidArgument(f"{value!r} is not a {what} (32 lowercase hex digits)")
+    return segment(value)
+
+
+def document_segment(doc_id: object) -> str:
+    """A document id as one segment: a `/` in it (ids are often paths, `docs/intro.md`) is sent as %2F,
+    which the server's `<path:doc_id>` route reads back as `/`. An id with a `.` or `..` part is refused:
+    a proxy that decodes %2F before normalising the path would otherwise collapse it."""
+    if not isinstance(doc_id, str) or not doc_id:
+        raise InvalidArgument(f"{doc_id!r} is not a document id")
+    for part in unquote(doc_id).split("/"):
+        if part in DOT_SEGMENTS:
+            raise InvalidArgument(f"document id {doc_id!r} has a {part!r} path segment; it cannot be sent in a URL")
+    # The server's router merges `//` and its path converter cannot start with `/`: such an id would
+    # arrive as another id.
+    if doc_id.startswith("/") or "//" in doc_id:
+        raise InvalidArgument(f"document id {doc_id!r} starts with / or has //; the API's document route cannot "
+                              "carry it")
+    return segment(doc_id)
 
 
 def retry_policy(retries: int) -> Retry:
@@ -119,31 +169,33 @@ class Client:
 
     def create_collection(self, name: str) -> bool:
         """Create collection `name`: True when created, False when it already existed."""
+        collection_segment(name)  # refused here, as by every call that puts it in a URL
         resp = self.request("POST", "/v1/collections", ok=(201, 409), json={"name": name})
         return resp.status_code == 201
 
     def collection(self, name: str) -> dict:
         """Counts, the index version served, the running job and more (GET /v1/collections/{name})."""
-        return self.request("GET", f"/v1/collections/{name}").json()
+        return self.request("GET", f"/v1/collections/{collection_segment(name)}").json()
 
     def add_documents(self, name: str, documents: list[dict], rebuild: bool = True,
                       idempotency_key: str | None = None) -> dict:
         """Add or replace documents (`{"id", "text", "metadata"?}` each); returns the queued ingest job.
         With `rebuild` the ingest asks for a rebuild once done, so they become searchable."""
-        return self._create("POST", f"/v1/collections/{name}/documents", idempotency_key,
+        return self._create("POST", f"/v1/collections/{collection_segment(name)}/documents", idempotency_key,
                             json={"documents": documents, "rebuild": rebuild})
 
     def delete_document(self, name: str, doc_id: str, idempotency_key: str | None = None) -> dict:
         """Queue the deletion of one document; returns the delete job."""
-        return self._create("DELETE", f"/v1/collections/{name}/documents/{quote(doc_id)}", idempotency_key)
+        path = f"/v1/collections/{collection_segment(name)}/documents/{document_segment(doc_id)}"
+        return self._create("DELETE", path, idempotency_key)
 
     def drop_collection(self, name: str, idempotency_key: str | None = None) -> dict:
         """Queue the drop of a whole collection; returns the drop job."""
-        return self._create("DELETE", f"/v1/collections/{name}", idempotency_key)
+        return self._create("DELETE", f"/v1/collections/{collection_segment(name)}", idempotency_key)
 
     def rebuild(self, name: str, idempotency_key: str | None = None) -> dict:
         """Queue a rebuild of the index; RebuildBusy (with its job_id) when one is queued or running."""
-        return self._create("POST", f"/v1/collections/{name}/rebuild", idempotency_key)
+        return self._create("POST", f"/v1/collections/{collection_segment(name)}/rebuild", idempotency_key)
 
     def collections(self, limit: int = 100, cursor: str | None = None) -> dict:
         """A page of collections by name, with counts and the version served (`next_cursor` pages on)."""
@@ -153,11 +205,12 @@ class Client:
     def documents(self, name: str, prefix: str = "", limit: int = 100, cursor: str | None = None) -> dict:
         """A page of the documents in the served version of `name`, by id, optionally under `prefix`."""
         params = {"prefix": prefix, "limit": limit, **({"cursor": cursor} if cursor else {})}
-        return self.request("GET", f"/v1/collections/{name}/documents", params=params).json()
+        return self.request("GET", f"/v1/collections/{collection_segment(name)}/documents", params=params).json()
 
     def document(self, name: str, doc_id: str) -> dict:
         """One document as stored in the served version: its metadata and chunks."""
-        return self.request("GET", f"/v1/collections/{name}/documents/{quote(doc_id)}").json()
+        path = f"/v1/collections/{collection_segment(name)}/documents/{document_segment(doc_id)}"
+        return self.request("GET", path).json()
 
     def search(self, name: str, query: str, k: int = 10, mode: str | None = None,
                filter: dict | None = None) -> dict:
@@ -168,7 +221,7 @@ class Client:
             body["mode"] = mode
         if filter:
             body["filter"] = filter
-        return self.request("POST", f"/v1/collections/{name}/search", json=body).json()
+        return self.request("POST", f"/v1/collections/{collection_segment(name)}/search", json=body).json()
 
     # sources: folders a collection follows (SWAPLINE_SOURCE_ROOTS on the server)
 
@@ -177,29 +230,33 @@ class Client:
         """Follow folder `path` (on the server) into collection `name`; returns {"source", "job"}: the
         source and its first reconcile job. With `watch`, changes are picked up by themselves."""
         body = {"path": path, "watch": watch, "include": include or [], "exclude": exclude or [], "prefix": prefix}
-        return self._create("POST", f"/v1/collections/{name}/sources", idempotency_key, json=body)
+        return self._create("POST", f"/v1/collections/{collection_segment(name)}/sources", idempotency_key, json=body)
 
     def sources(self, name: str) -> list[dict]:
         """The sources of collection `name`, each with its last reconcile."""
-        return self.request("GET", f"/v1/collections/{name}/sources").json()["sources"]
+        return self.request("GET", f"/v1/collections/{collection_segment(name)}/sources").json()["sources"]
 
     def source(self, name: str, source_id: str) -> dict:
-        return self.request("GET", f"/v1/collections/{name}/sources/{source_id}").json()
+        return self.request("GET", self._source_path(name, source_id)).json()
 
     def reconcile(self, name: str, source_id: str, idempotency_key: str | None = None) -> dict:
         """Compare the folder with the collection now; returns the reconcile job. RebuildBusy (with the
         running job's id) when one is queued or running."""
-        return self._create("POST", f"/v1/collections/{name}/sources/{source_id}/reconcile", idempotency_key)
+        return self._create("POST", f"{self._source_path(name, source_id)}/reconcile", idempotency_key)
 
     def remove_source(self, name: str, source_id: str, idempotency_key: str | None = None) -> dict:
         """Stop following the folder and remove its documents; returns the job."""
-        return self._create("DELETE", f"/v1/collections/{name}/sources/{source_id}", idempotency_key)
+        return self._create("DELETE", self._source_path(name, source_id), idempotency_key)
+
+    @staticmethod
+    def _source_path(name: str, source_id: str) -> str:
+        return f"/v1/collections/{collection_segment(name)}/sources/{id_segment(source_id, 'source id')}"
 
     # jobs
 
     def job(self, job_id: str) -> dict:
         # 202 while queued or running, 200 once finished: both carry the job.
-        return self.request("GET", f"/v1/jobs/{job_id}", ok=(200, 202)).json()
+        return self.request("GET", f"/v1/jobs/{id_segment(job_id)}", ok=(200, 202)).json()
 
     def jobs(self, **filters: Any) -> dict:
         """A page of jobs, newest first: filters collection, state, kind, limit, cursor."""
@@ -207,7 +264,7 @@ class Client:
         return self.request("GET", "/v1/jobs", params=params).json()
 
     def cancel(self, job_id: str) -> dict:
-        return self.request("POST", f"/v1/jobs/{job_id}/cancel", ok=(200, 202)).json()
+        return self.request("POST", f"/v1/jobs/{id_segment(job_id)}/cancel", ok=(200, 202)).json()
 
     def wait(self, job_id: str, on_update: Callable[[dict], None] | None = None, poll: float = 0.5,
              timeout: float | None = None, stop: threading.Event | None = None) -> dict:

@@ -46,3 +46,8 @@ class JobFailed(Exception):
 
 class Interrupted(Exception):
     """The caller asked to stop following (its `stop` event was set)."""
+
+
+class InvalidArgument(ValueError):
+    """A collection name, job id or document id the client refuses to put in a URL (it could reach
+    another route); raised before any request is sent."""

@@ -14,7 +14,9 @@ class DocumentSchema(StrictSchema):
     text = fields.String(required=True, metadata={
         "description": "markdown or plain text; at most SWAPLINE_MAX_DOCUMENT_BYTES bytes of UTF-8 "
                        "(default 1 MiB), else 413"})
-    metadata = fields.Dict(keys=fields.String(), load_default=dict)
+    metadata = fields.Dict(keys=fields.String(), load_default=dict, metadata={
+        "description": "copied into every chunk; at most SWAPLINE_MAX_METADATA_BYTES bytes as JSON "
+                       "(default 16 KiB), else 422 metadata_too_large"})
 
 
 class DocumentBatchSchema(StrictSchema):
