@@ -173,7 +173,11 @@ def pack(units: list[tuple[int, int]], cost: Callable[[int, int], int], budget: 
 
 class FrontMatterRefused(ValueError):
     """Front matter that is front matter by its shape but is not read: over MAX_FRONT_MATTER_BYTES, or
-    with YAML anchors or aliases."""
+    with YAML anchors or aliases. `rest` is the text after the block."""
+
+    def __init__(self, reason: str, rest: str):
+        super().__init__(reason)
+        self.rest = rest
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -196,22 +200,16 @@ def parse_front_matter(text: str) -> tuple[dict | None, str]:
         return None, text
     block, rest = match.group(1) or "", text[match.end():]
     if len(block.encode("utf-8")) > MAX_FRONT_MATTER_BYTES:
-        raise _refused(f"front matter over {MAX_FRONT_MATTER_BYTES} bytes", rest)
+        raise FrontMatterRefused(f"front matter over {MAX_FRONT_MATTER_BYTES} bytes", rest)
     try:
         data = yaml.load(block, Loader=_NoAliasLoader)  # a SafeLoader subclass: no arbitrary objects
     except FrontMatterRefused as exc:
-        raise _refused(str(exc), rest) from None
+        raise FrontMatterRefused(str(exc), rest) from None
     except yaml.YAMLError:
         return None, text
     if not isinstance(data, dict):
         return None, text
     return {str(k): v for k, v in data.items()}, rest
-
-
-def _refused(reason: str, rest: str) -> FrontMatterRefused:
-    exc = FrontMatterRefused(reason)
-    exc.rest = rest
-    return exc
 
 
 def split_front_matter(text: str) -> tuple[dict | None, str]:
