@@ -175,7 +175,7 @@ class FrontMatterRefused(ValueError):
     """Front matter that is front matter by its shape but is not read: over MAX_FRONT_MATTER_BYTES, or
     with YAML anchors or aliases. `rest` is the text after the block."""
 
-    def __init__(self, reason: str, rest: str):
+    def __init__(self, reason: str, rest: str = ""):
         super().__init__(reason)
         self.rest = rest
 
