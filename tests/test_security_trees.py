@@ -148,7 +148,7 @@ def test_a_filter_over_the_value_limit_is_a_422():
         parse_filter(spec)
     with pytest.raises(RequestRefused) as refused:
         SearchRequest.from_body({"query": "q", "k": 5, "mode": "keyword", "filter": spec}, Settings())
-    assert refused.value.status == 422 and "filter" in refused.value.details
+    assert refused.value.status == 422 and "filter" in refused.value.errors
 
 
 def test_filters_keep_their_meaning_when_evaluated_by_sets():
