@@ -16,7 +16,7 @@ import shared.sources.batch as batch
 from workers import tasks  # noqa: F401  (registers the tasks)
 from workers.celery_app import app  # noqa: F401  (the app celery -A loads)
 
-_real_read = batch.read_file
+_real_read = batch.read_in_source
 
 
 def _plan() -> dict[str, int]:
@@ -27,7 +27,8 @@ def _plan() -> dict[str, int]:
     return out
 
 
-def _failing_read(path: Path):
+def _failing_read(folder: Path, rel_path: str, max_bytes: int):
+    path = folder / rel_path
     time.sleep(float(os.environ.get("SWAPLINE_TEST_READ_DELAY") or 0))
     for rel, times in _plan().items():
         if str(path).endswith("/" + rel):
@@ -36,7 +37,7 @@ def _failing_read(path: Path):
                 fh.write("x")
             if times < 0 or marker.stat().st_size <= times:
                 raise OSError(5, "injected read error", str(path))
-    return _real_read(path)
+    return _real_read(folder, rel_path, max_bytes)
 
 
-batch.read_file = _failing_read
+batch.read_in_source = _failing_read

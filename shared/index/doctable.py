@@ -96,8 +96,27 @@ def verify(directory: Path, manifest: dict) -> None:
                                    f"version has {manifest['vectors']} vectors")
 
 
+def value_key(value):
+    """A metadata value as a key of the value maps: booleans kept apart from the numbers they equal in
+    Python (true is not 1), 1 and 1.0 one key; None for what no filter value can equal (lists, objects,
+    NaN)."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, (str, int, float)) or value is None:
+        return ("value", value)
+    return None
+
+
+SMALL_POSTINGS = 16  # value maps keep short document lists as tuples: a numpy array costs ~100 bytes more
+
+
 class DocTable:
-    """The documents of one loaded version, for listing, reading and filtering."""
+    """The documents of one loaded version, for listing, reading and filtering. Filters read it column
+    by column: `postings(field)` maps each value of a metadata field (or "type") to the documents that
+    hold it, built once per loaded version on the first filtered search, and `prefix_range` finds the
+    documents whose path starts with a prefix by bisection."""
 
     def __init__(self, entries: list[dict], rows: int):
         self.entries = entries
@@ -108,6 +127,8 @@ class DocTable:
         for i, entry in enumerate(entries):
             for start, stop in entry["rows"]:
                 self.row_doc[start:stop] = i
+        self._postings: dict[str, dict] | None = None
+        self._paths: tuple[list[str], np.ndarray] | None = None
 
     @classmethod
     def load(cls, directory: Path, rows: int, records: Iterable[dict] | None = None) -> DocTable:
@@ -137,8 +158,48 @@ class DocTable:
             out.append(entry)
         return out, False
 
+    def postings(self, field: str | None) -> dict:
+        """value_key(value) -> the indexes (into `entries`) of the documents whose metadata `field` (their
+        type, for None) equals the value or, for a list, holds it. Empty for an unknown field."""
+        if self._postings is None:
+            # Readers may race to build this once: both results are equal and the last one stays.
+            self._postings = self._build_postings()
+        return self._postings.get(field, {})
+
+    def _build_postings(self) -> dict[str | None, dict]:
+        maps: dict[str | None, dict] = {None: {}}
+        for i, entry in enumerate(self.entries):
+            maps[None].setdefault(value_key(entry["type"]), []).append(i)
+            for name, value in (entry.get("metadata") or {}).items():
+                field_map = maps.setdefault(name, {})
+                for element in (value if isinstance(value, list) else (value,)):
+                    key = value_key(element)
+                    if key is not None:
+                        docs = field_map.setdefault(key, [])
+                        if not docs or docs[-1] != i:
+                            docs.append(i)
+        return {name: {key: tuple(docs) if len(docs) <= SMALL_POSTINGS else np.array(docs, dtype=np.int32)
+                       for key, docs in field_map.items()} for name, field_map in maps.items()}
+
+    def prefix_range(self, prefix: str) -> np.ndarray:
+        """The indexes of the documents whose metadata path (their id when they have none) starts with
+        `prefix`: two bisections over the sorted paths."""
+        if self._paths is None:
+            keyed = sorted((p if isinstance(p, str) else e["id"], i) for i, e in enumerate(self.entries)
+                           for p in ((e.get("metadata") or {}).get("path"),))
+            self._paths = ([p for p, _ in keyed], np.array([i for _, i in keyed], dtype=np.int32))
+        paths, order = self._paths
+        cut = len(prefix)
+        lo = bisect.bisect_left(paths, prefix, key=lambda p: p[:cut])
+        hi = bisect.bisect_right(paths, prefix, key=lambda p: p[:cut])
+        return order[lo:hi]
+
+    def rows_of(self, verdicts: np.ndarray) -> tuple[int, np.ndarray]:
+        """How many documents a boolean verdict per document keeps, and the boolean mask over rows."""
+        rows = verdicts[self.row_doc] if len(self.row_doc) else np.zeros(0, dtype=bool)
+        return int(verdicts.sum()), rows
+
     def select(self, keep_document) -> tuple[int, np.ndarray]:
         """How many documents `keep_document(entry)` keeps, and the boolean mask over rows of theirs."""
         verdicts = np.fromiter((bool(keep_document(e)) for e in self.entries), dtype=bool, count=len(self.entries))
-        rows = verdicts[self.row_doc] if len(self.row_doc) else np.zeros(0, dtype=bool)
-        return int(verdicts.sum()), rows
+        return self.rows_of(verdicts)

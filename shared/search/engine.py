@@ -60,7 +60,7 @@ def search(version: LoadedVersion, query: str, k: int, mode: str, flt: Filter | 
         if mode == "keyword":
             raise KeywordUnavailable(f"index v{version.version} has no keyword index; rebuild the collection")
         mode = "vector"
-    matched, allowed = version.documents.select(flt) if flt is not None else (None, None)
+    matched, allowed = flt.select(version.documents) if flt is not None else (None, None)
     scanned = version.vectors if allowed is None else int(allowed.sum())
     depth = k if mode != "hybrid" else max(k, HYBRID_DEPTH)
     lists: dict[str, list[tuple[int, float]]] = {}

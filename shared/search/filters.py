@@ -1,4 +1,5 @@
-"""Search filters: a small grammar over document metadata, evaluated once per document.
+"""Search filters: a small grammar over document metadata, evaluated column by column over a version's
+documents table.
 
 A filter is a JSON object; every entry must hold (AND):
 
@@ -12,18 +13,28 @@ A filter is a JSON object; every entry must hold (AND):
 VALUE is a string, number, boolean or null. When the metadata value is a list (tags), the entry holds
 if any element equals. Booleans equal only booleans (true is not 1). Anything else (an unknown key or
 operator, a bare list, a nested object) is a FilterError, which the API answers with 422.
+
+Cost is bounded, whatever the body: at most MAX_CLAUSES entries, MAX_IN_VALUES values in one `in` and
+MAX_FILTER_VALUES values in the whole filter (a filter past a bound is a FilterError, so a 422). Values
+become hash keys once, at parse time; a search looks each one up in the version's value maps
+(DocTable.postings) and path prefixes by bisection, so it costs the values it names plus the documents
+they match, never documents x values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
+
+from shared.index.doctable import DocTable, value_key
 
 METADATA_PREFIX = "metadata."
 FIELDS = ("type", "source", "path_prefix")
 OPERATORS = ("in",)
 MAX_CLAUSES = 32
 MAX_IN_VALUES = 1000
+MAX_FILTER_VALUES = 2000  # over all entries of one filter
 SCALARS = (str, int, float, bool, type(None))
 
 
@@ -33,17 +44,6 @@ class FilterError(ValueError):
     def __init__(self, key: str, message: str):
         super().__init__(f"filter {key!r}: {message}")
         self.errors = {key: [message]}
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return a == b
-
-
-def _holds(actual, wanted: tuple) -> bool:
-    values = actual if isinstance(actual, list) else [actual]
-    return any(_same(v, w) for v in values for w in wanted)
 
 
 def _values(key: str, raw) -> tuple:
@@ -67,31 +67,54 @@ def _values(key: str, raw) -> tuple:
 
 
 @dataclass(frozen=True)
+class Clause:
+    field: str | None  # a metadata key, None for the document's type; unused for a prefix
+    keys: frozenset  # value_key of each accepted value
+    prefix: str | None = None  # a path_prefix clause
+
+    def holds(self, document: dict) -> bool:
+        if self.prefix is not None:
+            path = (document.get("metadata") or {}).get("path")
+            return (path if isinstance(path, str) else document["id"]).startswith(self.prefix)
+        if self.field is None:
+            return value_key(document["type"]) in self.keys
+        meta = document.get("metadata") or {}
+        if self.field not in meta:
+            return False
+        value = meta[self.field]
+        return any(value_key(v) in self.keys for v in (value if isinstance(value, list) else (value,)))
+
+    def documents(self, table: DocTable) -> np.ndarray:
+        """A boolean verdict per document of `table`."""
+        verdicts = np.zeros(len(table), dtype=bool)
+        if self.prefix is not None:
+            verdicts[table.prefix_range(self.prefix)] = True
+            return verdicts
+        postings = table.postings(self.field)
+        for key in self.keys:
+            docs = postings.get(key)
+            if docs is not None:
+                verdicts[np.asarray(docs, dtype=np.int64)] = True
+        return verdicts
+
+
+@dataclass(frozen=True)
 class Filter:
-    clauses: tuple[Callable[[dict], bool], ...]
+    clauses: tuple[Clause, ...]
     spec: dict
 
     def __call__(self, document: dict) -> bool:
         """Whether a documents-table entry (id, type, metadata) passes every clause."""
-        return all(clause(document) for clause in self.clauses)
+        return all(clause.holds(document) for clause in self.clauses)
 
-
-def _metadata_clause(name: str, wanted: tuple) -> Callable[[dict], bool]:
-    def clause(doc: dict) -> bool:
-        meta = doc.get("metadata") or {}
-        return name in meta and _holds(meta[name], wanted)
-    return clause
-
-
-def _type_clause(wanted: tuple) -> Callable[[dict], bool]:
-    return lambda doc: _holds(doc["type"], wanted)
-
-
-def _path_clause(prefix: str) -> Callable[[dict], bool]:
-    def clause(doc: dict) -> bool:
-        path = (doc.get("metadata") or {}).get("path")
-        return (path if isinstance(path, str) else doc["id"]).startswith(prefix)
-    return clause
+    def select(self, table: DocTable) -> tuple[int, np.ndarray]:
+        """How many documents of `table` pass, and the boolean mask over its rows."""
+        verdicts = np.ones(len(table), dtype=bool)
+        for clause in self.clauses:
+            if not verdicts.any():
+                break
+            verdicts &= clause.documents(table)
+        return table.rows_of(verdicts)
 
 
 def parse_filter(spec) -> Filter | None:
@@ -102,18 +125,25 @@ def parse_filter(spec) -> Filter | None:
         raise FilterError("filter", "a filter is a JSON object")
     if len(spec) > MAX_CLAUSES:
         raise FilterError("filter", f"at most {MAX_CLAUSES} entries")
-    clauses: list[Callable[[dict], bool]] = []
+    clauses: list[Clause] = []
+    total = 0
     for key, raw in spec.items():
         if key == "path_prefix":
             if not isinstance(raw, str):
                 raise FilterError(key, "path_prefix is a string")
-            clauses.append(_path_clause(raw))
-        elif key == "type":
-            clauses.append(_type_clause(_values(key, raw)))
+            clauses.append(Clause(None, frozenset(), raw))
+            continue
+        if key == "type":
+            field = None
         elif key == "source":
-            clauses.append(_metadata_clause("source", _values(key, raw)))
+            field = "source"
         elif key.startswith(METADATA_PREFIX) and len(key) > len(METADATA_PREFIX):
-            clauses.append(_metadata_clause(key[len(METADATA_PREFIX):], _values(key, raw)))
+            field = key[len(METADATA_PREFIX):]
         else:
             raise FilterError(key, f"unknown filter key; keys are {list(FIELDS)} or 'metadata.<key>'")
+        values = _values(key, raw)
+        total += len(values)
+        if total > MAX_FILTER_VALUES:
+            raise FilterError("filter", f"at most {MAX_FILTER_VALUES} values in all entries together")
+        clauses.append(Clause(field, frozenset(k for k in map(value_key, values) if k is not None)))
     return Filter(tuple(clauses), spec) if clauses else None

@@ -11,9 +11,9 @@ import time
 from shared.errors import JobCanceled, JobInputError, TryAgain
 from shared.jobs.ingest import write_documents
 from shared.services import Services
-from shared.sources.files import content_problem, digest, document, read_file
+from shared.sources.files import content_problem, digest, document, read_in_source
 from shared.sources.finish import settle_child
-from shared.sources.paths import SourcePathRefused, check_source_root, file_in_source
+from shared.sources.paths import SourcePathRefused, check_source_root
 from shared.store.sources import FileState
 
 log = logging.getLogger(__name__)
@@ -28,16 +28,13 @@ def read_documents(svc: Services, source: dict, paths: list[str]) -> tuple[list[
         raise JobInputError(refused.message) from None
     documents, held, gone = [], {}, []
     for rel in paths:
-        path = file_in_source(folder, rel)
-        if path is None:
-            gone.append(rel)
-            continue
         try:
-            info, data = read_file(path)
+            info, data, problem = read_in_source(folder, rel, svc.settings.max_document_bytes)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             gone.append(rel)
             continue
-        problem, text = content_problem(data, svc.settings.max_document_bytes)
+        if problem is None:
+            problem, text = content_problem(data, svc.settings.max_document_bytes)
         if problem:
             gone.append(rel)
             continue

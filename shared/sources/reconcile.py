@@ -27,9 +27,9 @@ from shared.jobs.progress import ProgressReporter
 from shared.jobs.submit import request_cancel_tree, request_rebuild
 from shared.jobstates import QUEUED, RUNNING, TERMINAL, new_job_id
 from shared.services import Services
-from shared.sources.files import content_problem, digest, read_file
+from shared.sources.files import content_problem, digest, read_in_source
 from shared.sources.finish import finish_reconcile, resume
-from shared.sources.paths import SourcePathRefused, check_source_root, file_in_source
+from shared.sources.paths import SourcePathRefused, check_source_root
 from shared.sources.walk import IGNORE_FILE, Rules, under, walk_tree
 from shared.store.sources import FileState
 
@@ -77,7 +77,7 @@ def _reconcile(svc: Services, job_id: str, raw: dict, options: dict) -> None:
     paths = options.get("paths")
     if paths is not None and any(p.rsplit("/", 1)[-1] == IGNORE_FILE for p in paths):
         paths = None  # a changed .gitignore can change what belongs anywhere below it
-    rules = Rules(folder, source["include"], source["exclude"])
+    rules = Rules(folder, source["include"], source["exclude"], svc.settings.max_document_bytes)
     svc.jobs.progress(job_id, names.STAGE_WALK, 0, 0)
     walk = walk_tree(rules, paths)
     held = svc.sources.files(source["id"])
@@ -117,12 +117,13 @@ def _compare(svc: Services, job_id: str, folder, files: dict, held: dict[str, Fi
         if i % CANCEL_EVERY == 0 and svc.jobs.cancel_requested(job_id):
             raise JobCanceled(job_id)
         progress.update(i)
-        path = file_in_source(folder, rel)
         try:
-            info, data = read_file(path) if path is not None else (None, b"")
+            read = read_in_source(folder, rel, svc.settings.max_document_bytes)
         except FileNotFoundError:
             continue  # gone since the walk: not in the tree
-        problem, _ = content_problem(data, svc.settings.max_document_bytes) if path else ("symlink_outside", None)
+        info, data, problem = read
+        if problem is None:
+            problem, _ = content_problem(data, svc.settings.max_document_bytes)
         if problem:
             out["skipped"][problem] += 1
             if state is not None:

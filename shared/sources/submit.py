@@ -9,7 +9,8 @@ from shared.jobkinds import RECONCILE
 from shared.jobs.submit import check_capacity, create_and_enqueue, in_progress
 from shared.jobstates import QUEUED, RUNNING, QueueFull, new_job_id
 from shared.services import Services
-from shared.sources.paths import resolve_source_path
+from shared.sources.paths import SourcePathRefused, resolve_source_path
+from shared.sources.walk import pattern_problem
 
 
 class SourceConflict(Exception):
@@ -25,6 +26,10 @@ def add_source(svc: Services, collection: str, path: str, include: list[str], ex
     """Check the path (SourcePathRefused), record the source and submit its first reconcile.
     Returns (source, job)."""
     folder = resolve_source_path(svc.settings, path)
+    for pattern in [*include, *exclude]:
+        problem = pattern_problem(pattern)
+        if problem:
+            raise SourcePathRefused(422, "invalid_pattern", f"pattern {pattern!r}: {problem}")
     for other in svc.sources.of_collection(collection):
         if other["path"] == str(folder):
             raise SourceConflict(other["id"], f"the collection already follows {folder} (source {other['id']})")
