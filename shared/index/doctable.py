@@ -127,7 +127,7 @@ class DocTable:
         for i, entry in enumerate(entries):
             for start, stop in entry["rows"]:
                 self.row_doc[start:stop] = i
-        self._postings: dict[str, dict] | None = None
+        self._postings: dict[str | None, dict] | None = None
         self._paths: tuple[list[str], np.ndarray] | None = None
 
     @classmethod

@@ -33,12 +33,15 @@ def read_documents(svc: Services, source: dict, paths: list[str]) -> tuple[list[
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             gone.append(rel)
             continue
+        text = None
         if problem is None:
+            assert data is not None  # a read without a problem holds the bytes
             problem, text = content_problem(data, svc.settings.max_document_bytes)
         if problem:
             gone.append(rel)
             continue
-        assert text is not None  # content_problem gives the text when it finds no problem
+        # content_problem gives the text when it finds no problem; a read without one has both below
+        assert text is not None and data is not None and info is not None
         documents.append(document(source, rel, text))
         held[rel] = FileState(info.st_size, info.st_mtime_ns, digest(data))
     return documents, held, gone

@@ -123,13 +123,14 @@ def _compare(svc: Services, job_id: str, folder, files: dict, held: dict[str, Fi
             continue  # gone since the walk: not in the tree
         info, data, problem = read
         if problem is None:
+            assert data is not None  # a read without a problem holds the bytes
             problem, _ = content_problem(data, svc.settings.max_document_bytes)
         if problem:
             out["skipped"][problem] += 1
             if state is not None:
                 out["unreadable_held"].append(rel)
             continue
-        assert info is not None  # read, as `path` was set (a None path was skipped as a problem)
+        assert info is not None and data is not None  # a read without a problem has both
         new = FileState(info.st_size, info.st_mtime_ns, digest(data))
         if state is not None and state.digest == new.digest:
             out["touched"][rel] = new

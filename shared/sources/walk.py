@@ -97,7 +97,7 @@ class Rules:
             _, data, problem = read_in_source(self.folder, rel, self.max_ignore_bytes, follow=False)
         except OSError:
             return None  # none there (or gone)
-        if problem:
+        if problem or data is None:
             self.refused["gitignore_refused"] += 1
             log.warning("event=walk.gitignore_refused folder=%s file=%s reason=%s", self.folder, rel, problem)
             return None
