@@ -2,8 +2,7 @@
 webhooks and the admin page match on; stages are what a job's `progress.stage` says it is doing. Lua
 scripts receive them as arguments, never as literals of their own.
 
-The client side (webapp/client, webapp/cli) keeps its own copies of the few it reads: it imports no
-more of `shared/` than the job states.
+A module of constants only: the client and the CLI import it too (README code map).
 """
 
 from __future__ import annotations

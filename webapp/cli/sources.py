@@ -15,6 +15,7 @@ import time
 
 import click
 
+from shared import eventnames as names
 from shared.jobstates import TERMINAL
 from webapp.cli.progress import ProgressBar
 from webapp.client import Client, RebuildBusy
@@ -40,7 +41,7 @@ def follow_reconcile(client: Client, job_id: str, poll: float = 0.5) -> dict:
         if counts:
             note += (f" batches {counts.get('batches_done', 0)}/{counts.get('batches', 0)}"
                      f" chunks {counts.get('chunks_embedded', 0)} embedded, {counts.get('chunks_reused', 0)} reused")
-        total = progress.get("total", 0) if progress.get("stage") == "ingest" else 0
+        total = progress.get("total", 0) if progress.get("stage") == names.STAGE_INGEST else 0
         bar.update(progress.get("done", 0) if total else 0, total, note, force=job["state"] in TERMINAL)
 
     try:

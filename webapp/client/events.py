@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import requests
 from requests_sse import EventSource, InvalidContentTypeError, InvalidStatusCodeError
 
+from shared import eventnames as names
 from webapp.client.errors import ApiUnreachable
 
-GAP = "gap"
+GAP = names.GAP
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared import eventnames as names
 from shared.jobstates import RUNNING, SUCCEEDED
 
 
@@ -14,6 +15,6 @@ def job_fraction(job: dict) -> float:
     progress = job.get("progress") or {}
     done, total = progress.get("done", 0), progress.get("total", 0)
     # Embedding (ingest) and building (rebuild) are where the time goes; the other stages are short.
-    if progress.get("stage") in ("embed", "build") and total:
+    if progress.get("stage") in (names.STAGE_EMBED, names.STAGE_BUILD) and total:
         return 0.95 * min(done / total, 1.0)
     return 0.97 if progress.get("stage") in ("write", "verify", "publish") else 0.0
