@@ -119,3 +119,53 @@ def test_chunked_body_over_the_limit_is_413(settings, procs):
     # Under the limit, the same chunked request is accepted.
     status, _, payload = _chunked_post(base, "/v1/collections/docs/documents?rebuild=false", limit // 4)
     assert status == 202, payload[:500]
+
+
+FAKE_AWS = "AKIAQ3EGRT5XJ7Y2ZK4M"
+FAKE_PEM = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n"
+            "-----END RSA PRIVATE KEY-----\n")
+
+
+def test_files_holding_secrets_are_not_ingested(tmp_path):
+    import fakeredis
+
+    from shared.sources.submit import add_source, submit_reconcile
+    from tests.sourcetree import INDEXED, make_tree
+    from tests.test_sources_domain import Env
+
+    env = Env(fakeredis.FakeRedis(decode_responses=True), tmp_path)
+    tree = env.roots / "orchard"
+    make_tree(tree)
+    (tree / "deploy.md").write_text(f"# Deploy\n\nUse the key `{FAKE_AWS}` with the bucket.\n")
+    (tree / "tls.py").write_text(f'KEY = """\n{FAKE_PEM}"""\n\ndef load():\n    return KEY\n')
+    (tree / "notes.md").write_text("# Notes\n\nA sha256 such as 3a7bd3e2360a3d29eea436fcfb7e44c735d117c4 is fine.\n")
+    _, job = add_source(env.svc, "docs", "orchard", [], [], False)
+    env.pump()
+    done = env.job(job["id"])
+    result = done["result"]
+    assert done["state"] == "succeeded", done
+    assert result["files_secret"] == 2, result
+    assert result["skipped"]["secret"] == 2, result
+    source_id = env.svc.sources.of_collection("docs")[0]["id"]
+    held = set(env.svc.sources.files(source_id))
+    assert "deploy.md" not in held and "tls.py" not in held
+    assert "notes.md" in held and set(INDEXED) <= held
+
+    # A held file that gains a secret leaves the collection.
+    (tree / "notes.md").write_text(f"# Notes\n\ngithub token ghp_{'a1B2c3D4e5' * 3}abcdef\n")
+    job = submit_reconcile(env.svc, env.svc.sources.get(source_id))
+    env.pump()
+    assert env.job(job["id"])["result"]["files_secret"] == 3  # the two never held are read and counted again
+    assert "notes.md" not in set(env.svc.sources.files(source_id))
+
+
+def test_secret_detection_leaves_the_sample_corpus_alone():
+    from pathlib import Path
+
+    from shared.sources.secrets import holds_secret
+
+    corpus = Path(__file__).resolve().parent.parent / "webapp" / "devstack" / "sample_corpus"
+    files = [p for p in corpus.rglob("*") if p.is_file()]
+    flagged = [p for p in files if holds_secret(p.read_text(errors="replace"))]
+    assert len(files) > 250 and flagged == []
+    assert holds_secret(FAKE_AWS) and holds_secret(FAKE_PEM) and holds_secret(f"ghp_{'a1B2c3D4e5' * 3}abcdef")
