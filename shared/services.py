@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import redis
 
 from shared import keys
-from shared.index.embedcache import EmbeddingCache, NoCache
+from shared.index.embedcache import EmbeddingCache, NoCache, open_cache
 from shared.index.embedders import Embedder, make_embedder
 from shared.settings import Settings
 from shared.storage import Storage
@@ -76,8 +76,13 @@ class Services:
         """The embedding cache under the data dir, opened on first use, once per process."""
         if self._embed_cache is None:
             limit = self.settings.embed_cache_bytes
-            self._embed_cache = (EmbeddingCache(self.storage.embedding_cache_dir(), limit) if limit > 0
-                                 else NoCache())
+            if limit <= 0:
+                self._embed_cache = NoCache()
+            else:
+                cache = open_cache(self.storage.embedding_cache_dir(), limit)
+                if cache is None:
+                    return NoCache()  # cannot be opened (a full volume): tried again on the next batch
+                self._embed_cache = cache
         return self._embed_cache
 
     def ping(self) -> bool:

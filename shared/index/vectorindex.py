@@ -224,22 +224,26 @@ def read_index(directory: Path, manifest: dict) -> faiss.Index:
 
 def read_index_copy(directory: Path, manifest: dict) -> faiss.Index:
     """The version's FAISS index read into memory (a copy a new version may change; the files are left
-    alone), its bytes hashed while they are read and checked against the manifest."""
-    digest = hashlib.sha256()
-    with open(directory / INDEX_FILE, "rb") as fh:
-        def read(size: int) -> bytes:
-            data = fh.read(size)
-            digest.update(data)
-            return data
-
-        try:
-            index = faiss.read_index(faiss.PyCallbackIOReader(read))  # type: ignore[attr-defined]
-        except RuntimeError as exc:
-            raise VerifyFailed(f"{directory / INDEX_FILE} cannot be read: {str(exc)[-200:]}") from exc
-        digest.update(fh.read())
-    if digest.hexdigest() != manifest["checksum"]:
-        raise VerifyFailed(f"checksum mismatch: {directory / INDEX_FILE} is not the file the manifest describes")
-    return index
+    alone). Nothing is read by FAISS until the file is known good: its sha256 matches the manifest and
+    it is long enough for the vectors the manifest claims; then a memory-mapped parse, whose reader
+    bounds every length in the file by the file's size, checks its shape. Only then is it copied into
+    memory, so a forged length (even one whose checksum was fixed up) is refused, never allocated."""
+    path = directory / INDEX_FILE
+    if sha256_file(path) != manifest["checksum"]:
+        raise VerifyFailed(f"checksum mismatch: {path} is not the file the manifest describes")
+    vectors, dim = int(manifest.get("vectors", -1)), int(manifest.get("dim", -1))
+    if vectors < 0 or dim <= 0:
+        raise VerifyFailed(f"manifest in {directory} has no vector count or dimension")
+    if manifest.get("kind") != KIND_IVF and os.path.getsize(path) < vectors * dim * 4:
+        raise VerifyFailed(f"{path} is too short for {vectors}x{dim} vectors")
+    mapped = read_index(directory, manifest)
+    if mapped.ntotal != vectors or mapped.d != dim:
+        raise VerifyFailed(f"index in {directory} has {mapped.ntotal}x{mapped.d}, manifest says {vectors}x{dim}")
+    del mapped
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise VerifyFailed(f"{path} cannot be read: {str(exc)[-200:]}") from exc
 
 
 def read_records(directory: Path, manifest: dict) -> list[dict]:

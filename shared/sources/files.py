@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from shared.sources.filetypes import classify
+from shared.sources.secrets import holds_secret
 
 BINARY_SNIFF = 8192
 MAX_LINK_HOPS = 8  # symlinked files inside the source, followed by hand, each hop checked
@@ -104,15 +105,19 @@ def digest(data: bytes) -> str:
 
 
 def content_problem(data: bytes, max_bytes: int) -> tuple[str | None, str | None]:
-    """(reason it cannot be indexed, or None; the text when it can)."""
+    """(reason it cannot be indexed, or None; the text when it can). A file holding a credential
+    (`shared.sources.secrets`) is `secret`: never embedded, so never returned by a search."""
     if len(data) > max_bytes:
         return "too_large", None
     if b"\x00" in data[:BINARY_SNIFF]:
         return "binary", None
     try:
-        return None, data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         return "not_utf8", None
+    if holds_secret(text):
+        return "secret", None
+    return None, text
 
 
 def document(source: dict, rel: str, text: str) -> dict:

@@ -16,7 +16,7 @@ from shared.services import Services
 
 log = logging.getLogger(__name__)
 
-RESULT_COUNTS = ("files_seen", "files_added", "files_changed", "files_removed", "files_skipped",
+RESULT_COUNTS = ("files_seen", "files_added", "files_changed", "files_removed", "files_skipped", "files_secret",
                  "chunks_embedded", "chunks_reused")
 FAILED_NAMED = 20  # files a failed reconcile's error names; the result lists them all
 

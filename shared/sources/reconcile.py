@@ -92,7 +92,8 @@ def _reconcile(svc: Services, job_id: str, raw: dict, options: dict) -> None:
     skipped = walk.skipped + plan["skipped"]
     summary = {"files_seen": len(walk.files), "files_added": len(plan["added"]),
                "files_changed": len(plan["changed"]), "files_removed": len(gone),
-               "files_skipped": sum(skipped.values()), "files_unchanged": plan["unchanged"],
+               "files_skipped": sum(skipped.values()), "files_secret": skipped.get("secret", 0),
+               "files_unchanged": plan["unchanged"],
                "skipped": dict(skipped), "skipped_dirs": walk.skipped_dirs}
     svc.jobs.set_fields(job_id, plan=json.dumps(summary))
     if svc.jobs.cancel_requested(job_id):

@@ -7,6 +7,10 @@ write back (a document id or text with one failed deep in the stack with a 500; 
 stored and later answered in a search body that was not JSON). Such input is refused with 422. A body
 nested so deep that the parser runs out of stack is refused with 400 instead of crashing the request.
 Syntax errors are left to the view's body parser, which answers 400 in the usual shape.
+
+A body sent without a length (`Transfer-Encoding: chunked`) is read by werkzeug only up to
+MAX_CONTENT_LENGTH and then silently cut off there, so an oversized body became truncated JSON and a
+400. Such a body is read first, here, and answered 413 when the client sent more than the limit.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import math
 
 from flask import Flask, request
 from flask_smorest import abort
+from werkzeug.exceptions import RequestEntityTooLarge
 
 SURROGATE_ESCAPES = (b"\\ud", b"\\uD")
 
@@ -52,9 +57,28 @@ def _lone_surrogate(value) -> bool:
     return False
 
 
+def check_streamed_length() -> None:
+    """413 for a body without Content-Length that goes past the limit (werkzeug stops reading at the
+    limit without saying so)."""
+    limit = request.max_content_length
+    if limit is None or request.content_length is not None or request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    if len(request.get_data(cache=True)) < limit:
+        return
+    # Exactly `limit` bytes were read: one more byte from the server's stream tells a body of exactly
+    # the limit (allowed) from a longer one.
+    try:
+        more = request.environ["wsgi.input"].read(1)
+    except (OSError, ValueError):
+        more = b""
+    if more:
+        raise RequestEntityTooLarge()
+
+
 def check_json_body() -> None:
     """The before_request hook: 422 for NaN/Infinity/overflowing numbers and lone surrogates, 400 for
     nesting too deep to parse; other bodies pass untouched."""
+    check_streamed_length()
     if not request.is_json:
         return
     raw = request.get_data(cache=True)
