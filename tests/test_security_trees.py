@@ -119,18 +119,20 @@ def _worst_allowed_filter() -> dict:
 
 
 def test_the_worst_allowed_filter_over_100k_documents_costs_milliseconds():
+    # CPU time of the evaluating thread, not wall time: a busy machine must not fail the test, and the
+    # old per-document evaluation cost seconds of CPU either way.
     def measure():
         table = _table()
         flt = parse_filter(_worst_allowed_filter())
         select = getattr(flt, "select", None) or (lambda t: t.select(flt))
-        started = time.perf_counter()
+        started = time.thread_time()
         matched, rows = select(table)
-        first = time.perf_counter() - started
+        first = time.thread_time() - started
         runs = []
         for _ in range(5):
-            started = time.perf_counter()
+            started = time.thread_time()
             matched, rows = select(table)
-            runs.append(time.perf_counter() - started)
+            runs.append(time.thread_time() - started)
         return first, sorted(runs)[len(runs) // 2], max(runs), matched, int(rows.sum())
 
     first, median, worst, matched, rows = bounded(measure, 60)
