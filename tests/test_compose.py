@@ -78,7 +78,7 @@ def test_the_api_refuses_to_start_without_keys(compose_bin):
 
 def test_services_share_one_image_and_one_data_volume(model):
     services = model["services"]
-    assert {"redis", "api", "worker", "beat", "flower"} <= set(services)
+    assert {"redis", "api", "worker", "worker-webhooks", "beat", "flower"} <= set(services)
     app = [name for name in services if name != "redis"]
     assert {services[name]["image"] for name in app} == {"swapline:latest"}
     # One service builds the image; the others run it and never pull an image of that name.
@@ -120,13 +120,24 @@ def test_every_api_start_reads_the_one_gunicorn_config(model):
     assert gunicorn_conf.worker_class == "gthread" and gunicorn_conf.timeout > gunicorn_conf.graceful_timeout
 
 
-def test_worker_can_be_scaled(model):
-    worker = model["services"]["worker"]
-    # Replicas must not fight over a container name or a host port.
-    assert "container_name" not in worker
-    assert not worker.get("ports")
-    assert worker["command"][:4] == ["celery", "-A", "workers.celery_app", "worker"]
-    assert ",".join(tasknames.QUEUES) in worker["command"]  # every queue, webhooks included
+def _queues(command: list[str]) -> list[str]:
+    return command[command.index("-Q") + 1].split(",")
+
+
+def test_workers_can_be_scaled_and_webhooks_have_their_own(model):
+    services = model["services"]
+    for name in ("worker", "worker-webhooks"):
+        worker = services[name]
+        # Replicas must not fight over a container name or a host port.
+        assert "container_name" not in worker, name
+        assert not worker.get("ports"), name
+        assert worker["command"][:4] == ["celery", "-A", "workers.celery_app", "worker"], name
+    # Indexing workers never take a delivery (a slow receiver cannot hold one); the webhook workers
+    # take nothing else; together they consume every queue, each queue once.
+    assert _queues(services["worker"]["command"]) == [tasknames.QUEUE_INGEST, tasknames.QUEUE_INDEX]
+    assert _queues(services["worker-webhooks"]["command"]) == [tasknames.QUEUE_WEBHOOKS]
+    consumed = [q for s in services.values() if "-Q" in (s.get("command") or []) for q in _queues(s["command"])]
+    assert sorted(consumed) == sorted(tasknames.QUEUES)
 
 
 def test_the_watcher_runs_and_every_app_service_sees_the_sources_read_only(model):
@@ -162,7 +173,9 @@ def test_worker_beat_and_flower_have_health_checks(model):
         "python", "-m", "workers.health", "beat", "--schedule", "/tmp/celerybeat-schedule"]
     assert "/tmp/celerybeat-schedule" in services["beat"]["command"]
     assert "http://127.0.0.1:5555/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
-    for name in ("api", "worker", "beat", "flower"):
+    hooks = " ".join(services["worker-webhooks"]["healthcheck"]["test"])
+    assert "celery -A workers.celery_app inspect ping --destination celery@$$HOSTNAME" in hooks
+    for name in ("api", "worker", "worker-webhooks", "beat", "flower"):
         check = services[name]["healthcheck"]
         assert check["interval"] and check["retries"] >= 3, name
 

@@ -17,7 +17,7 @@ from shared.services import build_services
 from shared.settings import Settings
 from shared.store.webhooks import DELIVERED, FAILED, PENDING
 from shared.webhooks import targets
-from shared.webhooks.delivery import backoff, deliver, delivery_id, dispatch, sign
+from shared.webhooks.delivery import backoff, deliver, delivery_id, dispatch, sign, verify
 from tests.support import create_collection, ingest_and_rebuild, wait_for
 
 
@@ -181,8 +181,9 @@ def test_a_failed_attempt_is_logged_and_retried_then_delivered_signed(svc, recei
     log = svc.webhooks.delivery(did)
     assert log["attempts"] == 2 and [a["status_code"] for a in log["history"]] == [500, 204]
     for attempt, request in enumerate(target.requests, start=1):
+        timestamp = request["headers"]["X-Swapline-Timestamp"]
         assert request["headers"]["X-Swapline-Signature"] == hmac.new(
-            secret.encode(), request["body"], hashlib.sha256).hexdigest()
+            secret.encode(), f"{timestamp}.".encode() + request["body"], hashlib.sha256).hexdigest()
         assert request["headers"]["X-Swapline-Attempt"] == str(attempt)
         assert json.loads(request["body"])["event"]["id"] == event_id
 
@@ -212,8 +213,8 @@ def test_delivery_rechecks_the_target_and_gives_up_after_max_attempts(client, tm
     assert len(target.requests) == 2 and lenient.webhooks.delivery(sent[1])["error"] == "HTTP 503"
 
 
-def test_sign_is_hmac_sha256_hex():
-    assert sign("k", b"body") == hmac.new(b"k", b"body", hashlib.sha256).hexdigest()
+def test_sign_is_hmac_sha256_hex_of_the_timestamp_and_the_body():
+    assert sign("k", "1700000000", b"body") == hmac.new(b"k", b"1700000000.body", hashlib.sha256).hexdigest()
 
 
 # ---- integration: real API, real worker with beat, a local receiver -----------------------------------
@@ -240,7 +241,8 @@ def test_webhook_is_delivered_signed_and_retried_after_a_500(settings, procs, re
     wait_for(lambda: len(target.requests) >= 3, timeout=60, message="three webhook requests")
     bodies = [json.loads(r["body"]) for r in target.requests]
     for request in target.requests:
-        assert request["headers"]["X-Swapline-Signature"] == sign(secret, request["body"])
+        headers = request["headers"]
+        assert verify(secret, headers["X-Swapline-Timestamp"], request["body"], headers["X-Swapline-Signature"])
         assert request["headers"]["X-Swapline-Event"] == "job.succeeded"
     # The request that got the 500 came again, the same delivery id, as attempt 2.
     again = [r for r, b in zip(target.requests[1:], bodies[1:], strict=True) if b["id"] == bodies[0]["id"]]
@@ -271,3 +273,17 @@ def test_webhook_to_a_loopback_target_is_refused_at_the_default_setting(settings
                         timeout=10)
     assert bad.status_code == 422 and "events" in bad.json()["errors"]
     assert requests.get(f"{base}/v1/webhooks", timeout=10).json() == {"webhooks": []}
+
+
+def test_the_secret_is_never_logged_nor_shown_after_creation(svc, receiver, caplog):
+    """The secret must stay in Redis to sign (see shared/webhooks/delivery.py); nothing else holds it."""
+    caplog.set_level("DEBUG")
+    target = receiver([500, 204])
+    hook, secret = svc.webhooks.create(target.url, ["job.succeeded"], None)
+    svc.events.append("job.succeeded", job_id="d" * 32, collection="docs")
+    sent: list[str] = []
+    dispatch(svc, sent.append)
+    assert [deliver(svc, sent[0]).state, deliver(svc, sent[0]).state] == [PENDING, DELIVERED]
+    assert secret not in caplog.text
+    shown = json.dumps([svc.webhooks.get(hook["id"]), svc.webhooks.all(), svc.webhooks.deliveries(hook["id"])])
+    assert "secret" not in shown and secret not in shown

@@ -11,20 +11,26 @@ events out again, finds the deliveries already recorded (same ids) and enqueues 
 for a first attempt. A worker that dies while delivering has its task delivered again (late acks);
 retries are new messages sent before the old one is acked. So deliveries are at least once: receivers
 deduplicate by the X-Swapline-Delivery header.
+
+Each attempt is signed over its time and its body (`sign`): X-Swapline-Timestamp carries the unix
+seconds, X-Swapline-Signature the hex HMAC-SHA256 of f"{timestamp}.{body}" with the webhook's secret, so
+a receiver that refuses timestamps older than a few minutes (`verify`) cannot be fed a captured
+delivery again later. The secret is kept in Redis as it must be to sign (`WebhookStore.secret`), and
+is never logged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
-
-import requests
 
 from shared import eventnames as names
 from shared.backoff import doubling
@@ -33,6 +39,7 @@ from shared.settings import Settings
 from shared.store.events import EventLog, older
 from shared.store.locks import TokenLock
 from shared.store.webhooks import DELIVERED, FAILED, PENDING, WebhookStore
+from shared.webhooks.pinned import post
 from shared.webhooks.targets import UnsafeTarget, check
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,9 @@ log = logging.getLogger(__name__)
 # swaps are too chatty for HTTP callbacks; follow /v1/events for those).
 EVENTS = (*EVENT_FOR_STATE.values(), names.INDEX_PUBLISHED)
 SIGNATURE_HEADER = "X-Swapline-Signature"
+TIMESTAMP_HEADER = "X-Swapline-Timestamp"
+# How far a receiver's clock may be from the timestamp before `verify` refuses a delivery.
+SIGNATURE_TOLERANCE_SECONDS = 300
 EVENT_HEADER = "X-Swapline-Event"
 DELIVERY_HEADER = "X-Swapline-Delivery"
 ATTEMPT_HEADER = "X-Swapline-Attempt"
@@ -58,9 +68,20 @@ class WebhookServices(Protocol):
     webhook_dispatch_lock: TokenLock
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The hex HMAC-SHA256 of the body with the webhook's secret (the signature header's value)."""
-    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header's value: the hex HMAC-SHA256 of f"{timestamp}.{body}" with the secret."""
+    return hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str, now: float | None = None,
+           tolerance: float = SIGNATURE_TOLERANCE_SECONDS) -> bool:
+    """What a receiver does with a delivery (in Python): the timestamp header is unix seconds at most
+    `tolerance` away from now, and the signature header matches, compared in constant time."""
+    if not re.fullmatch(r"[0-9]{1,12}", timestamp):
+        return False
+    if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body).encode(), signature.encode("utf-8", "replace"))
 
 
 def delivery_id(webhook_id: str, event_id: str) -> str:
@@ -136,7 +157,8 @@ def backoff(svc: WebhookServices, attempt: int) -> float:
 
 
 def deliver(svc: WebhookServices, did: str) -> Outcome:
-    """One attempt at a pending delivery: check the target again, POST the signed body, log it."""
+    """One attempt at a pending delivery: resolve and check the target again, POST the signed body to
+    a checked address within the attempt's total deadline, log it."""
     store, s = svc.webhooks, svc.settings
     delivery = store.delivery(did)
     if delivery is None or delivery["state"] != PENDING:
@@ -150,20 +172,20 @@ def deliver(svc: WebhookServices, did: str) -> Outcome:
     started = time.perf_counter()
     status, error = None, None
     try:
-        check(hook["url"], s.webhook_allow_private)
+        addresses = check(hook["url"], s.webhook_allow_private)
     except UnsafeTarget as unsafe:
         store.record_attempt(did, FAILED, None, str(unsafe), None, time.perf_counter() - started)
         log.warning("event=webhooks.refused delivery=%s webhook=%s error=%r", did, hook["id"], str(unsafe))
         return Outcome(FAILED)
+    timestamp = str(int(time.time()))
+    headers = {"Content-Type": "application/json", "User-Agent": "swapline-webhooks",
+               TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign(secret, timestamp, body),
+               EVENT_HEADER: delivery["event"]["type"], DELIVERY_HEADER: did, ATTEMPT_HEADER: str(attempt)}
     try:
-        resp = requests.post(hook["url"], data=body, timeout=s.webhook_timeout_seconds, allow_redirects=False,
-                             headers={"Content-Type": "application/json", "User-Agent": "swapline-webhooks",
-                                      SIGNATURE_HEADER: sign(secret, body), EVENT_HEADER: delivery["event"]["type"],
-                                      DELIVERY_HEADER: did, ATTEMPT_HEADER: str(attempt)})
-        status = resp.status_code
+        status = post(hook["url"], addresses, body, headers, s.webhook_timeout_seconds).status
         if not 200 <= status < 300:
             error = f"HTTP {status}"
-    except requests.RequestException as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a name IDNA cannot encode
         error = f"{type(exc).__name__}: {exc}"[:500]
     seconds = time.perf_counter() - started
     if error is None:

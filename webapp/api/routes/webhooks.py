@@ -43,9 +43,10 @@ class Webhooks(MethodView):
     def post(self, body):
         """Subscribe a URL to events. The answer carries the signing secret, this once.
 
-        Each delivery is a POST of `{"id", "webhook_id", "event"}` with the headers X-Swapline-Signature
-        (hex HMAC-SHA256 of the raw body with the secret), X-Swapline-Event, X-Swapline-Delivery (the
-        same id on every retry: deliveries are at least once) and X-Swapline-Attempt. A non-2xx answer
+        Each delivery is a POST of `{"id", "webhook_id", "event"}` with the headers X-Swapline-Timestamp
+        (unix seconds), X-Swapline-Signature (hex HMAC-SHA256 of `{timestamp}.{raw body}` with the
+        secret: refuse old timestamps), X-Swapline-Event, X-Swapline-Delivery (the same id on every
+        retry: deliveries are at least once) and X-Swapline-Attempt. A non-2xx answer
         or no answer is retried with exponential backoff (SWAPLINE_WEBHOOK_RETRY_BASE_SECONDS doubling,
         SWAPLINE_WEBHOOK_MAX_ATTEMPTS attempts); redirects are not followed."""
         svc = swapline.runtime.svc

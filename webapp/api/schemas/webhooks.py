@@ -29,8 +29,9 @@ class WebhookSchema(Schema):
 
 class WebhookCreatedSchema(WebhookSchema):
     secret = fields.String(required=True, metadata={
-        "description": "the signing secret, shown this once: each delivery carries "
-                       "X-Swapline-Signature, the hex HMAC-SHA256 of the raw body with this secret"})
+        "description": "the signing secret, shown this once: each delivery carries X-Swapline-Timestamp "
+                       "(unix seconds) and X-Swapline-Signature, the hex HMAC-SHA256 of "
+                       "f\"{timestamp}.{raw body}\" with this secret"})
 
 
 class WebhookListSchema(Schema):
