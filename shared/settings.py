@@ -245,7 +245,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             else:
                 values[f.name] = raw
         except ValueError as exc:
-            raise SettingsError(f"SWAPLINE_{f.name.upper()}={raw!r}: {exc}") from exc
+            shown = "(keys not shown)" if f.name == "api_keys" else repr(raw)  # secrets stay out of logs
+            raise SettingsError(f"SWAPLINE_{f.name.upper()}={shown}: {exc}") from exc
     return Settings(**values)
 
 
