@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from shared.names import is_collection_name
+
 # "minilm" is all-MiniLM-L6-v2 in its default runtime (shared/index/embedders.py says which and why);
 # the others pick one: torch (sentence-transformers), ONNX Runtime fp32 or int8, the test hashing one, or
 # "clustered", a synthetic benchmark embedder (shared/index/embedders.py), never for real text.
@@ -23,6 +25,12 @@ ROLES = ("read", "write", "admin")
 AUTH_MODES = ("keys", "open")
 # A key shorter than this is refused at start: guessable keys are no keys.
 MIN_KEY_CHARS = 24
+# SWAPLINE_API_KEYS grammar: entries split by ",", key and grant by the last ":", a grant is a role,
+# optionally "@" and the collections it is limited to, split by "+" ("*": every collection). None of
+# these characters may appear in a collection name (shared/names.py), and ":" or "," never in a grant.
+SCOPE_SEP = "@"
+SCOPE_JOIN = "+"
+ALL_COLLECTIONS = "*"
 
 
 class SettingsError(ValueError):
@@ -127,7 +135,12 @@ class Settings:
     # is superseded (replaced or deleted documents).
     compact_min_segments: int = 32
     compact_superseded_ratio: float = 0.5
+    # (key, grant) pairs; a grant is "role" or "role@name+name" (parse_grant). One key may appear in
+    # several entries: it holds the highest role each entry gives it on each collection.
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # Failed authentications (a wrong key) one client address may make per minute before every request
+    # of it that carries a key gets 429 until the minute has passed; 0 turns the limit off.
+    auth_failures_per_minute: int = 10
     auth: str = "keys"
     # Host headers an API without keys answers (a DNS-rebinding page reaches a local open API under its
     # own host name): loopback names, plus these (comma-separated).
@@ -141,6 +154,8 @@ class Settings:
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
         if self.auth not in AUTH_MODES:
             raise SettingsError(f"SWAPLINE_AUTH must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        for _key, grant in self.api_keys:
+            parse_grant(grant)  # SettingsError names the bad grant
         short = [role for key, role in self.api_keys if len(key) < MIN_KEY_CHARS]
         if short:
             raise SettingsError(f"SWAPLINE_API_KEYS: every key must be at least {MIN_KEY_CHARS} characters "
@@ -176,13 +191,34 @@ class Settings:
         return replace(self, **changes)
 
 
+def parse_grant(grant: str) -> tuple[str, frozenset[str] | None]:
+    """A grant's role and the collections it is limited to (None: every collection).
+
+    "read" and "read@*" grant read on every collection; "write@docs+notes" grants write on docs and
+    notes only. Raises SettingsError for an unknown role or a name that is not a collection name."""
+    role, sep, scope = grant.partition(SCOPE_SEP)
+    if role not in ROLES:
+        raise SettingsError(f"SWAPLINE_API_KEYS: a grant is role or role@collection+collection with role in "
+                            f"{', '.join(ROLES)}; got {grant!r}")
+    if not sep or scope == ALL_COLLECTIONS:
+        return role, None
+    names = scope.split(SCOPE_JOIN)
+    bad = [name for name in names if not is_collection_name(name)]
+    if bad:
+        raise SettingsError(f"SWAPLINE_API_KEYS: {grant!r} names {', '.join(map(repr, bad))}, not collection "
+                            f"names (or {ALL_COLLECTIONS!r} for all); collections are joined with {SCOPE_JOIN!r}")
+    return role, frozenset(names)
+
+
 def _parse_api_keys(raw: str) -> tuple[tuple[str, str], ...]:
     pairs = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
-        key, sep, role = item.rpartition(":")
-        if not sep or not key or role not in ROLES:
-            raise SettingsError(f"SWAPLINE_API_KEYS entries are key:role with role in {ROLES}; got {item!r}")
-        pairs.append((key, role))
+        key, sep, grant = item.rpartition(":")
+        if not sep or not key:
+            raise SettingsError(f"SWAPLINE_API_KEYS entries are key:role or key:role@collection+collection "
+                                f"with role in {ROLES}; got an entry without ':'")
+        parse_grant(grant)
+        pairs.append((key, grant))
     return tuple(pairs)
 
 
@@ -209,7 +245,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             else:
                 values[f.name] = raw
         except ValueError as exc:
-            raise SettingsError(f"SWAPLINE_{f.name.upper()}={raw!r}: {exc}") from exc
+            shown = "(keys not shown)" if f.name == "api_keys" else repr(raw)  # secrets stay out of logs
+            raise SettingsError(f"SWAPLINE_{f.name.upper()}={shown}: {exc}") from exc
     return Settings(**values)
 
 

@@ -62,11 +62,14 @@ def collection_status(svc: Services, name: str) -> dict:
     }
 
 
-def list_collections(svc: Services, after: str | None, limit: int,
-                     served: dict[str, int]) -> tuple[list[dict], str | None]:
+def list_collections(svc: Services, after: str | None, limit: int, served: dict[str, int],
+                     visible: frozenset[str] | None = None) -> tuple[list[dict], str | None]:
     """A page of collections by name, after the name `after`: counts, the published index, and the
-    version `served` (this process's name -> version) has. Returns (page, next cursor or None)."""
+    version `served` (this process's name -> version) has; only those in `visible` unless it is None.
+    Returns (page, next cursor or None)."""
     names = svc.collections.names()
+    if visible is not None:
+        names = [name for name in names if name in visible]
     start = bisect.bisect_right(names, after) if after is not None else 0
     page = names[start:start + limit]
     pointers = svc.pointers.get_many(page)

@@ -67,8 +67,10 @@ class JobHistory:
         return counts
 
     def list(self, collection: str | None = None, state: str | None = None, kind: str | None = None,
-             limit: int = 20, cursor: str | None = None) -> tuple[list[dict], str | None]:
-        """Jobs newest first, optionally filtered; returns (page, next cursor or None).
+             limit: int = 20, cursor: str | None = None,
+             collections: frozenset[str] | None = None) -> tuple[list[dict], str | None]:
+        """Jobs newest first, optionally filtered (`collections`: only jobs of these); returns (page,
+        next cursor or None).
 
         The cursor names the last job looked at (its created_at and id), so pages neither skip nor
         repeat jobs when new ones arrive. A page may hold fewer than `limit` jobs when filters leave
@@ -94,7 +96,8 @@ class JobHistory:
                 scanned += 1
                 last = (score, member)
                 if data and (state is None or data.get("state") == state) \
-                        and (kind is None or data.get("kind") == kind):
+                        and (kind is None or data.get("kind") == kind) \
+                        and (collections is None or data.get("collection") in collections):
                     page.append(public(data))
                     if len(page) == limit:
                         break

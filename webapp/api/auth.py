@@ -1,12 +1,15 @@
 """API keys with roles: `read` < `write` < `admin` (a higher role includes the lower ones).
 
-Keys come from `SWAPLINE_API_KEYS` ("k1:admin,k2:write,k3:read"). A request carries its key as
+Keys come from `SWAPLINE_API_KEYS` ("k1:admin,k2:write,k3:read"); a grant may be limited to some
+collections, "k4:write@docs+notes" (`shared.settings.parse_grant`), and one key may hold several grants.
+A request carries its key as
 `Authorization: Bearer KEY`. HTTP Basic (the key as password, which a browser sends after a prompt) is
 accepted only where a browser needs it: the /admin page and the event stream it follows (GET
 /v1/events). A browser sends Basic credentials with every request to the site, cross-site form posts
 included, so accepting them on the API would let any page an operator visits act as the operator
-(CSRF). The admin page's own POSTs (under /admin) must also carry `X-CSRF-Token`, a value derived
-from the key that the page embeds, and come from the same origin. Without a key the answer is 401 with
+(CSRF). The admin page's own POSTs (under /admin) must also carry `X-CSRF-Token`, the token the page
+embeds, which is bound to the page's session cookie and expires (`admin_session`), and come from the
+same origin. Without a key the answer is 401 with
 `WWW-Authenticate`; with a key whose role is too low, 403. With no keys configured the API runs open,
 logs a warning at start, and /readyz reports `checks.auth = "open"`.
 
@@ -16,6 +19,15 @@ Every request is checked in one `before_request` hook, so a new route is protect
 - otherwise, under /v1: GET and HEAD need `read`, DELETE needs `admin`, every other method `write`;
   /admin needs `admin`, /metrics `read`; anything else (health probes, the OpenAPI document and the
   docs UI) is public.
+
+Scopes are checked here too, once: a route whose path names a collection (`<name>` under
+/v1/collections or /admin/collections) answers 404 to a key without a grant on it, exactly as for a
+collection that does not exist, and 403 when the grant's role is too low; a route marked
+`@scope_filtered` (collection and job lists, jobs, events) lets every key with the role somewhere in and
+narrows what it shows with `visible_collections()` / `require_grant()`; every other route (webhooks,
+/admin, /metrics) needs a grant on every collection.
+
+Repeated failures (a wrong key) from one client address are limited per minute (`FailureLimit`).
 
 The OpenAPI document gets the bearer scheme, `security`, 401/403 responses and `x-required-role` on
 every protected operation from `document_operation`, called by the spec plugin in `webapp.api.apidoc`.
@@ -28,13 +40,20 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn
 
-from flask import Flask, current_app, g, request
+from flask import Flask, Response, current_app, g, request
 from flask_smorest import Blueprint, abort
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
-from shared.settings import ROLES, Settings
+from shared.settings import ROLES, Settings, parse_grant
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +61,48 @@ RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}
 PUBLIC = "public"
 SCHEME_NAME = "bearerAuth"
 ROLE_ATTR = "_swapline_role"
+SCOPE_ATTR = "_swapline_scope_filtered"
 REALM = "swapline"
+
+
+def _higher(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a or b
+    return a if RANK[a] >= RANK[b] else b
 
 
 @dataclass(frozen=True)
 class Principal:
-    role: str
+    """Who is calling: the key's id and its grants."""
+
     key_id: str  # a short digest of the key, safe to log and to scope idempotency keys by
+    everywhere: str | None  # the role the key holds on every collection (an unscoped grant), if any
+    # Collection -> role of the key's scoped grants (on top of `everywhere`).
+    grants: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        """The highest role the key holds anywhere."""
+        top = self.everywhere
+        for role in self.grants.values():
+            top = _higher(top, role)
+        assert top is not None  # a key has at least one grant
+        return top
+
+    @property
+    def visible(self) -> frozenset[str] | None:
+        """The collections the key may see; None: all of them."""
+        return None if self.everywhere else frozenset(self.grants)
+
+    def role_on(self, collection: str | None) -> str | None:
+        """The key's role on `collection` (None: none at all). A thing of no collection counts as
+        everywhere's."""
+        if collection is None:
+            return self.everywhere
+        return _higher(self.everywhere, self.grants.get(collection))
+
+
+OPEN = Principal("open", "admin")
 
 
 def requires(role: str) -> Callable:
@@ -61,6 +115,15 @@ def requires(role: str) -> Callable:
 def public(func: Callable) -> Callable:
     """Mark a view as needing no key at all."""
     return _mark(PUBLIC)(func)
+
+
+def scope_filtered(func: Callable) -> Callable:
+    """Mark a view that names no collection in its path but narrows what it shows or does to the
+    caller's collections itself (with `visible_collections` or `require_grant`): a scoped key may call
+    it. Unmarked views without a collection in their path need a grant on every collection."""
+    wrapped = Blueprint.doc(**{"x-scope-filtered": True})(func)
+    setattr(wrapped, SCOPE_ATTR, True)
+    return wrapped
 
 
 def _mark(role: str) -> Callable:
@@ -85,8 +148,8 @@ def default_role(method: str, path: str) -> str | None:
     return None
 
 
-def _view_role() -> str | None:
-    """The explicit marker on the view serving this request, if any."""
+def _view_marker(attr: str):
+    """A marker (`attr`) on the view serving this request, if any."""
     view = current_app.view_functions.get(request.endpoint or "")
     if view is None:
         return None
@@ -94,17 +157,74 @@ def _view_role() -> str | None:
     if view_class is not None:
         method = "get" if request.method == "HEAD" else request.method.lower()
         handler = getattr(view_class, method, None)
-        if handler is not None and hasattr(handler, ROLE_ATTR):
-            return getattr(handler, ROLE_ATTR)
-    return getattr(view, ROLE_ATTR, None)
+        if handler is not None and hasattr(handler, attr):
+            return getattr(handler, attr)
+    return getattr(view, attr, None)
 
 
 def required_role() -> str | None:
     """The role this request needs, None when it is public."""
     if request.method == "OPTIONS" or request.endpoint is None:
         return None  # preflights, and unknown routes (which answer 404/405)
-    role = _view_role() or default_role(request.method, request.path)
+    role = _view_marker(ROLE_ATTR) or default_role(request.method, request.path)
     return None if role == PUBLIC else role
+
+
+COLLECTION_PATHS = ("/v1/collections/", "/admin/collections/")
+
+
+def target_collection() -> str | None:
+    """The collection this request's path names (`<name>` of a collection route), if any."""
+    if not request.path.startswith(COLLECTION_PATHS):
+        return None
+    name = (request.view_args or {}).get("name")
+    return name if isinstance(name, str) else None
+
+
+def hidden_collection(name: str) -> NoReturn:
+    """The answer for a collection that does not exist, or that the caller's key may not see (the two
+    must not be told apart)."""
+    abort(404, message=f"collection {name!r} does not exist")
+
+
+def authorize(found: Principal, role: str) -> None:
+    """404/403 unless `found` holds `role` where this request acts (see the module docstring)."""
+    name = target_collection()
+    if name is not None:
+        have = found.role_on(name)
+        if have is None:
+            hidden_collection(name)
+    elif _view_marker(SCOPE_ATTR):
+        have = found.role
+    else:
+        have = found.everywhere
+        if have is None:
+            abort(403, code="forbidden", message="this operation needs a key granted on every collection; "
+                                                 "this key is limited to some")
+    if RANK[have] < RANK[role]:
+        abort(403, code="forbidden", message=f"this operation needs the {role} role; the key has {have}")
+
+
+def visible_collections() -> frozenset[str] | None:
+    """The collections the caller may see (None: all), for views that list or stream."""
+    found = principal()
+    return found.visible if found is not None else None
+
+
+def require_grant(collection: str | None, role: str, hidden: str | None) -> None:
+    """For a thing of `collection` (a job, a new collection): 404 with `hidden` as the message when the
+    caller's key has no grant there (the thing looks absent), 403 when `hidden` is None or when the
+    grant's role is below `role`."""
+    found = principal()
+    if found is None:
+        return  # a public route: nothing to narrow
+    have = found.role_on(collection)
+    if have is None and hidden is not None:
+        abort(404, message=hidden)
+    if have is None or RANK[have] < RANK[role]:
+        where = f"collection {collection!r}" if collection else "this"
+        abort(403, code="forbidden", message=f"this operation needs the {role} role on {where}; the key has "
+                                             f"{have or 'no grant there'}")
 
 
 def basic_allowed() -> bool:
@@ -131,14 +251,42 @@ def _presented_key() -> str | None:
 
 
 CSRF_HEADER = "X-CSRF-Token"
+# The admin page's session: a random value in an HttpOnly, SameSite=Strict cookie that only /admin sees.
+CSRF_COOKIE = "swapline_admin_session"
+CSRF_MAX_AGE = 8 * 3600  # seconds a page's token works; reload the page for a new one
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
-def csrf_token(principal: Principal | None, ring: KeyRing) -> str:
-    """The admin page's token for its own POSTs: derived from the caller's key with the keys only the
-    server knows, so another site can neither read nor forge it."""
+def _csrf_mac(principal: Principal | None, ring: KeyRing, session: str, expires: int) -> str:
+    # Keyed with the caller's key, so another site can neither forge a token nor use one for another key.
     secret = ring.secret_for(principal.key_id) if principal else b"open"
-    return hmac.new(secret, b"swapline-admin-csrf", hashlib.sha256).hexdigest()[:40]
+    message = f"swapline-admin-csrf|{session}|{expires}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:40]
+
+
+def csrf_token(principal: Principal | None, ring: KeyRing, session: str, now: float | None = None) -> str:
+    """A token for the admin page's own POSTs: valid with this session cookie only, for CSRF_MAX_AGE."""
+    expires = int(now if now is not None else time.time()) + CSRF_MAX_AGE
+    return f"{expires}.{_csrf_mac(principal, ring, session, expires)}"
+
+
+def csrf_valid(token: str, principal: Principal | None, ring: KeyRing, session: str,
+               now: float | None = None) -> bool:
+    expires, _, mac = token.partition(".")
+    if not session or not expires.isdigit() or int(expires) < (now if now is not None else time.time()):
+        return False
+    return hmac.compare_digest(mac.encode(), _csrf_mac(principal, ring, session, int(expires)).encode())
+
+
+def admin_session(response: Response) -> str:
+    """The page's token, for a response that renders the admin page: the browser's session cookie is
+    kept (other tabs' tokens go on working) or a new one is set on `response`."""
+    session = request.cookies.get(CSRF_COOKIE, "")
+    if len(session) < 32:
+        session = secrets.token_urlsafe(32)
+        response.set_cookie(CSRF_COOKIE, session, max_age=CSRF_MAX_AGE, path="/admin", httponly=True,
+                            samesite="Strict", secure=request.is_secure)
+    return csrf_token(principal(), current_app.extensions["swapline_auth"], session)
 
 
 def _same_origin() -> bool:
@@ -156,16 +304,16 @@ def check_admin_csrf() -> None:
         return
     ring: KeyRing = current_app.extensions["swapline_auth"]
     token = request.headers.get(CSRF_HEADER, "")
-    if not _same_origin() or not hmac.compare_digest(token.encode(), csrf_token(principal(), ring).encode()):
+    if not _same_origin() or not csrf_valid(token, principal(), ring, request.cookies.get(CSRF_COOKIE, "")):
         abort(403, code="csrf_refused", message=f"admin actions must come from the admin page itself (same origin, "
                                                 f"with its {CSRF_HEADER}); reload /admin and try again")
 
 
 class KeyRing:
-    """The configured keys; lookups compare every key in constant time."""
+    """The configured keys and their grants; lookups compare every key in constant time."""
 
     def __init__(self, pairs: tuple[tuple[str, str], ...]):
-        self._pairs = [(key.encode(), role) for key, role in pairs]
+        self._pairs = [(key.encode(), grant) for key, grant in pairs]
 
     @property
     def open(self) -> bool:
@@ -178,13 +326,44 @@ class KeyRing:
                 return known
         return b"unknown"
 
-    def role_of(self, key: str) -> str | None:
-        found = None
+    def principal_of(self, key: str) -> Principal | None:
+        """The key's principal, with every grant its entries give it; None for an unknown key."""
         presented = key.encode()
-        for known, role in self._pairs:
-            if hmac.compare_digest(known, presented):
-                found = role
-        return found
+        matched = [grant for known, grant in self._pairs if hmac.compare_digest(known, presented)]
+        return principal_from(key_id(key), matched) if matched else None
+
+
+def principal_from(key_id_: str, grant_texts: Iterable[str]) -> Principal:
+    everywhere: str | None = None
+    grants: dict[str, str] = {}
+    for text in grant_texts:
+        role, collections = parse_grant(text)
+        if collections is None:
+            everywhere = _higher(everywhere, role)
+        for name in collections or ():
+            grants[name] = _higher(grants.get(name), role) or role
+    return Principal(key_id_, everywhere, grants)
+
+
+class FailureLimit:
+    """Failed authentications per client address per minute (a moving window kept in this process).
+    Past the limit every request of that address that carries a key gets 429 until the window has
+    room again, a right key included: otherwise the limit would not slow guessing at all."""
+
+    def __init__(self, per_minute: int):
+        self._item = RateLimitItemPerMinute(per_minute) if per_minute > 0 else None
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def wait(self, client: str) -> int:
+        """Seconds until `client` may try a key again; 0 when it may now."""
+        if self._item is None or self._limiter.test(self._item, "auth-failures", client):
+            return 0
+        reset, _remaining = self._limiter.get_window_stats(self._item, "auth-failures", client)
+        return max(1, math.ceil(reset - time.time()))
+
+    def failed(self, client: str) -> None:
+        if self._item is not None:
+            self._limiter.hit(self._item, "auth-failures", client)
 
 
 def key_id(key: str) -> str:
@@ -207,28 +386,44 @@ def authenticate() -> None:
     ring: KeyRing = current_app.extensions["swapline_auth"]
     if ring.open:
         check_host()
-        g.swapline_principal = Principal("admin", "open")
+        g.swapline_principal = OPEN
         check_admin_csrf()
         return
     key = _presented_key()
+    found = _known(ring, key) if key else None
     if role is None:
-        if key and (found := ring.role_of(key)):
-            g.swapline_principal = Principal(found, key_id(key))
+        if found is not None:
+            g.swapline_principal = found
         return
     if key is None:
         basic = request.headers.get("Authorization", "").lower().startswith("basic ")
         message = ("Basic credentials are accepted only by the admin page and its event stream; send "
                    "Authorization: Bearer <key>" if basic else "an API key is required: Authorization: Bearer <key>")
         abort(401, code="unauthorized", message=message, headers=_challenge())
-    found = ring.role_of(key)
     if found is None:
-        log.warning("event=auth.refused key_id=%s client=%s path=%s", key_id(key), request.remote_addr, request.path)
         abort(401, code="unauthorized", message="the API key is not valid",
               headers=_challenge("invalid_token"))
-    if RANK[found] < RANK[role]:
-        abort(403, code="forbidden", message=f"this operation needs the {role} role; the key has {found}")
-    g.swapline_principal = Principal(found, key_id(key))
+    authorize(found, role)
+    g.swapline_principal = found
     check_admin_csrf()
+
+
+def _known(ring: KeyRing, key: str) -> Principal | None:
+    """The key's principal; 429 while its client address is past the failure limit, and a failure
+    counted (and logged) for an unknown key."""
+    limit: FailureLimit = current_app.extensions["swapline_auth_failures"]
+    client = request.remote_addr or "unknown"
+    wait = limit.wait(client)
+    if wait:
+        log.warning("event=auth.throttled key_id=%s client=%s path=%s retry_after=%d", key_id(key), client,
+                    request.path, wait)
+        abort(429, code="too_many_failures", message=f"too many failed authentications from this address; "
+                                                     f"retry after {wait} s", headers={"Retry-After": str(wait)})
+    found = ring.principal_of(key)
+    if found is None:
+        limit.failed(client)
+        log.warning("event=auth.refused key_id=%s client=%s path=%s", key_id(key), client, request.path)
+    return found
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -280,6 +475,7 @@ def mode(app: Flask | None = None) -> str:
 def init_app(app: Flask, settings: Settings) -> None:
     ring = KeyRing(settings.api_keys)
     app.extensions["swapline_auth"] = ring
+    app.extensions["swapline_auth_failures"] = FailureLimit(settings.auth_failures_per_minute)
     app.extensions["swapline_allowed_hosts"] = {h.strip().strip("[]").lower()
                                                 for h in settings.allowed_hosts.split(",") if h.strip()}
     app.before_request(authenticate)
@@ -288,8 +484,10 @@ def init_app(app: Flask, settings: Settings) -> None:
                     "without a key, addressed to a loopback host name only unless SWAPLINE_AUTH=open. Set "
                     "key:role pairs (roles read, write, admin) before exposing it.")
     else:
-        counts = {role: sum(1 for _, r in settings.api_keys if r == role) for role in ROLES}
-        log.info("event=auth.keys %s", " ".join(f"{role}={n}" for role, n in counts.items()))
+        grants = [parse_grant(grant) for _, grant in settings.api_keys]
+        counts = {role: sum(1 for r, _ in grants if r == role) for role in ROLES}
+        scoped = sum(1 for _, collections in grants if collections is not None)
+        log.info("event=auth.keys %s scoped=%d", " ".join(f"{role}={n}" for role, n in counts.items()), scoped)
 
 
 # OpenAPI

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import ipaddress
 import os
 import signal
 import socket
@@ -134,6 +135,39 @@ def child_env(settings: Settings, environ: Mapping[str, str], **extra: str) -> d
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+FLOWER_AUTH_VAR = "FLOWER_BASIC_AUTH"  # Flower reads it itself (user:password[,user:password...])
+
+
+def loopback_host(host: str) -> bool:
+    """An address (or name) only this machine reaches; 0.0.0.0 and :: (every interface) are not."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def flower_env(settings: Settings, environ: Mapping[str, str], host: str) -> dict[str, str]:
+    """Flower's environment. With FLOWER_BASIC_AUTH set, Flower asks for it on every page and API call;
+    without it Flower (pages and API) is open, which only loopback may be: any other host raises
+    LaunchError before anything starts."""
+    basic = environ.get(FLOWER_AUTH_VAR, "")
+    if basic:
+        if not all(user and password for user, _, password in (c.partition(":") for c in basic.split(","))):
+            raise LaunchError(f"{FLOWER_AUTH_VAR} must be user:password (comma-separated for several)")
+        env = child_env(settings, environ)
+        env.pop("FLOWER_UNAUTHENTICATED_API", None)
+        return env
+    if not loopback_host(host):
+        raise LaunchError(f"refusing to start Flower on {host} without authentication: its pages and API "
+                          f"can inspect and control the workers. Set {FLOWER_AUTH_VAR}=user:password, or "
+                          "listen on 127.0.0.1 (--host / SWAPLINE_HOST)")
+    # Loopback only: Flower's API answers without auth here, as its pages do.
+    return child_env(settings, environ, FLOWER_UNAUTHENTICATED_API="true")
 
 
 def stack_commands(opts: Options, python: str = sys.executable) -> dict[str, list[str]]:
@@ -288,6 +322,7 @@ class Launcher:
             self.sup.say("event=launcher.stopped")
 
     def _run(self) -> int:
+        flower_env(self.settings, self.environ, self.opts.host)  # before anything starts: no open Flower off loopback
         for what, port in (("API", self.opts.api_port), ("Flower", self.opts.flower_port)):
             if not port_free(self.opts.host, port):
                 raise LaunchError(f"port {port} for {what} is in use on {self.opts.host}; choose another "
@@ -302,9 +337,8 @@ class Launcher:
         self.sup.start("api", commands["api"], env, stop_steps=API_STOP)
         self.sup.start("beat", commands["beat"], env, stop_steps=OTHER_STOP)
         self.sup.start("watcher", commands["watcher"], env, stop_steps=OTHER_STOP)
-        # Flower's API answers without auth only here, on the local default; compose sets basic auth.
-        flower_env = child_env(settings, self.environ, FLOWER_UNAUTHENTICATED_API="true")
-        self.sup.start("flower", commands["flower"], flower_env, stop_steps=OTHER_STOP)
+        flower = flower_env(settings, self.environ, self.opts.host)
+        self.sup.start("flower", commands["flower"], flower, stop_steps=OTHER_STOP)
         self.loader = threading.Thread(target=self._prepare, args=(settings, redis_desc), name="sample",
                                        daemon=True)
         self.loader.start()

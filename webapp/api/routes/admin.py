@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, jsonify, make_response, render_template, request
 from flask_smorest import abort
 
 from shared import eventnames as names
 from shared.jobs.status import overview
 from shared.jobs.versions import list_versions
 from shared.jobstates import EVENT_FOR_STATE
-from webapp.api.auth import CSRF_HEADER, csrf_token, principal
+from webapp.api.auth import CSRF_HEADER, admin_session
 from webapp.api.routes.common import job_location, roll_back, start_rebuild
 from webapp.api.runtime import swapline
 
@@ -48,9 +48,11 @@ def _context() -> dict:
 
 @blp.get("")
 def page():
-    token = csrf_token(principal(), current_app.extensions["swapline_auth"])
-    return render_template("admin.html", refresh_on=REFRESH_ON, csrf_header=CSRF_HEADER, csrf_token=token,
-                           **_context())
+    response = make_response()
+    token = admin_session(response)  # the page's session cookie goes on the response
+    response.set_data(render_template("admin.html", refresh_on=REFRESH_ON, csrf_header=CSRF_HEADER,
+                                      csrf_token=token, **_context()))
+    return response
 
 
 @blp.get("/fragment")

@@ -10,6 +10,7 @@ from shared.jobs.status import collection_status, list_collections
 from shared.jobs.submit import drop_in_progress, submit_delete, submit_documents, submit_drop
 from shared.jobstates import iso_time
 from shared.limits import check_documents
+from webapp.api.auth import require_grant, scope_filtered, visible_collections
 from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
 from webapp.api.routes.common import job_location, require_collection, start_rebuild
@@ -60,20 +61,24 @@ def document_summary(entry: dict) -> dict:
 
 @blp.route("")
 class Collections(MethodView):
+    @scope_filtered
     @blp.arguments(PageQuerySchema, location="query")
     @blp.response(200, CollectionListSchema)
     def get(self, args):
         """Collections by name, with document and chunk counts, the published index version and the
         version this API process serves; page with `cursor`."""
         rt = swapline.runtime
-        items, next_cursor = list_collections(rt.svc, after_cursor(args), args["limit"], rt.live.served())
+        items, next_cursor = list_collections(rt.svc, after_cursor(args), args["limit"], rt.live.served(),
+                                              visible_collections())
         return {"collections": items, "next_cursor": next_cursor}
 
+    @scope_filtered
     @blp.arguments(CollectionCreateSchema)
     @blp.response(201, CollectionSchema)
     @blp.alt_response(409, schema=ErrorSchema, description="A collection with that name exists")
     def post(self, body):
-        """Create a collection."""
+        """Create a collection (a key limited to some collections may create only those)."""
+        require_grant(body["name"], "write", hidden=None)
         dropping = drop_in_progress(swapline.runtime.svc, body["name"])
         if dropping:
             abort(409, message=f"collection {body['name']!r} is being dropped; create it again once the drop "

@@ -6,12 +6,13 @@ from flask_smorest import abort
 
 from shared.jobs.submit import request_rebuild
 from shared.jobs.versions import RollbackRefused, rollback
+from webapp.api.auth import hidden_collection
 from webapp.api.runtime import swapline
 
 
 def require_collection(name: str) -> None:
     if not swapline.runtime.svc.collections.exists(name):
-        abort(404, message=f"collection {name!r} does not exist")
+        hidden_collection(name)  # the same answer a key limited to other collections gets
 
 
 def job_location(job_id: str) -> dict:

@@ -14,6 +14,7 @@ from flask_smorest import Blueprint, abort
 
 from shared import eventnames as names
 from shared.store.events import STREAM_ID, EventLog, older
+from webapp.api.auth import scope_filtered, visible_collections
 from webapp.api.eventhub import READ_COUNT, Subscription
 from webapp.api.runtime import swapline
 from webapp.api.schemas.common import ErrorSchema
@@ -32,9 +33,11 @@ CATCH_UP_RETRY_SECONDS = 1.0
 
 
 def event_stream(events: EventLog, sub: Subscription, after: str, collection: str | None, heartbeat: float,
-                 max_seconds: float, clock: Callable[[], float] = time.monotonic):
+                 max_seconds: float, clock: Callable[[], float] = time.monotonic,
+                 visible: frozenset[str] | None = None):
     """Yield SSE frames after stream id `after`: first what Redis holds after it (a resumed client),
-    then what the hub hands over; a comment every `heartbeat` idle seconds; after `max_seconds` a final
+    then what the hub hands over (only events of `collection`, and of `visible` unless it is None: the
+    collections of the caller's key); a comment every `heartbeat` idle seconds; after `max_seconds` a final
     comment and the end (the client reconnects with the last id it saw and misses nothing).
 
     Never raises: a Redis error only delays the catch-up, so the HTTP response always ends cleanly."""
@@ -73,7 +76,8 @@ def event_stream(events: EventLog, sub: Subscription, after: str, collection: st
         for event in batch:
             if older(after, event["id"]):  # the hub may hand over what the catch-up already sent
                 after = event["id"]
-                if collection is None or event["collection"] == collection:
+                if (collection is None or event["collection"] == collection) \
+                        and (visible is None or event["collection"] in visible):
                     frames.append(_format(event))
         if frames:
             yield "".join(frames)
@@ -85,6 +89,7 @@ def event_stream(events: EventLog, sub: Subscription, after: str, collection: st
 
 @blp.route("")
 class Events(MethodView):
+    @scope_filtered
     @blp.doc(operationId="streamEvents")
     @blp.arguments(EventsQuerySchema, location="query")
     @blp.response(200, description="A text/event-stream of events; each SSE id is the Redis stream id, "
@@ -97,6 +102,7 @@ class Events(MethodView):
         rt = swapline.runtime
         settings = rt.settings
         events = rt.svc.events
+        visible = visible_collections()  # read here: the generator runs outside the request context
         after = request.headers.get("Last-Event-ID") or args.get("last_event_id")
         if after and not STREAM_ID.match(after):
             abort(422, message="Last-Event-ID must be a stream id like 1700000000000-0")
@@ -120,7 +126,7 @@ class Events(MethodView):
         def generate():
             try:
                 yield from event_stream(events, sub, after, args.get("collection"), settings.sse_heartbeat_seconds,
-                                        settings.sse_max_seconds)
+                                        settings.sse_max_seconds, visible=visible)
             finally:
                 free()
 

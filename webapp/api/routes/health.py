@@ -45,7 +45,8 @@ class Ready(MethodView):
         checks["load_failures"] = {name: f.public() for name, f in rt.watcher.failures.items()}
         checks["auth"] = auth.mode()  # "open" when no API keys are configured
         ok = checks["redis"] and checks["index_watcher"] and not checks["unservable"]
-        if auth.principal() is None:
-            # Without a key the probe answers whether, never what (collection names, paths, errors).
+        if auth.principal() is None or auth.visible_collections() is not None:
+            # Without a key (or with one limited to some collections) the probe answers whether, never
+            # what (collection names, paths, errors).
             checks = {"redis": checks["redis"], "index_watcher": checks["index_watcher"]}
         return {"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503

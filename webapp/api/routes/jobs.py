@@ -8,7 +8,7 @@ from flask_smorest import Blueprint, abort
 from shared.jobs.submit import NotCancelable, cancel_job
 from shared.jobstates import TERMINAL, JobNotFound
 from shared.names import is_job_id
-from webapp.api.auth import requires
+from webapp.api.auth import require_grant, requires, scope_filtered, visible_collections
 from webapp.api.runtime import swapline
 from webapp.api.schemas.common import ErrorSchema
 from webapp.api.schemas.jobs import JobListQuerySchema, JobListSchema, JobSchema
@@ -16,17 +16,22 @@ from webapp.api.schemas.jobs import JobListQuerySchema, JobListSchema, JobSchema
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Ingest, delete, rebuild and drop jobs")
 
 
-def load_job(job_id: str) -> dict:
+def load_job(job_id: str, role: str = "read") -> dict:
+    """The job, or 404 when there is none or it belongs to a collection the caller's key cannot see."""
+    absent = f"job {job_id!r} does not exist"
     if not is_job_id(job_id):
-        abort(404, message=f"job {job_id!r} does not exist")
+        abort(404, message=absent)
     try:
-        return swapline.runtime.svc.jobs.get(job_id)
+        job = swapline.runtime.svc.jobs.get(job_id)
     except JobNotFound:
-        abort(404, message=f"job {job_id!r} does not exist")
+        abort(404, message=absent)
+    require_grant(job.get("collection"), role, hidden=absent)
+    return job
 
 
 @blp.route("")
 class Jobs(MethodView):
+    @scope_filtered
     @blp.arguments(JobListQuerySchema, location="query")
     @blp.response(200, JobListSchema)
     def get(self, args):
@@ -37,7 +42,7 @@ class Jobs(MethodView):
         try:
             jobs, next_cursor = swapline.runtime.svc.history.list(
                 collection=args.get("collection"), state=args.get("state"), kind=args.get("kind"),
-                limit=args["limit"], cursor=args.get("cursor"))
+                limit=args["limit"], cursor=args.get("cursor"), collections=visible_collections())
         except ValueError:
             abort(422, message="cursor is not valid; pass next_cursor of a previous page",
                   errors={"cursor": ["not a valid cursor"]})
@@ -46,6 +51,7 @@ class Jobs(MethodView):
 
 @blp.route("/<string:job_id>")
 class Job(MethodView):
+    @scope_filtered
     @blp.response(200, JobSchema, description="The job has finished (succeeded, failed or canceled)")
     @blp.alt_response(202, schema=JobSchema, description="The job is queued or running")
     @blp.alt_response(404, schema=ErrorSchema, description="No such job")
@@ -58,6 +64,7 @@ class Job(MethodView):
 @blp.route("/<string:job_id>/cancel")
 class Cancel(MethodView):
     @requires("admin")
+    @scope_filtered
     @blp.response(202, JobSchema,
                   description="Canceled (it was queued: it will never run), or flagged (it is running: it "
                               "stops at its next step and publishes nothing)",
@@ -67,7 +74,7 @@ class Cancel(MethodView):
                                                            "that has started")
     def post(self, job_id):
         """Cancel a job."""
-        load_job(job_id)
+        load_job(job_id, "admin")
         try:
             job = cancel_job(swapline.runtime.svc, job_id)
         except JobNotFound:
