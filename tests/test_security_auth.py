@@ -35,7 +35,7 @@ def test_short_keys_are_refused_at_start():
 
 
 def test_open_exposure_is_refused_unless_asked_for():
-    from webapp.api.auth import refuse_open_exposure
+    from webapp.api.exposure import refuse_open_exposure
 
     for binds in (["0.0.0.0:8000"], ["127.0.0.1:8000", "[::]:8000"], ["10.0.0.5:80"]):
         with pytest.raises(SystemExit, match="without API keys"):

@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import logging
 import math
 import secrets
@@ -54,6 +53,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from shared.settings import ROLES, Settings, parse_grant
+from webapp.api.exposure import host_of, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -426,40 +426,14 @@ def _known(ring: KeyRing, key: str) -> Principal | None:
     return found
 
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-def is_loopback(host: str) -> bool:
-    """A host name or address that only this machine reaches."""
-    host = host.strip("[]").lower()
-    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_host() -> None:
     """An API without keys answers only requests addressed to it by a loopback name or an allowed host:
     a page on another site that re-binds its own name to 127.0.0.1 sends its own name as the Host."""
-    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+    host = host_of(request.host)
     allowed = current_app.extensions["swapline_allowed_hosts"]
-    if not is_loopback(host) and host.strip("[]").lower() not in allowed:
+    if not is_loopback(host) and host not in allowed:
         abort(403, code="host_refused", message=f"this API has no keys and answers only loopback hosts; "
                                                 f"{host!r} is not one (SWAPLINE_ALLOWED_HOSTS adds names)")
-
-
-def refuse_open_exposure(settings: Settings, binds: list[str]) -> None:
-    """Refuse to serve without keys on anything but loopback, unless SWAPLINE_AUTH=open says so
-    (gunicorn's start calls this with the addresses it binds). Raises SystemExit with the reason."""
-    if settings.api_keys or settings.auth == "open":
-        return
-    exposed = [b for b in binds if not b.startswith(("unix:", "fd://")) and not is_loopback(b.rsplit(":", 1)[0])]
-    if exposed:
-        raise SystemExit(f"refusing to listen on {', '.join(exposed)} without API keys: set SWAPLINE_API_KEYS "
-                         "(key:role,..., keys of 24 characters or more), or SWAPLINE_AUTH=open to serve every caller "
-                         "as admin on purpose")
 
 
 def principal() -> Principal | None:

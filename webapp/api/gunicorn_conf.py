@@ -74,7 +74,7 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
 
 def on_starting(server) -> None:
     from shared.settings import load_settings
-    from webapp.api.auth import refuse_open_exposure
+    from webapp.api.exposure import refuse_open_exposure
 
     refuse_open_exposure(load_settings(), [str(b) for b in server.cfg.bind])
     # gunicorn writes the errors it answers before the app sees a request (over-long request lines and

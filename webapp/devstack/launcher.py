@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import ipaddress
 import os
 import signal
 import socket
@@ -28,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.settings import Settings, SettingsError, load_settings, settings_env
+from webapp.api.exposure import is_loopback
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
 from webapp.client import DEFAULT_URL, ApiError, ApiUnreachable, Client, Interrupted, JobFailed
 from webapp.devstack.embedded_redis import RedisNotFound, find_redis_server, redis_argv, wait_for_redis
@@ -140,17 +140,6 @@ def child_env(settings: Settings, environ: Mapping[str, str], **extra: str) -> d
 FLOWER_AUTH_VAR = "FLOWER_BASIC_AUTH"  # Flower reads it itself (user:password[,user:password...])
 
 
-def loopback_host(host: str) -> bool:
-    """An address (or name) only this machine reaches; 0.0.0.0 and :: (every interface) are not."""
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def flower_env(settings: Settings, environ: Mapping[str, str], host: str) -> dict[str, str]:
     """Flower's environment. With FLOWER_BASIC_AUTH set, Flower asks for it on every page and API call;
     without it Flower (pages and API) is open, which only loopback may be: any other host raises
@@ -162,7 +151,7 @@ def flower_env(settings: Settings, environ: Mapping[str, str], host: str) -> dic
         env = child_env(settings, environ)
         env.pop("FLOWER_UNAUTHENTICATED_API", None)
         return env
-    if not loopback_host(host):
+    if not is_loopback(host):
         raise LaunchError(f"refusing to start Flower on {host} without authentication: its pages and API "
                           f"can inspect and control the workers. Set {FLOWER_AUTH_VAR}=user:password, or "
                           "listen on 127.0.0.1 (--host / SWAPLINE_HOST)")
