@@ -44,8 +44,8 @@ ADMIN = "contract-admin-0123456789abcdef"
 KEYS = ((ADMIN, "admin"), ("contract-read-0123456789abcdefg", "read"))
 # Bounded in examples, never in time, so every operation runs; raise them for a deeper local run, e.g.
 # SWAPLINE_CONTRACT_EXAMPLES=200 SWAPLINE_CONTRACT_SCENARIOS=200.
-MAX_EXAMPLES = int(os.environ.get("SWAPLINE_CONTRACT_EXAMPLES", "12"))
-STATEFUL_SCENARIOS = int(os.environ.get("SWAPLINE_CONTRACT_SCENARIOS", "50"))
+MAX_EXAMPLES = int(os.environ.get("SWAPLINE_CONTRACT_EXAMPLES", "25"))
+STATEFUL_SCENARIOS = int(os.environ.get("SWAPLINE_CONTRACT_SCENARIOS", "100"))
 STATEFUL_STEPS = 6  # calls per scenario at most
 GUNICORN_REQUEST_LINE = 4094  # gunicorn's --limit-request-line default
 GUNICORN_FIELD_SIZE = 8190  # --limit-request-field_size default
@@ -92,19 +92,27 @@ def _fuzz(operation, mode, label, checks, base, session, auth, failures, statuse
     return run
 
 
-def _stateful(schema, base, session, auth, failures, sent, followed) -> None:
+def _stateful(schema, base, session, auth, failures, sent, followed, progress) -> None:
     """schemathesis's state machine over the document's links: each scenario starts at an operation and
     feeds what an answer returned (a collection's name, a job's id, a webhook's id) into the next call.
     Only the stateless checks run: a 202 delete or submission is asynchronous, so a read right after it
     may still see the old state, which is not a failure here."""
 
     class Machine(schema.as_state_machine()):  # type: ignore[misc]
+        def setup(self):
+            progress["scenarios"] += 1
+
         def get_call_kwargs(self, case):
             return {"base_url": base, "session": session, "headers": auth, "timeout": 15}
 
         def step(self, input):
-            output = super().step(input)
             sent[input.case.operation.label] += 1
+            try:
+                output = super().step(input)
+            except Exception as exc:
+                if not failures or not failures[-1].startswith("stateful"):
+                    failures.append(f"stateful {input.case.operation.label}: {type(exc).__name__}: {str(exc)[:1500]}")
+                raise
             if input.transition is not None and input.is_applied:
                 followed[input.transition.id] += 1
             return output
@@ -118,13 +126,28 @@ def _stateful(schema, base, session, auth, failures, sent, followed) -> None:
                 failures.append(f"stateful {case.operation.label}: {str(exc)[:1500]}")
                 raise
 
-    settings = hypothesis.settings(max_examples=STATEFUL_SCENARIOS, stateful_step_count=STATEFUL_STEPS,
-                                   phases=[Phase.explicit, Phase.generate], **SETTINGS)
-    try:
-        Machine.run(settings=settings)
-    except Exception as exc:  # the shrunk failure; recorded above unless it failed before a response
-        if not failures or not failures[-1].startswith("stateful"):
-            failures.append(f"stateful: {type(exc).__name__}: {str(exc)[:1500]}")
+    for _attempt in range(3):
+        remaining = STATEFUL_SCENARIOS - progress["scenarios"]
+        if remaining <= 0:
+            break
+        # Not derandomized: a retry after a replay that diverged (below) should not walk the same path.
+        settings = hypothesis.settings(max_examples=remaining, stateful_step_count=STATEFUL_STEPS,
+                                       phases=[Phase.explicit, Phase.generate], **{**SETTINGS, "derandomize": False})
+        try:
+            Machine.run(settings=settings)
+            break
+        except hypothesis.errors.Flaky:
+            # Hypothesis replays a scenario and the server's state has moved on since (a collection made
+            # by an earlier scenario now answers 409, so no link leaves it): not a defect as long as no
+            # check failed, since each failure is recorded above before it is raised. Go on with the
+            # scenarios left, as schemathesis's own runner does.
+            progress["diverged replays"] += 1
+            if failures and failures[-1].startswith("stateful"):
+                break
+        except Exception as exc:  # the failure; recorded above unless it failed before a response
+            if not failures or not failures[-1].startswith("stateful"):
+                failures.append(f"stateful: {type(exc).__name__}: {str(exc)[:1500]}")
+            break
 
 
 def _stream_once(base, auth, sent, statuses) -> str:
@@ -159,6 +182,7 @@ def test_openapi_contract(settings, procs):
     statuses: dict[str, set[int]] = {}
     sent: Counter[str] = Counter()  # requests per operation label, both phases
     followed: Counter[str] = Counter()  # links followed in the stateful phase
+    progress: Counter[str] = Counter()  # stateful scenarios started, replays that met a changed server
     started = time.monotonic()
     runs = 0
     session = requests.Session()
@@ -185,14 +209,14 @@ def test_openapi_contract(settings, procs):
                     failures.append(f"{label}: {type(exc).__name__}: {str(exc)[:1500]}")
             runs += 1
     stateless_seconds = time.monotonic() - started
-    _stateful(schema, base, session, auth, failures, sent, followed)
+    _stateful(schema, base, session, auth, failures, sent, followed, progress)
     elapsed = time.monotonic() - started
 
     labels = {operation.label for operation in operations}
     print(f"schemathesis: {len(labels & set(sent))}/{len(labels)} operations exercised, {sum(sent.values())} "
           f"requests, {runs} operation/mode runs of up to {MAX_EXAMPLES} examples in {stateless_seconds:.0f} s; "
-          f"stateful: {STATEFUL_SCENARIOS} scenarios, {sum(followed.values())} links followed "
-          f"({len(followed)} distinct); {elapsed:.0f} s in all")
+          f"stateful: {progress['scenarios']} scenarios, {sum(followed.values())} links followed "
+          f"({len(followed)} distinct), {progress['diverged replays']} diverged replays; {elapsed:.0f} s in all")
     for label in sorted(labels):
         print(f"  {label}: {sent[label]} requests")
     for label, seen in sorted(statuses.items()):
