@@ -11,10 +11,10 @@ STAMP  := $(VENV)/.installed
 help: ## List targets with one-line descriptions
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock && $(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv (if missing) and install Swapline with test extras
@@ -52,3 +52,11 @@ typecheck: $(STAMP) ## Type-check shared/ and webapp/ with mypy (config in pypro
 
 clean: ## Remove local data and caches (not .venv)
 	rm -rf var .pytest_cache
+
+# The lock: every dependency and test tool pinned with its hashes, for Python 3.11 on linux x86_64.
+.PHONY: lock
+lock: ## Regenerate requirements.lock from pyproject.toml (keeps existing pins; UPGRADE=1 takes the newest)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet pip-tools
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --extra test --allow-unsafe --strip-extras \
+	    --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) -o requirements.lock pyproject.toml

@@ -68,12 +68,42 @@ def operation_id(path: str, method: str) -> str:
     return method + last[:1].upper() + last[1:]
 
 
+# OpenAPI links: where an answer's body names something the next call can use, so clients (and
+# schemathesis's stateful run in tests/test_openapi_contract.py) can follow create -> read/search/delete.
+# operationId -> (status of the answer, {target operationId: {path parameter: runtime expression}}).
+_NAME = {"name": "$response.body#/name"}
+_JOB = {"job_id": "$response.body#/id"}
+_WEBHOOK = {"webhook_id": "$response.body#/id"}
+LINKS: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
+    "createCollection": ("201", {target: _NAME for target in (
+        "getCollection", "searchCollection", "addDocuments", "listDocuments", "listVersions", "listSources",
+        "rebuildCollection", "rollbackCollection", "deleteCollection")}),
+    "addDocuments": ("202", {"getJob": _JOB, "cancelJob": _JOB}),
+    "rebuildCollection": ("202", {"getJob": _JOB, "cancelJob": _JOB}),
+    "deleteCollection": ("202", {"getJob": _JOB, "cancelJob": _JOB}),
+    "deleteDocument": ("202", {"getJob": _JOB, "cancelJob": _JOB}),
+    "createWebhook": ("201", {"getWebhook": _WEBHOOK, "listDeliveries": _WEBHOOK, "deleteWebhook": _WEBHOOK}),
+}
+
+
+def _document_links(operation: dict) -> None:
+    status, targets = LINKS.get(operation.get("operationId", ""), ("", {}))
+    responses = operation.get("responses", {})
+    response = responses.get(int(status), responses.get(status)) if status else None  # flask-smorest keys by int
+    if not isinstance(response, dict):
+        return
+    links = response.setdefault("links", {})
+    for target, parameters in targets.items():
+        links.setdefault(target, {"operationId": target, "parameters": dict(parameters)})
+
+
 class SwaplineSpecPlugin(BasePlugin):
     def operation_helper(self, path=None, operations=None, **kwargs):
         for method, operation in (operations or {}).items():
             if method not in METHODS:
                 continue
             operation.setdefault("operationId", operation_id(path or "", method))
+            _document_links(operation)
             idempotency.document_operation(operation)
             auth.document_operation(path or "", method, operation)
             responses = operation.setdefault("responses", {})
