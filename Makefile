@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test test-fast test-chaos bench bench-quick bench-search bench-sources lint clean
+.PHONY: help install run test test-fast test-chaos bench bench-quick bench-search bench-sources lint typecheck clean
 
 help: ## List targets with one-line descriptions
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench-sources: $(STAMP) ## A whole repository as a source with the real model: 1
 
 lint: $(STAMP) ## Check style and common mistakes with ruff (config in pyproject.toml)
 	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP) ## Type-check shared/ and webapp/ with mypy (config in pyproject.toml)
+	$(PY) -m mypy
 
 clean: ## Remove local data and caches (not .venv)
 	rm -rf var .pytest_cache
