@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 import requests
@@ -18,6 +19,9 @@ import requests
 from shared.settings import Settings, settings_env
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
 from webapp.devstack.embedded_redis import RedisBinary, RedisNotFound, find_redis_server
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -49,6 +53,20 @@ def held_lease(client, collection: str, holder: str, fence: int):
 
     client.set(keys.lock(collection), f"{holder}|{fence}", px=60_000)
     return Lease(collection, holder, fence)
+
+
+def make_services(settings: Settings, client: redis.Redis | None = None,
+                  enqueued: list[tuple[str, str]] | None = None) -> Services:
+    """The domain services a test drives directly (no Celery): on `client` (fakeredis, or the session's
+    Redis) or else a new connection to `settings.redis_url`. Every task sent is appended to `enqueued` as
+    (kind, job_id); without a list it goes nowhere, like a lost message. Torch gets one thread."""
+    from shared.services import build_services
+
+    def enqueue(kind: str, job_id: str) -> None:
+        if enqueued is not None:
+            enqueued.append((kind, job_id))
+
+    return build_services(settings, enqueue, torch_threads=1, client=client)
 
 
 def free_port() -> int:

@@ -29,9 +29,9 @@ from shared.jobs.ingest import run_ingest
 from shared.jobs.model import SUCCEEDED
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import request_rebuild, submit_delete, submit_documents
-from shared.services import build_services
 from shared.settings import Settings
 from shared.storage import TMP_PREFIX
+from tests.support import make_services
 from tests.test_vectorindex import clustered
 
 
@@ -152,7 +152,7 @@ class Collection:
         self.svc.collections.create("docs")
 
     def services(self, settings):
-        return build_services(settings, enqueue=lambda kind, job_id: None, torch_threads=1, client=self.rclient)
+        return make_services(settings, self.rclient)
 
     def ingest(self, docs):
         job = submit_documents(self.svc, "docs", docs, rebuild=False)
