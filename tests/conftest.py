@@ -22,6 +22,23 @@ from tests.support import (
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
+# `make test-fast` deselects these marks and must run with no redis-server and no real process, so a
+# test that reaches either through a fixture has to carry one of them.
+SERVER_MARKS = ("integration", "chaos")
+SERVER_FIXTURES = {"redis_server", "procs", "own_redis"}
+
+
+def _marked_for_servers(item) -> bool:
+    return any(item.get_closest_marker(mark) for mark in SERVER_MARKS)
+
+
+def pytest_collection_modifyitems(items):
+    unmarked = [item.nodeid for item in items
+                if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())) and not _marked_for_servers(item)]
+    if unmarked:
+        raise pytest.UsageError("tests that use a redis-server or real processes must be marked integration (or "
+                                "chaos), or `make test-fast` would need them:\n  " + "\n  ".join(unmarked))
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
@@ -34,8 +51,10 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture
-def redis_url(redis_server):
+def redis_url(request, redis_server):
     """The session's Redis, emptied before each test."""
+    if not _marked_for_servers(request.node):  # reached at run time (getfixturevalue), not at collection
+        pytest.fail(f"{request.node.nodeid} uses the session's redis-server but is not marked integration")
     client = redis.Redis.from_url(redis_server)
     client.flushall()
     client.close()

@@ -21,6 +21,8 @@ from shared.settings import Settings
 from shared.storage import TMP_PREFIX
 from tests.support import make_services
 
+pytestmark = pytest.mark.integration  # every test runs on the session's redis-server
+
 DOCS = [
     {"id": "kep-1", "text": "# Scheduling\n## Pod priority\nPods with higher priority preempt lower priority pods "
                             "when the cluster is full.", "metadata": {"source": "keps"}},
