@@ -75,6 +75,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def default_signals() -> None:
+    """`preexec_fn` of a child a test will interrupt: SIGINT and SIGQUIT back to their defaults. A suite
+    started as a background job (`make test &`, nohup, CI runners) ignores both, a child inherits an
+    ignored signal across exec, and Swapline's commands rightly keep it ignored; a terminal's Ctrl-C is
+    what these tests mean."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPLINE_")}
     env.update(settings_env(settings))
@@ -124,7 +133,7 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=default_signals)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
