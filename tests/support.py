@@ -142,11 +142,20 @@ class Proc:
         return self.popen.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        self.signal(sig)
+        return self.wait_stopped(timeout)
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the process group, if the process still runs."""
         if self.alive():
             try:
                 os.killpg(self.popen.pid, sig)
             except ProcessLookupError:
                 pass
+
+    def wait_stopped(self, timeout: float = 20.0) -> int:
+        """Wait for the exit (SIGKILL at the deadline); returns the exit code."""
+        if self.alive():
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -154,6 +163,15 @@ class Proc:
                 self.popen.wait(10)
         self._log.close()
         return self.popen.returncode
+
+
+def stop_all(procs: list[Proc], timeout: float = 20.0) -> None:
+    """Stop processes together: SIGTERM to every one first, then wait for each, so their shutdowns
+    (a worker's warm shutdown, gunicorn's graceful stop) overlap instead of adding up."""
+    for proc in procs:
+        proc.signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait_stopped(timeout)
 
 
 def start_worker(settings: Settings, log_dir: Path, name: str = "w1", queues: str = "ingest,index,webhooks",
