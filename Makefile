@@ -25,14 +25,15 @@ run: $(STAMP) ## Start Redis, workers, API and Flower; load the sample corpus; p
 # pytest-xdist workers. Most integration time is spent waiting on real processes (startup, polls), not
 # computing, so three workers beat two even on two cores. Each worker is a session with its own
 # redis-server; `loadfile` keeps a module's tests (and its module fixtures: the real model's corpus, a
-# shared stack) on one worker. The chaos tests mostly wait out 60 s leases, each with its own Redis and
-# processes: four at a time, handed out one by one (`worksteal`), as four of them take a minute or more.
+# shared stack) on one worker, files in collection order, where tests marked slow come first
+# (tests/conftest.py). The chaos tests mostly wait out 60 s leases, each with its own Redis and
+# processes: four at a time, an idle worker taking queued tests from a busy one (`worksteal`).
 TEST_WORKERS  ?= 3
 CHAOS_WORKERS ?= 4
 CHAOS := -n $(CHAOS_WORKERS) --dist worksteal -m chaos
 
 test: $(STAMP) ## The whole suite in parallel (unit, integration, real model, browser), then the chaos tests (~10 min)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not chaos"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not chaos"
 	$(PY) -m pytest $(CHAOS)
 
 test-fast: $(STAMP) ## Unit tests only (fakeredis, hashing embedder; < 1 min): no redis-server, worker, model or browser

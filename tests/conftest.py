@@ -34,11 +34,19 @@ def _marked_for_servers(item) -> bool:
 
 
 def pytest_collection_modifyitems(items):
+    _slow_first(items)
     unmarked = [item.nodeid for item in items
                 if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())) and not _marked_for_servers(item)]
     if unmarked:
         raise pytest.UsageError("tests that use a redis-server or real processes must be marked integration (or "
                                 "chaos), or `make test-fast` would need them:\n  " + "\n  ".join(unmarked))
+
+
+def _slow_first(items) -> None:
+    """Tests marked slow go first (otherwise in collection order): `make test` hands files to its xdist
+    workers in this order, so a parallel run does not end with workers idle while one of them embeds a
+    corpus with the real model."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
