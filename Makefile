@@ -22,8 +22,8 @@ install: $(STAMP) ## Create .venv (if missing) and install Swapline with test ex
 run: $(STAMP) ## Start Redis, workers, API and Flower; load the sample corpus; print URLs
 	$(PY) -m webapp.devstack
 
-# pytest-xdist workers. Most integration time is spent waiting on real processes (startup, polls), not
-# computing, so three workers beat two even on two cores. Each worker is a session with its own
+# pytest-xdist workers. Much of the integration time is spent waiting on real processes (startup,
+# polls) rather than computing, hence more workers than cores. Each worker is a session with its own
 # redis-server; `loadfile` keeps a module's tests (and its module fixtures: the real model's corpus, a
 # shared stack) on one worker, files in collection order, where tests marked slow come first
 # (tests/conftest.py). The chaos tests mostly wait out 60 s leases, each with its own Redis and
