@@ -22,15 +22,25 @@ install: $(STAMP) ## Create .venv (if missing) and install Swapline with test ex
 run: $(STAMP) ## Start Redis, workers, API and Flower; load the sample corpus; print URLs
 	$(PY) -m webapp.devstack
 
-test: $(STAMP) ## Run the whole test suite (unit, integration, real model, browser), then the chaos tests serially
-	$(PY) -m pytest -m "not chaos"
-	$(PY) -m pytest -m chaos
+# pytest-xdist workers. Much of the integration time is spent waiting on real processes (startup,
+# polls) rather than computing, hence more workers than cores. Each worker is a session with its own
+# redis-server; `loadfile` keeps a module's tests (and its module fixtures: the real model's corpus, a
+# shared stack) on one worker, files in collection order, where tests marked slow come first
+# (tests/conftest.py). The chaos tests mostly wait out 60 s leases, each with its own Redis and
+# processes: four at a time, an idle worker taking queued tests from a busy one (`worksteal`).
+TEST_WORKERS  ?= 3
+CHAOS_WORKERS ?= 4
+CHAOS := -n $(CHAOS_WORKERS) --dist worksteal -m chaos
 
-test-fast: $(STAMP) ## Unit tests only (fakeredis, hashing embedder): needs no redis-server, worker, model or browser
-	$(PY) -m pytest -m "not integration and not model and not browser and not chaos"
+test: $(STAMP) ## The whole suite in parallel (unit, integration, real model, browser), then the chaos tests (~10 min)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not chaos"
+	$(PY) -m pytest $(CHAOS)
 
-test-chaos: $(STAMP) ## Only the chaos tests (faults injected into real processes at default timeouts; ~10 min)
-	$(PY) -m pytest -m chaos
+test-fast: $(STAMP) ## Unit tests only (fakeredis, hashing embedder; < 1 min): no redis-server, worker, model or browser
+	$(PY) -m pytest -n 2 -m "not integration and not model and not browser and not chaos"
+
+test-chaos: $(STAMP) ## Only the chaos tests (faults injected into real processes at default timeouts), in parallel
+	$(PY) -m pytest $(CHAOS)
 
 bench: $(STAMP) ## Every benchmark at full size (1M vectors; long): bench/results.json, BENCHMARKS.md, bench/latency.png
 	$(PY) -m tests.bench

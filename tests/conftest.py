@@ -18,9 +18,35 @@ from tests.support import (
     start_redis_server,
     start_watcher,
     start_worker,
+    stop_all,
 )
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+# `make test-fast` deselects these marks and must run with no redis-server and no real process, so a
+# test that reaches either through a fixture has to carry one of them.
+SERVER_MARKS = ("integration", "chaos")
+SERVER_FIXTURES = {"redis_server", "procs", "module_procs", "own_redis"}
+
+
+def _marked_for_servers(item) -> bool:
+    return any(item.get_closest_marker(mark) for mark in SERVER_MARKS)
+
+
+def pytest_collection_modifyitems(items):
+    _slow_first(items)
+    unmarked = [item.nodeid for item in items
+                if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())) and not _marked_for_servers(item)]
+    if unmarked:
+        raise pytest.UsageError("tests that use a redis-server or real processes must be marked integration (or "
+                                "chaos), or `make test-fast` would need them:\n  " + "\n  ".join(unmarked))
+
+
+def _slow_first(items) -> None:
+    """Tests marked slow go first (otherwise in collection order): `make test` hands files to its xdist
+    workers in this order, so a parallel run does not end with workers idle while one of them embeds a
+    corpus with the real model."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +60,10 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture
-def redis_url(redis_server):
+def redis_url(request, redis_server):
     """The session's Redis, emptied before each test."""
+    if not _marked_for_servers(request.node):  # reached at run time (getfixturevalue), not at collection
+        pytest.fail(f"{request.node.nodeid} uses the session's redis-server but is not marked integration")
     client = redis.Redis.from_url(redis_server)
     client.flushall()
     client.close()
@@ -49,53 +77,79 @@ def rclient(redis_url):
     client.close()
 
 
+def fast_settings(redis_url: str, data_dir: Path) -> Settings:
+    """Fast settings for integration tests: the hashing embedder, small steps, quick polls."""
+    return Settings(redis_url=redis_url, data_dir=data_dir, embedder="hash", watcher_poll_seconds=0.5,
+                    rebuild_retry_seconds=0.2, build_step=256, progress_every=16)
+
+
 @pytest.fixture
 def settings(redis_url, tmp_path) -> Settings:
-    """Fast settings for integration tests: the hashing embedder, small steps, quick polls."""
-    return Settings(redis_url=redis_url, data_dir=tmp_path / "data", embedder="hash", watcher_poll_seconds=0.5,
-                    rebuild_retry_seconds=0.2, build_step=256, progress_every=16)
+    return fast_settings(redis_url, tmp_path / "data")
+
+
+class Starter:
+    """Starts real processes (logs in `log_dir`); `stop()` stops them all and prints their logs, which
+    pytest shows when the test failed."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.started: list[Proc] = []
+
+    def _add(self, proc: Proc) -> Proc:
+        self.started.append(proc)
+        return proc
+
+    def worker(self, settings, **kw):
+        return self._add(start_worker(settings, self.log_dir, **kw))
+
+    def watcher(self, settings, **kw):
+        return self._add(start_watcher(settings, self.log_dir, **kw))
+
+    def api(self, settings, **kw):
+        return self.api_proc(settings, **kw)[1]
+
+    def api_proc(self, settings, **kw):
+        """The API process and its base URL (to stop it, read its log)."""
+        proc, base = start_api(settings, self.log_dir, **kw)
+        self._add(proc)
+        return proc, base
+
+    def beat(self, settings):
+        return self._add(start_beat(settings, self.log_dir))
+
+    def stop(self) -> None:
+        stop_all(self.started)
+        for proc in self.started:
+            print(f"----- {proc.name} log (tail) -----\n{proc.log()[-3000:]}")
 
 
 @pytest.fixture
 def procs(tmp_path):
     """Start real processes for a test; all are stopped at its end, and their logs are printed
     when the test fails."""
-    started: list[Proc] = []
+    starter = Starter(tmp_path)
+    yield starter
+    starter.stop()
 
-    class Starter:
-        log_dir = tmp_path
 
-        def worker(self, settings, **kw):
-            proc = start_worker(settings, tmp_path, **kw)
-            started.append(proc)
-            return proc
+@pytest.fixture(scope="module")
+def module_settings(redis_server, tmp_path_factory) -> Settings:
+    """`settings` for a module whose tests share one stack (`module_procs`) and only read it: the
+    session's Redis, emptied once before the module's first test (tests of other modules, which empty
+    it before each of theirs, never run while the module's fixtures live)."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    return fast_settings(redis_server, tmp_path_factory.mktemp("module") / "data")
 
-        def watcher(self, settings, **kw):
-            proc = start_watcher(settings, tmp_path, **kw)
-            started.append(proc)
-            return proc
 
-        def api(self, settings, **kw):
-            proc, base = start_api(settings, tmp_path, **kw)
-            started.append(proc)
-            return base
-
-        def api_proc(self, settings, **kw):
-            """The API process and its base URL (to stop it, read its log)."""
-            proc, base = start_api(settings, tmp_path, **kw)
-            started.append(proc)
-            return proc, base
-
-        def beat(self, settings):
-            proc = start_beat(settings, tmp_path)
-            started.append(proc)
-            return proc
-
-    yield Starter()
-    for proc in reversed(started):
-        proc.stop()
-    for proc in started:
-        print(f"----- {proc.name} log (tail) -----\n{proc.log()[-3000:]}")
+@pytest.fixture(scope="module")
+def module_procs(tmp_path_factory):
+    """`procs` for the whole module: started by its first test, stopped after its last."""
+    starter = Starter(tmp_path_factory.mktemp("procs"))
+    yield starter
+    starter.stop()
 
 
 @pytest.fixture(params=["fakeredis", pytest.param("redis-server", marks=pytest.mark.integration)])

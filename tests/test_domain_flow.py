@@ -16,9 +16,12 @@ from shared.jobs.ingest import run_ingest
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import submit_documents
 from shared.jobstates import CANCELED, QUEUED, RUNNING, SUCCEEDED
-from shared.services import Services, build_services
+from shared.services import Services
 from shared.settings import Settings
 from shared.storage import TMP_PREFIX
+from tests.support import make_services
+
+pytestmark = pytest.mark.integration  # every test runs on the session's redis-server
 
 DOCS = [
     {"id": "kep-1", "text": "# Scheduling\n## Pod priority\nPods with higher priority preempt lower priority pods "
@@ -41,8 +44,7 @@ class Env:
 def env(redis_url, rclient, tmp_path) -> Env:
     enqueued: list[tuple[str, str]] = []
     settings = Settings(embedder="hash", data_dir=tmp_path, redis_url=redis_url)
-    svc = build_services(settings, enqueue=lambda kind, job_id: enqueued.append((kind, job_id)), torch_threads=1,
-                         client=rclient)
+    svc = make_services(settings, rclient, enqueued)
     assert svc.collections.create("docs")
     return Env(svc, enqueued)
 
@@ -268,8 +270,7 @@ def test_large_collection_gets_an_approximate_index_with_measured_recall(redis_u
     enqueued: list[tuple[str, str]] = []
     settings = Settings(embedder="hash", data_dir=tmp_path, redis_url=redis_url, approx_threshold=500, ivf_nprobe=8,
                         recall_target=1.0, recall_floor=0.5)
-    svc = build_services(settings, enqueue=lambda kind, job_id: enqueued.append((kind, job_id)), torch_threads=1,
-                         client=rclient)
+    svc = make_services(settings, rclient, enqueued)
     svc.collections.create("big")
     docs = [{"id": f"d{i}", "text": f"# Area {i % 17}\nNote {i} covers subject{i % 101} and detail{i}."}
             for i in range(800)]

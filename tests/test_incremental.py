@@ -29,9 +29,9 @@ from shared.jobs.ingest import run_ingest
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import request_rebuild, submit_delete, submit_documents
 from shared.jobstates import SUCCEEDED
-from shared.services import build_services
 from shared.settings import Settings
 from shared.storage import TMP_PREFIX
+from tests.support import make_services
 from tests.test_vectorindex import clustered
 
 
@@ -152,7 +152,7 @@ class Collection:
         self.svc.collections.create("docs")
 
     def services(self, settings):
-        return build_services(settings, enqueue=lambda kind, job_id: None, torch_threads=1, client=self.rclient)
+        return make_services(settings, self.rclient)
 
     def ingest(self, docs):
         job = submit_documents(self.svc, "docs", docs, rebuild=False)
@@ -188,6 +188,7 @@ def _same_answers(a: LoadedVersion, b: LoadedVersion, queries: np.ndarray) -> No
         assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-6)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("approx_threshold", [200_000, 300], ids=["flat", "ivf"])
 def test_incremental_build_answers_like_a_full_build(redis_url, rclient, tmp_path, approx_threshold):
     col = Collection(redis_url, rclient, tmp_path, approx_threshold=approx_threshold)
@@ -221,6 +222,7 @@ def test_incremental_build_answers_like_a_full_build(redis_url, rclient, tmp_pat
     assert incremental_version.manifest["checksum"] == full_version.manifest["checksum"]
 
 
+@pytest.mark.integration
 def test_tuned_nprobe_and_build_facts_land_in_the_manifest(redis_url, rclient, tmp_path):
     col = Collection(redis_url, rclient, tmp_path, approx_threshold=300)
     col.ingest(_docs([f"d{i}" for i in range(400)]))
@@ -235,6 +237,7 @@ def test_tuned_nprobe_and_build_facts_land_in_the_manifest(redis_url, rclient, t
     assert faiss.extract_index_ivf(loaded.index).nprobe == manifest["nprobe"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("approx_threshold", [200_000, 300], ids=["flat", "ivf"])
 def test_compaction_in_between_falls_back_to_a_full_build(redis_url, rclient, tmp_path, approx_threshold):
     col = Collection(redis_url, rclient, tmp_path, approx_threshold=approx_threshold)
@@ -257,6 +260,7 @@ def test_compaction_in_between_falls_back_to_a_full_build(redis_url, rclient, tm
                   col.svc.embedder.embed(["Note d3edited covers", "detail f1"]))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("approx_threshold", [200_000, 300], ids=["flat", "ivf"])
 def test_a_compaction_of_exactly_the_published_segments_keeps_the_next_build_incremental(
         redis_url, rclient, tmp_path, approx_threshold):
@@ -279,6 +283,7 @@ def test_a_compaction_of_exactly_the_published_segments_keeps_the_next_build_inc
                   col.svc.embedder.embed(["Note d7edited covers", "detail f1", "detail e5"]))
 
 
+@pytest.mark.integration
 def test_a_build_below_the_recall_floor_is_refused_and_the_pointer_stays(redis_url, rclient, tmp_path):
     col = Collection(redis_url, rclient, tmp_path, approx_threshold=300)
     col.ingest(_docs([f"d{i}" for i in range(400)]))
@@ -316,6 +321,7 @@ def test_a_refused_build_fails_its_job_through_a_worker(settings, procs):
     assert status["index"]["version"] == first["version"] and status["index"]["vectors"] == 400
 
 
+@pytest.mark.integration
 def test_a_quantizer_to_retrain_turns_the_build_into_a_full_one_that_trains(redis_url, rclient, tmp_path,
                                                                            monkeypatch):
     col = Collection(redis_url, rclient, tmp_path, approx_threshold=300)

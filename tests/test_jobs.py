@@ -166,6 +166,7 @@ def test_queued_depth_drops_when_job_leaves_queued(jobs, leave):
     assert jobs.queued_depth(QUEUE_INGEST) == 2
 
 
+@pytest.mark.integration
 def test_concurrent_starts_move_the_job_exactly_once(redis_url):
     """Many clients race queued -> running on the real server: one transition, one event."""
     setup = redis.Redis.from_url(redis_url, decode_responses=True)

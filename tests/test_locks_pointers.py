@@ -209,6 +209,7 @@ def test_history_is_trimmed_newest_first(pointers, client):
     assert pointers.get("docs")["version"] == 5
 
 
+@pytest.mark.integration
 def test_publish_announces_on_swap_channel(rclient):
     pubsub = rclient.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(keys.swap_channel())

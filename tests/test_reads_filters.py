@@ -20,8 +20,10 @@ def _doc(i: int) -> dict:
                          "source": f"src-{i % 3}"}}
 
 
-@pytest.fixture
-def stack(settings, procs):
+@pytest.fixture(scope="module")
+def stack(module_settings, module_procs):
+    """One stack for the module: every test here only reads it."""
+    settings, procs = module_settings, module_procs
     base = procs.api(settings)
     procs.worker(settings)
     for name in ("alpha", "beta", "gamma"):

@@ -12,7 +12,7 @@ from shared.index.embedders import MiniLMEmbedder
 from shared.search.engine import search
 from tests.bench.search_modes import build_version, corpus_records, embed_cached, hits_at_5, load_queries
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.slow]  # embedding the corpus: a minute or two
 
 SIGS = {"sig-scheduling", "sig-storage", "sig-instrumentation"}
 

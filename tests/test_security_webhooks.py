@@ -20,11 +20,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import fakeredis
 import pytest
 
-from shared.services import build_services
 from shared.settings import Settings
 from shared.store.webhooks import DELIVERED, PENDING
 from shared.webhooks import targets
 from shared.webhooks.delivery import deliver, dispatch
+from tests.support import make_services
 
 pytestmark = pytest.mark.security
 
@@ -109,7 +109,7 @@ def rebinding_dns(monkeypatch, first: list[str], then: list[str]) -> list[str]:
 
 def services(**overrides):
     settings = Settings(embedder="hash", webhook_retry_base_seconds=0.5, **overrides)
-    return build_services(settings, lambda kind, job_id: None, 1, client=fakeredis.FakeRedis(decode_responses=True))
+    return make_services(settings, client=fakeredis.FakeRedis(decode_responses=True))
 
 
 def one_delivery(svc, url: str) -> tuple[str, str]:

@@ -16,13 +16,14 @@ from shared.jobs.ingest import run_ingest
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import cancel_job, submit_documents
 from shared.jobstates import CANCELED, SUCCEEDED
-from shared.services import Services, build_services
+from shared.services import Services
 from shared.settings import Settings
 from shared.sources.batch import run_batch
 from shared.sources.reconcile import run_reconcile
 from shared.sources.submit import add_source, remove_source, submit_reconcile
 from shared.sources.watching import FULL, WatchManager
 from tests.sourcetree import INDEXED, make_tree
+from tests.support import make_services
 
 RUNNERS = {"reconcile": run_reconcile, "ingest_files": run_batch, "rebuild": run_rebuild, "ingest": run_ingest,
            "compact": run_compact}
@@ -35,8 +36,7 @@ class Env:
         self.roots.mkdir(exist_ok=True)
         settings = Settings(embedder="hash", data_dir=tmp_path / "data", source_roots=str(self.roots),
                             source_batch_files=2, **overrides)
-        self.svc: Services = build_services(settings, enqueue=lambda kind, job_id: self.queue.append((kind, job_id)),
-                                            torch_threads=1, client=client)
+        self.svc: Services = make_services(settings, client, enqueued=self.queue)
         self.svc.collections.create("docs")
 
     def pump(self, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:

@@ -16,8 +16,7 @@ from shared.celeryconfig import make_celery
 from shared.jobs.submit import submit_documents
 from shared.jobs.sweep import requeue_lost, sweep
 from shared.jobstates import SUCCEEDED
-from shared.services import build_services
-from tests.support import create_collection, held_lease, wait_for, wait_job
+from tests.support import create_collection, held_lease, make_services, wait_for, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +28,7 @@ def sent():
 
 @pytest.fixture
 def svc(settings, sent):
-    services = build_services(settings.with_(sweep_stale_seconds=60),
-                              lambda kind, job_id: sent.append((kind, job_id)), torch_threads=1)
+    services = make_services(settings.with_(sweep_stale_seconds=60), enqueued=sent)
     yield services
     services.redis.close()
 
@@ -146,7 +144,7 @@ def test_sweep_task_on_a_worker_resends_a_lost_job(settings, procs, rclient):
     fast = settings.with_(sweep_stale_seconds=1)
     base = procs.api(fast)
     create_collection(base, "docs")
-    svc = build_services(fast, lambda kind, job_id: None, torch_threads=1)  # enqueue goes nowhere: lost
+    svc = make_services(fast)  # enqueue goes nowhere: lost
     lost = submit_documents(svc, "docs", [{"id": "a", "text": "# A\nsome text"}], rebuild=False)["id"]
     rclient.hset(keys.job(lost), "heartbeat", time.time() - 120)  # older than the lease: lost
     procs.worker(fast)

@@ -13,12 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from shared.services import build_services
 from shared.settings import Settings
 from shared.store.webhooks import DELIVERED, FAILED, PENDING
 from shared.webhooks import targets
 from shared.webhooks.delivery import backoff, deliver, delivery_id, dispatch, sign, verify
-from tests.support import create_collection, ingest_and_rebuild, wait_for
+from tests.support import create_collection, ingest_and_rebuild, make_services, wait_for
 
 
 class Receiver:
@@ -119,7 +118,7 @@ def test_public_and_allowed_private_targets_pass():
 
 
 def test_backoff_doubles_from_the_default_base_up_to_the_cap():
-    svc = build_services(Settings(embedder="hash"), lambda kind, job_id: None, 1, client=_fake())
+    svc = make_services(Settings(embedder="hash"), _fake())
     assert [backoff(svc, attempt) for attempt in range(1, 6)] == [10.0, 20.0, 40.0, 80.0, 160.0]
     assert backoff(svc, 20) == 3600.0
     assert Settings().webhook_max_attempts == 8 and Settings().webhook_allow_private is False
@@ -136,8 +135,8 @@ def _fake():
 
 @pytest.fixture
 def svc(client, tmp_path):
-    return build_services(Settings(embedder="hash", data_dir=tmp_path, webhook_allow_private=True,
-                                   webhook_retry_base_seconds=0.5), lambda kind, job_id: None, 1, client=client)
+    return make_services(Settings(embedder="hash", data_dir=tmp_path, webhook_allow_private=True,
+                                  webhook_retry_base_seconds=0.5), client)
 
 
 def test_dispatcher_fans_out_subscribed_events_and_survives_dying_half_way(svc):
@@ -190,8 +189,8 @@ def test_a_failed_attempt_is_logged_and_retried_then_delivered_signed(svc, recei
 
 def test_delivery_rechecks_the_target_and_gives_up_after_max_attempts(client, tmp_path, receiver, monkeypatch):
     target = receiver([503])
-    strict = build_services(Settings(embedder="hash", data_dir=tmp_path, webhook_max_attempts=2,
-                                     webhook_retry_base_seconds=0.01), lambda kind, job_id: None, 1, client=client)
+    strict = make_services(Settings(embedder="hash", data_dir=tmp_path, webhook_max_attempts=2,
+                                    webhook_retry_base_seconds=0.01), client)
     # DNS rebinding: the name resolved to a public address when the webhook was created ...
     fake_dns(monkeypatch, {"hooks.example.com": ["93.184.216.34"]})
     targets.check("http://hooks.example.com/hook", allow_private=False)
@@ -206,7 +205,7 @@ def test_delivery_rechecks_the_target_and_gives_up_after_max_attempts(client, tm
     monkeypatch.undo()
     assert strict.webhooks.delete(rebound["id"]) and strict.webhooks.delivery(sent[0]) is None
     strict.webhooks.create(target.url, ["job.failed"], None)
-    lenient = build_services(strict.settings.with_(webhook_allow_private=True), lambda k, j: None, 1, client=client)
+    lenient = make_services(strict.settings.with_(webhook_allow_private=True), client)
     strict.events.append("job.failed", job_id="c" * 32)
     dispatch(lenient, sent.append)
     assert [deliver(lenient, sent[1]).state, deliver(lenient, sent[1]).state] == [PENDING, FAILED]

@@ -18,9 +18,8 @@ import pytest
 import requests
 
 from shared import keys
-from shared.services import build_services
 from tests.chaos.conftest import SearchLoad, published, publishes, rebuild, serving, stage_documents
-from tests.support import create_collection, wait_for
+from tests.support import create_collection, make_services, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
@@ -37,7 +36,7 @@ def flip_byte(path, offset_from_end: int = 20) -> None:
 def publish_damaged_copy(cfg, of_version: int) -> int:
     """Publish, through the fenced publish with a lease of its own, a copy of a version with one byte
     of its vectors flipped (as a bad disk or a bad copy would leave it). Returns the new version."""
-    svc = build_services(cfg, lambda kind, job_id: None, torch_threads=1)
+    svc = make_services(cfg)
     try:
         lease = svc.locks.acquire("docs", "c" * 32)
         target = svc.storage.version_dir("docs", lease.fence)
