@@ -2,7 +2,8 @@
 the API's error mapping need to know about a kind, in one place.
 
 Adding a kind takes: a `JobKind` here, the work function in `shared/jobs/` (or `shared/sources/`),
-one task line in `workers/tasks.py` (`job_task(KIND, work)`), and nothing else: the route is derived
+one task line in `workers/tasks.py` (`job_task(KIND, work)`; a kind whose retries need more, like
+`ingest_files`, writes its own task around the same runner), and nothing else: the route is derived
 from `queue`, the sweep reads `holds_lease`, cancel reads `cancel_while_running` and `leftovers`, the
 task reads `retry_when_busy`.
 """

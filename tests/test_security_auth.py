@@ -87,6 +87,13 @@ def test_an_open_api_answers_loopback_hosts_only(settings, app_of):
 
 
 @pytest.mark.integration
+def test_an_api_opened_on_purpose_answers_any_host(settings, app_of):
+    """SWAPLINE_AUTH=open is the operator saying every caller may come in, under any name."""
+    client = app_of(settings.with_(auth="open"))
+    assert client.get("/v1/collections", headers={"Host": "search.example.com"}).status_code == 200
+
+
+@pytest.mark.integration
 def test_adding_a_source_needs_admin(settings, app_of, tmp_path):
     client = app_of(settings.with_(api_keys=KEYS, source_roots=str(tmp_path)))
     assert client.post("/v1/collections", json={"name": "docs"}, headers=bearer(WRITE)).status_code == 201

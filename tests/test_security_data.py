@@ -169,3 +169,14 @@ def test_secret_detection_leaves_the_sample_corpus_alone():
     flagged = [p for p in files if holds_secret(p.read_text(errors="replace"))]
     assert len(files) > 250 and flagged == []
     assert holds_secret(FAKE_AWS) and holds_secret(FAKE_PEM) and holds_secret(f"ghp_{'a1B2c3D4e5' * 3}abcdef")
+
+
+def test_secret_detection_costs_linear_time_on_a_hostile_line():
+    """detect-secrets' JWT pattern is quadratic in a line's length (900 KB of "eyJ" took 263 s of CPU,
+    holding the GIL, so the worker's keepalive stopped): patterns are matched within bounded pieces."""
+    from shared.sources.secrets import holds_secret
+
+    started = time.thread_time()
+    assert holds_secret("eyJ" * 300_000) is False
+    assert time.thread_time() - started < 20  # CPU seconds; 263 before, about 1 now
+    assert holds_secret("a" * 100_000 + "AKIAIOSFODNN7EXAMPLE" + "b" * 10)  # found inside a long line too

@@ -228,3 +228,13 @@ def test_flower_off_loopback_needs_basic_auth(tmp_path):
     with pytest.raises(LaunchError, match="Flower"):
         Launcher(opts, settings, {}, sup=sup)._run()
     assert sup.children == []
+
+
+def test_a_crafted_csrf_token_is_refused_not_a_crash():
+    """The token's expiry must be plain digits: "²" passes str.isdigit() but not int(); 5,000 digits
+    would be a huge int. Both are refused as invalid tokens (a 403), never a 500."""
+    from webapp.api import auth
+
+    ring = auth.KeyRing(PLAIN_KEYS)
+    for token in ("\u00b2.abc", "9" * 5000 + ".abc", ".abc", "abc"):
+        assert auth.csrf_valid(token, None, ring, "session") is False

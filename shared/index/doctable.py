@@ -199,7 +199,4 @@ class DocTable:
         rows = verdicts[self.row_doc] if len(self.row_doc) else np.zeros(0, dtype=bool)
         return int(verdicts.sum()), rows
 
-    def select(self, keep_document) -> tuple[int, np.ndarray]:
-        """How many documents `keep_document(entry)` keeps, and the boolean mask over rows of theirs."""
-        verdicts = np.fromiter((bool(keep_document(e)) for e in self.entries), dtype=bool, count=len(self.entries))
-        return self.rows_of(verdicts)
+

@@ -112,9 +112,11 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     final, manifest = _write_version(svc, job_id, collection, lease, built, segments, lap)
     try:
         _publish(svc, job_id, lease, built, final, manifest, changes, lap)
-    except BaseException:
-        shutil.rmtree(final, ignore_errors=True)  # never published: nobody serves it
+    except (PublishRefused, JobCanceled):
+        shutil.rmtree(final, ignore_errors=True)  # refused: never published, nobody serves it
         raise
+    # Any other error (Redis lost as the script ran) may have come after the publish: the version stays;
+    # if it was not published, version collection removes it once a newer version is.
     return len(segments), built.rows_total, len(built.records)
 
 

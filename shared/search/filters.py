@@ -104,7 +104,8 @@ class Filter:
     spec: dict
 
     def __call__(self, document: dict) -> bool:
-        """Whether a documents-table entry (id, type, metadata) passes every clause."""
+        """Whether a documents-table entry (id, type, metadata) passes every clause: the grammar's meaning one
+        document at a time, the reference the column-wise `select` is tested against."""
         return all(clause.holds(document) for clause in self.clauses)
 
     def select(self, table: DocTable) -> tuple[int, np.ndarray]:

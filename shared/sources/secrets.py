@@ -33,6 +33,11 @@ PLUGINS = (
 # Checked line by line: its pattern matches any base64 run starting "eyJ"; `analyze_line` keeps only
 # those that decode to a JWT.
 JWT_PLUGIN = "jwt.JwtTokenDetector"
+# Every pattern is matched within pieces of at most this many characters (a longer line is cut into
+# overlapping pieces): some patterns backtrack, and the JWT one costs time quadratic in a line's length
+# (900 KB of "eyJ" took 263 s while holding the GIL). Credentials are far shorter than the overlap.
+PIECE_CHARS = 1024
+PIECE_OVERLAP = 256
 
 
 def _load(dotted: str):
@@ -52,12 +57,24 @@ def _jwt_detector():
     return _load(JWT_PLUGIN)
 
 
+def pieces(text: str):
+    """The lines of `text`, a long one as overlapping pieces of at most PIECE_CHARS characters."""
+    step = PIECE_CHARS - PIECE_OVERLAP
+    for line in text.splitlines():
+        if len(line) <= PIECE_CHARS:
+            yield line
+        else:
+            yield from (line[start:start + PIECE_CHARS] for start in range(0, len(line) - PIECE_OVERLAP, step))
+
+
 def holds_secret(text: str) -> bool:
-    """Whether `text` holds something shaped like a credential (the first match decides)."""
-    for detector in _detectors():
-        for _ in detector.analyze_string(text):
+    """Whether `text` holds something shaped like a credential (the first match decides). Multi-line
+    shapes (a private key block) are found by their first line."""
+    detectors = _detectors()
+    jwt = _jwt_detector() if "eyJ" in text else None
+    for piece in pieces(text):
+        if any(True for detector in detectors for _ in detector.analyze_string(piece)):
             return True
-    if "eyJ" not in text:
-        return False
-    jwt = _jwt_detector()
-    return any(jwt.analyze_line(filename="", line=line) for line in text.splitlines() if "eyJ" in line)
+        if jwt is not None and "eyJ" in piece and jwt.analyze_line(filename="", line=piece):
+            return True
+    return False

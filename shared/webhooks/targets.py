@@ -88,7 +88,7 @@ def parse(url: str) -> tuple[str, int]:
 def resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
+    except (OSError, UnicodeError, ValueError) as exc:  # UnicodeError: a name IDNA cannot encode
         raise UnsafeTarget(f"cannot resolve {host!r}: {exc}") from None
     return sorted({str(info[4][0]) for info in infos})  # the address: always a str for TCP results
 

@@ -10,8 +10,10 @@ included, so accepting them on the API would let any page an operator visits act
 (CSRF). The admin page's own POSTs (under /admin) must also carry `X-CSRF-Token`, the token the page
 embeds, which is bound to the page's session cookie and expires (`admin_session`), and come from the
 same origin. Without a key the answer is 401 with
-`WWW-Authenticate`; with a key whose role is too low, 403. With no keys configured the API runs open,
-logs a warning at start, and /readyz reports `checks.auth = "open"`.
+`WWW-Authenticate`; with a key whose role is too low, 403. With no keys configured the API runs open:
+it logs a warning at start, /readyz reports `checks.auth = "open"`, gunicorn refuses to bind anything
+but loopback and requests must name a loopback host or one of SWAPLINE_ALLOWED_HOSTS
+(`webapp.api.exposure`), unless SWAPLINE_AUTH=open says every caller may come in.
 
 Every request is checked in one `before_request` hook, so a new route is protected by default:
 
@@ -40,6 +42,7 @@ import hashlib
 import hmac
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -273,7 +276,8 @@ def csrf_token(principal: Principal | None, ring: KeyRing, session: str, now: fl
 def csrf_valid(token: str, principal: Principal | None, ring: KeyRing, session: str,
                now: float | None = None) -> bool:
     expires, _, mac = token.partition(".")
-    if not session or not expires.isdigit() or int(expires) < (now if now is not None else time.time()):
+    if not session or not re.fullmatch(r"[0-9]{1,12}", expires) \
+            or int(expires) < (now if now is not None else time.time()):
         return False
     return hmac.compare_digest(mac.encode(), _csrf_mac(principal, ring, session, int(expires)).encode())
 
@@ -385,7 +389,8 @@ def authenticate() -> None:
     role = required_role()
     ring: KeyRing = current_app.extensions["swapline_auth"]
     if ring.open:
-        check_host()
+        if current_app.extensions["swapline_auth_mode"] != "open":  # SWAPLINE_AUTH=open: any Host, on purpose
+            check_host()
         g.swapline_principal = OPEN
         check_admin_csrf()
         return
@@ -450,6 +455,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     ring = KeyRing(settings.api_keys)
     app.extensions["swapline_auth"] = ring
     app.extensions["swapline_auth_failures"] = FailureLimit(settings.auth_failures_per_minute)
+    app.extensions["swapline_auth_mode"] = settings.auth
     app.extensions["swapline_allowed_hosts"] = {h.strip().strip("[]").lower()
                                                 for h in settings.allowed_hosts.split(",") if h.strip()}
     app.before_request(authenticate)

@@ -201,15 +201,15 @@ class IndexWatcher(threading.Thread):
                         pass
         self._unregister()
 
-    def sync(self, names: list[str] | None = None) -> None:
-        """Load every collection whose published pointer differs from what this process serves (a
-        version that failed to load is tried again only once its pause has passed)."""
-        full = names is None
-        if names is None:
-            names = self.svc.collections.names()
-            for gone in set(self.live.served()) - set(names):
+    def sync(self, only: list[str] | None = None) -> None:
+        """Load every collection (or `only` these) whose published pointer differs from what this process
+        serves (a version that failed to load is tried again only once its pause has passed)."""
+        full = only is None
+        collections = self.svc.collections.names() if only is None else only
+        if full:
+            for gone in set(self.live.served()) - set(collections):
                 self.live.drop(gone)
-        pointers = self.svc.pointers.get_many(names)
+        pointers = self.svc.pointers.get_many(collections)
         now = time.monotonic()
         for name, pointer in pointers.items():
             if pointer["fence"] == self.live.fence(name):

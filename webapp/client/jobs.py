@@ -17,4 +17,4 @@ def job_fraction(job: dict) -> float:
     # Embedding (ingest) and building (rebuild) are where the time goes; the other stages are short.
     if progress.get("stage") in (names.STAGE_EMBED, names.STAGE_BUILD) and total:
         return 0.95 * min(done / total, 1.0)
-    return 0.97 if progress.get("stage") in ("write", "verify", "publish") else 0.0
+    return 0.97 if progress.get("stage") in (names.STAGE_WRITE, names.STAGE_VERIFY, names.STAGE_PUBLISH) else 0.0

@@ -50,8 +50,8 @@ def _context() -> dict:
 def page():
     response = make_response()
     token = admin_session(response)  # the page's session cookie goes on the response
-    response.set_data(render_template("admin.html", refresh_on=REFRESH_ON, csrf_header=CSRF_HEADER,
-                                      csrf_token=token, **_context()))
+    response.set_data(render_template("admin.html", refresh_on=REFRESH_ON, progress_event=names.JOB_PROGRESS,
+                                      csrf_header=CSRF_HEADER, csrf_token=token, **_context()))
     return response
 
 

@@ -13,7 +13,7 @@ from shared.limits import check_documents
 from webapp.api.auth import require_grant, scope_filtered, visible_collections
 from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
-from webapp.api.routes.common import job_location, require_collection, start_rebuild
+from webapp.api.routes.common import bad_cursor, job_location, require_collection, start_rebuild
 from webapp.api.runtime import swapline
 from webapp.api.schemas.collections import (
     CollectionCreateSchema,
@@ -50,8 +50,7 @@ def after_cursor(args: dict) -> str | None:
     try:
         return cursors.decode(args["cursor"], str)[0]
     except ValueError:
-        abort(422, message="cursor is not valid; pass next_cursor of a previous page",
-              errors={"cursor": ["not a valid cursor"]})
+        bad_cursor()
 
 
 def document_summary(entry: dict) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from flask_smorest import abort
 
 from shared.jobs.submit import request_rebuild
@@ -34,3 +36,9 @@ def roll_back(name: str, version: int) -> None:
         rollback(swapline.runtime.svc, name, version)
     except RollbackRefused as refused:
         abort(refused.status, code=refused.code, message=refused.message)
+
+
+def bad_cursor() -> NoReturn:
+    """The 422 for a `cursor` that is not one a previous page gave."""
+    abort(422, message="cursor is not valid; pass next_cursor of a previous page",
+          errors={"cursor": ["not a valid cursor"]})

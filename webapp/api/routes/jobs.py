@@ -9,6 +9,7 @@ from shared.jobs.submit import NotCancelable, cancel_job
 from shared.jobstates import TERMINAL, JobNotFound
 from shared.names import is_job_id
 from webapp.api.auth import require_grant, requires, scope_filtered, visible_collections
+from webapp.api.routes.common import bad_cursor
 from webapp.api.runtime import swapline
 from webapp.api.schemas.common import ErrorSchema
 from webapp.api.schemas.jobs import JobListQuerySchema, JobListSchema, JobSchema
@@ -44,8 +45,7 @@ class Jobs(MethodView):
                 collection=args.get("collection"), state=args.get("state"), kind=args.get("kind"),
                 limit=args["limit"], cursor=args.get("cursor"), collections=visible_collections())
         except ValueError:
-            abort(422, message="cursor is not valid; pass next_cursor of a previous page",
-                  errors={"cursor": ["not a valid cursor"]})
+            bad_cursor()
         return {"jobs": jobs, "next_cursor": next_cursor}
 
 
