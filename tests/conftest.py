@@ -184,3 +184,21 @@ def browser_page():
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         yield page
         browser.close()
+
+
+@pytest.fixture
+def make_app():
+    """`make_app(settings)`: the API app in this process (Flask's test client for it is
+    `app.test_client()`); each app's runtime is closed at the end of the test."""
+    from webapp import create_app
+
+    apps = []
+
+    def make(settings: Settings):
+        app = create_app(settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["swapline"].close()

@@ -10,7 +10,6 @@ import pytest
 import requests
 
 from shared.errors import JobInProgress
-from shared.settings import Settings
 from tests.support import free_port
 
 pytestmark = pytest.mark.integration
@@ -149,24 +148,9 @@ def test_one_error_shape_and_limits(keyed, procs):
                          headers=h).status_code == 200
 
 
-@pytest.fixture
-def inprocess(request):
-    apps = []
 
-    def make(settings: Settings):
-        from webapp import create_app
-
-        app = create_app(settings)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["swapline"].close()
-
-
-def test_unhandled_exception_answers_500_in_the_error_shape(settings, inprocess):
-    app = inprocess(settings)
+def test_unhandled_exception_answers_500_in_the_error_shape(settings, make_app):
+    app = make_app(settings)
 
     @app.get("/v1/boom")
     def boom():
@@ -179,9 +163,9 @@ def test_unhandled_exception_answers_500_in_the_error_shape(settings, inprocess)
                                "status": 500, "detail": detail, "code": "internal_error", "message": detail}
 
 
-def test_a_job_in_progress_is_one_409_naming_the_job(settings, inprocess):
+def test_a_job_in_progress_is_one_409_naming_the_job(settings, make_app):
     """Views let JobInProgress propagate (a second drop, rebuild or reconcile); one handler answers."""
-    app = inprocess(settings)
+    app = make_app(settings)
 
     @app.post("/v1/busy")
     def busy():
@@ -196,8 +180,8 @@ def test_a_job_in_progress_is_one_409_naming_the_job(settings, inprocess):
                                "message": detail, "job_id": "j-in-the-way"}
 
 
-def test_openapi_documents_every_error_as_a_problem_document(settings, inprocess):
-    spec = inprocess(settings).test_client().get("/openapi.json").get_json()
+def test_openapi_documents_every_error_as_a_problem_document(settings, make_app):
+    spec = make_app(settings).test_client().get("/openapi.json").get_json()
     error = spec["components"]["schemas"]["Error"]
     assert {"type", "title", "status", "detail", "code", "message"} <= set(error["required"])
     assert {"errors", "job_id", "queue"} <= set(error["properties"])
@@ -220,8 +204,8 @@ def test_openapi_documents_every_error_as_a_problem_document(settings, inprocess
     assert checked > 50
 
 
-def test_every_operation_has_a_unique_readable_operation_id(settings, inprocess):
-    spec = inprocess(settings).test_client().get("/openapi.json").get_json()
+def test_every_operation_has_a_unique_readable_operation_id(settings, make_app):
+    spec = make_app(settings).test_client().get("/openapi.json").get_json()
     ids = {(path, method): operation.get("operationId") for path, operations in spec["paths"].items()
            for method, operation in operations.items() if method != "parameters"}
     assert all(ids.values()), [op for op, found in ids.items() if not found]
@@ -236,8 +220,8 @@ def test_every_operation_has_a_unique_readable_operation_id(settings, inprocess)
     assert ids[("/v1/collections/{name}/documents", "post")] == "addDocuments"  # named by its view
 
 
-def test_redis_down_answers_503(settings, inprocess):
-    app = inprocess(settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+def test_redis_down_answers_503(settings, make_app):
+    app = make_app(settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     resp = app.test_client().get("/v1/jobs")
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
     assert resp.get_json()["code"] == "unavailable"

@@ -56,46 +56,31 @@ def test_an_api_without_keys_will_not_listen_on_every_interface(settings, tmp_pa
     assert "without API keys" in proc.stderr + proc.stdout
 
 
-@pytest.fixture
-def app_of(request):
-    apps = []
-
-    def make(settings: Settings):
-        from webapp import create_app
-
-        app = create_app(settings)
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.extensions["swapline"].close()
-
 
 @pytest.mark.integration
-def test_an_open_api_answers_loopback_hosts_only(settings, app_of):
+def test_an_open_api_answers_loopback_hosts_only(settings, make_app):
     """DNS rebinding: a page on evil.example re-binds its name to 127.0.0.1 and calls the open API with
     its own Host. Loopback names, and the hosts an operator allows, are answered."""
-    client = app_of(settings)
+    client = make_app(settings).test_client()
     assert client.get("/v1/collections", headers={"Host": "localhost:8000"}).status_code == 200
     assert client.get("/v1/collections", headers={"Host": "127.0.0.1:8000"}).status_code == 200
     assert client.get("/v1/collections", headers={"Host": "[::1]:8000"}).status_code == 200
     refused = client.get("/v1/collections", headers={"Host": "evil.example:8000"})
     assert refused.status_code == 403 and refused.json["code"] == "host_refused"
-    allowed = app_of(settings.with_(allowed_hosts="search.internal"))
+    allowed = make_app(settings.with_(allowed_hosts="search.internal")).test_client()
     assert allowed.get("/v1/collections", headers={"Host": "search.internal"}).status_code == 200
 
 
 @pytest.mark.integration
-def test_an_api_opened_on_purpose_answers_any_host(settings, app_of):
+def test_an_api_opened_on_purpose_answers_any_host(settings, make_app):
     """SWAPLINE_AUTH=open is the operator saying every caller may come in, under any name."""
-    client = app_of(settings.with_(auth="open"))
+    client = make_app(settings.with_(auth="open")).test_client()
     assert client.get("/v1/collections", headers={"Host": "search.example.com"}).status_code == 200
 
 
 @pytest.mark.integration
-def test_adding_a_source_needs_admin(settings, app_of, tmp_path):
-    client = app_of(settings.with_(api_keys=KEYS, source_roots=str(tmp_path)))
+def test_adding_a_source_needs_admin(settings, make_app, tmp_path):
+    client = make_app(settings.with_(api_keys=KEYS, source_roots=str(tmp_path))).test_client()
     assert client.post("/v1/collections", json={"name": "docs"}, headers=bearer(WRITE)).status_code == 201
     (tmp_path / "tree").mkdir()
     body = {"path": str(tmp_path / "tree")}
@@ -105,8 +90,8 @@ def test_adding_a_source_needs_admin(settings, app_of, tmp_path):
 
 
 @pytest.mark.integration
-def test_readiness_details_need_a_key(settings, app_of):
-    client = app_of(settings.with_(api_keys=KEYS))
+def test_readiness_details_need_a_key(settings, make_app):
+    client = make_app(settings.with_(api_keys=KEYS)).test_client()
     client.post("/v1/collections", json={"name": "secret-project"}, headers=bearer(ADMIN))
 
     def ready(headers=None):
@@ -120,8 +105,8 @@ def test_readiness_details_need_a_key(settings, app_of):
 
 
 @pytest.mark.integration
-def test_the_admin_page_cannot_be_framed(settings, app_of):
-    client = app_of(settings.with_(api_keys=KEYS))
+def test_the_admin_page_cannot_be_framed(settings, make_app):
+    client = make_app(settings.with_(api_keys=KEYS)).test_client()
     resp = client.get("/admin", headers=bearer(ADMIN))
     assert resp.status_code == 200
     assert resp.headers["X-Frame-Options"] == "DENY"
@@ -129,8 +114,8 @@ def test_the_admin_page_cannot_be_framed(settings, app_of):
 
 
 @pytest.mark.integration
-def test_failed_authentications_are_logged_with_the_key_id_and_client(settings, app_of, capfd):
-    client = app_of(settings.with_(api_keys=KEYS))
+def test_failed_authentications_are_logged_with_the_key_id_and_client(settings, make_app, capfd):
+    client = make_app(settings.with_(api_keys=KEYS)).test_client()
     assert client.get("/v1/collections", headers=bearer("not-a-key-0123456789abcdefgh")).status_code == 401
     line = next(line for line in capfd.readouterr().err.splitlines() if "auth.refused" in line)
     assert "key_id=" in line and "client=" in line and "not-a-key" not in line

@@ -27,21 +27,6 @@ def bearer(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.fixture
-def make_app():
-    apps = []
-
-    def make(settings: Settings):
-        from webapp import create_app
-
-        app = create_app(settings)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["swapline"].close()
-
 
 @pytest.fixture
 def scoped_app(settings, make_app):
