@@ -208,6 +208,22 @@ def test_a_backtracking_gitignore_line_is_skipped_and_the_walk_ends(tmp_path):
     assert skipped.get("gitignored") == 1 and skipped.get("gitignore_pattern_refused") == 1
 
 
+def test_a_gitignore_holds_a_bounded_number_of_patterns(tmp_path):
+    """Every path is checked against every pattern: a .gitignore of 5,000 patterns keeps the first
+    MAX_IGNORE_PATTERNS (comments and blank lines aside) and counts the rest as refused."""
+    from shared.sources.walk import MAX_IGNORE_PATTERNS
+
+    tree = tmp_path / "repo"
+    tree.mkdir()
+    lines = ["# generated", ""] + [f"ignored-{i}.md" for i in range(5000)]
+    (tree / ".gitignore").write_text("\n".join(lines) + "\n")
+    for i in (0, MAX_IGNORE_PATTERNS - 1, MAX_IGNORE_PATTERNS, 4999):
+        (tree / f"ignored-{i}.md").write_text("# x\n")
+    found = walk_tree(Rules(tree))
+    assert sorted(found.files) == [f"ignored-{MAX_IGNORE_PATTERNS}.md", "ignored-4999.md"]
+    assert found.skipped.get("gitignore_pattern_refused") == 1
+
+
 def test_a_backtracking_include_or_exclude_glob_is_refused_at_source_creation(tmp_path):
     env = Env(fakeredis.FakeRedis(decode_responses=True), tmp_path)
     make_tree(env.roots / "orchard")
