@@ -180,3 +180,40 @@ def test_secret_detection_costs_linear_time_on_a_hostile_line():
     assert holds_secret("eyJ" * 300_000) is False
     assert time.thread_time() - started < 20  # CPU seconds; 263 before, about 1 now
     assert holds_secret("a" * 100_000 + "AKIAIOSFODNN7EXAMPLE" + "b" * 10)  # found inside a long line too
+
+
+def test_a_forged_ivf_quantizer_length_is_refused_before_faiss_reads_it(tmp_path):
+    """FAISS allocates an IVF quantizer's centroid table from the length in the file before reading it,
+    memory-mapped or not: that length is checked against the file by hand first, so a forged one, even
+    with its checksum fixed up, costs nothing (the rebuild falls back to a full build, the API keeps
+    what it serves)."""
+    import hashlib
+    import struct
+
+    import faiss
+
+    from shared.index.vectorindex import INDEX_FILE, KIND_IVF, VerifyFailed, check_index_size, read_index_copy
+
+    dim, nlist = 16, 32
+    vectors = np.random.default_rng(0).random((2000, dim), dtype=np.float32)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add(vectors)
+    path = tmp_path / INDEX_FILE
+    faiss.write_index(index, str(path))
+    checksum = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest = {"kind": KIND_IVF, "vectors": 2000, "dim": dim, "checksum": checksum}
+    check_index_size(path, manifest)  # the real file passes
+    assert read_index_copy(tmp_path, manifest).ntotal == 2000
+
+    data = bytearray(path.read_bytes())
+    honest = struct.pack("<Q", nlist * dim)
+    at = data.index(b"IxFI") + 4 + 4 + 8 + 16 + 1 + 4  # the quantizer's header, then its float count
+    assert data[at:at + 8] == honest
+    data[at:at + 8] = struct.pack("<Q", 1 << 28)  # a 1 GiB centroid table claimed in a 150 KB file
+    path.write_bytes(bytes(data))
+    forged = {**manifest, "checksum": hashlib.sha256(bytes(data)).hexdigest()}  # checksum fixed up
+    with pytest.raises(VerifyFailed, match="quantizer"):
+        check_index_size(path, forged)
+    with pytest.raises(VerifyFailed, match="quantizer"):
+        read_index_copy(tmp_path, forged)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,17 +175,56 @@ def read_manifest(directory: Path) -> dict:
     return manifest
 
 
+def _header_fields(data: bytes, offset: int) -> tuple[int, int, int]:
+    """(d, ntotal, offset after) of a FAISS index header at `offset` (after its four-letter code)."""
+    d, ntotal = struct.unpack_from("<iq", data, offset)
+    offset += 4 + 8 + 16 + 1  # d, ntotal, two unused int64, is_trained
+    (metric,) = struct.unpack_from("<i", data, offset)
+    return d, ntotal, offset + 4 + (4 if metric > 1 else 0)  # metric_arg follows the metrics that have one
+
+
+def _check_ivf_quantizer(path: Path, dim: int) -> None:
+    """The IVF quantizer's centroid table, whose length FAISS allocates before reading it (no read flag
+    maps it), must fit in the file: a forged length is refused before FAISS sees the file."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    try:
+        if head[:4] != b"IwFl":
+            raise VerifyFailed(f"{path} is not an IVF-Flat index")
+        d, _, offset = _header_fields(head, 4)
+        nlist, _nprobe = struct.unpack_from("<QQ", head, offset)
+        offset += 16
+        if head[offset:offset + 4] not in (b"IxFI", b"IxF2"):
+            raise VerifyFailed(f"{path} holds a quantizer Swapline never writes")
+        qd, qtotal, offset = _header_fields(head, offset + 4)
+        (floats,) = struct.unpack_from("<Q", head, offset)
+    except struct.error as exc:
+        raise VerifyFailed(f"{path} is too short for an index header") from exc
+    if d != dim or qd != dim or qtotal != nlist or floats != nlist * dim or floats * 4 > size:
+        raise VerifyFailed(f"{path} claims a quantizer of {floats} floats ({qtotal}x{qd}, nlist {nlist}) that does "
+                           f"not match its dimension {dim} or its {size} bytes")
+
+
+def check_index_size(path: Path, manifest: dict) -> None:
+    """Before FAISS reads a length from the index file: the manifest names a shape, and the file can
+    hold it (a flat index its vectors; an IVF index its quantizer, see `_check_ivf_quantizer`)."""
+    vectors, dim = int(manifest.get("vectors", -1)), int(manifest.get("dim", -1))
+    if vectors < 0 or dim <= 0:
+        raise VerifyFailed(f"manifest in {path.parent} has no vector count or dimension")
+    if manifest.get("kind") == KIND_IVF:
+        _check_ivf_quantizer(path, dim)
+    elif os.path.getsize(path) < vectors * dim * 4:
+        raise VerifyFailed(f"{path} is too short for {vectors}x{dim} vectors")
+
+
 def check_files(directory: Path, manifest: dict) -> None:
-    """The files match the manifest's checksums, and the index file is large enough for the vectors the
+    """The files match the manifest's checksums, and the index file is large enough for the shape the
     manifest claims (versions written before per-file checksums carry the index file's only)."""
     expected = dict(manifest.get("files") or {})
     if expected.setdefault(INDEX_FILE, manifest["checksum"]) != manifest["checksum"]:
         raise VerifyFailed(f"manifest in {directory} gives two checksums for {INDEX_FILE}")
-    vectors, dim = int(manifest.get("vectors", -1)), int(manifest.get("dim", -1))
-    if vectors < 0 or dim <= 0:
-        raise VerifyFailed(f"manifest in {directory} has no vector count or dimension")
-    if manifest.get("kind") != KIND_IVF and os.path.getsize(directory / INDEX_FILE) < vectors * dim * 4:
-        raise VerifyFailed(f"{directory / INDEX_FILE} is too short for {vectors}x{dim} vectors")
+    check_index_size(directory / INDEX_FILE, manifest)
     for name, digest in expected.items():
         if not _plain_relative(name):
             raise VerifyFailed(f"manifest in {directory} names a file outside the version: {name!r}")
@@ -231,11 +271,8 @@ def read_index_copy(directory: Path, manifest: dict) -> faiss.Index:
     path = directory / INDEX_FILE
     if sha256_file(path) != manifest["checksum"]:
         raise VerifyFailed(f"checksum mismatch: {path} is not the file the manifest describes")
-    vectors, dim = int(manifest.get("vectors", -1)), int(manifest.get("dim", -1))
-    if vectors < 0 or dim <= 0:
-        raise VerifyFailed(f"manifest in {directory} has no vector count or dimension")
-    if manifest.get("kind") != KIND_IVF and os.path.getsize(path) < vectors * dim * 4:
-        raise VerifyFailed(f"{path} is too short for {vectors}x{dim} vectors")
+    check_index_size(path, manifest)
+    vectors, dim = int(manifest["vectors"]), int(manifest["dim"])
     mapped = read_index(directory, manifest)
     if mapped.ntotal != vectors or mapped.d != dim:
         raise VerifyFailed(f"index in {directory} has {mapped.ntotal}x{mapped.d}, manifest says {vectors}x{dim}")
