@@ -64,6 +64,11 @@ def id_segment(value: object, what: str = "job id") -> str:
     return segment(value)
 
 
+def collection_path(name: object) -> str:
+    """`/v1/collections/<name>`, the name checked and encoded: every collection route starts here."""
+    return f"/v1/collections/{collection_segment(name)}"
+
+
 def document_segment(doc_id: object) -> str:
     """A document id as one segment: a `/` in it (ids are often paths, `docs/intro.md`) is sent as %2F,
     which the server's `<path:doc_id>` route reads back as `/`. An id with a `.` or `..` part is refused:
@@ -175,27 +180,27 @@ class Client:
 
     def collection(self, name: str) -> dict:
         """Counts, the index version served, the running job and more (GET /v1/collections/{name})."""
-        return self.request("GET", f"/v1/collections/{collection_segment(name)}").json()
+        return self.request("GET", collection_path(name)).json()
 
     def add_documents(self, name: str, documents: list[dict], rebuild: bool = True,
                       idempotency_key: str | None = None) -> dict:
         """Add or replace documents (`{"id", "text", "metadata"?}` each); returns the queued ingest job.
         With `rebuild` the ingest asks for a rebuild once done, so they become searchable."""
-        return self._create("POST", f"/v1/collections/{collection_segment(name)}/documents", idempotency_key,
+        return self._create("POST", f"{collection_path(name)}/documents", idempotency_key,
                             json={"documents": documents, "rebuild": rebuild})
 
     def delete_document(self, name: str, doc_id: str, idempotency_key: str | None = None) -> dict:
         """Queue the deletion of one document; returns the delete job."""
-        path = f"/v1/collections/{collection_segment(name)}/documents/{document_segment(doc_id)}"
+        path = f"{collection_path(name)}/documents/{document_segment(doc_id)}"
         return self._create("DELETE", path, idempotency_key)
 
     def drop_collection(self, name: str, idempotency_key: str | None = None) -> dict:
         """Queue the drop of a whole collection; returns the drop job."""
-        return self._create("DELETE", f"/v1/collections/{collection_segment(name)}", idempotency_key)
+        return self._create("DELETE", collection_path(name), idempotency_key)
 
     def rebuild(self, name: str, idempotency_key: str | None = None) -> dict:
         """Queue a rebuild of the index; RebuildBusy (with its job_id) when one is queued or running."""
-        return self._create("POST", f"/v1/collections/{collection_segment(name)}/rebuild", idempotency_key)
+        return self._create("POST", f"{collection_path(name)}/rebuild", idempotency_key)
 
     def collections(self, limit: int = 100, cursor: str | None = None) -> dict:
         """A page of collections by name, with counts and the version served (`next_cursor` pages on)."""
@@ -205,11 +210,11 @@ class Client:
     def documents(self, name: str, prefix: str = "", limit: int = 100, cursor: str | None = None) -> dict:
         """A page of the documents in the served version of `name`, by id, optionally under `prefix`."""
         params = {"prefix": prefix, "limit": limit, **({"cursor": cursor} if cursor else {})}
-        return self.request("GET", f"/v1/collections/{collection_segment(name)}/documents", params=params).json()
+        return self.request("GET", f"{collection_path(name)}/documents", params=params).json()
 
     def document(self, name: str, doc_id: str) -> dict:
         """One document as stored in the served version: its metadata and chunks."""
-        path = f"/v1/collections/{collection_segment(name)}/documents/{document_segment(doc_id)}"
+        path = f"{collection_path(name)}/documents/{document_segment(doc_id)}"
         return self.request("GET", path).json()
 
     def search(self, name: str, query: str, k: int = 10, mode: str | None = None,
@@ -221,7 +226,7 @@ class Client:
             body["mode"] = mode
         if filter:
             body["filter"] = filter
-        return self.request("POST", f"/v1/collections/{collection_segment(name)}/search", json=body).json()
+        return self.request("POST", f"{collection_path(name)}/search", json=body).json()
 
     # sources: folders a collection follows (SWAPLINE_SOURCE_ROOTS on the server)
 
@@ -230,11 +235,11 @@ class Client:
         """Follow folder `path` (on the server) into collection `name`; returns {"source", "job"}: the
         source and its first reconcile job. With `watch`, changes are picked up by themselves."""
         body = {"path": path, "watch": watch, "include": include or [], "exclude": exclude or [], "prefix": prefix}
-        return self._create("POST", f"/v1/collections/{collection_segment(name)}/sources", idempotency_key, json=body)
+        return self._create("POST", f"{collection_path(name)}/sources", idempotency_key, json=body)
 
     def sources(self, name: str) -> list[dict]:
         """The sources of collection `name`, each with its last reconcile."""
-        return self.request("GET", f"/v1/collections/{collection_segment(name)}/sources").json()["sources"]
+        return self.request("GET", f"{collection_path(name)}/sources").json()["sources"]
 
     def source(self, name: str, source_id: str) -> dict:
         return self.request("GET", self._source_path(name, source_id)).json()
@@ -250,7 +255,7 @@ class Client:
 
     @staticmethod
     def _source_path(name: str, source_id: str) -> str:
-        return f"/v1/collections/{collection_segment(name)}/sources/{id_segment(source_id, 'source id')}"
+        return f"{collection_path(name)}/sources/{id_segment(source_id, 'source id')}"
 
     # jobs
 
