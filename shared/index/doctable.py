@@ -10,8 +10,9 @@ from __future__ import annotations
 import bisect
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -109,6 +110,26 @@ def value_key(value):
     return None
 
 
+class FilterClause(Protocol):
+    """One clause of a search filter (shared.search.filters.Clause), as the tables evaluate it: the
+    documents whose `field` (their type, for None) holds one of `keys` (value_key tuples), or, when
+    `prefix` is set, whose metadata path (else id) starts with it."""
+
+    @property
+    def field(self) -> str | None: ...
+    @property
+    def keys(self) -> frozenset: ...
+    @property
+    def prefix(self) -> str | None: ...
+
+
+class SearchFilter(Protocol):
+    """A parsed search filter (shared.search.filters.Filter): every clause must hold."""
+
+    @property
+    def clauses(self) -> Sequence[FilterClause]: ...
+
+
 SMALL_POSTINGS = 16  # value maps keep short document lists as tuples: a numpy array costs ~100 bytes more
 
 
@@ -193,6 +214,28 @@ class DocTable:
         lo = bisect.bisect_left(paths, prefix, key=lambda p: p[:cut])
         hi = bisect.bisect_right(paths, prefix, key=lambda p: p[:cut])
         return order[lo:hi]
+
+    def select(self, flt: SearchFilter) -> tuple[int, np.ndarray]:
+        """How many documents pass `flt`, and the boolean mask over rows."""
+        verdicts = np.ones(len(self), dtype=bool)
+        for clause in flt.clauses:
+            if not verdicts.any():
+                break
+            verdicts &= self._clause_documents(clause)
+        return self.rows_of(verdicts)
+
+    def _clause_documents(self, clause: FilterClause) -> np.ndarray:
+        """A boolean verdict per document for one clause."""
+        verdicts = np.zeros(len(self), dtype=bool)
+        if clause.prefix is not None:
+            verdicts[self.prefix_range(clause.prefix)] = True
+            return verdicts
+        postings = self.postings(clause.field)
+        for key in clause.keys:
+            docs = postings.get(key)
+            if docs is not None:
+                verdicts[np.asarray(docs, dtype=np.int64)] = True
+        return verdicts
 
     def rows_of(self, verdicts: np.ndarray) -> tuple[int, np.ndarray]:
         """How many documents a boolean verdict per document keeps, and the boolean mask over rows."""

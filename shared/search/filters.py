@@ -16,9 +16,10 @@ operator, a bare list, a nested object) is a FilterError, which the API answers 
 
 Cost is bounded, whatever the body: at most MAX_CLAUSES entries, MAX_IN_VALUES values in one `in` and
 MAX_FILTER_VALUES values in the whole filter (a filter past a bound is a FilterError, so a 422). Values
-become hash keys once, at parse time; a search looks each one up in the version's value maps
-(DocTable.postings) and path prefixes by bisection, so it costs the values it names plus the documents
-they match, never documents x values.
+become hash keys once, at parse time. A format-1 version (DocTable) looks each one up in its value maps
+and path prefixes by bisection, so it costs the values it names plus the documents they match, never
+documents x values; a format-2 version (VersionDocuments) matches them against its parts' facet columns
+with vectorized compares.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.index.doctable import DocTable, value_key
+from shared.index.parttables import VersionDocuments
 
 METADATA_PREFIX = "metadata."
 FIELDS = ("type", "source", "path_prefix")
@@ -84,19 +86,6 @@ class Clause:
         value = meta[self.field]
         return any(value_key(v) in self.keys for v in (value if isinstance(value, list) else (value,)))
 
-    def documents(self, table: DocTable) -> np.ndarray:
-        """A boolean verdict per document of `table`."""
-        verdicts = np.zeros(len(table), dtype=bool)
-        if self.prefix is not None:
-            verdicts[table.prefix_range(self.prefix)] = True
-            return verdicts
-        postings = table.postings(self.field)
-        for key in self.keys:
-            docs = postings.get(key)
-            if docs is not None:
-                verdicts[np.asarray(docs, dtype=np.int64)] = True
-        return verdicts
-
 
 @dataclass(frozen=True)
 class Filter:
@@ -108,14 +97,11 @@ class Filter:
         document at a time, the reference the column-wise `select` is tested against."""
         return all(clause.holds(document) for clause in self.clauses)
 
-    def select(self, table: DocTable) -> tuple[int, np.ndarray]:
-        """How many documents of `table` pass, and the boolean mask over its rows."""
-        verdicts = np.ones(len(table), dtype=bool)
-        for clause in self.clauses:
-            if not verdicts.any():
-                break
-            verdicts &= clause.documents(table)
-        return table.rows_of(verdicts)
+    def select(self, table: DocTable | VersionDocuments) -> tuple[int, np.ndarray]:
+        """How many documents of `table` pass, and the boolean mask over its rows: each kind of table
+        evaluates the clauses column-wise its own way (DocTable over value maps, VersionDocuments over
+        its parts' facets)."""
+        return table.select(self)
 
 
 def parse_filter(spec) -> Filter | None:
