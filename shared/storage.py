@@ -69,6 +69,28 @@ def write_npy(fh, array: np.ndarray) -> None:
     np.lib.format.write_array(_Stream(fh), np.ascontiguousarray(array), allow_pickle=False)
 
 
+def check_npy(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a .npy file, read from its header, which must describe exactly the bytes the file
+    holds: a forged shape is refused (ValueError) before numpy allocates or maps anything for it."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = read_header(fh)
+        except ValueError as exc:
+            raise ValueError(f"{path} is not a .npy file: {exc}") from exc
+        data_start = fh.tell()
+    if dtype.hasobject or fortran:
+        raise ValueError(f"{path} holds an array Swapline never writes")
+    if data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != size:
+        raise ValueError(f"{path} claims shape {shape} of {dtype}, which does not match its {size} bytes")
+    return shape, dtype
+
+
 @contextlib.contextmanager
 def written(path: Path, what: str):
     """Write one file in place of `path` through the binary handle this yields: the data is flushed and

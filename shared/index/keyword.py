@@ -107,13 +107,19 @@ class KeywordIndex:
     def top(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         """(row, score) of the best `k` rows with a positive score, best first; with `allowed` (a
         boolean mask over rows) only among those rows."""
-        scores = self.scores(query)
-        if allowed is not None:
-            scores = np.where(allowed, scores, 0.0)
-        candidates = np.flatnonzero(scores > 0)
-        if not len(candidates) or k <= 0:
-            return []
-        if len(candidates) > k:
-            candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
-        order = candidates[np.lexsort((candidates, -scores[candidates]))]
-        return [(int(i), float(scores[i])) for i in order]
+        return best_rows(self.scores(query), k, allowed)
+
+
+def best_rows(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """(row, score) of the best `k` rows with a positive score, best first, ties by the lower row; with
+    `allowed` (a boolean mask over rows) only among those rows. Shared by both keyword index formats,
+    so they rank alike."""
+    if allowed is not None:
+        scores = np.where(allowed, scores, 0.0)
+    candidates = np.flatnonzero(scores > 0)
+    if not len(candidates) or k <= 0:
+        return []
+    if len(candidates) > k:
+        candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
+    order = candidates[np.lexsort((candidates, -scores[candidates]))]
+    return [(int(i), float(scores[i])) for i in order]

@@ -42,7 +42,7 @@ import numpy as np
 from shared.index import doctable, ivf, keyword
 from shared.index.doctable import DocTable
 from shared.index.keyword import KEYWORD_DIR, KeywordIndex
-from shared.storage import reraise, write_npy, written
+from shared.storage import check_npy, reraise, write_npy, written
 
 INDEX_FILE, CHUNKS_FILE, OFFSETS_FILE, MANIFEST_FILE = "index.faiss", "chunks.jsonl", "offsets.npy", "manifest.json"
 KIND_FLAT = "flat-ip"
@@ -234,22 +234,10 @@ def check_files(directory: Path, manifest: dict) -> None:
 
 def load_npy(path: Path) -> np.ndarray:
     """A .npy array whose header is checked against the file's length before anything is allocated."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        try:
-            version = np.lib.format.read_magic(fh)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise ValueError(f"unsupported .npy version {version}")
-            shape, fortran, dtype = read_header(fh)
-        except ValueError as exc:
-            raise VerifyFailed(f"{path} is not a .npy file: {exc}") from exc
-        data_start = fh.tell()
-    if dtype.hasobject or fortran:
-        raise VerifyFailed(f"{path} holds an array Swapline never writes")
-    if data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != size:
-        raise VerifyFailed(f"{path} claims shape {shape} of {dtype}, which does not match its {size} bytes")
+    try:
+        check_npy(path)
+    except ValueError as exc:
+        raise VerifyFailed(str(exc)) from exc
     return np.load(path, allow_pickle=False)
 
 

@@ -1,0 +1,187 @@
+"""The keyword (BM25) index of one part, scored with statistics of the whole version at query time.
+
+A part (a block of rows a rebuild writes once, reused by later versions) holds a plain inverted index:
+`kw_terms.npy` (the sorted 64-bit hashes of its tokens), `kw_indptr.npy` (where each term's postings
+start), `kw_rows.npy` and `kw_tf.npy` (the local rows holding the term, ascending, and how often) and
+`kw_doclen.npy` (tokens per row). Nothing in it depends on the rest of the collection.
+
+Why not bm25s, as format 1 (`shared.index.keyword`) does: bm25s stores finished scores, with the idf
+and the average row length of its own rows baked in, so two of its indexes cannot be scored as one
+collection, and a row deleted later would still count in both. Here a version's `KeywordSearch` counts
+its live rows and their average length when it is opened, and each query token's document frequency
+from the live postings of every part, so a version made of several parts with deletion masks scores
+exactly like one index built over its live rows, with bm25s's "lucene" formula (k1 1.5, b 0.75).
+Tokens are those of `shared.index.keyword.tokenize`; a query token repeated counts again, as in bm25s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from array import array
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from shared.index.keyword import TOKENIZER, KeywordVerifyFailed, best_rows, tokenize
+from shared.storage import check_npy, write_npy, written
+
+K1, B = 1.5, 0.75
+# Each file and the dtype it must hold; a file of any other dtype or shape is refused.
+LAYOUT: dict[str, np.dtype] = {"kw_terms.npy": np.dtype(np.uint64), "kw_indptr.npy": np.dtype(np.int64),
+          "kw_rows.npy": np.dtype(np.int32), "kw_tf.npy": np.dtype(np.float32),
+          "kw_doclen.npy": np.dtype(np.uint32)}
+KEYWORD_PART_FILES = tuple(LAYOUT)
+
+
+def term_hash(token: str) -> int:
+    """A token's term: the first 8 bytes of its blake2b digest, read as a little-endian integer."""
+    return int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _tokens(texts: Iterable[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(distinct tokens, each token's place among them in text order, tokens per row)."""
+    vocabulary: dict[str, int] = {}
+    ids, lengths = array("q"), array("q")  # machine integers: a Python list of 50M ints costs GBs
+    for text in texts:
+        tokens = tokenize(text)
+        ids.extend(vocabulary.setdefault(t, len(vocabulary)) for t in tokens)
+        lengths.append(len(tokens))
+    return list(vocabulary), np.frombuffer(ids, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64)
+
+
+def _postings(terms_of_tokens: np.ndarray, lengths: np.ndarray, n_terms: int) -> tuple[np.ndarray, ...]:
+    """(indptr, rows, tf) of the (term, row) pairs, by term then row."""
+    n = len(lengths)
+    # One sort of a combined key orders the pairs and counts repeats at once; term * n + row stays far
+    # below 2**63 for any part that fits in memory.
+    pairs, tf = np.unique(terms_of_tokens * n + np.repeat(np.arange(n, dtype=np.int64), lengths),
+                          return_counts=True)
+    terms, rows = np.divmod(pairs, n) if n else (pairs, pairs)
+    indptr = np.zeros(n_terms + 1, dtype=np.int64)
+    np.cumsum(np.bincount(terms, minlength=n_terms), out=indptr[1:])
+    return indptr, rows.astype(np.int32), tf.astype(np.float32)
+
+
+def write_keyword_part(directory: Path, texts: Iterable[str]) -> dict:
+    """Tokenize each row's text and write the part's keyword files into `directory` (each write checked
+    and fsynced, see `shared.storage.written`); returns the part's manifest entry."""
+    vocabulary, ids, lengths = _tokens(texts)
+    hashes = np.fromiter((term_hash(t) for t in vocabulary), dtype=np.uint64, count=len(vocabulary))
+    # Two tokens of one hash (odds about 1 in 40 million for a million distinct tokens) become one term.
+    terms, term_of_token = np.unique(hashes, return_inverse=True)
+    indptr, rows, tf = _postings(term_of_token.reshape(-1)[ids], lengths, len(terms))
+    for name, values in zip(KEYWORD_PART_FILES, (terms, indptr, rows, tf, lengths), strict=True):
+        with written(directory / name, "a keyword part") as fh:
+            write_npy(fh, values.astype(LAYOUT[name], copy=False))
+    return {"tokenizer": TOKENIZER, "rows": len(lengths), "terms": len(terms), "files": list(KEYWORD_PART_FILES)}
+
+
+def _open(path: Path) -> np.ndarray:
+    """A part's file memory-mapped, once its header is known to describe the file (nothing is
+    allocated for a forged shape) and to hold the one-dimensional array of the dtype the format has."""
+    try:
+        shape, dtype = check_npy(path)
+    except (OSError, ValueError) as exc:
+        raise KeywordVerifyFailed(f"keyword part file refused: {exc}") from exc
+    if len(shape) != 1 or dtype != LAYOUT[path.name]:
+        raise KeywordVerifyFailed(f"{path} holds {dtype} of shape {shape}, not a 1-D {LAYOUT[path.name]} array")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+class KeywordPart:
+    """A part's keyword files, memory-mapped and checked against each other and the part's row count."""
+
+    def __init__(self, directory: Path, rows: int):
+        self.directory = directory
+        self.rows = rows
+        self.terms, self.indptr, self.posting_rows, self.tf, self.doclen = (
+            _open(directory / name) for name in KEYWORD_PART_FILES)
+        postings = len(self.posting_rows)
+        if len(self.indptr) != len(self.terms) + 1 or self.indptr[-1] != postings or len(self.tf) != postings \
+                or len(self.doclen) != rows:
+            raise KeywordVerifyFailed(
+                f"keyword part in {directory} is inconsistent: {len(self.terms)} terms, {len(self.indptr)} "
+                f"offsets ending at {self.indptr[-1]}, {postings} rows, {len(self.tf)} frequencies, "
+                f"{len(self.doclen)} row lengths for {rows} rows")
+
+    def verify(self) -> None:
+        """Read everything once (the build's verify step, not every load): terms strictly ascending,
+        offsets ascending from 0, every posting's row inside the part, and the frequencies adding up
+        to the row lengths."""
+        if len(self.terms) > 1 and not np.all(self.terms[1:] > self.terms[:-1]) \
+                or self.indptr[0] != 0 or np.any(np.diff(self.indptr) < 0) \
+                or len(self.posting_rows) and (self.posting_rows.min() < 0 or self.posting_rows.max() >= self.rows) \
+                or np.any(self.tf < 1) or self.tf.sum(dtype=np.float64) != self.doclen.sum(dtype=np.int64):
+            raise KeywordVerifyFailed(f"keyword part in {self.directory} holds postings its format never has")
+
+    def postings(self, term: int) -> tuple[np.ndarray, np.ndarray]:
+        """(local rows, term frequencies) of a term hash; empty arrays when the part lacks it."""
+        i = int(np.searchsorted(self.terms, np.uint64(term)))
+        if i == len(self.terms) or int(self.terms[i]) != term:
+            return self.posting_rows[:0], self.tf[:0]
+        start, stop = int(self.indptr[i]), int(self.indptr[i + 1])
+        return self.posting_rows[start:stop], self.tf[start:stop]
+
+    def warm(self) -> None:
+        """Fault in every page of the mapped files, so the first query does not wait on the disk."""
+        for values in (self.terms, self.indptr, self.posting_rows, self.tf, self.doclen):
+            np.asarray(values[::max(1, 4096 // values.itemsize)]).sum()
+
+
+class KeywordSearch:
+    """BM25 over a version's parts: `parts` are (part, offset of its first row among the version's
+    rows, deletion mask over its rows or None), `total_rows` the version's row count."""
+
+    def __init__(self, parts: list[tuple[KeywordPart, int, np.ndarray | None]], total_rows: int):
+        self.total_rows = total_rows
+        self.parts = [(part, offset, _live(part, offset, deleted, total_rows)) for part, offset, deleted in parts]
+        self.live_rows = sum(part.rows if live is None else int(np.count_nonzero(live))
+                             for part, _, live in self.parts)
+        length = sum(int(part.doclen.sum(dtype=np.int64) if live is None else part.doclen[live].sum(dtype=np.int64))
+                     for part, _, live in self.parts)
+        self.avgdl = length / self.live_rows if self.live_rows else 1.0
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of each of the version's rows (0 where no query token occurs or the row is deleted)."""
+        scores = np.zeros(self.total_rows, dtype=np.float32)
+        for term, repeats in Counter(term_hash(t) for t in tokenize(query)).items():
+            hits = [(offset, part.doclen, *self._live_postings(part, live, term)) for part, offset, live in self.parts]
+            df = sum(len(rows) for _, _, rows, _ in hits)
+            if not df:
+                continue
+            idf = math.log(1 + (self.live_rows - df + 0.5) / (df + 0.5))
+            for offset, doclen, rows, tf in hits:
+                norm = K1 * (1 - B + B * doclen[rows] / self.avgdl)
+                scores[offset + rows] += (repeats * idf * tf / (tf + norm)).astype(np.float32)
+        return scores
+
+    @staticmethod
+    def _live_postings(part: KeywordPart, live: np.ndarray | None, term: int) -> tuple[np.ndarray, np.ndarray]:
+        rows, tf = part.postings(term)
+        if live is None:
+            return rows.astype(np.int64), tf
+        keep = live[rows]
+        return rows[keep].astype(np.int64), tf[keep]
+
+    def top(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """(row, score) of the best `k` rows with a positive score, best first, ties by the lower row;
+        with `allowed` (a boolean mask over the version's rows) only among those rows."""
+        return best_rows(self.scores(query), k, allowed)
+
+    def warm(self) -> None:
+        for part, _, _ in self.parts:
+            part.warm()
+
+
+def _live(part: KeywordPart, offset: int, deleted: np.ndarray | None, total_rows: int) -> np.ndarray | None:
+    """The part's live rows as a mask (None: all live), once its place and mask fit the version."""
+    if offset < 0 or offset + part.rows > total_rows:
+        raise ValueError(f"keyword part of {part.rows} rows at {offset} does not fit {total_rows} rows")
+    if deleted is None:
+        return None
+    if deleted.dtype != np.bool_ or deleted.shape != (part.rows,):
+        raise ValueError(f"deletion mask of {deleted.dtype} {deleted.shape} for a part of {part.rows} rows")
+    return ~deleted
