@@ -3,7 +3,9 @@
 Layout (under `data_dir`):
     staging/{job_id}.jsonl          a submitted batch, deleted once ingested
     segments/{collection}/{seq}/    immutable: chunks.jsonl, vectors.npy, meta.json
-    indexes/{collection}/v{version}/ immutable: index.faiss, chunks.jsonl, offsets.npy, manifest.json
+    indexes/{collection}/v{version}/ immutable: manifest.json over parts, deletion bitmaps (format 2;
+                                    format 1 held index.faiss, chunks.jsonl, offsets.npy, ...)
+    indexes/{collection}/parts/p{fence}/ immutable: a block of rows shared by every version using it
     cache/embeddings/               (model, content hash) -> vector, bounded, shared by workers
     models/{variant}/model.onnx     the ONNX exports of the embedding model, made once on first use
 
@@ -20,6 +22,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -166,6 +169,12 @@ class Storage:
 
     def version_dir(self, collection: str, version: int) -> Path:
         return self._inside(self.indexes_dir(collection) / f"v{int(version)}")
+
+    def part_dir(self, collection: str, name: str) -> Path:
+        """An immutable part of a collection's index versions (`shared.index.parts`); `name` is p{fence}."""
+        if not re.fullmatch(r"p\d+", name):
+            raise UnsafePath(f"invalid part name {name!r}")
+        return self._inside(self.indexes_dir(collection) / "parts" / name)
 
     def resolve_relative(self, relative: str) -> Path:
         """A path stored in Redis (relative to the data dir), checked to stay inside it."""

@@ -1,14 +1,17 @@
 """The index of a new version, built from a segment snapshot: incrementally from the published version
-when only segments were added since it was built, else in full.
+when only segments were added since it was built, else in full. Both write format 2
+(`shared.index.parts`): a version is a manifest over immutable parts.
 
-Incremental: the published version's records and FAISS index are read into memory (a copy; its files
-are never touched), the rows of documents that the new segments replace or tombstone are dropped, and
-the new segments' live rows are appended. Old rows keep their order and the new ones follow in segment
-order, which is exactly the order a full build gives, so row id == position in chunks.jsonl still holds
-and the result equals a full build on the same quantizer. It falls back to a full build when the
-segment list is not an extension of the published one (compaction or a drop in between), when the
-model changed, when the size calls for the other index kind, when the published files fail their
-checksums, or when the IVF quantizer must be retrained (`shared.index.ivf`).
+Incremental: the published version's parts are kept as they are (memory-mapped, never rewritten); the
+rows of documents that the new segments replace or tombstone are marked deleted in this version's
+bitmaps; one new part holds the new segments' live rows, plus the live rows of the small parts at the
+tail that it folds in (`_fold_count`), so parts stay few and their sizes geometric. Only the new part
+is written and hashed. Reading what is live needs only the new segments' metadata: where every other
+document lives is in the published parts' documents tables. It falls back to a full build (one part)
+when the segment list is not an extension of the published one (compaction or a drop in between),
+when the model changed, when the size calls for the other index kind, when half the rows are deleted,
+when the published parts fail their checks, when the IVF quantizer must be retrained
+(`shared.index.ivf`) or nprobe re-tuned, or when the published version is format 1.
 """
 
 from __future__ import annotations
@@ -20,31 +23,32 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from shared.index import ivf
+from shared.index.parts import LoadedPart, PartRef, is_format2, open_parts, part_refs, part_vectors
 from shared.index.vectorindex import (
-    INDEX_FILE,
     KIND_FLAT,
     KIND_IVF,
     VerifyFailed,
-    add_in_steps,
     build_flat,
     build_ivf,
     ivf_on,
-    read_index,
-    read_index_copy,
     read_manifest,
-    read_records,
-    sha256_file,
     training_rows,
 )
-from shared.jobs.merge import Latest, latest_documents, read_live
+from shared.jobs.merge import latest_documents, read_live
 from shared.services import Services
 from shared.storage import UnsafePath
 
 log = logging.getLogger(__name__)
 
 Steps = Callable[[int], Callable[[int], None]]  # rows to add -> what runs between build steps
+MAX_PARTS = 8  # a version never has more parts than this: the new part folds the tail in
+FOLD_RATIO = 2  # a tail part is folded into the new one while it holds at most this many times its rows
+MAX_DELETED_SHARE = 0.5  # a version whose parts hold more deleted rows than this is built in full
+NPROBE_ROWS = (0.8, 1.25)  # nprobe tuned for n rows is kept while the rows stay within these factors of n
 
 
 @dataclass
@@ -58,11 +62,18 @@ class Previous:
 
 @dataclass
 class Built:
-    index: faiss.Index
-    records: list[dict]
-    documents: int
+    kept: list[PartRef]  # the published version's parts this version keeps, with its own deletions
+    index: faiss.Index  # the new part's index (possibly empty)
+    records: list[dict]  # the new part's chunk records, row i is vector i of `index`
+    segment_of: dict[str, int]  # the new part's documents -> the segment each came from
+    part_segments: list[int]  # the segments whose rows the new part holds
+    documents: int  # live documents of the version
     rows_total: int  # rows the snapshot's segments hold, live or not (decides a compaction)
     facts: dict = field(default_factory=dict)  # for the manifest and the job result
+
+    @property
+    def live_rows(self) -> int:
+        return sum(ref.live for ref in self.kept) + len(self.records)
 
 
 def previous_version(svc: Services, collection: str) -> Previous | None:
@@ -93,8 +104,8 @@ def why_not_incremental(svc: Services, collection: str, previous: Previous | Non
     if previous is None:
         return "no published version"
     manifest = previous.manifest
-    if "incremental" not in manifest:
-        return f"version {previous.version} predates incremental builds"
+    if not is_format2(manifest):
+        return f"version {previous.version} is format 1 (one file per table): rebuilt in parts"
     if manifest.get("model") != svc.embedder.model_id or manifest.get("dim") != svc.embedder.dim:
         return f"version {previous.version} was built with another model"
     if published_head(svc, collection, segments, manifest.get("segments") or []) is None:
@@ -115,16 +126,14 @@ def published_head(svc: Services, collection: str, segments: list[int], old: lis
 
 
 def build_index(svc: Services, collection: str, segments: list[int], version: int, steps: Steps) -> Built:
-    """The index and records of a new version over `segments`, incremental when it can be."""
+    """The parts of a new version over `segments`, incremental when it can be."""
     previous = previous_version(svc, collection)
     reason = why_not_incremental(svc, collection, previous, segments)
-    # Every segment's metadata, read once: a full build after a refused incremental one reuses it.
-    latest = latest_documents(svc, collection, segments)
     retrain = None
     if reason is None:
         assert previous is not None  # why_not_incremental gives a reason when there is none
         try:
-            built = incremental(svc, collection, segments, latest, previous, version, steps)
+            built = incremental(svc, collection, segments, previous, steps)
         except (VerifyFailed, OSError) as exc:  # damaged, or collected meanwhile: the segments still hold it all
             built = f"version {previous.version} could not be read: {exc}"
         if isinstance(built, Built):
@@ -132,20 +141,21 @@ def build_index(svc: Services, collection: str, segments: list[int], version: in
         reason = built
         retrain = reason if reason.startswith("quantizer") else None
     log.info("event=build.full collection=%s reason=%r", collection, reason)
-    built = full(svc, collection, segments, latest, previous, version, steps, retrain)
+    built = full(svc, collection, segments, previous, version, steps, retrain)
     built.facts["full_reason"] = reason
     return built
 
 
-def full(svc: Services, collection: str, segments: list[int], latest: Latest, previous: Previous | None,
-         version: int, steps: Steps, retrain: str | None = None) -> Built:
+def full(svc: Services, collection: str, segments: list[int], previous: Previous | None, version: int,
+         steps: Steps, retrain: str | None = None) -> Built:
     dim = svc.embedder.dim
+    latest = latest_documents(svc, collection, segments)
     records, vectors = read_live(svc, collection, segments, latest, dim)
     _strip(records)
     step = steps(len(records))
     kind = kind_for(len(records), svc)
     facts = {"kind": kind, "incremental": False, "built_from": None, "reused_rows": 0,
-             "added_rows": len(records), "removed_rows": 0}
+             "added_rows": len(records), "removed_rows": 0, "parts_kept": 0, "parts_folded": 0}
     if kind == KIND_FLAT:
         index = build_flat(vectors, svc.settings.build_step, step)
     else:
@@ -153,20 +163,26 @@ def full(svc: Services, collection: str, segments: list[int], latest: Latest, pr
         facts.update(quantizer_facts)
     if not len(records):
         step(0)  # an empty collection still checks cancel and lease once
-    return Built(index, records, len(latest.live), latest.rows_total, facts)
+    return Built([], index, records, {d: s for d, s in latest.live.items()}, list(segments), len(latest.live),
+                 latest.rows_total, facts)
 
 
 def _previous_quantizer(previous: Previous | None, model: str, dim: int) -> tuple[faiss.Index, dict] | None:
     """A copy of the published IVF version's trained quantizer and its training record, if it has one
-    for the same model."""
+    for the same model (read from its first part, which every IVF part shares)."""
     if previous is None or previous.manifest.get("kind") != KIND_IVF or "ivf_training" not in previous.manifest:
         return None
     if previous.manifest.get("model") != model or previous.manifest.get("dim") != dim:
         return None
-    if sha256_file(previous.directory / INDEX_FILE) != previous.manifest["checksum"]:
+    if not is_format2(previous.manifest) or not previous.manifest.get("parts"):
         return None
-    published = read_index(previous.directory, previous.manifest)  # memory-mapped: only the centroids are read
-    return faiss.clone_index(faiss.extract_index_ivf(published).quantizer), previous.manifest["ivf_training"]
+    try:
+        first = open_parts(previous.directory, part_refs(previous.directory, previous.manifest)[:1])[0]
+    except (VerifyFailed, OSError):
+        return None
+    if first.ivf is None:
+        return None
+    return faiss.clone_index(first.ivf.quantizer), previous.manifest["ivf_training"]
 
 
 def _full_ivf(svc: Services, vectors: np.ndarray, previous: Previous | None, version: int,
@@ -190,49 +206,135 @@ def _full_ivf(svc: Services, vectors: np.ndarray, previous: Previous | None, ver
                    "quantizer": {"reused": False, "trained_in": version, "retrain_reason": retrain}}
 
 
-def incremental(svc: Services, collection: str, segments: list[int], latest: Latest, previous: Previous,
-                version: int, steps: Steps) -> Built | str:
-    """The new version's index from the published one, or why a full build is needed instead."""
-    head = published_head(svc, collection, segments, previous.manifest["segments"])
-    old_records = read_records(previous.directory, previous.manifest)
-    keep = _kept(old_records, latest, set(segments[:head]))
-    new_records, new_vectors = read_live(svc, collection, segments[head:], latest, svc.embedder.dim)
+def _rows_of(part: LoadedPart, docs: np.ndarray) -> np.ndarray:
+    """A boolean mask over the part's rows: the rows of documents `docs` (indexes into its table)."""
+    marks = np.zeros(part.rows + 1, dtype=np.int32)
+    np.add.at(marks, part.tables.row_start[docs], 1)
+    np.add.at(marks, part.tables.row_stop[docs], -1)
+    return np.cumsum(marks[:-1]) > 0
+
+
+def _deleted_after(part: LoadedPart, ref: PartRef, changed: pa.Array) -> PartRef:
+    """The part as this version keeps it: its rows of `changed` documents marked deleted too."""
+    hit = np.flatnonzero(pc.is_in(part.tables.ids, value_set=changed).to_numpy(zero_copy_only=False))
+    if not len(hit):
+        return ref
+    deleted = _rows_of(part, hit) if ref.deleted is None else ref.deleted | _rows_of(part, hit)
+    return PartRef(ref.name, ref.offset, ref.rows, ref.sha256, deleted)
+
+
+def _live_documents(part: LoadedPart, ref: PartRef) -> int:
+    return len(part.tables) if ref.deleted is None else int((~ref.deleted[part.tables.row_start]).sum())
+
+
+def _fold_count(live: list[int], new_rows: int) -> int:
+    """How many parts at the tail the new part absorbs: each one holding at most FOLD_RATIO times the
+    rows gathered so far (so part sizes stay geometric, like a binary counter, and a row is rewritten
+    O(log n) times), and as many more as keep the count at MAX_PARTS. The first part is never folded."""
+    fold, gathered = 0, new_rows
+    while fold < len(live) - 1 and (live[-1 - fold] <= FOLD_RATIO * gathered or len(live) - fold + 1 > MAX_PARTS):
+        gathered += live[-1 - fold]
+        fold += 1
+    return fold
+
+
+def _folded_rows(parts: list[LoadedPart], refs: list[PartRef]) -> tuple[list[dict], np.ndarray, dict[str, int],
+                                                                        list[int]]:
+    """The live rows of folded parts, read back from them: records, vectors, document -> segment, and
+    the segments they cover."""
+    records: list[dict] = []
+    vectors: list[np.ndarray] = []
+    segment_of: dict[str, int] = {}
+    segments: list[int] = []
+    for part, ref in zip(parts, refs, strict=True):
+        live = np.ones(part.rows, dtype=bool) if ref.deleted is None else ~ref.deleted
+        rows = np.flatnonzero(live)
+        records.extend(part.tables.record(int(r)) for r in rows)
+        vectors.append(part_vectors(part)[rows])
+        docs = np.unique(part.tables.row_doc[rows])
+        ids = part.tables.ids.take(pa.array(docs)).to_pylist()
+        segs = part.tables.documents["segment"].take(pa.array(docs)).to_pylist()
+        segment_of.update(zip(ids, segs, strict=True))
+        segments.extend(part.meta.get("segments") or [])
+    return records, (np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)), segment_of, segments
+
+
+def incremental(svc: Services, collection: str, segments: list[int], previous: Previous, steps: Steps) -> Built | str:
+    """The new version from the published one, or why a full build is needed instead."""
+    manifest = previous.manifest
+    head = published_head(svc, collection, segments, manifest["segments"])
+    assert head is not None  # why_not_incremental checked it
+    refs = part_refs(previous.directory, manifest)
+    parts = open_parts(previous.directory, refs)
+    new_segments = segments[head:]
+    latest = latest_documents(svc, collection, new_segments)  # only the new segments' metadata is read
+    changed = pa.array(list(latest.segment_of), type=pa.large_string())
+    kept = [_deleted_after(part, ref, changed) for part, ref in zip(parts, refs, strict=True)]
+    removed = sum(ref.rows - ref.live for ref in kept) - sum(ref.rows - ref.live for ref in refs)
+    new_records, new_vectors = read_live(svc, collection, new_segments, latest, svc.embedder.dim)
     _strip(new_records)
-    kept = int(keep.sum())
-    rows = kept + len(new_records)
+    fold = _fold_count([ref.live for ref in kept], len(new_records))
+    segment_of = latest.live
+    part_segments = list(new_segments)
+    if fold:
+        folded_records, folded_vectors, folded_of, folded_segments = _folded_rows(parts[-fold:], kept[-fold:])
+        new_records = folded_records + new_records
+        new_vectors = np.concatenate([folded_vectors.reshape(-1, svc.embedder.dim), new_vectors])
+        segment_of = {**folded_of, **segment_of}
+        part_segments = folded_segments + part_segments
+        parts, kept = parts[:-fold], kept[:-fold]
+    rows = sum(ref.live for ref in kept) + len(new_records)
+    total = sum(ref.rows for ref in kept) + len(new_records)
     kind = kind_for(rows, svc)
-    if kind != previous.manifest.get("kind"):
-        return f"{rows} rows call for {kind}, version {previous.version} is {previous.manifest.get('kind')}"
-    if kind == KIND_IVF and "ivf_training" not in previous.manifest:
-        return f"version {previous.version} has no training record"
-    index = read_index_copy(previous.directory, previous.manifest)
-    facts = {"kind": kind, "incremental": True, "built_from": previous.version, "reused_rows": kept,
-             "added_rows": len(new_records), "removed_rows": len(old_records) - kept}
+    if kind != manifest.get("kind"):
+        return f"{rows} rows call for {kind}, version {previous.version} is {manifest.get('kind')}"
+    if total and (total - rows) > MAX_DELETED_SHARE * total:
+        return f"{total - rows} of the {total} rows in the parts are deleted"
+    facts = {"kind": kind, "incremental": True, "built_from": previous.version,
+             "reused_rows": sum(ref.live for ref in kept),
+             "added_rows": len(new_records), "removed_rows": removed, "parts_kept": len(kept), "parts_folded": fold}
     if kind == KIND_IVF:
-        training = previous.manifest["ivf_training"]
-        top, lists = ivf.assign(faiss.extract_index_ivf(index).quantizer, new_vectors)
-        training = ivf.after_assigning(training, top)
-        ivf.drop_and_renumber(index, keep)
-        sizes = ivf.list_sizes(index) + np.bincount(lists, minlength=faiss.extract_index_ivf(index).nlist)
-        reason = ivf.retrain_reason(training, rows, sizes)
+        reason = _tuning_stale(manifest, rows)
+        if reason is not None:
+            return reason
+        first = parts[0].ivf if parts else None
+        if first is None or "ivf_training" not in manifest:
+            return f"version {previous.version} has no trained quantizer"
+        quantizer = faiss.clone_index(first.quantizer)
+        top, lists = ivf.assign(quantizer, new_vectors)
+        training = ivf.after_assigning(manifest["ivf_training"], top)
+        sizes = sum((ivf.list_sizes(part.index) for part in parts), np.zeros(quantizer.ntotal, dtype=np.int64))
+        reason = ivf.retrain_reason(training, rows, sizes + np.bincount(lists, minlength=quantizer.ntotal))
         if reason is not None:
             return f"quantizer retrained: {reason}"
+        index = ivf_on(quantizer)
         step = steps(len(new_records))
         ivf.add_assigned(index, new_vectors, lists, svc.settings.build_step, step)
-        facts.update(ivf_training=training, quantizer={"reused": True, "trained_in": training["trained_in"]})
+        facts.update(ivf_training=training, quantizer={"reused": True, "trained_in": training["trained_in"]},
+                     **{name: manifest[name] for name in TUNING if name in manifest})
     else:
-        if kept < len(old_records):
-            index.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(~keep).astype(np.int64)))  # keeps row order
         step = steps(len(new_records))
-        add_in_steps(index, new_vectors, svc.settings.build_step, step)
+        index = build_flat(new_vectors, svc.settings.build_step, step)
     if not len(new_records):
         step(0)
-    records = [rec for rec, live in zip(old_records, keep, strict=True) if live] + new_records
-    return Built(index, records, len(latest.live), latest.rows_total, facts)
+    documents = sum(_live_documents(part, ref) for part, ref in zip(parts, kept, strict=True)) + \
+        len({rec["doc_id"] for rec in new_records})
+    # Rows the segments hold: the published version's count, or the compacted segment's that replaced them.
+    base = int(manifest.get("segment_rows", 0)) if head == len(manifest["segments"]) else \
+        int(svc.storage.read_segment_meta(collection, segments[0]).get("chunks", 0))
+    rows_total = base + latest.rows_total
+    return Built(kept, index, new_records, segment_of, part_segments, documents, rows_total, facts)
 
 
-def _kept(records: list[dict], latest: Latest, old_segments: set[int]) -> np.ndarray:
-    """Which rows of the published version stay: their document still lives in an old segment (the
-    one the row came from: only new segments can have moved it)."""
-    where = latest.segment_of
-    return np.fromiter((where.get(rec["doc_id"]) in old_segments for rec in records), dtype=bool, count=len(records))
+TUNING = ("nprobe", "recall_at_10", "recall_target", "queries", "query_kind", "ladder", "nlist", "tuned_rows",
+          "tuned_in")
+
+
+def _tuning_stale(manifest: dict, rows: int) -> str | None:
+    """Why the published nprobe no longer holds for `rows` rows (it was tuned for `tuned_rows`)."""
+    tuned = int(manifest.get("tuned_rows") or 0)
+    low, high = NPROBE_ROWS
+    if not tuned or not low * tuned <= rows <= high * tuned:
+        return f"nprobe re-tuned: tuned for {tuned} rows, the version has {rows}"
+    return None
+

@@ -10,9 +10,17 @@ from pathlib import Path
 
 from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError, LockBusy, RecallBelowFloor
-from shared.index.doctable import count_by_type
 from shared.index.ivf import tune_nprobe
-from shared.index.vectorindex import KIND_IVF, verify_version, write_version
+from shared.index.parts import (
+    PART_FILE,
+    PartRef,
+    count_by_type,
+    part_name,
+    verify_version,
+    write_part,
+    write_version_manifest,
+)
+from shared.index.vectorindex import KIND_IVF, sha256_file
 from shared.jobs.build import Built, build_index
 from shared.jobs.compact import maybe_compact
 from shared.jobs.progress import ProgressReporter
@@ -39,7 +47,7 @@ def _tuned(svc: Services, index) -> dict:
 
 
 RESULT_FACTS = ("kind", "incremental", "built_from", "reused_rows", "added_rows", "removed_rows", "full_reason",
-                "quantizer", "nprobe", "nlist", "recall_at_10", "recall_target")
+                "parts_kept", "parts_folded", "quantizer", "nprobe", "nlist", "recall_at_10", "recall_target")
 
 
 def _result_facts(facts: dict) -> dict:
@@ -109,15 +117,17 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     segments, changes = svc.collections.snapshot(collection)
     svc.jobs.progress(job_id, names.STAGE_MERGE, 0, len(segments))
     built = _build(svc, job_id, collection, lease, segments, lap)
-    final, manifest = _write_version(svc, job_id, collection, lease, built, segments, lap)
+    final, manifest, by_type = _write_version(svc, job_id, collection, lease, built, segments, lap)
     try:
-        _publish(svc, job_id, lease, built, final, manifest, changes, lap)
+        _publish(svc, job_id, lease, built, final, manifest, by_type, changes, lap)
     except (PublishRefused, JobCanceled):
-        shutil.rmtree(final, ignore_errors=True)  # refused: never published, nobody serves it
+        # Refused: never published, nobody serves it; its new part is referenced by nothing else.
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.rmtree(svc.storage.part_dir(collection, part_name(lease.fence)), ignore_errors=True)
         raise
     # Any other error (Redis lost as the script ran) may have come after the publish: the version stays;
     # if it was not published, version collection removes it once a newer version is.
-    return len(segments), built.rows_total, len(built.records)
+    return len(segments), built.rows_total, built.live_rows
 
 
 def _build(svc: Services, job_id: str, collection: str, lease: Lease, segments: list[int], lap: Laps) -> Built:
@@ -135,49 +145,68 @@ def _build(svc: Services, job_id: str, collection: str, lease: Lease, segments: 
     built = build_index(svc, collection, segments, lease.fence, start_building)
     steps[-1].progress.finish()
     lap(names.STAGE_BUILD)
-    if built.facts["kind"] == KIND_IVF:
+    if built.facts["kind"] == KIND_IVF and not built.facts["incremental"]:
+        # A full build tunes nprobe on its one part; an incremental one keeps the published tuning
+        # while the rows stay near those it was tuned for (`shared.jobs.build`).
         svc.jobs.progress(job_id, names.STAGE_MEASURE, 0, 1)
-        built.facts.update(_tuned(svc, built.index))
+        built.facts.update(_tuned(svc, built.index), tuned_rows=int(built.index.ntotal), tuned_in=lease.fence)
         lap(names.STAGE_MEASURE)
     return built
 
 
 def _write_version(svc: Services, job_id: str, collection: str, lease: Lease, built: Built, segments: list[int],
-                   lap: Laps) -> tuple[Path, dict]:
-    """Write the version aside under a temporary name, verify what was written, then rename it to
-    v{fence}. Returns its directory and manifest."""
+                   lap: Laps) -> tuple[Path, dict, dict]:
+    """Write the new part (when there are new rows) and the version's manifest aside, verify them, then
+    rename the version to v{fence}. Returns its directory, manifest and live counts by type."""
     storage = svc.storage
     final = storage.version_dir(collection, lease.fence)
-    storage.remove_stale_temps(final.parent)  # leftovers of builds killed mid-write; we hold the lease
+    name = part_name(lease.fence)
+    part_dir = storage.part_dir(collection, name)
+    # Leftovers of builds killed mid-write; we hold the lease.
+    storage.remove_stale_temps(final.parent)
+    storage.remove_stale_temps(part_dir.parent)
     svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
-    with storage.aside(final, "an index version") as tmp:
-        manifest = write_version(tmp, built.index, built.records, {
-            "collection": collection, "version": lease.fence, "model": svc.embedder.model_id, **built.facts,
-            "documents": built.documents, "segments": segments, "built_at": time.time(), "job_id": job_id})
-        lap(names.STAGE_WRITE)
-        svc.jobs.progress(job_id, names.STAGE_VERIFY, 0, 1)
-        verify_version(tmp)
+    refs = list(built.kept)
+    try:
+        if built.records or not refs:
+            with storage.aside(part_dir, "an index part") as tmp:
+                write_part(tmp, built.index, built.records, built.segment_of, built.part_segments, lease.fence)
+            offset = sum(ref.rows for ref in refs)
+            refs.append(PartRef(name, offset, len(built.records), sha256_file(part_dir / PART_FILE), None))
+        with storage.aside(final, "an index version") as tmp:
+            manifest = write_version_manifest(tmp, refs, {
+                "collection": collection, "version": lease.fence, "model": svc.embedder.model_id,
+                "dim": svc.embedder.dim, **built.facts, "documents": built.documents, "segments": segments,
+                "segment_rows": built.rows_total, "built_at": time.time(), "job_id": job_id})
+            lap(names.STAGE_WRITE)
+            svc.jobs.progress(job_id, names.STAGE_VERIFY, 0, 1)
+            verify_version(tmp)
+            by_type = count_by_type(tmp, refs)
+    except BaseException:
+        shutil.rmtree(part_dir, ignore_errors=True)  # nothing references it
+        raise
     lap(names.STAGE_VERIFY)
-    return final, manifest
+    return final, manifest, by_type
 
 
-def pointer_record(storage: Storage, final: Path, manifest: dict, built: Built, changes: int) -> dict:
+def pointer_record(storage: Storage, final: Path, manifest: dict, built: Built, changes: int, by_type: dict) -> dict:
     """What the collection's pointer says of a version: where it is and what it holds."""
     return {"version": manifest["version"], "path": storage.relative(final), "vectors": manifest["vectors"],
             "model": manifest["model"], "dim": manifest["dim"], "kind": manifest["kind"],
             "built_at": manifest["built_at"], "documents": built.documents, "changes": changes,
-            "checksum": manifest["checksum"], "by_type": json.dumps(count_by_type(built.records))}
+            "checksum": manifest["checksum"], "by_type": json.dumps(by_type)}
 
 
-def _publish(svc: Services, job_id: str, lease: Lease, built: Built, final: Path, manifest: dict, changes: int,
-             lap: Laps) -> None:
+def _publish(svc: Services, job_id: str, lease: Lease, built: Built, final: Path, manifest: dict, by_type: dict,
+             changes: int, lap: Laps) -> None:
     """The fenced publish: pointer, history, the job's success and the swap message in one script."""
     svc.jobs.progress(job_id, names.STAGE_PUBLISH, 0, 1)
     svc.locks.renew(lease)
     result = {"version": lease.fence, "vectors": manifest["vectors"], "documents": built.documents,
               **_result_facts(built.facts), "timings": dict(lap.timings)}
     try:
-        svc.pointers.publish(lease, pointer_record(svc.storage, final, manifest, built, changes), job_id, result)
+        record = pointer_record(svc.storage, final, manifest, built, changes, by_type)
+        svc.pointers.publish(lease, record, job_id, result)
     except PublishRefused as refused:
         if refused.reason == "canceled":
             raise JobCanceled(job_id) from refused

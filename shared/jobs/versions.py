@@ -8,7 +8,8 @@ import re
 import shutil
 import uuid
 
-from shared.index.vectorindex import VerifyFailed, verify_version
+from shared.index.parts import unreferenced_parts, verify_version
+from shared.index.vectorindex import VerifyFailed
 from shared.services import Services
 from shared.store.pointers import PublishRefused
 
@@ -72,8 +73,9 @@ def rollback(svc: Services, name: str, version: int) -> dict | None:
 
 def collect_versions(svc: Services, name: str) -> list[int]:
     """Delete version directories that are not among the last K published, not current, and not
-    served by any live API process. Directories newer than the published pointer belong to a build
-    that has not published yet and are left alone."""
+    served by any live API process, then the parts no remaining version directory references.
+    Directories and parts newer than the published pointer belong to a build that has not published
+    yet and are left alone."""
     pointer = svc.pointers.get(name)
     if pointer is None:
         return []
@@ -91,6 +93,9 @@ def collect_versions(svc: Services, name: str) -> list[int]:
             continue
         shutil.rmtree(child, ignore_errors=True)
         deleted.append(version)
-    if deleted:
-        log.info("event=versions.collected collection=%s deleted=%s", name, deleted)
+    parts = unreferenced_parts(parent, newest_published)
+    for part in parts:
+        shutil.rmtree(part, ignore_errors=True)
+    if deleted or parts:
+        log.info("event=versions.collected collection=%s deleted=%s parts=%s", name, deleted, [p.name for p in parts])
     return deleted

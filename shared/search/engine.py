@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.index.vectorindex import LoadedVersion
+from shared.index.parts import ServedVersion
 from shared.search.filters import Filter
 from shared.search.fusion import reciprocal_rank_fusion
 
@@ -41,7 +41,7 @@ class Answer:
     matched_documents: int | None  # documents the filter admits (None without a filter)
 
 
-def _hit(version: LoadedVersion, row: int, score: float, ranks: dict[str, int],
+def _hit(version: ServedVersion, row: int, score: float, ranks: dict[str, int],
          scores: dict[tuple[str, int], float]) -> dict:
     rec = version.record(row)
     return {"doc_id": rec["doc_id"], "chunk_id": rec["chunk_id"], "score": score, "text": rec["text"],
@@ -51,7 +51,7 @@ def _hit(version: LoadedVersion, row: int, score: float, ranks: dict[str, int],
             **({"lines": rec["lines"]} if "lines" in rec else {})}
 
 
-def search(version: LoadedVersion, query: str, k: int, mode: str, flt: Filter | None,
+def search(version: ServedVersion, query: str, k: int, mode: str, flt: Filter | None,
            embed: Callable[[str], np.ndarray]) -> Answer:
     """The top `k` hits for `query`; `embed` turns the query into a vector (not called in keyword mode)."""
     if mode not in MODES:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from shared.errors import RequestRefused
 from shared.index.embedders import Embedder, same_vector_space
-from shared.index.vectorindex import LoadedVersion
+from shared.index.parts import ServedVersion
 from shared.limits import check_search
 from shared.search.engine import KeywordUnavailable, search
 from shared.search.filters import Filter, FilterError, parse_filter
@@ -60,7 +60,7 @@ def nothing_served(request: SearchRequest) -> Found:
                   "hits": []}, None, False)
 
 
-def search_version(version: LoadedVersion, cache: ResultCache, request: SearchRequest, embedder: Embedder) -> Found:
+def search_version(version: ServedVersion, cache: ResultCache, request: SearchRequest, embedder: Embedder) -> Found:
     """The answer from `version` (the caller holds that reference for the whole query, so a swap meanwhile
     changes nothing), from `cache` when it holds it. RequestRefused (409) when the index was built with
     another model (vector, hybrid) or has no keyword index (keyword)."""

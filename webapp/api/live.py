@@ -1,8 +1,8 @@
 """The live indexes of this API process: one holder, one watcher thread that swaps them.
 
-Readers take a reference to the current `LoadedVersion` and search it without any lock; the watcher
-loads a newer version off the request path, warms it, and replaces one reference. A query in flight
-finishes on the version it started with.
+Readers take a reference to the current version (`shared.index.parts.open_version`) and search it
+without any lock; the watcher loads a newer version off the request path, warms it, and replaces one
+reference. A query in flight finishes on the version it started with.
 
 A version that cannot be loaded (damaged, truncated, checksum mismatch) is never served: the process
 keeps serving what it has, reports the failure (an `index.load_failed` event, the load-error metric,
@@ -30,7 +30,7 @@ import redis
 
 from shared import eventnames as names
 from shared.backoff import Backoff, doubling
-from shared.index.vectorindex import LoadedVersion
+from shared.index.parts import ServedVersion, open_version
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ REDIS_RETRY = (0.5, 5.0)
 @dataclass(frozen=True)
 class Served:
     fence: int
-    version: LoadedVersion
+    version: ServedVersion
     cache: ResultCache
 
 
@@ -124,7 +124,7 @@ class LiveIndexes:
         served = self._current.get(name)
         return served.fence if served else 0
 
-    def swap(self, name: str, fence: int, version: LoadedVersion) -> None:
+    def swap(self, name: str, fence: int, version: ServedVersion) -> None:
         with self._write:
             self._current = {**self._current, name: Served(fence, version, ResultCache(self.cache_size))}
 
@@ -227,9 +227,9 @@ class IndexWatcher(threading.Thread):
             self.last_sync = time.monotonic()
             self._heartbeat()
 
-    def _open(self, pointer: dict) -> LoadedVersion:
+    def _open(self, pointer: dict) -> ServedVersion:
         with _collector_paused():
-            version = LoadedVersion(self.svc.storage.resolve_relative(pointer["path"]), pointer["version"])
+            version = open_version(self.svc.storage.resolve_relative(pointer["path"]), pointer["version"])
         # The version's tables are now in the permanent generation: later collections do not walk them.
         gc.freeze()
         version.warm()
