@@ -30,7 +30,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +77,8 @@ def _file_facts(path: Path) -> dict:
     return {"sha256": sha256_file(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def write_part(directory: Path, index: faiss.Index, records: list[dict], segment_of: dict[str, int],
-               segments: list[int], created_in: int) -> dict:
+def write_part(directory: Path, index: faiss.Index, records: list[dict],
+               segment_of: dict[str, int] | Callable[[str], int], segments: list[int], created_in: int) -> dict:
     """Write a part's files into `directory` (a temporary one) and return its part.json. `records` are
     the chunk records in row order (row i is vector i of `index`)."""
     if index.ntotal != len(records):
@@ -480,3 +480,19 @@ def verify_version(directory: Path) -> dict:
         return vectorindex.verify_version(directory)
     verify_parts_version(directory, manifest)
     return manifest
+
+
+def write_single_part_version(indexes_dir: Path, fence: int, index: faiss.Index, records: list[dict],
+                              manifest: dict, segment_of: dict[str, int] | None = None) -> Path:
+    """Write a whole format-2 version of one part (p{fence} and v{fence} under `indexes_dir`) from an
+    index and its records, without a rebuild: what tests and benchmarks build versions with. Returns
+    the version directory."""
+    name = part_name(fence)
+    part_dir, version_dir = indexes_dir / PARTS_DIR / name, indexes_dir / f"v{int(fence)}"
+    part_dir.mkdir(parents=True)
+    write_part(part_dir, index, records, segment_of if segment_of is not None else (lambda _doc: 0), [], fence)
+    version_dir.mkdir()
+    ref = PartRef(name, 0, len(records), sha256_file(part_dir / PART_FILE), None)
+    write_version_manifest(version_dir, [ref], {"version": int(fence), "dim": int(index.d),
+                                                "documents": len({r["doc_id"] for r in records}), **manifest})
+    return version_dir
