@@ -14,20 +14,15 @@ import requests
 
 from shared.errors import RecallBelowFloor
 from shared.index import ivf
-from shared.index.vectorindex import (
-    MANIFEST_FILE,
-    LoadedVersion,
-    ivf_on,
-    read_manifest,
-    train_ivf,
-    training_rows,
-    verify_version,
-)
+from shared.index.parts import PartsVersion, open_version, verify_version
+from shared.index.vectorindex import MANIFEST_FILE, ivf_on, read_manifest, train_ivf, training_rows
 from shared.jobs.compact import request_compaction, run_compact
 from shared.jobs.deletion import run_delete
 from shared.jobs.ingest import run_ingest
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import request_rebuild, submit_delete, submit_documents
+from shared.search.engine import search
+from shared.search.filters import parse_filter
 from shared.jobstates import SUCCEEDED
 from shared.settings import Settings
 from shared.storage import TMP_PREFIX
@@ -138,9 +133,18 @@ def test_leave_one_out_recall_tracks_recall_on_fresh_queries():
 
 # Rebuilds through the domain code.
 
+WORDS = [f"w{n}" for n in range(300)]
+
+
 def _docs(ids, variant: str = "") -> list[dict]:
+    """Documents whose texts share a few words and differ in others (six words drawn by their id), so
+    vector and keyword scores rarely tie and a comparison of two versions' hits is exact."""
+    def words(i: str) -> str:
+        seed = int(hashlib.sha256(f"{i}{variant}".encode()).hexdigest()[:8], 16)
+        return " ".join(WORDS[(seed >> (5 * n)) % len(WORDS)] for n in range(6))
     return [{"id": i, "text": f"# Area {sum(map(ord, i)) % 17}\nNote {i}{variant} covers subject{len(i) * 7 % 101} and "
-                              f"detail {i} {variant}."} for i in ids]
+                              f"detail {i} {variant}. {words(i)}", "metadata": {"source": "x" if len(i) % 2 else "y"}}
+            for i in ids]
 
 
 class Collection:
@@ -163,6 +167,9 @@ class Collection:
         job = submit_delete(self.svc, "docs", ids)
         run_delete(self.svc, job["id"])
 
+    def embed(self, text: str) -> np.ndarray:
+        return self.svc.embedder.embed([text])[0]
+
     def rebuild(self, **overrides) -> dict:
         svc = self.services(self.settings.with_(**overrides)) if overrides else self.svc
         job, _ = request_rebuild(svc, "docs", exclusive=False)
@@ -171,21 +178,59 @@ class Collection:
         assert done["state"] == SUCCEEDED, done
         return done["result"]
 
-    def loaded(self, version: int) -> LoadedVersion:
-        return LoadedVersion(self.svc.storage.version_dir("docs", version), version)
+    def loaded(self, version: int) -> PartsVersion:
+        loaded = open_version(self.svc.storage.version_dir("docs", version), version)
+        assert isinstance(loaded, PartsVersion)
+        return loaded
 
     def files(self, version: int) -> dict[str, str]:
-        folder = self.svc.storage.version_dir("docs", version)
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+        """Every file a version uses (its own and its parts'), by path under the collection's indexes."""
+        indexes = self.svc.storage.indexes_dir("docs")
+        manifest = read_manifest(indexes / f"v{version}")
+        folders = [indexes / f"v{version}", *(indexes / "parts" / p["name"] for p in manifest["parts"])]
+        return {str(p.relative_to(indexes)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for folder in folders for p in folder.rglob("*") if p.is_file()}
 
 
-def _same_answers(a: LoadedVersion, b: LoadedVersion, queries: np.ndarray) -> None:
-    assert a.vectors == b.vectors
-    assert [a.record(i) for i in range(a.vectors)] == [b.record(i) for i in range(b.vectors)]
-    for q in queries:
-        got, want = a.nearest(q, 10), b.nearest(q, 10)
-        assert [row for row, _ in got] == [row for row, _ in want]
-        assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-6)
+FILTERS = [None, {"metadata.source": "x"}, {"path_prefix": "d1"}, {"type": "none"}]
+
+
+def _hits(version: PartsVersion, query: str, mode: str, spec, embed, k: int = 10) -> list[tuple[str, float]]:
+    return [(h["chunk_id"], round(h["score"], 5)) for h in search(version, query, k, mode, parse_filter(spec), embed).hits]
+
+
+def _same_up_to_boundary_ties(got: list, want: list) -> None:
+    """The same hits in the same order, but for which of the rows tied at the k-th score made the cut
+    (the hashing embedder ties often; FAISS's choice among tied rows follows rounding noise)."""
+    assert [s for _, s in got] == [s for _, s in want]
+    boundary = got[-1][1] if got else None
+    assert [h for h in got if h[1] != boundary] == [h for h in want if h[1] != boundary]
+
+
+def _same_answers(a: PartsVersion, b: PartsVersion, queries: list[str], embed) -> None:
+    """Two versions answer alike: the same documents and chunk records, and the same hits (chunk, score)
+    in every mode, with and without filters. Row numbers may differ: one may keep deleted rows."""
+    assert a.vectors == b.vectors and len(a.documents) == len(b.documents)
+    docs_a, docs_b = a.documents.page("", None, 100_000)[0], b.documents.page("", None, 100_000)[0]
+    assert [d["id"] for d in docs_a] == [d["id"] for d in docs_b]
+    for da, db in zip(docs_a, docs_b, strict=True):
+        assert a.records(da["rows"]) == b.records(db["rows"])
+        assert {k: v for k, v in da.items() if k != "rows"} == {k: v for k, v in db.items() if k != "rows"}
+    b.nprobe = a.nprobe  # a full build tunes nprobe afresh; the answers compare at one setting
+    fused = 0
+    for query in queries:
+        for spec in FILTERS:
+            got, want = (search(v, query, 10, "vector", parse_filter(spec), embed) for v in (a, b))
+            assert (got.scanned, got.matched_documents) == (want.scanned, want.matched_documents)
+            depth = {}
+            for mode in ("vector", "keyword"):
+                _same_up_to_boundary_ties(_hits(a, query, mode, spec, embed), _hits(b, query, mode, spec, embed))
+                depth[mode] = (_hits(a, query, mode, spec, embed, 20), _hits(b, query, mode, spec, embed, 20))
+            # Hybrid fuses the ranks of the two lists at depth 20: where those agree, it must too.
+            if all(x == y for x, y in depth.values()):
+                assert _hits(a, query, "hybrid", spec, embed) == _hits(b, query, "hybrid", spec, embed)
+                fused += 1
+    assert fused >= len(queries)  # ties at depth 20 skip a few comparisons, never most
 
 
 @pytest.mark.integration
@@ -206,20 +251,50 @@ def test_incremental_build_answers_like_a_full_build(redis_url, rclient, tmp_pat
     assert second["incremental"] is True and second["built_from"] == first["version"]
     assert (second["reused_rows"], second["removed_rows"], second["added_rows"]) == (390, 10, 25)
     assert second["vectors"] == 415 and second["documents"] == 415
-    assert col.files(first["version"]) == v1_files  # the published version was copied, never changed
+    assert col.files(first["version"]) == v1_files  # the published version was referenced, never changed
     verify_version(col.svc.storage.version_dir("docs", first["version"]))
+    # The new version wrote one part (the new rows) and keeps the first one, with 10 of its rows deleted.
+    incremental_version = col.loaded(second["version"])
+    parts = incremental_version.manifest["parts"]
+    assert [(p["name"], p["rows"], p["deleted"]) for p in parts] == [
+        (f"p{first['version']}", 400, 10), (f"p{second['version']}", 25, 0)]
+    first_parts = {name for name in col.files(first["version"]) if name.startswith("parts/")}
+    assert first_parts < set(col.files(second["version"]))
 
     full = col.rebuild(incremental_builds=False)
     assert full["incremental"] is False
-    incremental_version, full_version = col.loaded(second["version"]), col.loaded(full["version"])
-    queries = col.svc.embedder.embed([d["text"] for d in _docs(["d1", "d12", "n0", "n7", "d300", "zz"], "again")])
-    _same_answers(incremental_version, full_version, queries)
+    full_version = col.loaded(full["version"])
+    queries = [d["text"] for d in _docs(["d1", "d12", "n0", "n7", "d300", "zz"], "again")] + ["subject14 detail"]
+    _same_answers(incremental_version, full_version, queries, col.embed)
     if approx_threshold == 300:
         assert second["kind"] == full["kind"] == "ivf-flat-ip"
         assert second["quantizer"] == full["quantizer"] == {"reused": True, "trained_in": first["version"]}
-        assert second["nprobe"] == full["nprobe"]
-    # Same quantizer, same rows, same order: the very same index file.
-    assert incremental_version.manifest["checksum"] == full_version.manifest["checksum"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("approx_threshold", [200_000, 300], ids=["flat", "ivf"])
+def test_many_small_rebuilds_fold_parts_and_still_answer_like_a_full_build(redis_url, rclient, tmp_path,
+                                                                         approx_threshold):
+    """Edits one at a time: each rebuild writes a small part; the tail parts fold into the new one, so a
+    version never has more than MAX_PARTS parts, and the answers stay those of a full build."""
+    from shared.jobs.build import MAX_PARTS
+
+    col = Collection(redis_url, rclient, tmp_path, approx_threshold=approx_threshold)
+    col.ingest(_docs([f"d{i}" for i in range(400)]))
+    col.rebuild()
+    folded, counts = 0, []
+    for round_ in range(14):
+        col.ingest(_docs([f"d{round_ * 7 % 400}", f"r{round_}"], f"round{round_}"))
+        if round_ % 4 == 3:
+            col.delete([f"d{round_ + 100}"])
+        result = col.rebuild()
+        assert result["incremental"] is True, result
+        folded += result["parts_folded"]
+        counts.append(len(col.loaded(result["version"]).manifest["parts"]))
+    assert folded and max(counts) <= MAX_PARTS
+    last = col.loaded(result["version"])
+    full = col.loaded(col.rebuild(incremental_builds=False)["version"])
+    _same_answers(last, full, ["Note d7round1 covers", "detail r3", "subject14", "Area 3 d105"], col.embed)
 
 
 @pytest.mark.integration
@@ -233,8 +308,16 @@ def test_tuned_nprobe_and_build_facts_land_in_the_manifest(redis_url, rclient, t
     assert manifest["nprobe"] == result["nprobe"] == manifest["ladder"][-1][0]
     assert manifest["ivf_training"]["rows"] == 400 and manifest["ivf_training"]["trained_in"] == result["version"]
     assert manifest["quantizer"] == {"reused": False, "trained_in": result["version"], "retrain_reason": None}
-    loaded = col.loaded(result["version"])
-    assert faiss.extract_index_ivf(loaded.index).nprobe == manifest["nprobe"]
+    assert manifest["tuned_rows"] == 400 and manifest["tuned_in"] == result["version"]
+    assert col.loaded(result["version"]).nprobe == manifest["nprobe"]
+    col.ingest(_docs([f"n{i}" for i in range(30)]))
+    carried = col.rebuild()  # 430 rows: within NPROBE_ROWS of 400, the tuning is kept
+    assert carried["incremental"] is True and "measure" not in carried["timings"]
+    assert read_manifest(col.svc.storage.version_dir("docs", carried["version"]))["tuned_in"] == result["version"]
+    col.ingest(_docs([f"m{i}" for i in range(200)]))
+    retuned = col.rebuild()  # 630 rows: past 1.25 x 400, tuned again by a full build
+    assert retuned["incremental"] is False and retuned["full_reason"].startswith("nprobe re-tuned")
+    assert "measure" in retuned["timings"]
 
 
 @pytest.mark.integration
@@ -256,8 +339,8 @@ def test_compaction_in_between_falls_back_to_a_full_build(redis_url, rclient, tm
         assert after["quantizer"] == {"reused": True, "trained_in": first["version"]}
     again = col.rebuild()  # and the next build is incremental again, from the compacted list
     assert again["incremental"] is True and again["built_from"] == after["version"]
-    _same_answers(col.loaded(after["version"]), col.loaded(again["version"]),
-                  col.svc.embedder.embed(["Note d3edited covers", "detail f1"]))
+    _same_answers(col.loaded(after["version"]), col.loaded(again["version"]), ["Note d3edited covers", "detail f1"],
+                  col.embed)
 
 
 @pytest.mark.integration
@@ -280,7 +363,7 @@ def test_a_compaction_of_exactly_the_published_segments_keeps_the_next_build_inc
     assert (after["reused_rows"], after["removed_rows"], after["added_rows"]) == (398, 2, 3)
     full = col.rebuild(incremental_builds=False)
     _same_answers(col.loaded(after["version"]), col.loaded(full["version"]),
-                  col.svc.embedder.embed(["Note d7edited covers", "detail f1", "detail e5"]))
+                  ["Note d7edited covers", "detail f1", "detail e5"], col.embed)
 
 
 @pytest.mark.integration
@@ -295,7 +378,8 @@ def test_a_build_below_the_recall_floor_is_refused_and_the_pointer_stays(redis_u
         run_rebuild(strict, job["id"])
     assert strict.pointers.get("docs")["version"] == first["version"]
     indexes = col.svc.storage.indexes_dir("docs")
-    assert [p.name for p in indexes.iterdir()] == [f"v{first['version']}"]
+    assert sorted(p.name for p in indexes.iterdir()) == ["parts", f"v{first['version']}"]
+    assert [p.name for p in (indexes / "parts").iterdir()] == [f"p{first['version']}"]
     assert not any(p.name.startswith(TMP_PREFIX) for p in col.svc.storage.root.rglob("*"))
     assert (indexes / f"v{first['version']}" / MANIFEST_FILE).is_file()
 

@@ -58,6 +58,7 @@ PARTS_DIR = "parts"
 PART_FILE = "part.json"
 PART_NAME = re.compile(r"^p\d+$")
 WHAT = "an index version"
+TIE_SLACK = 16  # candidates past k each part returns, so near-ties at the k-th score are settled by row
 
 
 def part_name(fence: int) -> str:
@@ -385,16 +386,24 @@ class PartsVersion:
         return found
 
     def _search(self, q: np.ndarray, k: int, masks: list[np.ndarray | None], nprobe: int) -> list[tuple[int, float]]:
-        heap = faiss.ResultHeap(1, k, keep_max=True)
+        """Each part's best k, merged: best score first, scores equal to 1e-6 in row order. FAISS's own
+        choice among near-equal scores follows rounding noise that differs between code paths (with or
+        without a selector), so each part is asked for TIE_SLACK more and the order is settled here: the
+        answer does not depend on how the rows are split into parts."""
+        scores, rows = [], []
         for part, ref, mask in zip(self.parts, self.refs, masks, strict=True):
             if mask is not None and not mask.any():
                 continue
             params, _bits = _params(part, mask, nprobe)  # the bitmap must outlive the search
-            scores, ids = part.index.search(q, min(k, part.rows), params=params)
-            ids = np.where(ids >= 0, ids + ref.offset, -1)
-            heap.add_result(scores, ids)
-        heap.finalize()
-        return [(int(i), float(s)) for s, i in zip(heap.D[0], heap.I[0], strict=True) if i >= 0]
+            found_scores, found = part.index.search(q, min(k + TIE_SLACK, part.rows), params=params)
+            keep = found[0] >= 0
+            scores.append(found_scores[0][keep])
+            rows.append(found[0][keep] + ref.offset)
+        if not scores:
+            return []
+        all_scores, all_rows = np.concatenate(scores), np.concatenate(rows)
+        order = np.lexsort((all_rows, -np.round(all_scores, 6)))[:k]
+        return [(int(all_rows[i]), float(all_scores[i])) for i in order]
 
     def warm(self, searches: int = 16) -> None:
         """Searches touch every part's pages before any request does."""

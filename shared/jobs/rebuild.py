@@ -151,6 +151,10 @@ def _build(svc: Services, job_id: str, collection: str, lease: Lease, segments: 
         svc.jobs.progress(job_id, names.STAGE_MEASURE, 0, 1)
         built.facts.update(_tuned(svc, built.index), tuned_rows=int(built.index.ntotal), tuned_in=lease.fence)
         lap(names.STAGE_MEASURE)
+    elif built.facts["kind"] == KIND_IVF and built.facts["recall_at_10"] < svc.settings.recall_floor:
+        raise RecallBelowFloor(
+            f"recall@10 {built.facts['recall_at_10']:.4f} at nprobe {built.facts['nprobe']} (measured in version "
+            f"{built.facts['tuned_in']}) is below the floor {svc.settings.recall_floor}: the index was not published")
     return built
 
 
