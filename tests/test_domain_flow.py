@@ -11,7 +11,8 @@ import pytest
 
 from shared import keys
 from shared.errors import JobCanceled, JobInputError, LockBusy
-from shared.index.vectorindex import MANIFEST_FILE, LoadedVersion, verify_version
+from shared.index.parts import PART_FILE, PARTS_DIR, open_version, verify_version
+from shared.index.vectorindex import INDEX_FILE, MANIFEST_FILE, sha256_file
 from shared.jobs.ingest import run_ingest
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import submit_documents
@@ -70,11 +71,23 @@ def ingest_and_rebuild(env: Env, docs: list[dict]) -> tuple[dict, dict]:
     return job, rebuild(env, job["result"]["rebuild_job_id"])
 
 
+def live_records(loaded) -> list[dict]:
+    """The records of a version's live documents (a format-2 version keeps a replaced document's rows in
+    its old part, marked deleted)."""
+    entries, more = loaded.documents.page(limit=10_000)
+    assert not more
+    return loaded.records([rows for entry in entries for rows in entry["rows"]])
+
+
 def served_records(env: Env) -> list[dict]:
     pointer = env.svc.pointers.get("docs")
     path = env.svc.storage.resolve_relative(pointer["path"])
-    loaded = LoadedVersion(path, pointer["version"])
-    return [loaded.record(i) for i in range(loaded.vectors)]
+    return live_records(open_version(path, pointer["version"]))
+
+
+def top_record(loaded, query) -> dict:
+    row, _score = loaded.nearest(query, 1)[0]
+    return loaded.record(row)
 
 
 def temp_leftovers(env: Env) -> list:
@@ -109,6 +122,16 @@ def test_ingest_then_rebuild_publishes_a_verified_version(env):
     assert manifest["vectors"] == 3 and manifest["dim"] == svc.embedder.dim
     assert manifest["model"] == svc.embedder.model_id and manifest["segments"] == [result["segment"]]
     assert verify_version(version_dir)["checksum"] == manifest["checksum"]
+    # Format 2: the version directory holds the manifest; the rows live in the one part it references,
+    # written by this rebuild, whose part.json the manifest pins and which pins each of its files.
+    assert manifest["format"] == 2 and [p.name for p in version_dir.iterdir()] == [MANIFEST_FILE]
+    [part] = manifest["parts"]
+    assert (part["name"], part["offset"], part["rows"], part["deleted"]) == (f"p{version}", 0, 3, 0)
+    part_dir = svc.storage.indexes_dir("docs") / PARTS_DIR / part["name"]
+    assert sha256_file(part_dir / PART_FILE) == part["part_sha256"]
+    part_meta = json.loads((part_dir / PART_FILE).read_text())
+    assert part_meta["rows"] == 3 and part_meta["created_in"] == version
+    assert part_meta["files"][INDEX_FILE]["sha256"] == sha256_file(part_dir / INDEX_FILE)
 
     pointer = svc.pointers.get("docs")
     assert pointer["version"] == version and pointer["fence"] == version
@@ -117,11 +140,11 @@ def test_ingest_then_rebuild_publishes_a_verified_version(env):
     assert svc.locks.holder("docs") is None and svc.locks.pending("docs") is None
     assert temp_leftovers(env) == []
 
-    loaded = LoadedVersion(version_dir, version)
-    hit = loaded.search(svc.embedder.embed(["pod priority preempt"])[0], 1)[0]
-    assert hit.record["doc_id"] == "kep-1"
-    assert hit.record["heading_path"] == ["Scheduling", "Pod priority"]
-    assert hit.record["metadata"] == {"source": "keps"}
+    loaded = open_version(version_dir, version)
+    record = top_record(loaded, svc.embedder.embed(["pod priority preempt"])[0])
+    assert record["doc_id"] == "kep-1"
+    assert record["heading_path"] == ["Scheduling", "Pod priority"]
+    assert record["metadata"] == {"source": "keps"}
 
 
 def test_resubmitted_document_replaces_the_old_version(env):
@@ -136,8 +159,17 @@ def test_resubmitted_document_replaces_the_old_version(env):
     assert by_doc["kep-2"] == "Snapshots of volumes are taken by the CSI driver."
     assert not any("resized online" in rec["text"] for rec in records)
     assert env.svc.collections.info("docs")["chunks"] == 3
-    # The older version stays on disk untouched; history lists both, newest first.
-    assert env.svc.storage.version_dir("docs", first["result"]["version"]).is_dir()
+    # The older version stays on disk untouched (the newer one marks the replaced rows deleted in its own
+    # bitmap, never in the shared part): it still verifies and serves the old text. History lists both,
+    # newest first.
+    first_dir = env.svc.storage.version_dir("docs", first["result"]["version"])
+    second_manifest = json.loads((env.svc.storage.version_dir("docs", second["result"]["version"])
+                                  / MANIFEST_FILE).read_text())
+    assert [(p["name"], p["rows"], p["deleted"]) for p in second_manifest["parts"]] == [
+        (f"p{first['result']['version']}", 3, 1), (f"p{second['result']['version']}", 1, 0)]
+    verify_version(first_dir)
+    old = {rec["doc_id"]: rec["text"] for rec in live_records(open_version(first_dir, first["result"]["version"]))}
+    assert "resized online" in old["kep-2"]
     assert [h["version"] for h in env.svc.pointers.history("docs")] == [second["result"]["version"],
                                                                          first["result"]["version"]]
 
@@ -176,7 +208,9 @@ def test_cancel_flag_stops_rebuild_before_anything_is_published(env):
     assert svc.jobs.cancel(rebuild_id, "canceled by request")  # what the task layer does with JobCanceled
     assert svc.jobs.state(rebuild_id) == CANCELED
     assert svc.pointers.get("docs")["version"] == first["result"]["version"]
-    assert [p.name for p in svc.storage.indexes_dir("docs").iterdir()] == [f"v{first['result']['version']}"]
+    indexes = svc.storage.indexes_dir("docs")
+    assert sorted(p.name for p in indexes.iterdir()) == [PARTS_DIR, f"v{first['result']['version']}"]
+    assert [p.name for p in (indexes / PARTS_DIR).iterdir()] == [f"p{first['result']['version']}"]
     assert svc.locks.holder("docs") is None
     assert temp_leftovers(env) == []
 
@@ -197,7 +231,10 @@ def test_cancel_arriving_at_publish_removes_the_built_version(env, monkeypatch):
         run_rebuild(svc, rebuild_id)
     assert svc.pointers.get("docs") is None
     assert svc.jobs.state(rebuild_id) == RUNNING  # the publish script did not mark it succeeded
-    assert list(svc.storage.indexes_dir("docs").iterdir()) == []  # the renamed version was removed
+    # The renamed version was removed, and the part it alone referenced.
+    indexes = svc.storage.indexes_dir("docs")
+    assert [p.name for p in indexes.iterdir()] == [PARTS_DIR]
+    assert list((indexes / PARTS_DIR).iterdir()) == []
     assert svc.locks.holder("docs") is None
 
 
@@ -284,7 +321,10 @@ def test_large_collection_gets_an_approximate_index_with_measured_recall(redis_u
     assert 0.5 <= result["recall_at_10"] <= 1.0 and "measure" in result["timings"]
     assert result["recall_target"] == 1.0
     pointer = svc.pointers.get("big")
-    loaded = LoadedVersion(svc.storage.resolve_relative(pointer["path"]), pointer["version"])
+    loaded = open_version(svc.storage.resolve_relative(pointer["path"]), pointer["version"])
     assert pointer["kind"] == "ivf-flat-ip" and loaded.vectors == 800
+    assert loaded.manifest["format"] == 2 and [p["kind"] for p in (
+        json.loads((svc.storage.indexes_dir("big") / PARTS_DIR / part["name"] / PART_FILE).read_text())
+        for part in loaded.manifest["parts"])] == ["ivf-flat-ip"]
     query = svc.embedder.embed(["Note 123 covers subject22 and detail123."])[0]
-    assert loaded.search(query, 3)[0].record["doc_id"] == "d123"
+    assert top_record(loaded, query)["doc_id"] == "d123"

@@ -2,7 +2,8 @@
 the keyword index written, verified and memory-mapped with the version; the documents table; every
 filter operator; a selective filter that still gets its true top k (exact and IVF indexes); reciprocal
 rank fusion and the ranks each hit carries; a request from its body to its answer (bounds, cache,
-refusals) as the API makes it."""
+refusals) as the API makes it. Tests taking `fmt` run over both on-disk formats: format 2 (a manifest
+over parts, what every rebuild writes) and format 1 (one directory, still served for older versions)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,22 @@ from shared.errors import RequestRefused
 from shared.index import keyword
 from shared.index.doctable import DOCUMENTS_FILE, document_type
 from shared.index.embedders import HashEmbedder
-from shared.index.keyword import KEYWORD_DIR, tokenize
+from shared.index.keyword import KEYWORD_DIR, KeywordVerifyFailed, tokenize
+from shared.index.keywordpart import KEYWORD_PART_FILES, KeywordPart
+from shared.index.parts import (
+    PART_FILE,
+    ServedVersion,
+    open_version,
+    parts_dir,
+    verify_version,
+    write_single_part_version,
+)
 from shared.index.vectorindex import (
     LoadedVersion,
     VerifyFailed,
     build_flat,
     build_ivf,
     read_manifest,
-    verify_version,
     write_version,
 )
 from shared.search.engine import KeywordUnavailable, search
@@ -46,13 +55,26 @@ def make_records(docs: list[dict]) -> list[dict]:
     return out
 
 
-def write(tmp_path, records: list[dict], ivf: bool = False) -> LoadedVersion:
+@pytest.fixture(params=[2, 1], ids=["format2", "format1"])
+def fmt(request) -> int:
+    return request.param
+
+
+def write(tmp_path, records: list[dict], ivf: bool = False, fmt: int = 2) -> ServedVersion:
+    """Version 1 of `records`, written, verified and opened. Format 1 is written into `tmp_path` itself;
+    format 2 as a collection's indexes folder would hold it: `tmp_path/v1` over `tmp_path/parts/p1`."""
     vectors = EMBED.embed([r["text"] for r in records]) if records else np.zeros((0, 64), np.float32)
     index = build_ivf(vectors, 1000, lambda d: None, nprobe=2)[0] if ivf else build_flat(vectors, 1000, lambda d: None)
-    write_version(tmp_path, index, records, {"kind": "ivf-flat-ip" if ivf else "flat-ip", "model": EMBED.model_id,
-                                             "nprobe": 2})
-    verify_version(tmp_path)
-    return LoadedVersion(tmp_path, 1)
+    manifest = {"kind": "ivf-flat-ip" if ivf else "flat-ip", "model": EMBED.model_id, "nprobe": 2}
+    if fmt == 2:
+        directory = write_single_part_version(tmp_path, 1, index, records, manifest)
+    else:
+        write_version(tmp_path, index, records, manifest)
+        directory = tmp_path
+    verify_version(directory)
+    version = open_version(directory, 1)
+    assert isinstance(version, LoadedVersion) == (fmt == 1)
+    return version
 
 
 def as_older_version(directory, name: str, entry: str) -> None:
@@ -76,12 +98,26 @@ SMALL = [
 ]
 
 
-def test_keyword_index_is_written_verified_and_memory_mapped(tmp_path):
-    version = write(tmp_path, make_records(SMALL))
-    manifest = version.manifest
-    assert manifest["keyword"]["documents"] == 4 and manifest["keyword"]["bytes"] > 0
-    assert manifest["documents_table"] == {"documents": 3}
-    assert isinstance(version.keyword.index.scores["data"], np.memmap)
+def part_meta(version) -> dict:
+    """The part.json of a one-part format-2 version."""
+    [part] = version.manifest["parts"]
+    return json.loads((parts_dir(version.directory) / part["name"] / PART_FILE).read_text())
+
+
+def test_keyword_index_is_written_verified_and_memory_mapped(tmp_path, fmt):
+    version = write(tmp_path, make_records(SMALL), fmt=fmt)
+    if fmt == 2:
+        meta = part_meta(version)
+        assert meta["keyword"]["rows"] == 4 and meta["keyword"]["terms"] > 0
+        assert set(meta["keyword"]["files"]) <= set(meta["files"])
+        assert meta["tables"] == {"documents": 3, "rows": 4}
+        [(part, _offset, _live)] = version.keyword.parts
+        assert all(isinstance(values, np.memmap) for values in (part.terms, part.posting_rows, part.tf))
+    else:
+        manifest = version.manifest
+        assert manifest["keyword"]["documents"] == 4 and manifest["keyword"]["bytes"] > 0
+        assert manifest["documents_table"] == {"documents": 3}
+        assert isinstance(version.keyword.index.scores["data"], np.memmap)
     assert version.keyword.top("inplacepodverticalscaling", 3)[0][0] == 0
     assert version.keyword.top("errimagepull", 3) == [(3, pytest.approx(version.keyword.scores("ErrImagePull")[3]))]
     assert version.keyword.top("1287", 3)[0][0] == 2  # the KEP number in the document id
@@ -90,10 +126,10 @@ def test_keyword_index_is_written_verified_and_memory_mapped(tmp_path):
 
 
 def test_verify_rejects_a_keyword_index_that_does_not_match(tmp_path):
-    write(tmp_path, make_records(SMALL))
+    write(tmp_path, make_records(SMALL), fmt=1)
     other = tmp_path / "other"
     other.mkdir()
-    write(other, make_records(SMALL[:1]))
+    write(other, make_records(SMALL[:1]), fmt=1)
     shutil.rmtree(tmp_path / KEYWORD_DIR)
     shutil.copytree(other / KEYWORD_DIR, tmp_path / KEYWORD_DIR)
     with pytest.raises(VerifyFailed, match="checksum mismatch"):
@@ -103,9 +139,25 @@ def test_verify_rejects_a_keyword_index_that_does_not_match(tmp_path):
         keyword.verify(tmp_path, read_manifest(tmp_path))
 
 
-def test_documents_table_pages_by_id_with_prefix_and_cursor(tmp_path):
-    docs = [{"id": f"{'a' if i % 2 else 'b'}/{i:03d}", "chunks": [f"text {i}"] * (1 + i % 3)} for i in range(30)]
-    version = write(tmp_path, make_records(docs))
+def test_verify_rejects_a_keyword_part_that_does_not_match(tmp_path):
+    version = write(tmp_path, make_records(SMALL), fmt=2)
+    other = write(tmp_path / "other", make_records(SMALL[:1]), fmt=2)
+    part = parts_dir(version.directory) / "p1"
+    for name in KEYWORD_PART_FILES:
+        shutil.copy2(parts_dir(other.directory) / "p1" / name, part / name)
+    with pytest.raises(VerifyFailed, match="checksum mismatch"):
+        verify_version(version.directory)
+    # The keyword part's own row check (what a load reads before any search) sees it too.
+    with pytest.raises(KeywordVerifyFailed, match="2 row lengths for 4 rows"):
+        KeywordPart(part, 4)
+
+
+PAGED = [{"id": f"{'a' if i % 2 else 'b'}/{i:03d}", "chunks": [f"text {i}"] * (1 + i % 3)} for i in range(30)]
+
+
+def test_documents_table_pages_by_id_with_prefix_and_cursor(tmp_path, fmt):
+    docs = PAGED
+    version = write(tmp_path, make_records(docs), fmt=fmt)
     table = version.documents
     seen, after = [], None
     while True:
@@ -118,7 +170,12 @@ def test_documents_table_pages_by_id_with_prefix_and_cursor(tmp_path):
     entry = table.get("b/004")
     assert entry["chunks"] == 2 and [r["chunk_id"] for r in version.records(entry["rows"])] == ["b/004#0", "b/004#1"]
     assert table.get("c/1") is None
+    assert entry["metadata"] == {} and entry["type"] == "none" and entry["updated_at"] == 1_700_000_000.0
+
+
+def test_a_format1_version_without_documents_table_derives_it(tmp_path):
     # A version written before the documents table existed derives it from its chunk records.
+    write(tmp_path, make_records(PAGED), fmt=1)
     as_older_version(tmp_path, DOCUMENTS_FILE, "documents_table")
     assert LoadedVersion(tmp_path, 1).documents.get("b/004")["chunks"] == 2
 
@@ -145,8 +202,8 @@ def test_document_type_prefers_metadata_then_path_source_and_id():
     ({"metadata.missing": None}, set()),  # an absent key equals nothing, not even null
     ({"source": "keps", "metadata.team": 7}, set()),  # entries AND
 ])
-def test_each_filter_operator(tmp_path, spec, expected):
-    version = write(tmp_path, make_records(SMALL))
+def test_each_filter_operator(tmp_path, fmt, spec, expected):
+    version = write(tmp_path, make_records(SMALL), fmt=fmt)
     answer = search(version, "pods", 10, "hybrid", parse_filter(spec), lambda q: EMBED.embed([q])[0])
     assert {h["doc_id"] for h in answer.hits} == expected
     assert answer.matched_documents == len(expected)
@@ -172,12 +229,12 @@ def test_filters_outside_the_grammar_are_refused(spec, message):
 
 
 @pytest.mark.parametrize("ivf", [False, True])
-def test_a_selective_filter_still_returns_the_true_top_k(tmp_path, ivf):
+def test_a_selective_filter_still_returns_the_true_top_k(tmp_path, fmt, ivf):
     rng = np.random.default_rng(5)
     docs = [{"id": f"d{i:04d}", "chunks": [f"{TOPICS[int(rng.integers(len(TOPICS)))]} variant {i} {j}"
                                              for j in range(5)],
              "metadata": {"bucket": i % 100}} for i in range(800)]  # 4000 chunks, 1% in bucket 42
-    version = write(tmp_path, make_records(docs), ivf=ivf)
+    version = write(tmp_path, make_records(docs), ivf=ivf, fmt=fmt)
     query = EMBED.embed(["scheduler places pods on nodes"])[0]
     flt = parse_filter({"metadata.bucket": 42})
     answer = search(version, "scheduler places pods", 10, "vector", flt, lambda q: query)
@@ -196,8 +253,8 @@ def test_a_selective_filter_still_returns_the_true_top_k(tmp_path, ivf):
     assert len(hybrid.hits) == 10 and {h["metadata"]["bucket"] for h in hybrid.hits} == {42}
 
 
-def test_hybrid_fuses_both_sides_and_each_hit_carries_its_ranks(tmp_path):
-    version = write(tmp_path, make_records(SMALL))
+def test_hybrid_fuses_both_sides_and_each_hit_carries_its_ranks(tmp_path, fmt):
+    version = write(tmp_path, make_records(SMALL), fmt=fmt)
     answer = search(version, "InPlacePodVerticalScaling resize", 4, "hybrid", None, lambda q: EMBED.embed([q])[0])
     assert answer.mode == "hybrid" and answer.scanned == 4 and answer.matched_documents is None
     top = answer.hits[0]
@@ -216,17 +273,17 @@ def test_rrf_orders_by_summed_reciprocal_ranks():
 
 
 def test_a_version_without_keyword_index_answers_hybrid_as_vector(tmp_path):
-    version = write(tmp_path, make_records(SMALL))
+    write(tmp_path, make_records(SMALL), fmt=1)  # format 2 always has one
     as_older_version(tmp_path, KEYWORD_DIR, "keyword")
     verify_version(tmp_path)  # older versions stay valid (rollback)
-    version = LoadedVersion(tmp_path, 1)
+    version = open_version(tmp_path, 1)
     assert search(version, "pods", 2, "hybrid", None, lambda q: EMBED.embed([q])[0]).mode == "vector"
     with pytest.raises(KeywordUnavailable):
         search(version, "pods", 2, "keyword", None, lambda q: EMBED.embed([q])[0])
 
 
-def test_an_empty_version_has_an_empty_keyword_index(tmp_path):
-    version = write(tmp_path, [])
+def test_an_empty_version_has_an_empty_keyword_index(tmp_path, fmt):
+    version = write(tmp_path, [], fmt=fmt)
     assert search(version, "anything", 5, "hybrid", None, lambda q: EMBED.embed([q])[0]).hits == []
     assert search(version, "anything", 5, "keyword", parse_filter({"type": "x"}), None).hits == []
 
@@ -257,8 +314,8 @@ def test_a_search_past_a_bound_or_with_a_filter_outside_the_grammar_is_refused(c
     assert (refused.value.status, refused.value.code) == (422, "invalid") and field in refused.value.errors
 
 
-def test_the_served_version_answers_once_then_from_its_cache(tmp_path):
-    version, cache = write(tmp_path, make_records(SMALL)), DictCache()
+def test_the_served_version_answers_once_then_from_its_cache(tmp_path, fmt):
+    version, cache = write(tmp_path, make_records(SMALL), fmt=fmt), DictCache()
     request = SearchRequest.from_body(search_body(filter={"path_prefix": "a"}), BOUNDS)
     first = search_version(version, cache, request, EMBED)
     assert (first.cached, first.version, first.result["index_version"]) == (False, 1, 1)
@@ -269,15 +326,20 @@ def test_the_served_version_answers_once_then_from_its_cache(tmp_path):
                                               "matched_documents": None, "hits": []}
 
 
-def test_an_index_of_another_model_or_without_keywords_is_refused(tmp_path):
-    version = write(tmp_path, make_records(SMALL))
+def test_an_index_of_another_model_or_without_keywords_is_refused(tmp_path, fmt):
+    version = write(tmp_path, make_records(SMALL), fmt=fmt)
     other = HashEmbedder(32)
     with pytest.raises(RequestRefused) as refused:
         search_version(version, DictCache(), SearchRequest.from_body(search_body(mode="vector"), BOUNDS), other)
     assert (refused.value.status, refused.value.code) == (409, "model_mismatch")
     keyword = SearchRequest.from_body(search_body(mode="keyword"), BOUNDS)
     assert search_version(version, DictCache(), keyword, other).result["hits"]  # no model needed
+
+
+def test_a_keyword_search_of_a_version_without_keywords_is_refused(tmp_path):
+    write(tmp_path, make_records(SMALL), fmt=1)  # a format-2 part always has its keyword postings
+    keyword = SearchRequest.from_body(search_body(mode="keyword"), BOUNDS)
     as_older_version(tmp_path, KEYWORD_DIR, "keyword")
     with pytest.raises(RequestRefused) as refused:
-        search_version(LoadedVersion(tmp_path, 1), DictCache(), keyword, EMBED)
+        search_version(open_version(tmp_path, 1), DictCache(), keyword, EMBED)
     assert (refused.value.status, refused.value.code) == (409, "keyword_index_missing")
