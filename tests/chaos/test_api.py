@@ -12,12 +12,15 @@ import socket
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import requests
 
 from shared import keys
+from shared.index.parts import part_name, parts_dir
+from shared.index.vectorindex import INDEX_FILE, MANIFEST_FILE
 from tests.chaos.conftest import SearchLoad, published, publishes, rebuild, serving, stage_documents
 from tests.support import create_collection, make_services, wait_for
 
@@ -33,17 +36,29 @@ def flip_byte(path, offset_from_end: int = 20) -> None:
         fh.write(bytes([byte[0] ^ 0xFF]))
 
 
+def part_file(version_dir: Path, name: str = INDEX_FILE) -> Path:
+    """A file of the newest part a format-2 version references (where its vectors are)."""
+    manifest = json.loads((version_dir / MANIFEST_FILE).read_text())
+    return parts_dir(version_dir) / manifest["parts"][-1]["name"] / name
+
+
 def publish_damaged_copy(cfg, of_version: int) -> int:
     """Publish, through the fenced publish with a lease of its own, a copy of a version with one byte
-    of its vectors flipped (as a bad disk or a bad copy would leave it). Returns the new version."""
+    of its vectors flipped (as a bad disk or a bad copy would leave it). Returns the new version. The
+    copy's newest part is copied too, under the new fence's name, and damaged there: the original part
+    is shared with `of_version`, which must stay good."""
     svc = make_services(cfg)
     try:
         lease = svc.locks.acquire("docs", "c" * 32)
+        source = svc.storage.version_dir("docs", of_version)
         target = svc.storage.version_dir("docs", lease.fence)
-        shutil.copytree(svc.storage.version_dir("docs", of_version), target)
-        manifest = json.loads((target / "manifest.json").read_text())
-        (target / "manifest.json").write_text(json.dumps({**manifest, "version": lease.fence}))
-        flip_byte(target / "index.faiss")
+        shutil.copytree(source, target)
+        manifest = json.loads((target / MANIFEST_FILE).read_text())
+        copied = svc.storage.part_dir("docs", part_name(lease.fence))
+        shutil.copytree(part_file(source).parent, copied)
+        manifest["parts"][-1]["name"] = copied.name
+        (target / MANIFEST_FILE).write_text(json.dumps({**manifest, "version": lease.fence}))
+        flip_byte(part_file(target))
         pointer = {k: v for k, v in svc.pointers.get("docs").items()
                    if k not in ("fence", "published_at", "collection")}
         svc.pointers.publish(lease, {**pointer, "version": lease.fence, "path": svc.storage.relative(target)})
@@ -92,7 +107,7 @@ def test_6_corrupt_version_at_the_pointer(cfg, procs, rdb):
     assert logged <= 4 and logged < elapsed / cfg.watcher_poll_seconds, (logged, elapsed)
 
     # When no version at all can be loaded, a new process says it is not ready (and serves nothing).
-    flip_byte(cfg.data_dir / "indexes" / "docs" / f"v{v1}" / "index.faiss")
+    flip_byte(part_file(cfg.data_dir / "indexes" / "docs" / f"v{v1}"))
     base3 = procs.api(cfg, name="api3", ready=False)
     ready = wait_for(lambda: (r := requests.get(f"{base3}/readyz", timeout=10)).status_code == 503
                      and r.json()["checks"]["index_watcher"] and r.json(), timeout=60, message="api3 not ready")

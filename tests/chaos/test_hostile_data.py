@@ -13,7 +13,10 @@ import psutil
 import pytest
 
 from shared import keys
+from shared.index.parts import PART_FILE
+from shared.index.vectorindex import MANIFEST_FILE
 from tests.chaos.conftest import corpus, published, rebuild, stage_documents
+from tests.chaos.test_api import part_file
 from tests.chaos.test_redis_disk import fill, small_volume  # noqa: F401  (the 8 MiB tmpfs fixture)
 from tests.support import create_collection, post_documents, wait_job
 
@@ -93,26 +96,35 @@ FORGED_FLOATS = 1 << 28  # the codes vector claims 1 GiB
 
 
 def _forge_length(version_dir: Path, fix_checksum: bool) -> int:
-    """Set the length of the flat index's codes vector to 1 GiB (the file keeps its real size); with
-    `fix_checksum`, the manifest is made to match the forged file so only the length lies."""
+    """Set the length of the flat index's codes vector, in the version's part, to 1 GiB (the file keeps
+    its real size); with `fix_checksum`, the part's part.json is made to match the forged file (its
+    digest, size and mtime) and the manifest to match that part.json, so only the length lies."""
     import hashlib
 
-    manifest_path = version_dir / "manifest.json"
+    manifest_path = version_dir / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
-    path = version_dir / "index.faiss"
+    path = part_file(version_dir)
+    part_json = path.parent / PART_FILE
+    part = json.loads(part_json.read_text())
     data = bytearray(path.read_bytes())
     assert data[:4] == b"IxFI", data[:4]
     # IxFI, d (int32), ntotal (int64), two int64 dummies, is_trained (1 byte), metric (int32): then
     # the codes vector's length, counted in 4-byte units.
     offset = 4 + 4 + 8 + 8 + 8 + 1 + 4
-    assert struct.unpack_from("<Q", data, offset)[0] == manifest["vectors"] * manifest["dim"]
+    assert struct.unpack_from("<Q", data, offset)[0] == part["rows"] * part["dim"]
     struct.pack_into("<Q", data, offset, FORGED_FLOATS)
     path.write_bytes(bytes(data))
     if fix_checksum:
-        digest = hashlib.sha256(bytes(data)).hexdigest()
-        manifest["checksum"] = digest
-        manifest["files"]["index.faiss"] = digest
-        manifest_path.write_text(json.dumps(manifest, indent=2))
+        stat = path.stat()
+        part["files"][path.name] = {"sha256": hashlib.sha256(bytes(data)).hexdigest(), "bytes": stat.st_size,
+                                    "mtime_ns": stat.st_mtime_ns}
+        part_json.write_text(json.dumps(part, indent=1))
+        entry = manifest["parts"][-1]
+        entry["part_sha256"] = hashlib.sha256(part_json.read_bytes()).hexdigest()
+        # The version's identity over its parts, as shared.index.parts.write_version_manifest computes it.
+        manifest["checksum"] = hashlib.sha256(json.dumps([manifest["parts"], manifest["files"]],
+                                                         sort_keys=True).encode()).hexdigest()
+        manifest_path.write_text(json.dumps(manifest, indent=1))
     return len(data)
 
 
