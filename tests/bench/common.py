@@ -27,6 +27,21 @@ def row(name: str, label: str, value: float | None, unit: str, target: tuple[str
             "target": {"op": target[0], "value": target[1]} if target else None, "note": note, **extra}
 
 
+def written_version(indexes_dir: Path, index, records: list[dict], manifest: dict, fence: int = 1):
+    """A format-2 version (what every rebuild writes) of `index` and its `records` under `indexes_dir`:
+    written as v{fence} over one part, verified as a worker does, opened as an API process does."""
+    from shared.index.parts import open_version, verify_version, write_single_part_version
+
+    directory = write_single_part_version(indexes_dir, fence, index, records, manifest)
+    verify_version(directory)
+    return open_version(directory, fence)
+
+
+def search_records(version, query, k: int) -> list[tuple[float, dict]]:
+    """(score, chunk record) of the `k` nearest rows: what a vector search pays before fusion and JSON."""
+    return [(score, version.record(row)) for row, score in version.nearest(query, k)]
+
+
 def pct(values: list[float], q: float) -> float:
     """The q-quantile (nearest rank) of `values`."""
     ordered = sorted(values)

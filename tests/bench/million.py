@@ -6,8 +6,8 @@ is a point of cluster 12, a query "c12 q9" a held-out point of the same cluster)
 
 1. ingest N one-chunk documents through POST /documents in batches; rebuild (a full build: IVF past
    the approximate threshold); the API loads it;
-2. measure search in-process (LoadedVersion.nearest on the same version) and recall@10 of held-out
-   queries against exhaustive search of the same index (every list probed);
+2. measure search in-process (`nearest` on the same version, format 2 as an API process opens it) and
+   recall@10 of held-out queries against exhaustive search of the same parts (every list probed);
 3. add 1% more documents, and run a search loop over HTTP (every request's time and status kept) while
    the rebuild of that change runs, publishes and the API swaps: p99 during against p99 steady, zero
    failures, the API process's memory before / during / after the swap, and the second rebuild's time
@@ -136,15 +136,14 @@ def event_ms(client, kind: str, version: int) -> list[tuple[int, dict]]:
 
 
 def in_process(settings: Settings, version: int, queries: int) -> dict:
-    """Search p50/p99 with LoadedVersion.nearest, and recall@10 of held-out queries against every list
-    probed, on the version the API serves."""
-    import faiss
-
+    """Search p50/p99 with `nearest`, and recall@10 of held-out queries against every list probed, on
+    the version the API serves."""
     from shared.index.embedders import make_embedder
-    from shared.index.vectorindex import LoadedVersion
+    from shared.index.parts import PartsVersion, open_version
     from shared.storage import Storage
 
-    loaded = LoadedVersion(Storage(settings.data_dir).version_dir(COLLECTION, version), version)
+    loaded = open_version(Storage(settings.data_dir).version_dir(COLLECTION, version), version)
+    assert isinstance(loaded, PartsVersion)  # what every rebuild writes
     loaded.warm()
     vectors = make_embedder(settings, threads=1).embed([_query(j) for j in range(queries)])
     times = []
@@ -152,13 +151,14 @@ def in_process(settings: Settings, version: int, queries: int) -> dict:
         started = time.perf_counter()
         loaded.nearest(v, 10)
         times.append(time.perf_counter() - started)
-    ivf = faiss.try_extract_index_ivf(loaded.index)
+    lists = [part.ivf.nlist for part in loaded.parts if part.ivf is not None]
     recall = None
-    if ivf is not None:
+    if lists:
         sample = vectors[:100]
-        _, got = loaded.index.search(sample, 10)
-        _, truth = loaded.index.search(sample, 10, params=faiss.SearchParametersIVF(nprobe=ivf.nlist))
-        recall = sum(len(set(t) & set(g)) for t, g in zip(truth, got, strict=True)) / (10 * len(sample))
+        got = [{row for row, _ in loaded.nearest(v, 10)} for v in sample]
+        loaded.nprobe = max(lists)  # every list of every part probed: the exact answer over the same rows
+        truth = [{row for row, _ in loaded.nearest(v, 10)} for v in sample]
+        recall = sum(len(t & g) for t, g in zip(truth, got, strict=True)) / (10 * len(sample))
     return {"p50": pct(times, .5), "p99": pct(times, .99), "recall": recall, "load": loaded.load_seconds}
 
 
@@ -214,9 +214,9 @@ def run(quick: bool) -> list[dict]:
             (">=", 0.95), note=f"nprobe {res.get('nprobe')}, nlist {res.get('nlist')}, kind {res.get('kind')}"),
         row("million.heldout_recall_at_10", "recall@10, held-out queries vs every list probed", local["recall"],
             "fraction", (">=", 0.95), note="100 held-out queries from the same clusters"),
-        row("million.inprocess_p50", "search in-process p50 (LoadedVersion.nearest)", ms(local["p50"]), "ms",
+        row("million.inprocess_p50", "search in-process p50 (nearest)", ms(local["p50"]), "ms",
             note=size),
-        row("million.inprocess_p99", "search in-process p99 (LoadedVersion.nearest)", ms(local["p99"]), "ms",
+        row("million.inprocess_p99", "search in-process p99 (nearest)", ms(local["p99"]), "ms",
             note=size),
         row("million.http_p50", "search over HTTP p50 (steady)", ms(pct(steady, .5)), "ms",
             note=f"{len(steady)} searches, distinct held-out queries, cache off"),

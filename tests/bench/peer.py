@@ -8,8 +8,8 @@ txtai is never a dependency of Swapline: it lives in its own venv under var/benc
 on first use, reused while its stamp matches the pins below) and runs as a subprocess
 (tests/bench/peer_txtai.py) that prints one JSON object. Swapline is measured in this process with
 its own parts: MiniLMEmbedder for embedding, vectorindex.build_flat for the FAISS build, and a written,
-loaded index version (LoadedVersion) for search, so a query pays the same FAISS search plus chunk-record
-read as the API does.
+loaded format-2 index version (one part, as a rebuild writes it) for search, so a query pays the same
+FAISS search plus chunk-record read (from the part's Arrow table) as the API does.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench.common import ROOT, corpus_documents
+from tests.bench.common import ROOT, corpus_documents, search_records, written_version
 
 PEER_DIR = ROOT / "var" / "bench-peer"
 PEER_VENV = PEER_DIR / "venv"
@@ -112,11 +112,11 @@ def measure_txtai(texts: list[str], queries: list[str], threads: int, index_runs
 
 def measure_swapline(texts: list[str], queries: list[str], threads: int, index_runs: int) -> dict:
     """Swapline's own parts on the same chunks: index = embed every chunk + build_flat; search = embed
-    the query + FAISS + chunk-record read of a written, loaded version (LoadedVersion.search)."""
+    the query + FAISS + chunk-record read of a written, loaded format-2 version (`nearest` + `record`)."""
     import faiss
 
     from shared.index.embedders import MiniLMEmbedder
-    from shared.index.vectorindex import LoadedVersion, build_flat, write_version
+    from shared.index.vectorindex import build_flat
     from shared.settings import Settings
 
     faiss.omp_set_num_threads(threads)
@@ -131,16 +131,16 @@ def measure_swapline(texts: list[str], queries: list[str], threads: int, index_r
     records = [{"doc_id": f"d{i}", "chunk_id": f"d{i}#0", "text": t, "heading_path": [], "metadata": {}}
                for i, t in enumerate(texts)]
     with tempfile.TemporaryDirectory() as tmp:
-        write_version(Path(tmp), index, records, {"model": embedder.model_id, "kind": "flat-ip", "version": 1})
-        loaded = LoadedVersion(Path(tmp), 1)
+        loaded = written_version(Path(tmp), index, records, {"model": embedder.model_id, "kind": "flat-ip"})
         loaded.warm()
         for warm in ("warm one", "warm two", "warm three"):
-            loaded.search(embedder.embed([warm])[0], 10)
+            search_records(loaded, embedder.embed([warm])[0], 10)
         times = []
         for query in queries:
             t = time.perf_counter()
-            loaded.search(embedder.embed([query])[0], 10)
+            search_records(loaded, embedder.embed([query])[0], 10)
             times.append(time.perf_counter() - t)
+        del loaded  # its files are mapped: unmapped before the folder goes
     return {"index_seconds": min(runs), "index_runs": runs, "p50_ms": 1000 * percentile(times, 0.5),
             "p99_ms": 1000 * percentile(times, 0.99)}
 
@@ -171,7 +171,7 @@ def rows(peer: dict, ours: dict, threads: int) -> list[dict]:
              same),
         _row("txtai_search_p50_ms", "txtai search p50 (Embeddings.search)", peer["search"]["p50_ms"], "ms", searches),
         _row("txtai_search_p99_ms", "txtai search p99", peer["search"]["p99_ms"], "ms", searches),
-        _row("swapline_search_p50_ms", "Swapline search p50 (embed + LoadedVersion.search)", ours["p50_ms"], "ms",
+        _row("swapline_search_p50_ms", "Swapline search p50 (embed + nearest + records)", ours["p50_ms"], "ms",
              searches),
         _row("swapline_search_p99_ms", "Swapline search p99", ours["p99_ms"], "ms", searches),
         _row("search_p50_ratio", "search p50, Swapline / txtai", ours["p50_ms"] / peer["search"]["p50_ms"], "x",

@@ -4,12 +4,13 @@
 
 Chunks the sample KEPs exactly as ingest does, embeds them with all-MiniLM-L6-v2 (cached under
 test-artifacts/ by model and text, so a second run skips the minutes of embedding), writes and loads
-one index version (FAISS + BM25 + documents table) and then, for each mode:
+one index version as a rebuild writes it (format 2: one part holding FAISS, BM25 postings and the
+Arrow tables) and then, for each mode:
 
 - hits@5 on the labelled queries of tests/data/search_queries.json, per kind (exact identifiers,
   paraphrases): a query is a hit when one of the top 5 chunks belongs to a relevant KEP;
 - search latency p50/p99 in-process, query embedding included (as the API does it, one torch thread);
-- the size of the keyword index beside the FAISS file.
+- the size of the keyword postings beside the FAISS file and the chunk records.
 
 Prints a table and writes test-artifacts/bench_search.json. tests/test_search_quality.py runs the same
 evaluation on part of the corpus and asserts hybrid beats vector on identifiers.
@@ -31,8 +32,10 @@ import faiss
 import numpy as np
 
 from shared.index.embedders import MiniLMEmbedder, make_embedder
-from shared.index.keyword import KEYWORD_DIR
-from shared.index.vectorindex import INDEX_FILE, LoadedVersion, build_flat, write_version
+from shared.index.keywordpart import KEYWORD_PART_FILES
+from shared.index.parts import PARTS_DIR, PartsVersion, open_version, verify_version, write_single_part_version
+from shared.index.parttables import RECORDS_FILE
+from shared.index.vectorindex import INDEX_FILE, build_flat
 from shared.jobs.ingest import chunk_documents
 from shared.search.engine import MODES, search
 from shared.settings import Settings
@@ -84,15 +87,19 @@ def embed_cached(embedder, texts: list[str], cache_dir: Path = ARTIFACTS / "benc
     return vectors
 
 
-def build_version(directory: Path, records: list[dict], vectors: np.ndarray, model_id: str) -> LoadedVersion:
-    write_version(directory, build_flat(vectors, 4096, lambda done: None), records,
-                  {"kind": "flat-ip", "model": model_id, "version": 1})
-    version = LoadedVersion(directory, 1)
+def build_version(directory: Path, records: list[dict], vectors: np.ndarray, model_id: str) -> PartsVersion:
+    """Version 1 of `records` under `directory` (a collection's indexes folder: v1 over parts/p1),
+    written, verified and opened as the product does, warmed."""
+    written = write_single_part_version(directory, 1, build_flat(vectors, 4096, lambda done: None), records,
+                                        {"kind": "flat-ip", "model": model_id})
+    verify_version(written)
+    version = open_version(written, 1)
+    assert isinstance(version, PartsVersion)
     version.warm()
     return version
 
 
-def hits_at_5(version: LoadedVersion, queries: list[dict], embed: Callable[[str], np.ndarray]) -> dict:
+def hits_at_5(version: PartsVersion, queries: list[dict], embed: Callable[[str], np.ndarray]) -> dict:
     """mode -> kind -> fraction of queries with a relevant KEP in the top 5; and the misses."""
     vectors = {q["query"]: embed(q["query"]) for q in queries}
     table: dict = {}
@@ -117,7 +124,7 @@ def _percentiles(times: list[float]) -> dict:
             "searches": len(ordered)}
 
 
-def latency(version: LoadedVersion, queries: list[dict], embed: Callable[[str], np.ndarray],
+def latency(version: PartsVersion, queries: list[dict], embed: Callable[[str], np.ndarray],
             repeats: int) -> dict:
     """mode -> p50/p99 milliseconds of one search at k=10: with its query embedding (what a request
     costs) and with the vector given (the index work alone, steadier on a shared machine)."""
@@ -138,9 +145,11 @@ def latency(version: LoadedVersion, queries: list[dict], embed: Callable[[str], 
 
 
 def sizes(directory: Path) -> dict:
-    keyword = sum(p.stat().st_size for p in (directory / KEYWORD_DIR).iterdir())
-    return {"faiss_bytes": (directory / INDEX_FILE).stat().st_size, "keyword_bytes": keyword,
-            "chunks_jsonl_bytes": (directory / "chunks.jsonl").stat().st_size}
+    """Bytes of the files of the version's one part (written by `build_version` under `directory`)."""
+    part = directory / PARTS_DIR / "p1"
+    keyword = sum((part / name).stat().st_size for name in KEYWORD_PART_FILES)
+    return {"faiss_bytes": (part / INDEX_FILE).stat().st_size, "keyword_bytes": keyword,
+            "records_bytes": (part / RECORDS_FILE).stat().st_size}
 
 
 def main() -> None:
@@ -165,6 +174,7 @@ def main() -> None:
         quality = hits_at_5(version, queries, embed)
         timing = latency(version, queries, embed, args.repeats)
         size = sizes(Path(tmp))
+        del version  # its files are mapped: unmapped before the folder goes
     print(f"\nhits@5 ({len(queries)} labelled queries)")
     print(f"  {'mode':<8} " + " ".join(f"{kind:>14}" for kind in KINDS))
     for mode in MODES:
@@ -180,8 +190,8 @@ def main() -> None:
         print(f"  {mode:<8} p50 {full['p50_ms']:7.2f} ms p99 {full['p99_ms']:7.2f} ms   "
               f"p50 {bare['p50_ms']:6.2f} ms p99 {bare['p99_ms']:6.2f} ms")
     mib = {key: value / 2**20 for key, value in size.items()}
-    print(f"\nsizes: index.faiss {mib['faiss_bytes']:.1f} MiB, keyword/ {mib['keyword_bytes']:.1f} MiB, "
-          f"chunks.jsonl {mib['chunks_jsonl_bytes']:.1f} MiB; load {os.getloadavg()[0]:.2f}")
+    print(f"\nsizes: index.faiss {mib['faiss_bytes']:.1f} MiB, kw_*.npy {mib['keyword_bytes']:.1f} MiB, "
+          f"{RECORDS_FILE} {mib['records_bytes']:.1f} MiB; load {os.getloadavg()[0]:.2f}")
     for mode in MODES:
         print(f"  {mode} misses: {quality[mode]['misses']}")
     ARTIFACTS.mkdir(exist_ok=True)
