@@ -21,9 +21,9 @@ from shared.jobs.deletion import run_delete
 from shared.jobs.ingest import run_ingest
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import request_rebuild, submit_delete, submit_documents
+from shared.jobstates import SUCCEEDED
 from shared.search.engine import search
 from shared.search.filters import parse_filter
-from shared.jobstates import SUCCEEDED
 from shared.settings import Settings
 from shared.storage import TMP_PREFIX
 from tests.support import make_services
@@ -196,7 +196,8 @@ FILTERS = [None, {"metadata.source": "x"}, {"path_prefix": "d1"}, {"type": "none
 
 
 def _hits(version: PartsVersion, query: str, mode: str, spec, embed, k: int = 10) -> list[tuple[str, float]]:
-    return [(h["chunk_id"], round(h["score"], 5)) for h in search(version, query, k, mode, parse_filter(spec), embed).hits]
+    hits = search(version, query, k, mode, parse_filter(spec), embed).hits
+    return [(h["chunk_id"], round(h["score"], 5)) for h in hits]
 
 
 def _same_up_to_boundary_ties(got: list, want: list) -> None:

@@ -38,6 +38,7 @@ import faiss
 import numpy as np
 
 from shared.index import keyword
+from shared.index.keyword import KeywordVerifyFailed
 from shared.index.keywordpart import KeywordPart, KeywordSearch, write_keyword_part
 from shared.index.parttables import PartTables, TablesVerifyFailed, VersionDocuments, write_part_tables
 from shared.index.vectorindex import (
@@ -225,8 +226,7 @@ def write_version_manifest(directory: Path, refs: list[PartRef], manifest: dict)
                 write_npy(fh, np.packbits(ref.deleted, bitorder="little"))
             files[entry["deleted_file"]] = sha256_file(directory / entry["deleted_file"])
     parts = [ref.entry() for ref in refs]
-    identity = hashlib.sha256(json.dumps([parts, files], sort_keys=True).encode()).hexdigest()
-    full = {**manifest, "format": FORMAT, "parts": parts, "files": files, "checksum": identity,
+    full = {**manifest, "format": FORMAT, "parts": parts, "files": files, "checksum": _identity(parts, files),
             "rows": sum(ref.rows for ref in refs), "vectors": sum(ref.live for ref in refs)}
     with written(directory / MANIFEST_FILE, WHAT) as fh:
         fh.write(json.dumps(full, indent=1).encode())
@@ -248,9 +248,18 @@ def _deleted(directory: Path, entry: dict) -> np.ndarray | None:
     return deleted
 
 
+def _identity(parts: list[dict], files: dict) -> str:
+    """A version's checksum: over the parts it references (each by its part.json's sha256) and its
+    bitmaps' checksums, so changing any reference changes it."""
+    return hashlib.sha256(json.dumps([parts, files], sort_keys=True).encode()).hexdigest()
+
+
 def part_refs(version_dir: Path, manifest: dict) -> list[PartRef]:
     """The parts a format-2 manifest references, in row order, their deletion bitmaps read and checked
-    (the bitmaps against the manifest's checksums; the parts themselves are not opened)."""
+    (the bitmaps against the manifest's checksums, the references against its own; the parts
+    themselves are not opened)."""
+    if _identity(manifest.get("parts") or [], manifest.get("files") or {}) != manifest.get("checksum"):
+        raise VerifyFailed(f"checksum mismatch: the manifest in {version_dir} does not match its parts list")
     for name, digest in (manifest.get("files") or {}).items():
         if not re.fullmatch(r"deleted-p\d+\.npy", name) or sha256_file(version_dir / name) != digest:
             raise VerifyFailed(f"checksum mismatch: {version_dir / name} is not the file the manifest describes")
@@ -284,7 +293,10 @@ def verify_parts_version(version_dir: Path, manifest: dict) -> list[PartRef]:
                                f"{ref.rows}x{manifest['dim']}")
         if meta["created_in"] == manifest["version"]:
             check_part_hashes(directory, meta)
-            LoadedPart(directory, meta, hashed=True)
+            try:
+                LoadedPart(directory, meta, hashed=True).keyword.verify()  # postings well formed, not just sized
+            except KeywordVerifyFailed as exc:
+                raise VerifyFailed(f"part {ref.name}: {exc}") from exc
         else:
             check_part_unchanged(directory, meta)
     return refs
