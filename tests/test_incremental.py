@@ -30,37 +30,11 @@ from tests.support import make_services
 from tests.test_vectorindex import clustered
 
 
-def _lists(index: faiss.Index) -> list[tuple[list[int], bytes]]:
-    inner = faiss.extract_index_ivf(index)
-    out = []
-    for list_no in range(inner.nlist):
-        size = inner.invlists.list_size(list_no)
-        ids = faiss.rev_swig_ptr(inner.invlists.get_ids(list_no), size).tolist() if size else []
-        codes = bytes(faiss.rev_swig_ptr(inner.invlists.get_codes(list_no), size * inner.code_size)) if size else b""
-        out.append((ids, codes))
-    return out
-
-
 def _filled(quantizer: faiss.Index, vectors: np.ndarray) -> faiss.Index:
     index = ivf_on(quantizer)
     _, lists = ivf.assign(quantizer, vectors)
     ivf.add_assigned(index, vectors, lists, 700, lambda done: None)
     return index
-
-
-def test_dropped_rows_and_renumbered_ids_equal_a_build_of_what_is_left():
-    vectors = clustered(3000)
-    trained = train_ivf(vectors)  # owns the quantizer
-    quantizer = trained.quantizer
-    keep = np.random.default_rng(5).random(3000) > 0.2
-    added = clustered(400, seed=8)
-    edited = _filled(quantizer, vectors)
-    assert ivf.drop_and_renumber(edited, keep) == int(keep.sum())
-    _, lists = ivf.assign(quantizer, added)
-    ivf.add_assigned(edited, added, lists, 100, lambda done: None)
-    rebuilt = _filled(quantizer, np.concatenate([vectors[keep], added]))
-    assert edited.ntotal == rebuilt.ntotal == int(keep.sum()) + 400
-    assert _lists(edited) == _lists(rebuilt)
 
 
 def test_exact_search_over_ivf_lists_equals_flat_search():

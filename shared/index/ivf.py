@@ -1,5 +1,5 @@
 """IVF specifics: a coarse quantizer trained once and reused across versions, inverted lists edited in
-memory (rows dropped, ids renumbered), exact search over the lists, and nprobe tuned at build time.
+memory (rows added to given lists), exact search over the lists, and nprobe tuned at build time.
 
 **When a trained quantizer is reused.** Training (k-means) is most of a large build, so a new IVF
 version reuses the previous version's centroids (a copy) unless one of these measured rules says the
@@ -122,36 +122,6 @@ def _list_views(ivf: faiss.IndexIVF, list_no: int) -> tuple[np.ndarray, np.ndarr
     ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
     codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * ivf.code_size)
     return ids, codes.view(np.float32).reshape(size, ivf.d)
-
-
-def drop_and_renumber(index: faiss.Index, keep: np.ndarray) -> int:
-    """Drop the rows whose `keep` entry is False from an in-memory IVF-Flat index and renumber the rest
-    densely in their old order (row i becomes the count of kept rows before it). Each list keeps its
-    order, so the lists equal those of a build that added the kept rows, in order, to the same
-    quantizer. Returns the rows kept. FAISS's remove_ids would leave the ids sparse and move each
-    list's last entries into the holes."""
-    ivf = faiss.extract_index_ivf(index)
-    if len(keep) != ivf.ntotal:
-        raise ValueError(f"keep has {len(keep)} entries for {ivf.ntotal} rows")
-    new_id = np.cumsum(keep, dtype=np.int64) - 1
-    invlists = ivf.invlists
-    assert invlists is not None  # an IVF index always has its inverted lists
-    for list_no in range(ivf.nlist):
-        ids, vectors = _list_views(ivf, list_no)
-        if not len(ids):
-            continue
-        mask = keep[ids]
-        kept = int(mask.sum())
-        if kept == len(ids):
-            ids[:] = new_id[ids]
-            continue
-        vectors[:kept] = vectors[mask]
-        ids[:kept] = new_id[ids[mask]]
-        invlists.resize(list_no, kept)
-    kept_rows = int(keep.sum())
-    ivf.ntotal = kept_rows
-    index.ntotal = kept_rows
-    return kept_rows
 
 
 def exact_search(index: faiss.Index, queries: np.ndarray, k: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:

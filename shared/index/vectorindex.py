@@ -1,6 +1,8 @@
-"""FAISS indexes: build in steps, write a version directory aside, verify it, load it for search.
+"""FAISS indexes: build in steps (exact or IVF), check index files before FAISS reads them; and format 1
+of a version, which this release still loads (format 2, what rebuilds write now, is `shared.index.parts`;
+`write_version` stays to test that format 1 loads).
 
-A version directory holds index.faiss, chunks.jsonl (one record per vector, in id order),
+A format-1 version directory holds index.faiss, chunks.jsonl (one record per vector, in id order),
 offsets.npy (byte offset of each record, so a search reads only its hits), keyword/ (the BM25 index
 over the same rows, `shared.index.keyword`), documents.jsonl (one entry per document,
 `shared.index.doctable`) and manifest.json, which records the sha256 of every other file. All are
@@ -19,7 +21,7 @@ everything (~20 ms at 100k here), recall is 1 and there is nothing to train. Fro
   shared between API processes); it cannot map an HNSW graph, which every API process would read
   into its own memory at each swap;
 - builds: IVF trains k-means once and reuses the centroids across versions (`shared.index.ivf`), and
-  its lists take rows dropped and added in place, which makes incremental builds cheap; HNSW cannot
+  its lists take rows added on trained centroids, which makes incremental builds cheap; HNSW cannot
   remove vectors and inserts cost a graph search each (minutes at 1M on 2 cores);
 - recall: IVF-Flat's only approximation is which lists are probed, so nprobe (tuned at build time to
   a recall target on held-out queries) trades latency for recall directly.
@@ -248,35 +250,6 @@ def read_index(directory: Path, manifest: dict) -> faiss.Index:
         return faiss.read_index(str(directory / INDEX_FILE), flag)
     except RuntimeError as exc:
         raise VerifyFailed(f"{directory / INDEX_FILE} cannot be read: {str(exc)[-200:]}") from exc
-
-
-def read_index_copy(directory: Path, manifest: dict) -> faiss.Index:
-    """The version's FAISS index read into memory (a copy a new version may change; the files are left
-    alone). Nothing is read by FAISS until the file is known good: its sha256 matches the manifest and
-    it is long enough for the vectors the manifest claims; then a memory-mapped parse, whose reader
-    bounds every length in the file by the file's size, checks its shape. Only then is it copied into
-    memory, so a forged length (even one whose checksum was fixed up) is refused, never allocated."""
-    path = directory / INDEX_FILE
-    if sha256_file(path) != manifest["checksum"]:
-        raise VerifyFailed(f"checksum mismatch: {path} is not the file the manifest describes")
-    check_index_size(path, manifest)
-    vectors, dim = int(manifest["vectors"]), int(manifest["dim"])
-    mapped = read_index(directory, manifest)
-    if mapped.ntotal != vectors or mapped.d != dim:
-        raise VerifyFailed(f"index in {directory} has {mapped.ntotal}x{mapped.d}, manifest says {vectors}x{dim}")
-    del mapped
-    try:
-        return faiss.read_index(str(path))
-    except RuntimeError as exc:
-        raise VerifyFailed(f"{path} cannot be read: {str(exc)[-200:]}") from exc
-
-
-def read_records(directory: Path, manifest: dict) -> list[dict]:
-    """Every chunk record of a version, in row order, checked against the manifest's checksum."""
-    data = (directory / CHUNKS_FILE).read_bytes()
-    if hashlib.sha256(data).hexdigest() != (manifest.get("files") or {}).get(CHUNKS_FILE):
-        raise VerifyFailed(f"checksum mismatch: {directory / CHUNKS_FILE} is not the file the manifest describes")
-    return [json.loads(line) for line in data.splitlines()]
 
 
 def verify_version(directory: Path) -> dict:
