@@ -97,9 +97,10 @@ class Loop(_Background):
 
 @dataclass
 class MemorySampler(_Background):
-    """RSS of one process every 0.25 s while running, in a thread."""
+    """RSS of one process every 0.25 s while running, in a thread: (seconds since t0, bytes) each."""
 
     pid: int
+    t0: float
     rss: list = field(default_factory=list)
 
     def run(self) -> None:
@@ -107,7 +108,7 @@ class MemorySampler(_Background):
 
         proc = psutil.Process(self.pid)
         while not self._stop.wait(0.25):
-            self.rss.append(proc.memory_info().rss)
+            self.rss.append((time.time() - self.t0, proc.memory_info().rss))
 
 
 def memory(pid: int) -> dict:
@@ -183,7 +184,7 @@ def edit_latency(running, base: str, folder: Path) -> list[dict]:
 
             version = wait_for(served, timeout=300, interval=0.05, message="the edit to be searchable")
             found = time.time()
-            ingests = requests.get(f"{base}/v1/jobs", params={"kind": "ingest", "collection": COLLECTION,
+            ingests = requests.get(f"{base}/v1/jobs", params={"kind": "ingest_files", "collection": COLLECTION,
                                                               "limit": 5}, timeout=30).json()["jobs"]
             ended = max(_stamp(j["finished_at"]) for j in ingests if j.get("finished_at")
                         and _stamp(j["finished_at"]) >= written)
@@ -256,7 +257,7 @@ def run(quick: bool) -> list[dict]:
         add_s, _ = ingest(base, n, n + added, timeout=3600)
         t0 = time.time()
         mem_before = memory(pid)
-        with MemorySampler(pid) as sampler, Loop(base, t0) as loop:
+        with MemorySampler(pid, t0) as sampler, Loop(base, t0) as loop:
             time.sleep(steady_seconds)  # the steady phase of the loop
             rebuild_at = time.time() - t0
             second = rebuild(base, COLLECTION, timeout=3600)
@@ -276,7 +277,10 @@ def run(quick: bool) -> list[dict]:
     steady = [lat for t, lat, _ in samples if t < rebuild_at]
     during = [lat for t, lat, _ in samples if rebuild_at <= t <= swapped]
     failed = sum(1 for _, _, status in samples if status != 200)
-    rss_during = max(sampler.rss) / 2**20 if sampler.rss else None
+    # Searches fault the mapped index in as they go, so RSS grows through the steady phase too: the swap's
+    # cost is the peak from the rebuild's start on against the peak of the steady phase before it.
+    rss_steady = max((r for t, r in sampler.rss if t < rebuild_at), default=0) / 2**20
+    rss_during = max((r for t, r in sampler.rss if t >= rebuild_at), default=0) / 2**20
     full_s, second_s = job_seconds(full), job_seconds(second)
     res = full["result"]
     size = f"{n:,} x 384 clustered" if not quick else f"{n:,} x 384 clustered (quick)"
@@ -323,8 +327,9 @@ def run(quick: bool) -> list[dict]:
             note=_memory_note(mem_after)),
         row("million.anon_rss_serving", f"API process anonymous RSS serving {n:,}", mem_before.get("rssanon"), "MiB",
             ("<=", 300) if not quick else None, note="its own memory; mapped index and table pages apart"),
-        row("million.rss_peak_over_steady", "API RSS peak during rebuild + swap / before", rss_during /
-            mem_before["rss"] if rss_during else None, "x", ("<=", 1.3), note="sampled every 0.25 s"),
+        row("million.rss_peak_over_steady", "API RSS peak during rebuild + swap / steady peak before it",
+            rss_during / rss_steady if rss_steady else None, "x", ("<=", 1.3),
+            note=f"{rss_during:,.0f} against {rss_steady:,.0f} MiB, sampled every 0.25 s"),
         row("million.add_one_percent_seconds", f"ingest {added:,} more documents (1%)", add_s, "s"),
         row("million.rebuild_after_one_percent_seconds", "rebuild after adding 1%", second_s, "s",
             note=f"timings {second['result'].get('timings')}; {extra}"),
