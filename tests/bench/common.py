@@ -4,6 +4,7 @@ workers, gunicorn API processes) started and stopped around a measurement, and H
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -123,6 +124,12 @@ def stack(settings: Settings, apis: int = 1, workers: int = 1, api_threads: int 
             for i in range(workers):
                 running.add_worker(f"w{i + 1}")
             yield running
+        except BaseException:
+            # The folder (and every process's log) goes with the stack: show where it failed first.
+            for proc, _ in running.apis:
+                print(f"--- last lines of {proc.name}'s log ---\n" + "\n".join(proc.log().splitlines()[-40:]),
+                      file=sys.stderr)
+            raise
         finally:
             running.stop_workers()
             for proc, _ in running.apis:
