@@ -302,3 +302,31 @@ def ingest_and_rebuild(base: str, docs: list[dict], name: str = "docs") -> tuple
 
 def search(base: str, query: str, name: str = "docs", k: int = 3, **body) -> requests.Response:
     return requests.post(f"{base}/v1/collections/{name}/search", json={"query": query, "k": k, **body}, timeout=30)
+
+
+def write_part_version(indexes_dir: Path, fence: int, index, records: list[dict], manifest: dict) -> Path:
+    """A whole format-2 version of one part (p{fence} and v{fence} under `indexes_dir`) written from an
+    index and its records without a rebuild, for tests and benchmarks. Returns the version directory."""
+    from shared.index.parts import PART_FILE, PARTS_DIR, PartRef, part_name, write_part, write_version_manifest
+    from shared.index.vectorindex import sha256_file
+
+    name = part_name(fence)
+    part_dir, version_dir = indexes_dir / PARTS_DIR / name, indexes_dir / f"v{int(fence)}"
+    part_dir.mkdir(parents=True)
+    write_part(part_dir, index, records, lambda _doc: 0, [], fence)
+    version_dir.mkdir()
+    ref = PartRef(name, 0, len(records), sha256_file(part_dir / PART_FILE), None)
+    write_version_manifest(version_dir, [ref], {"version": int(fence), "dim": int(index.d),
+                                                "documents": len({r["doc_id"] for r in records}), **manifest})
+    return version_dir
+
+
+def version_disk_bytes(version_dir: Path) -> int:
+    """Bytes of a version directory (manifest and bitmaps) and of every part it references."""
+    import json
+
+    from shared.index.parts import parts_dir
+
+    manifest = json.loads((version_dir / "manifest.json").read_bytes())
+    folders = [version_dir, *(parts_dir(version_dir) / p["name"] for p in manifest.get("parts") or [])]
+    return sum(f.stat().st_size for folder in folders for f in folder.iterdir() if f.is_file())

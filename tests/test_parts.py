@@ -17,7 +17,6 @@ from shared.index.parts import (
     PARTS,
     PartCache,
     PartsVersion,
-    disk_bytes,
     open_version,
     verify_version,
 )
@@ -30,7 +29,7 @@ from shared.jobstates import SUCCEEDED
 from shared.search.engine import search
 from shared.search.filters import parse_filter
 from shared.settings import Settings
-from tests.support import make_services
+from tests.support import make_services, version_disk_bytes
 
 FIXTURE = Path(__file__).parent / "fixtures" / "format1"
 
@@ -111,7 +110,7 @@ def test_kept_versions_share_their_parts_on_disk(stack):
         last = stack.rebuild()["version"]
     indexes = stack.svc.storage.indexes_dir("docs")
     total = sum(f.stat().st_size for f in indexes.rglob("*") if f.is_file())
-    one = disk_bytes(stack.version_dir(last))
+    one = version_disk_bytes(stack.version_dir(last))
     assert total <= 1.5 * one, (total, one)
 
 
@@ -219,3 +218,40 @@ def test_a_data_dir_written_by_format_1_loads_and_the_next_rebuild_converts_it(t
     # and the rebuild after that is incremental on the new format
     stack.ingest(_docs(["notes/n99.md"]))
     assert stack.rebuild()["incremental"] is True
+
+
+def test_a_collection_emptied_and_filled_again_keeps_answering(stack):
+    """Every document deleted: the next version has no part at all (a part with no live row is dropped);
+    documents added after that are searchable again, incrementally."""
+    from shared.jobs.deletion import run_delete
+    from shared.jobs.submit import submit_delete
+
+    stack.ingest(_docs(["a1", "a2", "a3"]))
+    stack.rebuild()
+    job = submit_delete(stack.svc, "docs", ["a1", "a2", "a3"])
+    run_delete(stack.svc, job["id"])
+    emptied = stack.rebuild()
+    assert emptied["vectors"] == 0 and emptied["documents"] == 0
+    version = open_version(stack.version_dir(emptied["version"]), emptied["version"])
+    assert version.manifest["parts"] == [] and version.nearest(stack.embed("gizmo a1"), 5) == []
+    version.warm()
+    stack.ingest(_docs(["b1"]))
+    refilled = stack.rebuild()
+    assert refilled["incremental"] is True and refilled["vectors"] == 1
+    version = open_version(stack.version_dir(refilled["version"]), refilled["version"])
+    assert [h["doc_id"] for h in search(version, "gizmo b1", 3, "hybrid", None, stack.embed).hits] == ["b1"]
+
+
+def test_a_manifest_naming_a_bitmap_outside_the_version_is_refused(stack):
+    stack.ingest(_docs([f"d{i}" for i in range(10)]))
+    stack.rebuild()
+    stack.ingest(_docs(["d1"], "edited"))
+    second = stack.rebuild()["version"]
+    path = stack.version_dir(second) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["parts"][0]["deleted_file"] == f"deleted-{manifest['parts'][0]['name']}.npy"
+    for forged in ("../../../etc/passwd", "/dev/zero", f"deleted-{manifest['parts'][1]['name']}.npy"):
+        manifest["parts"][0]["deleted_file"] = forged
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(VerifyFailed, match="unexpected bitmap|checksum mismatch"):
+            verify_version(stack.version_dir(second))

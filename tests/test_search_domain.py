@@ -25,7 +25,6 @@ from shared.index.parts import (
     open_version,
     parts_dir,
     verify_version,
-    write_single_part_version,
 )
 from shared.index.vectorindex import (
     LoadedVersion,
@@ -40,6 +39,7 @@ from shared.search.filters import FilterError, parse_filter
 from shared.search.fusion import reciprocal_rank_fusion
 from shared.search.service import SearchRequest, nothing_served, search_version
 from shared.settings import Settings
+from tests.support import write_part_version
 
 EMBED = HashEmbedder(64)
 TOPICS = ["scheduler places pods on nodes", "volumes resize online", "dual stack networking",
@@ -67,7 +67,7 @@ def write(tmp_path, records: list[dict], ivf: bool = False, fmt: int = 2) -> Ser
     index = build_ivf(vectors, 1000, lambda d: None, nprobe=2)[0] if ivf else build_flat(vectors, 1000, lambda d: None)
     manifest = {"kind": "ivf-flat-ip" if ivf else "flat-ip", "model": EMBED.model_id, "nprobe": 2}
     if fmt == 2:
-        directory = write_single_part_version(tmp_path, 1, index, records, manifest)
+        directory = write_part_version(tmp_path, 1, index, records, manifest)
     else:
         write_version(tmp_path, index, records, manifest)
         directory = tmp_path

@@ -112,7 +112,7 @@ def retrain_reason(training: dict, rows: int, sizes: np.ndarray) -> str | None:
     return None
 
 
-def _list_views(ivf: faiss.IndexIVF, list_no: int) -> tuple[np.ndarray, np.ndarray]:
+def list_views(ivf: faiss.IndexIVF, list_no: int) -> tuple[np.ndarray, np.ndarray]:
     """Writable views of one inverted list of an in-memory IVF-Flat index: ids, and vectors."""
     invlists = ivf.invlists
     assert invlists is not None  # an IVF index always has its inverted lists
@@ -147,7 +147,7 @@ def exact_search(index: faiss.Index, queries: np.ndarray, k: int, block: int = 6
 
     pending, gathered = [], 0
     for list_no in range(ivf.nlist):
-        ids, vectors = _list_views(ivf, list_no)
+        ids, vectors = list_views(ivf, list_no)
         if len(ids):
             pending.append((ids, vectors))
             gathered += len(ids)
@@ -176,7 +176,7 @@ def sample_rows(index: faiss.Index, count: int, seed: int) -> tuple[np.ndarray, 
     for position in picks:
         list_no = int(np.searchsorted(ends, position, side="right"))
         offset = int(position - (ends[list_no] - sizes[list_no]))
-        list_ids, list_vectors = _list_views(ivf, list_no)
+        list_ids, list_vectors = list_views(ivf, list_no)
         picked.append(int(list_ids[offset]))
         vectors.append(np.array(list_vectors[offset]))
     return np.array(picked, dtype=np.int64), np.stack(vectors)

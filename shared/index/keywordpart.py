@@ -104,7 +104,8 @@ class KeywordPart:
                 or len(self.doclen) != rows:
             raise KeywordVerifyFailed(
                 f"keyword part in {directory} is inconsistent: {len(self.terms)} terms, {len(self.indptr)} "
-                f"offsets ending at {self.indptr[-1]}, {postings} rows, {len(self.tf)} frequencies, "
+                f"offsets ending at {self.indptr[-1] if len(self.indptr) else None}, {postings} rows, "
+                f"{len(self.tf)} frequencies, "
                 f"{len(self.doclen)} row lengths for {rows} rows")
 
     def verify(self) -> None:

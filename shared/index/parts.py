@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
@@ -38,26 +39,35 @@ import faiss
 import numpy as np
 
 from shared.index import keyword
+from shared.index.ivf import list_views
 from shared.index.keyword import KeywordVerifyFailed
 from shared.index.keywordpart import KeywordPart, KeywordSearch, write_keyword_part
 from shared.index.parttables import PartTables, TablesVerifyFailed, VersionDocuments, write_part_tables
 from shared.index.vectorindex import (
     INDEX_FILE,
+    KIND_FLAT,
     KIND_IVF,
     MANIFEST_FILE,
     MANIFEST_MAX_BYTES,
     LoadedVersion,
     VerifyFailed,
     check_index_size,
+    load_npy,
     read_index,
+    read_manifest,
     sha256_file,
 )
-from shared.storage import reraise, write_npy, written
+from shared.index.vectorindex import verify_version as verify_format1
+from shared.storage import check_npy, reraise, write_npy, written
+
+log = logging.getLogger(__name__)
 
 FORMAT = 2
 PARTS_DIR = "parts"
 PART_FILE = "part.json"
-PART_NAME = re.compile(r"^p\d+$")
+PART_NAME = re.compile(r"p\d{1,18}")  # matched whole (fullmatch): p{fence}
+FILE_NAME = re.compile(r"[a-z_]+\.(faiss|arrow|npy)")  # what a part holds, nothing else
+KINDS = (KIND_FLAT, KIND_IVF)
 WHAT = "an index version"
 TIE_SLACK = 16  # candidates past k each part returns, so near-ties at the k-th score are settled by row
 
@@ -95,7 +105,7 @@ def write_part(directory: Path, index: faiss.Index, records: list[dict],
         reraise(exc, WHAT)
     files = {p.name: _file_facts(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != PART_FILE}
     meta = {"format": FORMAT, "rows": len(records), "dim": int(index.d),
-            "kind": KIND_IVF if faiss.try_extract_index_ivf(index) is not None else "flat-ip",
+            "kind": KIND_IVF if faiss.try_extract_index_ivf(index) is not None else KIND_FLAT,
             "segments": list(segments), "created_in": int(created_in), "tables": tables, "keyword": terms,
             "files": files, "written_at": time.time()}
     with written(directory / PART_FILE, WHAT) as fh:
@@ -118,12 +128,31 @@ def read_part_meta(directory: Path, expected_sha256: str | None = None) -> dict:
         meta = json.loads(data)
     except ValueError as exc:
         raise VerifyFailed(f"{path} is not JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict):
-        raise VerifyFailed(f"{path} is not a part description")
-    for name in meta["files"]:
-        if not isinstance(name, str) or "/" in name or name.startswith("."):
-            raise VerifyFailed(f"{path} names a file outside the part: {name!r}")
+    _check_meta(path, meta)
     return meta
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_meta(path: Path, meta) -> None:
+    """part.json has the shape a rebuild writes, names only files of a part, and claims no more rows
+    than its index file can hold (rows x dim floats): every count read from it is bounded by the disk
+    before anything is allocated from it."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict) \
+            or not _is_count(meta.get("rows")) or not _is_count(meta.get("dim")) or not meta["dim"] \
+            or meta.get("kind") not in KINDS or not _is_count(meta.get("created_in")):
+        raise VerifyFailed(f"{path} is not a part description")
+    for name, facts in meta["files"].items():
+        if not isinstance(name, str) or not FILE_NAME.fullmatch(name):
+            raise VerifyFailed(f"{path} names a file outside the part: {name!r}")
+        if not isinstance(facts, dict) or not isinstance(facts.get("sha256"), str) \
+                or not _is_count(facts.get("bytes")) or not _is_count(facts.get("mtime_ns")):
+            raise VerifyFailed(f"{path} describes {name!r} without its checksum, size and mtime")
+    index = meta["files"].get(INDEX_FILE)
+    if index is None or meta["rows"] * meta["dim"] * 4 > index["bytes"]:
+        raise VerifyFailed(f"{path} claims {meta['rows']}x{meta['dim']} vectors its index file cannot hold")
 
 
 def check_part_unchanged(directory: Path, meta: dict) -> None:
@@ -145,10 +174,12 @@ def check_part_hashes(directory: Path, meta: dict) -> None:
 
 
 class LoadedPart:
-    """A part opened for search: its index memory-mapped, its tables and keyword postings mapped."""
+    """A part opened for search: its index memory-mapped, its tables and keyword postings mapped. With
+    `full`, everything inside is checked too (Arrow offsets, keyword postings): a full read, made where
+    the part is read in full anyway (its first open in a process, a new part's verification)."""
 
-    def __init__(self, directory: Path, meta: dict, hashed: bool):
-        self.directory, self.meta, self.hashed = directory, meta, hashed
+    def __init__(self, directory: Path, meta: dict, full: bool):
+        self.directory, self.meta = directory, meta
         self.rows = int(meta["rows"])
         index_meta = {"kind": meta["kind"], "vectors": self.rows, "dim": meta["dim"]}
         check_index_size(directory / INDEX_FILE, index_meta)
@@ -158,9 +189,11 @@ class LoadedPart:
                                f"part.json says {self.rows}x{meta['dim']}")
         self.ivf = faiss.try_extract_index_ivf(self.index)
         try:
-            self.tables = PartTables(directory, self.rows)
+            self.tables = PartTables(directory, self.rows, validate=full)
             self.keyword = KeywordPart(directory, self.rows)
-        except (TablesVerifyFailed, ValueError, OSError) as exc:
+            if full:
+                self.keyword.verify()
+        except (TablesVerifyFailed, KeywordVerifyFailed, ValueError, OSError) as exc:
             raise VerifyFailed(f"part {directory.name}: {exc}") from exc
         self.signature = _signature(directory, meta)
 
@@ -186,7 +219,7 @@ class PartCache:
         if part is not None and part.signature == _signature(directory, meta):
             return part
         check_part_hashes(directory, meta)
-        part = LoadedPart(directory, meta, hashed=True)
+        part = LoadedPart(directory, meta, full=True)
         with self._lock:
             self._parts[key] = part
         return part
@@ -233,18 +266,24 @@ def write_version_manifest(directory: Path, refs: list[PartRef], manifest: dict)
     return full
 
 
-def _deleted(directory: Path, entry: dict) -> np.ndarray | None:
-    from shared.index.vectorindex import load_npy
-
-    if not entry.get("deleted_file"):
+def _deleted(directory: Path, entry: dict, rows: int, files: dict) -> np.ndarray | None:
+    """A part's deletion bitmap in this version (None: nothing deleted): only the file named for that
+    part, checksummed by the manifest, its length checked against the part's rows before it is read."""
+    name = entry.get("deleted_file")
+    if name is None:
         return None
-    packed = load_npy(directory / entry["deleted_file"])
-    rows = int(entry["rows"])
-    if packed.dtype != np.uint8 or packed.ndim != 1 or len(packed) != (rows + 7) // 8:
-        raise VerifyFailed(f"{entry['deleted_file']} does not cover {rows} rows")
-    deleted = np.unpackbits(packed, count=rows, bitorder="little").astype(bool)
-    if int(deleted.sum()) != int(entry["deleted"]):
-        raise VerifyFailed(f"{entry['deleted_file']} marks {int(deleted.sum())} rows, the manifest {entry['deleted']}")
+    path = directory / deleted_file(entry["name"])
+    if name != path.name or name not in files:
+        raise VerifyFailed(f"manifest in {directory} names an unexpected bitmap {name!r}")
+    try:
+        shape, dtype = check_npy(path)
+    except ValueError as exc:
+        raise VerifyFailed(f"{path}: {exc}") from exc
+    if dtype != np.uint8 or shape != ((rows + 7) // 8,):
+        raise VerifyFailed(f"{path} does not cover the part's {rows} rows")
+    deleted = np.unpackbits(load_npy(path), count=rows, bitorder="little").astype(bool)
+    if int(deleted.sum()) != entry.get("deleted"):
+        raise VerifyFailed(f"{path} marks {int(deleted.sum())} rows, the manifest {entry.get('deleted')}")
     return deleted
 
 
@@ -263,13 +302,20 @@ def part_refs(version_dir: Path, manifest: dict) -> list[PartRef]:
     for name, digest in (manifest.get("files") or {}).items():
         if not re.fullmatch(r"deleted-p\d+\.npy", name) or sha256_file(version_dir / name) != digest:
             raise VerifyFailed(f"checksum mismatch: {version_dir / name} is not the file the manifest describes")
+    files = manifest.get("files") or {}
     refs, offset = [], 0
     for entry in manifest.get("parts") or []:
-        if not PART_NAME.match(str(entry.get("name"))) or int(entry["offset"]) != offset:
-            raise VerifyFailed(f"manifest in {version_dir} references a part out of order: {entry.get('name')!r}")
-        refs.append(PartRef(entry["name"], offset, int(entry["rows"]), str(entry["part_sha256"]),
-                            _deleted(version_dir, entry)))
-        offset += int(entry["rows"])
+        if not isinstance(entry, dict) or not PART_NAME.fullmatch(str(entry.get("name"))) \
+                or entry.get("offset") != offset or not isinstance(entry.get("part_sha256"), str):
+            raise VerifyFailed(f"manifest in {version_dir} references a part out of order: {entry!r:.200}")
+        # The rows come from part.json (bounded there by the index file's size), not from the manifest alone.
+        rows = read_part_meta(parts_dir(version_dir) / entry["name"], entry["part_sha256"])["rows"]
+        if entry.get("rows") != rows:
+            raise VerifyFailed(f"manifest in {version_dir} gives part {entry['name']} {entry.get('rows')} rows, "
+                               f"its part.json {rows}")
+        refs.append(PartRef(entry["name"], offset, rows, entry["part_sha256"],
+                            _deleted(version_dir, entry, rows, files)))
+        offset += rows
     if sum(ref.live for ref in refs) != int(manifest["vectors"]):
         raise VerifyFailed(f"manifest in {version_dir} counts {manifest['vectors']} live rows, its parts "
                            f"{sum(ref.live for ref in refs)}")
@@ -293,10 +339,7 @@ def verify_parts_version(version_dir: Path, manifest: dict) -> list[PartRef]:
                                f"{ref.rows}x{manifest['dim']}")
         if meta["created_in"] == manifest["version"]:
             check_part_hashes(directory, meta)
-            try:
-                LoadedPart(directory, meta, hashed=True).keyword.verify()  # postings well formed, not just sized
-            except KeywordVerifyFailed as exc:
-                raise VerifyFailed(f"part {ref.name}: {exc}") from exc
+            LoadedPart(directory, meta, full=True)
         else:
             check_part_unchanged(directory, meta)
     return refs
@@ -317,10 +360,10 @@ def referenced_parts(indexes_dir: Path) -> set[str] | None:
         if not re.fullmatch(r"v\d+", child.name):
             continue
         try:
-            manifest = json.loads((child / MANIFEST_FILE).read_bytes())
-        except (OSError, ValueError):
+            names.update(str(p["name"]) for p in read_manifest(child).get("parts") or [])
+        except (OSError, VerifyFailed, KeyError, TypeError) as exc:
+            log.warning("event=parts.collect_skipped version=%s error=%r: no part is collected", child, str(exc))
             return None
-        names.update(str(p["name"]) for p in manifest.get("parts") or [])
     return names
 
 
@@ -330,7 +373,7 @@ def unreferenced_parts(indexes_dir: Path, newest_published: int) -> list[Path]:
     folder = indexes_dir / PARTS_DIR
     if referenced is None or not folder.is_dir():
         return []
-    return [child for child in sorted(folder.iterdir()) if PART_NAME.match(child.name)
+    return [child for child in sorted(folder.iterdir()) if PART_NAME.fullmatch(child.name)
             and child.name not in referenced and int(child.name[1:]) <= newest_published]
 
 
@@ -350,6 +393,10 @@ class PartsVersion:
         self.total_rows = sum(ref.rows for ref in self.refs)
         self.offsets = np.array([ref.offset for ref in self.refs], dtype=np.int64)
         self.nprobe = int(manifest.get("nprobe", 1))
+        # What every unfiltered search needs of the deletions, computed once per version, not per query.
+        self._live = [None if ref.deleted is None else ~ref.deleted for ref in self.refs]
+        self._live_params = [_params(part, live, self.nprobe) for part, live in zip(self.parts, self._live,
+                                                                                     strict=True)]
         layout = [(part, ref.offset, ref.deleted) for part, ref in zip(self.parts, self.refs, strict=True)]
         self.keyword = KeywordSearch([(p.keyword, o, d) for p, o, d in layout], self.total_rows)
         self.documents = VersionDocuments([(p.tables, o, d) for p, o, d in layout], self.total_rows)
@@ -359,25 +406,19 @@ class PartsVersion:
     def vectors(self) -> int:
         return int(self.manifest["vectors"])
 
-    def _part_of(self, row: int) -> int:
-        return int(np.searchsorted(self.offsets, row, side="right")) - 1
-
     def record(self, row: int) -> dict:
-        i = self._part_of(row)
-        if i < 0 or row >= self.total_rows:
+        if not 0 <= row < self.total_rows:
             raise IndexError(row)
         return self.documents.record(row)
 
     def records(self, rows: list[list[int]]) -> list[dict]:
         return self.documents.records(rows)
 
-    def _eligible(self, i: int, allowed: np.ndarray | None) -> np.ndarray | None:
-        """The rows of part i a search may return (None: all of them)."""
-        ref = self.refs[i]
-        mask = None if allowed is None else allowed[ref.offset:ref.offset + ref.rows]
-        if ref.deleted is not None:
-            mask = ~ref.deleted if mask is None else mask & ~ref.deleted
-        return mask
+    def _eligible(self, i: int, allowed: np.ndarray) -> np.ndarray:
+        """The rows of part i a filtered search may return."""
+        ref, live = self.refs[i], self._live[i]
+        mask = allowed[ref.offset:ref.offset + ref.rows]
+        return mask if live is None else mask & live
 
     def nearest(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         """(row, cosine) of the `k` nearest live rows (among `allowed`, a boolean mask over rows), best
@@ -386,27 +427,31 @@ class PartsVersion:
         if k <= 0 or not self.vectors:
             return []
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
-        masks = [self._eligible(i, allowed) for i in range(len(self.parts))]
-        eligible = sum(part.rows if mask is None else int(mask.sum()) for part, mask in zip(self.parts, masks,
-                                                                                            strict=True))
-        k = min(k, eligible)
+        if allowed is None:
+            masks: list[np.ndarray | None] = list(self._live)
+            k = min(k, self.vectors)
+        else:
+            masks = [self._eligible(i, allowed) for i in range(len(self.parts))]
+            k = min(k, sum(int(np.count_nonzero(mask)) for mask in masks if mask is not None))
         if k <= 0:
             return []
-        found = self._search(q, k, masks, self.nprobe)
+        found = self._search(q, k, masks, self.nprobe, allowed is None)
         if len(found) < k and any(part.ivf is not None for part in self.parts):
             found = self._search(q, k, masks, max(part.ivf.nlist for part in self.parts if part.ivf is not None))
         return found
 
-    def _search(self, q: np.ndarray, k: int, masks: list[np.ndarray | None], nprobe: int) -> list[tuple[int, float]]:
+    def _search(self, q: np.ndarray, k: int, masks: list[np.ndarray | None], nprobe: int,
+                unfiltered: bool = False) -> list[tuple[int, float]]:
         """Each part's best k, merged: best score first, scores equal to 1e-6 in row order. FAISS's own
         choice among near-equal scores follows rounding noise that differs between code paths (with or
         without a selector), so each part is asked for TIE_SLACK more and the order is settled here: the
         answer does not depend on how the rows are split into parts."""
         scores, rows = [], []
-        for part, ref, mask in zip(self.parts, self.refs, masks, strict=True):
-            if mask is not None and not mask.any():
+        for i, (part, ref, mask) in enumerate(zip(self.parts, self.refs, masks, strict=True)):
+            if not part.rows or mask is not None and not mask.any():
                 continue
-            params, _bits = _params(part, mask, nprobe)  # the bitmap must outlive the search
+            # The bitmap must outlive the search; an unfiltered search reuses the version's own.
+            params, _bits = self._live_params[i] if unfiltered else _params(part, mask, nprobe)
             found_scores, found = part.index.search(q, min(k + TIE_SLACK, part.rows), params=params)
             keep = found[0] >= 0
             scores.append(found_scores[0][keep])
@@ -438,7 +483,7 @@ def _params(part: LoadedPart, mask: np.ndarray | None,
     selector, bitmap = None, None
     if mask is not None:
         bitmap = np.packbits(mask, bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # its length in bytes
     # faiss's stubs omit the keyword constructor its Python layer adds to every SearchParameters.
     if part.ivf is not None:
         return faiss.SearchParametersIVF(sel=selector, nprobe=min(nprobe, part.ivf.nlist)), bitmap  # type: ignore[call-arg]
@@ -447,13 +492,11 @@ def _params(part: LoadedPart, mask: np.ndarray | None,
 
 def part_vectors(part: LoadedPart) -> np.ndarray:
     """Every vector of a part, in row order (rows a fold carries into a new part)."""
-    from shared.index.ivf import _list_views
-
     if part.ivf is None:
         return part.index.reconstruct_n(0, part.rows)
     out = np.zeros((part.rows, part.index.d), dtype=np.float32)
     for list_no in range(part.ivf.nlist):
-        ids, vectors = _list_views(part.ivf, list_no)
+        ids, vectors = list_views(part.ivf, list_no)
         if len(ids):
             out[ids] = vectors
     return out
@@ -467,25 +510,12 @@ def open_parts(version_dir: Path, refs: Iterable[PartRef]) -> list[LoadedPart]:
         directory = parts_dir(version_dir) / ref.name
         meta = read_part_meta(directory, ref.sha256)
         check_part_unchanged(directory, meta)
-        out.append(LoadedPart(directory, meta, hashed=False))
+        out.append(LoadedPart(directory, meta, full=False))
     return out
-
-
-def part_bytes(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.iterdir() if f.is_file()) if directory.is_dir() else 0
-
-
-def disk_bytes(version_dir: Path) -> int:
-    """Bytes of a version directory (manifest and bitmaps) and of every part it references."""
-    manifest = json.loads((version_dir / MANIFEST_FILE).read_bytes())
-    own = sum(f.stat().st_size for f in version_dir.iterdir() if f.is_file())
-    return own + sum(part_bytes(parts_dir(version_dir) / p["name"]) for p in manifest.get("parts") or [])
 
 
 def open_version(directory: Path, version: int) -> ServedVersion:
     """A version opened for search, whichever format wrote it (format 1: `LoadedVersion`)."""
-    from shared.index.vectorindex import read_manifest
-
     manifest = read_manifest(directory)
     if int(manifest.get("version", version)) != version:
         raise VerifyFailed(f"{directory} holds version {manifest.get('version')}, not {version}")
@@ -494,26 +524,9 @@ def open_version(directory: Path, version: int) -> ServedVersion:
 
 def verify_version(directory: Path) -> dict:
     """Check a written version, whichever format wrote it; returns its manifest."""
-    from shared.index import vectorindex
-
-    manifest = vectorindex.read_manifest(directory)
+    manifest = read_manifest(directory)
     if not is_format2(manifest):
-        return vectorindex.verify_version(directory)
+        return verify_format1(directory)
     verify_parts_version(directory, manifest)
     return manifest
 
-
-def write_single_part_version(indexes_dir: Path, fence: int, index: faiss.Index, records: list[dict],
-                              manifest: dict, segment_of: dict[str, int] | None = None) -> Path:
-    """Write a whole format-2 version of one part (p{fence} and v{fence} under `indexes_dir`) from an
-    index and its records, without a rebuild: what tests and benchmarks build versions with. Returns
-    the version directory."""
-    name = part_name(fence)
-    part_dir, version_dir = indexes_dir / PARTS_DIR / name, indexes_dir / f"v{int(fence)}"
-    part_dir.mkdir(parents=True)
-    write_part(part_dir, index, records, segment_of if segment_of is not None else (lambda _doc: 0), [], fence)
-    version_dir.mkdir()
-    ref = PartRef(name, 0, len(records), sha256_file(part_dir / PART_FILE), None)
-    write_version_manifest(version_dir, [ref], {"version": int(fence), "dim": int(index.d),
-                                                "documents": len({r["doc_id"] for r in records}), **manifest})
-    return version_dir

@@ -176,8 +176,10 @@ def write_part_tables(directory: Path, records: list[dict],
     return {"documents": len(order), "rows": len(records)}
 
 
-def _read(path: Path, schema: pa.Schema) -> dict[str, pa.Array]:
-    """The columns of one table, memory-mapped (zero-copy); TablesVerifyFailed when unreadable."""
+def _read(path: Path, schema: pa.Schema, validate: bool = False) -> dict[str, pa.Array]:
+    """The columns of one table, memory-mapped (zero-copy); TablesVerifyFailed when unreadable. With
+    `validate`, every offset and length inside is checked against the buffers first (a full read: Arrow
+    trusts them otherwise, and a forged string offset reads out of bounds)."""
     try:
         table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     except (OSError, pa.ArrowException) as exc:
@@ -190,6 +192,11 @@ def _read(path: Path, schema: pa.Schema) -> dict[str, pa.Array]:
         columns[field.name] = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
         if not field.nullable and columns[field.name].null_count:
             raise TablesVerifyFailed(f"{path}: column {field.name} has nulls")
+        if validate:
+            try:
+                columns[field.name].validate(full=True)
+            except pa.ArrowException as exc:
+                raise TablesVerifyFailed(f"{path}: column {field.name} is malformed ({exc})") from exc
     return columns
 
 
@@ -213,10 +220,10 @@ class _Strings:
 class PartTables:
     """The tables of one part, mapped from `directory` and checked against `rows` (its row count)."""
 
-    def __init__(self, directory: Path, rows: int):
-        self.records = _read(directory / RECORDS_FILE, RECORDS_SCHEMA)
-        self.documents = _read(directory / DOCUMENTS_FILE, DOCUMENTS_SCHEMA)
-        self.facets = _read(directory / FACETS_FILE, FACETS_SCHEMA)
+    def __init__(self, directory: Path, rows: int, validate: bool = False):
+        self.records = _read(directory / RECORDS_FILE, RECORDS_SCHEMA, validate)
+        self.documents = _read(directory / DOCUMENTS_FILE, DOCUMENTS_SCHEMA, validate)
+        self.facets = _read(directory / FACETS_FILE, FACETS_SCHEMA, validate)
         self.rows = rows
         self.ids = self.documents["id"]
         self.row_doc = _numpy(self.records["doc"])

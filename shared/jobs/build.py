@@ -163,8 +163,9 @@ def full(svc: Services, collection: str, segments: list[int], previous: Previous
         facts.update(quantizer_facts)
     if not len(records):
         step(0)  # an empty collection still checks cancel and lease once
-    return Built([], index, records, {d: s for d, s in latest.live.items()}, list(segments), len(latest.live),
-                 latest.rows_total, facts)
+    # Documents with no chunk (empty text) hold no row: a version counts the documents it can list.
+    documents = len({rec["doc_id"] for rec in records})
+    return Built([], index, records, dict(latest.live), list(segments), documents, latest.rows_total, facts)
 
 
 def _previous_quantizer(previous: Previous | None, model: str, dim: int) -> tuple[faiss.Index, dict] | None:
@@ -232,10 +233,10 @@ def _fold_count(live: list[int], new_rows: int) -> int:
     rows gathered so far (so part sizes stay geometric, like a binary counter, and a row is rewritten
     O(log n) times), and as many more as keep the count at MAX_PARTS. The first part is never folded."""
     fold, gathered = 0, new_rows
-    while fold < len(live) - 1 and (live[-1 - fold] <= FOLD_RATIO * gathered or len(live) - fold + 1 > MAX_PARTS):
+    while fold < len(live) - 1 and live[-1 - fold] <= FOLD_RATIO * gathered:
         gathered += live[-1 - fold]
         fold += 1
-    return fold
+    return max(fold, len(live) + 1 - MAX_PARTS)
 
 
 def _folded_rows(parts: list[LoadedPart], refs: list[PartRef]) -> tuple[list[dict], np.ndarray, dict[str, int],
@@ -249,14 +250,29 @@ def _folded_rows(parts: list[LoadedPart], refs: list[PartRef]) -> tuple[list[dic
     for part, ref in zip(parts, refs, strict=True):
         live = np.ones(part.rows, dtype=bool) if ref.deleted is None else ~ref.deleted
         rows = np.flatnonzero(live)
-        records.extend(part.tables.record(int(r)) for r in rows)
+        in_rows = part.tables.row_doc[rows]
+        # Each live document once, in row order (its rows are contiguous), so records follow the vectors.
+        docs = in_rows[np.r_[True, in_rows[1:] != in_rows[:-1]]] if len(in_rows) else in_rows
+        for doc in docs:
+            records.extend(part.tables.records_range(int(part.tables.row_start[doc]), int(part.tables.row_stop[doc])))
         vectors.append(part_vectors(part)[rows])
-        docs = np.unique(part.tables.row_doc[rows])
         ids = part.tables.ids.take(pa.array(docs)).to_pylist()
         segs = part.tables.documents["segment"].take(pa.array(docs)).to_pylist()
         segment_of.update(zip(ids, segs, strict=True))
         segments.extend(part.meta.get("segments") or [])
     return records, (np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)), segment_of, segments
+
+
+def _without_empty(parts: list[LoadedPart], refs: list[PartRef]) -> tuple[list[LoadedPart], list[PartRef]]:
+    """The parts that still hold a live row, at offsets renumbered in order (a part's row ids are its own,
+    so a part moves freely within a version)."""
+    out_parts, out_refs, offset = [], [], 0
+    for part, ref in zip(parts, refs, strict=True):
+        if ref.live:
+            out_parts.append(part)
+            out_refs.append(PartRef(ref.name, offset, ref.rows, ref.sha256, ref.deleted))
+            offset += ref.rows
+    return out_parts, out_refs
 
 
 def incremental(svc: Services, collection: str, segments: list[int], previous: Previous, steps: Steps) -> Built | str:
@@ -271,11 +287,13 @@ def incremental(svc: Services, collection: str, segments: list[int], previous: P
     changed = pa.array(list(latest.segment_of), type=pa.large_string())
     kept = [_deleted_after(part, ref, changed) for part, ref in zip(parts, refs, strict=True)]
     removed = sum(ref.rows - ref.live for ref in kept) - sum(ref.rows - ref.live for ref in refs)
+    parts, kept = _without_empty(parts, kept)
     new_records, new_vectors = read_live(svc, collection, new_segments, latest, svc.embedder.dim)
     _strip(new_records)
     fold = _fold_count([ref.live for ref in kept], len(new_records))
     segment_of = latest.live
     part_segments = list(new_segments)
+    added = len(new_records)
     if fold:
         folded_records, folded_vectors, folded_of, folded_segments = _folded_rows(parts[-fold:], kept[-fold:])
         new_records = folded_records + new_records
@@ -294,7 +312,7 @@ def incremental(svc: Services, collection: str, segments: list[int], previous: P
              "reused_rows": sum(ref.live for ref in kept),
              "added_rows": len(new_records), "removed_rows": removed, "parts_kept": len(kept), "parts_folded": fold}
     if kind == KIND_IVF:
-        reason = _tuning_stale(manifest, rows)
+        reason = _tuning_stale(manifest, rows, svc)
         if reason is not None:
             return reason
         first = parts[0].ivf if parts else None
@@ -302,7 +320,8 @@ def incremental(svc: Services, collection: str, segments: list[int], previous: P
             return f"version {previous.version} has no trained quantizer"
         quantizer = faiss.clone_index(first.quantizer)
         top, lists = ivf.assign(quantizer, new_vectors)
-        training = ivf.after_assigning(manifest["ivf_training"], top)
+        # Only rows new to the collection count toward drift: folded rows were counted when first added.
+        training = ivf.after_assigning(manifest["ivf_training"], top[len(new_records) - added:])
         sizes = sum((ivf.list_sizes(part.index) for part in parts), np.zeros(quantizer.ntotal, dtype=np.int64))
         reason = ivf.retrain_reason(training, rows, sizes + np.bincount(lists, minlength=quantizer.ntotal))
         if reason is not None:
@@ -330,11 +349,19 @@ TUNING = ("nprobe", "recall_at_10", "recall_target", "queries", "query_kind", "l
           "tuned_in")
 
 
-def _tuning_stale(manifest: dict, rows: int) -> str | None:
-    """Why the published nprobe no longer holds for `rows` rows (it was tuned for `tuned_rows`)."""
+def _tuning_stale(manifest: dict, rows: int, svc: Services) -> str | None:
+    """Why the published nprobe no longer holds: it was tuned for `tuned_rows` rows, or to another
+    recall target, or its recall is below today's floor (a full build tunes again, and refuses the
+    version if the floor is still not met)."""
     tuned = int(manifest.get("tuned_rows") or 0)
     low, high = NPROBE_ROWS
+    settings = svc.settings
     if not tuned or not low * tuned <= rows <= high * tuned:
         return f"nprobe re-tuned: tuned for {tuned} rows, the version has {rows}"
+    if manifest.get("recall_target") != settings.recall_target:
+        return (f"nprobe re-tuned: tuned for recall {manifest.get('recall_target')}, the target is "
+                f"{settings.recall_target}")
+    if float(manifest.get("recall_at_10", 0.0)) < settings.recall_floor:
+        return f"nprobe re-tuned: recall@10 {manifest.get('recall_at_10')} is below the floor {settings.recall_floor}"
     return None
 

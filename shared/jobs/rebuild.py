@@ -1,4 +1,5 @@
-"""Rebuild: merge the segments, build the FAISS index aside, verify it, publish it fenced."""
+"""Rebuild: the new version's parts (`shared.jobs.build`), its new part and manifest written aside and
+verified, then published fenced."""
 
 from __future__ import annotations
 
@@ -151,10 +152,7 @@ def _build(svc: Services, job_id: str, collection: str, lease: Lease, segments: 
         svc.jobs.progress(job_id, names.STAGE_MEASURE, 0, 1)
         built.facts.update(_tuned(svc, built.index), tuned_rows=int(built.index.ntotal), tuned_in=lease.fence)
         lap(names.STAGE_MEASURE)
-    elif built.facts["kind"] == KIND_IVF and built.facts["recall_at_10"] < svc.settings.recall_floor:
-        raise RecallBelowFloor(
-            f"recall@10 {built.facts['recall_at_10']:.4f} at nprobe {built.facts['nprobe']} (measured in version "
-            f"{built.facts['tuned_in']}) is below the floor {svc.settings.recall_floor}: the index was not published")
+
     return built
 
 
@@ -172,7 +170,7 @@ def _write_version(svc: Services, job_id: str, collection: str, lease: Lease, bu
     svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
     refs = list(built.kept)
     try:
-        if built.records or not refs:
+        if built.records:
             with storage.aside(part_dir, "an index part") as tmp:
                 write_part(tmp, built.index, built.records, built.segment_of, built.part_segments, lease.fence)
             offset = sum(ref.rows for ref in refs)

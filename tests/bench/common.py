@@ -31,9 +31,10 @@ def row(name: str, label: str, value: float | None, unit: str, target: tuple[str
 def written_version(indexes_dir: Path, index, records: list[dict], manifest: dict, fence: int = 1):
     """A format-2 version (what every rebuild writes) of `index` and its `records` under `indexes_dir`:
     written as v{fence} over one part, verified as a worker does, opened as an API process does."""
-    from shared.index.parts import open_version, verify_version, write_single_part_version
+    from shared.index.parts import open_version, verify_version
+    from tests.support import write_part_version
 
-    directory = write_single_part_version(indexes_dir, fence, index, records, manifest)
+    directory = write_part_version(indexes_dir, fence, index, records, manifest)
     verify_version(directory)
     return open_version(directory, fence)
 

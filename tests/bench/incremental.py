@@ -39,12 +39,12 @@ from shared.index.parts import (
     part_refs,
     verify_version,
     write_part,
-    write_single_part_version,
     write_version_manifest,
 )
 from shared.index.vectorindex import ivf_on, read_manifest, sha256_file, train_ivf, training_rows
 from shared.jobs.build import _tuning_stale
 from shared.storage import fsync_tree
+from tests.support import write_part_version
 
 DIM = 384
 TARGET_RATIO = 0.10
@@ -109,7 +109,7 @@ def _write_full(indexes: Path, index: faiss.Index, training: dict, tuned: dict) 
     """Version 1 as a full rebuild writes it (one part of every row), fsynced and verified; its seconds."""
     records = _records(0, index.ntotal)
     started = time.perf_counter()
-    version = write_single_part_version(indexes, 1, index, records, {
+    version = write_part_version(indexes, 1, index, records, {
         "kind": "ivf-flat-ip", "model": "bench", "ivf_training": training, "tuned_rows": int(index.ntotal),
         **{name: tuned[name] for name in ("nprobe", "recall_at_10")}})
     fsync_tree(indexes)

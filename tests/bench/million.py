@@ -198,13 +198,13 @@ def edit_latency(running, base: str, folder: Path) -> list[dict]:
 
 def kept_disk(settings: Settings) -> tuple[float, float, int]:
     """(bytes of every kept version and the parts they use, bytes of the newest version alone, versions)."""
-    from shared.index.parts import disk_bytes
     from shared.storage import Storage
+    from tests.support import version_disk_bytes
 
     indexes = Storage(settings.data_dir).indexes_dir(COLLECTION)
     versions = sorted((int(p.name[1:]) for p in indexes.iterdir() if p.name.startswith("v")), reverse=True)
     total = sum(f.stat().st_size for f in indexes.rglob("*") if f.is_file())
-    return total, disk_bytes(indexes / f"v{versions[0]}"), len(versions)
+    return total, version_disk_bytes(indexes / f"v{versions[0]}"), len(versions)
 
 
 def in_process(settings: Settings, version: int, queries: int) -> dict:

@@ -33,12 +33,13 @@ import numpy as np
 
 from shared.index.embedders import MiniLMEmbedder, make_embedder
 from shared.index.keywordpart import KEYWORD_PART_FILES
-from shared.index.parts import PARTS_DIR, PartsVersion, open_version, verify_version, write_single_part_version
+from shared.index.parts import PARTS_DIR, PartsVersion, open_version, verify_version
 from shared.index.parttables import RECORDS_FILE
 from shared.index.vectorindex import INDEX_FILE, build_flat
 from shared.jobs.ingest import chunk_documents
 from shared.search.engine import MODES, search
 from shared.settings import Settings
+from tests.support import write_part_version
 from webapp.api.runtime import FAISS_THREADS
 from webapp.devstack.sample import sample_documents
 
@@ -90,7 +91,7 @@ def embed_cached(embedder, texts: list[str], cache_dir: Path = ARTIFACTS / "benc
 def build_version(directory: Path, records: list[dict], vectors: np.ndarray, model_id: str) -> PartsVersion:
     """Version 1 of `records` under `directory` (a collection's indexes folder: v1 over parts/p1),
     written, verified and opened as the product does, warmed."""
-    written = write_single_part_version(directory, 1, build_flat(vectors, 4096, lambda done: None), records,
+    written = write_part_version(directory, 1, build_flat(vectors, 4096, lambda done: None), records,
                                         {"kind": "flat-ip", "model": model_id})
     verify_version(written)
     version = open_version(written, 1)
