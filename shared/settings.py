@@ -80,6 +80,9 @@ class Settings:
     replica_ttl_seconds: int = 30
     api_torch_threads: int = 1
     worker_torch_threads: int = 2
+    # Worker processes run at this CPU niceness (0-19), below the API's, so indexing on a shared host
+    # never slows searching (a rebuild's CPU goes to searches first); 0 keeps the inherited priority.
+    worker_nice: int = 10
     versions_keep: int = 5
     collect_versions_seconds: float = 300.0
     job_ttl_seconds: int = 7 * 24 * 3600
@@ -163,6 +166,8 @@ class Settings:
                                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         if self.task_time_limit <= self.task_soft_time_limit:
             raise SettingsError("SWAPLINE_TASK_TIME_LIMIT must be above SWAPLINE_TASK_SOFT_TIME_LIMIT")
+        if not 0 <= self.worker_nice <= 19:
+            raise SettingsError(f"SWAPLINE_WORKER_NICE must be 0 to 19, not {self.worker_nice}")
 
     @property
     def keepalive_seconds(self) -> float:

@@ -29,8 +29,14 @@ DOCS = [
 
 
 def test_create_ingest_rebuild_search(settings, procs):
-    base = procs.api(settings)
-    procs.worker(settings)
+    import psutil
+
+    api, base = procs.api_proc(settings)
+    worker = procs.worker(settings)
+    # Workers run below the API's CPU priority (SWAPLINE_WORKER_NICE, default 10), pool processes too.
+    assert settings.worker_nice == 10 and psutil.Process(api.popen.pid).nice() == 0
+    celery = psutil.Process(worker.popen.pid)
+    assert {p.nice() for p in [celery, *celery.children(recursive=True)]} == {10}
     assert create_collection(base) == {"name": "docs", "documents": 0, "chunks": 0, "index": None}
     empty = search(base, "anything")
     assert empty.json() == {"index_version": None, "mode": "hybrid", "scanned": 0, "matched_documents": None,

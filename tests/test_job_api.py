@@ -249,7 +249,8 @@ def test_cancel_running_rebuild_publishes_nothing_and_releases_the_lock(settings
     assert int(rclient.hget(keys.pointer("docs"), "version")) == v1  # nothing published
     assert rclient.get(keys.lock("docs")) is None  # lease released
     index_dir = slow.data_dir / "indexes" / "docs"
-    assert sorted(os.listdir(index_dir)) == [f"v{v1}"]  # no v{fence}, no temporary directory
+    assert sorted(os.listdir(index_dir)) == ["parts", f"v{v1}"]  # no v{fence}, no temporary directory
+    assert os.listdir(index_dir / "parts") == [f"p{v1}"]  # and no part of the canceled build
     assert not (index_dir / f"v{fence}").exists()
     # The collection still rebuilds afterwards.
     again = requests.post(f"{base}/v1/collections/docs/rebuild").json()

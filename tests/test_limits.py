@@ -35,3 +35,13 @@ def test_search_bounds_name_the_field():
     with pytest.raises(RequestRefused) as refused:
         check_search("x" * 11, 5, BOUNDS)
     assert refused.value.errors == {"query": ["at most 10 characters"]}
+
+
+def test_worker_niceness_is_checked_at_start():
+    from shared.settings import SettingsError, load_settings
+
+    assert load_settings({"SWAPLINE_WORKER_NICE": "5"}).worker_nice == 5
+    assert load_settings({}).worker_nice == 10
+    for bad in ("20", "-1"):
+        with pytest.raises(SettingsError, match="SWAPLINE_WORKER_NICE must be 0 to 19"):
+            load_settings({"SWAPLINE_WORKER_NICE": bad})

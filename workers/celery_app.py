@@ -89,6 +89,14 @@ def _setup_logging(loglevel=None, **_) -> None:
 def _early_logging(**_) -> None:
     # The worker warns (e.g. about running as root) before it sets logging up: catch that in the format too.
     logs.configure_logging(settings().log_format)
+    lower_priority(settings().worker_nice)
+
+
+def lower_priority(nice: int) -> None:
+    """Run this process (and the pool processes it forks) at CPU niceness `nice`, when that is lower
+    priority than what it has (raising priority back needs privileges a worker should not have)."""
+    if nice > os.getpriority(os.PRIO_PROCESS, 0):
+        os.setpriority(os.PRIO_PROCESS, 0, min(nice, 19))
 
 
 @signals.celeryd_after_setup.connect
