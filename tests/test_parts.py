@@ -255,3 +255,23 @@ def test_a_manifest_naming_a_bitmap_outside_the_version_is_refused(stack):
         path.write_text(json.dumps(manifest))
         with pytest.raises(VerifyFailed, match="unexpected bitmap|checksum mismatch"):
             verify_version(stack.version_dir(second))
+
+
+def test_folding_keeps_parts_few_and_rewrites_each_row_a_few_times():
+    from shared.jobs.build import MAX_PARTS, _fold_count
+
+    assert _fold_count([1000], 10) == 0
+    assert _fold_count([1000, 10], 10) == 1  # the tail part holds at most twice the new rows
+    assert _fold_count([1000, 100], 10) == 0
+    assert _fold_count([1000, 30, 10], 10) == 2
+    geometric = [1_000_000] + [400_000 >> i for i in range(7)]  # MAX_PARTS parts already
+    assert _fold_count(geometric, 100) == 1  # only as many as keep the count, not a cascade
+    # 500 edits of 100 rows each onto a base of 100,000: the count stays bounded and the rows rewritten
+    # by folds stay within a small multiple of the rows added (binary-counter merging: O(log n) each).
+    parts, rewritten = [100_000], 0
+    for _ in range(500):
+        fold = _fold_count(parts, 100)
+        rewritten += sum(parts[len(parts) - fold:])
+        parts = parts[:len(parts) - fold] + [100 + sum(parts[len(parts) - fold:])]
+        assert len(parts) <= MAX_PARTS and parts[0] == 100_000
+    assert rewritten <= 10 * 500 * 100

@@ -111,7 +111,9 @@ def test_5_disk_full_while_writing_a_version(small_volume, cfg, procs, rdb):
     assert publishes(rdb) == [v1]
     leftovers = [str(p.relative_to(small_volume)) for p in small_volume.rglob(".tmp-*")]
     assert leftovers == []
-    assert sorted(p.name for p in (small_volume / "indexes" / "docs").iterdir()) == [f"v{v1}"]
+    indexes = small_volume / "indexes" / "docs"
+    assert sorted(p.name for p in indexes.iterdir()) == ["parts", f"v{v1}"]
+    assert [p.name for p in (indexes / "parts").iterdir()] == [f"p{v1}"]  # the failed build's part is gone
     assert serving(base) == v1
 
     # A batch that cannot be staged: 507 in the error shape, nothing created, nothing left behind.
