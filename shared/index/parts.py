@@ -395,8 +395,7 @@ class PartsVersion:
         self.nprobe = int(manifest.get("nprobe", 1))
         # What every unfiltered search needs of the deletions, computed once per version, not per query.
         self._live = [None if ref.deleted is None else ~ref.deleted for ref in self.refs]
-        self._live_params = [_params(part, live, self.nprobe) for part, live in zip(self.parts, self._live,
-                                                                                     strict=True)]
+        self._live_selectors = [_selector(live) for live in self._live]
         layout = [(part, ref.offset, ref.deleted) for part, ref in zip(self.parts, self.refs, strict=True)]
         self.keyword = KeywordSearch([(p.keyword, o, d) for p, o, d in layout], self.total_rows)
         self.documents = VersionDocuments([(p.tables, o, d) for p, o, d in layout], self.total_rows)
@@ -451,7 +450,8 @@ class PartsVersion:
             if not part.rows or mask is not None and not mask.any():
                 continue
             # The bitmap must outlive the search; an unfiltered search reuses the version's own.
-            params, _bits = self._live_params[i] if unfiltered else _params(part, mask, nprobe)
+            selector, _bits = self._live_selectors[i] if unfiltered else _selector(mask)
+            params = _params(part, selector, nprobe)
             found_scores, found = part.index.search(q, min(k + TIE_SLACK, part.rows), params=params)
             keep = found[0] >= 0
             scores.append(found_scores[0][keep])
@@ -476,18 +476,21 @@ class PartsVersion:
 ServedVersion = LoadedVersion | PartsVersion  # what an API process serves, format 1 or 2
 
 
-def _params(part: LoadedPart, mask: np.ndarray | None,
-            nprobe: int) -> tuple[faiss.SearchParameters | None, np.ndarray | None]:
-    """FAISS search parameters for one part, and the bitmap its selector points into (FAISS keeps only
-    the pointer: the caller holds the array until the search returns)."""
-    selector, bitmap = None, None
-    if mask is not None:
-        bitmap = np.packbits(mask, bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # its length in bytes
+def _selector(mask: np.ndarray | None) -> tuple[faiss.IDSelector | None, np.ndarray | None]:
+    """A FAISS selector of the rows `mask` keeps (None: every row), and the bitmap it points into
+    (FAISS keeps only the pointer: whoever uses the selector holds the array too)."""
+    if mask is None:
+        return None, None
+    bitmap = np.packbits(mask, bitorder="little")
+    return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap  # its length in bytes
+
+
+def _params(part: LoadedPart, selector: faiss.IDSelector | None, nprobe: int) -> faiss.SearchParameters | None:
+    """FAISS search parameters for one part."""
     # faiss's stubs omit the keyword constructor its Python layer adds to every SearchParameters.
     if part.ivf is not None:
-        return faiss.SearchParametersIVF(sel=selector, nprobe=min(nprobe, part.ivf.nlist)), bitmap  # type: ignore[call-arg]
-    return (faiss.SearchParameters(sel=selector) if selector is not None else None), bitmap  # type: ignore[call-arg]
+        return faiss.SearchParametersIVF(sel=selector, nprobe=min(nprobe, part.ivf.nlist))  # type: ignore[call-arg]
+    return faiss.SearchParameters(sel=selector) if selector is not None else None  # type: ignore[call-arg]
 
 
 def part_vectors(part: LoadedPart) -> np.ndarray:
