@@ -40,6 +40,7 @@ from shared.index.vectorindex import (
 )
 from shared.jobs.merge import latest_documents, read_live
 from shared.services import Services
+from shared.settings import Settings
 from shared.storage import UnsafePath
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,7 @@ def incremental(svc: Services, collection: str, segments: list[int], previous: P
              "reused_rows": sum(ref.live for ref in kept),
              "added_rows": len(new_records), "removed_rows": removed, "parts_kept": len(kept), "parts_folded": fold}
     if kind == KIND_IVF:
-        reason = _tuning_stale(manifest, rows, svc)
+        reason = _tuning_stale(manifest, rows, svc.settings)
         if reason is not None:
             return reason
         first = parts[0].ivf if parts else None
@@ -349,13 +350,12 @@ TUNING = ("nprobe", "recall_at_10", "recall_target", "queries", "query_kind", "l
           "tuned_in")
 
 
-def _tuning_stale(manifest: dict, rows: int, svc: Services) -> str | None:
+def _tuning_stale(manifest: dict, rows: int, settings: Settings) -> str | None:
     """Why the published nprobe no longer holds: it was tuned for `tuned_rows` rows, or to another
     recall target, or its recall is below today's floor (a full build tunes again, and refuses the
     version if the floor is still not met)."""
     tuned = int(manifest.get("tuned_rows") or 0)
     low, high = NPROBE_ROWS
-    settings = svc.settings
     if not tuned or not low * tuned <= rows <= high * tuned:
         return f"nprobe re-tuned: tuned for {tuned} rows, the version has {rows}"
     if manifest.get("recall_target") != settings.recall_target:

@@ -43,6 +43,7 @@ from shared.index.parts import (
 )
 from shared.index.vectorindex import ivf_on, read_manifest, sha256_file, train_ivf, training_rows
 from shared.jobs.build import _tuning_stale
+from shared.settings import Settings
 from shared.storage import fsync_tree
 from tests.support import write_part_version
 
@@ -111,7 +112,7 @@ def _write_full(indexes: Path, index: faiss.Index, training: dict, tuned: dict) 
     started = time.perf_counter()
     version = write_part_version(indexes, 1, index, records, {
         "kind": "ivf-flat-ip", "model": "bench", "ivf_training": training, "tuned_rows": int(index.ntotal),
-        **{name: tuned[name] for name in ("nprobe", "recall_at_10")}})
+        **{name: tuned[name] for name in ("nprobe", "recall_at_10", "recall_target")}})
     fsync_tree(indexes)
     verify_version(version)
     return time.perf_counter() - started
@@ -136,7 +137,7 @@ def _incremental_build(previous: Path, deleted: np.ndarray, added: np.ndarray) -
     lap("open")
     kept = [PartRef(ref.name, ref.offset, ref.rows, ref.sha256, deleted) for ref in refs]
     rows = sum(ref.live for ref in kept) + len(added)
-    stale = _tuning_stale(manifest, rows)
+    stale = _tuning_stale(manifest, rows, Settings())
     if stale is not None:
         raise RuntimeError(f"the benchmark's change should keep the published nprobe: {stale}")
     quantizer = faiss.clone_index(parts[0].ivf.quantizer)
