@@ -38,19 +38,6 @@ def document_type(record: dict) -> str:
     return "none"
 
 
-def count_by_type(records: list[dict]) -> dict[str, dict[str, int]]:
-    """type -> {"documents": n, "chunks": m} over the live chunk records."""
-    counts: dict[str, dict[str, int]] = {}
-    seen: set[str] = set()
-    for rec in records:
-        entry = counts.setdefault(document_type(rec), {"documents": 0, "chunks": 0})
-        entry["chunks"] += 1
-        if rec["doc_id"] not in seen:
-            seen.add(rec["doc_id"])
-            entry["documents"] += 1
-    return counts
-
-
 def _text_or_none(value) -> str | None:
     return value if isinstance(value, str) else None
 
