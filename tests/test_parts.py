@@ -27,8 +27,8 @@ from shared.jobs.submit import request_rebuild, submit_documents
 from shared.jobs.versions import collect_versions
 from shared.jobstates import SUCCEEDED
 from shared.search.engine import search
-from shared.search.filters import parse_filter
 from shared.settings import Settings
+from tests.fixtures.make_format1 import answers_of
 from tests.support import make_services, version_disk_bytes
 
 FIXTURE = Path(__file__).parent / "fixtures" / "format1"
@@ -160,20 +160,6 @@ def test_a_process_opens_a_shared_part_once(stack):
     assert new.parts[0] is old.parts[0] and PARTS.open(new.parts[0].directory, new.refs[0].sha256) is old.parts[0]
 
 
-def _answers(version, embed) -> list[dict]:
-    from tests.fixtures.make_format1 import QUERIES
-
-    out = []
-    for query, mode, flt in QUERIES:
-        answer = search(version, query, 5, mode, parse_filter(flt), embed)
-        out.append({"query": query, "mode": mode, "filter": flt,
-                    "hits": [[h["doc_id"], h["chunk_id"], round(h["score"], 5)] for h in answer.hits]})
-    docs, _ = version.documents.page("", None, 100)
-    out.append({"documents": [d["id"] for d in docs],
-                "n03": [r["text"] for r in version.records(version.documents.get("notes/n03.md")["rows"])]})
-    return out
-
-
 def restore(client, dump: dict) -> None:
     """Load what tests/fixtures/make_format1.py dumped of Redis."""
     for key, value in dump.items():
@@ -203,13 +189,13 @@ def test_a_data_dir_written_by_format_1_loads_and_the_next_rebuild_converts_it(t
 
     old = open_version(stack.svc.storage.resolve_relative(pointer["path"]), pointer["version"])
     assert isinstance(old, LoadedVersion)
-    assert _answers(old, stack.embed) == expected
+    assert answers_of(old, stack.embed) == expected
 
     result = stack.rebuild()
     assert result["incremental"] is False and "format 1" in result["full_reason"]
     new = open_version(stack.version_dir(result["version"]), result["version"])
     assert isinstance(new, PartsVersion) and new.vectors == old.vectors == 22
-    got = _answers(new, stack.embed)
+    got = answers_of(new, stack.embed)
     assert got[-1] == expected[-1]  # the same documents and chunk texts
     for mine, theirs in zip(got[:-1], expected[:-1], strict=True):
         if mine["mode"] != "hybrid":  # hybrid fuses ranks, which the embedder's many ties reorder

@@ -152,7 +152,6 @@ def _build(svc: Services, job_id: str, collection: str, lease: Lease, segments: 
         svc.jobs.progress(job_id, names.STAGE_MEASURE, 0, 1)
         built.facts.update(_tuned(svc, built.index), tuned_rows=int(built.index.ntotal), tuned_in=lease.fence)
         lap(names.STAGE_MEASURE)
-
     return built
 
 
