@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -11,15 +14,28 @@ from shared.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict:
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
     if settings.visibility_timeout_seconds:
         # kombu looks for unacked messages past the timeout every interval x throttle seconds (100 s by
         # default); a timeout set shorter than the default one is looked for as often as it is short.
         transport |= {"unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 2)),
                       "unacked_restore_throttle": 1}
+    broker_url = settings.redis_url
+    if settings.sentinel_nodes:
+        # kombu's sentinel transport asks the Sentinels for the primary on every (re)connection, so the
+        # broker follows a failover like the stores do; the URL's credentials and database are the
+        # primary's, the Sentinels' own password goes in sentinel_kwargs.
+        url = urlsplit(settings.redis_url)
+        credentials = url.netloc.rpartition("@")[0]
+        at = f"{credentials}@" if credentials else ""
+        broker_url = ";".join(f"sentinel://{at}{host}:{port}{url.path or '/0'}"
+                              for host, port in settings.sentinel_nodes)
+        transport |= {"master_name": settings.redis_sentinel_master}
+        if settings.redis_sentinel_password:
+            transport |= {"sentinel_kwargs": {"password": settings.redis_sentinel_password}}
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        "broker_url": broker_url,
+        "result_backend": broker_url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,

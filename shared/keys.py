@@ -135,6 +135,12 @@ def replica(replica_id: str) -> str:
     return _k("replica", replica_id)
 
 
+def readers(name: str) -> str:
+    """Sorted set "{version}|{replica_id}" -> expiry (epoch seconds): the reader leases API processes
+    hold on the versions of a collection they serve (version collection never deletes a leased one)."""
+    return _k("col", name, "readers")
+
+
 def idempotency(route: str, key: str) -> str:
     """JSON record of the first request made with an Idempotency-Key on a route: pending, then its
     response; expires after `idempotency_ttl_seconds`."""
@@ -229,11 +235,27 @@ def compact_pending(name: str) -> str:
     return _k("col", name, "compact_pending")
 
 
+def layout() -> str:
+    """The layout Swapline's Redis state is written in (an integer; shared/jobs/upgrade.py)."""
+    return _k("layout")
+
+
+def upgrade_lock() -> str:
+    """Held by the one process running migrations."""
+    return _k("upgrade_lock")
+
+
+def replication_probe() -> str:
+    """A counter written only so a WAIT has a write of its own connection to wait for
+    (`shared.store.conn.confirm`)."""
+    return _k("replication_probe")
+
+
 def collection_keys(name: str) -> list[str]:
     """The keys a drop deletes. The fence counter stays: fences keep rising across a drop and a
     re-create, so a stale builder of the old collection can never publish over the new one."""
     return [collection(name), collection_docs(name), segments(name), segment_seq(name), rebuild_pending(name),
-            pointer(name), pointer_history(name), collection_sources(name), compact_pending(name)]
+            pointer(name), pointer_history(name), collection_sources(name), compact_pending(name), readers(name)]
 
 
 # Celery's broker (kombu's Redis transport). These keys belong to kombu, not to Swapline, and carry no

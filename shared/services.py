@@ -25,6 +25,7 @@ from shared.store.fanout import FanOut
 from shared.store.history import JobHistory
 from shared.store.idempotency import IdempotencyStore
 from shared.store.jobs import JobStore
+from shared.store.layout import LayoutStore
 from shared.store.locks import RebuildLocks, TokenLock
 from shared.store.pointers import Pointers
 from shared.store.replicas import ReplicaStore
@@ -46,6 +47,8 @@ class Services:
     sweep_lock: TokenLock
     recover_lock: TokenLock
     collect_lock: TokenLock
+    upgrade_lock: TokenLock
+    layout: LayoutStore
     pointers: Pointers
     collections: CollectionStore
     replicas: ReplicaStore
@@ -96,7 +99,7 @@ class Services:
 
 def build_services(settings: Settings, enqueue: Callable[[str, str], None], torch_threads: int,
                    client: redis.Redis | None = None) -> Services:
-    client = client or connect(settings.redis_url)
+    client = client or connect(settings)
     return Services(
         settings=settings,
         redis=client,
@@ -106,9 +109,11 @@ def build_services(settings: Settings, enqueue: Callable[[str, str], None], torc
         sweep_lock=TokenLock(client, keys.sweep_lock()),
         recover_lock=TokenLock(client, keys.recover_lock()),
         collect_lock=TokenLock(client, keys.collect_lock()),
+        upgrade_lock=TokenLock(client, keys.upgrade_lock()),
+        layout=LayoutStore(client),
         pointers=Pointers(client, settings.versions_keep, settings.events_max_len),
         collections=CollectionStore(client),
-        replicas=ReplicaStore(client, settings.replica_ttl_seconds),
+        replicas=ReplicaStore(client, settings.replica_ttl_seconds, settings.reader_lease_seconds),
         events=EventLog(client, settings.events_max_len),
         idempotency=IdempotencyStore(client, settings.idempotency_ttl_seconds, IDEMPOTENCY_PENDING_SECONDS),
         broker=BrokerView(client),

@@ -40,6 +40,16 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Sentinel ("host:port,host:port,..."; empty: none): every process finds the primary through
+    # these under `redis_sentinel_master`, again after each failover; `redis_url` then gives only the
+    # database number and the primary's credentials. With Sentinel, an acknowledged write (a job answered
+    # 202, a fence put to use, a publish) is first held by `redis_min_replicas` replicas (WAIT, at most
+    # `redis_wait_ms`), so a promoted replica holds everything that was acknowledged.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "swapline"
+    redis_sentinel_password: str = field(default="", repr=False)
+    redis_min_replicas: int = 1
+    redis_wait_ms: int = 2000
     data_dir: Path = Path("./var/data")
     embedder: str = "minilm"
     hash_dim: int = 384
@@ -78,6 +88,9 @@ class Settings:
     visibility_timeout_seconds: int = 0
     watcher_poll_seconds: float = 2.0
     replica_ttl_seconds: int = 30
+    # A reader lease an API process holds on each version it serves, renewed with its heartbeat: version
+    # collection deletes no leased version, so a process paused this long still finds its files.
+    reader_lease_seconds: int = 900
     api_torch_threads: int = 1
     worker_torch_threads: int = 2
     # Worker processes run at this CPU niceness (0-19), below the API's, so indexing on a shared host
@@ -166,8 +179,22 @@ class Settings:
                                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         if self.task_time_limit <= self.task_soft_time_limit:
             raise SettingsError("SWAPLINE_TASK_TIME_LIMIT must be above SWAPLINE_TASK_SOFT_TIME_LIMIT")
+        _sentinel_nodes(self.redis_sentinels)  # SettingsError names a malformed entry
+        if self.redis_min_replicas < 0 or self.redis_wait_ms < 1:
+            raise SettingsError("SWAPLINE_REDIS_MIN_REPLICAS must be 0 or more and SWAPLINE_REDIS_WAIT_MS 1 or more")
         if not 0 <= self.worker_nice <= 19:
             raise SettingsError(f"SWAPLINE_WORKER_NICE must be 0 to 19, not {self.worker_nice}")
+
+    @property
+    def sentinel_nodes(self) -> tuple[tuple[str, int], ...]:
+        """The Sentinels as (host, port) pairs; empty without Sentinel."""
+        return _sentinel_nodes(self.redis_sentinels)
+
+    @property
+    def acknowledged_replicas(self) -> int:
+        """Replicas that must hold a write before it is acknowledged: `redis_min_replicas` with Sentinel
+        (a replica that can be promoted), none with a single server."""
+        return self.redis_min_replicas if self.redis_sentinels.strip() else 0
 
     @property
     def keepalive_seconds(self) -> float:
@@ -194,6 +221,17 @@ class Settings:
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)
+
+
+def _sentinel_nodes(raw: str) -> tuple[tuple[str, int], ...]:
+    nodes = []
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        host, sep, port = entry.rpartition(":")
+        host = host.strip("[]")  # an IPv6 address in brackets
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"SWAPLINE_REDIS_SENTINELS is host:port,host:port,...; got {entry!r}")
+        nodes.append((host, int(port)))
+    return tuple(nodes)
 
 
 def parse_grant(grant: str) -> tuple[str, frozenset[str] | None]:

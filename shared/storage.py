@@ -6,6 +6,7 @@ Layout (under `data_dir`):
     indexes/{collection}/v{version}/ immutable: manifest.json over parts, deletion bitmaps (format 2;
                                     format 1 held index.faiss, chunks.jsonl, offsets.npy, ...)
     indexes/{collection}/parts/p{fence}/ immutable: a block of rows shared by every version using it
+    layout.json                     the layout this data dir is written in (shared/jobs/upgrade.py)
     cache/embeddings/               (model, content hash) -> vector, bounded, shared by workers
     models/{variant}/model.onnx     the ONNX exports of the embedding model, made once on first use
 
@@ -206,6 +207,28 @@ class Storage:
         except BaseException as exc:
             if tmp is not None:
                 shutil.rmtree(final if renamed else tmp, ignore_errors=True)
+            reraise(exc, what)
+
+    def layout_path(self) -> Path:
+        """The data dir's layout marker (`shared.jobs.upgrade`)."""
+        return self._inside(self.root / "layout.json")
+
+    def replace_json(self, path: Path, value: object, what: str) -> None:
+        """Write `value` as JSON in place of `path` (inside the data dir): a temporary file, fsynced,
+        renamed over the old one, so a reader sees the old content or the new, never a mix."""
+        path = self._inside(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reraise(exc, what)
+        tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+        with written(tmp, what) as fh:
+            fh.write(json.dumps(value, indent=1, sort_keys=True).encode("utf-8") + b"\n")
+        try:
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
             reraise(exc, what)
 
     # staging

@@ -27,6 +27,7 @@ from shared.names import is_job_id
 from shared.sources.batch import run_batch
 from shared.sources.reconcile import run_reconcile
 from shared.storage import StorageFull
+from shared.store.conn import confirm
 from shared.store.locks import LeaseLost
 from shared.store.pointers import PublishRefused
 from shared.webhooks.delivery import PENDING, deliver, dispatch
@@ -87,6 +88,9 @@ def _attempt(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | Non
         except TRANSIENT:
             unrecorded[0] += 1
             raise
+    # The task is acked when this returns: what the attempt wrote (a segment registered, a job's end)
+    # must be on a replica first, or a failover could lose it with the message already gone.
+    confirm(svc.redis)
 
 
 def _outcome(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | None,

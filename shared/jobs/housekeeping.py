@@ -15,6 +15,7 @@ from collections.abc import Callable
 import redis
 
 from shared.backoff import Backoff
+from shared.jobs import upgrade
 from shared.jobs.sweep import recover, sweep
 from shared.jobs.versions import collect_versions
 from shared.services import Services
@@ -45,6 +46,8 @@ class Housekeeper:
         self.svc = svc
         s = svc.settings
         self.pieces: list[tuple[str, float, Callable[[Services], object]]] = [
+            # Once per process (again only after a failure): refuse a newer layout, migrate an older one.
+            ("layout", float("inf"), upgrade.check),
             ("recover", s.keepalive_seconds, recover),
             ("sweep", s.sweep_interval, sweep),
             ("collect_versions", s.collect_versions_seconds, collect_all),
@@ -66,6 +69,9 @@ class Housekeeper:
                 delay = self.backoff.failed()
                 log.warning("event=housekeeping.redis_error piece=%s error=%r retry_in=%.1f", name, str(exc), delay)
                 return delay
+            except upgrade.LayoutTooNew as exc:
+                log.error("event=housekeeping.layout_too_new error=%r", str(exc))
+                return ERROR_BACKOFF[1]
             self.backoff.succeeded()
             self.next_at[name] = time.monotonic() + interval
             if name == "recover" and result:

@@ -14,6 +14,7 @@ from shared.errors import JobInProgress
 from shared.jobkinds import DELETE, DROP, DROP_MARKER, INGEST, KINDS, PENDING_REBUILD, REBUILD, STAGED_BATCH
 from shared.jobstates import CANCELED, QUEUED, RUNNING, TERMINAL, JobNotFound, QueueFull, new_job_id
 from shared.services import Services
+from shared.store.conn import confirm
 from shared.tasknames import QUEUE_INDEX, QUEUE_INGEST
 
 __all__ = ["QueueFull", "NotCancelable", "submit_documents", "request_rebuild", "submit_delete", "submit_drop",
@@ -59,6 +60,7 @@ def create_and_enqueue(svc: Services, kind: str, collection: str, options: dict,
     job = svc.jobs.create(kind, collection, options, job_id, max_queued=_bound(svc, kind, bounded))
     # If the process dies here the job stays queued without a message; the sweeper sends it again.
     svc.enqueue(kind, job_id)
+    confirm(svc.redis)  # the job and its message are on a replica before the 202
     return job
 
 
@@ -136,6 +138,7 @@ def request_rebuild(svc: Services, collection: str, exclusive: bool,
                 svc.locks.clear_pending(collection, job_id)
                 raise
             svc.enqueue(REBUILD.name, job_id)
+            confirm(svc.redis)
             return job, True
         if svc.jobs.state(other) in TERMINAL:
             # A pending slot left by a job that ended without clearing it (canceled while queued,

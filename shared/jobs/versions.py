@@ -72,8 +72,9 @@ def rollback(svc: Services, name: str, version: int) -> dict | None:
 
 
 def collect_versions(svc: Services, name: str) -> list[int]:
-    """Delete version directories that are not among the last K published, not current, and not
-    served by any live API process, then the parts no remaining version directory references.
+    """Delete version directories that are not among the last K published, not current, not served
+    by any live API process and not leased by any (a paused one included), then the parts no remaining
+    version directory references.
     Directories and parts newer than the published pointer belong to a build that has not published
     yet and are left alone."""
     pointer = svc.pointers.get(name)
@@ -81,6 +82,7 @@ def collect_versions(svc: Services, name: str) -> list[int]:
         return []
     keep = {entry["version"] for entry in svc.pointers.history(name)} | {pointer["version"]}
     keep |= {versions[name] for versions in svc.replicas.versions().values() if name in versions}
+    keep |= svc.replicas.leased(name)
     newest_published = max(keep)
     parent = svc.storage.indexes_dir(name)
     deleted = []

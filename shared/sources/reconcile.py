@@ -31,6 +31,7 @@ from shared.sources.files import content_problem, digest, read_in_source
 from shared.sources.finish import finish_reconcile, resume
 from shared.sources.paths import SourcePathRefused, check_source_root
 from shared.sources.walk import IGNORE_FILE, Rules, under, walk_tree
+from shared.store.conn import confirm
 from shared.store.sources import FileState
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ def _fan_out(svc: Services, job_id: str, collection: str, source: dict, files: l
     svc.fanout.open(job_id, {child: len(paths) for child, paths in children.items()})
     for child in children:
         svc.enqueue(INGEST_FILES.name, child)
+    confirm(svc.redis)
     log.info("event=reconcile.fanout job=%s collection=%s source=%s files=%s batches=%s",
              job_id, collection, source["id"], len(files), len(children))
     if not children:

@@ -9,7 +9,8 @@ to Redis. Keys come from `shared.keys`; multi-step changes are Lua scripts in `s
 | `pointers` | the published index version of each collection, its history, swap messages |
 | `locks` | the rebuild lease with fencing numbers, the rebuild coalescing slot, housekeeping locks |
 | `events` | the event stream (SSE) and the one shape of its entries |
-| `replicas` | which index version each API process serves (heartbeats) |
+| `replicas` | which index version each API process serves (heartbeats) and its reader leases on them |
+| `layout` | the layout the Redis state is written in (migrations raise it) |
 | `idempotency` | Idempotency-Key records |
 | `counters` | monotonic work counters (chunks embedded, seconds embedding) that /metrics exports |
 | `broker` | a read-mostly view of kombu's Redis layout, for the sweeper and metrics |

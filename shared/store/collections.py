@@ -8,7 +8,7 @@ from typing import cast
 import redis
 
 from shared import keys
-from shared.store.conn import delete_if_equals, load_script
+from shared.store.conn import confirm, delete_if_equals, load_script
 
 
 class CollectionStore:
@@ -22,6 +22,7 @@ class CollectionStore:
         if not self.r.sadd(keys.collections(), name):
             return False
         self.r.hset(keys.collection(name), mapping={"created_at": time.time(), "chunks": 0, "changes": 0})
+        confirm(self.r)
         return True
 
     def exists(self, name: str) -> bool:

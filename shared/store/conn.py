@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from shared import keys
+from shared.settings import Settings
 
 LUA_LIBRARY = ("lib", "events.lua")
 
@@ -16,18 +22,67 @@ LUA_LIBRARY = ("lib", "events.lua")
 SOCKET_TIMEOUT = 5.0
 
 
-def connect(url: str, retries: int = 3, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
-    """A client that answers str, with a health check so idle pooled connections are revalidated.
+class NotReplicated(redis.ConnectionError):
+    """A write reached the primary but not the replicas it must reach before it is acknowledged (see
+    `confirm`). A ConnectionError, so it is handled as Redis being unavailable: the API answers 503 with
+    Retry-After and a task runs its attempt again; every write it follows is safe to repeat."""
+
+
+def connect(settings: Settings, retries: int = 3, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
+    """A client of the Redis primary that answers str, with a health check so idle pooled connections
+    are revalidated.
+
+    With `SWAPLINE_REDIS_SENTINELS` the primary is found through Sentinel, again on every new connection,
+    so after a failover the next command (retried here) reaches the promoted replica; a connection to an
+    old primary that became a replica is dropped on its first READONLY answer. Without it,
+    `SWAPLINE_REDIS_URL` names the server.
 
     Blocking reads (XREAD BLOCK, pub/sub waits) must block for less than `socket_timeout`, or the read
     fails with a timeout while it is merely waiting.
 
     redis-py types every reply as `bytes | str` whatever decode_responses says, so the stores cast
     what they read to the str types it is."""
-    return redis.Redis.from_url(
-        url, decode_responses=True, health_check_interval=30, socket_timeout=socket_timeout,
+    options: dict[str, Any] = dict(
+        decode_responses=True, health_check_interval=30, socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries))
+    if settings.sentinel_nodes:
+        url = urlsplit(settings.redis_url)
+        db = int(url.path.strip("/") or 0)
+        sentinel = Sentinel(settings.sentinel_nodes, socket_timeout=socket_timeout,
+                            socket_connect_timeout=socket_timeout,
+                            sentinel_kwargs={"socket_timeout": socket_timeout,
+                                             "password": settings.redis_sentinel_password or None})
+        client = sentinel.master_for(settings.redis_sentinel_master, db=db, password=url.password,
+                                     username=url.username, **options)
+    else:
+        client = redis.Redis.from_url(settings.redis_url, **options)
+    client.swapline_min_replicas = settings.acknowledged_replicas
+    client.swapline_wait_ms = settings.redis_wait_ms
+    return client
+
+
+def confirm(client: redis.Redis) -> None:
+    """Return once the replicas this deployment acknowledges with (`SWAPLINE_REDIS_MIN_REPLICAS`, with
+    Sentinel) hold every write made so far, or raise NotReplicated. Call it before acknowledging: a 202,
+    a fence put to use, a publish reported done.
+
+    WAIT counts the writes of the connection it runs on, and a pooled client may have written on another
+    one: so one pipeline writes a probe key and waits on the same connection. Redis replicates one
+    ordered stream, so a replica holding the probe holds every write completed before it, by any client
+    (a Celery message sent just before included). A client without the setting (no Sentinel, a test's
+    fakeredis) confirms at once."""
+    needed = getattr(client, "swapline_min_replicas", 0)
+    if not needed:
+        return
+    wait_ms = getattr(client, "swapline_wait_ms", 1000)
+    pipe = client.pipeline(transaction=False)
+    pipe.incr(keys.replication_probe())
+    pipe.wait(needed, wait_ms)
+    got = int(pipe.execute()[1])
+    if got < needed:
+        raise NotReplicated(f"a write reached {got} of the {needed} replica(s) it needs within {wait_ms} ms "
+                            "(SWAPLINE_REDIS_MIN_REPLICAS); retry shortly")
 
 
 def _lua(*parts: str) -> str:

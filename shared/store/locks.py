@@ -19,7 +19,7 @@ from typing import cast
 import redis
 
 from shared import keys
-from shared.store.conn import delete_if_equals, load_script
+from shared.store.conn import confirm, delete_if_equals, load_script
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class RebuildLocks:
                                        args=[job_id, self.ttl_ms])
         if not int(fence):
             return None
+        # A fence is put to use only once a replica holds it, so a promoted replica never hands it out
+        # again (NotReplicated otherwise: the run tries again, with a new fence).
+        confirm(self.r)
         lease = Lease(collection, job_id, int(fence))
         with self._held_lock:
             self._held[lease.token] = lease

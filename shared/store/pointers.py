@@ -11,7 +11,7 @@ from shared import eventnames as names
 from shared import keys
 from shared.jobkinds import REBUILD
 from shared.jobstates import EVENT_FOR_STATE, RUNNING, SUCCEEDED
-from shared.store.conn import load_script
+from shared.store.conn import confirm, load_script
 from shared.store.locks import Lease
 
 POINTER_INT_FIELDS = ("version", "fence", "vectors", "dim", "documents", "changes")
@@ -64,6 +64,9 @@ class Pointers:
                   EVENT_FOR_STATE[SUCCEEDED], lease.token, names.INDEX_PUBLISHED, REBUILD.name, names.STAGE_DONE])
         if not int(ok):
             raise PublishRefused(reason)
+        # Reported done (the task acked) only once a replica holds it: a publish lost with the primary
+        # leaves its job running, and the job runs again after the failover.
+        confirm(self.r)
 
     def subscribe(self):
         """A pub/sub connection that receives a message ({"collection", "version"}) per publish."""

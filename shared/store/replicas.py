@@ -1,5 +1,11 @@
 """Which index version each live API process serves: heartbeats its watcher writes, read by status
-pages and by version collection (a version some process serves is never deleted)."""
+pages, and reader leases, read by version collection (a version some process holds a lease on is never
+deleted).
+
+Heartbeats expire after `replica_ttl_seconds` (30 s): status says which processes are live. A reader
+lease lasts `reader_lease_seconds` (15 min), renewed by the same heartbeat and released when the process
+swaps away or stops, so a process that is paused, swapping to disk or cut off from Redis for minutes on
+a shared volume still finds its files when it resumes."""
 
 from __future__ import annotations
 
@@ -17,16 +23,23 @@ SEEN_FIELD = "_seen"
 FAILED_FIELD = "_failed"
 
 
+def _lease_member(version: int, replica_id: str) -> str:
+    return f"{version}|{replica_id}"
+
+
 class ReplicaStore:
-    def __init__(self, client: redis.Redis, ttl_seconds: float):
+    def __init__(self, client: redis.Redis, ttl_seconds: float, lease_seconds: float = 900.0):
         self.r = client
         self.ttl = ttl_seconds
+        self.lease = lease_seconds
 
     def heartbeat(self, replica_id: str, served: dict[str, int], failed: dict[str, dict] | None = None) -> None:
-        """Record what `replica_id` serves now (and the versions it failed to load); the entry expires
-        unless refreshed within the TTL."""
+        """Record what `replica_id` serves now (and the versions it failed to load), and renew its reader
+        leases on those versions; the entry expires unless refreshed within the TTL."""
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
+        for name, version in served.items():
+            pipe.zadd(keys.readers(name), {_lease_member(version, replica_id): now + self.lease})
         pipe.delete(keys.replica(replica_id))
         pipe.hset(keys.replica(replica_id), mapping={SEEN_FIELD: now, FAILED_FIELD: json.dumps(failed or {}),
                                                      # redis-py's mapping type has invariant keys
@@ -36,11 +49,28 @@ class ReplicaStore:
         pipe.zremrangebyscore(keys.replicas(), 0, now - self.ttl)
         pipe.execute()
 
-    def unregister(self, replica_id: str) -> None:
+    def unregister(self, replica_id: str, served: dict[str, int] | None = None) -> None:
+        """Forget a process that stops, with its leases on the versions it `served`."""
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(keys.replica(replica_id))
         pipe.zrem(keys.replicas(), replica_id)
+        for name, version in (served or {}).items():
+            pipe.zrem(keys.readers(name), _lease_member(version, replica_id))
         pipe.execute()
+
+    def release(self, replica_id: str, name: str, version: int) -> None:
+        """The process no longer serves `version` of `name` (it swapped away): drop its lease."""
+        self.r.zrem(keys.readers(name), _lease_member(version, replica_id))
+
+    def leased(self, name: str) -> set[int]:
+        """Versions of `name` some API process holds an unexpired reader lease on (expired ones are
+        removed on the way)."""
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zremrangebyscore(keys.readers(name), 0, now)
+        pipe.zrangebyscore(keys.readers(name), now, "+inf")
+        members = cast(list[str], pipe.execute()[1])
+        return {int(member.partition("|")[0]) for member in members}
 
     def versions(self) -> dict[str, dict[str, int]]:
         """replica id -> {collection: version served}, for API processes whose heartbeat is fresh."""

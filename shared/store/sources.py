@@ -12,7 +12,7 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from shared import keys
-from shared.store.conn import delete_if_equals
+from shared.store.conn import confirm, delete_if_equals
 
 LIST_FIELDS = ("include", "exclude")
 
@@ -69,6 +69,7 @@ class SourceStore:
         pipe.sadd(keys.collection_sources(collection), source_id)
         pipe.hset(keys.sources(), source_id, collection)
         pipe.execute()
+        confirm(self.r)
         source = self.get(source_id)
         assert source is not None  # just written under a fresh id no one else knows yet
         return source

@@ -17,6 +17,7 @@ import threading
 import redis
 
 from shared.backoff import Backoff
+from shared.settings import Settings
 from shared.store.conn import connect
 from shared.store.events import EventLog
 
@@ -64,11 +65,11 @@ class Subscription:
 
 
 class EventHub(threading.Thread):
-    def __init__(self, redis_url: str, events_max_len: int):
+    def __init__(self, settings: Settings):
         super().__init__(name="swapline-event-hub", daemon=True)
         # Its own client: a socket timeout above the block time, and no retries inside a read (the loop
         # below retries with its own backoff).
-        self.events = EventLog(connect(redis_url, retries=0), events_max_len)
+        self.events = EventLog(connect(settings, retries=0), settings.events_max_len)
         self._subscribers: set[Subscription] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()

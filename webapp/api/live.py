@@ -31,6 +31,7 @@ import redis
 from shared import eventnames as names
 from shared.backoff import Backoff, doubling
 from shared.index.parts import ServedVersion, open_version
+from shared.jobs import upgrade
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,9 @@ class IndexWatcher(threading.Thread):
         self.failures: dict[str, LoadFailure] = {}
         # Collections with a published version of which this process can serve none at all.
         self.unservable: set[str] = set()
+        # Set while the data dir or Redis is in a layout newer than this release reads: nothing is served.
+        self.layout_refused: str | None = None
+        self._layout_checked = False
         # Called with the load time of each swap, or None when a load failed (metrics hook).
         self.on_load = lambda seconds: None
 
@@ -204,6 +208,15 @@ class IndexWatcher(threading.Thread):
     def sync(self, only: list[str] | None = None) -> None:
         """Load every collection (or `only` these) whose published pointer differs from what this process
         serves (a version that failed to load is tried again only once its pause has passed)."""
+        if not self._layout_checked:
+            try:
+                upgrade.check(self.svc)  # refuse a newer layout, migrate an older one, before any load
+            except upgrade.LayoutTooNew as exc:
+                if self.layout_refused is None:
+                    log.error("event=watcher.layout_too_new replica=%s error=%r", self.replica_id, str(exc))
+                self.layout_refused = str(exc)
+                return
+            self._layout_checked, self.layout_refused = True, None
         full = only is None
         collections = self.svc.collections.names() if only is None else only
         if full:
@@ -243,12 +256,15 @@ class IndexWatcher(threading.Thread):
             self._load_failed(name, pointer, exc)
             return
         self.failures.pop(name, None)
+        before = self.live.served().get(name)
         self.live.swap(name, pointer["fence"], version)
+        self._heartbeat()  # the new version's lease, before the old one's is released
+        if before is not None and before != pointer["version"]:
+            self.svc.replicas.release(self.replica_id, name, before)
         seconds = time.perf_counter() - started
         self.on_load(seconds)
         self.svc.events.append(names.INDEX_SWAPPED, collection=name, data={
             "version": pointer["version"], "replica": self.replica_id, "load_seconds": round(seconds, 4)})
-        self._heartbeat()
         log.info("event=watcher.swapped replica=%s collection=%s version=%s vectors=%s load_seconds=%.4f",
                  self.replica_id, name, pointer["version"], version.vectors, seconds)
 
@@ -296,6 +312,6 @@ class IndexWatcher(threading.Thread):
 
     def _unregister(self) -> None:
         try:
-            self.svc.replicas.unregister(self.replica_id)
+            self.svc.replicas.unregister(self.replica_id, self.live.served())
         except redis.RedisError:
             pass  # the entry expires by itself

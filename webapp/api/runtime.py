@@ -34,7 +34,7 @@ class Runtime:
         # Open SSE streams of this app. Each holds a server thread (gunicorn_conf adds one thread per slot
         # to the request threads, so streams never take a thread a search needs) and waits on the hub.
         self.sse_slots = threading.BoundedSemaphore(settings.sse_max_streams)
-        self.events_hub = EventHub(settings.redis_url, settings.events_max_len)
+        self.events_hub = EventHub(settings)
         self.watcher = IndexWatcher(self.svc, self.live, warm_embedder=settings.embedder != "hash")
 
     def start(self) -> None:

@@ -26,8 +26,9 @@ class Health(MethodView):
 class Ready(MethodView):
     @blp.doc(operationId="getReadiness")
     @blp.response(200, HealthSchema)
-    @blp.alt_response(503, schema=HealthSchema, description="Not ready: Redis unreachable, watcher down, or a "
-                                                             "published collection of which no version loads")
+    @blp.alt_response(503, schema=HealthSchema, description="Not ready: Redis unreachable, watcher down, a "
+                                                             "published collection of which no version loads, or "
+                                                             "a data layout newer than this release")
     def get(self):
         """Ready to serve: Redis answers, the index watcher runs and has synced once, and every collection
         with a published index has a version this process serves."""
@@ -38,11 +39,15 @@ class Ready(MethodView):
         except redis.RedisError as exc:
             checks["redis"] = False
             checks["redis_error"] = str(exc)
-        checks["index_watcher"] = rt.watcher.is_alive() and rt.watcher.ready.is_set()
+        # False too while the data dir or Redis is in a layout newer than this release reads.
+        checks["index_watcher"] = (rt.watcher.is_alive() and rt.watcher.ready.is_set()
+                                   and rt.watcher.layout_refused is None)
         checks["served_versions"] = rt.live.served()
         # Collections with a published version of which this process can serve none (all unloadable).
         checks["unservable"] = sorted(rt.watcher.unservable)
         checks["load_failures"] = {name: f.public() for name, f in rt.watcher.failures.items()}
+        if rt.watcher.layout_refused:
+            checks["layout"] = rt.watcher.layout_refused
         checks["auth"] = auth.mode()  # "open" when no API keys are configured
         ok = checks["redis"] and checks["index_watcher"] and not checks["unservable"]
         if auth.principal() is None or auth.visible_collections() is not None:
