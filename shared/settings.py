@@ -43,8 +43,9 @@ class Settings:
     # Redis Sentinel ("host:port,host:port,..."; empty: none): every process finds the primary through
     # these under `redis_sentinel_master`, again after each failover; `redis_url` then gives only the
     # database number and the primary's credentials. With Sentinel, an acknowledged write (a job answered
-    # 202, a fence put to use, a publish) is first held by `redis_min_replicas` replicas (WAIT, at most
-    # `redis_wait_ms`), so a promoted replica holds everything that was acknowledged.
+    # 202, a fence put to use, a publish) is first held by `redis_min_replicas` replicas, or by every
+    # connected one while fewer are connected (WAIT, at most `redis_wait_ms`; shared/store/conn.py), so a
+    # promoted replica holds everything that was acknowledged.
     redis_sentinels: str = ""
     redis_sentinel_master: str = "swapline"
     redis_sentinel_password: str = field(default="", repr=False)

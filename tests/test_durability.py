@@ -56,26 +56,38 @@ def test_confirm_is_free_without_replicas_to_wait_for():
 
 
 @pytest.mark.integration
-def test_confirm_waits_for_a_replica_and_refuses_without_one(tmp_path):
+def test_confirm_waits_for_connected_replicas(tmp_path):
+    """No replica connected: nothing to wait for (a promoted primary accepts work before the old one
+    rejoins). A connected replica: a write is confirmed once it holds it, refused while it does not
+    answer (paused)."""
     primary = RedisServer(tmp_path / "primary")
     replica = None
     try:
-        settings = Settings(redis_url=primary.url, redis_sentinels="127.0.0.1:1", redis_wait_ms=200)
+        settings = Settings(redis_url=primary.url, redis_sentinels="127.0.0.1:1", redis_wait_ms=300)
         # The client a Sentinel deployment gets, pointed at the primary directly (no Sentinel runs here).
         client = connect(settings.with_(redis_sentinels=""))
         client.swapline_min_replicas, client.swapline_wait_ms = settings.acknowledged_replicas, settings.redis_wait_ms
         client.set("k", "v")
-        with pytest.raises(NotReplicated, match="0 of the 1 replica"):
-            confirm(client)
-        assert isinstance(NotReplicated("x"), redis.ConnectionError)  # the API's 503, a task's retry
+        confirm(client)
+        assert client.get(keys.replication_probe()) is None  # nothing waited for, nothing written
         replica = RedisServer(tmp_path / "replica")
         rep = redis.Redis.from_url(replica.url, decode_responses=True)
         rep.replicaof("127.0.0.1", primary.port)
         wait_for(lambda: rep.info("replication").get("master_link_status") == "up", timeout=20,
                  message="the replica to sync")
         client.set("k", "w")
-        confirm(client)  # the replica has it
+        confirm(client)
         assert rep.get("k") == "w"
+        assert replica.popen is not None
+        replica.popen.send_signal(signal.SIGSTOP)
+        try:
+            client.set("k", "x")
+            with pytest.raises(NotReplicated, match="0 of the 1 connected replica"):
+                confirm(client)
+        finally:
+            replica.popen.send_signal(signal.SIGCONT)
+        assert isinstance(NotReplicated("x"), redis.ConnectionError)  # the API's 503, a task's retry
+        confirm(client)
         rep.close()
         client.close()
     finally:

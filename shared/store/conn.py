@@ -63,16 +63,28 @@ def connect(settings: Settings, retries: int = 3, socket_timeout: float = SOCKET
 
 
 def confirm(client: redis.Redis) -> None:
-    """Return once the replicas this deployment acknowledges with (`SWAPLINE_REDIS_MIN_REPLICAS`, with
-    Sentinel) hold every write made so far, or raise NotReplicated. Call it before acknowledging: a 202,
-    a fence put to use, a publish reported done.
+    """Return once the replicas this deployment acknowledges with hold every write made so far, or raise
+    NotReplicated. Call it before acknowledging: a 202, a fence put to use, a publish reported done.
+
+    The replicas waited for are `SWAPLINE_REDIS_MIN_REPLICAS` (with Sentinel), or every replica connected
+    to the primary when fewer are: just after a failover the promoted primary has no replica until the
+    old one rejoins, and refusing every write until then would turn a 3 s failover into an outage. A
+    replica that is not connected gets everything when it reconnects (it resyncs); the one gap left is a
+    replica cut off for a moment that Sentinel still promotes, which only more replicas close (README,
+    High availability).
 
     WAIT counts the writes of the connection it runs on, and a pooled client may have written on another
     one: so one pipeline writes a probe key and waits on the same connection. Redis replicates one
     ordered stream, so a replica holding the probe holds every write completed before it, by any client
     (a Celery message sent just before included). A client without the setting (no Sentinel, a test's
     fakeredis) confirms at once."""
-    needed = getattr(client, "swapline_min_replicas", 0)
+    wanted = getattr(client, "swapline_min_replicas", 0)
+    if not wanted:
+        return
+    role = client.execute_command("ROLE")
+    if role[0] != "master":
+        raise NotReplicated("the server this client reached is no longer the primary; retry shortly")
+    needed = min(wanted, len(role[2]))
     if not needed:
         return
     wait_ms = getattr(client, "swapline_wait_ms", 1000)
@@ -81,8 +93,8 @@ def confirm(client: redis.Redis) -> None:
     pipe.wait(needed, wait_ms)
     got = int(pipe.execute()[1])
     if got < needed:
-        raise NotReplicated(f"a write reached {got} of the {needed} replica(s) it needs within {wait_ms} ms "
-                            "(SWAPLINE_REDIS_MIN_REPLICAS); retry shortly")
+        raise NotReplicated(f"a write reached {got} of the {needed} connected replica(s) it must reach within "
+                            f"{wait_ms} ms (SWAPLINE_REDIS_MIN_REPLICAS); retry shortly")
 
 
 def _lua(*parts: str) -> str:
