@@ -28,7 +28,7 @@ from shared.jobs.versions import collect_versions
 from shared.jobstates import SUCCEEDED
 from shared.search.engine import search
 from shared.settings import Settings
-from tests.fixtures.make_format1 import answers_of
+from tests.fixtures.make_format1 import answers_of, restore
 from tests.support import make_services, version_disk_bytes
 
 FIXTURE = Path(__file__).parent / "fixtures" / "format1"
@@ -158,22 +158,6 @@ def test_a_process_opens_a_shared_part_once(stack):
     new = open_version(stack.version_dir(second), second)
     assert isinstance(old, PartsVersion) and isinstance(new, PartsVersion)
     assert new.parts[0] is old.parts[0] and PARTS.open(new.parts[0].directory, new.refs[0].sha256) is old.parts[0]
-
-
-def restore(client, dump: dict) -> None:
-    """Load what tests/fixtures/make_format1.py dumped of Redis."""
-    for key, value in dump.items():
-        (kind, data), = value.items()
-        if kind == "hash":
-            client.hset(key, mapping=data)
-        elif kind == "string":
-            client.set(key, data)
-        elif kind == "set":
-            client.sadd(key, *data)
-        elif kind == "zset":
-            client.zadd(key, {member: score for member, score in data})
-        elif kind == "list":
-            client.rpush(key, *data)
 
 
 def test_a_data_dir_written_by_format_1_loads_and_the_next_rebuild_converts_it(tmp_path):

@@ -16,28 +16,12 @@ import pytest
 
 from shared import keys
 from shared.jobs import upgrade
-from tests.fixtures.make_format1 import QUERIES
+from tests.fixtures.make_format1 import QUERIES, restore
 from tests.support import ingest_and_rebuild, search, wait_for
 
 pytestmark = pytest.mark.integration
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def restore(client, dump: dict) -> None:
-    """Load a fixture's Redis dump (tests/fixtures/make_format1.py `dump`)."""
-    for key, value in dump.items():
-        (kind, data), = value.items()
-        if kind == "hash":
-            client.hset(key, mapping=data)
-        elif kind == "string":
-            client.set(key, data)
-        elif kind == "set":
-            client.sadd(key, *data)
-        elif kind == "zset":
-            client.zadd(key, {member: score for member, score in data})
-        elif kind == "list":
-            client.rpush(key, *data)
 
 
 @pytest.mark.parametrize("fixture", ["format1", "layout1"])
