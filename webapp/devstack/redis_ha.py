@@ -8,6 +8,7 @@ promotes the replica. Every Swapline process finds the primary by asking them (S
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ SENTINELS = 3
 DOWN_AFTER_MS = 5000
 # How long a failover may take before another Sentinel may try again (twice this).
 FAILOVER_TIMEOUT_MS = 30000
+# Each member's name: its folder, and its child's name under `make run --ha`.
+SERVER_NAMES = ("redis1", "redis2")
+SENTINEL_NAMES = ("sentinel1", "sentinel2", "sentinel3")
+LAYOUT_FILE = "layout.json"
 
 
 @dataclass(frozen=True)
@@ -34,15 +39,31 @@ class Layout:
     sentinels: tuple[int, int, int]
 
     def server_dir(self, i: int) -> Path:
-        return self.root / f"redis{i + 1}"
+        return self.root / SERVER_NAMES[i]
 
     def sentinel_dir(self, i: int) -> Path:
-        return self.root / f"sentinel{i + 1}"
+        return self.root / SENTINEL_NAMES[i]
 
     @property
     def sentinels_setting(self) -> str:
         """The SWAPLINE_REDIS_SENTINELS value: host:port,host:port,..."""
         return sentinels_string(self.sentinels)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (*self.servers, *self.sentinels)
+
+    def save(self) -> None:
+        (self.root / LAYOUT_FILE).write_text(json.dumps({"servers": self.servers, "sentinels": self.sentinels}))
+
+    @classmethod
+    def load(cls, root: Path) -> Layout | None:
+        """The layout a previous start saved in `root` (the config files there name these ports)."""
+        try:
+            saved = json.loads((root / LAYOUT_FILE).read_text())
+            return cls(root, tuple(saved["servers"]), tuple(saved["sentinels"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
 def sentinels_string(ports: Sequence[int], host: str = HOST) -> str:
@@ -158,7 +179,7 @@ def ready(layout: Layout) -> int | None:
             return None
         finally:
             client.close()
-        fields = dict(zip(state[::2], state[1::2])) if isinstance(state, list) else state
+        fields = dict(zip(state[::2], state[1::2], strict=True)) if isinstance(state, list) else state
         if int(fields["num-slaves"]) < 1 or int(fields["num-other-sentinels"]) < SENTINELS - 1:
             return None
         named.add(int(fields["port"]))
