@@ -104,6 +104,7 @@ class Submitter:
         self.accepted: list[tuple[str, str, float]] = []  # (tag, job id, when)
         self.refusals: dict[int, int] = {}
         self.errors: list[str] = []
+        self.last = ""  # the last refusal, for a failing test's message
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -125,6 +126,7 @@ class Submitter:
                     self.accepted.append((tag, resp.json()["id"], time.monotonic()))
                     break
                 self.refusals[resp.status_code] = self.refusals.get(resp.status_code, 0) + 1
+                self.last = f"{resp.status_code} {resp.text[:300]}"
                 if resp.status_code not in (503, 409) or not resp.headers.get("Retry-After"):
                     self.errors.append(f"{tag}: {resp.status_code} {resp.headers.get('Retry-After')} {resp.text[:200]}")
                 time.sleep(0.25)
@@ -145,6 +147,12 @@ def finished(bases: list[str], job_id: str, timeout: float) -> dict:
                 return found
         return None
     return wait_for(done, timeout=timeout, interval=0.25, message=f"job {job_id} to end")
+
+
+def running(base: str) -> list[dict]:
+    """The collection's running jobs (ingests and the rebuilds they asked for)."""
+    resp = requests.get(f"{base}/v1/jobs", params={"collection": "docs", "state": "running"}, timeout=10)
+    return resp.json()["jobs"]
 
 
 def found(base: str, tag: str) -> bool:
@@ -171,14 +179,16 @@ def test_2_primary_killed_mid_ingest_loses_no_acknowledged_work(ha, procs, tmp_p
     watches = [Watch(base, f"api{i + 1}") for i, base in enumerate(bases)]
     # A burst, more than two workers take at once: some run, some wait in the queue.
     burst = [(f"burst{i}", ingest(bases[i % 2], corpus(60, f"burst{i}"))["id"]) for i in range(6)]
-    wait_for(lambda: any(job(bases[0], job_id)["state"] == "running" for _, job_id in burst), timeout=60,
-             interval=0.05, message="an ingest of the burst to be running")
+    wait_for(lambda: running(bases[0]), timeout=60, interval=0.02,
+             message="an ingest or a rebuild of the burst to be running")
 
     killed = ha.kill_primary()
     submitter = Submitter(bases, batches=4)
     promoted = ha.wait_promoted(timeout=90)
+    print(f"FAILOVER: stack: kill -> promoted {promoted:.1f} s")
     submitter.thread.join(240)
-    assert not submitter.thread.is_alive(), "the submitter is stuck"
+    assert not submitter.thread.is_alive(), ("submissions still refused 240 s after the promotion", submitter.refusals,
+                                             submitter.accepted, submitter.last, submitter.errors[-5:])
     assert not submitter.errors, submitter.errors[:5]
     accepting = submitter.accepted[0][2] - ha.killed_at
     print(f"FAILOVER: stack: kill -> promoted {promoted:.1f} s; kill -> first job accepted {accepting:.1f} s; "
