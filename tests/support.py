@@ -333,24 +333,26 @@ def version_disk_bytes(version_dir: Path) -> int:
 
 
 class RedisHA:
-    """A primary, a replica and three Sentinels (webapp/devstack/redis_ha.py) in `workdir`, on free
-    ports, each logging to a file in its folder. `down_after_ms`: how long the primary may be silent
-    before the Sentinels call it down; `min_replicas` > 0 sets min-replicas-to-write on both servers.
+    """A primary, `replicas` replicas (one by default) and three Sentinels (webapp/devstack/redis_ha.py)
+    in `workdir`, on free ports, each logging to a file in its folder. `down_after_ms`: how long the
+    primary may be silent before the Sentinels call it down; `min_replicas` > 0 sets min-replicas-to-write
+    on every server.
     Returns once a failover could happen (the Sentinels see the primary, the replica and each other)."""
 
     def __init__(self, workdir: Path, down_after_ms: int = 1500, failover_timeout_ms: int = 10_000,
-                 min_replicas: int = 0, ready_timeout: float = 60.0):
+                 min_replicas: int = 0, replicas: int = 1, ready_timeout: float = 60.0):
         from webapp.devstack import redis_ha
 
         self._ha = redis_ha
-        self.layout = redis_ha.Layout(workdir, (free_port(), free_port()), (free_port(), free_port(), free_port()))
+        self.layout = redis_ha.Layout(workdir, tuple(free_port() for _ in range(1 + replicas)),
+                                      (free_port(), free_port(), free_port()))
         redis_ha.write_configs(self.layout, down_after_ms, failover_timeout_ms, min_replicas, logs=True)
         self.binary = redis_binary().path
         self.servers: dict[int, subprocess.Popen] = {}
         self.sentinel_procs: list[subprocess.Popen] = []
         self.killed: int | None = None  # the port of the primary kill_primary() killed
         self.killed_at: float | None = None
-        for i in range(2):
+        for i in range(len(self.layout.servers)):
             self._start_server(i)
         for i in range(3):
             self.sentinel_procs.append(subprocess.Popen(redis_ha.sentinel_argv(self.binary, self.layout, i),
@@ -402,7 +404,7 @@ class RedisHA:
         return port
 
     def wait_promoted(self, timeout: float = 60.0) -> float:
-        """Wait until the Sentinels name the other server as primary and it says it is one; returns the
+        """Wait until the Sentinels name another server as primary and it says it is one; returns the
         seconds from kill_primary() to then."""
         assert self.killed is not None and self.killed_at is not None, "kill_primary() first"
 

@@ -25,7 +25,7 @@ SENTINELS = 3
 DOWN_AFTER_MS = 5000
 # How long a failover may take before another Sentinel may try again (twice this).
 FAILOVER_TIMEOUT_MS = 30000
-# Each member's name: its folder, and its child's name under `make run --ha`.
+# Each member's name: its folder (redis3... for more replicas), and its child's name under `make run --ha`.
 SERVER_NAMES = ("redis1", "redis2")
 SENTINEL_NAMES = ("sentinel1", "sentinel2", "sentinel3")
 LAYOUT_FILE = "layout.json"
@@ -33,13 +33,14 @@ LAYOUT_FILE = "layout.json"
 
 @dataclass(frozen=True)
 class Layout:
-    """Ports and folders of one set. `servers` are the two data servers, the first started as primary."""
+    """Ports and folders of one set. `servers` are the data servers (`make run --ha`: two), the first
+    started as primary, the others as its replicas."""
     root: Path
-    servers: tuple[int, int]
+    servers: tuple[int, ...]
     sentinels: tuple[int, int, int]
 
     def server_dir(self, i: int) -> Path:
-        return self.root / SERVER_NAMES[i]
+        return self.root / f"redis{i + 1}"
 
     def sentinel_dir(self, i: int) -> Path:
         return self.root / SENTINEL_NAMES[i]
@@ -167,8 +168,8 @@ def role(port: int) -> tuple[str, int | None, bool]:
 
 
 def ready(layout: Layout) -> int | None:
-    """The primary's port once every Sentinel names the same primary (one of the two servers) and knows
-    the other server as its replica and the two other Sentinels, and the replica is in sync: a failover
+    """The primary's port once every Sentinel names the same primary (one of the servers) and knows the
+    other servers as its replicas and the two other Sentinels, and the replicas are in sync: a failover
     can happen from here on. None until then."""
     named = set()
     for port in layout.sentinels:
@@ -180,15 +181,16 @@ def ready(layout: Layout) -> int | None:
         finally:
             client.close()
         fields = dict(zip(state[::2], state[1::2], strict=True)) if isinstance(state, list) else state
-        if int(fields["num-slaves"]) < 1 or int(fields["num-other-sentinels"]) < SENTINELS - 1:
+        if (int(fields["num-slaves"]) < len(layout.servers) - 1
+                or int(fields["num-other-sentinels"]) < SENTINELS - 1):
             return None
         named.add(int(fields["port"]))
     if len(named) != 1 or not named <= set(layout.servers):
         return None
     primary = named.pop()
-    replica = next(port for port in layout.servers if port != primary)
+    replicas = [port for port in layout.servers if port != primary]
     try:
-        in_sync = role(primary)[0] == "master" and role(replica) == ("slave", primary, True)
+        in_sync = role(primary)[0] == "master" and all(role(r) == ("slave", primary, True) for r in replicas)
     except redis.RedisError:
         return None
     return primary if in_sync else None
