@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP) ## Create .venv (if missing) and install Swapline with test extras
 
-run: $(STAMP) ## Start Redis, workers, API and Flower; load the sample corpus; print URLs
-	$(PY) -m webapp.devstack
+# HA=1 (or SWAPLINE_DEV_HA=1): Redis as a primary, a replica and three Sentinels (README, High availability).
+run: $(STAMP) ## Start Redis, workers, API and Flower; load the sample corpus; print URLs (HA=1: Redis with Sentinel)
+	$(PY) -m webapp.devstack $(if $(filter 1 yes true,$(HA)),--ha)
 
 # pytest-xdist workers. Much of the integration time is spent waiting on real processes (startup,
 # polls) rather than computing, hence more workers than cores. Each worker is a session with its own

@@ -330,3 +330,120 @@ def version_disk_bytes(version_dir: Path) -> int:
     manifest = json.loads((version_dir / "manifest.json").read_bytes())
     folders = [version_dir, *(parts_dir(version_dir) / p["name"] for p in manifest.get("parts") or [])]
     return sum(f.stat().st_size for folder in folders for f in folder.iterdir() if f.is_file())
+
+
+class RedisHA:
+    """A primary, `replicas` replicas (one by default) and three Sentinels (webapp/devstack/redis_ha.py)
+    in `workdir`, on free ports, each logging to a file in its folder. `down_after_ms`: how long the
+    primary may be silent before the Sentinels call it down; `min_replicas` > 0 sets min-replicas-to-write
+    on every server.
+    Returns once a failover could happen (the Sentinels see the primary, the replica and each other)."""
+
+    def __init__(self, workdir: Path, down_after_ms: int = 1500, failover_timeout_ms: int = 10_000,
+                 min_replicas: int = 0, replicas: int = 1, ready_timeout: float = 60.0):
+        from webapp.devstack import redis_ha
+
+        self._ha = redis_ha
+        self.layout = redis_ha.Layout(workdir, tuple(free_port() for _ in range(1 + replicas)),
+                                      (free_port(), free_port(), free_port()))
+        redis_ha.write_configs(self.layout, down_after_ms, failover_timeout_ms, min_replicas, logs=True)
+        self.binary = redis_binary().path
+        self.servers: dict[int, subprocess.Popen] = {}
+        self.sentinel_procs: list[subprocess.Popen] = []
+        self.killed: int | None = None  # the port of the primary kill_primary() killed
+        self.killed_at: float | None = None
+        for i in range(len(self.layout.servers)):
+            self._start_server(i)
+        for i in range(3):
+            self.sentinel_procs.append(subprocess.Popen(redis_ha.sentinel_argv(self.binary, self.layout, i),
+                                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        try:
+            redis_ha.wait_ready(self.layout, ready_timeout, alive=self._all_alive)
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
+
+    def _start_server(self, i: int) -> None:
+        port = self.layout.servers[i]
+        self.servers[port] = subprocess.Popen(self._ha.server_argv(self.binary, self.layout, i),
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            wait_for(lambda: self.servers[port].poll() is None and client.ping(), timeout=20,
+                     message=f"redis-server on {port} to answer PING")
+        finally:
+            client.close()
+
+    def _all_alive(self) -> bool:
+        return all(p.poll() is None for p in [*self.servers.values(), *self.sentinel_procs])
+
+    @property
+    def sentinels(self) -> str:
+        """SWAPLINE_REDIS_SENTINELS: "127.0.0.1:port,..." of the three Sentinels."""
+        return self.layout.sentinels_setting
+
+    def primary(self) -> int:
+        """The primary's port, as the Sentinels name it now."""
+        port = self._ha.master_port(self.layout.sentinels)
+        assert port is not None, "no Sentinel answers"
+        return port
+
+    def url(self, port: int | None = None) -> str:
+        return f"redis://127.0.0.1:{port or self.primary()}/0"
+
+    def role(self, port: int) -> tuple[str, int | None, bool]:
+        """(role, its primary's port, link up) of a data server."""
+        return self._ha.role(port)
+
+    def kill_primary(self) -> int:
+        """SIGKILL the primary (no AOF flush, no goodbye to the replica); returns its port."""
+        port = self.primary()
+        self.servers[port].kill()
+        self.servers[port].wait(10)
+        self.killed, self.killed_at = port, time.monotonic()
+        return port
+
+    def wait_promoted(self, timeout: float = 60.0) -> float:
+        """Wait until the Sentinels name another server as primary and it says it is one; returns the
+        seconds from kill_primary() to then."""
+        assert self.killed is not None and self.killed_at is not None, "kill_primary() first"
+
+        def promoted():
+            port = self._ha.master_port(self.layout.sentinels)
+            return port not in (None, self.killed) and self.role(port)[0] == "master"
+
+        wait_for(promoted, timeout=timeout, interval=0.05, message="a replica to be promoted")
+        return time.monotonic() - self.killed_at
+
+    def restart_old_primary(self, timeout: float = 90.0) -> float:
+        """Start the killed primary again (same config, same port); it comes back as a primary of its
+        own data, and the Sentinels turn it into a replica of the new primary. Returns the seconds until
+        it is one with its link up."""
+        assert self.killed is not None, "kill_primary() first"
+        port, started = self.killed, time.monotonic()
+        self._start_server(self.layout.servers.index(port))
+        new_primary = self.primary()
+        wait_for(lambda: self.role(port) == ("slave", new_primary, True), timeout=timeout, interval=0.2,
+                 message=f"the old primary ({port}) to become a replica of {new_primary}")
+        self.killed = None
+        return time.monotonic() - started
+
+    def logs(self, tail: int = 2000) -> str:
+        """The last lines of every member's log, for a failing test's output."""
+        out = []
+        for log in sorted(self.layout.root.glob("*/*.log")):
+            out.append(f"----- {log.parent.name}/{log.name} -----\n{log.read_text(errors='replace')[-tail:]}")
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        """Sentinels first (so none fails over while the servers stop), then the servers."""
+        for group in (self.sentinel_procs, list(self.servers.values())):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in group:
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)

@@ -16,6 +16,7 @@ from shared import tasknames
 from webapp.api import gunicorn_conf
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
 from webapp.devstack.launcher import parse_options, stack_commands
+from webapp.devstack.redis_ha import MASTER_NAME, QUORUM
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -191,3 +192,54 @@ def test_beat_health_reads_the_age_of_the_schedule_file(tmp_path):
     assert beat_healthy(schedule, interval=60, now=written + 60)[0]
     ok, why = beat_healthy(schedule, interval=60, now=written + 3 * 60 + 11)
     assert not ok and "beat sends nothing" in why
+
+
+HA_SERVICES = {"redis-replica", "sentinel1", "sentinel2", "sentinel3"}
+HA_ENV_FILE = ROOT / "compose-ha.env"
+
+
+@pytest.fixture(scope="module")
+def ha_model(compose_bin) -> dict:
+    result = run_compose(compose_bin, COMPOSE_FILE, "--env-file", str(HA_ENV_FILE), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_without_the_ha_profile_there_are_no_sentinels_and_no_one_asks_them(model):
+    services = model["services"]
+    assert not HA_SERVICES & set(services)
+    for name in services:
+        if name != "redis":
+            assert services[name]["environment"]["SWAPLINE_REDIS_SENTINELS"] == "", name
+            # The wait for a Sentinel is optional: compose drops it when the profile is off.
+            assert services[name]["depends_on"].get("sentinel1", {}).get("required", False) is False, name
+
+
+def test_the_ha_env_file_adds_a_replica_and_three_sentinels_and_every_process_asks_them(ha_model):
+    services = ha_model["services"]
+    assert HA_SERVICES <= set(services)
+    replica = services["redis-replica"]
+    assert replica["profiles"] == ["ha"] and "--replicaof" in replica["command"]
+    assert replica["command"][replica["command"].index("--replicaof") + 1:][:2] == ["redis", "6379"]
+    assert replica["command"][:3] == ["redis-server", "--appendonly", "yes"]
+    # A Sentinel rewrites its config: each keeps its own on a volume of its own.
+    volumes = set()
+    for name in ("sentinel1", "sentinel2", "sentinel3"):
+        sentinel = services[name]
+        script = " ".join(sentinel["command"])
+        assert sentinel["profiles"] == ["ha"] and sentinel["hostname"] == name
+        assert f"sentinel monitor {MASTER_NAME} redis 6379 {QUORUM}" in script
+        assert "redis-server /data/sentinel.conf --sentinel" in script and "test -f /data/sentinel.conf ||" in script
+        assert "26379" in " ".join(sentinel["healthcheck"]["test"])
+        volumes |= {v["source"] for v in sentinel["volumes"] if v["target"] == "/data"}
+    assert volumes == {"sentinel1", "sentinel2", "sentinel3"} and volumes <= set(ha_model["volumes"])
+
+    expected = "sentinel1:26379,sentinel2:26379,sentinel3:26379"
+    app = [name for name in services if name != "redis" and name not in HA_SERVICES]
+    assert {"api", "worker", "worker-webhooks", "beat", "watcher", "flower"} <= set(app)
+    for name in app:
+        env = services[name]["environment"]
+        assert env["SWAPLINE_REDIS_SENTINELS"] == expected, name
+        assert env["SWAPLINE_REDIS_SENTINEL_MASTER"] == MASTER_NAME, name
+        assert env["SWAPLINE_REDIS_MIN_REPLICAS"] == "1", name
+        assert services[name]["depends_on"]["sentinel1"]["condition"] == "service_healthy", name

