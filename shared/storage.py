@@ -6,6 +6,8 @@ Layout (under `data_dir`):
     indexes/{collection}/v{version}/ immutable: manifest.json over parts, deletion bitmaps (format 2;
                                     format 1 held index.faiss, chunks.jsonl, offsets.npy, ...)
     indexes/{collection}/parts/p{fence}/ immutable: a block of rows shared by every version using it
+    sources/{collection}.json       the collection's source records (Redis keeps them too; recover reads these)
+    snapshots/{collection}/{id}.tar one snapshot archive, with {id}.tar.sha256 beside it (`shared.jobs.snapshots`)
     cache/embeddings/               (model, content hash) -> vector, bounded, shared by workers
     models/{variant}/model.onnx     the ONNX exports of the embedding model, made once on first use
 
@@ -31,7 +33,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from shared.names import is_collection_name, is_job_id
+from shared.names import is_collection_name, is_job_id, is_snapshot_id
 
 TMP_PREFIX = ".tmp-"
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -176,6 +178,37 @@ class Storage:
             raise UnsafePath(f"invalid part name {name!r}")
         return self._inside(self.indexes_dir(collection) / "parts" / name)
 
+    def sources_file(self, collection: str) -> Path:
+        return self._inside(self.root / "sources" / f"{self.check_collection(collection)}.json")
+
+    def snapshots_dir(self, collection: str) -> Path:
+        return self._inside(self.root / "snapshots" / self.check_collection(collection))
+
+    def snapshot_path(self, collection: str, snapshot_id: str) -> Path:
+        if not is_snapshot_id(snapshot_id):
+            raise UnsafePath(f"invalid snapshot id {snapshot_id!r}")
+        return self._inside(self.snapshots_dir(collection) / f"{snapshot_id}.tar")
+
+    def upload_path(self, job_id: str) -> Path:
+        """An uploaded snapshot archive waiting for its restore job (the sweep removes it once the job ended)."""
+        if not is_job_id(job_id):
+            raise UnsafePath(f"invalid job id {job_id!r}")
+        return self._inside(self.root / "staging" / f"{job_id}.tar")
+
+    def restoring_dir(self) -> Path:
+        """Where a restore extracts an archive aside before renaming its folders into place."""
+        return self._inside(self.root / "restoring")
+
+    def collections_on_disk(self) -> list[str]:
+        """Names with a segments/ or indexes/ folder (temporary and invalid names left out)."""
+        names: set[str] = set()
+        for top in ("segments", "indexes"):
+            folder = self.root / top
+            if folder.is_dir():
+                names.update(child.name for child in folder.iterdir()
+                             if child.is_dir() and is_collection_name(child.name))
+        return sorted(names)
+
     def resolve_relative(self, relative: str) -> Path:
         """A path stored in Redis (relative to the data dir), checked to stay inside it."""
         return self._inside(self.root / relative)
@@ -207,6 +240,48 @@ class Storage:
             if tmp is not None:
                 shutil.rmtree(final if renamed else tmp, ignore_errors=True)
             reraise(exc, what)
+
+    def write_file(self, path: Path, data: bytes, what: str) -> None:
+        """Write a small file atomically: under a temporary name, fsynced, renamed into place."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reraise(exc, what)
+        tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+        with written(tmp, what) as fh:
+            fh.write(data)
+        try:
+            os.rename(tmp, path)
+            fsync_dir(path.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            reraise(exc, what)
+
+    # sources kept beside Redis
+
+    def write_sources(self, collection: str, records: list[dict]) -> None:
+        """The collection's source records (ids, folders, patterns), so recover can re-create them."""
+        path = self.sources_file(collection)
+        if not records:
+            self.remove_sources(collection)
+            return
+        self.write_file(path, json.dumps({"collection": collection, "sources": records}, indent=1).encode(),
+                        "the source records")
+
+    def read_sources(self, collection: str) -> list[dict]:
+        """The records `write_sources` kept ([] when none, or when the file is not one it wrote)."""
+        try:
+            data = json.loads(self.sources_file(collection).read_text())
+        except (OSError, ValueError):
+            return []
+        records = data.get("sources") if isinstance(data, dict) else None
+        return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+    def remove_sources(self, collection: str) -> None:
+        path = self.sources_file(collection)
+        if path.exists():
+            path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
 
     # staging
 
@@ -270,6 +345,13 @@ class Storage:
     def segment_bytes(self, collection: str, seq: int) -> int:
         folder = self.segment_dir(collection, seq)
         return sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+
+    def segment_seqs(self, collection: str) -> list[int]:
+        """The segment folders on disk, by number (temporary ones left out)."""
+        folder = self.segments_dir(collection)
+        if not folder.is_dir():
+            return []
+        return sorted(int(c.name) for c in folder.iterdir() if c.is_dir() and re.fullmatch(r"\d{10}", c.name))
 
     def remove_segment(self, collection: str, seq: int) -> None:
         shutil.rmtree(self.segment_dir(collection, seq), ignore_errors=True)

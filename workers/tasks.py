@@ -17,6 +17,7 @@ from shared.errors import JobCanceled, JobInputError, LockBusy, TryAgain
 from shared.jobkinds import JobKind
 from shared.jobs.compact import run_compact
 from shared.jobs.deletion import run_delete, run_drop
+from shared.jobs.fromdisk import run_recover
 from shared.jobs.housekeeping import collect_all
 from shared.jobs.ingest import run_ingest
 from shared.jobs.liveness import another_run_is_live, runner_id
@@ -154,6 +155,8 @@ drop_collection = job_task(jobkinds.DROP, run_drop)
 # its children.
 reconcile = job_task(jobkinds.RECONCILE, run_reconcile)
 compact = job_task(jobkinds.COMPACT, run_compact)
+# Registers what the data dir holds and Redis does not (shared.jobs.fromdisk); not the liveness recovery.
+recover = job_task(jobkinds.RECOVER, run_recover)
 
 
 @app.task(name=jobkinds.INGEST_FILES.task, bind=True, max_retries=None)
