@@ -257,6 +257,22 @@ class Storage:
             tmp.unlink(missing_ok=True)
             reraise(exc, what)
 
+    def write_stream(self, path: Path, stream, length: int, what: str, chunk: int = 1 << 20) -> None:
+        """Copy exactly `length` bytes of `stream` (an upload) to `path`, fsynced; ValueError when the
+        stream ends early (nothing stays)."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reraise(exc, what)
+        with written(path, what) as fh:
+            left = length
+            while left > 0:
+                data = stream.read(min(chunk, left))
+                if not data:
+                    raise ValueError(f"the body ended after {length - left} of {length} bytes")
+                fh.write(data)
+                left -= len(data)
+
     # sources kept beside Redis
 
     def write_sources(self, collection: str, records: list[dict]) -> None:
