@@ -123,8 +123,9 @@ def _inner(tar: tarfile.TarFile, info: tarfile.TarInfo, names: set[str]) -> dict
         raise ArchiveRefused(f"{INNER} names no collection or version")
     members = manifest.get("members")
     if not isinstance(members, dict) or set(members) != names:
-        raise ArchiveRefused(f"{INNER} does not list exactly the archive's members (missing: "
-                             f"{sorted(names - set(members or {}))[:5]}, absent: {sorted(set(members or {}) - names)[:5]})")
+        listed = set(members or {})
+        raise ArchiveRefused(f"{INNER} does not list exactly the archive's members (unlisted: "
+                             f"{sorted(names - listed)[:5]}, missing: {sorted(listed - names)[:5]})")
     for name, facts in members.items():
         if not isinstance(facts, dict) or not isinstance(facts.get("sha256"), str) \
                 or not SHA256.fullmatch(facts["sha256"]) or not isinstance(facts.get("bytes"), int):
@@ -143,8 +144,9 @@ def check_and_extract(path: Path, dest: Path, max_bytes: int) -> dict:
         raise ArchiveRefused(f"the archive holds {size} bytes, more than {max_bytes} (SWAPLINE_MAX_SNAPSHOT_BYTES)")
     try:
         with tarfile.open(path, mode="r:") as tar:
-            infos, names, total = [], set(), 0
-            inner_info = None
+            infos: list[tarfile.TarInfo] = []
+            names: set[str] = set()
+            total, inner_info = 0, None
             for info in tar:
                 if len(infos) >= MAX_MEMBERS:
                     raise ArchiveRefused(f"the archive holds more than {MAX_MEMBERS} members")

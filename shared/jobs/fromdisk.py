@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import eventnames as names
-from shared.index.parts import PARTS_DIR, PART_NAME, count_by_type, is_format2, part_refs, verify_version
+from shared.index.parts import PART_NAME, PARTS_DIR, count_by_type, is_format2, part_refs, verify_version
 from shared.index.vectorindex import VerifyFailed
 from shared.jobstates import TERMINAL
 from shared.names import is_job_id
