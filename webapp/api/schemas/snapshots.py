@@ -11,7 +11,9 @@ SNAPSHOT_ID_DOC = openapi_pattern(SNAPSHOT_ID_PATTERN)
 
 
 def snapshot_id(**kw) -> fields.String:
-    return fields.String(validate=validate.Regexp(SNAPSHOT_ID_PATTERN, error=f"must match {SNAPSHOT_ID_DOC}"),
+    # marshmallow formats the error message: the pattern's braces are doubled to stay literal.
+    shown = SNAPSHOT_ID_DOC.replace("{", "{{").replace("}", "}}")
+    return fields.String(validate=validate.Regexp(SNAPSHOT_ID_PATTERN, error=f"must match {shown}"),
                          metadata={**kw.pop("metadata", {}), "pattern": SNAPSHOT_ID_DOC}, **kw)
 
 
