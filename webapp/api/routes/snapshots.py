@@ -31,6 +31,7 @@ blp = Blueprint("snapshots", __name__, url_prefix="/v1/collections",
 
 LOCATION = {"Location": {"description": "/v1/jobs/{id} of the job", "schema": {"type": "string"}}}
 TAR = "application/x-tar"
+UPLOAD_TYPES = (TAR, "application/octet-stream")  # the second for clients that know no tar type
 
 
 def refused(error: RestoreRefused) -> NoReturn:
@@ -105,20 +106,20 @@ class Restore(MethodView):
     @requires("admin")
     @blp.doc(requestBody={"required": True, "description": "a snapshot archive as downloaded, at most "
                           "SWAPLINE_MAX_SNAPSHOT_BYTES, with a Content-Length",
-                          "content": {TAR: {"schema": {"type": "string", "format": "binary"}}}})
+                          "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in UPLOAD_TYPES}})
     @blp.response(202, JobSchema, headers=LOCATION, description="The `restore` job: it checks every member of "
                   "the archive before anything is visible; a damaged archive fails it and leaves nothing")
     @blp.alt_response(409, schema=ErrorSchema, description="A collection of that name exists (or its folders)")
     @blp.alt_response(411, schema=ErrorSchema, description="The body has no Content-Length")
     @blp.alt_response(413, schema=ErrorSchema, description="The body is larger than SWAPLINE_MAX_SNAPSHOT_BYTES")
-    @blp.alt_response(415, schema=ErrorSchema, description="The body is not application/x-tar")
+    @blp.alt_response(415, schema=ErrorSchema, description="The body is not application/x-tar (or octet-stream)")
     @blp.alt_response(422, schema=ErrorSchema, description="Not a collection name")
     @blp.alt_response(503, **QUEUE_FULL)
     def post(self, name):
         """Create collection `name` from an uploaded snapshot archive."""
         if not is_collection_name(name):
             abort(422, code="invalid", message=f"{name!r} is not a collection name")
-        if request.mimetype != TAR:
+        if request.mimetype not in UPLOAD_TYPES:
             abort(415, code="unsupported_media_type", message=f"send the archive as {TAR}")
         limit = swapline.runtime.settings.max_snapshot_bytes
         length = request.content_length
