@@ -20,6 +20,7 @@ from shared.tasknames import QUEUE_INDEX, QUEUE_INGEST
 PENDING_REBUILD = "pending_rebuild"  # the collection's one-queued-rebuild slot names the job
 STAGED_BATCH = "staged_batch"  # the submitted documents under staging/
 DROP_MARKER = "drop_marker"  # the collection's "being dropped by" marker
+UPLOADED_ARCHIVE = "uploaded_archive"  # a snapshot archive uploaded for a restore, under staging/
 
 
 @dataclass(frozen=True)
@@ -57,5 +58,17 @@ INGEST_FILES = JobKind("ingest_files", tasknames.INGEST_FILES, QUEUE_INGEST)
 # Merges a collection's segments; waits out a rebuild before deleting the old ones.
 COMPACT = JobKind("compact", tasknames.COMPACT, QUEUE_INDEX, retry_when_busy=True)
 
+# Registers the collections the data dir holds and Redis does not know (`shared.jobs.fromdisk`); its
+# job belongs to no collection (""). Not the liveness check that re-sends lost jobs.
+RECOVER = JobKind("recover", tasknames.RECOVER, QUEUE_INDEX, cancel_while_running=False,
+                  busy_message="a recover is already queued or running")
+# Writes one archive of a collection's served version and segments; holds the lease so that no
+# rebuild publishes, collects versions or lets a compaction delete segments while it reads them.
+SNAPSHOT = JobKind("snapshot", tasknames.SNAPSHOT, QUEUE_INDEX, holds_lease=True, retry_when_busy=True,
+                   busy_message="a snapshot of this collection is already queued or running")
+# Checks an archive, moves its folders in as a new collection and registers it; runs to its end.
+RESTORE = JobKind("restore", tasknames.RESTORE, QUEUE_INDEX, cancel_while_running=False,
+                  leftovers=(UPLOADED_ARCHIVE,))
+
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (INGEST, DELETE, REBUILD, DROP, RECONCILE, INGEST_FILES,
-                                                          COMPACT)}
+                                                          COMPACT, RECOVER, SNAPSHOT, RESTORE)}

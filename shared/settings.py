@@ -105,6 +105,8 @@ class Settings:
     max_queued_ingest: int = 10_000
     max_queued_index: int = 1_000
     max_request_bytes: int = 32 * 1024 * 1024
+    # A snapshot archive: the largest one a restore accepts (uploaded or kept) and an upload may send.
+    max_snapshot_bytes: int = 8 * 1024 * 1024 * 1024
     max_documents_per_batch: int = 1_000
     max_document_bytes: int = 1024 * 1024
     # A document's metadata is copied into each of its chunks: its JSON is bounded at the API (422)

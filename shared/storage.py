@@ -6,6 +6,8 @@ Layout (under `data_dir`):
     indexes/{collection}/v{version}/ immutable: manifest.json over parts, deletion bitmaps (format 2;
                                     format 1 held index.faiss, chunks.jsonl, offsets.npy, ...)
     indexes/{collection}/parts/p{fence}/ immutable: a block of rows shared by every version using it
+    sources/{collection}.json       the collection's source records (Redis keeps them too; recover reads these)
+    snapshots/{collection}/{id}.tar one snapshot archive, with {id}.tar.sha256 beside it (`shared.jobs.snapshots`)
     layout.json                     the layout this data dir is written in (shared/jobs/upgrade.py)
     cache/embeddings/               (model, content hash) -> vector, bounded, shared by workers
     models/{variant}/model.onnx     the ONNX exports of the embedding model, made once on first use
@@ -32,7 +34,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from shared.names import is_collection_name, is_job_id
+from shared.names import is_collection_name, is_job_id, is_snapshot_id
 
 TMP_PREFIX = ".tmp-"
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -177,6 +179,37 @@ class Storage:
             raise UnsafePath(f"invalid part name {name!r}")
         return self._inside(self.indexes_dir(collection) / "parts" / name)
 
+    def sources_file(self, collection: str) -> Path:
+        return self._inside(self.root / "sources" / f"{self.check_collection(collection)}.json")
+
+    def snapshots_dir(self, collection: str) -> Path:
+        return self._inside(self.root / "snapshots" / self.check_collection(collection))
+
+    def snapshot_path(self, collection: str, snapshot_id: str) -> Path:
+        if not is_snapshot_id(snapshot_id):
+            raise UnsafePath(f"invalid snapshot id {snapshot_id!r}")
+        return self._inside(self.snapshots_dir(collection) / f"{snapshot_id}.tar")
+
+    def upload_path(self, job_id: str) -> Path:
+        """An uploaded snapshot archive waiting for its restore job (the sweep removes it once the job ended)."""
+        if not is_job_id(job_id):
+            raise UnsafePath(f"invalid job id {job_id!r}")
+        return self._inside(self.root / "staging" / f"{job_id}.tar")
+
+    def restoring_dir(self) -> Path:
+        """Where a restore extracts an archive aside before renaming its folders into place."""
+        return self._inside(self.root / "restoring")
+
+    def collections_on_disk(self) -> list[str]:
+        """Names with a segments/ or indexes/ folder (temporary and invalid names left out)."""
+        names: set[str] = set()
+        for top in ("segments", "indexes"):
+            folder = self.root / top
+            if folder.is_dir():
+                names.update(child.name for child in folder.iterdir()
+                             if child.is_dir() and is_collection_name(child.name))
+        return sorted(names)
+
     def resolve_relative(self, relative: str) -> Path:
         """A path stored in Redis (relative to the data dir), checked to stay inside it."""
         return self._inside(self.root / relative)
@@ -213,9 +246,9 @@ class Storage:
         """The data dir's layout marker (`shared.jobs.upgrade`)."""
         return self._inside(self.root / "layout.json")
 
-    def replace_json(self, path: Path, value: object, what: str) -> None:
-        """Write `value` as JSON in place of `path` (inside the data dir): a temporary file, fsynced,
-        renamed over the old one, so a reader sees the old content or the new, never a mix."""
+    def write_file(self, path: Path, data: bytes, what: str) -> None:
+        """Write a small file (inside the data dir) atomically: under a temporary name, fsynced, renamed
+        over the old one, so a reader sees the old content or the new, never a mix."""
         path = self._inside(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,13 +256,55 @@ class Storage:
             reraise(exc, what)
         tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
         with written(tmp, what) as fh:
-            fh.write(json.dumps(value, indent=1, sort_keys=True).encode("utf-8") + b"\n")
+            fh.write(data)
         try:
             os.replace(tmp, path)
             fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             reraise(exc, what)
+
+    def write_stream(self, path: Path, stream, length: int, what: str, chunk: int = 1 << 20) -> None:
+        """Copy exactly `length` bytes of `stream` (an upload) to `path`, fsynced; ValueError when the
+        stream ends early (nothing stays)."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reraise(exc, what)
+        with written(path, what) as fh:
+            left = length
+            while left > 0:
+                data = stream.read(min(chunk, left))
+                if not data:
+                    raise ValueError(f"the body ended after {length - left} of {length} bytes")
+                fh.write(data)
+                left -= len(data)
+
+    # sources kept beside Redis
+
+    def write_sources(self, collection: str, records: list[dict]) -> None:
+        """The collection's source records (ids, folders, patterns), so recover can re-create them."""
+        path = self.sources_file(collection)
+        if not records:
+            self.remove_sources(collection)
+            return
+        self.write_file(path, json.dumps({"collection": collection, "sources": records}, indent=1).encode(),
+                        "the source records")
+
+    def read_sources(self, collection: str) -> list[dict]:
+        """The records `write_sources` kept ([] when none, or when the file is not one it wrote)."""
+        try:
+            data = json.loads(self.sources_file(collection).read_text())
+        except (OSError, ValueError):
+            return []
+        records = data.get("sources") if isinstance(data, dict) else None
+        return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+    def remove_sources(self, collection: str) -> None:
+        path = self.sources_file(collection)
+        if path.exists():
+            path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
 
     # staging
 
@@ -293,6 +368,13 @@ class Storage:
     def segment_bytes(self, collection: str, seq: int) -> int:
         folder = self.segment_dir(collection, seq)
         return sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+
+    def segment_seqs(self, collection: str) -> list[int]:
+        """The segment folders on disk, by number (temporary ones left out)."""
+        folder = self.segments_dir(collection)
+        if not folder.is_dir():
+            return []
+        return sorted(int(c.name) for c in folder.iterdir() if c.is_dir() and re.fullmatch(r"\d{10}", c.name))
 
     def remove_segment(self, collection: str, seq: int) -> None:
         shutil.rmtree(self.segment_dir(collection, seq), ignore_errors=True)

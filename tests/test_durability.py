@@ -184,13 +184,20 @@ def test_an_empty_data_dir_and_redis_are_marked_current(tmp_path):
 
 
 def test_state_from_before_layouts_is_migrated_once(tmp_path):
+    """Layout 0 kept sources in Redis only: the migration to 1 writes them into the data dir."""
     svc = fake_services(tmp_path)
     svc.storage.segments_dir("docs").mkdir(parents=True)
     svc.collections.create("docs")
+    svc.collections.create("plain")
+    source = svc.sources.create("docs", "/srv/repo", ["**/*.md"], [], watch=True)
+    assert svc.storage.read_sources("docs") == []
     result = upgrade.check(svc)
+    assert [r["id"] for r in svc.storage.read_sources("docs")] == [source["id"]]
+    assert svc.storage.read_sources("docs")[0]["path"] == "/srv/repo" and svc.storage.read_sources("plain") == []
     assert result["found"] == {"data": 0, "redis": 0}
     steps = [m.to for m in upgrade.MIGRATIONS]
     assert result["migrated"] == [f"data:{to}" for to in steps] + [f"redis:{to}" for to in steps]
+    assert upgrade.LAYOUT == 1 and upgrade.data_layout(svc) == upgrade.redis_layout(svc) == 1
     assert upgrade.check(svc)["migrated"] == []
     assert svc.redis.get(keys.upgrade_lock()) is None
 
@@ -201,7 +208,7 @@ def test_a_newer_layout_is_refused(tmp_path):
     with pytest.raises(upgrade.LayoutTooNew, match="newer Swapline"):
         upgrade.check(svc)
     svc.layout.set(upgrade.LAYOUT)
-    svc.storage.replace_json(svc.storage.layout_path(), {"layout": upgrade.LAYOUT + 1}, "test")
+    svc.storage.write_file(svc.storage.layout_path(), json.dumps({"layout": upgrade.LAYOUT + 1}).encode(), "test")
     with pytest.raises(upgrade.LayoutTooNew, match="The data dir is at layout"):
         upgrade.check(svc)
 

@@ -17,10 +17,12 @@ from shared.errors import JobCanceled, JobInputError, LockBusy, TryAgain
 from shared.jobkinds import JobKind
 from shared.jobs.compact import run_compact
 from shared.jobs.deletion import run_delete, run_drop
+from shared.jobs.fromdisk import run_recover
 from shared.jobs.housekeeping import collect_all
 from shared.jobs.ingest import run_ingest
 from shared.jobs.liveness import another_run_is_live, runner_id
 from shared.jobs.rebuild import run_rebuild
+from shared.jobs.snapshots import run_restore, run_snapshot
 from shared.jobs.sweep import sweep as run_sweep
 from shared.jobstates import JobNotFound
 from shared.names import is_job_id
@@ -158,6 +160,10 @@ drop_collection = job_task(jobkinds.DROP, run_drop)
 # its children.
 reconcile = job_task(jobkinds.RECONCILE, run_reconcile)
 compact = job_task(jobkinds.COMPACT, run_compact)
+# Registers what the data dir holds and Redis does not (shared.jobs.fromdisk); not the liveness recovery.
+recover = job_task(jobkinds.RECOVER, run_recover)
+snapshot = job_task(jobkinds.SNAPSHOT, run_snapshot)
+restore = job_task(jobkinds.RESTORE, run_restore)
 
 
 @app.task(name=jobkinds.INGEST_FILES.task, bind=True, max_retries=None)

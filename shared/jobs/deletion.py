@@ -112,6 +112,7 @@ def run_drop(svc: Services, job_id: str) -> None:
                 os.rename(path, target)
                 aside.append(target)
         svc.collections.remove(collection)
+        svc.storage.remove_sources(collection)
         for target in aside:
             shutil.rmtree(target, ignore_errors=True)
     finally:

@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from shared.errors import JobInProgress
-from shared.jobkinds import DELETE, DROP, DROP_MARKER, INGEST, KINDS, PENDING_REBUILD, REBUILD, STAGED_BATCH
+from shared.jobkinds import (
+    DELETE,
+    DROP,
+    DROP_MARKER,
+    INGEST,
+    KINDS,
+    PENDING_REBUILD,
+    REBUILD,
+    STAGED_BATCH,
+    UPLOADED_ARCHIVE,
+)
 from shared.jobstates import CANCELED, QUEUED, RUNNING, TERMINAL, JobNotFound, QueueFull, new_job_id
 from shared.services import Services
 from shared.store.conn import confirm
@@ -188,6 +198,7 @@ CLEANUPS: dict[str, Callable[[Services, dict], None]] = {
     PENDING_REBUILD: lambda svc, job: svc.locks.clear_pending(job["collection"], job["id"]),
     STAGED_BATCH: lambda svc, job: svc.storage.delete_staging(job["id"]),
     DROP_MARKER: lambda svc, job: svc.collections.release_drop(job["collection"], job["id"]),
+    UPLOADED_ARCHIVE: lambda svc, job: svc.storage.upload_path(job["id"]).unlink(missing_ok=True),
 }
 
 

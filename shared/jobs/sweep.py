@@ -123,7 +123,7 @@ def remove_orphan_staging(svc: Services, now: float | None = None) -> int:
                 continue
         except FileNotFoundError:
             continue
-        name = path.name.removeprefix(TMP_PREFIX).removesuffix(".jsonl")
+        name = path.name.removeprefix(TMP_PREFIX).removesuffix(".jsonl").removesuffix(".tar")  # .tar: an upload
         state = svc.jobs.state(name) if JOB_ID_IN_TEXT.fullmatch(name) else None
         if path.name.startswith(TMP_PREFIX) or state is None or state in TERMINAL:
             path.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ time under a lock, every step safe to run again; an empty data dir or Redis is s
 
 Layout 0 is everything written before layouts were recorded (up to release 2026-12-06): index versions
 in format 1 or 2 (format 1 is converted by the next rebuild, `shared.jobs.build`), sources only in
-Redis. The fixtures under tests/fixtures/ are data dirs and Redis dumps written by releases; each must
+Redis. Layout 1 keeps source records in the data dir as well. The fixtures under tests/fixtures/ are data dirs and Redis dumps written by releases; each must
 load and serve with every later release (tests/test_upgrade.py).
 """
 
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shared.jobs.fromdisk import save_sources
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,16 @@ class Migration:
     redis: Callable[[Services], object] | None = None  # Redis's step
 
 
-def _mark_only(_svc: Services) -> None:
-    """Nothing to convert: the layout number is recorded."""
+def _sources_to_disk(svc: Services) -> None:
+    """Layout 1 keeps each collection's source records in the data dir too (`sources/{c}.json`), so
+    `POST /v1/admin/recover` can re-create them; earlier releases kept them in Redis only."""
+    for name in svc.collections.names():
+        if svc.sources.of_collection(name):
+            save_sources(svc, name)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "layouts recorded", data=_mark_only, redis=_mark_only),
+    Migration(1, "source records kept in the data dir", data=_sources_to_disk),
 )
 
 
@@ -114,4 +119,5 @@ def _migrate(svc: Services) -> list[str]:
 
 
 def _mark_data(svc: Services, layout: int) -> None:
-    svc.storage.replace_json(svc.storage.layout_path(), {"layout": layout}, "the data dir's layout marker")
+    svc.storage.write_file(svc.storage.layout_path(), json.dumps({"layout": layout}).encode(),
+                           "the data dir's layout marker")

@@ -23,6 +23,7 @@ from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError, LockBusy
 from shared.jobkinds import INGEST_FILES
 from shared.jobs.deletion import write_tombstones
+from shared.jobs.fromdisk import save_sources
 from shared.jobs.progress import ProgressReporter
 from shared.jobs.submit import request_cancel_tree, request_rebuild
 from shared.jobstates import QUEUED, RUNNING, TERMINAL, new_job_id
@@ -201,6 +202,8 @@ def run_remove(svc: Services, job_id: str, source_id: str) -> None:
             write_tombstones(svc, job_id, raw["collection"], [source["prefix"] + p for p in held])
         removed = len(held)
         svc.sources.remove(source_id)
+        if svc.collections.exists(raw["collection"]):
+            save_sources(svc, raw["collection"])
     result = {"source": source_id, "files_removed": removed}
     if removed and svc.collections.exists(raw["collection"]):
         rebuild_job, _ = request_rebuild(svc, raw["collection"], exclusive=False)

@@ -6,6 +6,7 @@ names that job, so a second request gets JobInProgress with its id (the API answ
 from __future__ import annotations
 
 from shared.jobkinds import RECONCILE
+from shared.jobs.fromdisk import save_sources
 from shared.jobs.submit import check_capacity, create_and_enqueue, in_progress
 from shared.jobstates import QUEUED, RUNNING, QueueFull, new_job_id
 from shared.services import Services
@@ -38,6 +39,7 @@ def add_source(svc: Services, collection: str, path: str, include: list[str], ex
                                               f"{prefix!r}; give this one another `prefix`")
     check_capacity(svc, RECONCILE.name)
     source = svc.sources.create(collection, str(folder), include, exclude, watch, prefix)
+    save_sources(svc, collection)  # kept in the data dir too, for recover and snapshots
     job = submit_reconcile(svc, source, bounded=True)
     return source, job
 
@@ -75,5 +77,6 @@ def remove_source(svc: Services, source: dict, bounded: bool = False) -> dict:
     if bounded:
         check_capacity(svc, RECONCILE.name)
     svc.sources.set_watch(source["id"], False)
+    save_sources(svc, source["collection"])
     return create_and_enqueue(svc, RECONCILE.name, source["collection"], {"source": source["id"], "remove": True},
                               bounded=bounded)

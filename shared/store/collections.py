@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import cast
 
@@ -16,6 +17,7 @@ class CollectionStore:
         self.r = client
         self._register = load_script(client, "register_segment")
         self._replace = load_script(client, "replace_segments")
+        self._adopt = load_script(client, "adopt_collection")
 
     def create(self, name: str) -> bool:
         """False when the collection already exists."""
@@ -24,6 +26,20 @@ class CollectionStore:
         self.r.hset(keys.collection(name), mapping={"created_at": time.time(), "chunks": 0, "changes": 0})
         confirm(self.r)
         return True
+
+    def adopt(self, name: str, state: dict) -> int:
+        """Register a collection found on disk in one step (`adopt_collection.lua`): `state` holds
+        fields, docs, segments, segseq, fence, pointer (or None) and history (JSON strings, oldest
+        first). Returns 1 when registered, 0 when the name is a collection already, -1 while a drop
+        of it runs; nothing is written then."""
+        payload = {**state, "pointer": state.get("pointer") or None}
+        if payload["pointer"] is None:
+            payload.pop("pointer")
+        return int(self._adopt(
+            keys=[keys.collections(), keys.collection(name), keys.collection_docs(name), keys.segments(name),
+                  keys.segment_seq(name), keys.fence(name), keys.pointer(name), keys.pointer_history(name),
+                  keys.dropping(name)],
+            args=[name, json.dumps(payload)]))
 
     def exists(self, name: str) -> bool:
         return bool(self.r.sismember(keys.collections(), name))

@@ -74,6 +74,25 @@ class SourceStore:
         assert source is not None  # just written under a fresh id no one else knows yet
         return source
 
+    def adopt(self, record: dict) -> dict:
+        """Re-create a source from the record kept in the data dir (recover, restore), under its id;
+        its file state starts empty."""
+        source_id, collection = record["id"], record["collection"]
+        fields: dict[FieldT, EncodableT] = {
+            "id": source_id, "collection": collection, "path": str(record["path"]),
+            "include": json.dumps(list(record.get("include") or [])),
+            "exclude": json.dumps(list(record.get("exclude") or [])), "watch": "1" if record.get("watch") else "0",
+            "prefix": str(record.get("prefix") or ""), "created_at": float(record.get("created_at") or time.time())}
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(keys.source(source_id), keys.source_files(source_id))
+        pipe.hset(keys.source(source_id), mapping=fields)
+        pipe.sadd(keys.collection_sources(collection), source_id)
+        pipe.hset(keys.sources(), source_id, collection)
+        pipe.execute()
+        source = self.get(source_id)
+        assert source is not None
+        return source
+
     def get(self, source_id: str) -> dict | None:
         raw = self.r.hgetall(keys.source(source_id))
         return _typed(raw) if raw else None

@@ -9,10 +9,22 @@ from shared.settings import Settings, load_settings
 from webapp.api import auth, jsonbody, requestid
 from webapp.api.errors import Api
 from webapp.api.metrics import Metrics
-from webapp.api.routes import admin, collections, events, health, jobs, search, sources, versions, webhooks
+from webapp.api.routes import (
+    admin,
+    collections,
+    events,
+    health,
+    jobs,
+    recovery,
+    search,
+    snapshots,
+    sources,
+    versions,
+    webhooks,
+)
 from webapp.api.runtime import swapline
 
-API_BLUEPRINTS = (health, collections, sources, jobs, search, versions, events, webhooks)
+API_BLUEPRINTS = (health, collections, sources, jobs, search, versions, events, webhooks, snapshots, recovery)
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -34,6 +34,7 @@ from webapp.cli.batching import (
 )
 from webapp.cli.follow import IngestRun
 from webapp.cli.progress import ProgressBar
+from webapp.cli.snapshots import recover, snapshot
 from webapp.cli.sources import source
 from webapp.client import (
     DEFAULT_URL,
@@ -314,6 +315,8 @@ def _follow(client: Client, job_id: str, fail: bool = False) -> dict:
 
 
 main.add_command(source)
+main.add_command(snapshot)
+main.add_command(recover)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ a request whose answer was lost replays the first answer instead of creating a s
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 import uuid
@@ -19,7 +21,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shared.jobstates import SUCCEEDED, TERMINAL
-from shared.names import COLLECTION_NAME_RULE, is_collection_name, is_job_id
+from shared.names import COLLECTION_NAME_RULE, is_collection_name, is_job_id, is_snapshot_id
 from webapp.client import events
 from webapp.client.errors import ApiError, ApiUnreachable, Interrupted, InvalidArgument, JobFailed, RebuildBusy
 
@@ -256,6 +258,65 @@ class Client:
     @staticmethod
     def _source_path(name: str, source_id: str) -> str:
         return f"{collection_path(name)}/sources/{id_segment(source_id, 'source id')}"
+
+    # snapshots and recovery
+
+    def snapshot(self, name: str, idempotency_key: str | None = None) -> dict:
+        """Take a snapshot of collection `name` (admin); returns the `snapshot` job, whose result names it."""
+        return self._create("POST", f"{collection_path(name)}/snapshots", idempotency_key)
+
+    def snapshots(self, name: str) -> list[dict]:
+        """The collection's snapshots (id, version, bytes, sha256, created_at), oldest first."""
+        return self.request("GET", f"{collection_path(name)}/snapshots").json()["snapshots"]
+
+    @staticmethod
+    def _snapshot_segment(snapshot_id: str) -> str:
+        if not is_snapshot_id(snapshot_id):
+            raise InvalidArgument(f"{snapshot_id!r} is not a snapshot id (like 20261206T101500Z-1a2b3c4d)")
+        return segment(snapshot_id)
+
+    def download_snapshot(self, name: str, snapshot_id: str, dest: str | os.PathLike) -> dict:
+        """Stream a snapshot's archive to `dest` (written under a temporary name, renamed when its
+        sha256 matches the server's X-Swapline-SHA256); returns {"path", "bytes", "sha256"}."""
+        path = f"{collection_path(name)}/snapshots/{self._snapshot_segment(snapshot_id)}/download"
+        resp = self.request("GET", path, stream=True)
+        tmp = f"{os.fspath(dest)}.part"
+        digest, size = hashlib.sha256(), 0
+        try:
+            with resp, open(tmp, "wb") as fh:
+                for chunk in resp.iter_content(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    fh.write(chunk)
+            expected = resp.headers.get("X-Swapline-SHA256")
+            if expected and expected != digest.hexdigest():
+                raise ApiUnreachable(f"the download of snapshot {snapshot_id} arrived damaged (sha256 "
+                                     f"{digest.hexdigest()}, the server's {expected}); try again")
+            os.replace(tmp, dest)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return {"path": os.fspath(dest), "bytes": size, "sha256": digest.hexdigest()}
+
+    def restore_snapshot(self, name: str, collection: str, snapshot_id: str,
+                         idempotency_key: str | None = None) -> dict:
+        """Create collection `name` from a kept snapshot of `collection` (admin); returns the `restore` job."""
+        collection_segment(name)
+        collection_segment(collection)
+        self._snapshot_segment(snapshot_id)
+        body = {"name": name, "from_snapshot": {"collection": collection, "id": snapshot_id}}
+        return self._create("POST", "/v1/collections", idempotency_key, json=body)
+
+    def restore_archive(self, name: str, archive: str | os.PathLike) -> dict:
+        """Create collection `name` from an archive file (a downloaded snapshot); returns the `restore` job."""
+        with open(archive, "rb") as fh:
+            return self.request("POST", f"{collection_path(name)}/restore", ok=(202,), data=fh,
+                                headers={"Content-Type": "application/x-tar"}).json()
+
+    def recover(self, idempotency_key: str | None = None) -> dict:
+        """Register what the data dir holds and Redis does not (admin); returns the `recover` job."""
+        return self._create("POST", "/v1/admin/recover", idempotency_key)
 
     # jobs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -14,6 +15,7 @@ from webapp.api.auth import require_grant, scope_filtered, visible_collections
 from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
 from webapp.api.routes.common import bad_cursor, job_location, require_collection, start_rebuild
+from webapp.api.routes.snapshots import restore_from_snapshot
 from webapp.api.runtime import swapline
 from webapp.api.schemas.collections import (
     CollectionCreateSchema,
@@ -74,9 +76,18 @@ class Collections(MethodView):
     @scope_filtered
     @blp.arguments(CollectionCreateSchema)
     @blp.response(201, CollectionSchema)
+    @blp.alt_response(202, schema=JobSchema, headers=LOCATION,
+                      description="With `from_snapshot`: the `restore` job that creates the collection")
+    @blp.alt_response(404, schema=ErrorSchema, description="`from_snapshot` names no kept snapshot")
     @blp.alt_response(409, schema=ErrorSchema, description="A collection with that name exists")
+    @blp.alt_response(503, **QUEUE_FULL)
     def post(self, body):
-        """Create a collection (a key limited to some collections may create only those)."""
+        """Create a collection (a key limited to some collections may create only those); with
+        `from_snapshot`, restore one of a collection's snapshots as this new collection (admin)."""
+        if body.get("from_snapshot"):
+            job = restore_from_snapshot(body["name"], body["from_snapshot"])
+            # A Response passes the 201 schema by: this answer is the job (JobSchema).
+            return jsonify(JobSchema().dump(job)), 202, job_location(job["id"])
         require_grant(body["name"], "write", hidden=None)
         dropping = drop_in_progress(swapline.runtime.svc, body["name"])
         if dropping:

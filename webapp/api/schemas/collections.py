@@ -6,10 +6,13 @@ from marshmallow import Schema, fields
 
 from webapp.api.schemas.common import StrictSchema, collection_name, next_cursor_field
 from webapp.api.schemas.jobs import JobSchema
+from webapp.api.schemas.snapshots import FromSnapshotSchema
 
 
 class CollectionCreateSchema(StrictSchema):
     name = collection_name(required=True)
+    from_snapshot = fields.Nested(FromSnapshotSchema, metadata={
+        "description": "create it from a kept snapshot (admin): answers 202 with a `restore` job instead of 201"})
 
 
 class IndexInfoSchema(Schema):
