@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import requests
 
 from shared import keys
 from shared.jobs import upgrade
@@ -45,6 +46,13 @@ def test_a_data_dir_from_an_earlier_release_serves_and_takes_new_work(fixture, p
         assert body["index_version"] == pointer
         got = [[h["doc_id"], h["chunk_id"], round(h["score"], 5)] for h in body["hits"]]
         assert got == want["hits"], (query, mode)
+
+    if fixture == "format1":  # written before layout 1: no sources
+        assert not (settings.data_dir / "sources").exists()
+    else:
+        sources = requests.get(f"{base}/v1/collections/legacy/sources", timeout=10).json()["sources"]
+        assert [s["path"] for s in sources] == ["/srv/notes"]
+        assert settings.data_dir.joinpath("sources", "legacy.json").is_file()
 
     ingest_and_rebuild(base, [{"id": "notes/new.md", "text": "# New\nA brand new quasar note."}], "legacy")
     hits = search(base, "quasar", "legacy", 3, mode="keyword").json()["hits"]
