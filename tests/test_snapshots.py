@@ -12,13 +12,12 @@ import fakeredis
 import numpy as np
 import pytest
 
-from shared.errors import JobInputError
+from shared.errors import JobInputError, RequestRefused
 from shared.index.parts import open_version
 from shared.jobs.archive import ArchiveRefused, check_and_extract, write_archive
 from shared.jobs.ingest import run_ingest
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.snapshots import (
-    RestoreRefused,
     list_snapshots,
     run_restore,
     run_snapshot,
@@ -174,10 +173,10 @@ def test_snapshot_then_restore_answers_like_the_original(svc, tmp_path):
     assert [s["id"] for s in list_snapshots(svc, "docs")] == [done["result"]["id"]]
     assert done["result"]["segments"] == 2
 
-    with pytest.raises(RestoreRefused) as unknown:
+    with pytest.raises(RequestRefused) as unknown:
         submit_restore_from(svc, "copy", "docs", "20260101T000000Z-00000000")
     assert unknown.value.status == 404
-    with pytest.raises(RestoreRefused) as taken:
+    with pytest.raises(RequestRefused) as taken:
         submit_restore_from(svc, "docs", "docs", done["result"]["id"])
     assert taken.value.status == 409
 

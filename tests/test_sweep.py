@@ -14,7 +14,7 @@ import requests
 from shared import keys, tasknames
 from shared.celeryconfig import make_celery
 from shared.jobs.submit import submit_documents
-from shared.jobs.sweep import requeue_lost, sweep
+from shared.jobs.sweep import remove_orphan_restores, requeue_lost, sweep
 from shared.jobstates import SUCCEEDED
 from tests.support import create_collection, held_lease, make_services, wait_for, wait_job
 
@@ -138,6 +138,17 @@ def test_sweep_removes_orphaned_staging_and_is_exclusive(svc, rclient):
     assert sorted(os.listdir(staging)) == [f"{live}.jsonl"]
     rclient.set(keys.sweep_lock(), "someone")
     assert sweep(svc) == {"skipped": True}
+
+
+def test_sweep_removes_what_a_killed_restore_left_but_not_a_running_one(svc):
+    restoring = svc.storage.restoring_dir()
+    left = svc.storage.temp_dir(restoring, "restore-old")
+    (left / "segments").mkdir()
+    running = svc.storage.temp_dir(restoring, "restore-new")
+    old = time.time() - svc.settings.task_time_limit - 60
+    os.utime(left, (old, old))
+    assert remove_orphan_restores(svc) == 1
+    assert not left.exists() and running.is_dir()
 
 
 def test_sweep_task_on_a_worker_resends_a_lost_job(settings, procs, rclient):

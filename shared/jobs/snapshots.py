@@ -24,7 +24,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.errors import JobInputError, LockBusy
+from shared.errors import JobInputError, LockBusy, RequestRefused
 from shared.index.parts import PART_FILE, is_format2, part_refs, read_part_meta, verify_version
 from shared.index.vectorindex import MANIFEST_FILE, VerifyFailed, read_manifest
 from shared.jobkinds import RESTORE, SNAPSHOT
@@ -39,14 +39,6 @@ from shared.storage import TMP_PREFIX, UnsafePath, fsync_dir
 log = logging.getLogger(__name__)
 
 SEGMENT_FILES = ("chunks.jsonl", "vectors.npy", "meta.json")
-
-
-class RestoreRefused(Exception):
-    """A restore or snapshot request that cannot be (before any job): the API's 4xx."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 def new_snapshot_id() -> str:
@@ -82,7 +74,7 @@ def list_snapshots(svc: Services, collection: str) -> list[dict]:
 
 def submit_snapshot(svc: Services, collection: str, bounded: bool = False) -> dict:
     if svc.pointers.get(collection) is None:
-        raise RestoreRefused(409, "nothing_published", f"collection {collection!r} has no published index "
+        raise RequestRefused(409, "nothing_published", f"collection {collection!r} has no published index "
                                                        f"version to snapshot yet")
     if bounded:
         check_capacity(svc, SNAPSHOT.name)
@@ -166,20 +158,20 @@ def run_snapshot(svc: Services, job_id: str) -> None:
 # restoring one
 
 def check_restore_target(svc: Services, name: str) -> None:
-    """RestoreRefused (409) unless `name` is free: no collection, no drop running, no folders."""
+    """RequestRefused (409) unless `name` is free: no collection, no drop running, no folders."""
     if svc.collections.exists(name):
-        raise RestoreRefused(409, "collection_exists", f"collection {name!r} already exists")
+        raise RequestRefused(409, "collection_exists", f"collection {name!r} already exists")
     if svc.collections.dropping_job(name) and svc.jobs.state(svc.collections.dropping_job(name) or "") not in TERMINAL:
-        raise RestoreRefused(409, "collection_dropping", f"collection {name!r} is being dropped")
+        raise RequestRefused(409, "collection_dropping", f"collection {name!r} is being dropped")
     if svc.storage.segments_dir(name).exists() or svc.storage.indexes_dir(name).exists():
-        raise RestoreRefused(409, "data_exists", f"the data dir holds folders of a collection {name!r} that Redis "
+        raise RequestRefused(409, "data_exists", f"the data dir holds folders of a collection {name!r} that Redis "
                                                  f"does not know: recover it (POST /v1/admin/recover) or remove them")
 
 
 def submit_restore_from(svc: Services, name: str, collection: str, snapshot_id: str, bounded: bool = False) -> dict:
     """A restore of a kept snapshot into the new collection `name`; 404 when there is no such snapshot."""
     if snapshot_info(svc, collection, snapshot_id) is None:
-        raise RestoreRefused(404, "snapshot_not_found", f"collection {collection!r} has no snapshot {snapshot_id!r}")
+        raise RequestRefused(404, "snapshot_not_found", f"collection {collection!r} has no snapshot {snapshot_id!r}")
     check_restore_target(svc, name)
     if bounded:
         check_capacity(svc, RESTORE.name)
@@ -250,7 +242,7 @@ def restore(svc: Services, job_id: str, name: str, archive: Path) -> dict:
         _prepare(svc, name, staged, inner)
         try:
             check_restore_target(svc, name)
-        except RestoreRefused as refused:
+        except RequestRefused as refused:
             raise JobInputError(refused.message) from None
         (staged / "segments").mkdir(exist_ok=True)
         for top, final in (("segments", storage.segments_dir(name)), ("indexes", storage.indexes_dir(name))):

@@ -28,6 +28,7 @@ mistaken for a lost one. One lock (`recover_lock`) makes concurrent checks on ma
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 
 from shared.jobkinds import KINDS
@@ -131,6 +132,23 @@ def remove_orphan_staging(svc: Services, now: float | None = None) -> int:
     return removed
 
 
+def remove_orphan_restores(svc: Services, now: float | None = None) -> int:
+    """Delete what restore jobs extracted under restoring/ and left behind (their worker was killed):
+    folders older than the hard task time limit, which no restore can still be using."""
+    now = now if now is not None else time.time()
+    folder = svc.storage.restoring_dir()
+    removed = 0
+    for path in folder.iterdir() if folder.is_dir() else []:
+        try:
+            if path.stat().st_mtime >= now - svc.settings.task_time_limit:
+                continue
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 def recover(svc: Services, now: float | None = None, recheck_delay: float = 0.5) -> list[str] | None:
     """Send again the jobs whose message or worker is lost; None when another check runs right now."""
     token = svc.recover_lock.acquire(max(30, svc.settings.lock_ttl_seconds))
@@ -151,7 +169,7 @@ def sweep(svc: Services, now: float | None = None, recheck_delay: float = 0.5) -
         started = time.monotonic()
         expired = svc.history.cleanup(svc.settings.job_ttl_seconds, svc.settings.jobs_keep_per_collection, now)
         requeued = recover(svc, now, recheck_delay) or []
-        staging = remove_orphan_staging(svc, now)
+        staging = remove_orphan_staging(svc, now) + remove_orphan_restores(svc, now)
         result = {"expired": expired, "requeued": requeued, "staging_removed": staging,
                   "seconds": round(time.monotonic() - started, 3)}
         log.info("event=sweep.done expired=%s requeued=%s staging_removed=%s seconds=%s",

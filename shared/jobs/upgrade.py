@@ -8,8 +8,9 @@ time under a lock, every step safe to run again; an empty data dir or Redis is s
 
 Layout 0 is everything written before layouts were recorded (up to release 2026-12-06): index versions
 in format 1 or 2 (format 1 is converted by the next rebuild, `shared.jobs.build`), sources only in
-Redis. Layout 1 keeps source records in the data dir as well. The fixtures under tests/fixtures/ are data dirs and Redis dumps written by releases; each must
-load and serve with every later release (tests/test_upgrade.py).
+Redis. Layout 1 keeps source records in the data dir as well. The fixtures under tests/fixtures/ are
+data dirs and Redis dumps written by releases; each must load and serve with every later release
+(tests/test_upgrade.py).
 """
 
 from __future__ import annotations

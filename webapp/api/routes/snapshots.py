@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 from flask import request, send_file
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from shared.jobs.snapshots import (
-    RestoreRefused,
     list_snapshots,
     snapshot_info,
     submit_restore_from,
@@ -34,19 +31,12 @@ TAR = "application/x-tar"
 UPLOAD_TYPES = (TAR, "application/octet-stream")  # the second for clients that know no tar type
 
 
-def refused(error: RestoreRefused) -> NoReturn:
-    abort(error.status, code=error.code, message=error.message)
-
-
 def restore_from_snapshot(name: str, source: dict) -> dict:
     """The restore job of POST /v1/collections with `from_snapshot` (admin on both collections)."""
     require_grant(name, "admin", hidden=None)
     unknown = f"collection {source['collection']!r} has no snapshot {source['id']!r}"
     require_grant(source["collection"], "admin", hidden=unknown)
-    try:
-        return submit_restore_from(swapline.runtime.svc, name, source["collection"], source["id"], bounded=True)
-    except RestoreRefused as error:
-        refused(error)
+    return submit_restore_from(swapline.runtime.svc, name, source["collection"], source["id"], bounded=True)
 
 
 @blp.route("/<string:name>/snapshots")
@@ -69,10 +59,7 @@ class Snapshots(MethodView):
         """Take a snapshot: one archive of the served version, the parts it uses and the segments, so a
         restored collection goes on with incremental builds. Written aside, fsynced, then renamed."""
         require_collection(name)
-        try:
-            job = submit_snapshot(swapline.runtime.svc, name, bounded=True)
-        except RestoreRefused as error:
-            refused(error)
+        job = submit_snapshot(swapline.runtime.svc, name, bounded=True)
         return job, 202, job_location(job["id"])
 
 
@@ -130,8 +117,6 @@ class Restore(MethodView):
         request.max_content_length = limit  # this route's bound instead of SWAPLINE_MAX_REQUEST_BYTES
         try:
             job = submit_restore_upload(swapline.runtime.svc, name, request.stream, length, bounded=True)
-        except RestoreRefused as error:
-            refused(error)
         except ValueError as exc:  # the body ended early
             abort(400, code="bad_request", message=str(exc))
         return job, 202, job_location(job["id"])
