@@ -2,15 +2,71 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.transport import redis as kombu_redis
 
 from shared import logs, tasknames
 from shared.jobkinds import KINDS
 from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _QoS(kombu_redis.QoS):
+    """kombu's Redis QoS, except that a message it can no longer settle does not take the worker down.
+
+    When the broker connection drops (a Redis restart, a failover), kombu 5.7 closes the channel and
+    drops its connection pool; what that channel does afterwards (put the messages the worker held back
+    on their queues as it closes; ack a task that was running through the outage when it ends) builds
+    a pool from a connection that is gone, and the AttributeError ends the worker ("Unrecoverable
+    error", tests/chaos/test_redis_disk.py test 6). Here such a message stays unacked in Redis: the
+    recovery check (`shared.jobs.sweep`) sends a job whose delivery is stranded again within about a
+    lease, and kombu hands any unacked message back after the visibility timeout, which does nothing
+    for a job that has ended."""
+
+    def _settle(self, what: str, tags: int, call):
+        try:
+            return call()
+        except AttributeError as exc:
+            log.warning("event=broker.unsettled action=%s messages=%s error=%r (the channel is gone with "
+                        "its connection; left unacked, recovered later)", what, tags, str(exc))
+            return None
+
+    def restore_unacked(self, client=None):
+        result = self._settle("restore", len(self._delivered), lambda: super(_QoS, self).restore_unacked(client))
+        self._delivered.clear()
+        return result
+
+    def ack(self, delivery_tag):
+        self._settle("ack", 1, lambda: super(_QoS, self).ack(delivery_tag))
+
+    def reject(self, delivery_tag, requeue=False):
+        self._settle("reject", 1, lambda: super(_QoS, self).reject(delivery_tag, requeue))
+
+
+class _Channel(kombu_redis.Channel):
+    QoS = _QoS
+
+
+class _SentinelChannel(kombu_redis.SentinelChannel):
+    QoS = _QoS
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's `redis://` transport with `_QoS`."""
+
+    Channel = _Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's `sentinel://` transport with `_QoS`."""
+
+    Channel = _SentinelChannel
 
 
 def celery_config(settings: Settings) -> dict:
@@ -35,6 +91,7 @@ def celery_config(settings: Settings) -> dict:
             transport |= {"sentinel_kwargs": {"password": settings.redis_sentinel_password}}
     return {
         "broker_url": broker_url,
+        "broker_transport": f"{__name__}:{'SentinelTransport' if settings.sentinel_nodes else 'RedisTransport'}",
         "result_backend": broker_url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,

@@ -91,7 +91,7 @@ def test_requeue_only_jobs_whose_message_is_lost(svc, sent, rclient):
     lost = svc.jobs.create("ingest", "docs")["id"]  # created, never enqueued (the API died)
     waiting = svc.jobs.create("ingest", "docs")["id"]
     rclient.lpush("ingest", _message(waiting))  # still in the broker's queue list
-    taken = svc.jobs.create("rebuild", "docs")["id"]  # taken by a worker long ago, not acked yet
+    taken = svc.jobs.create("rebuild", "docs")["id"]  # delivered long ago, never started: its worker dropped it
     held_unacked(rclient, taken, tasknames.REBUILD, "index", time.time() - 7200)
     fresh = svc.jobs.create("rebuild", "other")["id"]  # taken by a worker a moment ago
     held_unacked(rclient, fresh, tasknames.REBUILD, "index", old)
@@ -111,11 +111,12 @@ def test_requeue_only_jobs_whose_message_is_lost(svc, sent, rclient):
     assert rclient.sismember(keys.running(), finished)
 
     requeued = requeue_lost(svc, now=old, recheck_delay=0.01)
-    assert sorted(requeued) == sorted([lost, stale_running, dead_worker])
-    assert sorted(sent) == sorted([("ingest", lost), ("ingest", stale_running), ("ingest", dead_worker)])
-    assert not rclient.hexists("unacked", f"tag-{dead_worker}")  # the old delivery will not come back later
-    # Queued jobs a worker holds are left to kombu's own restore: no second copy.
-    assert rclient.hexists("unacked", f"tag-{taken}") and rclient.hexists("unacked", f"tag-{fresh}")
+    assert sorted(requeued) == sorted([lost, taken, stale_running, dead_worker])
+    assert sorted(sent) == sorted([("ingest", lost), ("rebuild", taken), ("ingest", stale_running),
+                                   ("ingest", dead_worker)])
+    # The old deliveries will not come back later; a queued job delivered a moment ago is left alone.
+    assert not rclient.hexists("unacked", f"tag-{dead_worker}") and not rclient.hexists("unacked", f"tag-{taken}")
+    assert rclient.hexists("unacked", f"tag-{fresh}")
     assert rclient.hget(keys.job(lost), "requeues") == "1"
     assert not rclient.sismember(keys.running(), finished)  # pruned: the publish script finished it
     # The heartbeat was refreshed: the next sweep leaves them alone for another stale period.

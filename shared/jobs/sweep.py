@@ -4,8 +4,14 @@
 `workers/housekeeping.py`; beat is not needed) sends again
 
 - the task of a job left `queued` for `lock_ttl_seconds` whose message is nowhere in the broker (the
-  API died between creating the job and enqueueing it). One a worker holds unacked is left to kombu,
-  which restores it after the visibility timeout: sending it again could run it twice;
+  API died between creating the job and enqueueing it), or was delivered more than `lock_ttl_seconds`
+  ago and is still unacked with no run started: its worker dropped it. A worker that loses its broker
+  connection (a Redis restart, a failover) forgets the ETA retries and prefetched messages it held
+  while their unacked copies stay, and kombu would restore them only after the visibility timeout
+  (70 min by default). A live worker never holds a queued job that long: with late acks it prefetches
+  only as many messages as it has processes, which start at once, and a job waiting out a lock is sent
+  again every `rebuild_retry_seconds`, a fresh delivery each time. The old delivery is dropped first,
+  and a duplicate delivery of a job whose run is alive does nothing anyway;
 - the task of a `running` job not heard from for `lock_ttl_seconds` (its worker's keepalive thread
   refreshes the heartbeat every quarter of that while it lives, so silence means the worker is gone),
   first dropping its unacked delivery so kombu does not bring it back later. A rebuild or drop whose
@@ -73,12 +79,8 @@ def _lost(candidates: list[dict], waiting: set[str], taken: dict[str, list[tuple
         if job["id"] in waiting:
             continue  # a worker will get it
         deliveries = taken.get(job["id"], [])
-        if job["state"] == QUEUED and deliveries:
-            # A worker holds it (an ETA retry, a prefetch) or held it and died; kombu restores it after
-            # the visibility timeout. Sending it again could run it twice at once.
-            continue
         if any(at >= stale_before for _, at in deliveries):
-            continue  # a worker took it recently (the redelivery of a running job, say)
+            continue  # a worker took it recently (an ETA retry, the redelivery of a running job)
         lost.append(job)
     return lost
 

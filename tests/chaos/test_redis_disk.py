@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 import requests
@@ -68,6 +69,32 @@ def test_4_redis_restart_mid_job_loses_nothing_and_searches_go_on(cfg, procs, rd
     assert any(h == "redis-unavailable" for _, _, h in load.answers)
     assert (api.popen.pid, worker.popen.pid) == pids and api.alive() and worker.alive()
     assert publishes(rdb)[-1] == wait_job(base, rebuild_id)["result"]["version"]
+
+
+def test_6_a_retry_a_worker_held_through_a_redis_restart_is_not_stranded(cfg, procs, rdb, own_redis):
+    """A rebuild waiting out the lease (an ETA retry every 2 s, held by the worker between tries) when
+    Redis restarts: the worker forgets what it held, the unacked copy stays in Redis, and kombu would
+    bring it back only after the visibility timeout (70 min). The recovery check sends it again within
+    about two leases, and it publishes."""
+    cfg = cfg.with_(build_step_delay=0.3)  # the first rebuild holds the lease for about 15 s
+    base = procs.api(cfg)
+    worker = procs.worker(cfg, concurrency=2)
+    create_collection(base)
+    stage_documents(base, 300, "alpha")
+    first = rebuild(base)
+    wait_building(base, first)
+    waiting = ingest(base, corpus(5, "late"), rebuild=True)["id"]
+    pending = wait_job(base, waiting)["result"]["rebuild_job_id"]
+    wait_for(lambda: "Retry in" in worker.log(), timeout=30, message="the pending rebuild to wait out the lease")
+    assert job(base, pending)["state"] == "queued"
+    own_redis.stop()
+    own_redis.start()
+    restarted = time.monotonic()
+    assert wait_job(base, first, timeout=2 * cfg.lock_ttl_seconds + 60)["state"] == "succeeded"
+    done = wait_job(base, pending, timeout=2 * cfg.lock_ttl_seconds + 90)
+    assert done["state"] == "succeeded", done
+    print(f"CHAOS: pending rebuild ended {time.monotonic() - restarted:.0f} s after the restart")
+    assert publishes(rdb)[-1] == done["result"]["version"]
 
 
 @pytest.fixture
