@@ -69,9 +69,15 @@ def test_adopt_rebuilds_what_redis_held(env):
     before = _state(client, "docs")
     fence = int(client.get(keys.fence("docs")))
     client.flushall()
+    swaps = client.pubsub(ignore_subscribe_messages=True)
+    swaps.subscribe(keys.swap_channel())
 
     result = recover_from_disk(svc)
     assert result["recovered"] == 1 and result["skipped"] == 0 and result["embedded"] == 0
+    # API processes are told at once, as by a publish, instead of at their next poll.
+    message = next(filter(None, (swaps.get_message(timeout=0.2) for _ in range(10))), None)
+    assert message, "no swap message"
+    assert json.loads(message["data"]) == {"collection": "docs", "version": int(before["pointer"]["version"])}
     assert result["documents"] == 2 and result["segments"] == 3 and result["versions"] == 3
     after = _state(client, "docs")
     # The publish time is the build time after a recover: everything else is what the publishes wrote.

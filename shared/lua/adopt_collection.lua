@@ -5,7 +5,8 @@
 -- KEYS[5] segment seq counter, KEYS[6] fence counter, KEYS[7] pointer hash, KEYS[8] pointer history,
 -- KEYS[9] drop marker
 -- ARGV[1] the name, ARGV[2] JSON {fields = {...}, docs = {doc = "seq:chunks"}, segments = [...],
--- segseq = n, fence = n, pointer = {...} or absent, history = [JSON, ...] oldest first}
+-- segseq = n, fence = n, pointer = {...} or absent, history = [JSON, ...] oldest first}, ARGV[3] the swap
+-- channel: with a pointer, API processes are told at once, as by a publish
 -- Returns 1 when registered, 0 when the name is a collection, -1 while it is being dropped.
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
   return 0
@@ -41,4 +42,7 @@ for _, item in ipairs(data.history) do
   redis.call('LPUSH', KEYS[8], item)
 end
 redis.call('SADD', KEYS[1], ARGV[1])
+if data.pointer then
+  redis.call('PUBLISH', ARGV[3], cjson.encode({collection = ARGV[1], version = data.pointer['version']}))
+end
 return 1

@@ -39,7 +39,7 @@ class CollectionStore:
             keys=[keys.collections(), keys.collection(name), keys.collection_docs(name), keys.segments(name),
                   keys.segment_seq(name), keys.fence(name), keys.pointer(name), keys.pointer_history(name),
                   keys.dropping(name)],
-            args=[name, json.dumps(payload)]))
+            args=[name, json.dumps(payload), keys.swap_channel()]))
 
     def exists(self, name: str) -> bool:
         return bool(self.r.sismember(keys.collections(), name))
