@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 from shared import logs, tasknames
@@ -69,6 +70,12 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = _SentinelChannel
 
 
+# The broker URL's scheme picks the transport again whenever kombu switches to the next URL after a
+# connection error (the Sentinels are several URLs), so Swapline's transports replace kombu's under
+# kombu's own names rather than through `broker_transport`, which the first switch would drop.
+TRANSPORT_ALIASES.update({"redis": f"{__name__}:RedisTransport", "sentinel": f"{__name__}:SentinelTransport"})
+
+
 def celery_config(settings: Settings) -> dict:
     transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
     if settings.visibility_timeout_seconds:
@@ -91,7 +98,6 @@ def celery_config(settings: Settings) -> dict:
             transport |= {"sentinel_kwargs": {"password": settings.redis_sentinel_password}}
     return {
         "broker_url": broker_url,
-        "broker_transport": f"{__name__}:{'SentinelTransport' if settings.sentinel_nodes else 'RedisTransport'}",
         "result_backend": broker_url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,

@@ -33,6 +33,10 @@ SCOPE_JOIN = "+"
 ALL_COLLECTIONS = "*"
 
 
+# A WAIT must end before the Redis client's socket timeout (5 s, shared/store/conn.py) gives up on it.
+MAX_REDIS_WAIT_MS = 4000
+
+
 class SettingsError(ValueError):
     """An environment variable has a value Swapline cannot use."""
 
@@ -45,7 +49,8 @@ class Settings:
     # database number and the primary's credentials. With Sentinel, an acknowledged write (a job answered
     # 202, a fence put to use, a publish) is first held by `redis_min_replicas` replicas, or by every
     # connected one while fewer are connected (WAIT, at most `redis_wait_ms`; shared/store/conn.py), so a
-    # promoted replica holds everything that was acknowledged.
+    # promoted replica that was waited for holds everything that was acknowledged (README, "When things
+    # fail", says what waiting for connected replicas only leaves open).
     redis_sentinels: str = ""
     redis_sentinel_master: str = "swapline"
     redis_sentinel_password: str = field(default="", repr=False)
@@ -183,8 +188,9 @@ class Settings:
         if self.task_time_limit <= self.task_soft_time_limit:
             raise SettingsError("SWAPLINE_TASK_TIME_LIMIT must be above SWAPLINE_TASK_SOFT_TIME_LIMIT")
         _sentinel_nodes(self.redis_sentinels)  # SettingsError names a malformed entry
-        if self.redis_min_replicas < 0 or self.redis_wait_ms < 1:
-            raise SettingsError("SWAPLINE_REDIS_MIN_REPLICAS must be 0 or more and SWAPLINE_REDIS_WAIT_MS 1 or more")
+        if self.redis_min_replicas < 0 or not 1 <= self.redis_wait_ms <= MAX_REDIS_WAIT_MS:
+            raise SettingsError(f"SWAPLINE_REDIS_MIN_REPLICAS must be 0 or more and SWAPLINE_REDIS_WAIT_MS 1 to "
+                                f"{MAX_REDIS_WAIT_MS} (below the Redis client's 5 s socket timeout)")
         if not 0 <= self.worker_nice <= 19:
             raise SettingsError(f"SWAPLINE_WORKER_NICE must be 0 to 19, not {self.worker_nice}")
 

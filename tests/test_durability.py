@@ -30,6 +30,8 @@ def test_sentinel_settings_parse_and_refuse_malformed_entries():
     assert Settings().sentinel_nodes == () and Settings().acknowledged_replicas == 0  # one server: no WAIT
     no_wait = load_settings({"SWAPLINE_REDIS_SENTINELS": "s1:1", "SWAPLINE_REDIS_MIN_REPLICAS": "0"})
     assert no_wait.acknowledged_replicas == 0
+    with pytest.raises(SettingsError, match="SWAPLINE_REDIS_WAIT_MS"):
+        Settings(redis_wait_ms=6000)
     for bad in ("s1", "s1:port", ":26379", "s1:70000"):
         with pytest.raises(SettingsError, match="SWAPLINE_REDIS_SENTINELS"):
             Settings(redis_sentinels=bad)
@@ -217,7 +219,23 @@ def test_a_newer_layout_is_refused(tmp_path):
 def test_an_api_refuses_to_serve_a_newer_layout(procs, settings, rclient):
     rclient.set(keys.layout(), upgrade.LAYOUT + 1)
     base = procs.api(settings, ready=False)
-    ready = wait_for(lambda: (r := requests.get(f"{base}/readyz", timeout=5)).status_code == 503 and r.json(),
-                     timeout=30)
+    ready = wait_for(lambda: (r := requests.get(f"{base}/readyz", timeout=5)).status_code == 503
+                     and "layout" in r.json()["checks"] and r.json(), timeout=30)
     assert ready["checks"]["index_watcher"] is False
     assert ready["checks"]["layout"].startswith(f"Redis is at layout {upgrade.LAYOUT + 1}: written by a newer")
+
+
+def test_the_broker_keeps_swaplines_transport_across_a_switch_to_the_next_sentinel():
+    """kombu picks the transport from the URL scheme again when it moves to the next URL after a
+    connection error: Swapline's QoS (which leaves an unsettleable message unacked instead of ending
+    the worker) must survive that switch."""
+    from shared.celeryconfig import RedisTransport, SentinelTransport, make_celery
+
+    app = make_celery(Settings(redis_sentinels="127.0.0.1:1,127.0.0.1:2"))
+    with app.connection_for_write() as conn:
+        assert type(conn.transport) is SentinelTransport
+        conn.maybe_switch_next()
+        assert conn.hostname == "127.0.0.1" and conn.port == 2
+        assert type(conn.transport) is SentinelTransport
+    with make_celery(Settings(redis_url="redis://127.0.0.1:1/0")).connection_for_write() as conn:
+        assert type(conn.transport) is RedisTransport

@@ -72,6 +72,15 @@ def _refused(bad, out, words: str) -> None:
         check_and_extract(bad, out, 1 << 20)
 
 
+def test_an_oversized_extended_header_is_refused_before_it_is_read(tmp_path):
+    def add(tar, info, data):
+        info.pax_headers = {"comment": "x" * (200 * 1024)}  # tarfile would read all of it into memory
+        tar.addfile(info, io.BytesIO(data))
+
+    bad, out = _tar_with(tmp_path, add)
+    _refused(bad, out, "extended header of")
+
+
 def test_a_bad_checksum_is_refused(tmp_path):
     def add(tar, info, data):
         if info.name.endswith("meta.json"):
@@ -202,3 +211,33 @@ def test_snapshot_then_restore_answers_like_the_original(svc, tmp_path):
     assert not svc.storage.segments_dir("broken").exists() and not svc.storage.indexes_dir("broken").exists()
     assert not svc.storage.upload_path(job["id"]).exists()
     assert list(svc.storage.restoring_dir().iterdir()) == []
+
+
+def test_an_upload_restore_hit_by_a_redis_outage_runs_again_and_succeeds(svc, monkeypatch):
+    """Redis fails while the restore registers the collection: the task runs the job again (the
+    upload is its input and stays; the folders moved in are undone), and the second run restores."""
+    import redis
+
+    svc.collections.create("docs")
+    submit_documents(svc, "docs", DOCS[:6], rebuild=True)
+    _run(svc)
+    job = submit_snapshot(svc, "docs")
+    _run(svc)
+    data = svc.storage.snapshot_path("docs", svc.jobs.get(job["id"])["result"]["id"]).read_bytes()
+    upload = submit_restore_upload(svc, "copy", io.BytesIO(data), len(data))
+    svc.enqueued.clear()
+    adopt = svc.collections.adopt
+
+    def down(*_args, **_kwargs):
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(svc.collections, "adopt", down)
+    with pytest.raises(redis.ConnectionError):
+        run_restore(svc, upload["id"])
+    assert svc.storage.upload_path(upload["id"]).is_file()
+    assert not svc.storage.segments_dir("copy").exists() and not svc.collections.exists("copy")
+    monkeypatch.setattr(svc.collections, "adopt", adopt)
+    run_restore(svc, upload["id"])  # the task's next attempt (the job is running: a resume)
+    assert svc.jobs.get(upload["id"])["state"] == SUCCEEDED
+    assert _hits(svc, "copy") == _hits(svc, "docs")
+    assert not svc.storage.upload_path(upload["id"]).exists()

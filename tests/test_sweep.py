@@ -141,15 +141,24 @@ def test_sweep_removes_orphaned_staging_and_is_exclusive(svc, rclient):
     assert sweep(svc) == {"skipped": True}
 
 
-def test_sweep_removes_what_a_killed_restore_left_but_not_a_running_one(svc):
+def test_sweep_removes_what_killed_restores_and_snapshots_left_but_not_a_running_one(svc):
     restoring = svc.storage.restoring_dir()
     left = svc.storage.temp_dir(restoring, "restore-old")
     (left / "segments").mkdir()
     running = svc.storage.temp_dir(restoring, "restore-new")
     old = time.time() - svc.settings.task_time_limit - 60
     os.utime(left, (old, old))
-    assert remove_orphan_restores(svc) == 1
+    snapshots = svc.storage.root / "snapshots" / "docs"
+    snapshots.mkdir(parents=True)
+    partial = snapshots / ".tmp-20261206T000000Z-0a0a0a0a.tar"
+    orphan_sidecar = snapshots / "20261206T000000Z-0b0b0b0b.json"  # its archive was never renamed into place
+    kept_tar, kept_sidecar = snapshots / "20261206T000000Z-0c0c0c0c.tar", snapshots / "20261206T000000Z-0c0c0c0c.json"
+    for path in (partial, orphan_sidecar, kept_tar, kept_sidecar):
+        path.write_bytes(b"x")
+        os.utime(path, (old, old))
+    assert remove_orphan_restores(svc) == 3
     assert not left.exists() and running.is_dir()
+    assert sorted(p.name for p in snapshots.iterdir()) == [kept_sidecar.name, kept_tar.name]
 
 
 def test_sweep_task_on_a_worker_resends_a_lost_job(settings, procs, rclient):

@@ -32,7 +32,7 @@ from shared.storage import written
 FORMAT = 1
 INNER = "snapshot.json"
 INNER_MAX_BYTES = 64 * 1024 * 1024
-MAX_MEMBERS = 500_000
+MAX_MEMBERS = 50_000
 CHUNK = 1024 * 1024
 MEMBER = re.compile(
     r"indexes/v\d{1,18}/(manifest\.json|deleted-p\d{1,18}\.npy)"
@@ -135,6 +135,20 @@ def _inner(tar: tarfile.TarFile, info: tarfile.TarInfo, names: set[str]) -> dict
     return manifest
 
 
+# tarfile reads an extended (pax) or GNU long-name header whole into memory, whatever size it claims:
+# one past this is refused before it is read (ours hold a few short names).
+MAX_HEADER_BYTES = 64 * 1024
+_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+             tarfile.GNUTYPE_LONGLINK)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    def _proc_member(self, tarfile_):
+        if self.type in _EXTENDED and self.size > MAX_HEADER_BYTES:
+            raise tarfile.HeaderError(f"an extended header of {self.size} bytes (at most {MAX_HEADER_BYTES})")
+        return super()._proc_member(tarfile_)
+
+
 def check_and_extract(path: Path, dest: Path, max_bytes: int) -> dict:
     """Check the archive at `path` and extract it into `dest` (an empty folder the caller removes on
     failure); returns its inner manifest. Raises ArchiveRefused, saying why, for anything but a
@@ -143,7 +157,7 @@ def check_and_extract(path: Path, dest: Path, max_bytes: int) -> dict:
     if size > max_bytes:
         raise ArchiveRefused(f"the archive holds {size} bytes, more than {max_bytes} (SWAPLINE_MAX_SNAPSHOT_BYTES)")
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with tarfile.open(path, mode="r:", tarinfo=_BoundedTarInfo) as tar:
             infos: list[tarfile.TarInfo] = []
             names: set[str] = set()
             total, inner_info = 0, None

@@ -46,10 +46,14 @@ VERSION_DIR = re.compile(r"v(\d{1,18})")
 SOURCE_FIELDS = ("id", "collection", "path", "include", "exclude", "watch", "prefix", "created_at")
 
 
+def source_records(svc: Services, collection: str) -> list[dict]:
+    """The collection's source records as the data dir and snapshots keep them."""
+    return [{k: s.get(k) for k in SOURCE_FIELDS} for s in svc.sources.of_collection(collection)]
+
+
 def save_sources(svc: Services, collection: str) -> None:
     """Keep the collection's source records in the data dir (called after each change of them)."""
-    records = [{k: s.get(k) for k in SOURCE_FIELDS} for s in svc.sources.of_collection(collection)]
-    svc.storage.write_sources(collection, records)
+    svc.storage.write_sources(collection, source_records(svc, collection))
 
 
 @dataclass

@@ -29,7 +29,7 @@ from shared.index.parts import PART_FILE, is_format2, part_refs, read_part_meta,
 from shared.index.vectorindex import MANIFEST_FILE, VerifyFailed, read_manifest
 from shared.jobkinds import RESTORE, SNAPSHOT
 from shared.jobs.archive import ArchiveRefused, check_and_extract, file_sha256, write_archive
-from shared.jobs.fromdisk import SOURCE_FIELDS, adopt_collection
+from shared.jobs.fromdisk import adopt_collection, source_records
 from shared.jobs.submit import check_capacity, create_and_enqueue
 from shared.jobstates import TERMINAL, new_job_id
 from shared.names import is_snapshot_id
@@ -115,7 +115,7 @@ def create_snapshot(svc: Services, collection: str, snapshot_id: str) -> dict:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
     created_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    sources = [{k: s.get(k) for k in SOURCE_FIELDS} for s in svc.sources.of_collection(collection)]
+    sources = source_records(svc, collection)
     inner = {"collection": collection, "version": int(pointer["version"]), "fence": int(pointer["fence"]),
              "created_at": created_at, "segments": segments, "sources": sources}
     try:
@@ -195,8 +195,9 @@ def submit_restore_upload(svc: Services, name: str, stream, length: int, bounded
     try:
         return create_and_enqueue(svc, RESTORE.name, name, {"upload": True, "bytes": length}, job_id, bounded)
     except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+        if svc.jobs.state(job_id) is None:  # no job was created: nobody will read it
+            path.unlink(missing_ok=True)
+        raise  # else the job exists (its confirmation failed, say): the archive is its input
 
 
 def _archive_of(svc: Services, job_id: str, options: dict) -> Path:
@@ -258,9 +259,11 @@ def restore(svc: Services, job_id: str, name: str, archive: Path) -> dict:
         if "skipped" in adopted:
             raise JobInputError(f"collection {name!r} could not be registered: {adopted['skipped']}")
     except BaseException:
-        for path in moved:
-            shutil.rmtree(path, ignore_errors=True)
-        if moved:
+        # Undo the move unless the collection got registered (Redis answered but the reply was lost, a
+        # recover adopted the folders meanwhile): then the folders are its data.
+        if moved and not _registered(svc, name):
+            for path in moved:
+                shutil.rmtree(path, ignore_errors=True)
             storage.remove_sources(name)
         raise
     finally:
@@ -269,20 +272,37 @@ def restore(svc: Services, job_id: str, name: str, archive: Path) -> dict:
             "bytes": archive.stat().st_size, "embedded": 0}
 
 
+def _registered(svc: Services, name: str) -> bool:
+    try:
+        return svc.collections.exists(name)
+    except Exception:  # Redis unreachable: keep the folders (a recover registers them later)
+        return True
+
+
 def run_restore(svc: Services, job_id: str) -> None:
     raw = svc.jobs.raw(job_id)
     options = svc.jobs.options(job_id)
+    if raw["state"] in TERMINAL:
+        _forget_upload(svc, job_id, options)
+        return
+    if not svc.jobs.start(job_id):
+        return
     try:
-        if raw["state"] in TERMINAL or not svc.jobs.start(job_id):
-            return
         archive = _archive_of(svc, job_id, options)
         try:
             result = restore(svc, job_id, raw["collection"], archive)
         except ArchiveRefused as refused:
             raise JobInputError(f"the archive was refused, nothing was restored: {refused}") from refused
-        svc.jobs.succeed(job_id, result)
-        log.info("event=restore.done job=%s collection=%s version=%s documents=%s", job_id, raw["collection"],
-                 result["version"], result["documents"])
-    finally:
-        if options.get("upload"):
-            svc.storage.upload_path(job_id).unlink(missing_ok=True)
+    except JobInputError:
+        _forget_upload(svc, job_id, options)  # the job fails: its input is of no further use
+        raise
+    # Any other error (Redis down, a failover) runs the job again: the upload stays for that run.
+    svc.jobs.succeed(job_id, result)
+    _forget_upload(svc, job_id, options)
+    log.info("event=restore.done job=%s collection=%s version=%s documents=%s", job_id, raw["collection"],
+             result["version"], result["documents"])
+
+
+def _forget_upload(svc: Services, job_id: str, options: dict) -> None:
+    if options.get("upload"):
+        svc.storage.upload_path(job_id).unlink(missing_ok=True)

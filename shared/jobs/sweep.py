@@ -135,18 +135,26 @@ def remove_orphan_staging(svc: Services, now: float | None = None) -> int:
 
 
 def remove_orphan_restores(svc: Services, now: float | None = None) -> int:
-    """Delete what restore jobs extracted under restoring/ and left behind (their worker was killed):
-    folders older than the hard task time limit, which no restore can still be using."""
+    """Delete what killed restore and snapshot jobs left behind: folders under restoring/, and under
+    snapshots/ temporary archives and sidecars whose archive never got its name, once they are older
+    than the hard task time limit (no job can still be writing them)."""
     now = now if now is not None else time.time()
-    folder = svc.storage.restoring_dir()
+    leftovers = list(svc.storage.restoring_dir().glob("*")) if svc.storage.restoring_dir().is_dir() else []
+    snapshots = svc.storage.root / "snapshots"
+    if snapshots.is_dir():
+        leftovers += snapshots.glob(f"*/{TMP_PREFIX}*")
+        leftovers += [p for p in snapshots.glob("*/*.json") if not p.with_suffix(".tar").exists()]
     removed = 0
-    for path in folder.iterdir() if folder.is_dir() else []:
+    for path in leftovers:
         try:
             if path.stat().st_mtime >= now - svc.settings.task_time_limit:
                 continue
         except FileNotFoundError:
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed += 1
     return removed
 

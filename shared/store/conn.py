@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -53,8 +53,9 @@ def connect(settings: Settings, retries: int = 3, socket_timeout: float = SOCKET
                             socket_connect_timeout=socket_timeout,
                             sentinel_kwargs={"socket_timeout": socket_timeout,
                                              "password": settings.redis_sentinel_password or None})
-        client = sentinel.master_for(settings.redis_sentinel_master, db=db, password=url.password,
-                                     username=url.username, **options)
+        client = sentinel.master_for(settings.redis_sentinel_master, db=db,
+                                     password=unquote(url.password) if url.password else None,
+                                     username=unquote(url.username) if url.username else None, **options)
     else:
         client = redis.Redis.from_url(settings.redis_url, **options)
     client.swapline_min_replicas = settings.acknowledged_replicas
