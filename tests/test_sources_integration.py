@@ -193,6 +193,7 @@ def test_watched_source_picks_up_an_edit_and_catches_up_after_a_restart(src_sett
     tree = make_tree(roots / "orchard")
     create_collection(base)
     resp = add_source(base, "orchard", watch=True)
+    assert resp.status_code == 202, resp.text
     source = resp.json()["source"]
     served(base, finished(base, resp.json()["job"]["id"]))
 
