@@ -239,3 +239,19 @@ def test_the_broker_keeps_swaplines_transport_across_a_switch_to_the_next_sentin
         assert type(conn.transport) is SentinelTransport
     with make_celery(Settings(redis_url="redis://127.0.0.1:1/0")).connection_for_write() as conn:
         assert type(conn.transport) is RedisTransport
+
+
+@pytest.mark.integration
+def test_a_worker_runs_no_job_on_a_newer_layout(procs, settings, rclient):
+    from shared.celeryconfig import enqueue, make_celery
+    from shared.jobs.submit import submit_documents
+    from shared.services import build_services
+
+    rclient.set(keys.layout(), upgrade.LAYOUT + 1)
+    worker = procs.worker(settings)
+    celery = make_celery(settings)
+    svc = build_services(settings, lambda kind, job_id: enqueue(celery, kind, job_id), torch_threads=1)
+    svc.collections.create("docs")
+    job = submit_documents(svc, "docs", [{"id": "a", "text": "# A\nalpha"}], rebuild=False)
+    wait_for(lambda: "event=task.layout_too_new" in worker.log(), timeout=30, message="the worker to refuse")
+    assert svc.jobs.get(job["id"])["state"] == "queued" and not svc.collections.segments("docs")

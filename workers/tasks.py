@@ -15,6 +15,7 @@ from shared import jobkinds, tasknames
 from shared.backoff import doubling
 from shared.errors import JobCanceled, JobInputError, LockBusy, TryAgain
 from shared.jobkinds import JobKind
+from shared.jobs import upgrade
 from shared.jobs.compact import run_compact
 from shared.jobs.deletion import run_delete, run_drop
 from shared.jobs.fromdisk import run_recover
@@ -67,6 +68,12 @@ def _run(job_id: str, work: Callable, on_busy: Callable[[], None] | None = None,
 
 def _attempt(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | None,
              on_retry: Callable[[TryAgain], None] | None, unrecorded: list[int]) -> None:
+    try:
+        upgrade.ensure(svc)  # a release never works on a data dir or Redis newer than it reads
+    except upgrade.LayoutTooNew as exc:
+        log.error("event=task.layout_too_new job=%s error=%r (left queued for a release that reads it)",
+                  job_id, str(exc))
+        return
     me = runner_id()
     if another_run_is_live(svc, job_id, me):
         log.warning("event=task.duplicate job=%s (another run of the job is alive; this delivery does nothing)",

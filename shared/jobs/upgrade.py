@@ -57,6 +57,18 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
+# Data dirs this process found (or made) current: each is checked once per process.
+_current: set[str] = set()
+
+
+def ensure(svc: Services) -> None:
+    """`check` once per process (for a worker's tasks): LayoutTooNew every time until it passes."""
+    if str(svc.storage.root) in _current:
+        return
+    check(svc)
+    _current.add(str(svc.storage.root))
+
+
 def data_layout(svc: Services) -> int | None:
     """The data dir's recorded layout: None for an empty one, 0 for one written before layouts."""
     path = svc.storage.layout_path()
