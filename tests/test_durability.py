@@ -75,8 +75,8 @@ def test_confirm_waits_for_connected_replicas(tmp_path):
         replica = RedisServer(tmp_path / "replica")
         rep = redis.Redis.from_url(replica.url, decode_responses=True)
         rep.replicaof("127.0.0.1", primary.port)
-        wait_for(lambda: rep.info("replication").get("master_link_status") == "up", timeout=20,
-                 message="the replica to sync")
+        # Connected as the primary sees it (ROLE lists it once its sync is done): what confirm counts.
+        wait_for(lambda: client.execute_command("ROLE")[2], timeout=20, message="the replica to sync")
         client.set("k", "w")
         confirm(client)
         assert rep.get("k") == "w"
