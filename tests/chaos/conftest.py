@@ -94,6 +94,8 @@ class SearchLoad:
 
         self.base, self.name = base, name
         self.answers: list[tuple[int, int | None, str | None]] = []
+        # The same answers per thread, in order: (status, version), so one thread's versions never go down.
+        self.by_thread: list[list[tuple[int, int | None]]] = [[] for _ in range(threads)]
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
@@ -111,11 +113,12 @@ class SearchLoad:
                 body = resp.json() if resp.status_code == 200 else {}
                 self.answers.append((resp.status_code, body.get("index_version"),
                                      resp.headers.get("X-Swapline-Degraded")))
+                self.by_thread[i].append((resp.status_code, body.get("index_version")))
             except Exception as exc:  # recorded, and the test fails on it
-                self.errors.append(repr(exc))
+                self.errors.append(f"{self.base}: {exc!r}")
             time.sleep(0.01)
 
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(15)
+            t.join(40)

@@ -18,7 +18,7 @@ import requests
 
 from shared import keys
 from shared.settings import Settings
-from tests.chaos.conftest import corpus, job, publishes
+from tests.chaos.conftest import SearchLoad, corpus, job, publishes
 from tests.support import RedisHA, create_collection, ingest, wait_for, wait_job
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -54,44 +54,6 @@ def test_1_the_ha_set_fails_over_and_the_old_primary_rejoins_as_a_replica(ha):
     assert ha.role(first) == ("slave", second, True)
     assert ha.primary() == second
     print(f"FAILOVER: set only: old primary restarted -> replica of the new one {rejoined:.1f} s")
-
-
-class Watch:
-    """Searches one API from several threads until stopped; each thread's answers in its own list
-    (time, status, index_version), so a thread's versions must never go down."""
-
-    def __init__(self, base: str, name: str, threads: int = 2):
-        self.base, self.name = base, name
-        self.answers: list[list[tuple[float, int, int | None]]] = [[] for _ in range(threads)]
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-        for t in self._threads:
-            t.start()
-
-    def _run(self, i: int) -> None:
-        session = requests.Session()
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            try:
-                resp = session.post(f"{self.base}/v1/collections/docs/search",
-                                    json={"query": f"item{(i * 7 + n) % 50}", "k": 3}, timeout=30)
-                version = resp.json().get("index_version") if resp.status_code == 200 else None
-                self.answers[i].append((time.monotonic(), resp.status_code, version))
-                if resp.status_code != 200:
-                    self.errors.append(f"{self.name}: {resp.status_code} {resp.text[:200]}")
-            except Exception as exc:  # recorded, and the test fails on it
-                self.errors.append(f"{self.name}: {exc!r}")
-            time.sleep(0.02)
-
-    def versions(self) -> list[int]:
-        return [v for thread in self.answers for _, _, v in thread if v is not None]
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(40)
 
 
 class Submitter:
@@ -179,7 +141,7 @@ def test_2_primary_killed_mid_ingest_loses_no_acknowledged_work(ha, procs, tmp_p
     for base in bases:
         wait_for(lambda b=base: found(b, "base"), timeout=60, message="both APIs to serve the base corpus")
 
-    watches = [Watch(base, f"api{i + 1}") for i, base in enumerate(bases)]
+    watches = [SearchLoad(base, threads=2) for base in bases]
     # A burst, more than two workers take at once: some run, some wait in the queue.
     burst = [(f"burst{i}", ingest(bases[i % 2], corpus(60, f"burst{i}"))["id"]) for i in range(6)]
     wait_for(lambda: running(bases[0]), timeout=60, interval=0.02,
@@ -214,17 +176,19 @@ def test_2_primary_killed_mid_ingest_loses_no_acknowledged_work(ha, procs, tmp_p
 
     for watch in watches:
         assert not watch.errors, watch.errors[:5]
-        assert sum(len(thread) for thread in watch.answers) > 20, "too few searches to mean anything"
-        for thread in watch.answers:
-            versions = [v for _, _, v in thread if v is not None]
-            assert versions == sorted(versions), f"{watch.name} served an older version after a newer one"
+        failed = [(status, version) for status, version, _ in watch.answers if status != 200]
+        assert not failed, f"{watch.base}: searches answered {failed[:5]}"
+        assert len(watch.answers) > 20, "too few searches to mean anything"
+        for thread in watch.by_thread:
+            versions = [v for _, v in thread if v is not None]
+            assert versions == sorted(versions), f"{watch.base} served an older version after a newer one"
     client = redis.Redis.from_url(ha.url(), decode_responses=True)
     fences = publishes(client)
     kinds = [fields["type"] for _, fields in client.xrange(keys.events())]
     pointer = client.hgetall(keys.pointer("docs"))
     client.close()
     assert fences == sorted(set(fences)), f"fences published twice or out of order: {fences}"
-    seen = {v for watch in watches for v in watch.versions()}
+    seen = {v for watch in watches for _, v, _ in watch.answers if v is not None}
     assert seen <= set(fences), f"versions served but never published: {sorted(seen - set(fences))}"
     assert int(pointer["version"]) == fences[-1] == max(seen | {fences[-1]})
     assert "index.published" in kinds
