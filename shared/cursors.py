@@ -1,6 +1,7 @@
 """Page cursors, one codec for every listing: the parts that name the last item of a page (a name, a
-document id, a job's created_at and id), as URL-safe base64 of a JSON array. A cursor must decode and
-encode back to itself, so a cursor a client altered or made up is refused (ValueError), never half-read.
+document id with the index version listed, a job's created_at and id), as URL-safe base64 of a JSON
+array. A cursor must decode and encode back to itself, so a cursor a client altered or made up is
+refused (ValueError), never half-read.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def encode(*parts: str | float) -> str:
 
 
 def decode(cursor: str, *types: type) -> list:
-    """The parts of `cursor`, each of the given type (in order); ValueError when it is not one of ours."""
+    """The parts of `cursor`, each of the given type (in order: str non-empty, float finite, int 0 or
+    more); ValueError when it is not one of ours."""
     try:
         if len(cursor) > MAX_CURSOR_CHARS:
             raise ValueError("too long")
@@ -30,6 +32,7 @@ def decode(cursor: str, *types: type) -> list:
         raise ValueError("not a valid cursor")
     for part, kind in zip(parts, types, strict=True):
         number = kind is float and isinstance(part, int | float) and not isinstance(part, bool)
-        if not (number and math.isfinite(part)) and not (kind is str and isinstance(part, str) and part):
+        count = kind is int and isinstance(part, int) and not isinstance(part, bool) and part >= 0
+        if not (number and math.isfinite(part)) and not count and not (kind is str and isinstance(part, str) and part):
             raise ValueError("not a valid cursor")
     return [float(p) if kind is float else p for p, kind in zip(parts, types, strict=True)]

@@ -130,6 +130,10 @@ class Settings:
     sse_max_streams: int = 128
     # Search results cached per served version (dropped on swap); 0 turns the cache off.
     search_cache_size: int = 512
+    # Kept versions an API process holds open besides the one it serves, for reads that ask for one
+    # (`version` on a search or a document read, a listing cursor): the least recently used is closed
+    # (and its reader lease released) past this many.
+    pinned_versions: int = 2
     # "text": key=value lines; "json": one JSON object per line (shared/logs.py).
     log_format: str = "text"
     # Webhooks: targets on loopback, private, link-local and other non-public addresses are refused
@@ -191,6 +195,8 @@ class Settings:
         if self.redis_min_replicas < 0 or not 1 <= self.redis_wait_ms <= MAX_REDIS_WAIT_MS:
             raise SettingsError(f"SWAPLINE_REDIS_MIN_REPLICAS must be 0 or more and SWAPLINE_REDIS_WAIT_MS 1 to "
                                 f"{MAX_REDIS_WAIT_MS} (below the Redis client's 5 s socket timeout)")
+        if self.pinned_versions < 1:
+            raise SettingsError(f"SWAPLINE_PINNED_VERSIONS must be 1 or more, not {self.pinned_versions}")
         if not 0 <= self.worker_nice <= 19:
             raise SettingsError(f"SWAPLINE_WORKER_NICE must be 0 to 19, not {self.worker_nice}")
 

@@ -44,6 +44,15 @@ def list_versions(svc: Services, name: str) -> list[dict]:
     return out
 
 
+def kept_versions(svc: Services, name: str) -> dict[int, dict]:
+    """The versions a read may ask for: the pointer history's (what `list_versions` lists), newest
+    publish first, each once, as version -> its pointer record."""
+    kept: dict[int, dict] = {}
+    for entry in svc.pointers.history(name):
+        kept.setdefault(entry["version"], entry)
+    return kept
+
+
 def rollback(svc: Services, name: str, version: int) -> dict | None:
     """Publish an older version again, with a new fence, so every API process swaps back to it; returns
     the pointer now published (None if the collection was dropped meanwhile)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import cast
 
 import redis
@@ -33,12 +34,14 @@ class ReplicaStore:
         self.ttl = ttl_seconds
         self.lease = lease_seconds
 
-    def heartbeat(self, replica_id: str, served: dict[str, int], failed: dict[str, dict] | None = None) -> None:
+    def heartbeat(self, replica_id: str, served: dict[str, int], failed: dict[str, dict] | None = None,
+                  pinned: Iterable[tuple[str, int]] = ()) -> None:
         """Record what `replica_id` serves now (and the versions it failed to load), and renew its reader
-        leases on those versions; the entry expires unless refreshed within the TTL."""
+        leases on those versions and on the `pinned` ones it holds open for reads that ask for them (not
+        reported as served); the entry expires unless refreshed within the TTL."""
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
-        for name, version in served.items():
+        for name, version in [*served.items(), *pinned]:
             pipe.zadd(keys.readers(name), {_lease_member(version, replica_id): now + self.lease})
         pipe.delete(keys.replica(replica_id))
         pipe.hset(keys.replica(replica_id), mapping={SEEN_FIELD: now, FAILED_FIELD: json.dumps(failed or {}),
@@ -49,17 +52,24 @@ class ReplicaStore:
         pipe.zremrangebyscore(keys.replicas(), 0, now - self.ttl)
         pipe.execute()
 
-    def unregister(self, replica_id: str, served: dict[str, int] | None = None) -> None:
-        """Forget a process that stops, with its leases on the versions it `served`."""
+    def unregister(self, replica_id: str, served: dict[str, int] | None = None,
+                   pinned: Iterable[tuple[str, int]] = ()) -> None:
+        """Forget a process that stops, with its leases on the versions it `served` and held `pinned`."""
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(keys.replica(replica_id))
         pipe.zrem(keys.replicas(), replica_id)
-        for name, version in (served or {}).items():
+        for name, version in [*(served or {}).items(), *pinned]:
             pipe.zrem(keys.readers(name), _lease_member(version, replica_id))
         pipe.execute()
 
+    def hold(self, replica_id: str, name: str, version: int) -> None:
+        """Take a reader lease on `version` of `name` before reading its files (the heartbeat renews it
+        while the process reports it `pinned`)."""
+        self.r.zadd(keys.readers(name), {_lease_member(version, replica_id): time.time() + self.lease})
+
     def release(self, replica_id: str, name: str, version: int) -> None:
-        """The process no longer serves `version` of `name` (it swapped away): drop its lease."""
+        """The process no longer serves or holds `version` of `name` (it swapped away, or closed a pinned
+        version): drop its lease."""
         self.r.zrem(keys.readers(name), _lease_member(version, replica_id))
 
     def leased(self, name: str) -> set[int]:
