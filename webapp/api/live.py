@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def _collector_paused():
+def collector_paused():
     """Python's cyclic collector off while a version loads. A version's tables are millions of small
     objects; each collection the load would trigger walks every object of the versions already served
     while it holds the GIL, and every search thread waits (measured: stalls of 1.6 s while loading a
@@ -164,6 +165,9 @@ class IndexWatcher(threading.Thread):
         self._layout_checked = False
         # Called with the load time of each swap, or None when a load failed (metrics hook).
         self.on_load = lambda seconds: None
+        # The (collection, version) pairs this process holds open for reads pinned to a version
+        # (webapp.api.pinned): the heartbeat renews their reader leases too.
+        self.pinned_leases: Callable[[], list[tuple[str, int]]] = lambda: []
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
@@ -241,7 +245,7 @@ class IndexWatcher(threading.Thread):
             self._heartbeat()
 
     def _open(self, pointer: dict) -> ServedVersion:
-        with _collector_paused():
+        with collector_paused():
             version = open_version(self.svc.storage.resolve_relative(pointer["path"]), pointer["version"])
         # The version's tables are now in the permanent generation: later collections do not walk them.
         gc.freeze()
@@ -308,10 +312,10 @@ class IndexWatcher(threading.Thread):
 
     def _heartbeat(self) -> None:
         self.svc.replicas.heartbeat(self.replica_id, self.live.served(),
-                                    {name: f.public() for name, f in self.failures.items()})
+                                    {name: f.public() for name, f in self.failures.items()}, self.pinned_leases())
 
     def _unregister(self) -> None:
         try:
-            self.svc.replicas.unregister(self.replica_id, self.live.served())
+            self.svc.replicas.unregister(self.replica_id, self.live.served(), self.pinned_leases())
         except redis.RedisError:
             pass  # the entry expires by itself

@@ -13,6 +13,7 @@ from shared.services import Services, build_services
 from shared.settings import Settings
 from webapp.api.eventhub import EventHub
 from webapp.api.live import IndexWatcher, LiveIndexes
+from webapp.api.pinned import PinnedVersions
 
 EXTENSION = "swapline"
 
@@ -36,6 +37,10 @@ class Runtime:
         self.sse_slots = threading.BoundedSemaphore(settings.sse_max_streams)
         self.events_hub = EventHub(settings)
         self.watcher = IndexWatcher(self.svc, self.live, warm_embedder=settings.embedder != "hash")
+        # Kept versions opened for reads that ask for one, leased under the watcher's replica id.
+        self.pinned = PinnedVersions(self.svc, self.watcher.replica_id, settings.pinned_versions,
+                                     settings.search_cache_size)
+        self.watcher.pinned_leases = self.pinned.held
 
     def start(self) -> None:
         self.watcher.start()
@@ -43,6 +48,7 @@ class Runtime:
 
     def close(self) -> None:
         self.watcher.stop()
+        self.pinned.close_all()
         if self.events_hub.is_alive():
             self.events_hub.stop()
         self.svc.close()

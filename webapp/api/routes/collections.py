@@ -14,7 +14,16 @@ from shared.limits import check_documents
 from webapp.api.auth import require_grant, scope_filtered, visible_collections
 from webapp.api.errors import QUEUE_FULL
 from webapp.api.idempotency import idempotent
-from webapp.api.routes.common import bad_cursor, job_location, require_collection, start_rebuild
+from webapp.api.routes.common import (
+    RETRY_AFTER,
+    VERSION_HEADERS,
+    bad_cursor,
+    job_location,
+    read_version,
+    require_collection,
+    start_rebuild,
+    version_headers,
+)
 from webapp.api.routes.snapshots import restore_from_snapshot
 from webapp.api.runtime import swapline
 from webapp.api.schemas.collections import (
@@ -29,6 +38,7 @@ from webapp.api.schemas.documents import (
     DocumentDetailSchema,
     DocumentListQuerySchema,
     DocumentListSchema,
+    DocumentQuerySchema,
 )
 from webapp.api.schemas.jobs import JobSchema
 
@@ -53,6 +63,23 @@ def after_cursor(args: dict) -> str | None:
         return cursors.decode(args["cursor"], str)[0]
     except ValueError:
         bad_cursor()
+
+
+def listing_version(args: dict) -> tuple[int | None, str | None, bool]:
+    """The version a documents page reads, the id it starts after, and whether the cursor named that
+    version: a cursor carries the version its listing started on (one from before versions were in
+    cursors carries only the id: the served version); 422 for a cursor that is not ours or that
+    contradicts `version`."""
+    if not args.get("cursor"):
+        return args.get("version"), None, False
+    try:
+        version, after = cursors.decode(args["cursor"], int, str)
+    except ValueError:
+        return args.get("version"), after_cursor(args), False
+    if args.get("version") not in (None, version):
+        abort(422, message=f"the cursor continues a listing of version {version}, not {args['version']}",
+              errors={"version": [f"the cursor continues version {version}"]})
+    return version, after, True
 
 
 def document_summary(entry: dict) -> dict:
@@ -128,18 +155,28 @@ class Collection(MethodView):
 @blp.route("/<string:name>/documents")
 class Documents(MethodView):
     @blp.arguments(DocumentListQuerySchema, location="query")
-    @blp.response(200, DocumentListSchema)
-    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    @blp.response(200, DocumentListSchema, headers=VERSION_HEADERS)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection, or `version` is not a kept "
+                                                           "version (`kept_versions` lists those that are)")
+    @blp.alt_response(410, schema=ErrorSchema, description="The version the cursor's listing started on is no "
+                                                           "longer kept: list again without a cursor")
+    @blp.alt_response(503, schema=ErrorSchema, headers=RETRY_AFTER,
+                      description="The version asked for is still being opened (retry after Retry-After seconds)")
     def get(self, args, name):
-        """The documents of the index version this process serves, by id: type, source, path, chunk
-        count and when each was written; `prefix` keeps ids that start with it; page with `cursor`."""
+        """The documents of the index version this process serves (or of the kept `version` asked for),
+        by id: type, source, path, chunk count and when each was written; `prefix` keeps ids that start
+        with it; page with `cursor`. A cursor stays on the version its listing started on, so paging
+        across a swap neither skips nor repeats a document."""
         require_collection(name)
-        served = swapline.runtime.live.get(name)
+        version, after, from_cursor = listing_version(args)
+        served = read_version(name, version, from_cursor)
         if served is None:
             return {"index_version": None, "documents": [], "next_cursor": None}
-        page, more = served.version.documents.page(args["prefix"], after_cursor(args), args["limit"])
-        return {"index_version": served.version.version, "documents": [document_summary(e) for e in page],
-                "next_cursor": cursors.encode(page[-1]["id"]) if more else None}
+        listed = served.version.version
+        page, more = served.version.documents.page(args["prefix"], after, args["limit"])
+        return ({"index_version": listed, "documents": [document_summary(e) for e in page],
+                 "next_cursor": cursors.encode(listed, page[-1]["id"]) if more else None},
+                200, version_headers(listed))
 
     @idempotent
     @blp.doc(operationId="addDocuments")  # a batch that adds or replaces, not one document created
@@ -163,22 +200,27 @@ class Documents(MethodView):
 
 @blp.route("/<string:name>/documents/<path:doc_id>")
 class Document(MethodView):
-    @blp.response(200, DocumentDetailSchema)
+    @blp.arguments(DocumentQuerySchema, location="query")
+    @blp.response(200, DocumentDetailSchema, headers=VERSION_HEADERS)
     @blp.alt_response(404, schema=ErrorSchema,
-                      description="No such collection, or no such document in the served index version")
-    def get(self, name, doc_id):
-        """One document as stored in the index version this process serves: its metadata and its
-        chunks in order."""
+                      description="No such collection, no such document in the version read, or `version` is "
+                                  "not a kept version (`kept_versions` lists those that are)")
+    @blp.alt_response(503, schema=ErrorSchema, headers=RETRY_AFTER,
+                      description="The version asked for is still being opened (retry after Retry-After seconds)")
+    def get(self, args, name, doc_id):
+        """One document as stored in the index version this process serves (or in the kept `version`
+        asked for): its metadata and its chunks in order."""
         require_collection(name)
-        served = swapline.runtime.live.get(name)
+        served = read_version(name, args.get("version"))
         entry = served.version.documents.get(doc_id) if served is not None else None
-        if entry is None:
-            abort(404, code="document_not_found",
-                  message=f"document {doc_id!r} is not in the served index of {name!r}")
+        if served is None or entry is None:
+            which = "the served index" if args.get("version") is None else f"version {args['version']}"
+            abort(404, code="document_not_found", message=f"document {doc_id!r} is not in {which} of {name!r}")
         chunks = [{"chunk_id": r["chunk_id"], "text": r["text"], "heading_path": r.get("heading_path", [])}
                   for r in served.version.records(entry["rows"])]
-        return {**document_summary(entry), "index_version": served.version.version,
-                "metadata": entry.get("metadata") or {}, "chunk_records": chunks}
+        return ({**document_summary(entry), "index_version": served.version.version,
+                 "metadata": entry.get("metadata") or {}, "chunk_records": chunks},
+                200, version_headers(served.version.version))
 
     @idempotent
     @blp.response(202, JobSchema, headers=LOCATION,

@@ -8,7 +8,13 @@ from flask_smorest import Blueprint
 
 from shared.search.service import SearchRequest, nothing_served, search_version
 from webapp.api.auth import requires
-from webapp.api.routes.common import require_collection
+from webapp.api.routes.common import (
+    RETRY_AFTER,
+    VERSION_HEADERS,
+    read_version,
+    require_collection,
+    version_headers,
+)
 from webapp.api.runtime import swapline
 from webapp.api.schemas.common import ErrorSchema
 from webapp.api.schemas.search import SearchQuerySchema, SearchResultSchema
@@ -37,15 +43,19 @@ def redis_down(name: str) -> bool:
 class Search(MethodView):
     @requires("read")  # a POST, but it only reads
     @blp.arguments(SearchQuerySchema)
-    @blp.response(200, SearchResultSchema)
-    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    @blp.response(200, SearchResultSchema, headers=VERSION_HEADERS)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection, or `version` is not a kept "
+                                                           "version (`kept_versions` lists those that are)")
     @blp.alt_response(409, schema=ErrorSchema,
                       description="The index was built with another model (vector and hybrid), or it has no "
                                   "keyword index yet (keyword; a rebuild adds one)")
-    @blp.alt_response(503, schema=ErrorSchema, description="Redis is unreachable and this process serves no "
-                                                           "version of the collection")
+    @blp.alt_response(503, schema=ErrorSchema, headers=RETRY_AFTER,
+                      description="Redis is unreachable and this process serves no version of the collection "
+                                  "(or `version` is not the served one), or the asked `version` is still being "
+                                  "opened; retry after Retry-After seconds")
     def post(self, body, name):
-        """Search the version this process serves; never waits for a build or a load.
+        """Search the version this process serves, or the kept `version` asked for; never waits for a
+        build, nor longer than a bounded wait for an asked version to open.
 
         While Redis is unreachable, a collection this process serves is still searched, from memory, and
         the answer carries `X-Swapline-Degraded: redis-unavailable` (only submissions, job status and
@@ -55,13 +65,15 @@ class Search(MethodView):
         # A refusal (RequestRefused: 422 past a bound or for a bad filter, 409 when the index cannot
         # answer) propagates to the one handler in webapp.api.errors.
         wanted = SearchRequest.from_body(body, rt.settings)
-        served = rt.live.get(name)  # one reference: a swap after this line does not affect this query
+        # One reference: a swap after this line does not affect this query. A pinned version has its
+        # own result cache, so its answers never come back for the served version's.
+        served = read_version(name, body.get("version"))
         if served is None:
             found = nothing_served(wanted)
         else:
             found = search_version(served.version, served.cache, wanted, rt.svc.embedder)
         headers = {"X-Index-Version": "" if found.version is None else str(found.version),
-                   "X-Cache": "hit" if found.cached else "miss"}
+                   "X-Cache": "hit" if found.cached else "miss", **version_headers(found.version)}
         if degraded:
             headers[DEGRADED_HEADER] = "redis-unavailable"
         return found.result, 200, headers

@@ -33,6 +33,9 @@ class ErrorSchema(Schema):
     job_id = fields.String(metadata={"description": "the job in the way (409 on rebuild, drop or reconcile)"})
     source_id = fields.String(metadata={"description": "the source in the way (409 source_conflict)"})
     queue = fields.String(metadata={"description": "the full queue (503 queue_full)"})
+    kept_versions = fields.List(fields.Integer(), metadata={
+        "description": "the versions a read may ask for, newest publish first (404 version_not_kept, 410 "
+                       "cursor_version_gone)"})
 
 
 def collection_name(**kw) -> fields.String:
@@ -42,6 +45,18 @@ def collection_name(**kw) -> fields.String:
     return fields.String(validate=validate.Regexp(
         COLLECTION_NAME_PATTERN, error=f"must match {shown}: {COLLECTION_NAME_RULE}"),
         metadata={**kw.pop("metadata", {}), "pattern": COLLECTION_NAME_DOC}, **kw)
+
+
+# Versions are fences: positive, and far below this (a bound, so no huge integer reaches a lookup).
+MAX_VERSION = 2**53
+
+
+def version_field(strict: bool = False) -> fields.Integer:
+    """The index version a read asks for (optional): any kept version, else the served one. `strict` in a
+    JSON body (an integer, not "3"); a query argument is always a string."""
+    return fields.Integer(strict=strict, validate=validate.Range(min=1, max=MAX_VERSION), metadata={
+        "description": "read this kept index version (one of GET .../versions) instead of the one served; "
+                       "404 version_not_kept, listing the kept versions, when it is not kept"})
 
 
 def next_cursor_field() -> fields.String:

@@ -1,11 +1,11 @@
-"""Documents of a collection: the batch posted, the listing of the served version, one document
-with its chunks."""
+"""Documents of a collection: the batch posted, the listing of the served (or an asked, kept) version,
+one document with its chunks."""
 
 from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from webapp.api.schemas.common import PageQuerySchema, StrictSchema, next_cursor_field
+from webapp.api.schemas.common import PageQuerySchema, StrictSchema, next_cursor_field, version_field
 
 
 class DocumentSchema(StrictSchema):
@@ -30,6 +30,11 @@ class DocumentListQuerySchema(PageQuerySchema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     prefix = fields.String(load_default="", validate=validate.Length(max=256),
                            metadata={"description": "only document ids that start with this"})
+    version = version_field()
+
+
+class DocumentQuerySchema(StrictSchema):
+    version = version_field()
 
 
 class DocumentSummarySchema(Schema):
@@ -45,8 +50,9 @@ class DocumentSummarySchema(Schema):
 
 class DocumentListSchema(Schema):
     index_version = fields.Integer(allow_none=True, metadata={
-        "description": "the served version listed (documents ingested since appear after the next "
-                       "rebuild); null when this process serves no index of the collection yet"})
+        "description": "the version listed: `version` when asked, the one the cursor's listing started on, "
+                       "else the served one (documents ingested since appear after the next rebuild); null "
+                       "when this process serves no index of the collection yet"})
     documents = fields.List(fields.Nested(DocumentSummarySchema), required=True, metadata={"description": "by id"})
     next_cursor = next_cursor_field()
 
@@ -58,7 +64,8 @@ class ChunkSchema(Schema):
 
 
 class DocumentDetailSchema(DocumentSummarySchema):
-    index_version = fields.Integer(metadata={"description": "the served version read"})
+    index_version = fields.Integer(metadata={"description": "the version read: `version` when asked, else "
+                                                            "the served one"})
     metadata = fields.Dict()
     chunk_records = fields.List(fields.Nested(ChunkSchema), metadata={
         "description": "the document's chunks as stored in the served version, in order"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from shared.search.engine import DEFAULT_MODE, HYBRID_DEPTH, MODES
-from webapp.api.schemas.common import StrictSchema
+from webapp.api.schemas.common import StrictSchema, version_field
 
 FILTER_DOC = (
     "Only chunks of documents that match every entry (AND). Entries: "
@@ -20,6 +20,7 @@ FILTER_DOC = (
 class SearchQuerySchema(StrictSchema):
     query = fields.String(required=True, validate=validate.Length(min=1), metadata={
         "description": "at most SWAPLINE_MAX_QUERY_CHARS characters (default 2000), else 422"})
+    version = version_field(strict=True)
     k = fields.Integer(load_default=10, strict=True, validate=validate.Range(min=1), metadata={
         "description": "hits to return; at most SWAPLINE_MAX_K (default 100), else 422"})
     mode = fields.String(load_default=DEFAULT_MODE, validate=validate.OneOf(MODES), metadata={
@@ -50,7 +51,9 @@ class HitSchema(Schema):
 
 
 class SearchResultSchema(Schema):
-    index_version = fields.Integer(allow_none=True)
+    index_version = fields.Integer(allow_none=True, metadata={
+        "description": "the version that answered (also in the Swapline-Version header): `version` when "
+                       "asked, else the served one; null while this process serves none"})
     mode = fields.String(validate=validate.OneOf(MODES), metadata={
         "description": "the mode that answered: hybrid over an index built before keyword indexes "
                        "existed answers as vector"})
