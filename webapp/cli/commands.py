@@ -3,7 +3,7 @@
     swapline ingest PATH... --collection NAME [--glob '*.md']
     swapline search NAME "query" [-k 10] [--mode hybrid] [--filter JSON] [--json]
     swapline status NAME | jobs [--collection C] [--state S] | job ID [--wait] | rebuild NAME [--wait]
-    swapline collections | docs NAME [--prefix P]
+    swapline collections | docs NAME [--prefix P] [--version N]
     swapline mcp                      (a Model Context Protocol server over stdio, for agents)
     swapline source add NAME PATH [--watch] | source list NAME | source reconcile NAME ID [--wait]
 
@@ -168,11 +168,13 @@ def _json_object(ctx, param, value: str | None) -> dict | None:
               help="Search mode (the API's default: hybrid).")
 @click.option("--filter", "filter_", callback=_json_object, metavar="JSON",
               help='Metadata filter, e.g. \'{"type": ".md", "metadata.sig": {"in": ["sig-node"]}}\'.')
+@click.option("--version", "version", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Search this kept index version (GET /v1/collections/NAME/versions) instead of the served one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
 @click.pass_obj
-def search(client: Client, name, query, k, mode, filter_, as_json) -> None:
+def search(client: Client, name, query, k, mode, filter_, version, as_json) -> None:
     """Search collection NAME for QUERY."""
-    answer = client.search(name, query, k, mode=mode, filter=filter_)
+    answer = client.search(name, query, k, mode=mode, filter=filter_, version=version)
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
@@ -208,14 +210,18 @@ def collections(client: Client, as_json) -> None:
 @click.argument("name")
 @click.option("--prefix", default="", help="Only document ids that start with this.")
 @click.option("--limit", default=None, type=int, help="Show at most this many.")
+@click.option("--version", "pinned", type=click.IntRange(min=1), default=None, metavar="N",
+              help="List this kept index version instead of the served one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the documents as JSON.")
 @click.pass_obj
-def docs(client: Client, name, prefix, limit, as_json) -> None:
+def docs(client: Client, name, prefix, limit, pinned, as_json) -> None:
     """Documents of collection NAME in the index version served: id, type, chunks, source, updated."""
     items: list[dict] = []
     cursor, version = None, None
     while limit is None or len(items) < limit:
-        page = client.documents(name, prefix, limit=min(500, limit or 500), cursor=cursor)
+        # Later pages follow the cursor, which stays on the version the first page listed.
+        page = client.documents(name, prefix, limit=min(500, limit or 500), cursor=cursor,
+                                version=None if cursor else pinned)
         version = page["index_version"]
         items += page["documents"]
         cursor = page["next_cursor"]

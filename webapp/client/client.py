@@ -209,21 +209,27 @@ class Client:
         params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
         return self.request("GET", "/v1/collections", params=params).json()
 
-    def documents(self, name: str, prefix: str = "", limit: int = 100, cursor: str | None = None) -> dict:
-        """A page of the documents in the served version of `name`, by id, optionally under `prefix`."""
-        params = {"prefix": prefix, "limit": limit, **({"cursor": cursor} if cursor else {})}
+    def documents(self, name: str, prefix: str = "", limit: int = 100, cursor: str | None = None,
+                  version: int | None = None) -> dict:
+        """A page of the documents in the served version of `name` (or in the kept `version`), by id,
+        optionally under `prefix`. A `cursor` continues on the version its listing started on."""
+        params = {"prefix": prefix, "limit": limit, **({"cursor": cursor} if cursor else {}),
+                  **({"version": version} if version is not None else {})}
         return self.request("GET", f"{collection_path(name)}/documents", params=params).json()
 
-    def document(self, name: str, doc_id: str) -> dict:
-        """One document as stored in the served version: its metadata and chunks."""
+    def document(self, name: str, doc_id: str, version: int | None = None) -> dict:
+        """One document as stored in the served version (or in the kept `version`): metadata and chunks."""
         path = f"{collection_path(name)}/documents/{document_segment(doc_id)}"
-        return self.request("GET", path).json()
+        return self.request("GET", path, params={"version": version} if version is not None else None).json()
 
     def search(self, name: str, query: str, k: int = 10, mode: str | None = None,
-               filter: dict | None = None) -> dict:
+               filter: dict | None = None, version: int | None = None) -> dict:
         """The `k` best hits for `query`, and the index version that answered. `mode` is vector,
-        keyword or hybrid (the API's default); `filter` narrows the chunks searched (see the README)."""
+        keyword or hybrid (the API's default); `filter` narrows the chunks searched (see the README);
+        `version` searches that kept version instead of the served one (ApiError 404 when not kept)."""
         body: dict[str, Any] = {"query": query, "k": k}
+        if version is not None:
+            body["version"] = version
         if mode:
             body["mode"] = mode
         if filter:
