@@ -219,8 +219,11 @@ def open_repo(folder: Path, root: Path) -> Repo | None:
 def ignore_signature(folder: Path, paths: set[str]) -> str:
     """A digest of the size and mtime of each .gitignore among `paths` (the uncommitted and untracked
     ones): when it moves between two reconciles, what belongs may have changed anywhere below."""
+    ignores = sorted(p for p in paths if p.rsplit("/", 1)[-1] == IGNORE_FILE)
+    if not ignores:
+        return ""
     h = hashlib.sha256()
-    for rel in sorted(p for p in paths if p.rsplit("/", 1)[-1] == IGNORE_FILE):
+    for rel in ignores:
         try:
             info = os.lstat(folder / rel)
             h.update(f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())

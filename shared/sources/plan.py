@@ -19,6 +19,8 @@ named by git or a watcher that is now gone, or can no longer be indexed, is to b
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
@@ -127,8 +129,7 @@ def make_plan(svc: Services, source: dict, folder: Path, paths: list[str] | None
     if paths is not None and any(p.rsplit("/", 1)[-1] == IGNORE_FILE for p in paths):
         paths = None  # a changed .gitignore can change what belongs anywhere below it
     rules = Rules(folder, source["include"], source["exclude"], svc.settings.max_document_bytes)
-    held = svc.sources.files(source["id"])
-    plan = Plan(WALK_PATHS if paths is not None else WALK_TREE, {}, len(held))
+    plan = Plan(WALK_PATHS if paths is not None else WALK_TREE, {}, svc.sources.file_count(source["id"]))
     changes = None
     scope: Collection[str] | None = paths
     try:
@@ -146,6 +147,8 @@ def make_plan(svc: Services, source: dict, folder: Path, paths: list[str] | None
         svc.jobs.progress(job_id, names.STAGE_WALK, 0, 0)
     if check is not None:
         check()
+    held = _held(svc, source["id"], folder, scope) if plan.walk == WALK_GIT and scope is not None else \
+        svc.sources.files(source["id"])
     walk = walk_tree(rules, scope, check)
     plan.files, plan.skipped_dirs = walk.files, walk.skipped_dirs
     plan.skipped.update(walk.skipped)
@@ -160,6 +163,22 @@ def make_plan(svc: Services, source: dict, folder: Path, paths: list[str] | None
     if changes is not None and plan.git_commit:
         plan.recheck = _recheck(plan, walk.links, changes.dirty | changes.untracked)
     return plan
+
+
+def _held(svc: Services, source_id: str, folder: Path, scope: Collection[str]) -> dict[str, FileState]:
+    """What is held of the paths git named: read one by one (an unchanged 80k-file tree names none, and
+    reading the whole file state took longer than asking git). A named path that is a folder (a
+    submodule) or gone without being held may stand for files held under it: then all is read."""
+    names = sorted(scope)
+    held = svc.sources.file_states(source_id, names)
+    for rel in names:
+        if rel not in held:
+            try:
+                if stat.S_ISDIR(os.lstat(folder / rel).st_mode):
+                    return svc.sources.files(source_id)
+            except OSError:
+                return svc.sources.files(source_id)
+    return held
 
 
 def _held_under(held: dict[str, FileState], scopes: set[str]) -> set[str]:

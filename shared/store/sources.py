@@ -138,6 +138,13 @@ class SourceStore:
         raws = cast(dict[str, str], self.r.hgetall(keys.source_files(source_id)))
         return {path: FileState.decode(raw) for path, raw in raws.items()}
 
+    def file_states(self, source_id: str, paths: list[str]) -> dict[str, FileState]:
+        """What is held of each of `paths` (those held), without reading the whole hash."""
+        if not paths:
+            return {}
+        raws = cast(list[str | None], self.r.hmget(keys.source_files(source_id), paths))
+        return {path: FileState.decode(raw) for path, raw in zip(paths, raws, strict=True) if raw}
+
     def file_count(self, source_id: str) -> int:
         return int(self.r.hlen(keys.source_files(source_id)))
 
