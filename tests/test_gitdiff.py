@@ -109,6 +109,13 @@ def test_which_folders_are_asked_about(tmp_path):
     git(repo, "config", "filter.evil.clean", "touch /tmp/pwned")
     with pytest.raises(GitUnavailable, match="git_config_runs_commands"):
         open_repo(repo, root)
+    git(repo, "config", "--unset", "filter.evil.clean")
+    assert open_repo(repo, root) is not None
+    # ... also when an included file declares it.
+    (tmp_path / "inc.cfg").write_text('[filter "lfs2"]\n\tprocess = touch /tmp/pwned\n')
+    git(repo, "config", "include.path", str(tmp_path / "inc.cfg"))
+    with pytest.raises(GitUnavailable, match="filter.lfs2.process"):
+        open_repo(repo, root)
 
 
 # ---- the plan of a real repository, domain code on fakeredis
