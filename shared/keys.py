@@ -196,8 +196,15 @@ def collection_sources(name: str) -> str:
 
 
 def source(source_id: str) -> str:
-    """Hash: id, collection, path, include, exclude, prefix, watch, created_at, last_reconcile (JSON)."""
+    """Hash: id, collection, path, include, exclude, prefix, watch, created_at, last_reconcile (JSON),
+    git_commit and git_ignores (a git source's last indexed commit, its uncommitted .gitignore files)."""
     return _k("source", source_id)
+
+
+def source_recheck(source_id: str) -> str:
+    """Set of the relative paths a git source's next reconcile compares besides what git names: files
+    that were uncommitted, untracked, symlinked or just read when its commit was recorded."""
+    return _k("source", source_id, "recheck")
 
 
 def source_files(source_id: str) -> str:

@@ -96,6 +96,14 @@ class EmbeddingCache:
             return {}
         return found
 
+    def has_many(self, model_id: str, hashes: list[str]) -> set[str]:
+        """Which of `hashes` the cache holds, read without touching their LRU stamps (a dry run)."""
+        try:
+            return {h for h in hashes if self._key(model_id, h) in self.cache}
+        except CACHE_ERRORS as exc:
+            _warn_once("read", exc)
+            return set()
+
     def put_many(self, model_id: str, vectors: dict[str, np.ndarray]) -> None:
         try:
             with self.cache.transact():
@@ -126,6 +134,9 @@ class NoCache:
 
     def get_many(self, model_id: str, hashes: list[str], dim: int) -> dict[str, np.ndarray]:
         return {}
+
+    def has_many(self, model_id: str, hashes: list[str]) -> set[str]:
+        return set()
 
     def put_many(self, model_id: str, vectors: dict[str, np.ndarray]) -> None:
         return None

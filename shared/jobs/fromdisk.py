@@ -43,7 +43,7 @@ from shared.storage import UnsafePath
 log = logging.getLogger(__name__)
 
 VERSION_DIR = re.compile(r"v(\d{1,18})")
-SOURCE_FIELDS = ("id", "collection", "path", "include", "exclude", "watch", "prefix", "created_at")
+SOURCE_FIELDS = ("id", "collection", "path", "include", "exclude", "watch", "prefix", "created_at", "git_commit")
 
 
 def source_records(svc: Services, collection: str) -> list[dict]:

@@ -10,6 +10,7 @@ import time
 
 from shared.errors import JobCanceled, JobInputError, TryAgain
 from shared.jobs.ingest import write_documents
+from shared.jobstates import iso_time
 from shared.services import Services
 from shared.sources.files import content_problem, digest, document, read_in_source
 from shared.sources.finish import settle_child
@@ -19,14 +20,17 @@ from shared.store.sources import FileState
 log = logging.getLogger(__name__)
 
 
-def read_documents(svc: Services, source: dict, paths: list[str]) -> tuple[list[dict], dict[str, FileState], list[str]]:
+def read_documents(svc: Services, source: dict, paths: list[str], source_commit: str | None = None,
+                   ) -> tuple[list[dict], dict[str, FileState], list[str]]:
     """(documents, what is held of each once written, files gone or no longer indexable). A read
-    error other than "not found" propagates: the batch is retried."""
+    error other than "not found" propagates: the batch is retried. `source_commit`: the HEAD commit
+    the parent reconcile planned at (a git work tree)."""
     try:
         folder = check_source_root(svc.settings, source["path"])
     except SourcePathRefused as refused:
         raise JobInputError(refused.message) from None
     documents, held, gone = [], {}, []
+    indexed_at = iso_time(time.time())
     for rel in paths:
         try:
             info, data, problem = read_in_source(folder, rel, svc.settings.max_document_bytes)
@@ -42,7 +46,7 @@ def read_documents(svc: Services, source: dict, paths: list[str]) -> tuple[list[
             continue
         # content_problem gives the text when it finds no problem; a read without one has both below
         assert text is not None and data is not None and info is not None
-        documents.append(document(source, rel, text))
+        documents.append(document(source, rel, text, indexed_at, source_commit))
         held[rel] = FileState(info.st_size, info.st_mtime_ns, digest(data))
     return documents, held, gone
 
@@ -69,7 +73,7 @@ def run_batch(svc: Services, job_id: str, final_attempt: bool = True, worker: st
             source = svc.sources.get(options["source"])
             if source is None:
                 raise JobInputError(f"source {options['source']} was removed")
-            documents, held, gone = read_documents(svc, source, paths)
+            documents, held, gone = read_documents(svc, source, paths, options.get("source_commit"))
             seq, summary = write_documents(svc, job_id, raw["collection"], documents,
                                            [source["prefix"] + g for g in gone])
             svc.sources.record_files(source["id"], held, gone)

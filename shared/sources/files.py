@@ -120,11 +120,18 @@ def content_problem(data: bytes, max_bytes: int) -> tuple[str | None, str | None
     return None, text
 
 
-def document(source: dict, rel: str, text: str) -> dict:
+def document(source: dict, rel: str, text: str, indexed_at: str | None = None,
+             source_commit: str | None = None) -> dict:
     """A file as a document: id = the source's prefix + the path relative to the source; metadata
-    names the source, the path, the type and, for code, the language."""
+    names the source, the path, the type and, for code, the language; when it was read (`indexed_at`,
+    ISO-8601 UTC) and, in a git work tree, the HEAD commit then (`source_commit`; the file may hold
+    uncommitted edits on top of it)."""
     kind, language = classify(rel)
     metadata = {"source": source["id"], "path": rel, "type": kind}
     if language:
         metadata["language"] = language
+    if source_commit:
+        metadata["source_commit"] = source_commit
+    if indexed_at:
+        metadata["indexed_at"] = indexed_at
     return {"id": source.get("prefix", "") + rel, "text": text, "metadata": metadata}

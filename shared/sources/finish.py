@@ -1,7 +1,8 @@
 """The end of a fanned-out reconcile: each child counts itself into its parent's barrier, the parent's
 progress is the sum of its children, and the child that finishes last finishes the parent (exactly one
-rebuild, the source's last_reconcile, the slot freed). A parent delivered again (the sweeper re-sends a
-parent whose heartbeat went stale) settles children that ended without counting themselves."""
+rebuild, the source's last_reconcile and, for a git source, its indexed commit, the slot freed). A parent
+delivered again (the sweeper re-sends a parent whose heartbeat went stale) settles children that ended
+without counting themselves."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import logging
 import time
 
 from shared import eventnames as names
+from shared.jobs.fromdisk import save_sources
 from shared.jobs.submit import request_rebuild
 from shared.jobstates import FAILED, SUCCEEDED, TERMINAL
 from shared.services import Services
+from shared.sources.plan import MAX_RECHECK
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,8 @@ def finish_reconcile(svc: Services, parent_id: str) -> None:
                                             "failed_files": [], "children_failed": 0}
     result = {**{k: plan.get(k, 0) for k in RESULT_COUNTS}, "chunks_embedded": state["chunks_embedded"],
               "chunks_reused": state["chunks_reused"], "files_unchanged": plan.get("files_unchanged", 0),
+              "walk": plan.get("walk", "tree"), "git_commit": plan.get("git_commit"),
+              **({"git_fallback": plan["git_fallback"]} if plan.get("git_fallback") else {}),
               "skipped": plan.get("skipped", {}), "batches": state["total"], "paths": options.get("paths"),
               "files_failed": state["failed_files"]}
     try:
@@ -100,16 +105,33 @@ def finish_reconcile(svc: Services, parent_id: str) -> None:
                 svc.jobs.fail(parent_id, f"{len(failed)} files failed after retries: {named}")
                 outcome = "failed"
             else:
+                _record_git_state(svc, raw, options.get("source", ""), collection)
                 svc.jobs.succeed(parent_id, result)
                 outcome = "succeeded"
     finally:
         svc.fanout.expire(parent_id, svc.settings.job_ttl_seconds)
         svc.sources.release_reconcile(options.get("source", ""), parent_id)
     svc.sources.set_last_reconcile(options.get("source", ""), {
-        "job_id": parent_id, "state": outcome, "finished_at": time.time(),
-        **{k: result[k] for k in RESULT_COUNTS}})
+        "job_id": parent_id, "state": outcome, "finished_at": time.time(), "walk": result["walk"],
+        "git_commit": result["git_commit"], **{k: result[k] for k in RESULT_COUNTS}})
     log.info("event=reconcile.done job=%s collection=%s outcome=%s %s", parent_id, collection, outcome,
              " ".join(f"{k}={result[k]}" for k in RESULT_COUNTS))
+
+
+def _record_git_state(svc: Services, raw: dict, source_id: str, collection: str) -> None:
+    """Every file of a git source's reconcile is in: its next one diffs from this commit. A failed or
+    canceled run records nothing, so the next diffs from the old commit again. A watcher's reconcile
+    adds what it read to the files the next git reconcile rechecks."""
+    state = json.loads(raw.get("git") or "null")
+    if not state or not source_id:
+        return
+    if "read" in state:
+        svc.sources.add_recheck(source_id, state["read"], MAX_RECHECK)
+        return
+    source = svc.sources.get(source_id)
+    svc.sources.set_git_state(source_id, state["commit"], state["ignores"], state["recheck"])
+    if source is not None and source.get("git_commit") != state["commit"]:
+        save_sources(svc, collection)  # the data dir keeps the commit too (recover, snapshots)
 
 
 def resume(svc: Services, parent_id: str) -> None:

@@ -1,12 +1,14 @@
 """The reconcile job: bring a collection in line with a source folder, without blocking a worker.
 
-1. Walk the tree (or only the paths a watcher saw change) and compare each file with what the
-   collection holds: size and mtime first; the content hash only when those changed (a touched file
-   with the same content is recorded, not ingested).
+1. Plan (`shared.sources.plan`): walk the tree, or ask git what changed since the indexed commit, or
+   take only the paths a watcher saw change, and compare each file with what the collection holds:
+   size and mtime first; the content hash only when those changed (a touched file with the same
+   content is recorded, not ingested).
 2. Tombstone files that are gone (or can no longer be indexed) in one segment.
 3. Fan the new and changed files out as child `ingest_files` jobs of `source_batch_files` files each,
    on the ingest queue, so every ingest worker takes some; record the barrier; return.
-4. The last child to end finishes the parent and asks for the one rebuild (`shared.sources.finish`).
+4. The last child to end finishes the parent and asks for the one rebuild (`shared.sources.finish`);
+   only then is a git source's commit recorded, so a crashed run diffs from the old one again.
 
 A remove job (`options.remove`) tombstones every file of the source and forgets the source, after
 stopping the source's running reconcile.
@@ -16,29 +18,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
-from typing import Any
+import time
 
-from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError, LockBusy
 from shared.jobkinds import INGEST_FILES
 from shared.jobs.deletion import write_tombstones
 from shared.jobs.fromdisk import save_sources
-from shared.jobs.progress import ProgressReporter
 from shared.jobs.submit import request_cancel_tree, request_rebuild
 from shared.jobstates import QUEUED, RUNNING, TERMINAL, new_job_id
 from shared.services import Services
-from shared.sources.files import content_problem, digest, read_in_source
 from shared.sources.finish import finish_reconcile, resume
 from shared.sources.paths import SourcePathRefused, check_source_root
-from shared.sources.walk import IGNORE_FILE, Rules, under, walk_tree
+from shared.sources.plan import make_plan
 from shared.store.conn import confirm
-from shared.store.sources import FileState
 
 log = logging.getLogger(__name__)
 
 BATCH_BYTES = 2 * 1024 * 1024  # a child batch also ends past this much text, so batches cost alike
-CANCEL_EVERY = 500
 
 
 def run_reconcile(svc: Services, job_id: str) -> None:
@@ -76,71 +72,24 @@ def _reconcile(svc: Services, job_id: str, raw: dict, options: dict) -> None:
         folder = check_source_root(svc.settings, source["path"])
     except SourcePathRefused as refused:
         raise JobInputError(refused.message) from None
-    paths = options.get("paths")
-    if paths is not None and any(p.rsplit("/", 1)[-1] == IGNORE_FILE for p in paths):
-        paths = None  # a changed .gitignore can change what belongs anywhere below it
-    rules = Rules(folder, source["include"], source["exclude"], svc.settings.max_document_bytes)
-    svc.jobs.progress(job_id, names.STAGE_WALK, 0, 0)
-    walk = walk_tree(rules, paths)
-    held = svc.sources.files(source["id"])
-    in_scope = held if paths is None else {p: s for p, s in held.items() if under(p, paths)}
-    plan = _compare(svc, job_id, folder, walk.files, held)
-    gone = sorted((set(in_scope) - set(walk.files)) | set(plan["unreadable_held"]))
-    if gone:
-        write_tombstones(svc, job_id, collection, [source["prefix"] + p for p in gone])
-        svc.sources.record_files(source["id"], {}, gone)
-    if plan["touched"]:
-        svc.sources.record_files(source["id"], plan["touched"], [])
-    skipped = walk.skipped + plan["skipped"]
-    summary = {"files_seen": len(walk.files), "files_added": len(plan["added"]),
-               "files_changed": len(plan["changed"]), "files_removed": len(gone),
-               "files_skipped": sum(skipped.values()), "files_secret": skipped.get("secret", 0),
-               "files_unchanged": plan["unchanged"],
-               "skipped": dict(skipped), "skipped_dirs": walk.skipped_dirs}
-    svc.jobs.set_fields(job_id, plan=json.dumps(summary))
+    started = time.monotonic()
+    plan = make_plan(svc, source, folder, options.get("paths"), job_id)
+    if plan.gone:
+        write_tombstones(svc, job_id, collection, [source["prefix"] + p for p in plan.gone])
+        svc.sources.record_files(source["id"], {}, plan.gone)
+    if plan.touched:
+        svc.sources.record_files(source["id"], plan.touched, [])
+    summary = {**plan.summary(), "plan_seconds": round(time.monotonic() - started, 3)}
+    git_state = plan.git_state()
+    svc.jobs.set_fields(job_id, plan=json.dumps(summary), **({"git": json.dumps(git_state)} if git_state else {}))
+    log.info("event=reconcile.plan job=%s source=%s walk=%s git_commit=%s fallback=%s examined=%s added=%s "
+             "changed=%s removed=%s seconds=%s", job_id, source["id"], plan.walk, plan.git_commit,
+             plan.git_fallback, len(plan.files), len(plan.added), len(plan.changed), len(plan.gone),
+             summary["plan_seconds"])
     if svc.jobs.cancel_requested(job_id):
         raise JobCanceled(job_id)
-    _fan_out(svc, job_id, collection, source, sorted(plan["added"] + plan["changed"], key=lambda e: e[0]))
-
-
-def _compare(svc: Services, job_id: str, folder, files: dict, held: dict[str, FileState]) -> dict:
-    """Split the walked files into added, changed, unchanged and touched (same content, new mtime),
-    reading only those whose size or mtime moved."""
-    out: dict[str, Any] = {"added": [], "changed": [], "unchanged": 0, "touched": {}, "skipped": Counter(),
-                           "unreadable_held": []}
-    candidates = []
-    for rel, entry in files.items():
-        state = held.get(rel)
-        if state is not None and state.size == entry.size and state.mtime_ns == entry.mtime_ns:
-            out["unchanged"] += 1
-        else:
-            candidates.append((rel, entry, state))
-    progress = ProgressReporter(svc.jobs, job_id, names.STAGE_COMPARE, len(candidates), svc.settings.progress_every)
-    for i, (rel, _entry, state) in enumerate(candidates):
-        if i % CANCEL_EVERY == 0 and svc.jobs.cancel_requested(job_id):
-            raise JobCanceled(job_id)
-        progress.update(i)
-        try:
-            read = read_in_source(folder, rel, svc.settings.max_document_bytes)
-        except FileNotFoundError:
-            continue  # gone since the walk: not in the tree
-        info, data, problem = read
-        if problem is None:
-            assert data is not None  # a read without a problem holds the bytes
-            problem, _ = content_problem(data, svc.settings.max_document_bytes)
-        if problem:
-            out["skipped"][problem] += 1
-            if state is not None:
-                out["unreadable_held"].append(rel)
-            continue
-        assert info is not None and data is not None  # a read without a problem has both
-        new = FileState(info.st_size, info.st_mtime_ns, digest(data))
-        if state is not None and state.digest == new.digest:
-            out["touched"][rel] = new
-        else:
-            out["changed" if state is not None else "added"].append((rel, len(data)))
-    progress.finish()
-    return out
+    _fan_out(svc, job_id, collection, source, sorted(plan.added + plan.changed, key=lambda e: e[0]),
+             plan.git_commit)
 
 
 def _batches(files: list[tuple[str, int]], size: int) -> list[list[str]]:
@@ -158,7 +107,8 @@ def _batches(files: list[tuple[str, int]], size: int) -> list[list[str]]:
     return batches
 
 
-def _fan_out(svc: Services, job_id: str, collection: str, source: dict, files: list[tuple[str, int]]) -> None:
+def _fan_out(svc: Services, job_id: str, collection: str, source: dict, files: list[tuple[str, int]],
+            source_commit: str | None = None) -> None:
     """Create the children, record the barrier, then enqueue them: a child can only end after its
     barrier exists. With nothing to ingest the parent finishes now."""
     batches = _batches(files, max(1, svc.settings.source_batch_files))
@@ -166,7 +116,8 @@ def _fan_out(svc: Services, job_id: str, collection: str, source: dict, files: l
     svc.jobs.set_fields(job_id, children=json.dumps(list(children)))
     for child, paths in children.items():
         # Unbounded: the parent was accepted (202), so its work must not be refused half-way.
-        svc.jobs.create(INGEST_FILES.name, collection, {"parent": job_id, "source": source["id"], "paths": paths},
+        svc.jobs.create(INGEST_FILES.name, collection, {"parent": job_id, "source": source["id"], "paths": paths,
+                                                        **({"source_commit": source_commit} if source_commit else {})},
                         child)
     svc.fanout.open(job_id, {child: len(paths) for child, paths in children.items()})
     for child in children:

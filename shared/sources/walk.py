@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +72,7 @@ class Walk:
     # reason -> files left out that looked like part of the tree (gitignored, symlink_outside, ...)
     skipped: Counter = field(default_factory=Counter)
     skipped_dirs: int = 0
+    links: set[str] = field(default_factory=set)  # files taken through a symlink (their target may move)
 
 
 class Rules:
@@ -178,6 +179,7 @@ def _add_file(walk: Walk, rules: Rules, rel: str) -> None:
                 walk.skipped["symlink_outside"] += 1
                 return
             info = path.stat()
+            walk.links.add(rel)
     except OSError:
         return  # gone meanwhile
     if not stat.S_ISREG(info.st_mode):
@@ -186,9 +188,11 @@ def _add_file(walk: Walk, rules: Rules, rel: str) -> None:
     walk.files[rel] = Entry(rel, info.st_size, info.st_mtime_ns)
 
 
-def _walk_dir(walk: Walk, rules: Rules, start_rel: str) -> None:
+def _walk_dir(walk: Walk, rules: Rules, start_rel: str, check: Callable[[], None] | None = None) -> None:
     top = rules.folder / start_rel if start_rel else rules.folder
     for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        if check is not None:
+            check()
         rel_dir = os.path.relpath(dirpath, rules.folder).replace(os.sep, "/")
         rel_dir = "" if rel_dir == "." else rel_dir
         kept = []
@@ -205,11 +209,12 @@ def _walk_dir(walk: Walk, rules: Rules, start_rel: str) -> None:
             _add_file(walk, rules, f"{rel_dir}/{name}" if rel_dir else name)
 
 
-def walk_tree(rules: Rules, paths: Iterable[str] | None = None) -> Walk:
-    """The files of the tree, or only those at or under `paths` (relative; a watcher's changes)."""
+def walk_tree(rules: Rules, paths: Iterable[str] | None = None, check: Callable[[], None] | None = None) -> Walk:
+    """The files of the tree, or only those at or under `paths` (relative; a watcher's changes, or
+    what git names). `check` is called once per folder (a dry run's budget raises from it)."""
     walk = Walk()
     if paths is None:
-        _walk_dir(walk, rules, "")
+        _walk_dir(walk, rules, "", check)
         walk.skipped.update(rules.refused)
         return walk
     for rel in sorted(set(paths)):
@@ -218,7 +223,7 @@ def walk_tree(rules: Rules, paths: Iterable[str] | None = None) -> Walk:
         path = rules.folder / rel
         if path.is_dir() and not path.is_symlink():
             if not rules.dir_reason(rel):
-                _walk_dir(walk, rules, rel)
+                _walk_dir(walk, rules, rel, check)
         elif path.exists() or path.is_symlink():
             _add_file(walk, rules, rel)
     walk.skipped.update(rules.refused)

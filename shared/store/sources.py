@@ -25,6 +25,7 @@ def _typed(raw: dict) -> dict:
     out["created_at"] = float(out.get("created_at") or 0)
     out["last_reconcile"] = json.loads(out["last_reconcile"]) if out.get("last_reconcile") else None
     out["prefix"] = out.get("prefix", "")
+    out["git_commit"] = out.get("git_commit") or None
     return out
 
 
@@ -83,8 +84,10 @@ class SourceStore:
             "include": json.dumps(list(record.get("include") or [])),
             "exclude": json.dumps(list(record.get("exclude") or [])), "watch": "1" if record.get("watch") else "0",
             "prefix": str(record.get("prefix") or ""), "created_at": float(record.get("created_at") or time.time())}
+        if record.get("git_commit"):
+            fields["git_commit"] = str(record["git_commit"])
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(keys.source(source_id), keys.source_files(source_id))
+        pipe.delete(keys.source(source_id), keys.source_files(source_id), keys.source_recheck(source_id))
         pipe.hset(keys.source(source_id), mapping=fields)
         pipe.sadd(keys.collection_sources(collection), source_id)
         pipe.hset(keys.sources(), source_id, collection)
@@ -118,7 +121,7 @@ class SourceStore:
         collection = cast(str | None, self.r.hget(keys.sources(), source_id))
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(keys.source(source_id), keys.source_files(source_id), keys.source_reconcile(source_id),
-                    keys.watch_lease(source_id))
+                    keys.watch_lease(source_id), keys.source_recheck(source_id))
         pipe.hdel(keys.sources(), source_id)
         if collection:
             pipe.srem(keys.collection_sources(collection), source_id)
@@ -135,6 +138,13 @@ class SourceStore:
         raws = cast(dict[str, str], self.r.hgetall(keys.source_files(source_id)))
         return {path: FileState.decode(raw) for path, raw in raws.items()}
 
+    def file_states(self, source_id: str, paths: list[str]) -> dict[str, FileState]:
+        """What is held of each of `paths` (those held), without reading the whole hash."""
+        if not paths:
+            return {}
+        raws = cast(list[str | None], self.r.hmget(keys.source_files(source_id), paths))
+        return {path: FileState.decode(raw) for path, raw in zip(paths, raws, strict=True) if raw}
+
     def file_count(self, source_id: str) -> int:
         return int(self.r.hlen(keys.source_files(source_id)))
 
@@ -149,6 +159,40 @@ class SourceStore:
         if gone:
             pipe.hdel(keys.source_files(source_id), *gone)
         pipe.execute()
+
+    # a git source: the commit it was last reconciled at, and what its next reconcile checks besides
+
+    def recheck(self, source_id: str) -> set[str]:
+        return cast(set[str], self.r.smembers(keys.source_recheck(source_id)))
+
+    def set_git_state(self, source_id: str, commit: str, ignores: str, recheck: list[str]) -> None:
+        """After a reconcile of a git source ended with every file in: the next one diffs from `commit`."""
+        if not self.r.exists(keys.source(source_id)):
+            return
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(keys.source_recheck(source_id))
+        if recheck:
+            pipe.sadd(keys.source_recheck(source_id), *recheck)
+        pipe.hset(keys.source(source_id), mapping={"git_commit": commit, "git_ignores": ignores})
+        pipe.execute()
+
+    def clear_git_state(self, source_id: str) -> None:
+        """Forget the indexed commit: the next reconcile walks the tree."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hdel(keys.source(source_id), "git_commit", "git_ignores")
+        pipe.delete(keys.source_recheck(source_id))
+        pipe.execute()
+
+    def add_recheck(self, source_id: str, paths: list[str], bound: int) -> None:
+        """Paths a watcher's reconcile read: a git reconcile must look at them again even if git calls
+        them unchanged (an edit read, then reverted). Past `bound` the commit is forgotten instead."""
+        if not paths or not self.r.hexists(keys.source(source_id), "git_commit"):
+            return
+        pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(keys.source_recheck(source_id), *paths)
+        pipe.scard(keys.source_recheck(source_id))
+        if pipe.execute()[1] > bound:
+            self.clear_git_state(source_id)
 
     # the one reconcile of a source
 

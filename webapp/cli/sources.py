@@ -2,7 +2,7 @@
 
     swapline source add NAME PATH [--watch] [--include GLOB]... [--exclude GLOB]... [--wait]
     swapline source list NAME
-    swapline source reconcile NAME ID [--wait]
+    swapline source reconcile NAME ID [--wait | --dry-run]
     swapline source remove NAME ID [--wait]
 
 PATH is read by the workers, not by this command: it must be a folder inside the server's
@@ -113,12 +113,24 @@ def list_sources(client: Client, name, as_json) -> None:
 @click.argument("name")
 @click.argument("source_id")
 @click.option("--wait", is_flag=True, help="Follow the reconcile (progress bar) and its rebuild to the end.")
+@click.option("--dry-run", is_flag=True, help="Only show what a reconcile would do now (changes nothing).")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer (the finished job with --wait).")
 @click.pass_obj
-def reconcile(client: Client, name, source_id, wait, as_json) -> None:
+def reconcile(client: Client, name, source_id, wait, dry_run, as_json) -> None:
     """Reconcile collection NAME with its source SOURCE_ID now."""
     begun = time.monotonic()
     say = (lambda line: None) if as_json else click.echo
+    if dry_run:
+        plan = client.reconcile_plan(name, source_id)
+        if as_json:
+            click.echo(json.dumps(plan, indent=2))
+            return
+        how = f"git at {(plan.get('git_commit') or '')[:12]}" if plan["walk"] == "git" else "a walk of the folder"
+        say(f"a reconcile of source {source_id} now ({how}) would add {plan['files_added']}, change "
+            f"{plan['files_changed']}, remove {plan['files_removed']} and skip {plan['files_skipped']} files; "
+            f"{plan['chunks_to_embed']} chunks to embed, {plan['chunks_cached']} cached, "
+            f"about {plan['eta_seconds']:g} s of embedding")
+        return
     try:
         job = client.reconcile(name, source_id)
         say(f"reconcile of source {source_id} queued: job {job['id']}")

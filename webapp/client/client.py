@@ -257,6 +257,13 @@ class Client:
         running job's id) when one is queued or running."""
         return self._create("POST", f"{self._source_path(name, source_id)}/reconcile", idempotency_key)
 
+    def reconcile_plan(self, name: str, source_id: str) -> dict:
+        """What a reconcile would do now (a dry run: nothing changes, no job): the `plan` with files
+        added, changed, removed and skipped, chunks to embed and cached, and `eta_seconds`. ApiError 409
+        (`dry_run_too_costly`) past the server's bound."""
+        path = f"{self._source_path(name, source_id)}/reconcile"
+        return self.request("POST", path, json={"dry_run": True}).json()["plan"]
+
     def remove_source(self, name: str, source_id: str, idempotency_key: str | None = None) -> dict:
         """Stop following the folder and remove its documents; returns the job."""
         return self._create("DELETE", self._source_path(name, source_id), idempotency_key)

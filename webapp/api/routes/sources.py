@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from shared.jobstates import QUEUED, RUNNING, iso_time
 from shared.names import is_job_id
+from shared.sources.dryrun import dry_run
 from shared.sources.paths import SourcePathRefused
+from shared.sources.plan import PlanTooCostly
 from shared.sources.submit import (
     SourceConflict,
     add_source,
@@ -21,7 +24,14 @@ from webapp.api.routes.common import job_location, require_collection
 from webapp.api.runtime import swapline
 from webapp.api.schemas.common import ErrorSchema
 from webapp.api.schemas.jobs import JobSchema
-from webapp.api.schemas.sources import SourceCreatedSchema, SourceCreateSchema, SourceListSchema, SourceSchema
+from webapp.api.schemas.sources import (
+    DryRunSchema,
+    ReconcileSchema,
+    SourceCreatedSchema,
+    SourceCreateSchema,
+    SourceListSchema,
+    SourceSchema,
+)
 
 blp = Blueprint("sources", __name__, url_prefix="/v1/collections",
                 description="Sources: folders a collection follows (reconcile, watch)")
@@ -106,14 +116,30 @@ class Source(MethodView):
 @blp.route("/<string:name>/sources/<string:source_id>/reconcile")
 class Reconcile(MethodView):
     @idempotent
+    @blp.arguments(ReconcileSchema)
     @blp.response(202, JobSchema, headers=LOCATION)
+    @blp.alt_response(200, schema=DryRunSchema, description="`dry_run`: what a reconcile would do now; nothing "
+                                                            "was changed and no job was made")
+    @blp.alt_response(403, schema=ErrorSchema, description="`dry_run`: the folder is no longer inside "
+                                                           "SWAPLINE_SOURCE_ROOTS")
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection or source")
-    @blp.alt_response(409, schema=ErrorSchema, description="A reconcile of this source is queued or running; "
-                                                           "`job_id` names it")
+    @blp.alt_response(409, schema=ErrorSchema, description="A reconcile of this source is queued or running "
+                      "(`job_id` names it); or a dry run went past its bound (`dry_run_too_costly`)")
     @blp.alt_response(503, **QUEUE_FULL)
-    def post(self, name, source_id):
+    def post(self, body, name, source_id):
         """Reconcile the collection with the folder now: new and changed files are ingested, removed
-        ones tombstoned, then one rebuild. An unchanged folder costs a walk and nothing more."""
+        ones tombstoned, then one rebuild. An unchanged folder costs a walk (a git work tree: a few git
+        calls) and nothing more. With `dry_run`, answers 200 with the `plan` instead and changes nothing."""
         source = load_source(name, source_id)
+        if body["dry_run"]:
+            try:
+                plan = dry_run(swapline.runtime.svc, source)
+            except SourcePathRefused as refused:
+                abort(refused.status, code=refused.code, message=refused.message)
+            except PlanTooCostly as costly:
+                abort(409, code="dry_run_too_costly", message=f"{costly}; run the reconcile itself, whose "
+                                                              "result has the same counts")
+            # A Response passes the 202 schema by: this answer is the plan.
+            return jsonify(DryRunSchema().dump({"source": source["id"], "plan": plan})), 200
         job = submit_reconcile(swapline.runtime.svc, source, bounded=True)  # JobInProgress: 409 (webapp.api.errors)
         return job, 202, job_location(job["id"])

@@ -39,6 +39,9 @@ class LastReconcileSchema(Schema):
     files_skipped = fields.Integer()
     chunks_embedded = fields.Integer()
     chunks_reused = fields.Integer()
+    walk = fields.String(metadata={"description": "`tree` (a walk), `git` (what git named) or `paths` (a watcher's)"})
+    git_commit = fields.String(allow_none=True, metadata={"description": "HEAD of the folder's git work tree "
+                                                                        "when the reconcile planned"})
 
 
 class SourceSchema(Schema):
@@ -54,6 +57,9 @@ class SourceSchema(Schema):
     reconcile_job_id = fields.String(allow_none=True, metadata={"description": "the reconcile queued or running"})
     watched_by = fields.String(allow_none=True, metadata={"description": "the watcher process holding the lease"})
     last_reconcile = fields.Nested(LastReconcileSchema, allow_none=True)
+    git_commit = fields.String(allow_none=True, metadata={
+        "description": "a git work tree: the commit the last complete reconcile indexed (the next one asks git "
+                       "what changed since)"})
 
 
 class SourceListSchema(Schema):
@@ -63,3 +69,35 @@ class SourceListSchema(Schema):
 class SourceCreatedSchema(Schema):
     source = fields.Nested(SourceSchema, required=True)
     job = fields.Nested(JobSchema, required=True, metadata={"description": "the first reconcile"})
+
+
+class ReconcileSchema(StrictSchema):
+    dry_run = fields.Boolean(load_default=False, metadata={
+        "description": "answer 200 with what a reconcile would do now (`plan`), changing nothing"})
+
+
+class PlanSchema(Schema):
+    walk = fields.String(required=True, metadata={"description": "`tree` or `git`: how the changes were found"})
+    git_commit = fields.String(allow_none=True, metadata={"description": "HEAD of the folder's git work tree"})
+    git_fallback = fields.String(metadata={"description": "a git work tree that was walked: why"})
+    files_seen = fields.Integer()
+    files_examined = fields.Integer(metadata={"description": "files compared (a git plan: those git named)"})
+    files_added = fields.Integer(required=True)
+    files_changed = fields.Integer(required=True)
+    files_removed = fields.Integer(required=True)
+    files_skipped = fields.Integer(required=True)
+    files_unchanged = fields.Integer()
+    chunks_total = fields.Integer(metadata={"description": "chunks of the new and changed files"})
+    chunks_to_embed = fields.Integer(required=True, metadata={
+        "description": "distinct chunk texts the embedding cache does not hold"})
+    chunks_cached = fields.Integer(required=True, metadata={"description": "chunks whose vector is cached"})
+    eta_seconds = fields.Float(required=True, metadata={"description": "chunks_to_embed / embed_rate"})
+    embed_rate = fields.Float(metadata={"description": "chunks per second"})
+    embed_rate_source = fields.String(metadata={
+        "description": "`measured` (the workers' embedding so far) or `declared` (before any was measured)"})
+    seconds = fields.Float(metadata={"description": "time the dry run took"})
+
+
+class DryRunSchema(Schema):
+    source = fields.String(required=True)
+    plan = fields.Nested(PlanSchema, required=True)
