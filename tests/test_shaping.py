@@ -3,7 +3,8 @@ lines; `group_by: "document"` merges a document's adjacent or overlapping hits i
 overlap between windows kept once, blank lines between blocks kept, other sections apart, chunks of
 older versions without lines merged by ordinal); `max_tokens` cuts the lowest-ranked text first, with
 the tokens counted by MiniLM's tokenizer as `transformers` loads it; the cache keys on both options;
-and `stale` compares source files with what the collection holds of them."""
+`stale` compares source files with what the collection holds of them; a running job that reports no
+rate gets its ETA from its pace."""
 
 from __future__ import annotations
 
@@ -58,8 +59,9 @@ def hf_count(text: str) -> int:
 def records(doc_id: str, text: str, tok=WORDS, cap: int = 60, overlap_tokens: int = 15, metadata=None) -> list[dict]:
     """Chunk records as ingest writes them."""
     chunks, _ = chunk_document(text, metadata or {}, tok, cap, overlap_tokens)
-    return [{"doc_id": doc_id, "chunk_id": f"{doc_id}#{c.ordinal}", "text": c.text, "heading_path": list(c.heading_path),
-             "metadata": metadata or {}, "lines": list(c.lines), "updated_at": 1_700_000_000.0} for c in chunks]
+    return [{"doc_id": doc_id, "chunk_id": f"{doc_id}#{c.ordinal}", "text": c.text,
+             "heading_path": list(c.heading_path), "metadata": metadata or {}, "lines": list(c.lines),
+             "updated_at": 1_700_000_000.0} for c in chunks]
 
 
 def as_hits(recs: list[dict], scores: list[float] | None = None) -> list[dict]:
@@ -150,23 +152,27 @@ def test_max_tokens_cuts_the_lowest_ranked_text_first_counted_with_minilm(tmp_pa
     version, embedder = write(tmp_path, recs), MiniLMCounted(64)
     body = {"query": "scheduler places pods of tenants on nodes", "k": 10, "mode": "hybrid", "filter": None,
             "group_by": group_by}
-    whole = search_version(version, DictCache(), SearchRequest.from_body(body, Settings()), embedder).result
-    texts = [p["text"] for h in whole["hits"] for p in h["passages"]] if group_by else [h["text"] for h in whole["hits"]]
-    total = sum(hf_count(t) for t in texts)
+
+    def answer(**changes) -> dict:
+        request = SearchRequest.from_body({**body, **changes}, Settings())
+        return search_version(version, DictCache(), request, embedder).result
+
+    def units(found: dict) -> list[dict]:
+        return [p for h in found["hits"] for p in h["passages"]] if group_by else found["hits"]
+
+    whole = answer()
+    total = sum(hf_count(u["text"]) for u in units(whole))
     assert total > 150
     for budget in (150, 37):
-        found = search_version(version, DictCache(), SearchRequest.from_body({**body, "max_tokens": budget}, Settings()),
-                               embedder).result
-        kept = [p for h in found["hits"] for p in h["passages"]] if group_by else found["hits"]
-        assert found["truncated"] is True and found["tokens"] == sum(hf_count(p["text"]) for p in kept) <= budget
+        found = answer(max_tokens=budget)
+        assert found["truncated"] is True
+        assert found["tokens"] == sum(hf_count(u["text"]) for u in units(found)) <= budget
         assert found["tokens"] >= budget - 30  # filled up to the last word that fits
         assert found["hits"][0]["doc_id"] == whole["hits"][0]["doc_id"]  # the best kept, the rest dropped
         assert len(found["hits"]) < len(whole["hits"])
-    tiny = search_version(version, DictCache(), SearchRequest.from_body({**body, "max_tokens": 1}, Settings()),
-                          embedder).result
+    tiny = answer(max_tokens=1)
     assert tiny["truncated"] is True and tiny["tokens"] <= 1  # no word of one token: nothing
-    roomy = search_version(version, DictCache(), SearchRequest.from_body({**body, "max_tokens": total + 10},
-                                                                         Settings()), embedder).result
+    roomy = answer(max_tokens=total + 10)
     assert (roomy["truncated"], roomy["tokens"], roomy["hits"]) == (False, total, whole["hits"])
 
 
@@ -232,3 +238,23 @@ def test_stale_compares_source_files_with_what_the_collection_holds(tmp_path):
     assert mark_stale(store, settings, "docs", hits[7:]) is None  # no source hit: nothing looked up
     elsewhere = Settings(source_roots=str(tmp_path / "nowhere"))  # the folder left the roots
     assert [h["stale"] for h in mark_stale(store, elsewhere, "docs", hits[:2])] == [None, None]
+
+
+def test_a_running_job_without_a_reported_rate_gets_its_eta_from_its_pace(tmp_path):
+    """What index_status and the MCP tools show: a fanned-out reconcile sums its children's progress
+    and reports no rate; its ETA is its pace since it started."""
+    from shared import keys
+    from shared.jobs.status import running_job
+    from tests.support import make_services
+
+    client = fakeredis.FakeRedis(decode_responses=True)
+    svc = make_services(Settings(data_dir=tmp_path / "data"), client)
+    svc.collections.create("docs")
+    job_id = svc.jobs.create("reconcile", "docs")["id"]
+    assert svc.jobs.start(job_id)
+    assert running_job(svc, "docs")["progress"]["eta_seconds"] is None  # nothing done yet: no pace
+    client.hset(keys.job(job_id), mapping={"done": 30, "total": 90, "started_at": time.time() - 10})
+    eta = running_job(svc, "docs")["progress"]["eta_seconds"]
+    assert 19 <= eta <= 21  # 30 in 10 s, 60 left
+    svc.jobs.progress(job_id, "embed", 30, 90, rate=6.0)
+    assert running_job(svc, "docs")["progress"]["eta_seconds"] == 10.0  # a reported rate wins

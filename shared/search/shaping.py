@@ -166,16 +166,14 @@ def cut_to(tok: Tokenizer, text: str, budget: int) -> str:
 
 
 def _with_text(item: dict, text: str, grouped: bool) -> dict:
-    """`item` (a hit or a passage) holding only `text`, the start of its own, its last line moved up."""
+    """`item` (a hit, or a passage when `grouped`) holding only `text`, the start of its own, with its
+    last line moved up to match."""
     out = {**item, "text": text}
-    key = "end_line" if grouped else "lines"
-    first = item.get("start_line") if grouped else (_lines(item) or (None, None))[0]
-    if first is not None:
-        last = first + text.count("\n")
-        if grouped:
-            out["end_line"] = last
-        else:
-            out[key] = [first, last]
+    if grouped and item.get("start_line") is not None:
+        out["end_line"] = item["start_line"] + text.count("\n")
+    lines = None if grouped else _lines(item)
+    if lines is not None:
+        out["lines"] = [lines[0], lines[0] + text.count("\n")]
     return out
 
 
