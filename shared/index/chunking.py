@@ -36,7 +36,7 @@ class Chunk:
     text: str
     heading_path: tuple[str, ...] = field(default_factory=tuple)
     ordinal: int = 0
-    lines: tuple[int, int] | None = None  # first and last line (1-based), for code
+    lines: tuple[int, int] | None = None  # first and last line of the text in its document (1-based)
 
     @property
     def content_hash(self) -> str:
@@ -98,10 +98,15 @@ def fit_path(tok: Tokenizer, cap: int, path: tuple[str, ...]) -> tuple[str, ...]
 def windows(text: str, tok: Tokenizer, budget: int, overlap: int) -> list[str]:
     """Slices of `text` of at most `budget` tokens each, cut between words, consecutive slices sharing
     up to `overlap` tokens. A single word longer than the budget is cut by characters."""
+    return [piece for _, piece in windows_at(text, tok, budget, overlap)]
+
+
+def windows_at(text: str, tok: Tokenizer, budget: int, overlap: int) -> list[tuple[int, str]]:
+    """`windows`, each slice with the offset in `text` where it starts (for its line numbers)."""
     words = tok.words(text)
     if sum(n for _, _, n in words) <= budget:
-        return [text.strip()] if text.strip() else []
-    out: list[str] = []
+        return [_stripped_at(text, 0)] if text.strip() else []
+    out: list[tuple[int, str]] = []
     start = 0
     while start < len(words):
         end, used = start, 0
@@ -111,10 +116,10 @@ def windows(text: str, tok: Tokenizer, budget: int, overlap: int) -> list[str]:
         if end == start:  # one word over the budget
             s, e, n = words[start]
             step = max(1, (e - s) * budget // n)
-            out.extend(text[i:min(i + step, e)] for i in range(s, e, step))
+            out.extend((i, text[i:min(i + step, e)]) for i in range(s, e, step))
             start += 1
             continue
-        out.append(text[words[start][0]:words[end - 1][1]].strip())
+        out.append(_stripped_at(text[words[start][0]:words[end - 1][1]], words[start][0]))
         if end >= len(words):
             break
         nxt, shared = end, 0
@@ -122,7 +127,12 @@ def windows(text: str, tok: Tokenizer, budget: int, overlap: int) -> list[str]:
             nxt -= 1
             shared += words[nxt][2]
         start = nxt
-    return [piece for piece in out if piece]
+    return [(at, piece) for at, piece in out if piece]
+
+
+def _stripped_at(piece: str, at: int) -> tuple[int, str]:
+    """`piece` stripped, with the offset of what is left (`piece` starts at offset `at`)."""
+    return at + len(piece) - len(piece.lstrip()), piece.strip()
 
 
 def line_windows(lines: list[str], tok: Tokenizer, budget: int, overlap: int) -> list[tuple[int, int, str]]:
@@ -222,18 +232,20 @@ def split_front_matter(text: str) -> tuple[dict | None, str]:
         return None, exc.rest
 
 
-def _sections(text: str) -> list[tuple[tuple[str, ...], list[str]]]:
-    """Split markdown into (heading_path, body lines); headings inside code fences are not headings."""
-    sections: list[tuple[tuple[str, ...], list[str]]] = []
+def _sections(text: str) -> list[tuple[tuple[str, ...], list[str], int]]:
+    """Split markdown into (heading_path, body lines, index of the first body line in the text);
+    headings inside code fences are not headings."""
+    sections: list[tuple[tuple[str, ...], list[str], int]] = []
     path: list[tuple[int, str]] = []
     body: list[str] = []
     in_fence = None
+    body_start = 0
 
     def flush():
-        sections.append((tuple(title for _, title in path), body.copy()))
+        sections.append((tuple(title for _, title in path), body.copy(), body_start))
         body.clear()
 
-    for line in text.splitlines():
+    for i, line in enumerate(text.splitlines()):
         fence = FENCE.match(line)
         if fence:
             marker = fence.group(1)
@@ -245,6 +257,7 @@ def _sections(text: str) -> list[tuple[tuple[str, ...], list[str]]]:
             while path and path[-1][0] >= level:
                 path.pop()
             path.append((level, title))
+            body_start = i + 1
             continue
         body.append(line)
     flush()
@@ -278,22 +291,35 @@ def _blocks(lines: list[str]) -> list[tuple[int, int, bool]]:
     return blocks
 
 
-def _section_chunks(lines: list[str], budget: Budget, overlap: int) -> list[str]:
+def _line_span(region: str, at: int, piece: str, first_line: int) -> tuple[str, int, int]:
+    """(piece, index of its first line, of its last) for a piece found at offset `at` of `region`, the
+    text of lines from `first_line` on joined by newlines."""
+    first = first_line + region.count("\n", 0, at)
+    return piece, first, first + piece.count("\n")
+
+
+def _section_chunks(lines: list[str], budget: Budget, overlap: int) -> list[tuple[str, int, int]]:
+    """(text, first line index, last line index) of each chunk of a section's body lines."""
     blocks = _blocks(lines)
     if not blocks:
         return []
     costs = {(s, e): budget.cost("\n".join(lines[s:e])) for s, e, _ in blocks}
-    out: list[str] = []
+    out: list[tuple[str, int, int]] = []
     for first, last in pack([(s, e) for s, e, _ in blocks], lambda s, e: costs[(s, e)], budget.tokens):
         s, e, is_fence = blocks[first][0], blocks[last][1], blocks[first][2]
-        text = "\n".join(lines[s:e]).strip()
+        region = "\n".join(lines[s:e])
+        lead = len(region) - len(region.lstrip())
+        text = region.strip()
         if first == last and costs[(s, e)] > budget.tokens:
             if is_fence:
-                out.extend(t for _, _, t in line_windows(lines[s:e], budget.tok, budget.tokens, overlap))
+                for a, b, t in line_windows(lines[s:e], budget.tok, budget.tokens, overlap):
+                    raw = "\n".join(lines[s + a:s + b + 1])
+                    out.append(_line_span(raw, len(raw) - len(raw.lstrip("\n")), t, s + a))
             else:
-                out.extend(windows(text, budget.tok, budget.tokens, overlap))
+                out.extend(_line_span(region, lead + at, piece, s)
+                           for at, piece in windows_at(text, budget.tok, budget.tokens, overlap))
         elif text:
-            out.append(text)
+            out.append(_line_span(region, lead, text, s))
     return out
 
 
@@ -301,10 +327,11 @@ def chunk_markdown(text: str, max_tokens: int = 200, overlap: int = 40, tokenize
     """Chunks of a markdown document, in document order. Empty sections produce no chunk."""
     check_caps(max_tokens, overlap)
     chunks: list[Chunk] = []
-    for heading_path, lines in _sections(text):
+    for heading_path, lines, base in _sections(text):
         budget = Budget(tokenizer, max_tokens, heading_path)
-        for piece in _section_chunks(lines, budget, overlap):
-            chunks.extend(enforce(Chunk(piece, budget.path, len(chunks)), budget, overlap, len(chunks)))
+        for piece, first, last in _section_chunks(lines, budget, overlap):
+            chunk = Chunk(piece, budget.path, len(chunks), (base + first + 1, base + last + 1))
+            chunks.extend(enforce(chunk, budget, overlap, len(chunks)))
     return chunks
 
 
@@ -314,5 +341,13 @@ def enforce(chunk: Chunk, budget: Budget, overlap: int, ordinal: int) -> list[Ch
     if budget.fits(chunk.text):
         return [Chunk(chunk.text, chunk.heading_path, ordinal, chunk.lines)]
     smaller = max(1, budget.tokens - 8)
-    pieces = windows(chunk.text, budget.tok, smaller, min(overlap, smaller - 1))
-    return [Chunk(p, chunk.heading_path, ordinal + i, chunk.lines) for i, p in enumerate(pieces)]
+    pieces = windows_at(chunk.text, budget.tok, smaller, min(overlap, smaller - 1))
+    return [Chunk(p, chunk.heading_path, ordinal + i, _piece_lines(chunk, at, p)) for i, (at, p) in enumerate(pieces)]
+
+
+def _piece_lines(chunk: Chunk, at: int, piece: str) -> tuple[int, int] | None:
+    """The lines of a piece of `chunk` starting at offset `at` of its text."""
+    if chunk.lines is None:
+        return None
+    first = chunk.lines[0] + chunk.text.count("\n", 0, at)
+    return first, min(chunk.lines[1], first + piece.count("\n"))

@@ -4,6 +4,8 @@ set them from file names; documents posted without them are markdown."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from shared.index.chunking import Chunk, FrontMatterRefused, chunk_markdown, parse_front_matter
 from shared.index.codechunks import chunk_code
 from shared.index.tokens import Tokenizer
@@ -20,6 +22,7 @@ def chunk_document(text: str, metadata: dict, tokenizer: Tokenizer, max_tokens: 
     if doc_type == "code":
         return chunk_code(text, metadata.get("language"), cap, overlap, tokenizer), {}
     extra: dict = {}
+    original = text
     if doc_type in (None, "markdown"):
         try:
             front, text = parse_front_matter(text)
@@ -28,4 +31,8 @@ def chunk_document(text: str, metadata: dict, tokenizer: Tokenizer, max_tokens: 
             extra["front_matter_refused"] = str(refused)
         if front:
             extra["front_matter"] = front
-    return chunk_markdown(text, cap, overlap, tokenizer), extra
+    skipped = len(original[:len(original) - len(text)].splitlines())  # lines of a front matter block
+    chunks = chunk_markdown(text, cap, overlap, tokenizer)
+    if skipped:
+        chunks = [replace(c, lines=(c.lines[0] + skipped, c.lines[1] + skipped)) if c.lines else c for c in chunks]
+    return chunks, extra

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import time
 
 from shared import cursors
 from shared.jobkinds import REBUILD
@@ -24,6 +25,10 @@ def running_job(svc: Services, name: str) -> dict | None:
         done, total = job["progress"]["done"], job["progress"]["total"]
         rate = float(raw.get("rate") or 0)
         job["progress"]["rate"] = rate or None
+        if rate <= 0 and done > 0 and raw.get("started_at"):
+            # No rate reported (a fanned-out reconcile sums its children): the pace since the start.
+            elapsed = time.time() - float(raw["started_at"])
+            rate = done / elapsed if elapsed > 0 else 0.0
         job["progress"]["eta_seconds"] = round((total - done) / rate, 1) if rate > 0 and total >= done else None
         return job
     return None

@@ -15,6 +15,7 @@ from shared.index.parts import ServedVersion
 from shared.limits import check_search
 from shared.search.engine import KeywordUnavailable, search
 from shared.search.filters import Filter, FilterError, parse_filter
+from shared.search.shaping import MAX_ANSWER_TOKENS, candidates, fit_tokens, group_by_document
 from shared.settings import Settings
 
 
@@ -33,18 +34,25 @@ class SearchRequest:
     mode: str
     filter: Filter | None
     key: tuple  # the answer's key in a served version's cache
+    group_by: str | None = None  # "document": one result per document, chunks merged into passages
+    max_tokens: int | None = None  # the answer's texts cut to this many model tokens
 
     @classmethod
     def from_body(cls, body: dict, settings: Settings) -> SearchRequest:
-        """The request of a validated body (query, k, mode, filter); RequestRefused (422) past a bound
-        or for a filter outside the grammar."""
+        """The request of a validated body (query, k, mode, filter, group_by, max_tokens); RequestRefused
+        (422) past a bound or for a filter outside the grammar."""
         check_search(body["query"], body["k"], settings)
+        max_tokens = body.get("max_tokens")
+        if max_tokens is not None and not 1 <= max_tokens <= MAX_ANSWER_TOKENS:
+            raise RequestRefused(422, "invalid", f"max_tokens must be between 1 and {MAX_ANSWER_TOKENS}",
+                                 {"max_tokens": [f"between 1 and {MAX_ANSWER_TOKENS}"]})
         try:
             flt = parse_filter(body.get("filter"))
         except FilterError as bad:
             raise RequestRefused(422, "invalid", str(bad), {"filter": bad.errors}) from None
-        key = (body["query"], body["k"], body["mode"], json.dumps(body.get("filter"), sort_keys=True))
-        return cls(body["query"], body["k"], body["mode"], flt, key)
+        key = (body["query"], body["k"], body["mode"], json.dumps(body.get("filter"), sort_keys=True),
+               body.get("group_by"), max_tokens)
+        return cls(body["query"], body["k"], body["mode"], flt, key, body.get("group_by"), max_tokens)
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,22 @@ class Found:
 
 def nothing_served(request: SearchRequest) -> Found:
     """The answer while this process serves no version of the collection: no hits, never an error."""
-    return Found({"index_version": None, "mode": request.mode, "scanned": 0, "matched_documents": None,
-                  "hits": []}, None, False)
+    return Found(_shaped({"index_version": None, "mode": request.mode, "scanned": 0, "matched_documents": None,
+                          "hits": []}, request, None), None, False)
+
+
+def _shaped(result: dict, request: SearchRequest, embedder: Embedder | None) -> dict:
+    """`result` with its hits grouped by document and cut to `max_tokens` as the request asks."""
+    if request.group_by:
+        result["group_by"] = request.group_by
+        result["hits"] = group_by_document(result["hits"], request.k)
+    if request.max_tokens is not None:
+        if embedder is None:
+            result.update(tokens=0, truncated=False)
+        else:
+            result["hits"], result["tokens"], result["truncated"] = fit_tokens(
+                result["hits"], request.max_tokens, embedder.tokenizer, bool(request.group_by))
+    return result
 
 
 def search_version(version: ServedVersion, cache: ResultCache, request: SearchRequest, embedder: Embedder) -> Found:
@@ -73,11 +95,12 @@ def search_version(version: ServedVersion, cache: ResultCache, request: SearchRe
         raise RequestRefused(409, "model_mismatch", f"index v{version.version} was built with "
                              f"{version.manifest['model']}; this API embeds queries with {embedder.model_id}")
     try:
-        answer = search(version, request.query, request.k, request.mode, request.filter,
+        depth = candidates(request.k) if request.group_by else request.k
+        answer = search(version, request.query, depth, request.mode, request.filter,
                         lambda text: embedder.embed([text])[0])
     except KeywordUnavailable as missing:
         raise RequestRefused(409, "keyword_index_missing", str(missing)) from None
-    result = {"index_version": version.version, "mode": answer.mode, "scanned": answer.scanned,
-              "matched_documents": answer.matched_documents, "hits": answer.hits}
+    result = _shaped({"index_version": version.version, "mode": answer.mode, "scanned": answer.scanned,
+                      "matched_documents": answer.matched_documents, "hits": answer.hits}, request, embedder)
     cache.put(request.key, result)
     return Found(result, version.version, False)

@@ -100,6 +100,25 @@ def read_in_source(folder: Path, rel: str, max_bytes: int, follow: bool = True) 
         return Read(info, data)
 
 
+def stat_in_source(folder: Path, rel: str) -> os.stat_result | None:
+    """The fstat of the file at `rel` under a source folder, opened as `read_in_source` opens it (never
+    through a link leading out of the folder, nothing read); None when it is gone or refused. OSError
+    when the folder itself cannot be opened."""
+    root_fd = os.open(folder, _DIR_FLAGS)
+    try:
+        fd, _problem = _open_beneath(root_fd, rel)
+    except OSError:
+        return None
+    finally:
+        os.close(root_fd)
+    if fd is None:
+        return None
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

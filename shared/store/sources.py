@@ -52,6 +52,10 @@ class FileState:
         return f"FileState({self.encode()})"
 
 
+# A source's collection and folder, and what the collection holds of some of its paths (None: nothing).
+HeldStates = tuple[str | None, str | None, list[FileState | None]]
+
+
 class SourceStore:
     def __init__(self, client: redis.Redis):
         self.r = client
@@ -144,6 +148,22 @@ class SourceStore:
             return {}
         raws = cast(list[str | None], self.r.hmget(keys.source_files(source_id), paths))
         return {path: FileState.decode(raw) for path, raw in zip(paths, raws, strict=True) if raw}
+
+    def held_states(self, wanted: dict[str, list[str]]) -> dict[str, HeldStates]:
+        """For each source id in `wanted`: (its collection, its folder, what the collection holds of each
+        of its listed paths, None where it holds none), in one round trip."""
+        ids = list(wanted)
+        pipe = self.r.pipeline(transaction=False)
+        for source_id in ids:
+            pipe.hmget(keys.source(source_id), ["collection", "path"])
+            pipe.hmget(keys.source_files(source_id), wanted[source_id])
+        raw = pipe.execute()
+        out = {}
+        for i, source_id in enumerate(ids):
+            collection, folder = raw[2 * i]
+            states = [FileState.decode(v) if v else None for v in raw[2 * i + 1]]
+            out[source_id] = (collection, folder, states)
+        return out
 
     def file_count(self, source_id: str) -> int:
         return int(self.r.hlen(keys.source_files(source_id)))

@@ -9,8 +9,8 @@ Each module here exposes `run(quick: bool) -> list[dict]`, rows of
 
 Beside them, benchmarks with a make target or a command of their own, outside that table:
 `search_modes` (`make bench-search`: hits@5 and latency of the three search modes on the sample),
-`sources` (`make bench-sources`: a whole repository as a source) and `chunks` (chunk lengths as the
-model sees them).
+`sources` (`make bench-sources`: a whole repository as a source), `chunks` (chunk lengths as the
+model sees them) and `agent_tokens` (tokens the MCP search tool returns, grouped and per chunk).
 """
 
 # Run in this order; a module that is missing or fails becomes an error row and the run goes on.

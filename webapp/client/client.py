@@ -223,10 +223,13 @@ class Client:
         return self.request("GET", path, params={"version": version} if version is not None else None).json()
 
     def search(self, name: str, query: str, k: int = 10, mode: str | None = None,
-               filter: dict | None = None, version: int | None = None) -> dict:
+               filter: dict | None = None, version: int | None = None, group_by: str | None = None,
+               max_tokens: int | None = None) -> dict:
         """The `k` best hits for `query`, and the index version that answered. `mode` is vector,
         keyword or hybrid (the API's default); `filter` narrows the chunks searched (see the README);
-        `version` searches that kept version instead of the served one (ApiError 404 when not kept)."""
+        `version` searches that kept version instead of the served one (ApiError 404 when not kept);
+        `group_by="document"` answers one result per document with merged passages; `max_tokens` cuts
+        the answer's texts to that many model tokens."""
         body: dict[str, Any] = {"query": query, "k": k}
         if version is not None:
             body["version"] = version
@@ -234,6 +237,10 @@ class Client:
             body["mode"] = mode
         if filter:
             body["filter"] = filter
+        if group_by:
+            body["group_by"] = group_by
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
         return self.request("POST", f"{collection_path(name)}/search", json=body).json()
 
     # sources: folders a collection follows (SWAPLINE_SOURCE_ROOTS on the server)

@@ -7,6 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from shared.search.service import SearchRequest, nothing_served, search_version
+from shared.sources.staleness import mark_stale
 from webapp.api.auth import requires
 from webapp.api.routes.common import (
     RETRY_AFTER,
@@ -76,4 +77,6 @@ class Search(MethodView):
                    "X-Cache": "hit" if found.cached else "miss", **version_headers(found.version)}
         if degraded:
             headers[DEGRADED_HEADER] = "redis-unavailable"
-        return found.result, 200, headers
+        # Whether source files changed since indexed is checked now, never cached: on copies.
+        marked = None if degraded else mark_stale(rt.svc.sources, rt.settings, name, found.result["hits"])
+        return found.result if marked is None else {**found.result, "hits": marked}, 200, headers

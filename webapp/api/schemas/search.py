@@ -5,6 +5,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from shared.search.engine import DEFAULT_MODE, HYBRID_DEPTH, MODES
+from shared.search.shaping import GROUP_BY, MAX_ANSWER_TOKENS, PASSAGES_PER_DOCUMENT
 from webapp.api.schemas.common import StrictSchema, version_field
 
 FILTER_DOC = (
@@ -28,6 +29,26 @@ class SearchQuerySchema(StrictSchema):
                        "chunks (exact identifiers, numbers, error strings); hybrid: both, each to "
                        f"max(k, {HYBRID_DEPTH}) candidates, fused by reciprocal rank fusion"})
     filter = fields.Dict(keys=fields.String(), allow_none=True, metadata={"description": FILTER_DOC})
+    group_by = fields.String(allow_none=True, validate=validate.OneOf(GROUP_BY), metadata={
+        "description": "document: one result per document (at most k), its hits among the top candidates "
+                       "merged into `passages` where their chunks are adjacent or overlapping (shared text "
+                       f"kept once), with line ranges; at most {PASSAGES_PER_DOCUMENT} passages a document"})
+    max_tokens = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1, max=MAX_ANSWER_TOKENS),
+                                metadata={"description": "cut the answer's texts (hit or passage texts) to this "
+                                                         "many model tokens in all, counted with the embedder's "
+                                                         "tokenizer; the lowest-ranked content is dropped or cut "
+                                                         "first, and the answer says `tokens` and `truncated`"})
+
+
+class PassageSchema(Schema):
+    text = fields.String()
+    start_line = fields.Integer(allow_none=True, metadata={
+        "description": "first line of the passage in its document (1-based; null for chunks stored before "
+                       "chunks recorded their lines)"})
+    end_line = fields.Integer(allow_none=True, metadata={"description": "last line of the passage"})
+    score = fields.Float(metadata={"description": "the best score of the chunks merged into it"})
+    heading_path = fields.List(fields.String(), metadata={"description": "headings around its first chunk"})
+    chunk_ids = fields.List(fields.String(), metadata={"description": "the chunks merged into it, in order"})
 
 
 class HitSchema(Schema):
@@ -47,7 +68,15 @@ class HitSchema(Schema):
                        "the chunk (or keyword search did not run)"})
     vector_score = fields.Float(allow_none=True)
     keyword_score = fields.Float(allow_none=True)
-    lines = fields.List(fields.Integer(), metadata={"description": "first and last line of a code chunk"})
+    lines = fields.List(fields.Integer(), metadata={
+        "description": "first and last line of the chunk in its document (1-based)"})
+    passages = fields.List(fields.Nested(PassageSchema), metadata={
+        "description": "with group_by document: the document's passages in document order (a result has "
+                       "no chunk_id or text of its own)"})
+    stale = fields.Boolean(allow_none=True, metadata={
+        "description": "for documents of a source: whether the file changed on disk (size or mtime) or is "
+                       "gone since it was indexed, checked when answering; absent for other documents, null "
+                       "when the source folder cannot be reached"})
 
 
 class SearchResultSchema(Schema):
@@ -63,3 +92,8 @@ class SearchResultSchema(Schema):
     matched_documents = fields.Integer(allow_none=True, metadata={
         "description": "documents the filter admits; null without a filter"})
     hits = fields.List(fields.Nested(HitSchema))
+    group_by = fields.String(metadata={"description": "how hits were grouped (absent: one hit per chunk)"})
+    tokens = fields.Integer(metadata={
+        "description": "with max_tokens: model tokens the answer's texts hold (at most max_tokens)"})
+    truncated = fields.Boolean(metadata={
+        "description": "with max_tokens: whether content was cut or dropped to fit"})
