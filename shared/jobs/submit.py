@@ -129,12 +129,13 @@ def drop_in_progress(svc: Services, collection: str) -> str | None:
 
 
 def request_rebuild(svc: Services, collection: str, exclusive: bool,
-                    bounded: bool = False) -> tuple[dict, bool]:
+                    bounded: bool = False, force: bool = False) -> tuple[dict, bool]:
     """A rebuild of `collection`: a new queued one, or the one already queued (coalescing).
 
     With `exclusive` (an explicit POST /rebuild) raises JobInProgress when a rebuild is queued or
     running. With `bounded` raises QueueFull (and frees the claimed slot) when the index queue is
-    full. Returns (job, created)."""
+    full. With `force` the new rebuild publishes what the quality gate refuses (`shared.jobs.gate`).
+    Returns (job, created)."""
     if bounded:
         check_capacity(svc, REBUILD.name)
     job_id = new_job_id()
@@ -142,7 +143,7 @@ def request_rebuild(svc: Services, collection: str, exclusive: bool,
         claimed, other = svc.locks.claim_rebuild(collection, job_id, exclusive)
         if claimed:
             try:
-                job = svc.jobs.create(REBUILD.name, collection, {}, job_id,
+                job = svc.jobs.create(REBUILD.name, collection, {"force": True} if force else {}, job_id,
                                       max_queued=_bound(svc, REBUILD.name, bounded))
             except QueueFull:
                 svc.locks.clear_pending(collection, job_id)
