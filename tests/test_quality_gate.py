@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from tests.support import BIN, create_collection, ingest, ingest_and_rebuild, search, wait_for, wait_job
+from webapp.client import Client
 
 pytestmark = pytest.mark.integration
 
@@ -133,9 +134,9 @@ def test_the_shrink_guard_refuses_a_delete_all_until_a_forced_rebuild(base):
 
     plain = requests.post(f"{base}/v1/collections/shrink/rebuild", timeout=10).json()
     assert wait_job(base, plain["id"])["state"] == "failed"
-    forced = requests.post(f"{base}/v1/collections/shrink/rebuild", params={"force": "true"}, timeout=10)
-    assert forced.status_code == 202, forced.text
-    done = wait_job(base, forced.json()["id"])
+    with Client(base) as client:  # the client's (and so `swapline rebuild --force`'s) way to ask
+        forced = client.rebuild("shrink", force=True)
+    done = wait_job(base, forced["id"])
     assert done["state"] == "succeeded", done
     assert done["result"]["documents"] == 0 and done["result"]["quality"]["forced"] is True
     served(base, "shrink", done["result"]["version"])
