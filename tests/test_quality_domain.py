@@ -203,3 +203,16 @@ def test_recover_restores_the_canaries_and_default_mode_kept_in_the_data_dir(svc
     svc.collections.set_default_mode("docs", None)
     save_config(svc, "docs")
     assert not svc.storage.config_file("docs").exists()
+
+
+def test_a_forced_request_coalesced_into_a_queued_rebuild_forces_it(svc):
+    _rebuilt(svc, _ingest(svc, DOCS))
+    delete = submit_delete(svc, "docs", [d["id"] for d in DOCS])
+    run_delete(svc, delete["id"])
+    queued = svc.jobs.get(delete["id"])["result"]["rebuild_job_id"]
+    assert svc.jobs.options(queued) == {}
+    # A source's removal asks for its rebuild forced; the queued one takes it over.
+    job, created = request_rebuild(svc, "docs", exclusive=False, force=True)
+    assert (job["id"], created) == (queued, False) and svc.jobs.options(queued)["force"] is True
+    done = _rebuilt(svc, queued)
+    assert done["state"] == SUCCEEDED and done["result"]["documents"] == 0

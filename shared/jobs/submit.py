@@ -8,6 +8,7 @@ ingest asks for must never be lost, and coalescing keeps it to one queued rebuil
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from shared.errors import JobInProgress
@@ -139,7 +140,7 @@ def request_rebuild(svc: Services, collection: str, exclusive: bool,
     if bounded:
         check_capacity(svc, REBUILD.name)
     job_id = new_job_id()
-    for _ in range(2):
+    for _ in range(3):
         claimed, other = svc.locks.claim_rebuild(collection, job_id, exclusive)
         if claimed:
             try:
@@ -158,6 +159,12 @@ def request_rebuild(svc: Services, collection: str, exclusive: bool,
             continue
         if exclusive:
             raise in_progress(REBUILD.name, other)
+        if force and not svc.jobs.options(other).get("force"):
+            # Coalesced into a queued rebuild that was not forced: it is now. Should that one have
+            # started meanwhile (it may have read its options before this), a forced one is queued anew.
+            svc.jobs.set_fields(other, options=json.dumps({**svc.jobs.options(other), "force": True}))
+            if svc.locks.pending(collection) != other:
+                continue
         return svc.jobs.get(other), False
     raise in_progress(REBUILD.name, other)
 
