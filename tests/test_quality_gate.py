@@ -113,6 +113,10 @@ def test_a_rebuild_that_loses_a_canary_fails_with_its_report_and_the_pointer_sta
     assert answer["index_version"] == v2 and answer["hits"][0]["doc_id"] == "notes/n0.md"
     versions = requests.get(f"{base}/v1/collections/gate/versions", timeout=10).json()["versions"]
     assert report["version"] not in [v["version"] for v in versions]
+    shown = subprocess.run([str(BIN / "swapline"), "status", "gate"], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "SWAPLINE_URL": base})
+    assert f"quality     v{report['version']} refused: quality_gate, 1 of 2 canaries missed" in shown.stdout, shown
+    assert "mode        hybrid" in shown.stdout
 
 
 def test_the_shrink_guard_refuses_a_delete_all_until_a_forced_rebuild(base):
