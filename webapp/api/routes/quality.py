@@ -39,6 +39,7 @@ def _canaries(name: str) -> dict:
 
 @blp.route("/<string:name>/canaries")
 class Canaries(MethodView):
+    @blp.doc(operationId="getCanaries")
     @blp.response(200, CanariesViewSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection, or it has no canaries")
     def get(self, name):
@@ -46,6 +47,7 @@ class Canaries(MethodView):
         require_collection(name)
         return canaries_view(_canaries(name))
 
+    @blp.doc(operationId="setCanaries")
     @blp.arguments(CanariesSchema)
     @blp.response(200, CanariesViewSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
@@ -62,6 +64,7 @@ class Canaries(MethodView):
         save_config(svc, name)
         return canaries_view(config)
 
+    @blp.doc(operationId="deleteCanaries")
     @blp.response(204)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection, or it has no canaries")
     def delete(self, name):
@@ -77,6 +80,7 @@ class Canaries(MethodView):
 @blp.route("/<string:name>/eval")
 class Evaluate(MethodView):
     @idempotent
+    @blp.doc(operationId="evaluateCollection")
     @blp.arguments(EvalRequestSchema)
     @blp.response(202, JobSchema, headers=LOCATION, description=(
         "The `eval` job. Its result: `version` (the published version searched), `queries`, `k` and, per "
