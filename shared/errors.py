@@ -10,12 +10,25 @@ class LockBusy(Exception):
 
 
 class JobInputError(Exception):
-    """The job cannot succeed whatever the retries (missing collection, unreadable batch)."""
+    """The job cannot succeed whatever the retries (missing collection, unreadable batch). `result`, when
+    set, is kept on the failed job beside its error (what was found, for the client to read)."""
+
+    result: dict | None = None
 
 
 class RecallBelowFloor(JobInputError):
     """An approximate index would answer below the configured recall floor at any nprobe tried: the
     build is refused and the published version stays."""
+
+
+class PublishGated(JobInputError):
+    """A rebuild's new version failed the collection's quality gate (more canaries missed than on the
+    published version plus `max_drop`: code `quality_gate`) or would shrink it by more than half or to
+    nothing (`shrink_guard`) without `force`: it is not published and the pointer stays."""
+
+    def __init__(self, code: str, message: str, result: dict):
+        super().__init__(f"{code}: {message}")
+        self.code, self.result = code, result
 
 
 class TryAgain(Exception):

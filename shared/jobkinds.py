@@ -70,5 +70,8 @@ SNAPSHOT = JobKind("snapshot", tasknames.SNAPSHOT, QUEUE_INDEX, holds_lease=True
 RESTORE = JobKind("restore", tasknames.RESTORE, QUEUE_INDEX, cancel_while_running=False,
                   leftovers=(UPLOADED_ARCHIVE,))
 
+# Searches labelled queries on the published version in every mode and scores them (read only).
+EVAL = JobKind("eval", tasknames.EVAL, QUEUE_INGEST, leftovers=(STAGED_BATCH,))
+
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (INGEST, DELETE, REBUILD, DROP, RECONCILE, INGEST_FILES,
-                                                          COMPACT, RECOVER, SNAPSHOT, RESTORE)}
+                                                          COMPACT, RECOVER, SNAPSHOT, RESTORE, EVAL)}

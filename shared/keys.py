@@ -242,6 +242,16 @@ def compact_pending(name: str) -> str:
     return _k("col", name, "compact_pending")
 
 
+def canaries(name: str) -> str:
+    """JSON: the collection's canary queries and `max_drop`, checked before a rebuild publishes."""
+    return _k("col", name, "canaries")
+
+
+def quality(name: str) -> str:
+    """JSON: the last quality-gate evaluation of a rebuild of the collection (shown in its status)."""
+    return _k("col", name, "quality")
+
+
 def layout() -> str:
     """The layout Swapline's Redis state is written in (an integer; shared/jobs/upgrade.py)."""
     return _k("layout")
@@ -262,7 +272,8 @@ def collection_keys(name: str) -> list[str]:
     """The keys a drop deletes. The fence counter stays: fences keep rising across a drop and a
     re-create, so a stale builder of the old collection can never publish over the new one."""
     return [collection(name), collection_docs(name), segments(name), segment_seq(name), rebuild_pending(name),
-            pointer(name), pointer_history(name), collection_sources(name), compact_pending(name), readers(name)]
+            pointer(name), pointer_history(name), collection_sources(name), compact_pending(name), readers(name),
+            canaries(name), quality(name)]
 
 
 # Celery's broker (kombu's Redis transport). These keys belong to kombu, not to Swapline, and carry no

@@ -43,3 +43,23 @@ def check_search(query: str, k: int, settings: Settings) -> None:
     if len(query) > settings.max_query_chars:
         raise RequestRefused(422, "invalid", f"query must be at most {settings.max_query_chars} characters",
                              {"query": [f"at most {settings.max_query_chars} characters"]})
+
+
+# Canaries run twice in every rebuild (on the new and the published version), eval queries three times
+# (once per mode) in one job: both are bounded so a request cannot make a rebuild or a job expensive.
+MAX_CANARIES = 50
+MAX_EVAL_QUERIES = 2000
+MAX_EXPECT = 20  # entries (document ids or path prefixes) one query or canary may expect
+MAX_EXPECT_CHARS = 1024
+
+
+def check_queries(items: list[dict], field: str, settings: Settings, k: int | None = None) -> None:
+    """Each item's query at most SWAPLINE_MAX_QUERY_CHARS characters and its (or the shared) `k` at most
+    SWAPLINE_MAX_K (else 422 naming `field[i]`). Counts and entry sizes are the schema's."""
+    for i, item in enumerate(items):
+        wanted = item.get("k") or k or 1
+        try:
+            check_search(item["query"], wanted, settings)
+        except RequestRefused as refused:
+            raise RequestRefused(422, "invalid", f"{field}[{i}]: {refused.message}",
+                                 {f"{field}[{i}]": [refused.message]}) from None

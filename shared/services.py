@@ -28,6 +28,7 @@ from shared.store.jobs import JobStore
 from shared.store.layout import LayoutStore
 from shared.store.locks import RebuildLocks, TokenLock
 from shared.store.pointers import Pointers
+from shared.store.quality import QualityStore
 from shared.store.replicas import ReplicaStore
 from shared.store.sources import SourceStore
 from shared.store.webhooks import WebhookStore
@@ -51,6 +52,7 @@ class Services:
     layout: LayoutStore
     pointers: Pointers
     collections: CollectionStore
+    quality: QualityStore
     replicas: ReplicaStore
     events: EventLog
     idempotency: IdempotencyStore
@@ -113,6 +115,7 @@ def build_services(settings: Settings, enqueue: Callable[[str, str], None], torc
         layout=LayoutStore(client),
         pointers=Pointers(client, settings.versions_keep, settings.events_max_len),
         collections=CollectionStore(client),
+        quality=QualityStore(client),
         replicas=ReplicaStore(client, settings.replica_ttl_seconds, settings.reader_lease_seconds),
         events=EventLog(client, settings.events_max_len),
         idempotency=IdempotencyStore(client, settings.idempotency_ttl_seconds, IDEMPOTENCY_PENDING_SECONDS),

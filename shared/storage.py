@@ -182,6 +182,9 @@ class Storage:
     def sources_file(self, collection: str) -> Path:
         return self._inside(self.root / "sources" / f"{self.check_collection(collection)}.json")
 
+    def config_file(self, collection: str) -> Path:
+        return self._inside(self.root / "config" / f"{self.check_collection(collection)}.json")
+
     def snapshots_dir(self, collection: str) -> Path:
         return self._inside(self.root / "snapshots" / self.check_collection(collection))
 
@@ -305,6 +308,26 @@ class Storage:
         if path.exists():
             path.unlink(missing_ok=True)
             fsync_dir(path.parent)
+
+    def write_config(self, collection: str, config: dict) -> None:
+        """The collection's settings kept beside its data (canaries, default mode), so recover keeps
+        them; an empty `config` removes the file."""
+        if not config:
+            self.remove_config(collection)
+            return
+        data = json.dumps({"collection": collection, **config}, indent=1).encode()
+        self.write_file(self.config_file(collection), data, "the collection's settings")
+
+    def read_config(self, collection: str) -> dict:
+        """What `write_config` kept ({} when nothing, or a file it did not write)."""
+        try:
+            data = json.loads(self.config_file(collection).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) and data.get("collection") == collection else {}
+
+    def remove_config(self, collection: str) -> None:
+        self.config_file(collection).unlink(missing_ok=True)
 
     # staging
 

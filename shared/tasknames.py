@@ -16,6 +16,7 @@ COMPACT = "swapline.compact"
 RECOVER = "swapline.recover"
 SNAPSHOT = "swapline.snapshot"
 RESTORE = "swapline.restore"
+EVAL = "swapline.eval"
 
 QUEUE_INGEST = "ingest"
 QUEUE_INDEX = "index"

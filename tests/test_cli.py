@@ -283,7 +283,7 @@ def test_every_command_takes_json():
 
     commands = dict(main.commands)
     assert set(commands) == {"ingest", "search", "status", "jobs", "job", "rebuild", "collections", "docs", "mcp",
-                             "source", "snapshot", "recover"}
+                             "source", "snapshot", "recover", "eval", "canaries", "default-mode"}
     commands.pop("mcp")  # speaks the MCP protocol on stdout, nothing else
     group = commands.pop("source")
     assert set(group.commands) == {"add", "list", "reconcile", "remove"}
@@ -291,6 +291,9 @@ def test_every_command_takes_json():
     group = commands.pop("snapshot")
     assert set(group.commands) == {"create", "list", "download", "restore"}
     commands.update({f"snapshot {name}": command for name, command in group.commands.items()})
+    group = commands.pop("canaries")
+    assert set(group.commands) == {"set", "show", "clear"}
+    commands.update({f"canaries {name}": command for name, command in group.commands.items()})
     for name, command in commands.items():
         flags = {opt for p in command.params if isinstance(p, click.Option) for opt in p.opts}
         assert "--json" in flags, name

@@ -37,7 +37,8 @@ def test_create_ingest_rebuild_search(settings, procs):
     assert settings.worker_nice == 10 and psutil.Process(api.popen.pid).nice() == 0
     celery = psutil.Process(worker.popen.pid)
     assert {p.nice() for p in [celery, *celery.children(recursive=True)]} == {10}
-    assert create_collection(base) == {"name": "docs", "documents": 0, "chunks": 0, "index": None}
+    assert create_collection(base) == {"name": "docs", "documents": 0, "chunks": 0, "index": None,
+                                       "default_mode": "hybrid"}
     empty = search(base, "anything")
     assert empty.json() == {"index_version": None, "mode": "hybrid", "scanned": 0, "matched_documents": None,
                             "hits": []}

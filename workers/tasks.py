@@ -18,6 +18,7 @@ from shared.jobkinds import JobKind
 from shared.jobs import upgrade
 from shared.jobs.compact import run_compact
 from shared.jobs.deletion import run_delete, run_drop
+from shared.jobs.evaluation import run_eval
 from shared.jobs.fromdisk import run_recover
 from shared.jobs.housekeeping import collect_all
 from shared.jobs.ingest import run_ingest
@@ -133,7 +134,7 @@ def _outcome(svc, job_id: str, work: Callable, on_busy: Callable[[], None] | Non
             raise
         on_retry(again)
     except JobInputError as exc:
-        svc.jobs.fail(job_id, str(exc))
+        svc.jobs.fail(job_id, str(exc), result=exc.result)
         log.warning("event=task.failed job=%s error=%r", job_id, str(exc))
     except SoftTimeLimitExceeded:
         svc.jobs.fail(job_id, f"time limit of {svc.settings.task_soft_time_limit}s exceeded")
@@ -171,6 +172,7 @@ compact = job_task(jobkinds.COMPACT, run_compact)
 recover = job_task(jobkinds.RECOVER, run_recover)
 snapshot = job_task(jobkinds.SNAPSHOT, run_snapshot)
 restore = job_task(jobkinds.RESTORE, run_restore)
+evaluate = job_task(jobkinds.EVAL, run_eval)
 
 
 @app.task(name=jobkinds.INGEST_FILES.task, bind=True, max_retries=None)

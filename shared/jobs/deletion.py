@@ -113,6 +113,7 @@ def run_drop(svc: Services, job_id: str) -> None:
                 aside.append(target)
         svc.collections.remove(collection)
         svc.storage.remove_sources(collection)
+        svc.storage.remove_config(collection)
         for target in aside:
             shutil.rmtree(target, ignore_errors=True)
     finally:

@@ -37,6 +37,7 @@ from shared.index.parts import PART_NAME, PARTS_DIR, count_by_type, is_format2, 
 from shared.index.vectorindex import VerifyFailed
 from shared.jobstates import TERMINAL
 from shared.names import is_job_id
+from shared.search.engine import MODES
 from shared.services import Services
 from shared.storage import UnsafePath
 
@@ -54,6 +55,30 @@ def source_records(svc: Services, collection: str) -> list[dict]:
 def save_sources(svc: Services, collection: str) -> None:
     """Keep the collection's source records in the data dir (called after each change of them)."""
     svc.storage.write_sources(collection, source_records(svc, collection))
+
+
+def save_config(svc: Services, collection: str) -> None:
+    """Keep the collection's settings (canaries with `max_drop`, `default_mode`) in the data dir (called
+    after each change of them), so recover restores them."""
+    config: dict = {}
+    canaries = svc.quality.canaries(collection)
+    if canaries:
+        config["canaries"] = canaries
+    mode = svc.collections.info(collection).get("default_mode")
+    if mode:
+        config["default_mode"] = mode
+    svc.storage.write_config(collection, config)
+
+
+def _adopt_config(svc: Services, name: str) -> bool:
+    """Restore what `save_config` kept; False when nothing was kept (or it is not a record it wrote)."""
+    config = svc.storage.read_config(name)
+    canaries, mode = config.get("canaries"), config.get("default_mode")
+    if isinstance(canaries, dict) and isinstance(canaries.get("canaries"), list):
+        svc.quality.set_canaries(name, canaries)
+    if mode in MODES:
+        svc.collections.set_default_mode(name, mode)
+    return bool(config)
 
 
 @dataclass
@@ -191,6 +216,7 @@ def adopt_collection(svc: Services, name: str) -> dict:
     if outcome != 1:
         return {"collection": name, "skipped": "the collection exists" if outcome == 0 else "a drop of it runs"}
     sources = _adopt_sources(svc, name)
+    _adopt_config(svc, name)
     result = {"collection": name, "version": pointer["version"] if pointer else None,
               "versions": len(history), "refused_versions": found.refused, "segments": len(order),
               "documents": len(docs), "chunks": chunks, "sources": sources, "fence": found.highest_fence}

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from shared import eventnames as names
-from shared.errors import JobCanceled, JobInputError, LockBusy, RecallBelowFloor
+from shared.errors import JobCanceled, JobInputError, LockBusy, PublishGated, RecallBelowFloor
 from shared.index.ivf import tune_nprobe
 from shared.index.parts import (
     PART_FILE,
@@ -24,6 +24,7 @@ from shared.index.parts import (
 from shared.index.vectorindex import KIND_IVF, sha256_file
 from shared.jobs.build import Built, build_index
 from shared.jobs.compact import maybe_compact
+from shared.jobs.gate import check_before_publish
 from shared.jobs.progress import ProgressReporter
 from shared.jobs.versions import collect_versions
 from shared.jobstates import TERMINAL
@@ -88,7 +89,8 @@ def run_rebuild(svc: Services, job_id: str) -> None:
         svc.locks.clear_pending(collection, job_id)
         if not svc.jobs.start(job_id):
             return
-        stats = _build_and_publish(svc, job_id, collection, lease)
+        force = bool(svc.jobs.options(job_id).get("force"))
+        stats = _build_and_publish(svc, job_id, collection, lease, force)
     finally:
         svc.locks.release(lease)
     maybe_compact(svc, collection, *stats)
@@ -111,8 +113,10 @@ class Laps:
         self._clock = now
 
 
-def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease) -> tuple[int, int, int]:
-    """Build the new version's index, write it aside and verify it, then publish it fenced. Returns
+def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease,
+                       force: bool = False) -> tuple[int, int, int]:
+    """Build the new version's index, write it aside and verify it, pass the quality gate
+    (`shared.jobs.gate`; `force` publishes what it refuses), then publish it fenced. Returns
     (segments merged, rows they hold, live rows): what decides a compaction."""
     lap = Laps()
     segments, changes = svc.collections.snapshot(collection)
@@ -120,14 +124,19 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     built = _build(svc, job_id, collection, lease, segments, lap)
     final, manifest, by_type = _write_version(svc, job_id, collection, lease, built, segments, lap)
     try:
-        _publish(svc, job_id, lease, built, final, manifest, by_type, changes, lap)
-    except (PublishRefused, JobCanceled):
-        # Refused: never published, nobody serves it; its new part is referenced by nothing else.
+        quality = check_before_publish(svc, job_id, collection, final, lease.fence, built.documents, force)
+        if quality is not None:
+            lap(names.STAGE_CANARIES)
+        _publish(svc, job_id, lease, built, final, manifest, by_type, changes, lap, quality)
+    except (PublishRefused, JobCanceled, PublishGated):
+        # Refused (or gated): never published, nobody serves it; its new part is referenced by nothing else.
         shutil.rmtree(final, ignore_errors=True)
         shutil.rmtree(svc.storage.part_dir(collection, part_name(lease.fence)), ignore_errors=True)
         raise
     # Any other error (Redis lost as the script ran) may have come after the publish: the version stays;
     # if it was not published, version collection removes it once a newer version is.
+    if quality is not None:
+        svc.quality.record_evaluation(collection, quality)
     return len(segments), built.rows_total, built.live_rows
 
 
@@ -199,12 +208,13 @@ def pointer_record(storage: Storage, final: Path, manifest: dict, built: Built, 
 
 
 def _publish(svc: Services, job_id: str, lease: Lease, built: Built, final: Path, manifest: dict, by_type: dict,
-             changes: int, lap: Laps) -> None:
+             changes: int, lap: Laps, quality: dict | None = None) -> None:
     """The fenced publish: pointer, history, the job's success and the swap message in one script."""
     svc.jobs.progress(job_id, names.STAGE_PUBLISH, 0, 1)
     svc.locks.renew(lease)
     result = {"version": lease.fence, "vectors": manifest["vectors"], "documents": built.documents,
-              **_result_facts(built.facts), "timings": dict(lap.timings)}
+              **_result_facts(built.facts), "timings": dict(lap.timings),
+              **({"quality": quality} if quality is not None else {})}
     try:
         record = pointer_record(svc.storage, final, manifest, built, changes, by_type)
         svc.pointers.publish(lease, record, job_id, result)

@@ -10,6 +10,7 @@ from shared import cursors
 from shared.jobkinds import REBUILD
 from shared.jobs.versions import list_versions
 from shared.jobstates import FAILED, RUNNING, SUCCEEDED, iso_time, public
+from shared.search.engine import DEFAULT_MODE
 from shared.services import Services
 
 
@@ -64,7 +65,16 @@ def collection_status(svc: Services, name: str) -> dict:
         "replicas": served,
         "load_failures": load_failures,
         "converged": pointer is not None and bool(served) and all(v == pointer["version"] for v in served.values()),
+        "default_mode": info["default_mode"] or DEFAULT_MODE,
+        "quality": quality_view(svc.quality.last_evaluation(name)),
     }
+
+
+def quality_view(report: dict | None) -> dict | None:
+    """The last quality-gate evaluation as the status shows it (`at` in ISO 8601)."""
+    if not report:
+        return None
+    return {**report, "at": iso_time(report.get("at"))}
 
 
 def list_collections(svc: Services, after: str | None, limit: int, served: dict[str, int],

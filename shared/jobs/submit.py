@@ -8,6 +8,7 @@ ingest asks for must never be lost, and coalescing keeps it to one queued rebuil
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from shared.errors import JobInProgress
@@ -129,20 +130,21 @@ def drop_in_progress(svc: Services, collection: str) -> str | None:
 
 
 def request_rebuild(svc: Services, collection: str, exclusive: bool,
-                    bounded: bool = False) -> tuple[dict, bool]:
+                    bounded: bool = False, force: bool = False) -> tuple[dict, bool]:
     """A rebuild of `collection`: a new queued one, or the one already queued (coalescing).
 
     With `exclusive` (an explicit POST /rebuild) raises JobInProgress when a rebuild is queued or
     running. With `bounded` raises QueueFull (and frees the claimed slot) when the index queue is
-    full. Returns (job, created)."""
+    full. With `force` the new rebuild publishes what the quality gate refuses (`shared.jobs.gate`).
+    Returns (job, created)."""
     if bounded:
         check_capacity(svc, REBUILD.name)
     job_id = new_job_id()
-    for _ in range(2):
+    for _ in range(3):
         claimed, other = svc.locks.claim_rebuild(collection, job_id, exclusive)
         if claimed:
             try:
-                job = svc.jobs.create(REBUILD.name, collection, {}, job_id,
+                job = svc.jobs.create(REBUILD.name, collection, {"force": True} if force else {}, job_id,
                                       max_queued=_bound(svc, REBUILD.name, bounded))
             except QueueFull:
                 svc.locks.clear_pending(collection, job_id)
@@ -157,6 +159,12 @@ def request_rebuild(svc: Services, collection: str, exclusive: bool,
             continue
         if exclusive:
             raise in_progress(REBUILD.name, other)
+        if force and not svc.jobs.options(other).get("force"):
+            # Coalesced into a queued rebuild that was not forced: it is now. Should that one have
+            # started meanwhile (it may have read its options before this), a forced one is queued anew.
+            svc.jobs.set_fields(other, options=json.dumps({**svc.jobs.options(other), "force": True}))
+            if svc.locks.pending(collection) != other:
+                continue
         return svc.jobs.get(other), False
     raise in_progress(REBUILD.name, other)
 

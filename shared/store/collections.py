@@ -19,11 +19,14 @@ class CollectionStore:
         self._replace = load_script(client, "replace_segments")
         self._adopt = load_script(client, "adopt_collection")
 
-    def create(self, name: str) -> bool:
+    def create(self, name: str, default_mode: str | None = None) -> bool:
         """False when the collection already exists."""
         if not self.r.sadd(keys.collections(), name):
             return False
-        self.r.hset(keys.collection(name), mapping={"created_at": time.time(), "chunks": 0, "changes": 0})
+        fields: dict = {"created_at": time.time(), "chunks": 0, "changes": 0}
+        if default_mode:
+            fields["default_mode"] = default_mode
+        self.r.hset(keys.collection(name), mapping=fields)
         confirm(self.r)
         return True
 
@@ -54,7 +57,25 @@ class CollectionStore:
         meta, documents = pipe.execute()
         return {"name": name, "documents": int(documents), "chunks": int(meta.get("chunks", 0)),
                 "changes": int(meta.get("changes", 0)), "created_at": float(meta.get("created_at", 0)),
-                "last_rebuild_at": float(meta["last_rebuild_at"]) if meta.get("last_rebuild_at") else None}
+                "last_rebuild_at": float(meta["last_rebuild_at"]) if meta.get("last_rebuild_at") else None,
+                "default_mode": meta.get("default_mode") or None}
+
+    def search_defaults(self, name: str) -> tuple[bool, str | None]:
+        """(whether the collection exists, its default search mode or None), in one round trip: what a
+        search reads before it runs."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.sismember(keys.collections(), name)
+        pipe.hget(keys.collection(name), "default_mode")
+        exists, mode = pipe.execute()
+        return bool(exists), mode or None
+
+    def set_default_mode(self, name: str, mode: str | None) -> None:
+        """The mode searches of the collection use when they name none (None: the service's default)."""
+        if mode:
+            self.r.hset(keys.collection(name), "default_mode", mode)
+        else:
+            self.r.hdel(keys.collection(name), "default_mode")
+        confirm(self.r)
 
     def next_segment_seq(self, name: str) -> int:
         return int(self.r.incr(keys.segment_seq(name)))

@@ -166,12 +166,16 @@ class JobStore:
                                    finished_at=time.time(), stage=names.STAGE_DONE)
         return moved
 
-    def fail(self, job_id: str, error: str, retryable: bool = False) -> bool:
+    def fail(self, job_id: str, error: str, retryable: bool = False, result: dict | None = None) -> bool:
         """running/queued -> failed. `retryable`: the cause was transient (a full disk, say), so the same
-        request made again can succeed; the job says so to its client."""
-        data = {"error": error, "retryable": retryable}
-        moved, _ = self.transition(job_id, FAILED, data=data, error=error, finished_at=time.time(),
-                                   retryable=int(retryable))
+        request made again can succeed; the job says so to its client. `result`: what the failed run found
+        (a refused rebuild's per-canary report), kept as the job's result."""
+        data: dict = {"error": error, "retryable": retryable}
+        fields: dict = {"error": error, "finished_at": time.time(), "retryable": int(retryable)}
+        if result is not None:
+            data["result"] = result
+            fields["result"] = json.dumps(result)
+        moved, _ = self.transition(job_id, FAILED, data=data, **fields)
         return moved
 
     def cancel(self, job_id: str, reason: str = "canceled") -> bool:

@@ -82,6 +82,7 @@ LINKS: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
     "rebuildCollection": ("202", {"getJob": _JOB, "cancelJob": _JOB}),
     "deleteCollection": ("202", {"getJob": _JOB, "cancelJob": _JOB}),
     "deleteDocument": ("202", {"getJob": _JOB, "cancelJob": _JOB}),
+    "evaluateCollection": ("202", {"getJob": _JOB, "cancelJob": _JOB}),
     "createWebhook": ("201", {"getWebhook": _WEBHOOK, "listDeliveries": _WEBHOOK, "deleteWebhook": _WEBHOOK}),
 }
 

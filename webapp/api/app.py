@@ -15,6 +15,7 @@ from webapp.api.routes import (
     events,
     health,
     jobs,
+    quality,
     recovery,
     search,
     snapshots,
@@ -24,7 +25,8 @@ from webapp.api.routes import (
 )
 from webapp.api.runtime import swapline
 
-API_BLUEPRINTS = (health, collections, sources, jobs, search, versions, events, webhooks, snapshots, recovery)
+API_BLUEPRINTS = (health, collections, sources, jobs, search, versions, events, webhooks, snapshots, recovery,
+                  quality)
 
 
 def create_app(settings: Settings | None = None) -> Flask:

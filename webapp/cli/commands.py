@@ -2,7 +2,8 @@
 
     swapline ingest PATH... --collection NAME [--glob '*.md']
     swapline search NAME "query" [-k 10] [--mode hybrid] [--filter JSON] [--json]
-    swapline status NAME | jobs [--collection C] [--state S] | job ID [--wait] | rebuild NAME [--wait]
+    swapline status NAME | jobs [--collection C] [--state S] | job ID [--wait] | rebuild NAME [--wait] [--force]
+    swapline eval NAME queries.jsonl | canaries set|show|clear NAME | default-mode NAME MODE
     swapline collections | docs NAME [--prefix P] [--version N]
     swapline mcp                      (a Model Context Protocol server over stdio, for agents)
     swapline source add NAME PATH [--watch] | source list NAME | source reconcile NAME ID [--wait]
@@ -34,6 +35,7 @@ from webapp.cli.batching import (
 )
 from webapp.cli.follow import IngestRun
 from webapp.cli.progress import ProgressBar
+from webapp.cli.quality import canaries, default_mode, evaluate
 from webapp.cli.snapshots import recover, snapshot
 from webapp.cli.sources import source
 from webapp.client import (
@@ -262,13 +264,15 @@ def job(client: Client, job_id, wait, as_json) -> None:
 @main.command()
 @click.argument("name")
 @click.option("--wait", is_flag=True, help="Follow the rebuild until it is published.")
+@click.option("--force", is_flag=True,
+              help="Publish even what the quality gate refuses (canaries missed, most documents gone).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (the finished job with --wait).")
 @click.pass_obj
-def rebuild(client: Client, name, wait, as_json) -> None:
+def rebuild(client: Client, name, wait, force, as_json) -> None:
     """Rebuild the index of collection NAME from its documents."""
     say = (lambda text: click.echo(text, err=True)) if as_json else click.echo
     try:
-        started = client.rebuild(name)
+        started = client.rebuild(name, force=force)
         say(f"rebuild of {name!r} queued: job {started['id']}")
     except RebuildBusy as busy:
         if not busy.job_id:
@@ -323,6 +327,9 @@ def _follow(client: Client, job_id: str, fail: bool = False) -> dict:
 main.add_command(source)
 main.add_command(snapshot)
 main.add_command(recover)
+main.add_command(evaluate)
+main.add_command(canaries)
+main.add_command(default_mode)
 
 
 if __name__ == "__main__":

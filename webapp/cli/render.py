@@ -49,6 +49,14 @@ def collection_status(info: dict) -> str:
                      f"{index.get('model')} ({index.get('dim')}-d), built {index.get('built_at')}")
     else:
         lines.append("index       none yet (not searchable)")
+    if info.get("default_mode"):
+        lines.append(f"mode        {info['default_mode']} (searches that name none)")
+    quality = info.get("quality")
+    if quality:
+        verdict = "passed" if quality.get("passed") else ("forced" if quality.get("published") else "refused: " +
+                                                          ", ".join(quality.get("refused") or []))
+        lines.append(f"quality     v{quality.get('version')} {verdict}, {quality.get('misses')} of "
+                     f"{len(quality.get('canaries') or [])} canaries missed, at {quality.get('at')}")
     return "\n".join(lines)
 
 

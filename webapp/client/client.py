@@ -200,9 +200,36 @@ class Client:
         """Queue the drop of a whole collection; returns the drop job."""
         return self._create("DELETE", collection_path(name), idempotency_key)
 
-    def rebuild(self, name: str, idempotency_key: str | None = None) -> dict:
-        """Queue a rebuild of the index; RebuildBusy (with its job_id) when one is queued or running."""
-        return self._create("POST", f"{collection_path(name)}/rebuild", idempotency_key)
+    def rebuild(self, name: str, idempotency_key: str | None = None, force: bool = False) -> dict:
+        """Queue a rebuild of the index; RebuildBusy (with its job_id) when one is queued or running.
+        With `force` the new version is published even when the quality gate refuses it (canaries, or
+        less than half the documents left)."""
+        params = {"force": "true"} if force else None
+        return self._create("POST", f"{collection_path(name)}/rebuild", idempotency_key, params=params)
+
+    # quality: canaries gating each publish, evaluation, the default search mode
+
+    def canaries(self, name: str) -> dict:
+        """The collection's canaries and max_drop (ApiError 404 `canaries_not_found` when none)."""
+        return self.request("GET", f"{collection_path(name)}/canaries").json()
+
+    def set_canaries(self, name: str, canaries: list[dict], max_drop: int = 0) -> dict:
+        """Set the canaries (`{"query", "expect", "k"?, "mode"?}` each) every rebuild must keep finding."""
+        return self.request("PUT", f"{collection_path(name)}/canaries",
+                            json={"canaries": canaries, "max_drop": max_drop}).json()
+
+    def clear_canaries(self, name: str) -> None:
+        self.request("DELETE", f"{collection_path(name)}/canaries", ok=(204,))
+
+    def evaluate(self, name: str, queries: list[dict], k: int = 10, idempotency_key: str | None = None) -> dict:
+        """Queue an `eval` job of labelled queries (`{"query", "expect": [ids or prefixes]}`) on the
+        published version; its result holds hits@k, MRR and nDCG@10 per search mode."""
+        return self._create("POST", f"{collection_path(name)}/eval", idempotency_key,
+                            json={"queries": queries, "k": k})
+
+    def set_default_mode(self, name: str, mode: str | None) -> dict:
+        """The mode searches of the collection use when they name none (None: the service's default)."""
+        return self.request("PATCH", collection_path(name), json={"default_mode": mode}).json()
 
     def collections(self, limit: int = 100, cursor: str | None = None) -> dict:
         """A page of collections by name, with counts and the version served (`next_cursor` pages on)."""

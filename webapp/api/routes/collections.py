@@ -7,6 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from shared import cursors
+from shared.jobs.fromdisk import save_config
 from shared.jobs.status import collection_status, list_collections
 from shared.jobs.submit import drop_in_progress, submit_delete, submit_documents, submit_drop
 from shared.jobstates import iso_time
@@ -29,8 +30,10 @@ from webapp.api.runtime import swapline
 from webapp.api.schemas.collections import (
     CollectionCreateSchema,
     CollectionListSchema,
+    CollectionPatchSchema,
     CollectionSchema,
     CollectionStatusSchema,
+    RebuildQuerySchema,
 )
 from webapp.api.schemas.common import ErrorSchema, PageQuerySchema
 from webapp.api.schemas.documents import (
@@ -121,8 +124,10 @@ class Collections(MethodView):
             abort(409, message=f"collection {body['name']!r} is being dropped; create it again once the drop "
                                "has finished", code="collection_dropping", job_id=dropping,
                   headers=job_location(dropping))
-        if not swapline.runtime.svc.collections.create(body["name"]):
+        if not swapline.runtime.svc.collections.create(body["name"], body.get("default_mode")):
             abort(409, message=f"collection {body['name']!r} already exists", code="collection_exists")
+        if body.get("default_mode"):
+            save_config(swapline.runtime.svc, body["name"])
         return collection_view(body["name"]), 201, {"Location": f"/v1/collections/{body['name']}"}
 
 
@@ -134,6 +139,18 @@ class Collection(MethodView):
         """A collection's status: counts, the index version it serves, drift since that build, the
         running job with its ETA, the rebuild lock, and the version each API process serves."""
         require_collection(name)
+        return collection_view(name)
+
+    @blp.arguments(CollectionPatchSchema)
+    @blp.response(200, CollectionStatusSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
+    def patch(self, body, name):
+        """Change the collection's settings: `default_mode`, the mode of searches that name none (null:
+        the service's default, hybrid)."""
+        require_collection(name)
+        svc = swapline.runtime.svc
+        svc.collections.set_default_mode(name, body["default_mode"])
+        save_config(svc, name)
         return collection_view(name)
 
     @idempotent
@@ -239,11 +256,14 @@ class Document(MethodView):
 @blp.route("/<string:name>/rebuild")
 class Rebuild(MethodView):
     @idempotent
+    @blp.arguments(RebuildQuerySchema, location="query")
     @blp.response(202, JobSchema, headers=LOCATION)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
     @blp.alt_response(409, schema=ErrorSchema, description="A rebuild is already queued or running")
     @blp.alt_response(503, **QUEUE_FULL)
-    def post(self, name):
-        """Rebuild the collection's index from its documents."""
-        job = start_rebuild(name)
+    def post(self, args, name):
+        """Rebuild the collection's index from its documents. Before it publishes, the new version passes
+        the quality gate (the canaries, and the shrink guard: less than half the documents, or none); with
+        `force=true` it is published whatever the gate says (how a deliberate delete-all is published)."""
+        job = start_rebuild(name, force=args["force"])
         return job, 202, job_location(job["id"])

@@ -56,11 +56,11 @@ def job_location(job_id: str) -> dict:
     return {"Location": f"/v1/jobs/{job_id}"}
 
 
-def start_rebuild(name: str) -> dict:
-    """A new rebuild of the collection (its job). One already queued or running raises JobInProgress,
-    which the API answers with 409 naming it."""
+def start_rebuild(name: str, force: bool = False) -> dict:
+    """A new rebuild of the collection (its job; `force`: published whatever the quality gate says). One
+    already queued or running raises JobInProgress, which the API answers with 409 naming it."""
     require_collection(name)
-    job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True, bounded=True)
+    job, _ = request_rebuild(swapline.runtime.svc, name, exclusive=True, bounded=True, force=force)
     return job
 
 

@@ -6,9 +6,10 @@ import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from shared.search.engine import DEFAULT_MODE
 from shared.search.service import SearchRequest, nothing_served, search_version
 from shared.sources.staleness import mark_stale
-from webapp.api.auth import requires
+from webapp.api.auth import hidden_collection, requires
 from webapp.api.routes.common import (
     RETRY_AFTER,
     VERSION_HEADERS,
@@ -25,19 +26,22 @@ DEGRADED_HEADER = "X-Swapline-Degraded"
 blp = Blueprint("search", __name__, url_prefix="/v1/collections", description="Vector, keyword and hybrid search")
 
 
-def redis_down(name: str) -> bool:
-    """Whether Redis is unreachable (then a collection this process serves is searched from memory);
-    404 for a collection that does not exist, 503 when Redis is down and this process serves none."""
+def redis_down(name: str) -> tuple[bool, str | None]:
+    """Whether Redis is unreachable (then a collection this process serves is searched from memory), and
+    the collection's default search mode (read in the same round trip; None while Redis is down); 404
+    for a collection that does not exist, 503 when Redis is down and this process serves none."""
     rt = swapline.runtime
     if not rt.watcher.redis_down.is_set():
         try:
-            require_collection(name)
-            return False
+            exists, default_mode = rt.svc.collections.search_defaults(name)
+            if not exists:
+                hidden_collection(name)  # the same answer a key limited to other collections gets
+            return False, default_mode
         except redis.RedisError:
             rt.watcher.redis_down.set()
     if rt.live.get(name) is None:
         raise redis.ConnectionError("Redis is unavailable and this process serves no version of the collection")
-    return True
+    return True, None
 
 
 @blp.route("/<string:name>/search")
@@ -62,7 +66,8 @@ class Search(MethodView):
         the answer carries `X-Swapline-Degraded: redis-unavailable` (only submissions, job status and
         events need Redis)."""
         rt = swapline.runtime
-        degraded = redis_down(name)
+        degraded, default_mode = redis_down(name)
+        body = {**body, "mode": body.get("mode") or default_mode or DEFAULT_MODE}
         # A refusal (RequestRefused: 422 past a bound or for a bad filter, 409 when the index cannot
         # answer) propagates to the one handler in webapp.api.errors.
         wanted = SearchRequest.from_body(body, rt.settings)

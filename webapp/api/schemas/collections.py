@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
+from shared.search.engine import DEFAULT_MODE, MODES
 from webapp.api.schemas.common import StrictSchema, collection_name, next_cursor_field
 from webapp.api.schemas.jobs import JobSchema
+from webapp.api.schemas.quality import QualityReportSchema
 from webapp.api.schemas.snapshots import FromSnapshotSchema
+
+DEFAULT_MODE_DOC = (f"the search mode used when a search names none (one of {', '.join(MODES)}; null: "
+                    f"{DEFAULT_MODE}); choose it with `swapline eval`")
 
 
 class CollectionCreateSchema(StrictSchema):
     name = collection_name(required=True)
+    default_mode = fields.String(allow_none=True, validate=validate.OneOf(MODES), metadata={
+        "description": DEFAULT_MODE_DOC})
     from_snapshot = fields.Nested(FromSnapshotSchema, metadata={
         "description": "create it from a kept snapshot (admin): answers 202 with a `restore` job instead of 201"})
+
+
+class CollectionPatchSchema(StrictSchema):
+    default_mode = fields.String(required=True, allow_none=True, validate=validate.OneOf(MODES), metadata={
+        "description": DEFAULT_MODE_DOC})
+
+
+class RebuildQuerySchema(StrictSchema):
+    force = fields.Boolean(load_default=False, metadata={
+        "description": "publish even when the quality gate refuses the new version (its canaries miss more "
+                       "than allowed, or it holds less than half the documents of the published one)"})
 
 
 class IndexInfoSchema(Schema):
@@ -29,6 +47,7 @@ class CollectionSchema(Schema):
     documents = fields.Integer()
     chunks = fields.Integer()
     index = fields.Nested(IndexInfoSchema, allow_none=True)
+    default_mode = fields.String(metadata={"description": "the mode of searches that name none"})
 
 
 class StatusIndexSchema(IndexInfoSchema):
@@ -62,6 +81,8 @@ class CollectionStatusSchema(CollectionSchema):
     load_failures = fields.List(fields.Dict(), metadata={
         "description": "versions API processes could not load (damaged or unreadable files): replica, version, "
                        "error, attempts, since. Each keeps serving what it served and retries with backoff."})
+    quality = fields.Nested(QualityReportSchema, allow_none=True, metadata={
+        "description": "the last quality-gate evaluation of a rebuild (canaries, shrink guard); null: none yet"})
 
 
 class CollectionSummarySchema(CollectionSchema):

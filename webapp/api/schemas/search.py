@@ -24,8 +24,9 @@ class SearchQuerySchema(StrictSchema):
     version = version_field(strict=True)
     k = fields.Integer(load_default=10, strict=True, validate=validate.Range(min=1), metadata={
         "description": "hits to return; at most SWAPLINE_MAX_K (default 100), else 422"})
-    mode = fields.String(load_default=DEFAULT_MODE, validate=validate.OneOf(MODES), metadata={
-        "description": "vector: nearest chunks by meaning (FAISS); keyword: BM25 over the words of the "
+    mode = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(MODES), metadata={
+        "description": f"default: the collection's `default_mode` ({DEFAULT_MODE} unless set). "
+                       "vector: nearest chunks by meaning (FAISS); keyword: BM25 over the words of the "
                        "chunks (exact identifiers, numbers, error strings); hybrid: both, each to "
                        f"max(k, {HYBRID_DEPTH}) candidates, fused by reciprocal rank fusion"})
     filter = fields.Dict(keys=fields.String(), allow_none=True, metadata={"description": FILTER_DOC})
