@@ -14,7 +14,6 @@ from webapp.api.routes.common import (
     RETRY_AFTER,
     VERSION_HEADERS,
     read_version,
-    require_collection,
     version_headers,
 )
 from webapp.api.runtime import swapline
