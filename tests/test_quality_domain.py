@@ -17,7 +17,7 @@ from shared.jobs.ingest import run_ingest
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import request_rebuild, submit_delete, submit_documents
 from shared.jobstates import FAILED, SUCCEEDED
-from shared.search.evaluate import first_rank, gains, hit_at, ndcg, reciprocal_rank, summarize
+from shared.search.evaluate import first_rank, gains, hit_at, matches, ndcg, reciprocal_rank, summarize
 from shared.settings import Settings
 from tests.support import make_services
 
@@ -216,3 +216,11 @@ def test_a_forced_request_coalesced_into_a_queued_rebuild_forces_it(svc):
     assert (job["id"], created) == (queued, False) and svc.jobs.options(queued)["force"] is True
     done = _rebuilt(svc, queued)
     assert done["state"] == SUCCEEDED and done["result"]["documents"] == 0
+
+
+def test_an_expected_id_matches_only_itself_and_a_prefix_needs_its_slash():
+    """A canary for notes/1 must miss when only notes/10 comes back: the rebuild lost what it guards."""
+    assert matches("notes/1", "notes/1")
+    assert not matches("notes/10", "notes/1")
+    assert matches("notes/10", "notes/") and not matches("notesx/1", "notes/")
+    assert hit_at(["notes/10", "notes/11"], ["notes/1"], 2) == 0.0

@@ -1,7 +1,8 @@
 """Retrieval metrics over ranked hits, for canaries and `swapline eval`: pure functions, no index.
 
-A query's relevant set is a list of `expect` entries, each a document id or a path prefix: a hit
-matches an entry when its doc_id equals it or starts with it. Hits are chunks, so several may come from
+A query's relevant set is a list of `expect` entries, each a document id or a path prefix ending in
+`/`: a hit matches an entry when its doc_id equals it, or, for a prefix, starts with it (so
+`notes/1` never matches `notes/10`, and a rebuild that loses `notes/1` misses its canary). Hits are chunks, so several may come from
 one document; each entry counts once, at the first hit that matches it, and later hits matching only
 entries already found gain nothing. With n entries and gains g_i (1 or 0) at ranks i = 1, 2, ...:
 
@@ -22,8 +23,10 @@ NDCG_DEPTH = 10
 
 
 def matches(doc_id: str, expect: str) -> bool:
-    """Whether a hit of `doc_id` is what `expect` (a document id or a path prefix) asks for."""
-    return bool(expect) and doc_id.startswith(expect)
+    """Whether a hit of `doc_id` is what `expect` (a document id, or a path prefix ending in `/`) asks for."""
+    if expect.endswith("/"):
+        return doc_id.startswith(expect)
+    return doc_id == expect
 
 
 def gains(doc_ids: Sequence[str], expect: Sequence[str]) -> list[int]:

@@ -9,7 +9,8 @@ from shared.search.engine import MODES
 from webapp.api.schemas.common import StrictSchema
 
 QUERY_DOC = "at most SWAPLINE_MAX_QUERY_CHARS characters (default 2000), else 422"
-EXPECT_DOC = "a document id, or a path prefix: a hit matches when its doc_id starts with it"
+EXPECT_DOC = ("a document id (a hit matches when its doc_id equals it), or a path prefix ending in `/` (a hit "
+              "matches when its doc_id starts with it)")
 
 
 def _expect(**kw) -> fields.String:
