@@ -205,13 +205,32 @@ def test_recover_restores_the_canaries_and_default_mode_kept_in_the_data_dir(svc
     assert not svc.storage.config_file("docs").exists()
 
 
+def test_a_removed_sources_documents_are_the_only_shrink_allowed(svc):
+    """A source's removal lets its own documents go, and only them: a queued rebuild that would also
+    publish an accidental loss (every other document tombstoned) is still refused."""
+    _rebuilt(svc, _ingest(svc, DOCS))
+    delete = submit_delete(svc, "docs", [d["id"] for d in DOCS])
+    run_delete(svc, delete["id"])
+    queued = svc.jobs.get(delete["id"])["result"]["rebuild_job_id"]
+    job, created = request_rebuild(svc, "docs", exclusive=False, allow_shrink=1)
+    assert (job["id"], created) == (queued, False) and svc.jobs.options(queued) == {"allow_shrink": 1}
+    request_rebuild(svc, "docs", exclusive=False, allow_shrink=1)
+    assert svc.jobs.options(queued) == {"allow_shrink": 2}  # two removals coalesced: both allowed
+    done = _gated(svc, queued)
+    assert done["error"].startswith("shrink_guard:") and done["result"]["quality"]["allowed_shrink"] == 2
+    assert decide(0, None, 0, 10, 4, False, allow_shrink=3).publish  # 7 expected to stay; 4 is over half
+    assert not decide(0, None, 0, 10, 3, False, allow_shrink=3).publish
+    assert decide(0, None, 0, 10, 0, False, allow_shrink=10).publish  # the only source removed
+    assert not decide(1, 0, 0, 10, 0, False, allow_shrink=10).publish  # canaries still apply
+
+
 def test_a_forced_request_coalesced_into_a_queued_rebuild_forces_it(svc):
     _rebuilt(svc, _ingest(svc, DOCS))
     delete = submit_delete(svc, "docs", [d["id"] for d in DOCS])
     run_delete(svc, delete["id"])
     queued = svc.jobs.get(delete["id"])["result"]["rebuild_job_id"]
     assert svc.jobs.options(queued) == {}
-    # A source's removal asks for its rebuild forced; the queued one takes it over.
+    # An explicit forced request; the queued one takes it over.
     job, created = request_rebuild(svc, "docs", exclusive=False, force=True)
     assert (job["id"], created) == (queued, False) and svc.jobs.options(queued)["force"] is True
     done = _rebuilt(svc, queued)

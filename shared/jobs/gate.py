@@ -58,12 +58,13 @@ def shrinks(documents_now: int, documents_new: int) -> bool:
 
 
 def decide(misses_new: int, misses_now: int | None, max_drop: int, documents_now: int, documents_new: int,
-           force: bool) -> Decision:
-    """The gate's verdict. `misses_now` None: no published version to compare the canaries with."""
+           force: bool, allow_shrink: int = 0) -> Decision:
+    """The gate's verdict. `misses_now` None: no published version to compare the canaries with;
+    `allow_shrink`: documents expected to go (a removed source's), left out of the shrink guard."""
     refused = []
     if misses_now is not None and misses_new > misses_now + max_drop:
         refused.append(QUALITY_GATE)
-    if shrinks(documents_now, documents_new):
+    if shrinks(max(0, documents_now - allow_shrink), documents_new):
         refused.append(SHRINK_GUARD)
     return Decision(tuple(refused), force)
 
@@ -111,7 +112,7 @@ def _published(svc: Services, collection: str) -> tuple[dict | None, ServedVersi
 
 
 def check_before_publish(svc: Services, job_id: str, collection: str, final: Path, fence: int,
-                         documents_new: int, force: bool) -> dict | None:
+                         documents_new: int, force: bool, allow_shrink: int = 0) -> dict | None:
     """Run the gate on the verified version in `final`. Raises PublishGated (with the report as the
     job's result) when it is refused; returns the report to add to the job's result, or None when the
     collection has no canaries and the version does not shrink it."""
@@ -119,7 +120,7 @@ def check_before_publish(svc: Services, job_id: str, collection: str, final: Pat
     canaries = config.get("canaries") or []
     pointer, published, no_baseline = _published(svc, collection)
     documents_now = int(pointer.get("documents") or 0) if pointer else 0
-    if not canaries and not shrinks(documents_now, documents_new):
+    if not canaries and not shrinks(max(0, documents_now - allow_shrink), documents_new):
         return None
     svc.jobs.progress(job_id, names.STAGE_CANARIES, 0, len(canaries))
     default_mode = svc.collections.info(collection).get("default_mode") or DEFAULT_MODE
@@ -129,13 +130,13 @@ def check_before_publish(svc: Services, job_id: str, collection: str, final: Pat
     misses_new = sum(not o["hit"] for o in new)
     misses_now = None if now is None else sum(not o["hit"] for o in now)
     max_drop = int(config.get("max_drop") or 0)
-    decision = decide(misses_new, misses_now, max_drop, documents_now, documents_new, force)
+    decision = decide(misses_new, misses_now, max_drop, documents_now, documents_new, force, allow_shrink)
     report = {
         "version": fence, "job_id": job_id, "at": time.time(), "passed": not decision.refused,
         "published": decision.publish, "refused": list(decision.refused), "forced": force and bool(decision.refused),
         "misses": misses_new, "baseline_version": pointer["version"] if pointer else None,
         "baseline_misses": misses_now, "baseline_note": no_baseline if canaries else None, "max_drop": max_drop,
-        "documents": documents_new, "baseline_documents": documents_now,
+        "documents": documents_new, "baseline_documents": documents_now, "allowed_shrink": allow_shrink,
         "canaries": [{"query": c["query"], "expect": c["expect"], "k": c["k"], "mode": o["mode"], "hit": o["hit"],
                       "rank": o["rank"], "baseline_hit": None if now is None else now[i]["hit"]}
                      for i, (c, o) in enumerate(zip(canaries, new, strict=True))],

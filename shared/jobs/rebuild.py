@@ -89,8 +89,9 @@ def run_rebuild(svc: Services, job_id: str) -> None:
         svc.locks.clear_pending(collection, job_id)
         if not svc.jobs.start(job_id):
             return
-        force = bool(svc.jobs.options(job_id).get("force"))
-        stats = _build_and_publish(svc, job_id, collection, lease, force)
+        options = svc.jobs.options(job_id)
+        stats = _build_and_publish(svc, job_id, collection, lease, bool(options.get("force")),
+                                   int(options.get("allow_shrink") or 0))
     finally:
         svc.locks.release(lease)
     maybe_compact(svc, collection, *stats)
@@ -114,9 +115,10 @@ class Laps:
 
 
 def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease,
-                       force: bool = False) -> tuple[int, int, int]:
+                       force: bool = False, allow_shrink: int = 0) -> tuple[int, int, int]:
     """Build the new version's index, write it aside and verify it, pass the quality gate
-    (`shared.jobs.gate`; `force` publishes what it refuses), then publish it fenced. Returns
+    (`shared.jobs.gate`; `force` publishes what it refuses, `allow_shrink` documents may go unnoticed by
+    the shrink guard), then publish it fenced. Returns
     (segments merged, rows they hold, live rows): what decides a compaction."""
     lap = Laps()
     segments, changes = svc.collections.snapshot(collection)
@@ -124,7 +126,8 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     built = _build(svc, job_id, collection, lease, segments, lap)
     final, manifest, by_type = _write_version(svc, job_id, collection, lease, built, segments, lap)
     try:
-        quality = check_before_publish(svc, job_id, collection, final, lease.fence, built.documents, force)
+        quality = check_before_publish(svc, job_id, collection, final, lease.fence, built.documents, force,
+                                       allow_shrink)
         if quality is not None:
             lap(names.STAGE_CANARIES)
         _publish(svc, job_id, lease, built, final, manifest, by_type, changes, lap, quality)

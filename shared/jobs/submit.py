@@ -130,13 +130,14 @@ def drop_in_progress(svc: Services, collection: str) -> str | None:
 
 
 def request_rebuild(svc: Services, collection: str, exclusive: bool,
-                    bounded: bool = False, force: bool = False) -> tuple[dict, bool]:
+                    bounded: bool = False, force: bool = False, allow_shrink: int = 0) -> tuple[dict, bool]:
     """A rebuild of `collection`: a new queued one, or the one already queued (coalescing).
 
     With `exclusive` (an explicit POST /rebuild) raises JobInProgress when a rebuild is queued or
     running. With `bounded` raises QueueFull (and frees the claimed slot) when the index queue is
-    full. With `force` the new rebuild publishes what the quality gate refuses (`shared.jobs.gate`).
-    Returns (job, created)."""
+    full. With `force` the new rebuild publishes what the quality gate refuses (`shared.jobs.gate`);
+    `allow_shrink` documents are expected to go (a removed source's), so the shrink guard does not count
+    them; a rebuild this one coalesces into gains both. Returns (job, created)."""
     if bounded:
         check_capacity(svc, REBUILD.name)
     job_id = new_job_id()
@@ -144,7 +145,7 @@ def request_rebuild(svc: Services, collection: str, exclusive: bool,
         claimed, other = svc.locks.claim_rebuild(collection, job_id, exclusive)
         if claimed:
             try:
-                job = svc.jobs.create(REBUILD.name, collection, {"force": True} if force else {}, job_id,
+                job = svc.jobs.create(REBUILD.name, collection, _gate_options({}, force, allow_shrink), job_id,
                                       max_queued=_bound(svc, REBUILD.name, bounded))
             except QueueFull:
                 svc.locks.clear_pending(collection, job_id)
@@ -159,14 +160,27 @@ def request_rebuild(svc: Services, collection: str, exclusive: bool,
             continue
         if exclusive:
             raise in_progress(REBUILD.name, other)
-        if force and not svc.jobs.options(other).get("force"):
-            # Coalesced into a queued rebuild that was not forced: it is now. Should that one have
-            # started meanwhile (it may have read its options before this), a forced one is queued anew.
-            svc.jobs.set_fields(other, options=json.dumps({**svc.jobs.options(other), "force": True}))
+        options = svc.jobs.options(other)
+        merged = _gate_options(options, force, allow_shrink)
+        if merged != options:
+            # Coalesced into a queued rebuild: it now carries this request's force or expected shrink.
+            # Should that one have started meanwhile (it may have read its options before this), a new
+            # one is queued with them.
+            svc.jobs.set_fields(other, options=json.dumps(merged))
             if svc.locks.pending(collection) != other:
                 continue
         return svc.jobs.get(other), False
     raise in_progress(REBUILD.name, other)
+
+
+def _gate_options(options: dict, force: bool, allow_shrink: int) -> dict:
+    """A rebuild's options with this request's override of the quality gate added."""
+    merged = dict(options)
+    if force:
+        merged["force"] = True
+    if allow_shrink > 0:
+        merged["allow_shrink"] = int(merged.get("allow_shrink") or 0) + allow_shrink
+    return merged
 
 
 def cancel_job(svc: Services, job_id: str) -> dict:

@@ -2,9 +2,10 @@
 
 A query's relevant set is a list of `expect` entries, each a document id or a path prefix ending in
 `/`: a hit matches an entry when its doc_id equals it, or, for a prefix, starts with it (so
-`notes/1` never matches `notes/10`, and a rebuild that loses `notes/1` misses its canary). Hits are chunks, so several may come from
-one document; each entry counts once, at the first hit that matches it, and later hits matching only
-entries already found gain nothing. With n entries and gains g_i (1 or 0) at ranks i = 1, 2, ...:
+`notes/1` never matches `notes/10`, and a rebuild that loses `notes/1` misses its canary).
+Hits are chunks, so several may come from one document; each entry counts once, at the first hit that
+matches it, and later hits matching only entries already found gain nothing.
+With n entries and gains g_i (1 or 0) at ranks i = 1, 2, ...:
 
 - hits@k: 1 when any of the first k hits matches an entry;
 - reciprocal rank: 1 / (rank of the first matching hit), 0 when none matches;

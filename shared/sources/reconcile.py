@@ -157,9 +157,10 @@ def run_remove(svc: Services, job_id: str, source_id: str) -> None:
             save_sources(svc, raw["collection"])
     result = {"source": source_id, "files_removed": removed}
     if removed and svc.collections.exists(raw["collection"]):
-        # Forced: the source's documents go because its removal was asked for, not by accident (a folder
-        # found empty by a reconcile), so the shrink guard (shared.jobs.gate) does not stop it.
-        rebuild_job, _ = request_rebuild(svc, raw["collection"], exclusive=False, force=True)
+        # The source's documents go because its removal was asked for, not by accident (a folder found
+        # empty by a reconcile): the shrink guard (shared.jobs.gate) does not count them, and only them.
+        # Canaries still apply: a removal that loses what a canary guards needs a forced rebuild.
+        rebuild_job, _ = request_rebuild(svc, raw["collection"], exclusive=False, allow_shrink=removed)
         result["rebuild_job_id"] = rebuild_job["id"]
     svc.jobs.succeed(job_id, result)
     log.info("event=source.removed job=%s source=%s files=%s", job_id, source_id, removed)
