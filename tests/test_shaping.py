@@ -8,6 +8,7 @@ rate gets its ETA from its pace."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
@@ -30,6 +31,7 @@ from shared.search.shaping import (
     passages,
 )
 from shared.settings import Settings
+from shared.sources.files import document
 from shared.sources.staleness import mark_stale
 from shared.store.sources import FileState, SourceStore
 from tests.test_search_domain import DictCache, write
@@ -238,6 +240,44 @@ def test_stale_compares_source_files_with_what_the_collection_holds(tmp_path):
     assert mark_stale(store, settings, "docs", hits[7:]) is None  # no source hit: nothing looked up
     elsewhere = Settings(source_roots=str(tmp_path / "nowhere"))  # the folder left the roots
     assert [h["stale"] for h in mark_stale(store, elsewhere, "docs", hits[:2])] == [None, None]
+
+
+def test_stale_is_checked_against_the_file_as_the_answering_version_read_it(tmp_path):
+    """A hit carries the file as its version read it. A newer read the collection recorded (its rebuild
+    refused or still running, or a hit of an older pinned version) does not make the served text fresh;
+    a touch that the collection read again with the same content is not an edit."""
+    root = tmp_path / "roots"
+    folder = root / "repo"
+    folder.mkdir(parents=True)
+    settings = Settings(source_roots=str(root))
+    store = SourceStore(fakeredis.FakeRedis(decode_responses=True))
+    source = store.create("docs", str(folder.resolve()), [], [], False)
+    path = folder / "a.md"
+
+    def read_now(text: str) -> FileState:
+        path.write_text(text)
+        info = path.stat()
+        return FileState(info.st_size, info.st_mtime_ns, hashlib.sha256(text.encode()).hexdigest())
+
+    def hit(read: FileState) -> dict:
+        return {"doc_id": "a.md", "metadata": document(source, "a.md", "x", read=read)["metadata"]}
+
+    def stale(read: FileState) -> bool | None:
+        return mark_stale(store, settings, "docs", [hit(read)])[0]["stale"]
+
+    old = read_now("# old\n")
+    store.record_files(source["id"], {"a.md": old}, [])
+    assert stale(old) is False
+    os.utime(path, ns=(1, 1))
+    touched = FileState(old.size, 1, old.digest)
+    assert stale(old) is True  # the stat moved and nobody has read it since
+    store.record_files(source["id"], {"a.md": touched}, [])
+    assert stale(old) is False  # read again: the same content, only touched
+    new = read_now("# new and longer\n")
+    store.record_files(source["id"], {"a.md": new}, [])  # read by a reconcile whose rebuild is refused
+    assert stale(old) is True and stale(new) is False
+    meta = hit(old)["metadata"]
+    assert meta["file_mtime_ns"] == str(old.mtime_ns) and meta["file_sha256"] == old.digest
 
 
 def test_a_running_job_without_a_reported_rate_gets_its_eta_from_its_pace(tmp_path):

@@ -42,7 +42,8 @@ def _known_vectors(svc: Services, collection: str, doc_ids: list[str], model_id:
 
 
 # Kept when a document's metadata must be cut down: what sources set, a few short values.
-ESSENTIAL_METADATA = ("source", "path", "type", "language", "source_commit", "indexed_at")
+ESSENTIAL_METADATA = ("source", "path", "type", "language", "source_commit", "indexed_at", "file_size",
+                      "file_mtime_ns", "file_sha256")
 
 
 def bounded_metadata(metadata: dict, limit: int) -> dict:

@@ -46,8 +46,8 @@ def read_documents(svc: Services, source: dict, paths: list[str], source_commit:
             continue
         # content_problem gives the text when it finds no problem; a read without one has both below
         assert text is not None and data is not None and info is not None
-        documents.append(document(source, rel, text, indexed_at, source_commit))
         held[rel] = FileState(info.st_size, info.st_mtime_ns, digest(data))
+        documents.append(document(source, rel, text, indexed_at, source_commit, held[rel]))
     return documents, held, gone
 
 

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from shared.sources.filetypes import classify
 from shared.sources.secrets import holds_secret
+from shared.store.sources import FileState
 
 BINARY_SNIFF = 8192
 MAX_LINK_HOPS = 8  # symlinked files inside the source, followed by hand, each hop checked
@@ -140,11 +141,12 @@ def content_problem(data: bytes, max_bytes: int) -> tuple[str | None, str | None
 
 
 def document(source: dict, rel: str, text: str, indexed_at: str | None = None,
-             source_commit: str | None = None) -> dict:
+             source_commit: str | None = None, read: FileState | None = None) -> dict:
     """A file as a document: id = the source's prefix + the path relative to the source; metadata
     names the source, the path, the type and, for code, the language; when it was read (`indexed_at`,
     ISO-8601 UTC) and, in a git work tree, the HEAD commit then (`source_commit`; the file may hold
-    uncommitted edits on top of it)."""
+    uncommitted edits on top of it); the file as it was read (`read`: `file_size`, `file_mtime_ns` (a
+    string: nanoseconds pass 2^53) and `file_sha256`), which a hit's `stale` is checked against."""
     kind, language = classify(rel)
     metadata = {"source": source["id"], "path": rel, "type": kind}
     if language:
@@ -153,4 +155,6 @@ def document(source: dict, rel: str, text: str, indexed_at: str | None = None,
         metadata["source_commit"] = source_commit
     if indexed_at:
         metadata["indexed_at"] = indexed_at
+    if read is not None:
+        metadata.update(file_size=read.size, file_mtime_ns=str(read.mtime_ns), file_sha256=read.digest)
     return {"id": source.get("prefix", "") + rel, "text": text, "metadata": metadata}
