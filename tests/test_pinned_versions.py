@@ -249,7 +249,7 @@ def test_a_pinned_version_holds_a_lease_so_collection_keeps_it(tmp_path):
 def test_one_load_per_version_and_a_slow_one_answers_loading(tmp_path, monkeypatch):
     stack = Versions(tmp_path)
     v1 = stack.publish("# One\nfirst")
-    stack.publish("# Two\nsecond")
+    v2 = stack.publish("# Two\nsecond")
     real_open, calls, release = pinned_module.open_version, [], threading.Event()
 
     def slow_open(directory, version):
@@ -273,9 +273,14 @@ def test_one_load_per_version_and_a_slow_one_answers_loading(tmp_path, monkeypat
     for thread in readers:
         thread.join(5)
     assert len(outcomes) == 4 and all(isinstance(o, VersionLoading) and o.retry_after > 0 for o in outcomes)
+    with pytest.raises(VersionLoading):  # another version while one opens: refused, not a second load
+        pins.get("docs", v2)
     release.set()
     wait_for(lambda: pins.held() == [("docs", v1)], timeout=10, message="the load to finish")
     assert pins.get("docs", v1).version.version == v1 and calls == [v1]  # one load served them all
+    # The watcher dropping its own lease on v1 (a swap away from it) leaves the pinned reader's.
+    stack.svc.replicas.release("api-1", "docs", v1)
+    assert v1 in stack.svc.replicas.leased("docs")
 
 
 def test_a_version_that_fails_to_load_is_refused_then_tried_again_after_a_pause(tmp_path, monkeypatch):

@@ -28,6 +28,12 @@ def _lease_member(version: int, replica_id: str) -> str:
     return f"{version}|{replica_id}"
 
 
+def pinned_holder(replica_id: str) -> str:
+    """The holder of a process's leases on versions it keeps open for pinned reads: apart from the
+    leases on what it serves, so releasing a swapped-away version never drops a pinned reader's."""
+    return f"{replica_id}+pinned"
+
+
 class ReplicaStore:
     def __init__(self, client: redis.Redis, ttl_seconds: float, lease_seconds: float = 900.0):
         self.r = client
@@ -41,8 +47,10 @@ class ReplicaStore:
         reported as served); the entry expires unless refreshed within the TTL."""
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
-        for name, version in [*served.items(), *pinned]:
+        for name, version in served.items():
             pipe.zadd(keys.readers(name), {_lease_member(version, replica_id): now + self.lease})
+        for name, version in pinned:
+            pipe.zadd(keys.readers(name), {_lease_member(version, pinned_holder(replica_id)): now + self.lease})
         pipe.delete(keys.replica(replica_id))
         pipe.hset(keys.replica(replica_id), mapping={SEEN_FIELD: now, FAILED_FIELD: json.dumps(failed or {}),
                                                      # redis-py's mapping type has invariant keys
@@ -58,19 +66,22 @@ class ReplicaStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(keys.replica(replica_id))
         pipe.zrem(keys.replicas(), replica_id)
-        for name, version in [*(served or {}).items(), *pinned]:
+        for name, version in (served or {}).items():
             pipe.zrem(keys.readers(name), _lease_member(version, replica_id))
+        for name, version in pinned:
+            pipe.zrem(keys.readers(name), _lease_member(version, pinned_holder(replica_id)))
         pipe.execute()
 
     def hold(self, replica_id: str, name: str, version: int) -> None:
-        """Take a reader lease on `version` of `name` before reading its files (the heartbeat renews it
-        while the process reports it `pinned`)."""
-        self.r.zadd(keys.readers(name), {_lease_member(version, replica_id): time.time() + self.lease})
+        """Take a pinned reader's lease on `version` of `name` before reading its files (the heartbeat
+        renews it while the process reports it `pinned`)."""
+        self.r.zadd(keys.readers(name), {_lease_member(version, pinned_holder(replica_id)): time.time() + self.lease})
 
-    def release(self, replica_id: str, name: str, version: int) -> None:
-        """The process no longer serves or holds `version` of `name` (it swapped away, or closed a pinned
-        version): drop its lease."""
-        self.r.zrem(keys.readers(name), _lease_member(version, replica_id))
+    def release(self, replica_id: str, name: str, version: int, pinned: bool = False) -> None:
+        """The process no longer serves `version` of `name` (it swapped away), or no longer holds it open
+        for pinned reads (`pinned`): drop that lease."""
+        holder = pinned_holder(replica_id) if pinned else replica_id
+        self.r.zrem(keys.readers(name), _lease_member(version, holder))
 
     def leased(self, name: str) -> set[int]:
         """Versions of `name` some API process holds an unexpired reader lease on (expired ones are

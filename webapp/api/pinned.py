@@ -16,7 +16,6 @@ seconds before it is tried again, so a damaged version costs one load per pause,
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -33,6 +32,9 @@ log = logging.getLogger(__name__)
 LOAD_WAIT_SECONDS = 10.0
 FAILURE_PAUSE_SECONDS = 30.0
 RETRY_AFTER_SECONDS = 2
+# Versions opening at once in one process: a reader asking for every kept version of every collection
+# gets 503s, not as many loads (a format-1 version parses onto the heap).
+MAX_LOADS = 1
 
 
 class VersionNotKept(Exception):
@@ -91,6 +93,8 @@ class PinnedVersions:
                 raise VersionNotKept(name, version, list(kept), f"cannot be loaded ({error})")
             load = self._loads.get(key)
             if load is None:
+                if len(self._loads) >= MAX_LOADS:
+                    raise VersionLoading(name, version)  # another version is opening: one at a time
                 load = self._loads[key] = _Load()
                 threading.Thread(target=self._load, args=(key, kept[version], load), daemon=True,
                                  name=f"swapline-pin-{name}-v{version}").start()
@@ -116,9 +120,10 @@ class PinnedVersions:
             self.svc.replicas.hold(self.replica_id, name, version)
             directory = (self.svc.storage.resolve_relative(entry["path"]) if entry.get("path")
                          else self.svc.storage.version_dir(name, version))
+            # No gc.freeze here (the watcher freezes what it serves): it would also pin whatever garbage
+            # request threads hold now, and pinned versions come and go.
             with collector_paused():
                 opened = open_version(directory, version)
-            gc.freeze()  # as the watcher does: later collections do not walk the version's tables
         except Exception as exc:  # a missing, damaged or foreign directory: refused, never served
             load.error = f"{type(exc).__name__}: {exc}"[:300]
             self._release(name, version)
@@ -150,7 +155,7 @@ class PinnedVersions:
 
     def _release(self, name: str, version: int) -> None:
         try:
-            self.svc.replicas.release(self.replica_id, name, version)
+            self.svc.replicas.release(self.replica_id, name, version, pinned=True)
         except Exception as exc:  # the lease expires by itself (SWAPLINE_READER_LEASE_SECONDS)
             log.warning("event=pinned.release_failed replica=%s collection=%s version=%s error=%r",
                         self.replica_id, name, version, str(exc))
