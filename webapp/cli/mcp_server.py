@@ -36,7 +36,8 @@ PASSAGE_KEYS = ("text", "start_line", "end_line", "score")
 NOTE_PREFIX = "notes/"
 INSTRUCTIONS = (
     "Swapline indexes documents into named collections and searches them by meaning and by exact words. "
-    "Use `search` to find passages (mode hybrid by default; keyword for exact identifiers), `index_status` "
+    "Use `search` to find passages (the collection's default mode, hybrid unless set; keyword for exact "
+    "identifiers), `index_status` "
     "to see whether a collection is being indexed, `add_source` to make a collection follow a folder on the "
     "server (and `reconcile` to catch it up now), `remember` to store a note an agent can find later and "
     "`forget` to delete one. Indexing runs in the background: no tool waits for it.")
@@ -104,8 +105,8 @@ def build_server(client: Client) -> MCPServer:
                max_tokens: int | None = DEFAULT_MAX_TOKENS) -> dict[str, Any]:
         """Search a collection. `filter` narrows to documents by metadata, e.g. {"type": "note"},
         {"metadata.tags": "infra"}, {"path_prefix": "docs/"}, {"source": {"in": ["a", "b"]}}.
-        `mode` is hybrid (default: meaning and exact words), vector or keyword. By default one result
-        per document with its passages (line ranges) and at most `max_tokens` model tokens of text in
+        `mode` is hybrid (meaning and exact words), vector or keyword; by default the collection's
+        default_mode. By default one result per document with its passages (line ranges) and at most `max_tokens` model tokens of text in
         all (`tokens` says how many, `truncated` whether some was cut); `group_by` "none" returns one hit
         per chunk. A hit whose file changed on disk since it was indexed has `stale` true."""
         grouping = None if group_by in (None, "", "none") else group_by
