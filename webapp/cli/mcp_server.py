@@ -108,7 +108,8 @@ def build_server(client: Client) -> MCPServer:
         `mode` is hybrid (meaning and exact words), vector or keyword; by default the collection's
         default_mode. By default one result per document with its passages (line ranges) and at most
         `max_tokens` model tokens of text in all (`tokens` says how many, `truncated` whether some was
-        cut); `group_by` "none" returns one hit per chunk. A hit whose file changed on disk since it was indexed has `stale` true."""
+        cut); `group_by` "none" returns one hit per chunk. A hit whose file changed on disk since it was
+        indexed has `stale` true."""
         grouping = None if group_by in (None, "", "none") else group_by
         answer = _call(client.search, collection, query, k, mode=mode, filter=filter, group_by=grouping,
                        max_tokens=max_tokens)
