@@ -5,7 +5,9 @@ with the hashing embedder; jobs run by a small pump, in order."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,12 +18,14 @@ from shared import keys
 from shared.jobs.compact import run_compact
 from shared.jobs.rebuild import run_rebuild
 from shared.settings import Settings
+from shared.sources import dryrun
 from shared.sources.batch import run_batch
-from shared.sources.dryrun import dry_run
+from shared.sources.dryrun import DryRunBusy, dry_run
 from shared.sources.gitdiff import GitUnavailable, open_repo, run_git, split_paths
 from shared.sources.plan import PlanTooCostly, elapsed_check, make_plan
 from shared.sources.reconcile import run_reconcile
 from shared.sources.submit import add_source, submit_reconcile
+from shared.sources.walk import Rules, walk_tree
 from tests.support import make_services
 
 GIT_ID = ["-c", "user.name=Swapline Test", "-c", "user.email=test@swapline.invalid", "-c", "init.defaultBranch=main",
@@ -58,6 +62,9 @@ def test_paths_from_git_are_checked_like_walked_ones():
     assert split_paths(out, "sub/", refused) == {"dir/x.py"}
     refused.clear()
     assert split_paths(b"sub/\0sub/../x", "sub/", refused) == set() and refused["git_path_refused"] == 2
+    # A folder git prints as one (an untracked repository inside the work tree) is kept, as a folder.
+    refused.clear()
+    assert split_paths(b"sub/nested/\0sub/x//", "sub/", refused) == {"nested"} and refused["git_path_refused"] == 1
 
 
 @pytest.fixture
@@ -140,8 +147,8 @@ class Env:
             kind, job_id = self.queue.pop(0)
             runners[kind](self.svc, job_id)
 
-    def add(self) -> dict:
-        self.source, job = add_source(self.svc, "docs", "repo", [], [], False)
+    def add(self, path: str = "repo") -> dict:
+        self.source, job = add_source(self.svc, "docs", path, [], [], False)
         self.pump()
         return self.svc.jobs.get(job["id"])
 
@@ -237,11 +244,11 @@ def test_reasons_to_walk_instead(env, fake_git, monkeypatch):
     # No file state (after a recover): walk.
     env.svc.redis.delete(keys.source_files(env.source["id"]))
     assert env.reconcile()["result"]["git_fallback"] == "no_file_state"
-    # git failing: walk, and no commit recorded.
+    # git failing: walk, record no commit and forget the old one (the next reconcile walks too).
     fake_git("exit 1\n")
     result = env.reconcile()["result"]
     assert result["walk"] == "tree" and result["git_commit"] is None
-    assert env.svc.sources.get(env.source["id"])["git_commit"] is not None  # left as it was
+    assert env.svc.sources.get(env.source["id"])["git_commit"] is None
 
 
 def test_a_failed_reconcile_records_no_commit(env, monkeypatch):
@@ -287,3 +294,194 @@ def test_dry_run_plans_without_changing_anything(env):
     assert (done["files_added"], done["files_changed"], done["chunks_embedded"]) == (1, 1, 1)
     with pytest.raises(PlanTooCostly):
         make_plan(env.svc, source, env.repo.resolve(), None, check=elapsed_check(-1))
+
+
+# ---- a source that is a subfolder of the repository
+
+
+def test_a_subfolder_sources_untracked_files_are_named_from_the_folder(env):
+    """ls-files prints paths from the folder unless told --full-name; diff prints them from the top."""
+    write(env.repo, {"docs/new.md": "# N\nnew\n", "docs/docs/x.md": "# X\nnested docs\n", "top.md": "# T\n"})
+    repo = open_repo((env.repo / "docs").resolve(), env.roots.resolve())
+    found = repo.changes(None, repo.head())
+    assert found.untracked == {"new.md", "docs/x.md"} and not found.refused
+
+    env.add("repo/docs")
+    write(env.repo, {"docs/later.md": "# L\nlater\n", "docs/docs/y.md": "# Y\nlater, deeper\n"})
+    result = env.reconcile()["result"]
+    assert (result["walk"], result["files_added"]) == ("git", 2)
+    assert env.held() == {"c.md", "new.md", "docs/x.md", "later.md", "docs/y.md"}
+
+
+def test_gitignore_files_above_a_subfolder_source_count_in_the_walk_as_in_git(env):
+    write(env.repo, {".gitignore": "*.log\nscratch/\nprivate.md\n", "docs/private.md": "# P\nprivate\n",
+                     "docs/public.md": "# P\npublic\n"})
+    commit_all(env.repo, "ignore private")
+    first = env.add("repo/docs")["result"]
+    assert first["walk"] == "tree" and env.held() == {"c.md", "public.md"}
+    assert first["skipped"].get("gitignored") == 1
+    write(env.repo, {"docs/private.md": "# P\nprivate, edited\n"})
+    result = env.reconcile()["result"]
+    assert result["walk"] == "git" and env.held() == {"c.md", "public.md"}
+    # Editing the .gitignore above changes the rules' fingerprint: the next reconcile walks.
+    write(env.repo, {".gitignore": "*.log\n"})
+    result = env.reconcile()["result"]
+    assert (result["walk"], result["git_fallback"]) == ("tree", "rules_changed")
+    assert env.held() == {"c.md", "public.md", "private.md"}
+
+
+def test_a_gitignore_above_that_ignores_the_source_folder_ignores_all_of_it(tmp_path):
+    top = tmp_path / "top"
+    write(top, {".gitignore": "docs/\n", "docs/a.md": "# A\n"})
+    rules = Rules(top / "docs", top=top)
+    assert rules.above_ignored and walk_tree(rules).files == {}
+    assert walk_tree(Rules(top / "docs")).files.keys() == {"a.md"}
+
+
+def test_an_untracked_repository_inside_is_walked_then_rechecked(env):
+    env.add()
+    nested = env.repo / "nested"
+    nested.mkdir()
+    git(nested, "init", "-q")
+    write(nested, {"n.md": "# N\nnested\n", "deep/m.md": "# M\ndeeper\n"})
+    result = env.reconcile()["result"]
+    assert (result["walk"], result["files_added"]) == ("git", 2)
+    assert {"nested/n.md", "nested/deep/m.md"} <= env.held()
+    write(nested, {"n.md": "# N\nnested, edited\n"})
+    assert env.reconcile()["result"]["files_changed"] == 1
+    subprocess.run(["rm", "-rf", str(nested)], check=True)
+    result = env.reconcile()["result"]
+    assert (result["walk"], result["files_removed"]) == ("git", 2)
+    assert not {"nested/n.md", "nested/deep/m.md"} & env.held()
+
+
+def test_changed_rules_make_a_git_source_walk(env):
+    env.add()
+    assert env.reconcile()["result"]["walk"] == "git"
+    env.svc.redis.hset(keys.source(env.source["id"]), "exclude", '["docs/"]')
+    result = env.reconcile()["result"]
+    assert (result["walk"], result["git_fallback"], result["files_removed"]) == ("tree", "rules_changed", 1)
+    assert env.reconcile()["result"]["walk"] == "git"
+
+
+# ---- a reconcile that walks forgets the recorded commit
+
+
+def test_a_walk_forgets_the_old_commit_so_a_revert_of_what_it_read_is_seen(env, fake_git):
+    real_git = shutil.which("git")
+    env.add()
+    assert env.reconcile()["result"]["walk"] == "git"  # the recheck is now {link.md} alone
+    write(env.repo, {"a.md": "# A\nan uncommitted edit, read by a walk\n"})
+    fake_git("exit 1\n")
+    result = env.reconcile()["result"]
+    assert (result["walk"], result["files_changed"]) == ("tree", 1)
+    assert env.svc.sources.get(env.source["id"])["git_commit"] is None
+    assert env.svc.storage.read_sources("docs")[0].get("git_commit") is None
+    fake_git(f'exec {real_git} "$@"\n')
+    git(env.repo, "checkout", ".")  # the edit reverted: git would name nothing
+    result = env.reconcile()["result"]
+    assert (result["walk"], result["git_fallback"], result["files_changed"]) == ("tree", "first_reconcile", 1)
+    assert env.reconcile()["result"]["walk"] == "git"
+
+
+def test_a_git_reconcile_that_fails_keeps_what_it_read_rechecked(env, monkeypatch):
+    env.add()
+    assert env.reconcile()["result"]["walk"] == "git"
+    write(env.repo, {"a.md": "# A\nan uncommitted edit\n"})
+    import shared.sources.batch as batch
+
+    def broken(*args, **kwargs):
+        raise OSError("disk went away")
+    monkeypatch.setattr(batch, "read_documents", broken)
+    assert env.reconcile()["state"] == "failed"
+    assert "a.md" in env.svc.sources.recheck(env.source["id"])
+
+
+# ---- a hostile repository: a folder swapped for a symlink to /
+
+
+def test_a_folder_replaced_by_a_symlink_to_root_is_not_walked(env, monkeypatch):
+    write(env.repo, {"l/usr": "a file\n", "l/usr.md": "# U\nunder l\n"})
+    commit_all(env.repo, "l is a folder")
+    env.add()
+    assert "l/usr.md" in env.held()
+    subprocess.run(["rm", "-rf", str(env.repo / "l")], check=True)
+    (env.repo / "l").symlink_to("/")
+    commit_all(env.repo, "l is a link to /")
+    walked = []
+    real_walk = os.walk
+
+    def spy(top, *args, **kwargs):
+        walked.append(str(top))
+        return real_walk(top, *args, **kwargs)
+    monkeypatch.setattr(os, "walk", spy)
+    result = env.reconcile()["result"]
+    assert result["walk"] == "git" and result["files_removed"] == 1
+    assert walked == [] and not any(p.startswith("l/") for p in env.held())
+    # Named directly too: nothing beneath a symlinked parent is stat-ed or walked.
+    found = walk_tree(Rules(env.repo.resolve()), ["l/usr", "l/usr/share", "l"])
+    assert found.files == {} and walked == []
+
+
+def test_the_walk_of_named_paths_checks_its_budget_per_path(tmp_path):
+    write(tmp_path, {f"f{i}.md": "x\n" for i in range(5)})
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) > 2:
+            raise PlanTooCostly("budget")
+    with pytest.raises(PlanTooCostly):
+        walk_tree(Rules(tmp_path), [f"f{i}.md" for i in range(5)], check)
+
+
+# ---- the dry run's bounds
+
+
+def test_a_dry_run_gives_git_only_what_is_left_of_its_time(env, fake_git, monkeypatch):
+    env.add()
+    monkeypatch.setattr(dryrun, "MAX_SECONDS", 0.5)
+    fake_git("exec sleep 5\n")
+    started = time.monotonic()
+    with pytest.raises(PlanTooCostly):
+        dry_run(env.svc, env.svc.sources.get(env.source["id"]))
+    assert time.monotonic() - started < 3
+
+
+def test_a_dry_run_checks_its_budget_per_file_it_chunks(env, monkeypatch):
+    env.add()
+    write(env.repo, {f"new{i}.md": f"# N{i}\nnew {i}\n" for i in range(3)})
+    reads = []
+    real_read = dryrun.read_documents
+
+    def counting(*args, **kwargs):
+        reads.append(1)
+        return real_read(*args, **kwargs)
+
+    def check_after_a_read(seconds, started=None):
+        def check() -> None:
+            if reads:
+                raise PlanTooCostly("budget")
+        return check
+    monkeypatch.setattr(dryrun, "read_documents", counting)
+    monkeypatch.setattr(dryrun, "elapsed_check", check_after_a_read)
+    with pytest.raises(PlanTooCostly):
+        dry_run(env.svc, env.svc.sources.get(env.source["id"]))
+    assert len(reads) == 1
+
+
+def test_one_dry_run_at_a_time_in_a_process(env):
+    env.add()
+    source = env.svc.sources.get(env.source["id"])
+    with dryrun._slot(), pytest.raises(DryRunBusy):
+        dry_run(env.svc, source)
+    assert dry_run(env.svc, source)["walk"] == "git"  # the slot is free again
+
+
+def test_dry_run_chunk_counts_add_up_when_chunks_repeat(env):
+    env.add()
+    same = "# Twin\nthe very same text in two files\n"
+    write(env.repo, {"twin1.md": same, "twin2.md": same, "copy.md": "# A\nalpha\n"})
+    plan = dry_run(env.svc, env.svc.sources.get(env.source["id"]))
+    assert plan["files_added"] == 3
+    assert (plan["chunks_total"], plan["chunks_to_embed"], plan["chunks_cached"]) == (2, 1, 1)

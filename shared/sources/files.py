@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from shared.sources.filetypes import classify
+from shared.sources.paths import rel_parts
 from shared.sources.secrets import holds_secret
 from shared.store.sources import FileState
 
@@ -26,16 +27,11 @@ class Read(NamedTuple):
     problem: str | None = None  # symlink_outside, not_regular, too_large, too_many_links
 
 
-def _parts(rel: str) -> list[str] | None:
-    parts = rel.split("/")
-    return None if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) else parts
-
-
 def _open_beneath(root_fd: int, rel: str, hops: int = 0, follow: bool = True) -> tuple[int | None, str | None]:
     """An fd for `rel` opened folder by folder from root_fd, never following a symlinked folder (a folder
     swapped for a link after a check is refused, ELOOP/ENOTDIR). A symlinked file is followed by hand
     when its target, taken lexically, stays inside the root; each hop is opened the same way."""
-    parts = _parts(rel)
+    parts = rel_parts(rel)
     if parts is None:
         return None, "symlink_outside"
     fds = []

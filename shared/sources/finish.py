@@ -129,7 +129,7 @@ def _record_git_state(svc: Services, raw: dict, source_id: str, collection: str)
         svc.sources.add_recheck(source_id, state["read"], MAX_RECHECK)
         return
     source = svc.sources.get(source_id)
-    svc.sources.set_git_state(source_id, state["commit"], state["ignores"], state["recheck"])
+    svc.sources.set_git_state(source_id, state["commit"], state["ignores"], state["recheck"], state.get("rules", ""))
     if source is not None and source.get("git_commit") != state["commit"]:
         save_sources(svc, collection)  # the data dir keeps the commit too (recover, snapshots)
 

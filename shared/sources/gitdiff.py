@@ -11,7 +11,9 @@ Git runs as a read-only oracle over a folder whose content is hostile:
 - every call has a timeout and a cap on its output; git's environment is the process's minus every
   `GIT_*` variable;
 - every path git prints is checked like a walked one (relative, no `.` or `..` segment, no empty
-  segment, valid UTF-8, under the source's prefix in the repository) and counted when refused.
+  segment, valid UTF-8, under the source's prefix in the repository) and counted when refused; a
+  folder git prints as such (`nested/`: an untracked repository inside the work tree) is kept as a
+  folder, which the reconcile walks with the walk's rules.
 
 Anything unexpected raises `GitUnavailable`; the reconcile then walks the tree, as for any folder.
 """
@@ -30,6 +32,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.sources.paths import IGNORE_FILE, is_ignore_file, rel_parts
+
 log = logging.getLogger(__name__)
 
 GIT_TIMEOUT_SECONDS = 30.0  # one git call; an 80k-file `git diff HEAD` takes ~0.1 s here
@@ -39,7 +43,6 @@ COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # sha-1 or sha-256 object nam
 # Config keys of the repository itself that make a read-only command run a program: a filter driver
 # runs on `git diff HEAD` / `git status` when a file's stat moved. fsmonitor is overridden instead.
 RUNS_COMMANDS = re.compile(r"filter\..*\.(clean|smudge|process)")
-IGNORE_FILE = ".gitignore"
 _BASE = ("git", "--no-pager", "--no-optional-locks", "-c", "core.quotepath=off", "-c", "core.fsmonitor=false",
          "-c", "core.hooksPath=/dev/null", "-c", "diff.external=")
 
@@ -120,8 +123,10 @@ def run_git(folder: Path, ceiling: Path, args: list[str], timeout: float = GIT_T
 
 def split_paths(out: bytes, prefix: str, refused: Counter) -> set[str]:
     """The NUL-separated paths of git's output, relative to the source folder (`prefix`: the folder
-    relative to the repository's top, "" or ending in "/"). Paths outside the prefix are dropped
-    silently (a pathspec already limits them); malformed ones are counted in `refused`."""
+    relative to the repository's top, "" or ending in "/"; git must print paths from the top, as
+    `diff` does and `ls-files --full-name`). Paths outside the prefix are dropped silently (a pathspec
+    already limits them); malformed ones are counted in `refused`. A folder (`nested/`, printed for an
+    untracked repository inside the work tree) is kept without its trailing slash."""
     paths = set()
     for raw in out.split(b"\0"):
         if not raw:
@@ -137,9 +142,9 @@ def split_paths(out: bytes, prefix: str, refused: Counter) -> set[str]:
         if not text.startswith(prefix):
             continue
         rel = text[len(prefix):]
-        parts = rel.split("/")
-        if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in rel \
-                or any(ord(c) < 32 for c in rel):
+        if rel.endswith("/"):
+            rel = rel[:-1]
+        if rel_parts(rel) is None or "\\" in rel or any(ord(c) < 32 for c in rel):
             refused["git_path_refused"] += 1
             continue
         paths.add(rel)
@@ -153,9 +158,16 @@ class Repo:
     folder: Path
     ceiling: Path
     prefix: str  # the folder relative to the work tree's top: "" or "sub/dir/"
+    deadline: float | None = None  # time.monotonic() past which no git call may run (a dry run's budget)
+    max_bytes: int = MAX_OUTPUT_BYTES  # one call's output
 
     def git(self, args: list[str], **kw) -> tuple[int, bytes]:
-        return run_git(self.folder, self.ceiling, args, **kw)
+        timeout = GIT_TIMEOUT_SECONDS
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline - time.monotonic())
+            if timeout <= 0:
+                raise GitUnavailable(f"git_timeout: no time left for {args[0]}")
+        return run_git(self.folder, self.ceiling, args, timeout=timeout, max_bytes=self.max_bytes, **kw)
 
     def head(self) -> str | None:
         """HEAD's commit, or None on a branch with no commit yet."""
@@ -185,18 +197,33 @@ class Repo:
         _, out = self.git(["diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv",
                            "HEAD", *scope])
         found.dirty = split_paths(out, self.prefix, found.refused)
-        _, out = self.git(["ls-files", "-z", "--others", f"--exclude-per-directory={IGNORE_FILE}", *scope])
+        # --full-name: paths from the top like diff's (by default ls-files prints them from the folder).
+        _, out = self.git(["ls-files", "-z", "--others", "--full-name", f"--exclude-per-directory={IGNORE_FILE}",
+                           *scope])
         found.untracked = split_paths(out, self.prefix, found.refused)
         return found
 
 
-def open_repo(folder: Path, root: Path) -> Repo | None:
+def worktree_top(folder: Path, root: Path) -> Path | None:
+    """The nearest of `folder` and the folders above it, up to `root`, that holds a `.git`: the top of
+    the work tree the folder lies in, found without running git (the walk reads the .gitignore files
+    from there down, as git does). None for a plain folder; costs a few stats."""
+    for candidate in (folder, *folder.parents):
+        if not (candidate == root or root in candidate.parents):
+            return None
+        if os.path.lexists(candidate / ".git"):
+            return candidate
+    return None
+
+
+def open_repo(folder: Path, root: Path, deadline: float | None = None,
+              max_bytes: int = MAX_OUTPUT_BYTES) -> Repo | None:
     """The git work tree holding the source `folder` (within `root`, one of the source roots), or None
-    when there is none. GitUnavailable when there is one git must not be asked about."""
-    if not (folder / ".git").exists() and not any((p / ".git").exists() for p in folder.parents
-                                                  if p == root or root in p.parents):
+    when there is none. GitUnavailable when there is one git must not be asked about. Each git call
+    ends by `deadline` (time.monotonic()) and prints at most `max_bytes`."""
+    if worktree_top(folder, root) is None:
         return None  # the common case of a plain folder costs a few stats, no process
-    repo = Repo(folder, root.parent, "")
+    repo = Repo(folder, root.parent, "", deadline, max_bytes)
     status, out = repo.git(["rev-parse", "--is-inside-work-tree", "--show-toplevel", "--show-prefix"], check=False)
     lines = out.decode("utf-8", "replace").split("\n")
     if status != 0 or len(lines) < 3 or lines[0] != "true":
@@ -213,13 +240,13 @@ def open_repo(folder: Path, root: Path) -> Repo | None:
         key = entry.split(b"\n", 1)[0].decode("utf-8", "replace").lower()
         if scope in (b"local", b"worktree") and RUNS_COMMANDS.fullmatch(key):
             raise GitUnavailable(f"git_config_runs_commands: the repository's config sets {key}")
-    return Repo(folder, root.parent, prefix)
+    return Repo(folder, root.parent, prefix, deadline, max_bytes)
 
 
 def ignore_signature(folder: Path, paths: set[str]) -> str:
     """A digest of the size and mtime of each .gitignore among `paths` (the uncommitted and untracked
     ones): when it moves between two reconciles, what belongs may have changed anywhere below."""
-    ignores = sorted(p for p in paths if p.rsplit("/", 1)[-1] == IGNORE_FILE)
+    ignores = sorted(p for p in paths if is_ignore_file(p))
     if not ignores:
         return ""
     h = hashlib.sha256()

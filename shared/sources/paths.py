@@ -9,6 +9,7 @@ from pathlib import Path
 from shared.settings import Settings
 
 ROOTS_VARIABLE = "SWAPLINE_SOURCE_ROOTS"
+IGNORE_FILE = ".gitignore"
 
 
 class SourcePathRefused(Exception):
@@ -61,3 +62,16 @@ def file_in_source(folder: Path, relative: str) -> Path | None:
     symlink leading out, `..`) and so must not be read."""
     candidate = (folder / relative).resolve()
     return candidate if inside(candidate, folder) and candidate != folder else None
+
+
+def rel_parts(rel: str) -> list[str] | None:
+    """The segments of a path relative to a source folder, or None when it is not one: empty, absolute,
+    or holding an empty, `.` or `..` segment. Every path read (walked, named by git or a watcher) passes
+    this one check."""
+    parts = rel.split("/")
+    return None if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) else parts
+
+
+def is_ignore_file(rel: str) -> bool:
+    """Whether `rel` (a path relative to a source folder) is a .gitignore file."""
+    return rel.rsplit("/", 1)[-1] == IGNORE_FILE

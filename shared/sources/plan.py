@@ -8,8 +8,12 @@ Which files are compared:
   source keeps to recheck (uncommitted, untracked or symlinked then, or read by that reconcile), so an
   unchanged repository costs three git calls, not a walk;
 - `tree`: everything else, and a git source when git cannot be trusted this time (`git_fallback` says
-  why: no commit recorded yet, a commit git no longer knows, a changed .gitignore, no file state after a
-  recover, git failing or timing out, a repository config that would run a program).
+  why: no commit recorded yet, a commit git no longer knows, a changed .gitignore, changed rules
+  (include, exclude, size cap, built-in defaults, a .gitignore above the folder), no file state after
+  a recover, git failing or timing out, a repository config that would run a program). Such a plan
+  records no commit; the reconcile job clears the one recorded before it writes anything
+  (`shared.sources.reconcile`), so the next reconcile walks too rather than diffing from a commit
+  older than what this walk read.
 
 The compared files go through the same rules as a walk (include/exclude, .gitignore, size, symlinks),
 then size and mtime against what the collection holds; the content hash only when those moved. A file
@@ -33,16 +37,17 @@ from shared.errors import JobCanceled
 from shared.jobs.progress import ProgressReporter
 from shared.services import Services
 from shared.sources.files import content_problem, digest, read_in_source
-from shared.sources.gitdiff import GitUnavailable, Repo, ignore_signature, open_repo
-from shared.sources.paths import inside
-from shared.sources.walk import IGNORE_FILE, Entry, Rules, under, walk_tree
+from shared.sources.gitdiff import MAX_OUTPUT_BYTES, GitUnavailable, Repo, ignore_signature, open_repo, worktree_top
+from shared.sources.paths import inside, is_ignore_file
+from shared.sources.walk import Entry, Rules, under, walk_tree
 from shared.store.sources import FileState
 
 log = logging.getLogger(__name__)
 
 CANCEL_EVERY = 500
 # Paths a git source rechecks at its next reconcile; past this the files just read are left out (and
-# past it with the uncommitted ones alone, no commit is recorded: the next reconcile walks).
+# past it with the uncommitted ones alone, the plan records no commit and the reconcile job clears the
+# recorded one: the next reconcile walks).
 MAX_RECHECK = 5000
 
 WALK_TREE, WALK_GIT, WALK_PATHS = "tree", "git", "paths"
@@ -67,6 +72,7 @@ class Plan:
     git_commit: str | None = None  # HEAD this plan was made at (git work trees only)
     git_fallback: str | None = None
     git_ignores: str | None = None
+    git_rules: str = ""  # the rules' fingerprint (Rules.fingerprint)
     recheck: list[str] | None = None  # None: record no commit for this source after this reconcile
 
     def summary(self) -> dict[str, Any]:
@@ -90,7 +96,8 @@ class Plan:
             return {"read": sorted(rel for rel, _ in self.added + self.changed)}
         if self.git_commit is None or self.recheck is None:
             return None
-        return {"commit": self.git_commit, "ignores": self.git_ignores or "", "recheck": self.recheck}
+        return {"commit": self.git_commit, "ignores": self.git_ignores or "", "rules": self.git_rules,
+                "recheck": self.recheck}
 
 
 def _root_of(svc: Services, folder: Path) -> Path:
@@ -114,26 +121,49 @@ def _git_paths(svc: Services, source: dict, repo: Repo, plan: Plan) -> tuple[set
         plan.git_fallback = "no_file_state"
     elif since is None:
         plan.git_fallback = "unknown_commit"
-    elif any(p.rsplit("/", 1)[-1] == IGNORE_FILE for p in changes.committed) or \
-            plan.git_ignores != (source.get("git_ignores") or ""):
+    elif plan.git_rules != (source.get("git_rules") or ""):
+        plan.git_fallback = "rules_changed"
+    elif any(is_ignore_file(p) for p in changes.committed) or plan.git_ignores != (source.get("git_ignores") or ""):
         plan.git_fallback = "gitignore_changed"
     if plan.git_fallback:
         return None, changes
     return changes.paths | svc.sources.recheck(source["id"]), changes
 
 
+def _with_cancel(svc: Services, job_id: str, check: Callable[[], None] | None) -> Callable[[], None]:
+    """`check`, plus a job's cancel asked every CANCEL_EVERY calls (the walk calls it per folder and per
+    named path)."""
+    calls = 0
+
+    def checked() -> None:
+        nonlocal calls
+        calls += 1
+        if calls % CANCEL_EVERY == 0 and svc.jobs.cancel_requested(job_id):
+            raise JobCanceled(job_id)
+        if check is not None:
+            check()
+    return checked
+
+
 def make_plan(svc: Services, source: dict, folder: Path, paths: list[str] | None, job_id: str | None = None,
-              check: Callable[[], None] | None = None) -> Plan:
+              check: Callable[[], None] | None = None, deadline: float | None = None,
+              git_max_bytes: int = MAX_OUTPUT_BYTES) -> Plan:
     """What a reconcile of `source` (its folder checked: `folder`) would do. With `job_id` it reports
-    progress and honours cancel; `check` is called often (a dry run's budget raises from it)."""
-    if paths is not None and any(p.rsplit("/", 1)[-1] == IGNORE_FILE for p in paths):
+    progress and honours cancel; `check` is called often (a dry run's budget raises from it); each git
+    call ends by `deadline` (time.monotonic()) and prints at most `git_max_bytes`."""
+    if paths is not None and any(is_ignore_file(p) for p in paths):
         paths = None  # a changed .gitignore can change what belongs anywhere below it
-    rules = Rules(folder, source["include"], source["exclude"], svc.settings.max_document_bytes)
-    plan = Plan(WALK_PATHS if paths is not None else WALK_TREE, {}, svc.sources.file_count(source["id"]))
+    root = _root_of(svc, folder)
+    rules = Rules(folder, source["include"], source["exclude"], svc.settings.max_document_bytes,
+                  top=worktree_top(folder, root))
+    if job_id:
+        check = _with_cancel(svc, job_id, check)
+    plan = Plan(WALK_PATHS if paths is not None else WALK_TREE, {}, svc.sources.file_count(source["id"]),
+                git_rules=rules.fingerprint())
     changes = None
     scope: Collection[str] | None = paths
     try:
-        repo = open_repo(folder, _root_of(svc, folder))
+        repo = open_repo(folder, root, deadline, git_max_bytes)
         if repo is not None and paths is not None:
             plan.git_commit = repo.head()  # what the watcher's files are read on top of
         elif repo is not None:
@@ -147,7 +177,7 @@ def make_plan(svc: Services, source: dict, folder: Path, paths: list[str] | None
         svc.jobs.progress(job_id, names.STAGE_WALK, 0, 0)
     if check is not None:
         check()
-    held = _held(svc, source["id"], folder, scope) if plan.walk == WALK_GIT and scope is not None else \
+    held = _held(svc, source["id"], folder, scope, check) if plan.walk == WALK_GIT and scope is not None else \
         svc.sources.files(source["id"])
     walk = walk_tree(rules, scope, check)
     plan.files, plan.skipped_dirs = walk.files, walk.skipped_dirs
@@ -165,13 +195,16 @@ def make_plan(svc: Services, source: dict, folder: Path, paths: list[str] | None
     return plan
 
 
-def _held(svc: Services, source_id: str, folder: Path, scope: Collection[str]) -> dict[str, FileState]:
+def _held(svc: Services, source_id: str, folder: Path, scope: Collection[str],
+          check: Callable[[], None] | None) -> dict[str, FileState]:
     """What is held of the paths git named: read one by one (an unchanged 80k-file tree names none, and
     reading the whole file state took longer than asking git). A named path that is a folder (a
     submodule) or gone without being held may stand for files held under it: then all is read."""
     names = sorted(scope)
     held = svc.sources.file_states(source_id, names)
     for rel in names:
+        if check is not None:
+            check()
         if rel not in held:
             try:
                 if stat.S_ISDIR(os.lstat(folder / rel).st_mode):
@@ -181,9 +214,9 @@ def _held(svc: Services, source_id: str, folder: Path, scope: Collection[str]) -
     return held
 
 
-def _held_under(held: dict[str, FileState], scopes: set[str]) -> set[str]:
-    """The held paths that are one of `scopes` or lie under one (a submodule git names as one path),
-    in one pass over `held` rather than one per scope."""
+def _held_under(held: Collection[str], scopes: set[str]) -> set[str]:
+    """The paths of `held` that are one of `scopes` or lie under one (a submodule or an untracked
+    repository git names as one path), in one pass over `held` rather than one per scope."""
     out = set()
     for rel in held:
         parts = rel.split("/")
@@ -194,11 +227,12 @@ def _held_under(held: dict[str, FileState], scopes: set[str]) -> set[str]:
 
 def _recheck(plan: Plan, links: set[str], uncommitted: set[str]) -> list[str] | None:
     """What the next git reconcile compares besides what git names: the files kept now that were
-    uncommitted, untracked or symlinked (git will not name them once reverted, deleted or retargeted),
-    and the files just read (an edit read now and reverted before the next run)."""
+    uncommitted, untracked (or under an untracked folder git named) or symlinked (git will not name
+    them once reverted, deleted or retargeted), and the files just read (an edit read now and reverted
+    before the next run)."""
     gone = set(plan.gone)
     kept = {p for p in plan.files if p not in gone}
-    must = (uncommitted | links) & kept
+    must = _held_under(kept, uncommitted) | (links & kept)
     read = {rel for rel, _ in plan.added + plan.changed}
     if len(must) > MAX_RECHECK:
         log.warning("event=reconcile.recheck_overflow files=%s note=%r", len(must),

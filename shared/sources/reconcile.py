@@ -8,7 +8,11 @@
 3. Fan the new and changed files out as child `ingest_files` jobs of `source_batch_files` files each,
    on the ingest queue, so every ingest worker takes some; record the barrier; return.
 4. The last child to end finishes the parent and asks for the one rebuild (`shared.sources.finish`);
-   only then is a git source's commit recorded, so a crashed run diffs from the old one again.
+   only then is a git source's commit recorded. Until then the old commit stays, with the files this
+   run reads added to its recheck at plan time, so a failed or crashed run diffs from the old commit
+   again and still looks at them. A run that walks instead (git unavailable, a fallback, a recheck
+   too large) clears the old commit at plan time, before any file is read for ingest: the next run
+   walks rather than diffing from a commit older than what this one read.
 
 A remove job (`options.remove`) tombstones every file of the source and forgets the source, after
 stopping the source's running reconcile.
@@ -29,7 +33,7 @@ from shared.jobstates import QUEUED, RUNNING, TERMINAL, new_job_id
 from shared.services import Services
 from shared.sources.finish import finish_reconcile, resume
 from shared.sources.paths import SourcePathRefused, check_source_root
-from shared.sources.plan import make_plan
+from shared.sources.plan import MAX_RECHECK, make_plan
 from shared.store.conn import confirm
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,7 @@ def _reconcile(svc: Services, job_id: str, raw: dict, options: dict) -> None:
         svc.sources.record_files(source["id"], plan.touched, [])
     summary = {**plan.summary(), "plan_seconds": round(time.monotonic() - started, 3)}
     git_state = plan.git_state()
+    _keep_git_state_honest(svc, source, collection, git_state)
     svc.jobs.set_fields(job_id, plan=json.dumps(summary), **({"git": json.dumps(git_state)} if git_state else {}))
     log.info("event=reconcile.plan job=%s source=%s walk=%s git_commit=%s fallback=%s examined=%s added=%s "
              "changed=%s removed=%s seconds=%s", job_id, source["id"], plan.walk, plan.git_commit,
@@ -90,6 +95,20 @@ def _reconcile(svc: Services, job_id: str, raw: dict, options: dict) -> None:
         raise JobCanceled(job_id)
     _fan_out(svc, job_id, collection, source, sorted(plan.added + plan.changed, key=lambda e: e[0]),
              plan.git_commit)
+
+
+def _keep_git_state_honest(svc: Services, source: dict, collection: str, git_state: dict | None) -> None:
+    """Before anything is ingested: a plan that cannot record a commit forgets the recorded one (what it
+    reads may be reverted later, unseen by a diff from that commit); one that will record a commit adds
+    the files it reads to the recheck, in case the run fails or crashes and the old commit stays."""
+    if git_state is None:
+        if source.get("git_commit"):
+            svc.sources.clear_git_state(source["id"])
+            save_sources(svc, collection)  # the data dir keeps the commit too
+            log.info("event=reconcile.git_state_cleared source=%s note=%r", source["id"],
+                     "no commit recorded: the next reconcile walks the tree")
+    elif "commit" in git_state:
+        svc.sources.add_recheck(source["id"], git_state["recheck"], MAX_RECHECK)
 
 
 def _batches(files: list[tuple[str, int]], size: int) -> list[list[str]]:

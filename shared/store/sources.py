@@ -185,21 +185,22 @@ class SourceStore:
     def recheck(self, source_id: str) -> set[str]:
         return cast(set[str], self.r.smembers(keys.source_recheck(source_id)))
 
-    def set_git_state(self, source_id: str, commit: str, ignores: str, recheck: list[str]) -> None:
-        """After a reconcile of a git source ended with every file in: the next one diffs from `commit`."""
+    def set_git_state(self, source_id: str, commit: str, ignores: str, recheck: list[str], rules: str = "") -> None:
+        """After a reconcile of a git source ended with every file in: the next one diffs from `commit`
+        (if the rules' fingerprint is still `rules`)."""
         if not self.r.exists(keys.source(source_id)):
             return
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(keys.source_recheck(source_id))
         if recheck:
             pipe.sadd(keys.source_recheck(source_id), *recheck)
-        pipe.hset(keys.source(source_id), mapping={"git_commit": commit, "git_ignores": ignores})
+        pipe.hset(keys.source(source_id), mapping={"git_commit": commit, "git_ignores": ignores, "git_rules": rules})
         pipe.execute()
 
     def clear_git_state(self, source_id: str) -> None:
         """Forget the indexed commit: the next reconcile walks the tree."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.hdel(keys.source(source_id), "git_commit", "git_ignores")
+        pipe.hdel(keys.source(source_id), "git_commit", "git_ignores", "git_rules")
         pipe.delete(keys.source_recheck(source_id))
         pipe.execute()
 

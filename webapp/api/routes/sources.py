@@ -8,7 +8,7 @@ from flask_smorest import Blueprint, abort
 
 from shared.jobstates import QUEUED, RUNNING, iso_time
 from shared.names import is_job_id
-from shared.sources.dryrun import dry_run
+from shared.sources.dryrun import BUSY_RETRY_AFTER, DryRunBusy, dry_run
 from shared.sources.paths import SourcePathRefused
 from shared.sources.plan import PlanTooCostly
 from shared.sources.submit import (
@@ -125,6 +125,8 @@ class Reconcile(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection or source")
     @blp.alt_response(409, schema=ErrorSchema, description="A reconcile of this source is queued or running "
                       "(`job_id` names it); or a dry run went past its bound (`dry_run_too_costly`)")
+    @blp.alt_response(429, schema=ErrorSchema, description="`dry_run`: another dry run is running in this API "
+                      "process (`dry_run_busy`); retry after Retry-After seconds")
     @blp.alt_response(503, **QUEUE_FULL)
     def post(self, body, name, source_id):
         """Reconcile the collection with the folder now: new and changed files are ingested, removed
@@ -136,6 +138,9 @@ class Reconcile(MethodView):
                 plan = dry_run(swapline.runtime.svc, source)
             except SourcePathRefused as refused:
                 abort(refused.status, code=refused.code, message=refused.message)
+            except DryRunBusy as busy:
+                abort(429, code="dry_run_busy", message=f"{busy}; retry shortly",
+                      headers={"Retry-After": str(BUSY_RETRY_AFTER)})
             except PlanTooCostly as costly:
                 abort(409, code="dry_run_too_costly", message=f"{costly}; run the reconcile itself, whose "
                                                               "result has the same counts")

@@ -87,10 +87,13 @@ class PlanSchema(Schema):
     files_removed = fields.Integer(required=True)
     files_skipped = fields.Integer(required=True)
     files_unchanged = fields.Integer()
-    chunks_total = fields.Integer(metadata={"description": "chunks of the new and changed files"})
+    chunks_total = fields.Integer(metadata={
+        "description": "distinct chunk texts (content hashes) of the new and changed files: a text repeated in "
+                       "several chunks counts once; chunks_to_embed + chunks_cached"})
     chunks_to_embed = fields.Integer(required=True, metadata={
-        "description": "distinct chunk texts the embedding cache does not hold"})
-    chunks_cached = fields.Integer(required=True, metadata={"description": "chunks whose vector is cached"})
+        "description": "of chunks_total, the distinct chunk texts the embedding cache does not hold"})
+    chunks_cached = fields.Integer(required=True, metadata={
+        "description": "of chunks_total, the distinct chunk texts whose vector the embedding cache holds"})
     eta_seconds = fields.Float(required=True, metadata={"description": "chunks_to_embed / embed_rate"})
     embed_rate = fields.Float(metadata={"description": "chunks per second"})
     embed_rate_source = fields.String(metadata={
