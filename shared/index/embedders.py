@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from functools import cache
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -28,12 +30,20 @@ from shared.storage import Storage
 # selectable as "minilm-onnx-int8".
 MINILM_DEFAULT = "minilm-onnx"
 ONNX_VARIANTS = {"minilm-onnx": "fp32", "minilm-onnx-int8": "int8"}
+TORCH_BF16 = "minilm-torch-bf16"
+# CPU flags (/proc/cpuinfo) under which bfloat16 matrix maths runs natively; elsewhere torch emulates it,
+# slower than fp32, so bf16 is neither calibrated nor accepted there.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 class Embedder(Protocol):
-    model_id: str
-    dim: int
+    # Read-only: a runtime chosen by calibration (shared/index/calibration.py) answers with its choice's.
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
 
     @property
     def tokenizer(self) -> Tokenizer: ...
@@ -114,6 +124,15 @@ class ClusteredEmbedder:
         return _normalize(out)
 
 
+def _use_threads(threads: int) -> None:
+    """Torch's thread count is one per process: a process holding torch runtimes of several thread
+    counts (calibration measures the worker's and the API's) sets its own before each call."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 class MiniLMEmbedder(MiniLMRuntime):
     """all-MiniLM-L6-v2 through sentence-transformers, loaded from the packaged weights on first use."""
 
@@ -135,10 +154,50 @@ class MiniLMEmbedder(MiniLMRuntime):
 
     def embed(self, texts: list[str]) -> np.ndarray:
         model = self.loaded()
+        _use_threads(self.threads)
         # encode() sorts by length before batching, which cuts padding; rows come back in input order.
         vectors = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
+
+
+class MiniLMBf16Embedder(MiniLMEmbedder):
+    """all-MiniLM-L6-v2 through sentence-transformers under bfloat16 autocast (matrix products in bf16,
+    accumulated in fp32; layer norms and softmax stay fp32), rows cast back to float32 and normalized.
+    Only where the CPU computes bf16 natively (`bf16_supported()`)."""
+
+    model_id = f"{MINILM_ID}+torch-bf16"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        model = self.loaded()
+        _use_threads(self.threads)
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+            vectors = model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
+                                   show_progress_bar=False)
+        return _normalize(vectors.float().numpy())
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The first CPU's feature flags (empty where /proc/cpuinfo is absent or has none)."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@cache
+def bf16_supported() -> bool:
+    """Whether this CPU has native bf16 (a flag of BF16_FLAGS) and torch's oneDNN uses it."""
+    if not cpu_flags() & set(BF16_FLAGS):
+        return False
+    import torch
+
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_embedder(name: str) -> str:
@@ -152,9 +211,22 @@ def make_embedder(settings: Settings, threads: int) -> Embedder:
         return HashEmbedder(settings.hash_dim)
     if name == "clustered":
         return ClusteredEmbedder(settings.hash_dim)
+    return make_runtime(name, settings, threads)
+
+
+def make_runtime(name: str, settings: Settings, threads: int) -> Embedder:
+    """One all-MiniLM-L6-v2 runtime by its SWAPLINE_EMBEDDER name (never "minilm", which calibration
+    resolves: shared/index/calibration.py)."""
     if name in ONNX_VARIANTS:
         return OnnxMiniLMEmbedder(Storage(settings.data_dir).models_dir(), ONNX_VARIANTS[name], threads=threads)
-    return MiniLMEmbedder(threads=threads, batch_size=settings.embed_batch_size)
+    if name == TORCH_BF16:
+        if not bf16_supported():
+            raise RuntimeError(f"SWAPLINE_EMBEDDER={TORCH_BF16} needs a CPU with native bfloat16 "
+                               f"({' or '.join(BF16_FLAGS)}); this one has neither: use minilm-torch")
+        return MiniLMBf16Embedder(threads=threads, batch_size=settings.embed_batch_size)
+    if name == "minilm-torch":
+        return MiniLMEmbedder(threads=threads, batch_size=settings.embed_batch_size)
+    raise ValueError(f"not a MiniLM runtime: {name!r}")
 
 
 def vector_space(model_id: str) -> str:
