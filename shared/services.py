@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import redis
 
 from shared import keys
+from shared.index.calibration import CalibratedIngest, CalibratedQueries
 from shared.index.embedcache import EmbeddingCache, NoCache, open_cache
 from shared.index.embedders import Embedder, make_embedder
 from shared.settings import Settings
@@ -66,15 +67,31 @@ class Services:
     # enqueue(kind, job_id): send the job's task by name.
     enqueue: Callable[[str, str], None]
     torch_threads: int = 1
+    # Whether this process may calibrate the MiniLM runtimes (a worker); the API only reads the record.
+    calibrates: bool = False
     _embedder: Embedder | None = field(default=None, repr=False)
     _embed_cache: EmbeddingCache | NoCache | None = field(default=None, repr=False)
 
     @property
     def embedder(self) -> Embedder:
         """Created on first use, once per process (the real model is heavy)."""
-        if self._embedder is None:
-            self._embedder = make_embedder(self.settings, self.torch_threads)
-        return self._embedder
+        embedder = self._embedder
+        if embedder is None:
+            if self.settings.embedder != "minilm":
+                embedder = make_embedder(self.settings, self.torch_threads)
+            elif self.calibrates:
+                embedder = CalibratedIngest(self.settings, self.torch_threads)
+            else:
+                embedder = CalibratedQueries(self.settings, self.torch_threads)
+            self._embedder = embedder
+        return embedder
+
+    def embedder_status(self) -> dict:
+        """The setting, the runtime in use and this host's calibration (README "Embedding runtimes")."""
+        embedder = self.embedder
+        if isinstance(embedder, CalibratedIngest | CalibratedQueries):
+            return embedder.status()
+        return {"setting": self.settings.embedder, "model": embedder.model_id, "calibration": {"state": "forced"}}
 
     @property
     def embed_cache(self) -> EmbeddingCache | NoCache:
@@ -100,7 +117,7 @@ class Services:
 
 
 def build_services(settings: Settings, enqueue: Callable[[str, str], None], torch_threads: int,
-                   client: redis.Redis | None = None) -> Services:
+                   client: redis.Redis | None = None, calibrates: bool = False) -> Services:
     client = client or connect(settings)
     return Services(
         settings=settings,
@@ -128,4 +145,5 @@ def build_services(settings: Settings, enqueue: Callable[[str, str], None], torc
         storage=Storage(settings.data_dir),
         enqueue=enqueue,
         torch_threads=torch_threads,
+        calibrates=calibrates,
     )

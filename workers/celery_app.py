@@ -75,7 +75,7 @@ def services() -> Services:
         _services.clear()
         s = settings()
         _services[pid] = build_services(s, lambda kind, job_id: enqueue(app, kind, job_id),
-                                        torch_threads=s.worker_torch_threads)
+                                        torch_threads=s.worker_torch_threads, calibrates=True)
     return _services[pid]
 
 

@@ -49,6 +49,8 @@ class Ready(MethodView):
         if rt.watcher.layout_refused:
             checks["layout"] = rt.watcher.layout_refused
         checks["auth"] = auth.mode()  # "open" when no API keys are configured
+        # The query runtime and this host's embedder calibration (README "Embedding runtimes").
+        checks["embedder"] = rt.svc.embedder_status()
         ok = checks["redis"] and checks["index_watcher"] and not checks["unservable"]
         if auth.principal() is None or auth.visible_collections() is not None:
             # Without a key (or with one limited to some collections) the probe answers whether, never
