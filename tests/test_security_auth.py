@@ -102,6 +102,7 @@ def test_readiness_details_need_a_key(settings, make_app):
     assert set(anonymous["checks"]) == {"redis", "index_watcher"}
     detailed = ready(bearer(READ)).json
     assert {"served_versions", "load_failures", "auth"} <= set(detailed["checks"])
+    assert detailed["checks"]["embedder"]["calibration"] == {"state": "forced"}  # SWAPLINE_EMBEDDER=hash
 
 
 @pytest.mark.integration
