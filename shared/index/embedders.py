@@ -21,7 +21,8 @@ from shared.index.tokens import WORDS, Tokenizer
 from shared.settings import Settings
 from shared.storage import Storage
 
-# What SWAPLINE_EMBEDDER=minilm runs: ONNX fp32, the fastest runtime whose answers stay those of torch in
+# What SWAPLINE_EMBEDDER=minilm runs until this host is calibrated (shared/index/calibration.py), and where
+# calibration fails: ONNX fp32, the fastest runtime whose answers stay those of torch in
 # both search modes. Measured with `python -m tests.bench.embed` (11,846 sample chunks, 48 labelled
 # queries, 2 cores): fp32 rows match torch's (cosine 1.0000), hits@5 35/48 vector and 46/48 hybrid as
 # torch, 2.3x torch's worker throughput, one query 3.4 ms p50 (torch 8.4). int8 is faster (4.3x, 0.8 ms)
