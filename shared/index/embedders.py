@@ -163,18 +163,27 @@ class MiniLMEmbedder(MiniLMRuntime):
 
 
 class MiniLMBf16Embedder(MiniLMEmbedder):
-    """all-MiniLM-L6-v2 through sentence-transformers under bfloat16 autocast (matrix products in bf16,
-    accumulated in fp32; layer norms and softmax stay fp32), rows cast back to float32 and normalized.
-    Only where the CPU computes bf16 natively (`bf16_supported()`)."""
+    """all-MiniLM-L6-v2 through sentence-transformers with its weights in bfloat16, rows cast back to
+    float32 and normalized. Only where the CPU computes bf16 natively (`bf16_supported()`).
+
+    The weights are converted once at load rather than run under `torch.autocast`, which casts every
+    weight again on every call: on the EPYC here (avx512_bf16, 2 threads, interleaved with fp32 on 128
+    sample chunks) autocast was 1.33x fp32 and bf16 weights 1.82x, with min cosine to fp32 0.99997 and
+    0.99993. Calibration checks the cosine on every host before the runtime is used for `minilm`."""
 
     model_id = f"{MINILM_ID}+torch-bf16"
+
+    def _open(self):
+        import torch
+
+        return super()._open().to(torch.bfloat16)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         import torch
 
         model = self.loaded()
         _use_threads(self.threads)
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        with torch.inference_mode():
             vectors = model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
                                    show_progress_bar=False)
         return _normalize(vectors.float().numpy())
