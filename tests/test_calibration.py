@@ -176,8 +176,11 @@ def test_a_worker_under_minilm_calibrates_and_embeds_with_the_ingest_choice(tmp_
     ingest = CalibratedIngest(settings_for(tmp_path), 2, factory=factory, cset=SET,
                               names=calibration.CANDIDATES, clock=clock)
     assert ingest.dim == 384 and not made  # nothing measured until something is embedded
-    assert ingest.model_id == "fake+minilm-torch-bf16"
+    # The first embed does not wait: the default runtime answers while the calibration runs aside.
+    assert ingest.model_id == f"fake+{calibration.MINILM_DEFAULT}"
     assert ingest.embed(["a text"]).shape == (1, 64)
+    ingest.wait(30)
+    assert ingest.model_id == "fake+minilm-torch-bf16"
     status = ingest.status()
     assert status["runtime"] == "minilm-torch-bf16" and status["calibration"]["state"] == "recorded"
     assert status["calibration"]["candidates"]["minilm-onnx-int8"]["kept"] is False
@@ -190,6 +193,8 @@ def test_a_calibration_that_fails_leaves_the_default_runtime(tmp_path):
         return FakeRuntime(name, Clock(), 0.0)
 
     ingest = CalibratedIngest(settings_for(tmp_path), 2, factory=broken, cset=SET, names=calibration.CANDIDATES)
+    assert ingest.model_id == f"fake+{calibration.MINILM_DEFAULT}"
+    ingest.wait(30)
     assert ingest.model_id == f"fake+{calibration.MINILM_DEFAULT}"
     assert not calibration.record_path(settings_for(tmp_path), SET).exists()  # tried again by the next process
 

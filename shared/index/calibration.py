@@ -284,32 +284,56 @@ def summary(record: dict | None) -> dict:
 # What processes use
 
 class CalibratedIngest:
-    """A worker's embedder under SWAPLINE_EMBEDDER=minilm: calibrates on first use (or reads this host's
-    record), then embeds with the runtime chosen for ingest. A calibration that fails leaves the default
+    """A worker's embedder under SWAPLINE_EMBEDDER=minilm: the runtime this host's record chose for
+    ingest. With no record yet it embeds with the default runtime, and its first embed starts the
+    calibration on a thread of its own (one calibrator per host, under the file lock); the chosen
+    runtime is loaded and warmed there and then switched to, so no ingest waits for a calibration (the
+    first start of `make run` stays searchable in seconds). A calibration that fails leaves the default
     runtime, logged, and is tried again by the next process."""
 
     def __init__(self, settings: Settings, threads: int, factory: Factory | None = None, **calibrate_args):
         self.settings, self.threads = settings, threads
         self.factory = factory or (lambda name, n: make_runtime(name, settings, n))
         self.calibrate_args = {"factory": factory, **calibrate_args}
+        self.path = record_path(settings, calibrate_args.get("cset") or load_set())
         self.record: dict | None = None
-        self._inner: Embedder | None = None
+        self.runtime: str | None = None
+        self._current: Embedder | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def _embedder(self) -> Embedder:
-        inner = self._inner
-        if inner is None:
+        current = self._current
+        if current is None:
             with self._lock:
-                if self._inner is None:
-                    name = MINILM_DEFAULT
-                    try:
-                        self.record = ensure_record(self.settings, **self.calibrate_args)
-                        name = self.record["ingest"]
-                    except Exception:
-                        log.exception("event=calibration.failed fallback=%s", MINILM_DEFAULT)
-                    self._inner = self.factory(name, self.threads)
-                inner = self._inner
-        return inner
+                if self._current is None:
+                    self.record = read_record(self.path)
+                    name = self.record["ingest"] if self.record else MINILM_DEFAULT
+                    self._current, self.runtime = self.factory(name, self.threads), name
+                    if self.record is None:
+                        self._thread = threading.Thread(target=self._calibrate, name="swapline-calibrate",
+                                                        daemon=True)
+                        self._thread.start()
+                current = self._current
+        return current
+
+    def _calibrate(self) -> None:
+        try:
+            record = ensure_record(self.settings, **self.calibrate_args)
+            name = record["ingest"]
+            if name != self.runtime:
+                chosen = self.factory(name, self.threads)
+                chosen.embed(["warm up"])  # the model loads here, not in a job
+                self._current, self.runtime = chosen, name
+                log.info("event=calibration.ingest_runtime runtime=%s model=%s", name, chosen.model_id)
+            self.record = record
+        except Exception:
+            log.exception("event=calibration.failed fallback=%s", self.runtime)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until a calibration this process started has ended (tests, benchmarks)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     dim = MiniLMRuntime.dim
 
@@ -326,8 +350,7 @@ class CalibratedIngest:
         return self._embedder().embed(texts)
 
     def status(self) -> dict:
-        return {"setting": "minilm", "role": "ingest", "runtime": self.record["ingest"] if self.record else None,
-                "calibration": summary(self.record)}
+        return {"setting": "minilm", "role": "ingest", "runtime": self.runtime, "calibration": summary(self.record)}
 
 
 class CalibratedQueries:
