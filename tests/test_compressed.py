@@ -17,8 +17,8 @@ from shared.index import compressed, ivf
 from shared.index.compressed import VECTORS_FILE
 from shared.index.parts import open_parts, part_refs
 from shared.index.vectorindex import ivf_on, read_manifest, train_ivf
-from shared.jobs import build
-from shared.jobs.merge import latest_documents, read_live
+from shared.jobs import build, merge
+from shared.jobs.merge import LiveRows, latest_documents, read_live
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import request_rebuild
 from shared.storage import TMP_PREFIX
@@ -214,3 +214,29 @@ def test_a_streamed_build_equals_an_in_memory_build(redis_url, rclient, tmp_path
         assert result["kind"] == "ivf-sq8-ip" and np.array_equal(np.asarray(part.vectors), vectors)
     else:
         assert result["kind"] == "ivf-flat-ip"
+
+
+def test_live_rows_stream_the_picked_rows_in_bounded_slices(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    files, picks, want = [], [], []
+    for f, n in enumerate((500, 1300)):
+        rows = rng.standard_normal((n, 4)).astype(np.float32)
+        np.save(tmp_path / f"{f}.npy", rows)
+        picked = np.sort(rng.choice(n, size=n // 3, replace=False)).astype(np.int64)
+        picked = picked[(picked < 100) | (picked > 900)]  # a long gap of superseded rows
+        files.append(tmp_path / f"{f}.npy")
+        picks.append(picked)
+        want.append(rows[picked])
+    live = LiveRows(list(zip(files, picks, strict=True)), 4)
+    spans = []
+    real = merge.npy_rows
+
+    def counted(path, start, stop):
+        spans.append(stop - start)
+        return real(path, start, stop)
+    monkeypatch.setattr(merge, "npy_rows", counted)
+    chunks = list(live.slices(50))
+    assert np.array_equal(np.concatenate(chunks), np.concatenate(want)) and len(live) == sum(map(len, picks))
+    assert max(map(len, chunks)) <= 50 and max(spans) <= 200
+    positions = np.array([0, 7, 120, len(live) - 1])
+    assert np.array_equal(live.take(positions, size=33), np.concatenate(want)[positions])

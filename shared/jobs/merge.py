@@ -55,10 +55,15 @@ class LiveRows:
     def slices(self, size: int) -> Iterator[np.ndarray]:
         """The live rows' vectors, about `size` at a time, in order."""
         for path, rows in self.picks:
-            for start in range(0, len(rows), size):
-                wanted = rows[start:start + size]
+            start = 0
+            while start < len(rows):
+                # At most `size` wanted rows, read as one block spanning at most 4 x `size` rows of the
+                # file, so superseded rows between them cost a bounded read.
+                stop = min(start + size, int(np.searchsorted(rows, rows[start] + 4 * size)))
+                wanted = rows[start:stop]
                 block = npy_rows(path, int(wanted[0]), int(wanted[-1]) + 1)
                 yield np.ascontiguousarray(block[wanted - wanted[0]], dtype=np.float32)
+                start = stop
 
     def take(self, positions: np.ndarray, size: int = 65536) -> np.ndarray:
         """The vectors of live rows at sorted `positions` (0 = the first live row)."""
