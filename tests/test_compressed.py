@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 
 from shared.errors import RecallBelowFloor
-from shared.index import compressed, ivf
+from shared.index import compressed, ivf, parts
 from shared.index.compressed import VECTORS_FILE
 from shared.index.parts import open_parts, part_refs
-from shared.index.vectorindex import ivf_on, read_manifest, train_ivf
+from shared.index.vectorindex import VerifyFailed, ivf_on, read_manifest, train_ivf
 from shared.jobs import build, merge
 from shared.jobs.merge import LiveRows, latest_documents, read_live
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import request_rebuild
+from shared.search.engine import search
+from shared.search.filters import parse_filter
 from shared.storage import TMP_PREFIX
 from tests.test_incremental import Collection, _docs
 
@@ -150,6 +152,10 @@ def test_the_kind_follows_the_size_and_a_compressed_version_answers(redis_url, r
     assert _recall(col, loaded, QUERIES) >= 0.9
     loaded.nprobe = 10_000  # every list probed: what re-ranking returns is exact
     assert _recall(col, loaded, STRANGERS) == 1.0
+    # The search engine's filtered path (a FAISS selector on the codes, then the re-rank) answers too.
+    hits = search(loaded, "Note c140 covers", 10, "vector", parse_filter({"metadata.source": "x"}), col.embed).hits
+    assert len(hits) == 10 and all(hit["metadata"]["source"] == "x" for hit in hits)
+    assert hits == sorted(hits, key=lambda hit: -hit["score"])
     # Rows added later join the compressed lists incrementally, on the published quantizer and encoder.
     col.ingest(_docs([f"d{i}" for i in range(40)]))
     more = col.rebuild()
@@ -240,3 +246,18 @@ def test_live_rows_stream_the_picked_rows_in_bounded_slices(tmp_path, monkeypatc
     assert max(map(len, chunks)) <= 50 and max(spans) <= 200
     positions = np.array([0, 7, 120, len(live) - 1])
     assert np.array_equal(live.take(positions, size=33), np.concatenate(want)[positions])
+
+
+def test_a_compressed_part_must_carry_float_vectors_that_can_hold_its_rows(tmp_path):
+    facts = {"sha256": "0" * 64, "mtime_ns": 1}
+    meta = {"format": 2, "rows": 1000, "dim": 384, "kind": "ivf-sq8-ip", "created_in": 3,
+            "files": {"index.faiss": {**facts, "bytes": 1000 * 384 + 4096},
+                      "vectors.npy": {**facts, "bytes": 1000 * 384 * 4 + 128}}}
+    parts._check_meta(tmp_path / "part.json", meta)  # codes of one byte a value, floats beside
+    without = {**meta, "files": {"index.faiss": meta["files"]["index.faiss"]}}
+    short = {**meta, "files": {**meta["files"], "vectors.npy": {**facts, "bytes": 1000 * 384}}}
+    flat_with = {**meta, "kind": "ivf-flat-ip",
+                 "files": {**meta["files"], "index.faiss": {**facts, "bytes": 1000 * 384 * 4 + 4096}}}
+    for bad in (without, short, flat_with):
+        with pytest.raises(VerifyFailed, match="float vectors file"):
+            parts._check_meta(tmp_path / "part.json", bad)
