@@ -71,6 +71,12 @@ class Settings:
     # At or above this many vectors a rebuild builds an approximate IVF index; below it, exact search is
     # fast enough (shared/index/vectorindex.py says why IVF-Flat).
     approx_threshold: int = 200_000
+    # At or above this many vectors the IVF lists hold 8-bit codes (IVF-SQ8, a quarter of the floats) and
+    # searches re-rank candidates exactly from the part's memory-mapped float vectors
+    # (shared/index/compressed.py); the build tunes the re-rank depth (1, 2, 4, ... up to rerank_depth
+    # times k candidates) with nprobe.
+    compress_threshold: int = 2_000_000
+    rerank_depth: int = 16
     # An IVF build picks the smallest nprobe (1, 2, 4, ... up to this many lists) whose recall@10 against
     # exact search on held-out queries reaches recall_target; if even the largest stays below
     # recall_floor, the build is refused and the live version stays.

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -39,19 +40,23 @@ import faiss
 import numpy as np
 
 from shared.index import keyword
+from shared.index.compressed import VECTORS_FILE, rerank
 from shared.index.ivf import list_views
 from shared.index.keyword import KeywordVerifyFailed
 from shared.index.keywordpart import KeywordPart, KeywordSearch, write_keyword_part
 from shared.index.parttables import PartTables, TablesVerifyFailed, VersionDocuments, write_part_tables
 from shared.index.vectorindex import (
     INDEX_FILE,
+    IVF_KINDS,
     KIND_FLAT,
     KIND_IVF,
+    KIND_IVF_SQ,
     MANIFEST_FILE,
     MANIFEST_MAX_BYTES,
     LoadedVersion,
     VerifyFailed,
     check_index_size,
+    kind_of,
     load_npy,
     read_index,
     read_manifest,
@@ -67,7 +72,8 @@ PARTS_DIR = "parts"
 PART_FILE = "part.json"
 PART_NAME = re.compile(r"p\d{1,18}")  # matched whole (fullmatch): p{fence}
 FILE_NAME = re.compile(r"[a-z_]+\.(faiss|arrow|npy)")  # what a part holds, nothing else
-KINDS = (KIND_FLAT, KIND_IVF)
+KINDS = (KIND_FLAT, KIND_IVF, KIND_IVF_SQ)
+CODE_BYTES = {KIND_FLAT: 4, KIND_IVF: 4, KIND_IVF_SQ: 1}  # what each kind's index file holds per value, at least
 WHAT = "an index version"
 TIE_SLACK = 16  # candidates past k each part returns, so near-ties at the k-th score are settled by row
 
@@ -90,11 +96,18 @@ def _file_facts(path: Path) -> dict:
 
 
 def write_part(directory: Path, index: faiss.Index, records: list[dict],
-               segment_of: dict[str, int] | Callable[[str], int], segments: list[int], created_in: int) -> dict:
+               segment_of: dict[str, int] | Callable[[str], int], segments: list[int], created_in: int,
+               vectors_file: Path | None = None) -> dict:
     """Write a part's files into `directory` (a temporary one) and return its part.json. `records` are
-    the chunk records in row order (row i is vector i of `index`)."""
+    the chunk records in row order (row i is vector i of `index`). A compressed index comes with
+    `vectors_file`, its rows' float vectors (.npy, written aside by the build), moved into the part."""
     if index.ntotal != len(records):
         raise ValueError(f"an index of {index.ntotal} rows for {len(records)} records")
+    kind = kind_of(index)
+    if (kind == KIND_IVF_SQ) != (vectors_file is not None):
+        raise ValueError(f"a {kind} part {'needs' if kind == KIND_IVF_SQ else 'takes no'} float vectors file")
+    if vectors_file is not None:
+        os.rename(vectors_file, directory / VECTORS_FILE)
     with written(directory / INDEX_FILE, WHAT) as fh:
         # faiss's stubs leave out its Python callback writer; through it a failed write raises OSError.
         faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))  # type: ignore[attr-defined]
@@ -105,7 +118,7 @@ def write_part(directory: Path, index: faiss.Index, records: list[dict],
         reraise(exc, WHAT)
     files = {p.name: _file_facts(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != PART_FILE}
     meta = {"format": FORMAT, "rows": len(records), "dim": int(index.d),
-            "kind": KIND_IVF if faiss.try_extract_index_ivf(index) is not None else KIND_FLAT,
+            "kind": kind,
             "segments": list(segments), "created_in": int(created_in), "tables": tables, "keyword": terms,
             "files": files, "written_at": time.time()}
     with written(directory / PART_FILE, WHAT) as fh:
@@ -151,8 +164,13 @@ def _check_meta(path: Path, meta) -> None:
                 or not _is_count(facts.get("bytes")) or not _is_count(facts.get("mtime_ns")):
             raise VerifyFailed(f"{path} describes {name!r} without its checksum, size and mtime")
     index = meta["files"].get(INDEX_FILE)
-    if index is None or meta["rows"] * meta["dim"] * 4 > index["bytes"]:
+    if index is None or meta["rows"] * meta["dim"] * CODE_BYTES[meta["kind"]] > index["bytes"]:
         raise VerifyFailed(f"{path} claims {meta['rows']}x{meta['dim']} vectors its index file cannot hold")
+    vectors = meta["files"].get(VECTORS_FILE)
+    if (meta["kind"] == KIND_IVF_SQ) != (vectors is not None) \
+            or vectors is not None and meta["rows"] * meta["dim"] * 4 > vectors["bytes"]:
+        raise VerifyFailed(f"{path}: a {meta['kind']} part of {meta['rows']}x{meta['dim']} vectors "
+                           f"{'without' if vectors is None else 'with'} a float vectors file that cannot hold them")
 
 
 def check_part_unchanged(directory: Path, meta: dict) -> None:
@@ -188,6 +206,9 @@ class LoadedPart:
             raise VerifyFailed(f"part {directory.name} holds {self.index.ntotal}x{self.index.d}, "
                                f"part.json says {self.rows}x{meta['dim']}")
         self.ivf = faiss.try_extract_index_ivf(self.index)
+        # A compressed part's float rows, memory-mapped: searches re-rank their candidates from them.
+        self.vectors = _float_vectors(directory / VECTORS_FILE, self.rows, meta["dim"]) \
+            if meta["kind"] == KIND_IVF_SQ else None
         try:
             self.tables = PartTables(directory, self.rows, validate=full)
             self.keyword = KeywordPart(directory, self.rows)
@@ -196,6 +217,17 @@ class LoadedPart:
         except (TablesVerifyFailed, KeywordVerifyFailed, ValueError, OSError) as exc:
             raise VerifyFailed(f"part {directory.name}: {exc}") from exc
         self.signature = _signature(directory, meta)
+
+
+def _float_vectors(path: Path, rows: int, dim: int) -> np.ndarray:
+    """A part's (rows, dim) float32 vectors, memory-mapped once their header is checked against the file."""
+    try:
+        shape, dtype = check_npy(path)
+    except (ValueError, OSError) as exc:
+        raise VerifyFailed(f"{path}: {exc}") from exc
+    if shape != (rows, dim) or dtype != np.float32:
+        raise VerifyFailed(f"{path} holds {shape} {dtype}, the part {rows}x{dim} float32")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def _signature(directory: Path, meta: dict) -> tuple:
@@ -393,6 +425,7 @@ class PartsVersion:
         self.total_rows = sum(ref.rows for ref in self.refs)
         self.offsets = np.array([ref.offset for ref in self.refs], dtype=np.int64)
         self.nprobe = int(manifest.get("nprobe", 1))
+        self.rerank = max(1, int(manifest.get("rerank", 1)))  # candidates per hit a compressed part re-ranks
         # What every unfiltered search needs of the deletions, computed once per version, not per query.
         self._live = [None if ref.deleted is None else ~ref.deleted for ref in self.refs]
         self._live_selectors = [_selector(live) for live in self._live]
@@ -452,10 +485,16 @@ class PartsVersion:
             # The bitmap must outlive the search; an unfiltered search reuses the version's own.
             selector, _bits = self._live_selectors[i] if unfiltered else _selector(mask)
             params = _params(part, selector, nprobe)
-            found_scores, found = part.index.search(q, min(k + TIE_SLACK, part.rows), params=params)
-            keep = found[0] >= 0
-            scores.append(found_scores[0][keep])
-            rows.append(found[0][keep] + ref.offset)
+            if part.vectors is None:
+                found_scores, found = part.index.search(q, min(k + TIE_SLACK, part.rows), params=params)
+                keep = found[0] >= 0
+                scores.append(found_scores[0][keep])
+                rows.append(found[0][keep] + ref.offset)
+                continue
+            _, found = part.index.search(q, min(self.rerank * k + TIE_SLACK, part.rows), params=params)
+            exact, best = rerank(part.vectors, q[0], found[0], k + TIE_SLACK)
+            scores.append(exact)
+            rows.append(best + ref.offset)
         if not scores:
             return []
         all_scores, all_rows = np.concatenate(scores), np.concatenate(rows)
@@ -467,7 +506,7 @@ class PartsVersion:
         if not self.total_rows:
             return
         rng = np.random.default_rng(0)
-        for _ in range(searches if self.manifest.get("kind") == KIND_IVF else 1):
+        for _ in range(searches if self.manifest.get("kind") in IVF_KINDS else 1):
             q = rng.standard_normal(int(self.manifest["dim"])).astype(np.float32)
             self.nearest(q / np.linalg.norm(q), 10)
         self.keyword.warm()
@@ -495,6 +534,8 @@ def _params(part: LoadedPart, selector: faiss.IDSelector | None, nprobe: int) ->
 
 def part_vectors(part: LoadedPart) -> np.ndarray:
     """Every vector of a part, in row order (rows a fold carries into a new part)."""
+    if part.vectors is not None:
+        return np.array(part.vectors, dtype=np.float32)
     if part.ivf is None:
         return part.index.reconstruct_n(0, part.rows)
     out = np.zeros((part.rows, part.index.d), dtype=np.float32)

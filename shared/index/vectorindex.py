@@ -25,6 +25,8 @@ everything (~20 ms at 100k here), recall is 1 and there is nothing to train. Fro
   remove vectors and inserts cost a graph search each (minutes at 1M on 2 cores);
 - recall: IVF-Flat's only approximation is which lists are probed, so nprobe (tuned at build time to
   a recall target on held-out queries) trades latency for recall directly.
+Past `compress_threshold` (2M) the floats no longer fit an API process's budget, and the lists hold
+8-bit codes with exact re-ranking from memory-mapped float vectors instead (`shared.index.compressed`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ from shared.storage import check_npy, reraise, write_npy, written
 INDEX_FILE, CHUNKS_FILE, OFFSETS_FILE, MANIFEST_FILE = "index.faiss", "chunks.jsonl", "offsets.npy", "manifest.json"
 KIND_FLAT = "flat-ip"
 KIND_IVF = "ivf-flat-ip"
+KIND_IVF_SQ = "ivf-sq8-ip"  # compressed: 8-bit codes in the lists, exact re-ranking (`shared.index.compressed`)
+IVF_KINDS = (KIND_IVF, KIND_IVF_SQ)
+IVF_CODES = {KIND_IVF: b"IwFl", KIND_IVF_SQ: b"IwSq"}  # the FAISS four-letter code each IVF kind is written with
 MANIFEST_MAX_BYTES = 1 << 20
 
 
@@ -69,6 +74,14 @@ def add_in_steps(index: faiss.Index, vectors: np.ndarray, step: int, between_ste
     for start in range(0, total, step):
         index.add(np.ascontiguousarray(vectors[start:start + step], dtype=np.float32))
         between_steps(min(start + step, total))
+
+
+def kind_of(index: faiss.Index) -> str:
+    """The manifest kind of a FAISS index Swapline built."""
+    ivf_index = faiss.try_extract_index_ivf(index)
+    if ivf_index is None:
+        return KIND_FLAT
+    return KIND_IVF_SQ if isinstance(faiss.downcast_index(ivf_index), faiss.IndexIVFScalarQuantizer) else KIND_IVF
 
 
 def build_flat(vectors: np.ndarray, step: int, between_steps: Callable[[int], None]) -> faiss.Index:
@@ -185,15 +198,15 @@ def _header_fields(data: bytes, offset: int) -> tuple[int, int, int]:
     return d, ntotal, offset + 4 + (4 if metric > 1 else 0)  # metric_arg follows the metrics that have one
 
 
-def _check_ivf_quantizer(path: Path, dim: int) -> None:
+def _check_ivf_quantizer(path: Path, dim: int, kind: str = KIND_IVF) -> None:
     """The IVF quantizer's centroid table, whose length FAISS allocates before reading it (no read flag
     maps it), must fit in the file: a forged length is refused before FAISS sees the file."""
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
         head = fh.read(4096)
     try:
-        if head[:4] != b"IwFl":
-            raise VerifyFailed(f"{path} is not an IVF-Flat index")
+        if head[:4] != IVF_CODES[kind]:
+            raise VerifyFailed(f"{path} is not an index of kind {kind}")
         d, _, offset = _header_fields(head, 4)
         nlist, _nprobe = struct.unpack_from("<QQ", head, offset)
         offset += 16
@@ -214,8 +227,8 @@ def check_index_size(path: Path, manifest: dict) -> None:
     vectors, dim = int(manifest.get("vectors", -1)), int(manifest.get("dim", -1))
     if vectors < 0 or dim <= 0:
         raise VerifyFailed(f"manifest in {path.parent} has no vector count or dimension")
-    if manifest.get("kind") == KIND_IVF:
-        _check_ivf_quantizer(path, dim)
+    if manifest.get("kind") in IVF_KINDS:
+        _check_ivf_quantizer(path, dim, manifest["kind"])
     elif os.path.getsize(path) < vectors * dim * 4:
         raise VerifyFailed(f"{path} is too short for {vectors}x{dim} vectors")
 
@@ -245,7 +258,7 @@ def load_npy(path: Path) -> np.ndarray:
 
 def read_index(directory: Path, manifest: dict) -> faiss.Index:
     """The version's FAISS index, memory-mapped (see LoadedVersion)."""
-    flag = faiss.IO_FLAG_MMAP if manifest.get("kind") == KIND_IVF else faiss.IO_FLAG_MMAP_IFC
+    flag = faiss.IO_FLAG_MMAP if manifest.get("kind") in IVF_KINDS else faiss.IO_FLAG_MMAP_IFC
     try:
         return faiss.read_index(str(directory / INDEX_FILE), flag)
     except RuntimeError as exc:

@@ -12,11 +12,18 @@ when the segment list is not an extension of the published one (compaction or a 
 when the model changed, when the size calls for the other index kind, when half the rows are deleted,
 when the published parts fail their checks, when the IVF quantizer must be retrained
 (`shared.index.ivf`) or nprobe re-tuned, or when the published version is format 1.
+
+A full build streams: the live rows' records are read whole, their vectors slice by slice from the
+segments (`SLICE_ROWS` at a time); IVF trains on a sample (`training_rows`) and adds each slice, and a
+compressed build writes the part's float vectors in the same slices to a file aside, which the part
+takes over when it is written. Its memory follows the slice and the index, not the collection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,21 +34,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shared.index import ivf
-from shared.index.parts import LoadedPart, PartRef, is_format2, open_parts, part_refs, part_vectors
+from shared.index.compressed import VECTORS_FILE, NpyWriter, sq_on, train_encoder
+from shared.index.parts import LoadedPart, PartRef, is_format2, open_parts, part_name, part_refs, part_vectors
 from shared.index.vectorindex import (
+    IVF_KINDS,
     KIND_FLAT,
     KIND_IVF,
+    KIND_IVF_SQ,
     VerifyFailed,
+    add_in_steps,
     build_flat,
-    build_ivf,
+    ivf_lists,
     ivf_on,
     read_manifest,
     training_rows,
 )
-from shared.jobs.merge import latest_documents, read_live
+from shared.jobs.merge import LiveRows, latest_documents, live_records, read_live
 from shared.services import Services
 from shared.settings import Settings
-from shared.storage import UnsafePath
+from shared.storage import UnsafePath, written
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,7 @@ MAX_PARTS = 8  # a version never has more parts than this: the new part folds th
 FOLD_RATIO = 2  # a tail part is folded into the new one while it holds at most this many times its rows
 MAX_DELETED_SHARE = 0.5  # a version whose parts hold more deleted rows than this is built in full
 NPROBE_ROWS = (0.8, 1.25)  # nprobe tuned for n rows is kept while the rows stay within these factors of n
+SLICE_ROWS = 65536  # rows a streamed full build reads from the segments at a time (96 MiB at 384-d)
 
 
 @dataclass
@@ -71,6 +83,12 @@ class Built:
     documents: int  # live documents of the version
     rows_total: int  # rows the snapshot's segments hold, live or not (decides a compaction)
     facts: dict = field(default_factory=dict)  # for the manifest and the job result
+    vectors_file: Path | None = None  # compressed: the new part's float vectors, written aside
+
+    def discard(self) -> None:
+        """Remove what the build wrote aside and nothing took over (its temporary vectors folder)."""
+        if self.vectors_file is not None:
+            shutil.rmtree(self.vectors_file.parent, ignore_errors=True)
 
     @property
     def live_rows(self) -> int:
@@ -90,6 +108,8 @@ def previous_version(svc: Services, collection: str) -> Previous | None:
 
 
 def kind_for(rows: int, svc: Services) -> str:
+    if rows >= svc.settings.compress_threshold:
+        return KIND_IVF_SQ
     return KIND_IVF if rows >= svc.settings.approx_threshold else KIND_FLAT
 
 
@@ -134,7 +154,7 @@ def build_index(svc: Services, collection: str, segments: list[int], version: in
     if reason is None:
         assert previous is not None  # why_not_incremental gives a reason when there is none
         try:
-            built = incremental(svc, collection, segments, previous, steps)
+            built = incremental(svc, collection, segments, previous, steps, version)
         except (VerifyFailed, OSError) as exc:  # damaged, or collected meanwhile: the segments still hold it all
             built = f"version {previous.version} could not be read: {exc}"
         if isinstance(built, Built):
@@ -149,30 +169,123 @@ def build_index(svc: Services, collection: str, segments: list[int], version: in
 
 def full(svc: Services, collection: str, segments: list[int], previous: Previous | None, version: int,
          steps: Steps, retrain: str | None = None) -> Built:
+    """One part over every live row, streamed: the records are read whole, the vectors slice by slice
+    from the segments (`LiveRows`), so the worker holds a slice and the index, not the float array."""
     dim = svc.embedder.dim
     latest = latest_documents(svc, collection, segments)
-    records, vectors = read_live(svc, collection, segments, latest, dim)
+    records, rows = live_records(svc, collection, segments, latest, dim)
     _strip(records)
     step = steps(len(records))
     kind = kind_for(len(records), svc)
     facts = {"kind": kind, "incremental": False, "built_from": None, "reused_rows": 0,
              "added_rows": len(records), "removed_rows": 0, "parts_kept": 0, "parts_folded": 0}
+    vectors_file = None
     if kind == KIND_FLAT:
-        index = build_flat(vectors, svc.settings.build_step, step)
+        index: faiss.Index = faiss.IndexFlatIP(dim)
+        start = 0
+        for chunk in rows.slices(SLICE_ROWS):
+            add_in_steps(index, chunk, svc.settings.build_step, _after(step, start))
+            start += len(chunk)
     else:
-        index, quantizer_facts = _full_ivf(svc, vectors, previous, version, step, retrain)
+        index, quantizer_facts, vectors_file = _full_ivf(svc, collection, rows, previous, version, step, retrain,
+                                                         kind)
         facts.update(quantizer_facts)
     if not len(records):
         step(0)  # an empty collection still checks cancel and lease once
     # Documents with no chunk (empty text) hold no row: a version counts the documents it can list.
     documents = len({rec["doc_id"] for rec in records})
-    return Built([], index, records, dict(latest.live), list(segments), documents, latest.rows_total, facts)
+    return Built([], index, records, dict(latest.live), list(segments), documents, latest.rows_total, facts,
+                 vectors_file)
+
+
+def _after(step: Callable[[int], None], base: int) -> Callable[[int], None]:
+    """`step` for a slice that starts at row `base`: progress counts rows over the whole build."""
+    return lambda done: step(base + done)
+
+
+def _vectors_file(svc: Services, collection: str, version: int) -> Path:
+    """Where a compressed build writes its part's float vectors until the part is written (a temporary
+    folder beside the parts: a build killed meanwhile leaves it for the next build to remove)."""
+    parent = svc.storage.part_dir(collection, part_name(version)).parent
+    return svc.storage.temp_dir(parent, f"vectors-{version}") / VECTORS_FILE
+
+
+def _new_ivf(kind: str, quantizer: faiss.Index) -> faiss.Index:
+    """An empty IVF index of `kind` on a copy of a trained quantizer."""
+    return ivf_on(quantizer) if kind == KIND_IVF else sq_on(quantizer)
+
+
+def _full_ivf(svc: Services, collection: str, rows: LiveRows, previous: Previous | None, version: int,
+              step: Callable[[int], None], retrain: str | None, kind: str) -> tuple[faiss.Index, dict, Path | None]:
+    """A full IVF build over the live rows, read in slices: k-means (and SQ8's ranges) on a sample,
+    then each slice assigned and added. The published quantizer is reused when it still fits (one
+    more pass first, to assign every row and decide). Returns the index, the quantizer facts and, for
+    the compressed kind, the file its float vectors were written to."""
+    n, dim = len(rows), rows.dim
+    reusable = None if retrain else _previous_quantizer(previous, svc.embedder.model_id, dim)
+    quantizer_facts: dict
+    if reusable is not None:
+        quantizer, training = reusable
+        top, lists = _assign_streamed(quantizer, rows)
+        # Every row is assigned again: the counters start over from this build's rows.
+        training = ivf.after_assigning({**training, "assigned_since": 0, "far_since": 0}, top)
+        retrain = ivf.retrain_reason(training, n, np.bincount(lists, minlength=quantizer.ntotal))
+        if retrain is None:
+            index = _new_ivf(kind, quantizer)
+            if kind == KIND_IVF_SQ:
+                train_encoder(index, rows.take(training_rows(n, quantizer.ntotal)))
+            quantizer_facts = {"ivf_training": training,
+                               "quantizer": {"reused": True, "trained_in": training["trained_in"]}}
+    if reusable is None or retrain is not None:
+        nlist = ivf_lists(n)
+        trained_on = training_rows(n, nlist)
+        index = _untrained(kind, dim, nlist)
+        index.train(rows.take(trained_on))  # k-means on the sample (and, compressed, the 8-bit ranges)
+        top, lists = _assign_streamed(faiss.extract_index_ivf(index).quantizer, rows)
+        quantizer_facts = {"ivf_training": ivf.training_record(top, lists, trained_on, nlist, version),
+                           "quantizer": {"reused": False, "trained_in": version, "retrain_reason": retrain}}
+    step(0)
+    vectors_file = _vectors_file(svc, collection, version) if kind == KIND_IVF_SQ else None
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if vectors_file is not None:
+            writer = NpyWriter(stack.enter_context(written(vectors_file, "an index part")), n, dim)
+        start = 0
+        for chunk in rows.slices(SLICE_ROWS):
+            ivf.add_assigned(index, chunk, lists[start:start + len(chunk)], svc.settings.build_step,
+                             _after(step, start))
+            if writer is not None:
+                writer.add(chunk)
+            start += len(chunk)
+        if writer is not None:
+            writer.close()
+    return index, quantizer_facts, vectors_file
+
+
+def _untrained(kind: str, dim: int, nlist: int) -> faiss.Index:
+    """An IVF inner-product index of `kind` with `nlist` lists, nothing trained."""
+    if kind == KIND_IVF:
+        return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    return faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                         faiss.METRIC_INNER_PRODUCT)
+
+
+def _assign_streamed(quantizer: faiss.Index, rows: LiveRows) -> tuple[np.ndarray, np.ndarray]:
+    """`ivf.assign` over the live rows, slice by slice: 12 bytes a row are kept, not the rows."""
+    tops, lists = [], []
+    for chunk in rows.slices(SLICE_ROWS):
+        top, assigned = ivf.assign(quantizer, chunk)
+        tops.append(top)
+        lists.append(assigned)
+    if not tops:
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return np.concatenate(tops), np.concatenate(lists)
 
 
 def _previous_quantizer(previous: Previous | None, model: str, dim: int) -> tuple[faiss.Index, dict] | None:
     """A copy of the published IVF version's trained quantizer and its training record, if it has one
     for the same model (read from its first part, which every IVF part shares)."""
-    if previous is None or previous.manifest.get("kind") != KIND_IVF or "ivf_training" not in previous.manifest:
+    if previous is None or previous.manifest.get("kind") not in IVF_KINDS or "ivf_training" not in previous.manifest:
         return None
     if previous.manifest.get("model") != model or previous.manifest.get("dim") != dim:
         return None
@@ -185,27 +298,6 @@ def _previous_quantizer(previous: Previous | None, model: str, dim: int) -> tupl
     if first.ivf is None:
         return None
     return faiss.clone_index(first.ivf.quantizer), previous.manifest["ivf_training"]
-
-
-def _full_ivf(svc: Services, vectors: np.ndarray, previous: Previous | None, version: int,
-              step: Callable[[int], None], retrain: str | None) -> tuple[faiss.Index, dict]:
-    reusable = None if retrain else _previous_quantizer(previous, svc.embedder.model_id, vectors.shape[1])
-    if reusable is not None:
-        quantizer, training = reusable
-        top, lists = ivf.assign(quantizer, vectors)
-        # Every row is assigned again: the counters start over from this build's rows.
-        training = ivf.after_assigning({**training, "assigned_since": 0, "far_since": 0}, top)
-        retrain = ivf.retrain_reason(training, len(vectors), np.bincount(lists, minlength=quantizer.ntotal))
-        if retrain is None:
-            index = ivf_on(quantizer)
-            step(0)
-            ivf.add_assigned(index, vectors, lists, svc.settings.build_step, step)
-            return index, {"ivf_training": training,
-                           "quantizer": {"reused": True, "trained_in": training["trained_in"]}}
-    index, top, lists = build_ivf(vectors, svc.settings.build_step, step)
-    trained_on = training_rows(len(vectors), index.nlist)
-    return index, {"ivf_training": ivf.training_record(top, lists, trained_on, index.nlist, version),
-                   "quantizer": {"reused": False, "trained_in": version, "retrain_reason": retrain}}
 
 
 def _rows_of(part: LoadedPart, docs: np.ndarray) -> np.ndarray:
@@ -276,7 +368,8 @@ def _without_empty(parts: list[LoadedPart], refs: list[PartRef]) -> tuple[list[L
     return out_parts, out_refs
 
 
-def incremental(svc: Services, collection: str, segments: list[int], previous: Previous, steps: Steps) -> Built | str:
+def incremental(svc: Services, collection: str, segments: list[int], previous: Previous, steps: Steps,
+                version: int) -> Built | str:
     """The new version from the published one, or why a full build is needed instead."""
     manifest = previous.manifest
     head = published_head(svc, collection, segments, manifest["segments"])
@@ -312,7 +405,8 @@ def incremental(svc: Services, collection: str, segments: list[int], previous: P
     facts = {"kind": kind, "incremental": True, "built_from": previous.version,
              "reused_rows": sum(ref.live for ref in kept),
              "added_rows": len(new_records), "removed_rows": removed, "parts_kept": len(kept), "parts_folded": fold}
-    if kind == KIND_IVF:
+    vectors_file = None
+    if kind in IVF_KINDS:
         reason = _tuning_stale(manifest, rows, svc.settings)
         if reason is not None:
             return reason
@@ -327,9 +421,16 @@ def incremental(svc: Services, collection: str, segments: list[int], previous: P
         reason = ivf.retrain_reason(training, rows, sizes + np.bincount(lists, minlength=quantizer.ntotal))
         if reason is not None:
             return f"quantizer retrained: {reason}"
-        index = ivf_on(quantizer)
+        # The compressed kind keeps the published 8-bit encoder, so every part encodes rows alike.
+        index = ivf_on(quantizer) if kind == KIND_IVF else sq_on(quantizer, parts[0].index)
         step = steps(len(new_records))
         ivf.add_assigned(index, new_vectors, lists, svc.settings.build_step, step)
+        if kind == KIND_IVF_SQ:
+            vectors_file = _vectors_file(svc, collection, version)
+            with written(vectors_file, "an index part") as fh:
+                writer = NpyWriter(fh, len(new_vectors), svc.embedder.dim)
+                writer.add(new_vectors)
+                writer.close()
         facts.update(ivf_training=training, quantizer={"reused": True, "trained_in": training["trained_in"]},
                      **{name: manifest[name] for name in TUNING if name in manifest})
     else:
@@ -343,10 +444,10 @@ def incremental(svc: Services, collection: str, segments: list[int], previous: P
     base = int(manifest.get("segment_rows", 0)) if head == len(manifest["segments"]) else \
         int(svc.storage.read_segment_meta(collection, segments[0]).get("chunks", 0))
     rows_total = base + latest.rows_total
-    return Built(kept, index, new_records, segment_of, part_segments, documents, rows_total, facts)
+    return Built(kept, index, new_records, segment_of, part_segments, documents, rows_total, facts, vectors_file)
 
 
-TUNING = ("nprobe", "recall_at_10", "recall_target", "queries", "query_kind", "ladder", "nlist", "tuned_rows",
+TUNING = ("nprobe", "rerank", "recall_at_10", "recall_target", "queries", "query_kind", "ladder", "nlist", "tuned_rows",
           "tuned_in")
 
 

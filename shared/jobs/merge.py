@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from shared.index.compressed import npy_rows
 from shared.services import Services
 
 
@@ -37,17 +40,58 @@ def latest_documents(svc: Services, collection: str, segments: list[int]) -> Lat
     return latest
 
 
-def read_live(svc: Services, collection: str, segments: list[int], latest: Latest,
-              dim: int) -> tuple[list[dict], np.ndarray]:
+@dataclass
+class LiveRows:
+    """Where the live rows of a snapshot are: for each segment holding some, its vectors file and the
+    row numbers in it, in order. Their vectors are read in slices (`slices`, `take`), never all at once,
+    so a build's memory follows its slice, not the collection."""
+
+    picks: list[tuple[Path, np.ndarray]]
+    dim: int
+
+    def __len__(self) -> int:
+        return sum(len(rows) for _, rows in self.picks)
+
+    def slices(self, size: int) -> Iterator[np.ndarray]:
+        """The live rows' vectors, about `size` at a time, in order."""
+        for path, rows in self.picks:
+            start = 0
+            while start < len(rows):
+                # At most `size` wanted rows, read as one block spanning at most 4 x `size` rows of the
+                # file, so superseded rows between them cost a bounded read.
+                stop = min(start + size, int(np.searchsorted(rows, rows[start] + 4 * size)))
+                wanted = rows[start:stop]
+                block = npy_rows(path, int(wanted[0]), int(wanted[-1]) + 1)
+                yield np.ascontiguousarray(block[wanted - wanted[0]], dtype=np.float32)
+                start = stop
+
+    def take(self, positions: np.ndarray, size: int = 65536) -> np.ndarray:
+        """The vectors of live rows at sorted `positions` (0 = the first live row)."""
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        done, start = 0, 0
+        for chunk in self.slices(size):
+            stop = start + len(chunk)
+            upto = int(np.searchsorted(positions, stop))
+            out[done:upto] = chunk[positions[done:upto] - start]
+            done, start = upto, stop
+        return out
+
+    def array(self) -> np.ndarray:
+        """Every live row's vector in one array (what small builds and folds use)."""
+        parts = list(self.slices(1 << 20))
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+
+def live_records(svc: Services, collection: str, segments: list[int], latest: Latest,
+                 dim: int) -> tuple[list[dict], LiveRows]:
     """The live rows that `segments` (in the order given) hold under `latest`: records, each with
-    `updated_at` (when its document's version was first written), and their vectors."""
+    `updated_at` (when its document's version was first written), and where their vectors are."""
     records: list[dict] = []
-    parts: list[np.ndarray] = []
+    picks: list[tuple[Path, np.ndarray]] = []
     holding = set(latest.segment_of.values())
     for seq in segments:
         if seq not in holding:
             continue
-        vectors = svc.storage.read_segment_vectors(collection, seq)
         rows = []
         for row, rec in enumerate(svc.storage.iter_segment_records(collection, seq)):
             if latest.segment_of.get(rec["doc_id"]) == seq:
@@ -56,9 +100,15 @@ def read_live(svc: Services, collection: str, segments: list[int], latest: Lates
                 records.append(rec)
                 rows.append(row)
         if rows:
-            parts.append(np.asarray(vectors[rows], dtype=np.float32))
-    stacked = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
-    return records, stacked
+            picks.append((svc.storage.segment_dir(collection, seq) / "vectors.npy", np.array(rows, dtype=np.int64)))
+    return records, LiveRows(picks, dim)
+
+
+def read_live(svc: Services, collection: str, segments: list[int], latest: Latest,
+              dim: int) -> tuple[list[dict], np.ndarray]:
+    """`live_records` with the vectors read into one array."""
+    records, rows = live_records(svc, collection, segments, latest, dim)
+    return records, rows.array()
 
 
 def live_rows(svc: Services, collection: str, segments: list[int], dim: int) -> tuple[dict[str, int], list[dict],

@@ -9,8 +9,12 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError, LockBusy, PublishGated, RecallBelowFloor
+from shared.index import compressed
+from shared.index.compressed import npy_slices
 from shared.index.ivf import tune_nprobe
 from shared.index.parts import (
     PART_FILE,
@@ -21,7 +25,7 @@ from shared.index.parts import (
     write_part,
     write_version_manifest,
 )
-from shared.index.vectorindex import KIND_IVF, sha256_file
+from shared.index.vectorindex import IVF_KINDS, sha256_file
 from shared.jobs.build import Built, build_index
 from shared.jobs.compact import maybe_compact
 from shared.jobs.gate import check_before_publish
@@ -36,20 +40,28 @@ from shared.store.pointers import PublishRefused
 log = logging.getLogger(__name__)
 
 
-def _tuned(svc: Services, index) -> dict:
-    """nprobe tuned to the recall target; raises RecallBelowFloor when even the best tried is below the
-    floor (nothing has been written yet, so nothing is published and the pointer stays)."""
+def _tuned(svc: Services, built: Built) -> dict:
+    """nprobe (and, compressed, the re-rank depth) tuned to the recall target; raises RecallBelowFloor
+    when even the best tried is below the floor (nothing has been written yet, so nothing is published
+    and the pointer stays)."""
     settings = svc.settings
-    tuned = {**tune_nprobe(index, settings.recall_target, settings.ivf_nprobe), "recall_floor": settings.recall_floor}
+    if built.vectors_file is None:
+        tuned = tune_nprobe(built.index, settings.recall_target, settings.ivf_nprobe)
+    else:
+        path = built.vectors_file
+        tuned = compressed.tune(built.index, np.load(path, mmap_mode="r"), lambda size: npy_slices(path, size),
+                                settings.recall_target, settings.ivf_nprobe, settings.rerank_depth)
+    tuned["recall_floor"] = settings.recall_floor
     if tuned["recall_at_10"] < settings.recall_floor:
+        depth = f" rerank {tuned['rerank']}" if "rerank" in tuned else ""
         raise RecallBelowFloor(
-            f"recall@10 {tuned['recall_at_10']:.4f} at nprobe {tuned['nprobe']} (best of {tuned['ladder']}) is below "
-            f"the floor {settings.recall_floor}: the index was not published")
+            f"recall@10 {tuned['recall_at_10']:.4f} at nprobe {tuned['nprobe']}{depth} (best of {tuned['ladder']}) "
+            f"is below the floor {settings.recall_floor}: the index was not published")
     return tuned
 
 
 RESULT_FACTS = ("kind", "incremental", "built_from", "reused_rows", "added_rows", "removed_rows", "full_reason",
-                "parts_kept", "parts_folded", "quantizer", "nprobe", "nlist", "recall_at_10", "recall_target")
+                "parts_kept", "parts_folded", "quantizer", "nprobe", "rerank", "nlist", "recall_at_10", "recall_target")
 
 
 def _result_facts(facts: dict) -> dict:
@@ -123,8 +135,14 @@ def _build_and_publish(svc: Services, job_id: str, collection: str, lease: Lease
     lap = Laps()
     segments, changes = svc.collections.snapshot(collection)
     svc.jobs.progress(job_id, names.STAGE_MERGE, 0, len(segments))
+    # Leftovers of builds killed mid-build or mid-write; we hold the lease.
+    svc.storage.remove_stale_temps(svc.storage.version_dir(collection, lease.fence).parent)
+    svc.storage.remove_stale_temps(svc.storage.part_dir(collection, part_name(lease.fence)).parent)
     built = _build(svc, job_id, collection, lease, segments, lap)
-    final, manifest, by_type = _write_version(svc, job_id, collection, lease, built, segments, lap)
+    try:
+        final, manifest, by_type = _write_version(svc, job_id, collection, lease, built, segments, lap)
+    finally:
+        built.discard()
     try:
         quality = check_before_publish(svc, job_id, collection, final, lease.fence, built.documents, force,
                                        allow_shrink)
@@ -156,14 +174,18 @@ def _build(svc: Services, job_id: str, collection: str, lease: Lease, segments: 
         return steps[-1]
 
     built = build_index(svc, collection, segments, lease.fence, start_building)
-    steps[-1].progress.finish()
-    lap(names.STAGE_BUILD)
-    if built.facts["kind"] == KIND_IVF and not built.facts["incremental"]:
-        # A full build tunes nprobe on its one part; an incremental one keeps the published tuning
-        # while the rows stay near those it was tuned for (`shared.jobs.build`).
-        svc.jobs.progress(job_id, names.STAGE_MEASURE, 0, 1)
-        built.facts.update(_tuned(svc, built.index), tuned_rows=int(built.index.ntotal), tuned_in=lease.fence)
-        lap(names.STAGE_MEASURE)
+    try:
+        steps[-1].progress.finish()
+        lap(names.STAGE_BUILD)
+        if built.facts["kind"] in IVF_KINDS and not built.facts["incremental"]:
+            # A full build tunes nprobe on its one part; an incremental one keeps the published tuning
+            # while the rows stay near those it was tuned for (`shared.jobs.build`).
+            svc.jobs.progress(job_id, names.STAGE_MEASURE, 0, 1)
+            built.facts.update(_tuned(svc, built), tuned_rows=int(built.index.ntotal), tuned_in=lease.fence)
+            lap(names.STAGE_MEASURE)
+    except BaseException:
+        built.discard()
+        raise
     return built
 
 
@@ -175,15 +197,13 @@ def _write_version(svc: Services, job_id: str, collection: str, lease: Lease, bu
     final = storage.version_dir(collection, lease.fence)
     name = part_name(lease.fence)
     part_dir = storage.part_dir(collection, name)
-    # Leftovers of builds killed mid-write; we hold the lease.
-    storage.remove_stale_temps(final.parent)
-    storage.remove_stale_temps(part_dir.parent)
     svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
     refs = list(built.kept)
     try:
         if built.records:
             with storage.aside(part_dir, "an index part") as tmp:
-                write_part(tmp, built.index, built.records, built.segment_of, built.part_segments, lease.fence)
+                write_part(tmp, built.index, built.records, built.segment_of, built.part_segments, lease.fence,
+                           built.vectors_file)
             offset = sum(ref.rows for ref in refs)
             refs.append(PartRef(name, offset, len(built.records), sha256_file(part_dir / PART_FILE), None))
         with storage.aside(final, "an index version") as tmp:
