@@ -393,3 +393,22 @@ def test_a_quantizer_to_retrain_turns_the_build_into_a_full_one_that_trains(redi
     assert second["quantizer"] == {"reused": False, "trained_in": second["version"],
                                    "retrain_reason": "quantizer retrained: drift: as the test says"}
     assert second["vectors"] == 430 and first["version"] < second["version"]
+
+
+@pytest.mark.integration
+def test_a_runtime_switch_keeps_rebuilds_incremental_and_compaction_going(redis_url, rclient, tmp_path):
+    """A calibration switches a worker between runtimes of one model (one vector space): the next
+    rebuild adds the new rows to the published index instead of rebuilding it, and the segments of both
+    runtimes compact into one."""
+    col = Collection(redis_url, rclient, tmp_path, approx_threshold=200_000)
+    col.ingest(_docs([f"d{i}" for i in range(40)]))
+    first = col.rebuild()
+    col.svc.embedder.model_id += "+another-runtime"  # the same vectors, named as another runtime's
+    col.ingest(_docs([f"n{i}" for i in range(5)]))
+    second = col.rebuild()
+    assert second["incremental"] is True and second["built_from"] == first["version"], second
+    compaction = request_compaction(col.svc, "docs")
+    assert compaction is not None
+    run_compact(col.svc, compaction["id"])
+    done = col.svc.jobs.get(compaction["id"])
+    assert done["state"] == SUCCEEDED and "skipped" not in done["result"], done

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from shared.index import ivf
 from shared.index.compressed import VECTORS_FILE, NpyWriter, sq_on, train_encoder
+from shared.index.embedders import same_vector_space
 from shared.index.parts import LoadedPart, PartRef, is_format2, open_parts, part_name, part_refs, part_vectors
 from shared.index.vectorindex import (
     IVF_KINDS,
@@ -127,7 +128,9 @@ def why_not_incremental(svc: Services, collection: str, previous: Previous | Non
     manifest = previous.manifest
     if not is_format2(manifest):
         return f"version {previous.version} is format 1 (one file per table): rebuilt in parts"
-    if manifest.get("model") != svc.embedder.model_id or manifest.get("dim") != svc.embedder.dim:
+    # Runtimes of one model (torch fp32/bf16, ONNX; a calibration switches between them) embed into one
+    # space: their rows sit in one index, as a query of one searches rows of another.
+    if not same_vector_space(manifest.get("model"), svc.embedder.model_id) or manifest.get("dim") != svc.embedder.dim:
         return f"version {previous.version} was built with another model"
     if published_head(svc, collection, segments, manifest.get("segments") or []) is None:
         return f"segments were compacted or dropped since version {previous.version}"
@@ -287,7 +290,7 @@ def _previous_quantizer(previous: Previous | None, model: str, dim: int) -> tupl
     for the same model (read from its first part, which every IVF part shares)."""
     if previous is None or previous.manifest.get("kind") not in IVF_KINDS or "ivf_training" not in previous.manifest:
         return None
-    if previous.manifest.get("model") != model or previous.manifest.get("dim") != dim:
+    if not same_vector_space(previous.manifest.get("model"), model) or previous.manifest.get("dim") != dim:
         return None
     if not is_format2(previous.manifest) or not previous.manifest.get("parts"):
         return None

@@ -23,6 +23,7 @@ from collections import Counter
 
 from shared import eventnames as names
 from shared.errors import LockBusy
+from shared.index.embedders import vector_space
 from shared.jobkinds import COMPACT
 from shared.jobs.merge import live_rows
 from shared.jobs.submit import create_and_enqueue
@@ -80,8 +81,9 @@ def run_compact(svc: Services, job_id: str) -> None:
             before = svc.collections.segments(collection)
             stats = {"segments_before": len(before), "bytes_before": disk_use(svc, collection, before)}
             metas = {seq: svc.storage.read_segment_meta(collection, seq) for seq in before}
-            models = {m.get("model") for m in metas.values()} - {None}
-            if len(before) < 2 or len(models) > 1:
+            models = {str(m["model"]) for m in metas.values() if m.get("model")}
+            # Runtimes of one model share a space (a calibration switches between them): one segment.
+            if len(before) < 2 or len({vector_space(m) for m in models}) > 1:
                 svc.jobs.succeed(job_id, {**stats, "skipped": "fewer than two segments" if len(before) < 2
                                           else "segments of several models"})
                 svc.collections.release_compaction(collection, job_id)
