@@ -147,3 +147,38 @@ def test_the_watcher_keeps_the_catalog_from_full_syncs_and_messages(watched):
     watcher.sync()
     assert watcher.catalog.names() == set()
     pubsub.close()
+
+
+WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8000/v1/collections/c/search
+  2 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   120.31ms   40.10ms 380.00ms   70.00%
+  Latency Distribution
+     50%  110.50ms
+     75%  140.00ms
+     90%  180.00ms
+     99%    1.20s
+  1070 requests in 10.01s, 3.10MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:    106.89
+Transfer/sec:    317.00KB
+"""
+
+
+def test_wrk_output_is_read():
+    from tests.bench.concurrency import parse_wrk
+
+    got = parse_wrk(WRK_OUTPUT)
+    assert got == {"rps": 106.89, "p50": pytest.approx(0.1105), "p99": pytest.approx(1.2), "failed": 3}
+    with pytest.raises(RuntimeError):
+        parse_wrk("wrk: connection refused")
+
+
+def test_profile_frames_are_counted_once_per_stack():
+    from tests.bench.profile_search import top_frames
+
+    raw = ("process 1;thread (0x1);a (m.py:1);b (m.py:2);a (m.py:1) 3\n"
+           "thread (0x2);a (m.py:1);c (m.py:3) 1\nnot a line\n")
+    own, total, samples = top_frames(raw, 5)
+    assert samples == 4 and own == [("a (m.py:1)", 3), ("c (m.py:3)", 1)]
+    assert dict(total) == {"a (m.py:1)": 4, "b (m.py:2)": 3, "c (m.py:3)": 1}
