@@ -23,6 +23,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -116,12 +117,13 @@ def _inprocess_search(settings: Settings, version: int):
     return search
 
 
-def measure(files: int, seconds: float, shapes=SHAPES) -> tuple[dict, str]:
-    """{(side, clients): figures} for side "inprocess" and each "http WxT" shape, and a note."""
+def measure(files: int, seconds: float, shapes=SHAPES, levels=LEVELS, rounds: int = 1) -> tuple[dict, str]:
+    """{(side, clients): figures} for side "inprocess" and each "http WxT" shape, and a note; with
+    several rounds (each level of each side measured once a round, interleaved), the median of each
+    figure."""
     from tests.support import start_api
 
     settings = Settings(embedder="minilm", search_cache_size=0)
-    results: dict = {}
     with stack(settings, apis=1) as running:
         base = running.base
         requests_post(f"{base}/v1/collections", {"name": COLLECTION})
@@ -144,12 +146,16 @@ def measure(files: int, seconds: float, shapes=SHAPES) -> tuple[dict, str]:
                 requests_post(f"{api_base}/v1/collections/{COLLECTION}/search",
                               {"query": "warm up the workers", "k": 10, "mode": "vector"})
             apis[name] = api_base
-        for clients in LEVELS:
-            results[("inprocess", clients)] = inprocess_level(search, texts, clients, seconds)
-            for name, api_base in apis.items():
-                results[(name, clients)] = http_level(api_base, query_file, clients, seconds)
+        runs: dict = {}
+        for _ in range(rounds):
+            for clients in levels:
+                runs.setdefault(("inprocess", clients), []).append(inprocess_level(search, texts, clients, seconds))
+                for name, api_base in apis.items():
+                    runs.setdefault((name, clients), []).append(http_level(api_base, query_file, clients, seconds))
+        results = {key: {k: statistics.median(r[k] for r in got) for k in got[0]} for key, got in runs.items()}
     note = (f"{vectors} chunks of {files} KEP files, all-MiniLM-L6-v2 ({settings.embedder}), vector mode, k=10, "
-            f"distinct queries, result cache off, {seconds:.0f} s a point, wrk over loopback")
+            f"distinct queries, result cache off, {seconds:.0f} s a point, median of {rounds} interleaved "
+            f"round(s), wrk over loopback")
     return results, note
 
 
@@ -166,7 +172,7 @@ def rows_of(results: dict, note: str) -> list[dict]:
     sides = sorted({side for side, _ in results})
     for side in sides:
         key = side.replace(" ", "_")
-        for clients in LEVELS:
+        for clients in sorted({c for _, c in results}):
             got = results.get((side, clients))
             if got is None:
                 continue
@@ -175,11 +181,11 @@ def rows_of(results: dict, note: str) -> list[dict]:
                            got["rps"], "1/s", note=note + extra))
             out.append(row(f"concurrency.{key}_p99_{clients}", f"search p99, {side}, {clients} concurrent",
                            ms(got["p99"]), "ms", note=note + extra))
-    top = max(LEVELS)
+    top = max(c for _, c in results)
     http = {side: results[(side, top)]["rps"] for side in sides if side != "inprocess" and (side, top) in results}
     if http and ("inprocess", top) in results:
         best = max(http, key=http.__getitem__)
-        out.append(row("concurrency.http_over_inprocess_rps_16",
+        out.append(row(f"concurrency.http_over_inprocess_rps_{top}",
                        f"throughput at {top} clients, HTTP ({best}) / in-process ({top} threads)",
                        http[best] / results[("inprocess", top)]["rps"], "x", (">=", 0.8), note=note))
     return out
@@ -197,13 +203,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.concurrency", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each point")
     parser.add_argument("--files", type=int, default=12, help="KEP files to index")
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent clients, comma-separated")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions (the median is reported)")
     parser.add_argument("--shapes", default=",".join(f"{w}x{t}" for w, t in SHAPES),
                         help="gunicorn shapes WORKERSxTHREADS, comma-separated")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit(WRK_INSTALL)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-    results, note = measure(args.files, args.seconds, shapes)
+    levels = [int(x) for x in args.levels.split(",")]
+    results, note = measure(args.files, args.seconds, shapes, levels, args.rounds)
     for r in rows_of(results, note):
         print(f"{r['label']:<70} {r['value']:>10} {r['unit']}")
     print(note)
