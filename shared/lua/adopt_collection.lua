@@ -42,7 +42,8 @@ for _, item in ipairs(data.history) do
   redis.call('LPUSH', KEYS[8], item)
 end
 redis.call('SADD', KEYS[1], ARGV[1])
-if data.pointer then
-  redis.call('PUBLISH', ARGV[3], cjson.encode({collection = ARGV[1], version = data.pointer['version']}))
-end
+-- Every API process learns of the collection (and loads its version, when it has one) from this message.
+local version = nil
+if data.pointer then version = data.pointer['version'] end
+redis.call('PUBLISH', ARGV[3], cjson.encode({collection = ARGV[1], version = version}))
 return 1

@@ -28,7 +28,13 @@ class CollectionStore:
             fields["default_mode"] = default_mode
         self.r.hset(keys.collection(name), mapping=fields)
         confirm(self.r)
+        self.announce(name, "created")
         return True
+
+    def announce(self, name: str, change: str) -> None:
+        """Tell every API process that the collection was created, dropped or changed (on the swap
+        channel their watchers follow), so each updates what its searches know of it."""
+        self.r.publish(keys.swap_channel(), json.dumps({"collection": name, "change": change}))
 
     def adopt(self, name: str, state: dict) -> int:
         """Register a collection found on disk in one step (`adopt_collection.lua`): `state` holds
@@ -69,6 +75,16 @@ class CollectionStore:
         exists, mode = pipe.execute()
         return bool(exists), mode or None
 
+    def search_catalog(self, names: list[str]) -> dict[str, str | None]:
+        """Of `names`, those that are collections, with their default search mode (None: the service's
+        default), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.sismember(keys.collections(), name)
+            pipe.hget(keys.collection(name), "default_mode")
+        answers = pipe.execute()
+        return {name: answers[2 * i + 1] or None for i, name in enumerate(names) if answers[2 * i]}
+
     def set_default_mode(self, name: str, mode: str | None) -> None:
         """The mode searches of the collection use when they name none (None: the service's default)."""
         if mode:
@@ -76,6 +92,7 @@ class CollectionStore:
         else:
             self.r.hdel(keys.collection(name), "default_mode")
         confirm(self.r)
+        self.announce(name, "changed")
 
     def next_segment_seq(self, name: str) -> int:
         return int(self.r.incr(keys.segment_seq(name)))
@@ -148,6 +165,7 @@ class CollectionStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.set(keys.dropping(name), drop_job_id)
         pipe.srem(keys.collections(), name)
+        pipe.publish(keys.swap_channel(), json.dumps({"collection": name, "change": "dropped"}))
         pipe.execute()
 
     def remove(self, name: str) -> None:

@@ -38,7 +38,10 @@ CONFIG_ARG = "python:webapp.api.gunicorn_conf"
 bind = "127.0.0.1:8000"
 workers = 1
 # Request threads per worker: a search waiting on the embedder does not hold up the others. Event
-# streams get threads of their own on top (see on_starting).
+# streams get threads of their own on top (see on_starting). Sized by tests/bench/concurrency.py (README
+# "Benchmarks"): on 2 vCPUs one worker with 8 threads served as many searches/s at 16 clients as 2 or 4
+# threads or two workers did, and more than the same searches in one process; a second worker only
+# doubles the memory (the model and the indexes).
 worker_class = "gthread"
 threads = 8
 # A request (a search, a staged batch) never takes this long; a worker stuck past it is replaced.

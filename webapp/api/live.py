@@ -34,6 +34,7 @@ from shared.backoff import Backoff, doubling
 from shared.index.parts import ServedVersion, open_version
 from shared.jobs import upgrade
 from shared.services import Services
+from webapp.api.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ class IndexWatcher(threading.Thread):
         self.warm_embedder = warm_embedder
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.ready = threading.Event()
+        # What searches know of each collection (exists, default mode), kept by every sync below.
+        self.catalog = Catalog(svc.collections.search_defaults)
         # Set while Redis does not answer (the watcher's reads, or a search's): searches answer from memory
         # (degraded) meanwhile. Cleared by the watcher's next successful sync.
         self.redis_down = threading.Event()
@@ -222,10 +225,18 @@ class IndexWatcher(threading.Thread):
                 return
             self._layout_checked, self.layout_refused = True, None
         full = only is None
-        collections = self.svc.collections.names() if only is None else only
+        asked = self.svc.collections.names() if only is None else only
+        # Searches read this instead of Redis: a created, dropped or changed collection is announced on
+        # the swap channel (a targeted sync here), a lost message is caught by the next full sync.
+        modes = self.svc.collections.search_catalog(asked)
         if full:
-            for gone in set(self.live.served()) - set(collections):
-                self.live.drop(gone)
+            self.catalog.replace(modes)
+        else:
+            for name in asked:
+                self.catalog.update(name, name in modes, modes.get(name))
+        collections = [name for name in asked if name in modes]
+        for gone in (set(self.live.served()) - set(collections)) if full else set(asked) - set(collections):
+            self.live.drop(gone)
         pointers = self.svc.pointers.get_many(collections)
         now = time.monotonic()
         for name, pointer in pointers.items():

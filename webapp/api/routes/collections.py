@@ -126,6 +126,8 @@ class Collections(MethodView):
                   headers=job_location(dropping))
         if not swapline.runtime.svc.collections.create(body["name"], body.get("default_mode")):
             abort(409, message=f"collection {body['name']!r} already exists", code="collection_exists")
+        # This process's searches know it at once; the others from the announcement (webapp.api.catalog).
+        swapline.runtime.watcher.catalog.update(body["name"], True, body.get("default_mode"))
         if body.get("default_mode"):
             save_config(swapline.runtime.svc, body["name"])
         return collection_view(body["name"]), 201, {"Location": f"/v1/collections/{body['name']}"}
@@ -150,6 +152,7 @@ class Collection(MethodView):
         require_collection(name)
         svc = swapline.runtime.svc
         svc.collections.set_default_mode(name, body["default_mode"])
+        swapline.runtime.watcher.catalog.update(name, True, body["default_mode"] or None)
         save_config(svc, name)
         return collection_view(name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -18,7 +19,7 @@ from webapp.api.routes.common import (
 )
 from webapp.api.runtime import swapline
 from webapp.api.schemas.common import ErrorSchema
-from webapp.api.schemas.search import SearchQuerySchema, SearchResultSchema
+from webapp.api.schemas.search import SearchQuerySchema, SearchResultSchema, search_body
 
 DEGRADED_HEADER = "X-Swapline-Degraded"
 
@@ -27,12 +28,16 @@ blp = Blueprint("search", __name__, url_prefix="/v1/collections", description="V
 
 def redis_down(name: str) -> tuple[bool, str | None]:
     """Whether Redis is unreachable (then a collection this process serves is searched from memory), and
-    the collection's default search mode (read in the same round trip; None while Redis is down); 404
-    for a collection that does not exist, 503 when Redis is down and this process serves none."""
+    the collection's default search mode (None: the service's default); 404 for a collection that does not
+    exist, 503 when Redis is down and this process serves none.
+
+    Read from what this process knows of its collections (`webapp.api.catalog`, kept by the index watcher):
+    no Redis command, except one bounded look-up of a name the process does not know yet."""
     rt = swapline.runtime
+    catalog = rt.watcher.catalog
     if not rt.watcher.redis_down.is_set():
         try:
-            exists, default_mode = rt.svc.collections.search_defaults(name)
+            exists, default_mode = catalog.get(name)
             if not exists:
                 hidden_collection(name)  # the same answer a key limited to other collections gets
             return False, default_mode
@@ -40,7 +45,7 @@ def redis_down(name: str) -> tuple[bool, str | None]:
             rt.watcher.redis_down.set()
     if rt.live.get(name) is None:
         raise redis.ConnectionError("Redis is unavailable and this process serves no version of the collection")
-    return True, None
+    return True, catalog.known(name)[1]
 
 
 @blp.route("/<string:name>/search")
@@ -83,4 +88,6 @@ class Search(MethodView):
             headers[DEGRADED_HEADER] = "redis-unavailable"
         # Whether source files changed since indexed is checked now, never cached: on copies.
         marked = None if degraded else mark_stale(rt.svc.sources, rt.settings, name, found.result["hits"])
-        return found.result if marked is None else {**found.result, "hits": marked}, 200, headers
+        result = found.result if marked is None else {**found.result, "hits": marked}
+        # Written directly: the schema describes this answer in the OpenAPI document (webapp.api.schemas.search).
+        return current_app.response_class(search_body(result), mimetype="application/json"), 200, headers

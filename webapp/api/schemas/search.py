@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 from marshmallow import Schema, fields, validate
 
 from shared.search.engine import DEFAULT_MODE, HYBRID_DEPTH, MODES
@@ -98,3 +101,32 @@ class SearchResultSchema(Schema):
         "description": "with max_tokens: model tokens the answer's texts hold (at most max_tokens)"})
     truncated = fields.Boolean(metadata={
         "description": "with max_tokens: whether content was cut or dropped to fit"})
+
+
+# The search answer is written directly, not dumped field by field through the schemas above (which
+# stay the OpenAPI description): the same keys, the same JSON, a fraction of the cost per hit
+# (tests/test_search_body.py checks the two agree).
+_RESULT_FIELDS = tuple(SearchResultSchema._declared_fields)
+_HIT_FIELDS = tuple(HitSchema._declared_fields)
+_PASSAGE_FIELDS = tuple(PassageSchema._declared_fields)
+
+
+def _plain(value):
+    """JSON for what the engine may leave in a hit: numpy scalars and arrays."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _hit(hit: dict) -> dict:
+    out = {name: hit[name] for name in _HIT_FIELDS if name in hit}
+    if "passages" in out:
+        out["passages"] = [{name: p[name] for name in _PASSAGE_FIELDS if name in p} for p in out["passages"]]
+    return out
+
+
+def search_body(result: dict) -> str:
+    """The JSON of a search answer: what `SearchResultSchema().dump(result)` would give."""
+    out = {name: result[name] for name in _RESULT_FIELDS if name in result}
+    out["hits"] = [_hit(hit) for hit in result.get("hits", ())]
+    return json.dumps(out, default=_plain, separators=(",", ":"))
