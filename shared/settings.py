@@ -16,8 +16,8 @@ from shared.names import is_collection_name
 
 # "minilm" is all-MiniLM-L6-v2 in its default runtime (shared/index/embedders.py says which and why);
 # the others pick one: torch (sentence-transformers), ONNX Runtime fp32 or int8, the test hashing one, or
-# "clustered", a synthetic benchmark embedder (shared/index/embedders.py), never for real text.
-EMBEDDERS = ("minilm", "minilm-torch", "minilm-onnx", "minilm-onnx-int8", "hash", "clustered")
+# "clustered" or "realistic", synthetic benchmark embedders (shared/index/embedders.py), never for real text.
+EMBEDDERS = ("minilm", "minilm-torch", "minilm-onnx", "minilm-onnx-int8", "hash", "clustered", "realistic")
 LOG_FORMATS = ("text", "json")
 ROLES = ("read", "write", "admin")
 # "keys": requests need a key from api_keys (an API with no keys may listen on loopback only);
