@@ -1,27 +1,29 @@
 """Synthetic vectors shaped like all-MiniLM-L6-v2's on real text, for benchmarks at a million rows and
-more (SWAPLINE_EMBEDDER=realistic, and `vectors(start, stop)` for benches that write vectors directly).
+more (SWAPLINE_EMBEDDER=realistic, and `RealisticVectors.slices` for benches that write vectors directly).
 
-The model is a hierarchy in a 384-d latent space whose variance falls off like MiniLM's measured PCA
-spectrum (a power law), rotated by a fixed random orthogonal matrix and shifted by a common mean (real
-sentence embeddings share one direction), then normalized:
+A hierarchy in a 384-d latent space whose variance falls off like MiniLM's measured PCA spectrum (a
+power law fitted to it), rotated by a fixed random orthogonal matrix and shifted by a common direction
+(sentence embeddings share one), then normalized:
 
-    row = mean + R @ (sqrt(spectrum) * (topic + document + section + chunk noise))
+    row = normalize(mean + R @ (sqrt(spectrum) * (topic + document + subject + section + chunk)))
 
-Row i is chunk i of document i // CHUNKS_PER_DOC, in section i // CHUNKS_PER_SECTION; a document picks
-its topic, and some rows are near-copies of a boilerplate "template" shared across documents (KEPs
-repeat their template's sections), as measured on the sample corpus. The parameters were fitted so the
-nearest-neighbour cosine percentiles at the sample corpus's size match the real ones
-(`python -m tests.bench.realdata fit`; both tables are in bench/minilm_profile.json).
+Row i is chunk i of document i // 40, in section i // 4. A document picks a topic; each section picks
+one of its topic's few subjects (so sections of different documents can say the same thing), and its
+section and chunk noise are scaled by a per-section tightness; some rows are near-copies of a template
+shared across documents (KEPs repeat their template's sections). The parameters were fitted so the
+nearest-neighbour cosines (1st and 10th) at the sample corpus's size match those measured on real
+MiniLM vectors: `python -m tests.bench.realdata measure`, then `fit --search`; both tables are printed
+by `fit` and the real one is bench/minilm_profile.json.
 
-Growth with N: the set of topics (and templates) grows like Heaps' law, sqrt(N) — a document picks its
-topic uniformly among the topics that exist at its position — so the documents per topic grow like
-sqrt(N) too: a bigger corpus is both broader and denser, and nearest neighbours get closer, as more
-text of the same kind does. Any prefix of the rows is itself a set of that size, so row i is the same
-vector whatever N a bench asks for, and "doc-<i>" embeds to row i in every process.
+Growth with N, the assumption: topics (and templates) grow like Heaps' law, sqrt(N): a document picks
+its topic uniformly among the topics that exist at its position, so a bigger set is broader and each
+topic also holds more documents (sqrt(N)), whose sections share the topic's subjects: neighbours get
+closer with N, as in more text of the same kind. Any prefix of the rows is itself a set of that size,
+so row i is the same vector whatever N a bench asks for, and "doc-<i>" embeds to row i everywhere.
 
-Deterministic (numpy's PCG64 seeded per block, and a splitmix64 hash per index), generated in blocks
-of BLOCK rows: a slice is cut from whole blocks, so any slicing of a range equals the range made at once,
-and 10M rows never need to be in memory together.
+Deterministic (numpy's PCG64 seeded per block, a splitmix64 hash per index) and generated in blocks of
+BLOCK rows: a slice is cut from whole blocks, so any slicing of a range equals the range made at once,
+and 10M rows (15.4 GB of floats) never need to be in memory together.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ import numpy as np
 from shared.index.tokens import WORDS
 
 BLOCK = 1024  # rows (and centres of each level) drawn together from one seeded generator
-_TOPIC, _DOC, _SECTION, _CHUNK, _TEMPLATE, _QUERY, _BASIS = range(7)
+_TOPIC, _DOC, _SECTION, _CHUNK, _TEMPLATE, _QUERY, _BASIS, _SUBJECT = range(8)
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
-# Quantiles (probability, cosine) of a real query's cosine to its best relevant chunk: placeholder until fitted.
-QUERY_COSINES = ((0.0, 0.5, 1.0), (0.3, 0.6, 0.9))
+# Deciles of a real query's cosine to the best chunk of a KEP labelled relevant (68 labelled queries over
+# the sample corpus, ONNX fp32: bench/minilm_profile.json "best_relevant_quantiles"): (probability, cosine).
+QUERY_COSINES = (tuple(i / 10 for i in range(11)),
+                 (0.2526, 0.3587, 0.3969, 0.4672, 0.503, 0.5309, 0.5872, 0.6292, 0.6747, 0.7263, 0.9213))
 
 
 def _splitmix(values: np.ndarray, salt: int) -> np.ndarray:
@@ -63,33 +67,35 @@ def _normal(values: np.ndarray, salt: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Shape:
-    """The generator's parameters. Defaults are the fit to the sample corpus (11,846 chunks of 295
-    KEPs, ONNX fp32 vectors); see bench/minilm_profile.json for the measured targets."""
+    """The generator's parameters. Defaults are `python -m tests.bench.realdata fit --search`'s result on
+    the sample corpus (11,846 chunks of 295 KEPs, ONNX fp32 vectors), spectrum fitted first."""
 
     dim: int = 384
     chunks_per_doc: int = 40  # the sample: 11,846 chunks / 295 KEPs
     chunks_per_section: int = 4
     base_docs: int = 295  # the size the topic count below was fitted at
-    base_topics: int = 40
+    base_topics: int = 55
     base_templates: int = 60
+    subjects_per_topic: int = 8  # what a section is about: sections of different documents share them
     growth: float = 0.5  # topics and templates grow like (docs / base_docs) ** growth
     # Shares of the latent variance per level (they sum to 1).
-    topic: float = 0.30
-    doc: float = 0.25
-    section: float = 0.20
+    topic: float = 0.2475
+    doc: float = 0.0769
+    subject: float = 0.1636
+    section: float = 0.2218
     chunk: float = 0.25
-    template_rate: float = 0.05  # rows that are a near-copy of a shared template
-    template_noise: float = 0.15  # a template copy's own noise, relative to a chunk's
+    template_rate: float = 0.035  # rows that are a near-copy of a shared template
+    template_noise: float = 0.1375  # a template copy's own noise, relative to a chunk's
     # Sections differ in how tight they are (a table of flags against free prose): the section and chunk
     # noise of a section is scaled by exp(spread * z), z standard normal per section.
-    spread: float = 0.3
-    mean_norm: float = 0.35  # the common direction's length against a unit spread
-    spectrum_decay: float = 0.9  # eigenvalue i ~ (i + spectrum_offset) ** -spectrum_decay
-    spectrum_offset: float = 8.0
+    spread: float = 0.3928
+    mean_norm: float = 0.9  # the common direction's length against a unit spread
+    spectrum_decay: float = 2.267  # eigenvalue i ~ (i + spectrum_offset) ** -spectrum_decay
+    spectrum_offset: float = 39.5
     seed: int = 2026
 
     def shares(self) -> np.ndarray:
-        parts = np.array([self.topic, self.doc, self.section, self.chunk], dtype=np.float64)
+        parts = np.array([self.topic, self.doc, self.subject, self.section, self.chunk], dtype=np.float64)
         return parts / parts.sum()
 
 
@@ -154,9 +160,12 @@ class RealisticVectors:
         docs = rows // s.chunks_per_doc
         sections = rows // s.chunks_per_section
         tightness = np.exp(s.spread * _normal(sections, _SECTION)).astype(np.float32)[:, None]
-        latent = share[0] * self._gauss(_TOPIC, self.topics(docs))
+        topics = self.topics(docs)
+        subjects = topics * s.subjects_per_topic + (_splitmix(sections, _SUBJECT) % np.uint64(s.subjects_per_topic))
+        latent = share[0] * self._gauss(_TOPIC, topics)
         latent += share[1] * self._gauss(_DOC, docs)
-        latent += share[2] * tightness * self._gauss(_SECTION, sections)
+        latent += share[2] * self._gauss(_SUBJECT, subjects.astype(np.int64))
+        latent += share[3] * tightness * self._gauss(_SECTION, sections)
         chunk = tightness * self._gauss(_CHUNK, rows)
         copies = _uniform(rows, _TEMPLATE) < s.template_rate
         if copies.any():
@@ -165,7 +174,7 @@ class RealisticVectors:
             # A template copy is the template, whatever document holds it, plus a little of its own.
             latent[copies] = self._gauss(_TEMPLATE, which) + s.template_noise * chunk[copies]
             chunk[copies] = 0.0
-        latent += share[3] * chunk
+        latent += share[4] * chunk
         return latent
 
     def _finish(self, latent: np.ndarray) -> np.ndarray:
