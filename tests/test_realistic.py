@@ -70,6 +70,14 @@ def test_neighbours_get_closer_as_the_set_grows(corpus_sized):
     assert RealisticVectors().topics(np.array([10_000])).max() < Shape().base_topics * 6
 
 
+def test_held_out_queries_are_as_far_from_the_corpus_as_real_queries(corpus_sized):
+    queries, _ = RealisticVectors().queries(np.arange(500), len(corpus_sized), QUERY_COSINES)
+    nearest = (queries @ corpus_sized.T).max(axis=1)
+    real = PROFILE["queries"]["nearest_chunk"]
+    for p in ("p5", "p25", "p50", "p75", "p95"):
+        assert abs(np.percentile(nearest, int(p[1:])) - real[p]) <= 0.05, (p, real[p])
+
+
 def test_held_out_queries_sit_at_the_measured_cosine_to_their_target():
     source = RealisticVectors()
     queries, targets = source.queries(np.arange(2000), 5000, QUERY_COSINES)
