@@ -38,6 +38,10 @@ ALL_COLLECTIONS = "*"
 MAX_REDIS_WAIT_MS = 4000
 
 
+# The deepest re-rank a compressed part may ask for (candidates per hit); a manifest's is clamped to it.
+MAX_RERANK = 64
+
+
 class SettingsError(ValueError):
     """An environment variable has a value Swapline cannot use."""
 
@@ -202,6 +206,8 @@ class Settings:
         if self.redis_min_replicas < 0 or not 1 <= self.redis_wait_ms <= MAX_REDIS_WAIT_MS:
             raise SettingsError(f"SWAPLINE_REDIS_MIN_REPLICAS must be 0 or more and SWAPLINE_REDIS_WAIT_MS 1 to "
                                 f"{MAX_REDIS_WAIT_MS} (below the Redis client's 5 s socket timeout)")
+        if not 1 <= self.rerank_depth <= MAX_RERANK:
+            raise SettingsError(f"SWAPLINE_RERANK_DEPTH must be 1 to {MAX_RERANK}, not {self.rerank_depth}")
         if self.pinned_versions < 1:
             raise SettingsError(f"SWAPLINE_PINNED_VERSIONS must be 1 or more, not {self.pinned_versions}")
         if not 0 <= self.worker_nice <= 19:

@@ -16,7 +16,7 @@ import pytest
 
 from shared.index import calibration, embedders
 from shared.index.calibration import CalibratedIngest, CalibratedQueries, CalibrationSet
-from shared.index.embedders import HashEmbedder, make_runtime
+from shared.index.embedders import HashEmbedder, make_runtime, runtime_model_id
 from shared.index.onnxembed import OnnxMiniLMEmbedder
 from shared.settings import Settings
 from tests.support import make_services
@@ -150,7 +150,7 @@ def test_calibrators_starting_together_calibrate_once(tmp_path, monkeypatch):
         runs.append(threading.get_ident())
         done.wait(5)  # hold the lock until the other calibrator is waiting for it
         return {"ingest": "minilm-onnx", "query": "minilm-onnx", "ingest_vs_torch": 2.0, "seconds": 1.0,
-                "by": threading.get_ident()}
+                "candidates": {}, "host": {}, "by": threading.get_ident()}
 
     done = threading.Event()
     monkeypatch.setattr(calibration, "calibrate", slow_calibrate)
@@ -176,9 +176,11 @@ def test_a_worker_under_minilm_calibrates_and_embeds_with_the_ingest_choice(tmp_
     ingest = CalibratedIngest(settings_for(tmp_path), 2, factory=factory, cset=SET,
                               names=calibration.CANDIDATES, clock=clock)
     assert ingest.dim == 384 and not made  # nothing measured until something is embedded
-    # The first embed does not wait: the default runtime answers while the calibration runs aside.
-    assert ingest.model_id == f"fake+{calibration.MINILM_DEFAULT}"
+    # Its id loads nothing; the first embed does not wait: the default runtime answers while the
+    # calibration runs aside.
+    assert ingest.model_id == runtime_model_id(calibration.MINILM_DEFAULT) and not made
     assert ingest.embed(["a text"]).shape == (1, 64)
+    assert ingest.pinned().model_id in (f"fake+{calibration.MINILM_DEFAULT}", "fake+minilm-torch-bf16")
     ingest.wait(30)
     assert ingest.model_id == "fake+minilm-torch-bf16"
     status = ingest.status()
@@ -193,7 +195,7 @@ def test_a_calibration_that_fails_leaves_the_default_runtime(tmp_path):
         return FakeRuntime(name, Clock(), 0.0)
 
     ingest = CalibratedIngest(settings_for(tmp_path), 2, factory=broken, cset=SET, names=calibration.CANDIDATES)
-    assert ingest.model_id == f"fake+{calibration.MINILM_DEFAULT}"
+    ingest.embed(["a text"])
     ingest.wait(30)
     assert ingest.model_id == f"fake+{calibration.MINILM_DEFAULT}"
     assert not calibration.record_path(settings_for(tmp_path), SET).exists()  # tried again by the next process
@@ -277,3 +279,13 @@ def test_the_real_runtimes_calibrate_on_a_tiny_set(tmp_path):
     assert record["query"] in figures and figures[record["query"]]["kept"]
     assert all(fig["chunks_per_s"] > 0 and fig["query_p50_ms"] > 0 for fig in figures.values())
     assert record["host"]["cpu"] and json.loads(calibration.record_path(settings, cset).read_text()) == record
+
+
+def test_a_record_this_release_did_not_write_is_calibrated_again(tmp_path):
+    """A hand-edited or truncated record (an unknown runtime, a missing field) is no record: nothing
+    embeds with a name it cannot make."""
+    path = tmp_path / "record.json"
+    for bad in ('{"ingest": "minilm-gpu", "query": "minilm-onnx", "candidates": {}}', "[1, 2]", "{",
+                '{"ingest": "minilm-onnx", "query": "minilm-onnx", "candidates": {}}'):
+        path.write_text(bad)
+        assert calibration.read_record(path) is None

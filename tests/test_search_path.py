@@ -78,6 +78,24 @@ def test_known_collections_are_answered_from_memory():
     assert catalog.known("b") == (False, None) and catalog.names() == {"a"}
 
 
+def test_a_read_older_than_a_later_write_cannot_undo_it():
+    """A look-up or a full sync that read Redis before a drop (or a mode change) landed, but writes
+    after it, is dropped for that name: the dropped collection stays gone, the new mode stays."""
+    catalog = Catalog(Lookups({}))
+    catalog.replace({"a": None, "b": None})
+    lookup_began = catalog.mark()  # a look-up of "a" reads Redis: it still exists
+    catalog.update("a", False, None, catalog.mark())  # meanwhile the drop's message lands
+    catalog.update("a", True, None, lookup_began)  # then the look-up's stale answer
+    assert catalog.known("a") == (False, None)
+    sync_began = catalog.mark()  # a full sync reads every collection: b has no mode yet
+    catalog.update("b", True, "keyword")  # this process's PATCH answers, then updates its catalog
+    catalog.replace({"b": None}, sync_began)  # the sync lands with what it read before the PATCH
+    assert catalog.known("b") == (True, "keyword") and catalog.known("a") == (False, None)
+    catalog.replace({"b": "keyword"}, catalog.mark())  # a later sync is the word on every name again
+    catalog.replace({"b": None, "c": None}, catalog.mark())
+    assert catalog.known("b") == (True, None) and catalog.names() == {"b", "c"}
+
+
 def test_an_unknown_name_is_looked_up_once_then_known_or_remembered_missing_briefly():
     clock, lookups = Clock(), Lookups({"new": "vector"})
     catalog = Catalog(lookups, clock=clock)

@@ -41,6 +41,7 @@ from shared.index.embedders import (
     bf16_supported,
     cpu_flags,
     make_runtime,
+    runtime_model_id,
 )
 from shared.index.minilm import MiniLMRuntime
 from shared.index.tokens import Tokenizer, minilm_tokenizer
@@ -230,10 +231,18 @@ def calibrate(settings: Settings, cset: CalibrationSet, names: tuple[str, ...] |
 # The record
 
 def read_record(path: Path) -> dict | None:
+    """This host's record, or None when there is none or it is not one this release wrote (hand-edited,
+    truncated, naming a runtime it does not know): then it is calibrated again, under the lock."""
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None  # none yet (or unreadable: calibrated again, under the lock)
+        return None
+    if not isinstance(record, dict) or record.get("ingest") not in CANDIDATES \
+            or record.get("query") not in CANDIDATES or not isinstance(record.get("candidates"), dict) \
+            or not isinstance(record.get("host"), dict) or not {"ingest_vs_torch", "seconds"} <= record.keys():
+        log.warning("event=calibration.record_refused path=%s", path)
+        return None
+    return record
 
 
 def _write(path: Path, record: dict) -> None:
@@ -330,6 +339,10 @@ class CalibratedIngest:
         except Exception:
             log.exception("event=calibration.failed fallback=%s", self.runtime)
 
+    def pinned(self) -> Embedder:
+        """The runtime in use now, for one job to embed everything with (shared.index.embedders.pinned)."""
+        return self._embedder()
+
     def wait(self, timeout: float | None = None) -> None:
         """Until a calibration this process started has ended (tests, benchmarks)."""
         if self._thread is not None:
@@ -339,7 +352,12 @@ class CalibratedIngest:
 
     @property
     def model_id(self) -> str:
-        return self._embedder().model_id
+        """The runtime's id; asking loads nothing (a rebuild reads it and must not start a calibration)."""
+        current = self._current
+        if current is not None:
+            return current.model_id
+        record = read_record(self.path)
+        return runtime_model_id(record["ingest"] if record else MINILM_DEFAULT)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -376,6 +394,11 @@ class CalibratedQueries:
     @property
     def model_id(self) -> str:
         return self._current.model_id
+
+    @property
+    def ingest_model_id(self) -> str:
+        """The model id workers on this host embed and cache under (their record's ingest choice)."""
+        return runtime_model_id(self.record["ingest"] if self.record else MINILM_DEFAULT)
 
     @property
     def tokenizer(self) -> Tokenizer:

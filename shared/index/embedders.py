@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from shared.index.minilm import MINILM_ID, MiniLMRuntime
-from shared.index.onnxembed import OnnxMiniLMEmbedder
+from shared.index.onnxembed import OnnxMiniLMEmbedder, onnx_model_id
 from shared.index.realistic import RealisticEmbedder
 from shared.index.tokens import WORDS, Tokenizer
 from shared.settings import Settings
@@ -247,6 +247,26 @@ def vector_space(model_id: str) -> str:
     """The model whose vector space `model_id`'s vectors live in: runtimes of one model share it
     ("...all-MiniLM-L6-v2+onnx-int8" -> "...all-MiniLM-L6-v2")."""
     return model_id.split("+", 1)[0]
+
+
+def runtime_model_id(name: str) -> str:
+    """The model id a MiniLM runtime (by its SWAPLINE_EMBEDDER name) records, without loading it."""
+    if name in ONNX_VARIANTS:
+        return onnx_model_id(ONNX_VARIANTS[name])
+    return f"{MINILM_ID}+torch-bf16" if name == TORCH_BF16 else MINILM_ID
+
+
+def ingest_model_id(embedder: Embedder) -> str:
+    """The model id this host's workers embed (and cache) under: a calibrated API process embeds queries
+    with one runtime and ingest may use another; any other embedder is its own."""
+    return getattr(embedder, "ingest_model_id", None) or embedder.model_id
+
+
+def pinned(embedder: Embedder) -> Embedder:
+    """The runtime `embedder` embeds with now, kept for one job: an embedder that may switch runtimes
+    (a calibrated one) hands out its current one; any other is itself."""
+    pin = getattr(embedder, "pinned", None)
+    return pin() if callable(pin) else embedder
 
 
 def same_vector_space(a: str | None, b: str | None) -> bool:

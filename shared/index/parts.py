@@ -63,6 +63,7 @@ from shared.index.vectorindex import (
     sha256_file,
 )
 from shared.index.vectorindex import verify_version as verify_format1
+from shared.settings import MAX_RERANK
 from shared.storage import check_npy, reraise, write_npy, written
 
 log = logging.getLogger(__name__)
@@ -425,7 +426,8 @@ class PartsVersion:
         self.total_rows = sum(ref.rows for ref in self.refs)
         self.offsets = np.array([ref.offset for ref in self.refs], dtype=np.int64)
         self.nprobe = int(manifest.get("nprobe", 1))
-        self.rerank = max(1, int(manifest.get("rerank", 1)))  # candidates per hit a compressed part re-ranks
+        # Candidates per hit a compressed part re-ranks; a manifest cannot make every search read a part whole.
+        self.rerank = min(MAX_RERANK, max(1, int(manifest.get("rerank", 1))))
         # What every unfiltered search needs of the deletions, computed once per version, not per query.
         self._live = [None if ref.deleted is None else ~ref.deleted for ref in self.refs]
         self._live_selectors = [_selector(live) for live in self._live]

@@ -190,10 +190,12 @@ class RealisticVectors:
 
     def _block(self, block: int) -> np.ndarray:
         # An ingest batch of "doc-<i>" texts is a run of rows: keep the last block finished.
-        if self._last is None or self._last[0] != block:
+        # One read of the pair: request threads share the embedder and may each replace it.
+        last = self._last
+        if last is None or last[0] != block:
             rows = np.arange(block * BLOCK, (block + 1) * BLOCK, dtype=np.int64)
-            self._last = (block, self._finish(self._latent(rows)))
-        return self._last[1]
+            last = self._last = (block, self._finish(self._latent(rows)))
+        return last[1]
 
     def vectors(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as float32 (stop - start) x dim, the same whatever slices they are cut in."""

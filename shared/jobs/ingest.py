@@ -17,6 +17,7 @@ from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError
 from shared.index.chunking import embed_text
 from shared.index.documents import chunk_document
+from shared.index.embedders import Embedder, pinned
 from shared.jobs.progress import ProgressReporter
 from shared.jobs.submit import request_rebuild
 from shared.limits import metadata_bytes
@@ -85,11 +86,12 @@ def chunk_documents(svc: Services, documents: list[dict]) -> tuple[list[dict], l
 
 
 def embed_records(svc: Services, job_id: str, records: list[dict], texts: list[str],
-                  known: dict[str, np.ndarray]) -> tuple[np.ndarray, int, float]:
-    """Vectors for `records` in order, embedding only unseen content.
+                  known: dict[str, np.ndarray], embedder: Embedder | None = None) -> tuple[np.ndarray, int, float]:
+    """Vectors for `records` in order, embedding only unseen content, all with `embedder` (one
+    runtime; the process's by default).
 
     Returns (vectors, how many were embedded, seconds spent embedding)."""
-    embedder = svc.embedder
+    embedder = embedder or pinned(svc.embedder)
     vectors = np.zeros((len(records), embedder.dim), dtype=np.float32)
     missing = list({rec["hash"] for rec in records if rec["hash"] not in known})
     known = {**known, **svc.embed_cache.get_many(embedder.model_id, missing, embedder.dim)}
@@ -126,15 +128,18 @@ def write_documents(svc: Services, job_id: str, collection: str, documents: list
     register it. Returns (segment seq, summary). Used by ingest jobs and by a reconcile's batches."""
     svc.jobs.progress(job_id, names.STAGE_CHUNK, 0, len(documents))
     records, texts, counts = chunk_documents(svc, documents)
-    known = _known_vectors(svc, collection, list(counts), svc.embedder.model_id)
-    vectors, embedded, embed_seconds = embed_records(svc, job_id, records, texts, known)
+    # One runtime for the whole segment: a calibration switching the process's runtime meanwhile must
+    # not mix runtimes under one model id (segment meta, cache keys).
+    embedder = pinned(svc.embedder)
+    known = _known_vectors(svc, collection, list(counts), embedder.model_id)
+    vectors, embedded, embed_seconds = embed_records(svc, job_id, records, texts, known, embedder)
     # Counted when done: a redelivered job embeds (and counts) its chunks again, as it really did.
     svc.counters.add_embedded(collection, embedded, embed_seconds)
     seq = svc.collections.next_segment_seq(collection)
     svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
     svc.storage.write_segment(collection, seq, records, vectors, {
-        "docs": list(counts), "tombstones": list(tombstones), "model": svc.embedder.model_id,
-        "dim": svc.embedder.dim, "job_id": job_id, "created_at": time.time()})
+        "docs": list(counts), "tombstones": list(tombstones), "model": embedder.model_id,
+        "dim": embedder.dim, "job_id": job_id, "created_at": time.time()})
     summary = {"documents": len(counts), "chunks": len(records), "embedded": embedded,
                "reused": len(records) - embedded, "embed_seconds": round(embed_seconds, 3),
                "embed_rate": round(embedded / embed_seconds, 2) if embedded and embed_seconds > 0 else None}

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from shared.index.embedders import ingest_model_id
 from shared.jobs.ingest import chunk_documents
 from shared.services import Services
 from shared.sources.batch import read_documents
@@ -95,7 +96,8 @@ def _dry_run(svc: Services, source: dict) -> dict:
         check()
         documents, _, _ = read_documents(svc, source, [rel])
         hashes.update(rec["hash"] for rec in chunk_documents(svc, documents)[0])
-    cached = svc.embed_cache.has_many(svc.embedder.model_id, sorted(hashes))
+    # Workers cache under their ingest runtime, which a calibrated API's query runtime may differ from.
+    cached = svc.embed_cache.has_many(ingest_model_id(svc.embedder), sorted(hashes))
     to_embed = len(hashes) - len(cached)
     rate, rate_source = embed_rate(svc)
     summary = plan.summary()

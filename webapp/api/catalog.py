@@ -10,6 +10,10 @@ A name this process does not know may belong to a collection created a moment ag
 Redis once, but those look-ups are bounded per process (a flood of searches on random names must not
 become a flood of Redis reads): a name found missing is remembered for a short while, and past a small
 rate an unknown name is answered from what the process knows (a 404) until the watcher catches up.
+
+Writes carry the generation at which their Redis read began (`mark()`): a write whose read is older than
+a later write of the same name is dropped, so a look-up or a full sync that read before a drop or a
+`default_mode` change cannot undo it when it lands after.
 """
 
 from __future__ import annotations
@@ -37,21 +41,41 @@ class Catalog:
         self._clock = clock
         self._known: dict[str, str | None] = {}
         self._missing: dict[str, float] = {}  # name -> when the answer expires
+        self._generation = 0
+        self._written: dict[str, int] = {}  # name -> the generation of its last single-name write
         self._write = threading.Lock()
         self._rate = per_second
         self._tokens = per_second
         self._refilled = clock()
         self.lookups = 0
 
-    def replace(self, modes: dict[str, str | None]) -> None:
-        """Every collection that exists, as a full sync read them."""
+    def mark(self) -> int:
+        """The generation now: take it before reading Redis, pass it with what was read."""
+        return self._generation
+
+    def replace(self, modes: dict[str, str | None], since: int | None = None) -> None:
+        """Every collection that exists, as a full sync read them from generation `since` on; names
+        written singly after that keep what those writes said."""
         with self._write:
-            self._known = dict(modes)
+            self._generation += 1
+            known = dict(modes)
+            newer = {name: g for name, g in self._written.items() if since is not None and g > since}
+            for name in newer:
+                if name in self._known:
+                    known[name] = self._known[name]
+                else:
+                    known.pop(name, None)
+            self._known, self._written = known, newer
             self._missing = {}
 
-    def update(self, name: str, exists: bool, mode: str | None) -> None:
-        """One collection, as a message about it (or a look-up) found it."""
+    def update(self, name: str, exists: bool, mode: str | None, since: int | None = None) -> None:
+        """One collection, as a message about it, a look-up or this process's own change found it;
+        `since`: the generation its read began at (None: the newest word, e.g. a change just made)."""
         with self._write:
+            if since is not None and self._written.get(name, 0) > since:
+                return  # a later write of this name already landed
+            self._generation += 1
+            self._written[name] = self._generation
             known = dict(self._known)
             if exists:
                 known[name] = mode
@@ -78,9 +102,10 @@ class Catalog:
         if self._missing.get(name, 0.0) > now or not self._take(now):
             return False, None
         self.lookups += 1
+        since = self.mark()
         exists, mode = self._lookup(name)
         if exists:
-            self.update(name, True, mode)
+            self.update(name, True, mode, since)
         else:
             with self._write:
                 if len(self._missing) >= MISSING_MAX:

@@ -225,15 +225,16 @@ class IndexWatcher(threading.Thread):
                 return
             self._layout_checked, self.layout_refused = True, None
         full = only is None
+        since = self.catalog.mark()  # before any read: a write landing meanwhile is newer than this sync
         asked = self.svc.collections.names() if only is None else only
         # Searches read this instead of Redis: a created, dropped or changed collection is announced on
         # the swap channel (a targeted sync here), a lost message is caught by the next full sync.
         modes = self.svc.collections.search_catalog(asked)
         if full:
-            self.catalog.replace(modes)
+            self.catalog.replace(modes, since)
         else:
             for name in asked:
-                self.catalog.update(name, name in modes, modes.get(name))
+                self.catalog.update(name, name in modes, modes.get(name), since)
         collections = [name for name in asked if name in modes]
         for gone in (set(self.live.served()) - set(collections)) if full else set(asked) - set(collections):
             self.live.drop(gone)

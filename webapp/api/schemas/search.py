@@ -105,7 +105,7 @@ class SearchResultSchema(Schema):
 
 # The search answer is written directly, not dumped field by field through the schemas above (which
 # stay the OpenAPI description): the same keys, the same JSON, a fraction of the cost per hit
-# (tests/test_search_body.py checks the two agree).
+# (tests/test_search_path.py checks the two agree).
 _RESULT_FIELDS = tuple(SearchResultSchema._declared_fields)
 _HIT_FIELDS = tuple(HitSchema._declared_fields)
 _PASSAGE_FIELDS = tuple(PassageSchema._declared_fields)
