@@ -19,7 +19,7 @@ from shared.index.calibration import CalibratedIngest, CalibratedQueries, Calibr
 from shared.index.embedders import HashEmbedder, make_runtime, runtime_model_id
 from shared.index.onnxembed import OnnxMiniLMEmbedder
 from shared.settings import Settings
-from tests.support import make_services
+from tests.support import make_services, wait_for
 
 DOCS = {
     "keps/a": ["pods preempt lower priority pods", "preemption of pods by priority"],
@@ -289,3 +289,13 @@ def test_a_record_this_release_did_not_write_is_calibrated_again(tmp_path):
                 '{"ingest": "minilm-onnx", "query": "minilm-onnx", "candidates": {}}'):
         path.write_text(bad)
         assert calibration.read_record(path) is None
+
+
+def test_readiness_alone_finds_a_record_written_later(tmp_path):
+    """An API that embeds no query (nobody searches yet) still shows the record /readyz asks about."""
+    clock = Clock()
+    settings = settings_for(tmp_path)
+    queries = CalibratedQueries(settings, 1, factory=fake_factory(clock), recheck_seconds=0.0, cset=SET)
+    calibration.ensure_record(settings, SET, names=calibration.CANDIDATES, factory=fake_factory(clock), clock=clock)
+    wait_for(lambda: queries.status()["calibration"]["state"] == "recorded", timeout=10,
+             message="status to find the record")

@@ -406,8 +406,7 @@ class CalibratedQueries:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         current = self._current
-        if self.record is None and time.monotonic() - self._checked >= self.recheck_seconds:
-            self.check()
+        self._maybe_check()
         return current.embed(texts)
 
     def check(self, wait: bool = False) -> None:
@@ -440,5 +439,11 @@ class CalibratedQueries:
             self._switching.release()
 
     def status(self) -> dict:
+        """What /readyz shows; asking also looks for the record (as a search does), off this thread."""
+        self._maybe_check()
         return {"setting": "minilm", "role": "query", "runtime": self.runtime, "model": self.model_id,
                 "calibration": summary(self.record)}
+
+    def _maybe_check(self) -> None:
+        if self.record is None and time.monotonic() - self._checked >= self.recheck_seconds:
+            self.check()
