@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.gitrepo import commit_all, git, write
 from tests.support import BIN, create_collection, search, wait_for, wait_job
 
 pytestmark = pytest.mark.integration
 
-GIT_ID = ["-c", "user.name=Swapline Test", "-c", "user.email=test@swapline.invalid", "-c", "init.defaultBranch=main",
-          "-c", "commit.gpgsign=false"]
 MAIN = {
     "README.md": "# Orchard\nOrchard schedules fruit picking crews across hillside terraces.\n",
     "docs/irrigation.md": "# Irrigation\nDrip lines water the pear rows at dawn.\n",
@@ -29,21 +28,6 @@ MAIN = {
     ".gitignore": "*.log\nsecret.md\n",
 }
 
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True, text=True).stdout
-
-
-def write(repo: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        (repo / rel).write_text(text)
-
-
-def commit_all(repo: Path, message: str) -> str:
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
-    return git(repo, "rev-parse", "HEAD").strip()
 
 
 class Stack:

@@ -26,27 +26,8 @@ from shared.sources.plan import PlanTooCostly, elapsed_check, make_plan
 from shared.sources.reconcile import run_reconcile
 from shared.sources.submit import add_source, submit_reconcile
 from shared.sources.walk import Rules, walk_tree
+from tests.gitrepo import commit_all, git, write
 from tests.support import make_services
-
-GIT_ID = ["-c", "user.name=Swapline Test", "-c", "user.email=test@swapline.invalid", "-c", "init.defaultBranch=main",
-          "-c", "commit.gpgsign=false"]
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True, text=True).stdout
-
-
-def write(repo: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        (repo / rel).write_text(text)
-
-
-def commit_all(repo: Path, message: str) -> str:
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
-    return git(repo, "rev-parse", "HEAD").strip()
-
 
 # ---- git's output, hostile
 

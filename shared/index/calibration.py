@@ -292,6 +292,14 @@ def summary(record: dict | None) -> dict:
 
 # What processes use
 
+def _loaded(factory: Factory, name: str, threads: int, role: str) -> tuple[Embedder, str]:
+    """Runtime `name` made and warmed (the model loads here, not in a job or a search), to switch to."""
+    chosen = factory(name, threads)
+    chosen.embed(["warm up"])
+    log.info("event=calibration.%s_runtime runtime=%s model=%s", role, name, chosen.model_id)
+    return chosen, name
+
+
 class CalibratedIngest:
     """A worker's embedder under SWAPLINE_EMBEDDER=minilm: the runtime this host's record chose for
     ingest. With no record yet it embeds with the default runtime, and its first embed starts the
@@ -329,12 +337,8 @@ class CalibratedIngest:
     def _calibrate(self) -> None:
         try:
             record = ensure_record(self.settings, **self.calibrate_args)
-            name = record["ingest"]
-            if name != self.runtime:
-                chosen = self.factory(name, self.threads)
-                chosen.embed(["warm up"])  # the model loads here, not in a job
-                self._current, self.runtime = chosen, name
-                log.info("event=calibration.ingest_runtime runtime=%s model=%s", name, chosen.model_id)
+            if record["ingest"] != self.runtime:
+                self._current, self.runtime = _loaded(self.factory, record["ingest"], self.threads, "ingest")
             self.record = record
         except Exception:
             log.exception("event=calibration.failed fallback=%s", self.runtime)
@@ -426,12 +430,8 @@ class CalibratedQueries:
 
     def _switch(self, record: dict) -> None:
         try:
-            name = record["query"]
-            if name != self.runtime:
-                chosen = self.factory(name, self.threads)
-                chosen.embed(["warm up"])  # the model loads here, not in a search
-                self._current, self.runtime = chosen, name
-                log.info("event=calibration.query_runtime runtime=%s model=%s", name, chosen.model_id)
+            if record["query"] != self.runtime:
+                self._current, self.runtime = _loaded(self.factory, record["query"], self.threads, "query")
             self.record = record
         except Exception:
             log.exception("event=calibration.switch_failed runtime=%s", self.runtime)
