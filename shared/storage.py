@@ -380,10 +380,21 @@ class Storage:
     def read_segment_meta(self, collection: str, seq: int) -> dict:
         return json.loads((self.segment_dir(collection, seq) / "meta.json").read_text())
 
-    def iter_segment_records(self, collection: str, seq: int) -> Iterator[dict]:
+    def iter_segment_records(self, collection: str, seq: int, rows: Iterable[int] | None = None) -> Iterator[dict]:
+        """A segment's chunk records in row order; with `rows` (ascending), only those rows are parsed."""
         with open(self.segment_dir(collection, seq) / "chunks.jsonl", encoding="utf-8") as fh:
-            for line in fh:
-                yield json.loads(line)
+            if rows is None:
+                for line in fh:
+                    yield json.loads(line)
+                return
+            wanted = iter(rows)
+            want = next(wanted, None)
+            for row, line in enumerate(fh):
+                if want is None:
+                    return
+                if row == want:
+                    yield json.loads(line)
+                    want = next(wanted, None)
 
     def read_segment_vectors(self, collection: str, seq: int) -> np.ndarray:
         return np.load(self.segment_dir(collection, seq) / "vectors.npy", mmap_mode="r")

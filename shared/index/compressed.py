@@ -13,10 +13,11 @@ pass over a sample (per-dimension ranges, no k-means per sub-space), encodes a r
 search, and ranks well enough that a re-rank depth of a few k recovers what it loses; PQ would shrink
 codes further (48 B at 8x8 bits) at a recall a re-rank must win back from a much deeper candidate list.
 
-**Tuning.** `tune` measures, on held-out rows searched leave-one-out (as `shared.index.ivf.tune_nprobe`),
-recall@10 for every (nprobe, rerank) pair of the two ladders with one search per nprobe (a candidate list
-cut to r x k is what a search for r x k returns), and picks the smallest nprobe at which some depth
-reaches the target, with the smallest such depth.
+**Tuning.** `tune` measures, on query-like probes made from held-out rows (as
+`shared.index.ivf.tune_nprobe`: moved to where real queries sit from what they seek), recall@10 for
+every (nprobe, rerank) pair of the two ladders with one search per nprobe (a candidate list cut to
+r x k is what a search for r x k returns), and picks the smallest nprobe at which some depth reaches
+the target, with the smallest such depth.
 """
 
 from __future__ import annotations
@@ -143,13 +144,12 @@ def _candidates(index: faiss.Index, queries: np.ndarray, nprobe: int, fetch: int
 
 
 def _recall_at(vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray, depth: int, k: int,
-               own: np.ndarray, truth: np.ndarray) -> float:
-    """recall@k of searches that re-rank the first depth x k candidates (own row left out)."""
+               truth: np.ndarray) -> float:
+    """recall@k of searches that re-rank the first depth x k candidates."""
     got_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     got_ids = np.full((len(queries), k), -1, dtype=np.int64)
     for i, (query, row) in enumerate(zip(queries, candidates, strict=True)):
-        pool = row[:depth * k + 1]
-        scores, ids = rerank(vectors, query, pool[pool != own[i]], k)
+        scores, ids = rerank(vectors, query, row[:depth * k], k)
         got_scores[i, :len(ids)], got_ids[i, :len(ids)] = scores, ids
     return ivf._recall(truth, got_scores, got_ids)
 
@@ -163,23 +163,22 @@ def tune(index: faiss.Index, vectors: np.ndarray, rows: Rows, target: float, mos
     `rows` reads them in slices for the exact answers."""
     ivf_index = faiss.extract_index_ivf(index)
     n = int(index.ntotal)
-    kind = "held-out rows (leave-one-out)"
-    k = min(k, n - 1)
+    kind = ivf.PROBE_KIND
+    k = min(k, n)
     if k <= 0:
         return {"nprobe": 1, "rerank": 1, "recall_at_10": 1.0, "recall_target": target, "queries": 0,
                 "query_kind": kind, "ladder": [], "nlist": int(ivf_index.nlist)}
     rng = np.random.default_rng(seed)
     own = np.sort(rng.choice(n, size=min(HELD_OUT_QUERIES, n), replace=False)).astype(np.int64)
-    queries = np.ascontiguousarray(vectors[own], dtype=np.float32)
-    truth_scores, truth_ids = exact_top(rows, queries, k + 1)
-    truth, _ = ivf._without_self(truth_scores, truth_ids, own, k)
+    queries = ivf.query_probes(vectors[own], seed)
+    truth, _ = exact_top(rows, queries, k)
     depths = depth_ladder(most_depth)
     ladder: list[list] = []  # [nprobe, rerank, recall]
     chosen = None
     for nprobe in ivf.nprobe_ladder(ivf_index.nlist, most_nprobe):
-        candidates = _candidates(index, queries, nprobe, min(depths[-1] * k + 1, n))
+        candidates = _candidates(index, queries, nprobe, min(depths[-1] * k, n))
         for depth in depths:
-            ladder.append([nprobe, depth, round(_recall_at(vectors, queries, candidates, depth, k, own, truth), 4)])
+            ladder.append([nprobe, depth, round(_recall_at(vectors, queries, candidates, depth, k, truth), 4)])
             if ladder[-1][2] >= target:
                 chosen = ladder[-1]
                 break

@@ -19,12 +19,16 @@ and how many of them fell below `far_ip`). A later build retrains when
 
 All three are computed from the assignment that adding rows needs anyway, so deciding costs nothing.
 
-**Held-out queries for nprobe.** Without caller-given queries, `tune_nprobe` holds out a random sample
-of 200 indexed rows: each is searched with its own row excluded from both the exact answer and the
-IVF answer (leave-one-out), so the result is what an index without that row would answer. The sample
-follows the data's own distribution without inventing a noise scale, and excluding the row removes
-the hit an IVF search always finds (a row sits in the list of its nearest centroid, the first one
-probed), which would otherwise inflate recall@10 by about 0.1.
+**Query-like probes for nprobe.** Without caller-given queries, `tune_nprobe` measures recall@10 on
+200 probes made from a random sample of indexed rows, each moved away from its row to where real
+queries sit: to a cosine with the row drawn from QUERY_COSINES (the measured cosine of a real question
+to the best chunk labelled relevant to it), along another sampled row's offset from the sample's mean (a
+direction inside the data's spread, without the common direction sentence embeddings share). Rows
+themselves are far easier: a real all-MiniLM-L6-v2 query's nearest chunk has cosine ~0.55 where a
+chunk's nearest other chunk has ~0.88, and IVF lists are cut around the rows, so on data shaped like
+MiniLM's (shared/index/realistic.py, 200k rows, 1788 lists) held-out rows reached 0.96 at nprobe 4
+while held-out queries got 0.41 there and needed nprobe 256 for 0.96. The exact answer of a probe is
+over every row, its own row included (the chunk it was made from is what it seeks).
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ FAR_PERCENTILE = 5.0
 DRIFT_MAX_FAR_SHARE = 0.10
 DRIFT_MIN_ROWS = 200
 SIZE_RANGE = (0.5, 2.0)
+# Deciles of a real question's cosine to the best chunk labelled relevant to it (68 labelled queries over
+# the sample corpus, all-MiniLM-L6-v2, ONNX fp32: bench/minilm_profile.json "best_relevant_quantiles"),
+# as (probability, cosine): where `query_probes` puts a probe from its row.
+QUERY_COSINES = (tuple(i / 10 for i in range(11)),
+                 (0.2526, 0.3587, 0.3969, 0.4672, 0.503, 0.5309, 0.5872, 0.6292, 0.6747, 0.7263, 0.9213))
+PROBE_KIND = "query-like probes (held-out rows moved to real queries' cosine)"
 IMBALANCE_MAX_GROWTH = 2.0
 HELD_OUT_QUERIES = 200
 
@@ -182,13 +192,20 @@ def sample_rows(index: faiss.Index, count: int, seed: int) -> tuple[np.ndarray, 
     return np.array(picked, dtype=np.int64), np.stack(vectors)
 
 
-def _without_self(scores: np.ndarray, found: np.ndarray, own: np.ndarray | None, k: int) -> tuple[np.ndarray,
-                                                                                                 np.ndarray]:
-    if own is None:
-        return scores[:, :k], found[:, :k]
-    keep = [row != me for row, me in zip(found, own, strict=True)]
-    return (np.stack([s[m][:k] for s, m in zip(scores, keep, strict=True)]),
-            np.stack([f[m][:k] for f, m in zip(found, keep, strict=True)]))
+def query_probes(rows: np.ndarray, seed: int) -> np.ndarray:
+    """Sampled rows (unit length, 2-d) made into query-like probes (module docstring): row i moved to a
+    cosine drawn from QUERY_COSINES, along a random mix of the sample's offsets from its mean."""
+    rows = np.asarray(rows, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    cos = np.interp(rng.random(len(rows)), *QUERY_COSINES).astype(np.float32)
+    # Gaussian weights over the centred sample: directions shaped like the data's spread (its covariance).
+    away = rng.standard_normal((len(rows), len(rows))).astype(np.float32) @ (rows - rows.mean(axis=0))
+    away -= (away * rows).sum(axis=1, keepdims=True) * rows
+    length = np.linalg.norm(away, axis=1, keepdims=True)
+    away = np.where(length > 1e-6, away / np.maximum(length, 1e-12), 0.0)  # one row, or copies: no direction
+    out = cos[:, None] * rows + np.sqrt(1.0 - cos**2)[:, None] * away
+    return np.ascontiguousarray(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12),
+                                dtype=np.float32)
 
 
 def _recall(truth_scores: np.ndarray, got_scores: np.ndarray, got_ids: np.ndarray) -> float:
@@ -210,24 +227,22 @@ def tune_nprobe(index: faiss.Index, target: float, most: int, queries: np.ndarra
     """Set the index's nprobe to the smallest on `nprobe_ladder` whose recall@k against exact search
     reaches `target` (the largest tried when none does) and return what was measured: nprobe,
     recall_at_10, recall_target, queries (how many, and of which kind), ladder ([nprobe, recall] pairs).
-    Without `queries`, a held-out sample of the index's rows is used (module docstring)."""
+    Without `queries`, query-like probes from a sample of the index's rows (module docstring)."""
     ivf = faiss.extract_index_ivf(index)
-    own = None
+    kind = "given" if queries is not None else PROBE_KIND
     if queries is None:
-        own, queries = sample_rows(index, HELD_OUT_QUERIES, seed)
+        queries = query_probes(sample_rows(index, HELD_OUT_QUERIES, seed)[1], seed)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    kind = "held-out rows (leave-one-out)" if own is not None else "given"
-    extra = 1 if own is not None else 0
-    k = min(k, int(index.ntotal) - extra)
+    k = min(k, int(index.ntotal))
     if k <= 0 or not len(queries):
         return {"nprobe": 1, "recall_at_10": 1.0, "recall_target": target, "queries": 0, "query_kind": kind,
                 "ladder": [], "nlist": int(ivf.nlist)}
-    truth_scores, _ = _without_self(*exact_search(index, queries, k + extra), own, k)
+    truth_scores, _ = exact_search(index, queries, k)
     ladder: list[list] = []  # [nprobe, recall] pairs
     for nprobe in nprobe_ladder(ivf.nlist, most):
         # faiss's stubs omit the keyword constructor its Python layer adds to every SearchParameters.
-        got = index.search(queries, k + extra, params=faiss.SearchParametersIVF(nprobe=nprobe))  # type: ignore[call-arg]
-        ladder.append([nprobe, round(_recall(truth_scores, *_without_self(*got, own, k)), 4)])
+        got = index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))  # type: ignore[call-arg]
+        ladder.append([nprobe, round(_recall(truth_scores, *got), 4)])
         if ladder[-1][1] >= target:
             break
     reached = ladder[-1][1] >= target

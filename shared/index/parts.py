@@ -44,7 +44,13 @@ from shared.index.compressed import VECTORS_FILE, rerank
 from shared.index.ivf import list_views
 from shared.index.keyword import KeywordVerifyFailed
 from shared.index.keywordpart import KeywordPart, KeywordSearch, write_keyword_part
-from shared.index.parttables import PartTables, TablesVerifyFailed, VersionDocuments, write_part_tables
+from shared.index.parttables import (
+    PartTables,
+    RecordSource,
+    TablesVerifyFailed,
+    VersionDocuments,
+    write_part_tables,
+)
 from shared.index.vectorindex import (
     INDEX_FILE,
     IVF_KINDS,
@@ -96,7 +102,7 @@ def _file_facts(path: Path) -> dict:
     return {"sha256": sha256_file(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def write_part(directory: Path, index: faiss.Index, records: list[dict],
+def write_part(directory: Path, index: faiss.Index, records: RecordSource,
                segment_of: dict[str, int] | Callable[[str], int], segments: list[int], created_in: int,
                vectors_file: Path | None = None) -> dict:
     """Write a part's files into `directory` (a temporary one) and return its part.json. `records` are

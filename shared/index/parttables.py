@@ -20,8 +20,9 @@ from __future__ import annotations
 import bisect
 import heapq
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -111,51 +112,75 @@ def _write(path: Path, table: pa.Table) -> None:
         writer.close()
 
 
-def write_part_tables(directory: Path, records: list[dict],
+class RecordSource(Protocol):
+    """Chunk records in row order that know how many they are and can be read more than once (a list, or
+    records read again from their segments each time: `shared.jobs.merge.LiveRecords`)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[dict]: ...
+
+
+BATCH_ROWS = 65_536  # values gathered as Python objects before they become Arrow arrays
+
+
+class _Columns:
+    """Columns of one table gathered row by row and turned into Arrow arrays every BATCH_ROWS values,
+    so a part of millions of rows holds columnar buffers, not a Python object per value."""
+
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+        self.pending: dict[str, list] = {name: [] for name in schema.names}
+        self.arrays: dict[str, list[pa.Array]] = {name: [] for name in schema.names}
+
+    def flush(self, force: bool = False) -> None:
+        if not force and len(self.pending[self.schema.names[0]]) < BATCH_ROWS:
+            return
+        for field in self.schema:
+            self.arrays[field.name].append(pa.array(self.pending[field.name], type=field.type))
+            self.pending[field.name] = []
+
+    def column(self, name: str) -> pa.Array:
+        self.flush(force=True)
+        arrays = self.arrays[name]
+        return pa.concat_arrays(arrays) if len(arrays) != 1 else arrays[0]
+
+    def table(self, take: np.ndarray | None = None, **replaced: pa.Array) -> pa.Table:
+        """The table, each column in one chunk (readers map it zero-copy); `replaced` columns instead of
+        the gathered ones, rows reordered by `take`."""
+        columns = [replaced[name] if name in replaced else self.column(name) for name in self.schema.names]
+        table = pa.table(columns, schema=self.schema)
+        return table if take is None else table.take(pa.array(take)).combine_chunks()
+
+
+def write_part_tables(directory: Path, records: Iterable[dict],
                       segment_of: Callable[[str], int] | dict[str, int]) -> dict:
-    """Write the three tables of a part holding `records` (chunk records in row order; a document's
-    chunks contiguous, else ValueError); `segment_of` names the segment of each document id. Returns
-    the manifest entry."""
+    """Write the three tables of a part holding `records` (chunk records in row order, read once; a
+    document's chunks contiguous, else ValueError); `segment_of` names the segment of each document id.
+    Returns the manifest entry. Memory follows the columns, not a Python object per record: a part of
+    ten million rows streams through here from its segments."""
     segment = segment_of.__getitem__ if isinstance(segment_of, dict) else segment_of
-    firsts: dict[str, dict] = {}  # doc id -> its first record
-    ranges: dict[str, list[int]] = {}
-    doc_ids: list[str] = []
-    previous = None
-    for row, rec in enumerate(records):
-        doc_id = rec["doc_id"]
-        if doc_id != previous:
-            if doc_id in ranges:
-                raise ValueError(f"the chunks of document {doc_id!r} are not contiguous rows (again at {row})")
-            firsts[doc_id], ranges[doc_id] = rec, [row, row + 1]
-            doc_ids.append(doc_id)
-            previous = doc_id
-        else:
-            ranges[doc_id][1] = row + 1
-    order = sorted(doc_ids)
-    index = {doc_id: i for i, doc_id in enumerate(order)}
-
-    docs: dict[str, list] = {name: [] for name in DOCUMENTS_SCHEMA.names}
-    facets: dict[str, list] = {name: [] for name in FACETS_SCHEMA.names}
-    for i, doc_id in enumerate(order):
-        first = firsts[doc_id]
-        meta = first.get("metadata")
-        shown = meta or {}
-        type_ = document_type(first)
-        start, stop = ranges[doc_id]
-        for name, value in (("id", doc_id), ("type", type_), ("source", _text_or_none(shown.get("source"))),
-                            ("path", _text_or_none(shown.get("path"))),
-                            ("metadata", json.dumps(meta, ensure_ascii=False)), ("chunks", stop - start),
-                            ("updated_at", first.get("updated_at")), ("row_start", start), ("row_stop", stop),
-                            ("segment", segment(doc_id))):
-            docs[name].append(value)
-        for field, key in sorted(_facets(shown, type_), key=lambda f: (f[0] is not None, f)):
-            facets["doc"].append(i)
-            facets["field"].append(field)
-            facets["key"].append(key)
-
-    cols: dict[str, list] = {name: [] for name in RECORDS_SCHEMA.names}
+    docs, facets, recs = _Columns(DOCUMENTS_SCHEMA), _Columns(FACETS_SCHEMA), _Columns(RECORDS_SCHEMA)
+    # Documents in the order their rows come (`seen`), sorted by id at the end.
+    seen, first, doc_id, rows = -1, None, None, 0
     for rec in records:
-        first = firsts[rec["doc_id"]]
+        if rec["doc_id"] != doc_id or first is None:
+            seen, first, doc_id = seen + 1, rec, rec["doc_id"]
+            meta = first.get("metadata")
+            shown = meta or {}
+            type_ = document_type(first)
+            for name, value in (("id", doc_id), ("type", type_), ("source", _text_or_none(shown.get("source"))),
+                                ("path", _text_or_none(shown.get("path"))),
+                                ("metadata", json.dumps(meta, ensure_ascii=False)), ("chunks", 0),
+                                ("updated_at", first.get("updated_at")), ("row_start", rows), ("row_stop", 0),
+                                ("segment", segment(doc_id))):
+                docs.pending[name].append(value)
+            for field, key in sorted(_facets(shown, type_), key=lambda f: (f[0] is not None, f)):
+                facets.pending["doc"].append(seen)
+                facets.pending["field"].append(field)
+                facets.pending["key"].append(key)
+            docs.flush()
+            facets.flush()
         lines = _lines_column(rec.get("lines"))
         extra = {k: v for k, v in rec.items() if k not in CORE_KEYS or (k == "lines" and lines is None)}
         # A chunk whose metadata or updated_at differs from its document's keeps its own, exactly.
@@ -163,17 +188,37 @@ def write_part_tables(directory: Path, records: list[dict],
             mine, theirs = rec.get(name), first.get(name)
             if mine is not theirs and mine != theirs:
                 extra[name] = mine
-        cols["doc"].append(index[rec["doc_id"]])
-        cols["chunk_id"].append(rec["chunk_id"])
-        cols["text"].append(rec["text"])
-        cols["heading_path"].append(rec["heading_path"])
-        cols["lines"].append(lines)
-        cols["extra"].append(json.dumps(extra, ensure_ascii=False) if extra else None)
+        recs.pending["doc"].append(seen)
+        recs.pending["chunk_id"].append(rec["chunk_id"])
+        recs.pending["text"].append(rec["text"])
+        recs.pending["heading_path"].append(rec["heading_path"])
+        recs.pending["lines"].append(lines)
+        recs.pending["extra"].append(json.dumps(extra, ensure_ascii=False) if extra else None)
+        recs.flush()
+        rows += 1
 
-    _write(directory / RECORDS_FILE, pa.table(cols, schema=RECORDS_SCHEMA))
-    _write(directory / DOCUMENTS_FILE, pa.table(docs, schema=DOCUMENTS_SCHEMA))
-    _write(directory / FACETS_FILE, pa.table(facets, schema=FACETS_SCHEMA))
-    return {"documents": len(order), "rows": len(records)}
+    # Sorted by id; a document seen twice came back after another one's rows: its chunks are split.
+    ids = docs.column("id")
+    order = pc.sort_indices(ids).to_numpy() if len(ids) else np.zeros(0, dtype=np.int64)
+    sorted_ids = ids.take(pa.array(order))
+    if len(ids) > 1:
+        repeated = pc.equal(sorted_ids[:-1], sorted_ids[1:]).to_numpy(zero_copy_only=False)
+        if repeated.any():
+            again = sorted_ids[int(np.argmax(repeated))].as_py()
+            raise ValueError(f"the chunks of document {again!r} are not contiguous rows")
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    starts = docs.column("row_start").to_numpy().astype(np.int64)
+    stops = np.append(starts[1:], rows) if len(starts) else starts
+    doc_of_row = rank[recs.column("doc").to_numpy()] if rows else np.zeros(0, dtype=np.int32)
+    facet_doc = rank[facets.column("doc").to_numpy()] if len(facets.column("doc")) else np.zeros(0, np.int32)
+    by_doc = np.argsort(facet_doc, kind="stable")  # a document's facets keep their order
+
+    _write(directory / RECORDS_FILE, recs.table(doc=pa.array(doc_of_row, type=pa.int32())))
+    _write(directory / DOCUMENTS_FILE, docs.table(order, chunks=pa.array(stops - starts, type=pa.int32()),
+                                                  row_stop=pa.array(stops, type=pa.int32())))
+    _write(directory / FACETS_FILE, facets.table(by_doc, doc=pa.array(facet_doc, type=pa.int32())))
+    return {"documents": len(order), "rows": rows}
 
 
 def _read(path: Path, schema: pa.Schema, validate: bool = False) -> dict[str, pa.Array]:

@@ -35,15 +35,14 @@ from functools import cached_property
 
 import numpy as np
 
+from shared.index import ivf
 from shared.index.tokens import WORDS
 
 BLOCK = 1024  # rows (and centres of each level) drawn together from one seeded generator
 _TOPIC, _DOC, _SECTION, _CHUNK, _TEMPLATE, _QUERY, _BASIS, _SUBJECT = range(8)
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
-# Deciles of a real query's cosine to the best chunk of a KEP labelled relevant (68 labelled queries over
-# the sample corpus, ONNX fp32: bench/minilm_profile.json "best_relevant_quantiles"): (probability, cosine).
-QUERY_COSINES = (tuple(i / 10 for i in range(11)),
-                 (0.2526, 0.3587, 0.3969, 0.4672, 0.503, 0.5309, 0.5872, 0.6292, 0.6747, 0.7263, 0.9213))
+# Where real queries sit from what they seek, as (probability, cosine) deciles (measured: ivf.QUERY_COSINES).
+QUERY_COSINES = ivf.QUERY_COSINES
 
 
 def _splitmix(values: np.ndarray, salt: int) -> np.ndarray:

@@ -13,8 +13,9 @@ when the model changed, when the size calls for the other index kind, when half 
 when the published parts fail their checks, when the IVF quantizer must be retrained
 (`shared.index.ivf`) or nprobe re-tuned, or when the published version is format 1.
 
-A full build streams: the live rows' records are read whole, their vectors slice by slice from the
-segments (`SLICE_ROWS` at a time); IVF trains on a sample (`training_rows`) and adds each slice, and a
+A full build streams: the live rows' records are read from the segments as the part's tables are written
+(`merge.LiveRecords`: the tables gather columns, not a dict per record), their vectors slice by slice
+from the segments (`SLICE_ROWS` at a time); IVF trains on a sample (`training_rows`) and adds each slice, and a
 compressed build writes the part's float vectors in the same slices to a file aside, which the part
 takes over when it is written. Its memory follows the slice and the index, not the collection.
 """
@@ -27,6 +28,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -37,6 +39,7 @@ from shared.index import ivf
 from shared.index.compressed import VECTORS_FILE, NpyWriter, sq_on, train_encoder
 from shared.index.embedders import same_vector_space
 from shared.index.parts import LoadedPart, PartRef, is_format2, open_parts, part_name, part_refs, part_vectors
+from shared.index.parttables import RecordSource
 from shared.index.vectorindex import (
     IVF_KINDS,
     KIND_FLAT,
@@ -78,8 +81,8 @@ class Previous:
 class Built:
     kept: list[PartRef]  # the published version's parts this version keeps, with its own deletions
     index: faiss.Index  # the new part's index (possibly empty)
-    records: list[dict]  # the new part's chunk records, row i is vector i of `index`
-    segment_of: dict[str, int]  # the new part's documents -> the segment each came from
+    records: RecordSource  # the new part's chunk records, row i is vector i of `index`
+    segment_of: dict[str, int] | Callable[[str], int]  # the new part's documents -> their segments
     part_segments: list[int]  # the segments whose rows the new part holds
     documents: int  # live documents of the version
     rows_total: int  # rows the snapshot's segments hold, live or not (decides a compaction)
@@ -172,12 +175,13 @@ def build_index(svc: Services, collection: str, segments: list[int], version: in
 
 def full(svc: Services, collection: str, segments: list[int], previous: Previous | None, version: int,
          steps: Steps, retrain: str | None = None) -> Built:
-    """One part over every live row, streamed: the records are read whole, the vectors slice by slice
-    from the segments (`LiveRows`), so the worker holds a slice and the index, not the float array."""
+    """One part over every live row, streamed: the records are read from the segments as the part's
+    tables are written (`LiveRecords`), the vectors slice by slice (`LiveRows`), so the worker holds a
+    slice, the index and the tables' columns, not the records or the float array."""
     dim = svc.embedder.dim
     latest = latest_documents(svc, collection, segments)
     records, rows = live_records(svc, collection, segments, latest, dim)
-    _strip(records)
+    records = records.without("hash")
     step = steps(len(records))
     kind = kind_for(len(records), svc)
     facts = {"kind": kind, "incremental": False, "built_from": None, "reused_rows": 0,
@@ -195,10 +199,11 @@ def full(svc: Services, collection: str, segments: list[int], previous: Previous
         facts.update(quantizer_facts)
     if not len(records):
         step(0)  # an empty collection still checks cancel and lease once
-    # Documents with no chunk (empty text) hold no row: a version counts the documents it can list.
-    documents = len({rec["doc_id"] for rec in records})
-    return Built([], index, records, dict(latest.live), list(segments), documents, latest.rows_total, facts,
-                 vectors_file)
+    # Documents with no chunk (empty text) hold no row: a version counts the documents it can list. Every
+    # document here is live, so its segment is the one `latest` names (no copy of that map is made).
+    segment_of = cast(dict[str, int], latest.segment_of)
+    return Built([], index, records, segment_of.__getitem__, list(segments), records.documents, latest.rows_total,
+                 facts, vectors_file)
 
 
 def _after(step: Callable[[int], None], base: int) -> Callable[[int], None]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,33 +83,65 @@ class LiveRows:
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
 
+@dataclass
+class LiveRecords:
+    """The live rows' chunk records, read again from their segments each time they are iterated (in
+    order: row i is live row i of the matching `LiveRows`), never all in memory: a full build of ten
+    million rows holds their columns as it writes them, not ten million dicts. Each has `updated_at`
+    (when its document's version was first written; a compacted segment keeps the time) and lacks the
+    keys in `drop`."""
+
+    svc: Services
+    collection: str
+    picks: list[tuple[int, np.ndarray, float | None]]  # segment, its live row numbers, when it was written
+    documents: int  # distinct live documents among them
+    drop: frozenset[str] = frozenset()
+
+    def __len__(self) -> int:
+        return sum(len(rows) for _, rows, _ in self.picks)
+
+    def __iter__(self) -> Iterator[dict]:
+        for seq, rows, written in self.picks:
+            for rec in self.svc.storage.iter_segment_records(self.collection, seq, rows):
+                rec.setdefault("updated_at", written)
+                for key in self.drop:
+                    rec.pop(key, None)
+                yield rec
+
+    def without(self, *keys: str) -> LiveRecords:
+        return replace(self, drop=self.drop | frozenset(keys))
+
+
 def live_records(svc: Services, collection: str, segments: list[int], latest: Latest,
-                 dim: int) -> tuple[list[dict], LiveRows]:
-    """The live rows that `segments` (in the order given) hold under `latest`: records, each with
-    `updated_at` (when its document's version was first written), and where their vectors are."""
-    records: list[dict] = []
-    picks: list[tuple[Path, np.ndarray]] = []
+                 dim: int) -> tuple[LiveRecords, LiveRows]:
+    """The live rows that `segments` (in the order given) hold under `latest`: their records (read
+    lazily) and where their vectors are. One pass over the segments' records decides which rows are
+    live and keeps only their row numbers."""
+    picks: list[tuple[int, np.ndarray, float | None]] = []
     holding = set(latest.segment_of.values())
+    documents = 0
     for seq in segments:
         if seq not in holding:
             continue
-        rows = []
+        rows = array("q")
+        previous = None
         for row, rec in enumerate(svc.storage.iter_segment_records(collection, seq)):
-            if latest.segment_of.get(rec["doc_id"]) == seq:
-                # When this version of the document was written; a compacted segment keeps the time.
-                rec.setdefault("updated_at", latest.written[seq])
-                records.append(rec)
+            doc_id = rec["doc_id"]
+            if latest.segment_of.get(doc_id) == seq:
                 rows.append(row)
+                documents += doc_id != previous  # a document's chunks are contiguous in its segment
+                previous = doc_id
         if rows:
-            picks.append((svc.storage.segment_dir(collection, seq) / "vectors.npy", np.array(rows, dtype=np.int64)))
-    return records, LiveRows(picks, dim)
+            picks.append((seq, np.frombuffer(rows, dtype=np.int64), latest.written[seq]))
+    vectors = [(svc.storage.segment_dir(collection, seq) / "vectors.npy", rows) for seq, rows, _ in picks]
+    return LiveRecords(svc, collection, picks, documents), LiveRows(vectors, dim)
 
 
 def read_live(svc: Services, collection: str, segments: list[int], latest: Latest,
               dim: int) -> tuple[list[dict], np.ndarray]:
     """`live_records` with the vectors read into one array."""
     records, rows = live_records(svc, collection, segments, latest, dim)
-    return records, rows.array()
+    return list(records), rows.array()
 
 
 def live_rows(svc: Services, collection: str, segments: list[int], dim: int) -> tuple[dict[str, int], list[dict],

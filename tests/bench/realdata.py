@@ -276,6 +276,7 @@ def ivf_recall(vectors: np.ndarray, queries: np.ndarray, lists: int, probes: tup
 
 def recall(rows: int, count: int = 500, probes: tuple[int, ...] = (1, 4, 16, 64)) -> dict[str, dict[int, float]]:
     from shared.index.embedders import ClusteredEmbedder
+    from shared.index.ivf import HELD_OUT_QUERIES, query_probes
     from shared.index.realistic import QUERY_COSINES, RealisticVectors
 
     table: dict[str, dict[int, float]] = {}
@@ -296,9 +297,16 @@ def recall(rows: int, count: int = 500, probes: tuple[int, ...] = (1, 4, 16, 64)
     lists = int(4 * np.sqrt(len(kept)))
     table[f"real MiniLM {len(kept):,}, held-out chunks"] = ivf_recall(real[kept], real[held], lists, probes)
     table[f"real MiniLM {len(real):,}, labelled queries"] = ivf_recall(real, real_query_vectors(), lists, probes)
+    # What a build tunes nprobe on (shared/index/ivf.py, query_probes): probes from sampled chunks.
+    picked = np.random.default_rng(2).choice(len(real), HELD_OUT_QUERIES, replace=False)
+    table[f"real MiniLM {len(real):,}, build's query-like probes"] = ivf_recall(
+        real, query_probes(real[picked], 99), lists, probes)
     small = source.vectors(0, len(kept))
     synth_q, _ = source.queries(np.arange(count), len(kept), QUERY_COSINES)
     table[f"realistic {len(kept):,}"] = ivf_recall(small, synth_q, lists, probes)
+    table[f"realistic {len(kept):,}, build's query-like probes"] = ivf_recall(
+        small, query_probes(small[np.random.default_rng(2).choice(len(small), HELD_OUT_QUERIES, replace=False)], 99),
+        lists, probes)
     measured = json.loads(PROFILE.read_text())["queries"]["nearest_chunk"]
     print("query -> nearest chunk cosine, real labelled:", measured)
     print("query -> nearest chunk cosine, realistic:    ", percentiles((synth_q @ small.T).max(axis=1)))

@@ -1,0 +1,307 @@
+"""Ten million chunks on this machine, end to end, on realistic vectors: every step timed.
+
+A real stack (redis-server, two celery workers, one gunicorn API process) on the realistic benchmark
+embedder (SWAPLINE_EMBEDDER=realistic, shared/index/realistic.py: "doc-<i>" embeds to row i of vectors
+fitted to real all-MiniLM-L6-v2 neighbour distances, "q<k>:<n>" to held-out query k over the first n):
+
+1. ingest N one-chunk documents through POST /documents, in batches, a bounded number of jobs queued
+   (the API's 503 back-pressure waited out), and wait for every ingest job;
+2. one full rebuild (compressed IVF-SQ8 past the threshold: trained on a sample, rows added in
+   streamed slices, nprobe and re-rank depth tuned at build time), while the peak RSS of every worker
+   process is sampled;
+3. the API process loads and warms it (its own load time, from its swap event), then searches over
+   HTTP one at a time with held-out queries, each timed at the client; the API process's memory
+   (anonymous, mapped files) after them;
+4. recall@10 of those answers against the exact top 10 over rows [0, N) made afresh by the same
+   generator (not read back from our files), with the queries' vectors made by the same generator;
+5. the real query model: p50 of embedding a query in-process at one thread with the runtime an API
+   process would use, measured in this run, so that the HTTP p50 the real model would give can be
+   stated (realistic embedding + the difference), and said to be an estimate.
+
+N is 10,000,000 (`--rows` sets it; 200,000 with --quick). Run alone with
+`.venv/bin/python -m tests.bench --only tenmillion` (about an hour at 10M on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+import requests
+
+from shared.settings import Settings
+from tests.bench.common import job_seconds, ms, pct, rebuild, row, stack, wait_served
+from tests.bench.million import event_ms, memory
+
+COLLECTION = "tenmillion"
+BATCH = 10_000
+IN_FLIGHT = 16  # ingest jobs submitted and not yet finished, at most
+QUERIES = 300  # HTTP searches timed (the first 200 also scored for recall)
+RECALL_QUERIES = 200
+
+
+def _docs(start: int, stop: int) -> list[dict]:
+    return [{"id": f"doc-{i}", "text": f"doc-{i}"} for i in range(start, stop)]
+
+
+def _query(k: int, n: int) -> str:
+    return f"q{k}:{n}"
+
+
+def ingest(base: str, n: int, timeout: float) -> tuple[float, int]:
+    """Submit documents [0, n) in batches, at most IN_FLIGHT jobs unfinished; (seconds, jobs)."""
+    from tests.bench.common import submit
+    from tests.support import wait_job
+
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    pending: deque[str] = deque()
+    jobs = 0
+
+    def finish_one() -> None:
+        job = wait_job(base, pending.popleft(), max(1.0, deadline - time.monotonic()))
+        if job["state"] != "succeeded":
+            raise RuntimeError(f"ingest job did not succeed: {job}")
+
+    for start in range(0, n, BATCH):
+        if len(pending) >= IN_FLIGHT:
+            finish_one()
+        pending.append(submit(base, COLLECTION, _docs(start, min(n, start + BATCH)))["id"])
+        jobs += 1
+    while pending:
+        finish_one()
+    return time.perf_counter() - started, jobs
+
+
+@dataclass
+class TreePeak:
+    """The largest RSS of any process in the trees under `pids`, sampled every 0.5 s in a thread."""
+
+    pids: list[int]
+    peak: int = 0
+    peak_anon: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _sample(self) -> None:
+        import psutil
+
+        for pid in self.pids:
+            try:
+                root = psutil.Process(pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for proc in procs:
+                try:
+                    self.peak = max(self.peak, proc.memory_info().rss)
+                    with open(f"/proc/{proc.pid}/status") as fh:
+                        for line in fh:
+                            if line.startswith("RssAnon:"):
+                                self.peak_anon = max(self.peak_anon, int(line.split()[1]) * 1024)
+                except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+                    continue
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+
+def exact_truth(n: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out queries' vectors and their exact top 10 over rows [0, n) of the generator."""
+    from shared.index.compressed import exact_top
+    from shared.index.realistic import QUERY_COSINES, RealisticVectors
+
+    source = RealisticVectors()
+    queries, _ = source.queries(keys, n, QUERY_COSINES)
+    _, ids = exact_top(lambda size: (rows for _, rows in source.slices(0, n, size)), queries, 10)
+    return queries, ids
+
+
+SWEEP = (16, 64, 256, 1024, 2048)
+
+
+def doc_numbers(loaded) -> np.ndarray:
+    """For each row of a loaded version, the number i of its document "doc-<i>" (the generator's row)."""
+    import pyarrow.compute as pc
+
+    out = []
+    for part in loaded.parts:
+        ids = part.tables.ids
+        numbers = pc.cast(pc.utf8_slice_codeunits(ids, 4), "int64").to_numpy()
+        out.append(numbers[part.tables.row_doc])
+    return np.concatenate(out)
+
+
+def sweep(settings: Settings, version: int, queries: np.ndarray, truth: np.ndarray, tuned: int) -> list[dict]:
+    """Recall@10 and nearest() p50/p99 in-process on the served version at nprobe `tuned` and SWEEP
+    (the re-rank depth as built): the recall / latency frontier on held-out queries."""
+    from shared.index.parts import PartsVersion, open_version
+    from shared.storage import Storage
+    from webapp.api.runtime import FAISS_THREADS
+
+    faiss.omp_set_num_threads(FAISS_THREADS)  # as an API process searches
+    loaded = open_version(Storage(settings.data_dir).version_dir(COLLECTION, version), version)
+    assert isinstance(loaded, PartsVersion)  # what every rebuild writes
+    loaded.warm()
+    numbers = doc_numbers(loaded)
+    out = []
+    for nprobe in sorted({tuned, *SWEEP}):
+        loaded.nprobe = nprobe
+        times, got = [], []
+        for q in queries:
+            started = time.perf_counter()
+            found = loaded.nearest(q, 10)
+            times.append(time.perf_counter() - started)
+            got.append({int(numbers[r]) for r, _ in found})
+        recall = sum(len(g & set(t.tolist())) for g, t in zip(got, truth, strict=True)) / (10 * len(queries))
+        out.append({"nprobe": nprobe, "recall": round(recall, 4), "p50_ms": round(ms(pct(times, .5)), 2),
+                    "p99_ms": round(ms(pct(times, .99)), 2)})
+    return out
+
+
+def search_http(base: str, n: int, count: int) -> tuple[list[float], list[list[str]], int]:
+    """`count` searches over HTTP, one at a time: (seconds each, hit ids each, failures)."""
+    session = requests.Session()
+    times, hits, failed = [], [], 0
+    for k in range(count):
+        started = time.perf_counter()
+        resp = session.post(f"{base}/v1/collections/{COLLECTION}/search",
+                            json={"query": _query(k, n), "k": 10, "mode": "vector"}, timeout=60)
+        times.append(time.perf_counter() - started)
+        if resp.status_code != 200:
+            failed += 1
+            hits.append([])
+            continue
+        hits.append([h["doc_id"] for h in resp.json()["hits"]])
+    return times, hits, failed
+
+
+def real_query_embed(settings: Settings, count: int = 200) -> tuple[float, str]:
+    """p50 of one query embedded in-process at one thread by the runtime an API process would use
+    (the calibrated choice once recorded, else the default), on distinct short queries; (s, model id)."""
+    from dataclasses import replace
+
+    from shared.index.embedders import make_embedder
+    from tests.bench.latency import _queries
+
+    embedder = make_embedder(replace(settings, embedder="minilm"), threads=settings.api_torch_threads)
+    queries = _queries(count)
+    embedder.embed(queries[:4])
+    times = []
+    for q in queries:
+        started = time.perf_counter()
+        embedder.embed([q])
+        times.append(time.perf_counter() - started)
+    return pct(times, .5), embedder.model_id
+
+
+def run(quick: bool, n: int | None = None) -> list[dict]:
+    n = n or (200_000 if quick else 10_000_000)
+    settings = Settings(embedder="realistic", search_cache_size=0, embed_cache_bytes=0,
+                        max_documents_per_batch=BATCH)
+    keys = np.arange(RECALL_QUERIES, dtype=np.int64)
+    with stack(settings, workers=2) as running:
+        base = running.base
+        requests.post(f"{base}/v1/collections", json={"name": COLLECTION}, timeout=30).raise_for_status()
+        ingest_s, jobs = ingest(base, n, timeout=6 * 3600)
+        disk_segments = sum(f.stat().st_size for f in (running.settings.data_dir).rglob("*") if f.is_file())
+        with TreePeak([w.popen.pid for w in running.workers]) as peak:
+            full = rebuild(base, COLLECTION, timeout=6 * 3600)
+        version = full["result"]["version"]
+        served_at = time.perf_counter()
+        wait_served(base, COLLECTION, version, timeout=3600)
+        wait_s = time.perf_counter() - served_at
+        swapped = event_ms(running.redis, "index.swapped", version)
+        api_load = swapped[0][1].get("load_seconds") if swapped else None
+        pid = running.api_pid()
+        times, hits, failed = search_http(base, n, QUERIES)
+        mem = memory(pid)
+        disk_all = sum(f.stat().st_size for f in (running.settings.data_dir).rglob("*") if f.is_file())
+        embed_p50, embed_model = real_query_embed(running.settings)
+        query_vectors, truth = exact_truth(n, keys)
+        frontier = sweep(running.settings, version, query_vectors, truth, int(full["result"].get("nprobe") or 1))
+    realistic_p50, _ = _realistic_embed_p50(n)
+    got = [{int(h.removeprefix("doc-")) for h in ids} for ids in hits[:RECALL_QUERIES]]
+    recall = sum(len(g & set(t.tolist())) for g, t in zip(got, truth, strict=True)) / (10 * RECALL_QUERIES)
+
+    res = full["result"]
+    build_s = job_seconds(full)
+    p50, p99 = pct(times, .5), pct(times, .99)
+    estimated = p50 - realistic_p50 + embed_p50
+    what = f"{n:,} x 384 realistic (shared/index/realistic.py), 2 workers, 1 API process"
+    tuned = (f"kind {res.get('kind')}, nlist {res.get('nlist')}, nprobe {res.get('nprobe')}, "
+             f"re-rank {res.get('rerank')}, build-time recall {res.get('recall_at_10')}")
+    anon, mapped = mem.get("rssanon", 0), mem.get("rssfile", 0)
+    return [
+        row("tenmillion.ingest_seconds", f"ingest {n:,} documents over HTTP", ingest_s, "s",
+            note=f"{jobs} batches of {BATCH}, {IN_FLIGHT} in flight; {n / ingest_s:,.0f} docs/s; {what}"),
+        row("tenmillion.build_seconds", "one full rebuild (train on a sample, streamed add, tune, write, verify)",
+            build_s, "s", note=f"{tuned}; timings {res.get('timings')}"),
+        row("tenmillion.worker_peak_rss", "rebuild worker peak RSS, full build", peak.peak / 2**20, "MiB",
+            ("<=", 6144), note=f"largest RSS of any worker process, sampled every 0.5 s; its largest anonymous "
+            f"RSS {peak.peak_anon / 2**20:,.0f} MiB"),
+        row("tenmillion.api_load_seconds", "API load + warm of the version", api_load, "s",
+            note=f"from its swap event; the client saw it served {wait_s:.1f} s after the build finished"),
+        row("tenmillion.heldout_recall_at_10", "recall@10, held-out queries over HTTP vs exact", recall, "fraction",
+            (">=", 0.95), note=f"{RECALL_QUERIES} queries q<k>:{n} (never stored rows) against the exact top 10 "
+            f"of rows [0, {n:,}) made afresh; {tuned}"),
+        row("tenmillion.nprobe_frontier", "in-process nearest(): recall@10 / p50 / p99 by nprobe", None, "",
+            note="; ".join(f"nprobe {f['nprobe']}: recall {f['recall']}, p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms"
+                           for f in frontier) + f"; re-rank {res.get('rerank')}, {RECALL_QUERIES} held-out queries, "
+            "1 thread of FAISS as the API runs it"),
+        row("tenmillion.http_p50", "search over HTTP p50, realistic query vectors", ms(p50), "ms",
+            note=f"{len(times)} distinct held-out queries, one at a time, cache off, vector mode; {failed} failed"),
+        row("tenmillion.http_p99", "search over HTTP p99, realistic query vectors", ms(p99), "ms", ("<=", 40),
+            note=f"{len(times)} searches; the realistic embedder costs {ms(realistic_p50):.2f} ms a query"),
+        row("tenmillion.http_p50_real_model_estimate", "search over HTTP p50 with the real query model (estimate)",
+            ms(estimated), "ms", ("<=", 15), note=f"HTTP p50 - realistic embed p50 + {embed_model} query embed p50 "
+            f"({ms(embed_p50):.2f} ms, in-process, 1 thread, measured in this run): arithmetic over measured parts"),
+        row("tenmillion.api_memory", "API process memory serving it: anonymous + mapped index", anon + mapped, "MiB",
+            ("<=", 5120), note=f"anonymous {anon:,.0f} MiB, mapped files resident {mapped:,.0f} MiB (compressed "
+            f"index, tables, postings, the float rows the re-rank touched); {_memory_note(mem)}"),
+        row("tenmillion.disk", "data dir after the build (segments + the version)", disk_all / 2**30, "GiB",
+            note=f"segments alone {disk_segments / 2**30:,.1f} GiB"),
+    ]
+
+
+def _memory_note(mem: dict) -> str:
+    return f"RSS {mem.get('rss', 0):,.0f}, USS {mem.get('uss', 0):,.0f} MiB"
+
+
+def _realistic_embed_p50(n: int) -> tuple[float, int]:
+    from shared.index.realistic import RealisticEmbedder
+
+    embedder = RealisticEmbedder()
+    times = []
+    for k in range(100):
+        started = time.perf_counter()
+        embedder.embed([_query(10_000 + k, n)])
+        times.append(time.perf_counter() - started)
+    return pct(times, .5), len(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.tenmillion", description=__doc__)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    args = parser.parse_args()
+    rows = run(False, args.rows)
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
