@@ -30,7 +30,7 @@ import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import numpy as np
 
@@ -73,6 +73,34 @@ class _Stream:
 
 def write_npy(fh, array: np.ndarray) -> None:
     np.lib.format.write_array(_Stream(fh), np.ascontiguousarray(array), allow_pickle=False)
+
+
+class RecordSource(Protocol):
+    """Chunk records in row order that know how many they are and can be read more than once (a list, or
+    records read again from their segments each time: `shared.jobs.merge.LiveRecords`)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[dict]: ...
+
+
+class NpyWriter:
+    """A float32 (rows, dim) .npy file written slice by slice, its header first (the rows are known)."""
+
+    def __init__(self, fh, rows: int, dim: int):
+        self.fh, self.rows, self.dim, self.written = fh, rows, dim, 0
+        np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                  "fortran_order": False, "shape": (rows, dim)})
+
+    def add(self, chunk: np.ndarray) -> None:
+        if self.written + len(chunk) > self.rows:
+            raise ValueError(f"more than the {self.rows} rows the header announced")
+        self.fh.write(np.ascontiguousarray(chunk, dtype=np.float32).tobytes())
+        self.written += len(chunk)
+
+    def close(self) -> None:
+        if self.written != self.rows:
+            raise ValueError(f"{self.written} rows written of the {self.rows} the header announced")
 
 
 def check_npy(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -360,11 +388,12 @@ class Storage:
 
     # segments
 
-    def write_segment(self, collection: str, seq: int, records: list[dict], vectors: np.ndarray,
-                      meta: dict) -> Path:
+    def write_segment(self, collection: str, seq: int, records: RecordSource,
+                      vectors: np.ndarray | Iterable[np.ndarray], meta: dict) -> Path:
         """Write one immutable segment: chunk records (one JSON line each, in vector order), their
-        float32 vectors and meta.json (docs it holds, tombstones, model, dim)."""
-        if len(records) != len(vectors):
+        float32 vectors (an array, or slices of `meta["dim"]` columns in order, so a compaction of
+        millions of rows holds one slice) and meta.json (docs it holds, tombstones, model, dim)."""
+        if isinstance(vectors, np.ndarray) and len(records) != len(vectors):
             raise ValueError("records and vectors differ in length")
         final = self.segment_dir(collection, seq)
         with self.aside(final, "a segment") as tmp:
@@ -372,7 +401,13 @@ class Storage:
                 for rec in records:
                     fh.write(json.dumps(rec, ensure_ascii=False).encode("utf-8") + b"\n")
             with written(tmp / "vectors.npy", "a segment") as fh:
-                write_npy(fh, vectors.astype(np.float32, copy=False))
+                if isinstance(vectors, np.ndarray):
+                    write_npy(fh, vectors.astype(np.float32, copy=False))
+                else:
+                    writer = NpyWriter(fh, len(records), int(meta["dim"]))
+                    for chunk in vectors:
+                        writer.add(chunk)
+                    writer.close()  # as many rows as records, or ValueError: the segment is not kept
             with written(tmp / "meta.json", "a segment") as fh:
                 fh.write(json.dumps({**meta, "seq": seq, "chunks": len(records)}).encode())
         return final

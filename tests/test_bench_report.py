@@ -8,7 +8,7 @@ import json
 from tests.bench import MODULES
 from tests.bench.__main__ import run_module
 from tests.bench.common import row
-from tests.bench.report import machine, verdict, write_results
+from tests.bench.report import machine, markdown, verdict, write_results
 
 
 def test_verdict_follows_the_target():
@@ -44,3 +44,24 @@ def test_a_quick_run_leaves_benchmarks_md_alone(tmp_path):
                             modules=list(MODULES), out=tmp_path / "bench", root=tmp_path)
     assert [p.name for p in written] == ["results-quick.json"]
     assert not (tmp_path / "BENCHMARKS.md").exists()
+
+
+def test_a_full_run_of_some_modules_merges_into_the_last_full_results(tmp_path):
+    out = tmp_path / "bench"
+    write_results([row("core.a", "a", 1.0, "x"), row("million.b", "b", 2.0, "x")], machine(), quick=False,
+                  total_seconds=60, module_seconds={"core": 1, "million": 2}, modules=list(MODULES), out=out,
+                  root=tmp_path)
+    first = json.loads((out / "results.json").read_text())
+    write_results([row("million.b", "b again", 3.0, "x"), row("tenmillion.c", "c", 4.0, "x")], machine(),
+                  quick=False, total_seconds=30, module_seconds={"million": 5, "tenmillion": 6},
+                  modules=["million", "tenmillion"], out=out, root=tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["name"], r["value"]) for r in results["rows"]] == [("core.a", 1.0), ("million.b", 3.0),
+                                                                   ("tenmillion.c", 4.0)]
+    assert results["module_dates"]["core"] == first["module_dates"]["core"]
+    assert results["module_seconds"] == {"core": 1, "million": 5, "tenmillion": 6}
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| b again | 3 | x |" in text and "| a | 1 | x |" in text
+    # Rows of runs on different dates say so, module by module.
+    dated = markdown(results["rows"], machine(), "D2", 30, {"core": "D1", "million": "D2", "tenmillion": "D2"})
+    assert "each module's rows date from its run (D1: core; D2: million, tenmillion)" in dated

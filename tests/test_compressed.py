@@ -23,7 +23,7 @@ from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import request_rebuild
 from shared.search.engine import search
 from shared.search.filters import parse_filter
-from shared.storage import TMP_PREFIX
+from shared.storage import TMP_PREFIX, NpyWriter
 from tests.test_incremental import Collection, _docs
 
 
@@ -88,7 +88,7 @@ def test_npy_rows_read_slices_written_by_the_writer(tmp_path):
     rows = np.random.default_rng(1).standard_normal((1000, 8)).astype(np.float32)
     path = tmp_path / "v.npy"
     with open(path, "wb") as fh:
-        writer = compressed.NpyWriter(fh, 1000, 8)
+        writer = NpyWriter(fh, 1000, 8)
         for start in range(0, 1000, 300):
             writer.add(rows[start:start + 300])
         writer.close()
@@ -96,7 +96,7 @@ def test_npy_rows_read_slices_written_by_the_writer(tmp_path):
     assert np.array_equal(compressed.npy_rows(path, 990, 2000), rows[990:])
     assert np.array_equal(np.concatenate(list(compressed.npy_slices(path, 333))), rows)
     with open(tmp_path / "w.npy", "wb") as fh, pytest.raises(ValueError, match="rows"):
-        compressed.NpyWriter(fh, 10, 8).close()
+        NpyWriter(fh, 10, 8).close()
 
 
 def _kinds(col: Collection) -> tuple[str, dict]:

@@ -331,6 +331,31 @@ def test_compaction_in_between_falls_back_to_a_full_build(redis_url, rclient, tm
 
 
 @pytest.mark.integration
+def test_a_compaction_streams_the_live_rows_into_one_segment_unchanged(redis_url, rclient, tmp_path, monkeypatch):
+    """Compaction reads the records and vectors again slice by slice (as a full build does): the one
+    segment it writes holds exactly the live rows, in order, whatever the slice size."""
+    from shared.jobs import compact
+    from shared.jobs.merge import latest_documents, read_live
+
+    col = Collection(redis_url, rclient, tmp_path)
+    col.ingest(_docs([f"d{i}" for i in range(40)]))
+    col.ingest(_docs([f"e{i}" for i in range(25)]))
+    col.ingest(_docs([f"d{i}" for i in range(0, 40, 3)], "edited"))  # supersedes 14 of the first 40
+    before = col.svc.collections.segments("docs")
+    records, vectors = read_live(col.svc, "docs", before, latest_documents(col.svc, "docs", before),
+                                 col.svc.embedder.dim)
+    monkeypatch.setattr(compact, "SLICE_ROWS", 7)
+    job = request_compaction(col.svc, "docs")
+    run_compact(col.svc, job["id"])
+    assert col.svc.jobs.state(job["id"]) == SUCCEEDED
+    [seq] = col.svc.collections.segments("docs")
+    assert list(col.svc.storage.iter_segment_records("docs", seq)) == records
+    assert np.array_equal(np.asarray(col.svc.storage.read_segment_vectors("docs", seq)), vectors)
+    meta = col.svc.storage.read_segment_meta("docs", seq)
+    assert meta["chunks"] == len(records) and sorted(meta["docs"]) == sorted({r["doc_id"] for r in records})
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("approx_threshold", [200_000, 300], ids=["flat", "ivf"])
 def test_a_compaction_of_exactly_the_published_segments_keeps_the_next_build_incremental(
         redis_url, rclient, tmp_path, approx_threshold):

@@ -215,3 +215,38 @@ def test_a_forged_ivf_quantizer_length_is_refused_before_faiss_reads_it(tmp_path
     forged = {**manifest, "checksum": hashlib.sha256(bytes(data)).hexdigest()}  # checksum fixed up
     with pytest.raises(VerifyFailed, match="quantizer"):
         check_index_size(path, forged)  # what every open of a part (and a format-1 version) calls first
+
+
+def test_a_forged_sq8_range_table_length_is_refused_before_faiss_reads_it(tmp_path):
+    """A compressed (IVF-SQ8) part: after the quantizer, FAISS allocates the 8-bit encoder's range table
+    from a length in the file too; a forged one (checksum fixed up) is refused by the same check."""
+    import hashlib
+    import struct
+
+    import faiss
+
+    from shared.index.vectorindex import INDEX_FILE, KIND_IVF_SQ, VerifyFailed, check_index_size, read_index
+
+    dim, nlist = 16, 32
+    vectors = np.random.default_rng(0).random((2000, dim), dtype=np.float32)
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add(vectors)
+    path = tmp_path / INDEX_FILE
+    faiss.write_index(index, str(path))
+    manifest = {"kind": KIND_IVF_SQ, "vectors": 2000, "dim": dim,
+                "checksum": hashlib.sha256(path.read_bytes()).hexdigest()}
+    check_index_size(path, manifest)  # the real file passes
+    assert read_index(tmp_path, manifest).ntotal == 2000
+
+    data = bytearray(path.read_bytes())
+    ranges = faiss.vector_to_array(faiss.downcast_index(index).sq.trained).astype("<f4").tobytes()
+    at = data.index(ranges) - 8  # the range table's float count, just before its floats
+    assert data[at:at + 8] == struct.pack("<Q", 2 * dim)
+    for claimed in (1 << 28, 2 * dim + 1):  # 1 GiB in a small file; one float more than an 8-bit encoder has
+        data[at:at + 8] = struct.pack("<Q", claimed)
+        path.write_bytes(bytes(data))
+        forged = {**manifest, "checksum": hashlib.sha256(bytes(data)).hexdigest()}
+        with pytest.raises(VerifyFailed, match="8-bit encoder"):
+            check_index_size(path, forged)

@@ -61,25 +61,6 @@ def npy_slices(path: Path, size: int) -> Iterator[np.ndarray]:
         start += len(chunk)
 
 
-class NpyWriter:
-    """A float32 (rows, dim) .npy file written slice by slice, its header first (the rows are known)."""
-
-    def __init__(self, fh, rows: int, dim: int):
-        self.fh, self.rows, self.dim, self.written = fh, rows, dim, 0
-        np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                                                  "fortran_order": False, "shape": (rows, dim)})
-
-    def add(self, chunk: np.ndarray) -> None:
-        if self.written + len(chunk) > self.rows:
-            raise ValueError(f"more than the {self.rows} rows the header announced")
-        self.fh.write(np.ascontiguousarray(chunk, dtype=np.float32).tobytes())
-        self.written += len(chunk)
-
-    def close(self) -> None:
-        if self.written != self.rows:
-            raise ValueError(f"{self.written} rows written of the {self.rows} the header announced")
-
-
 def sq_on(quantizer: faiss.Index, encoder_from: faiss.Index | None = None) -> faiss.Index:
     """An empty IVF-SQ8 inner-product index on a copy of a trained quantizer; with `encoder_from`, its
     8-bit encoder (per-dimension ranges) copied too, so the index is ready to add rows (no training)."""

@@ -44,13 +44,7 @@ from shared.index.compressed import VECTORS_FILE, rerank
 from shared.index.ivf import list_views
 from shared.index.keyword import KeywordVerifyFailed
 from shared.index.keywordpart import KeywordPart, KeywordSearch, write_keyword_part
-from shared.index.parttables import (
-    PartTables,
-    RecordSource,
-    TablesVerifyFailed,
-    VersionDocuments,
-    write_part_tables,
-)
+from shared.index.parttables import PartTables, TablesVerifyFailed, VersionDocuments, write_part_tables
 from shared.index.vectorindex import (
     INDEX_FILE,
     IVF_KINDS,
@@ -70,7 +64,7 @@ from shared.index.vectorindex import (
 )
 from shared.index.vectorindex import verify_version as verify_format1
 from shared.settings import MAX_RERANK
-from shared.storage import check_npy, reraise, write_npy, written
+from shared.storage import RecordSource, check_npy, reraise, write_npy, written
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ import heapq
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -110,15 +109,6 @@ def _write(path: Path, table: pa.Table) -> None:
         writer = pa.ipc.new_file(fh, table.schema)
         writer.write_table(table)
         writer.close()
-
-
-class RecordSource(Protocol):
-    """Chunk records in row order that know how many they are and can be read more than once (a list, or
-    records read again from their segments each time: `shared.jobs.merge.LiveRecords`)."""
-
-    def __len__(self) -> int: ...
-
-    def __iter__(self) -> Iterator[dict]: ...
 
 
 BATCH_ROWS = 65_536  # values gathered as Python objects before they become Arrow arrays

@@ -219,6 +219,24 @@ def _check_ivf_quantizer(path: Path, dim: int, kind: str = KIND_IVF) -> None:
     if d != dim or qd != dim or qtotal != nlist or floats != nlist * dim or floats * 4 > size:
         raise VerifyFailed(f"{path} claims a quantizer of {floats} floats ({qtotal}x{qd}, nlist {nlist}) that does "
                            f"not match its dimension {dim} or its {size} bytes")
+    if kind == KIND_IVF_SQ:
+        _check_sq_encoder(path, offset + 8 + floats * 4, dim, size)
+
+
+def _check_sq_encoder(path: Path, offset: int, dim: int, size: int) -> None:
+    """After an IVF-SQ8 index's quantizer: its direct map (empty: Swapline keeps none), then the 8-bit
+    encoder, whose range table FAISS also allocates from a length in the file: 2 x dim floats, or refused."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        head = fh.read(1 + 8 + 4 + 4 + 4 + 8 + 8 + 8)
+    try:
+        _map_type, map_size, qtype, _stat, _arg, sq_dim, code_size, trained = struct.unpack("<bQiifQQQ", head)
+    except struct.error as exc:
+        raise VerifyFailed(f"{path} is too short for an 8-bit encoder") from exc
+    if (map_size != 0 or qtype != faiss.ScalarQuantizer.QT_8bit or sq_dim != dim or code_size != dim
+            or trained != 2 * dim or offset + len(head) + trained * 4 > size):
+        raise VerifyFailed(f"{path} claims an 8-bit encoder ({qtype}, {sq_dim}-d, code {code_size} bytes, "
+                           f"{trained} range floats, direct map {map_size}) that does not fit dimension {dim}")
 
 
 def check_index_size(path: Path, manifest: dict) -> None:

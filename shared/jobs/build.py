@@ -36,10 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shared.index import ivf
-from shared.index.compressed import VECTORS_FILE, NpyWriter, sq_on, train_encoder
+from shared.index.compressed import VECTORS_FILE, sq_on, train_encoder
 from shared.index.embedders import same_vector_space
 from shared.index.parts import LoadedPart, PartRef, is_format2, open_parts, part_name, part_refs, part_vectors
-from shared.index.parttables import RecordSource
 from shared.index.vectorindex import (
     IVF_KINDS,
     KIND_FLAT,
@@ -53,10 +52,10 @@ from shared.index.vectorindex import (
     read_manifest,
     training_rows,
 )
-from shared.jobs.merge import LiveRows, latest_documents, live_records, read_live
+from shared.jobs.merge import SLICE_ROWS, LiveRows, latest_documents, live_records, read_live
 from shared.services import Services
 from shared.settings import Settings
-from shared.storage import UnsafePath, written
+from shared.storage import NpyWriter, RecordSource, UnsafePath, written
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,6 @@ MAX_PARTS = 8  # a version never has more parts than this: the new part folds th
 FOLD_RATIO = 2  # a tail part is folded into the new one while it holds at most this many times its rows
 MAX_DELETED_SHARE = 0.5  # a version whose parts hold more deleted rows than this is built in full
 NPROBE_ROWS = (0.8, 1.25)  # nprobe tuned for n rows is kept while the rows stay within these factors of n
-SLICE_ROWS = 65536  # rows a streamed full build reads from the segments at a time (96 MiB at 384-d)
 
 
 @dataclass

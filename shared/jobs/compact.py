@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter
 
 from shared import eventnames as names
 from shared.errors import LockBusy
 from shared.index.embedders import vector_space
 from shared.jobkinds import COMPACT
-from shared.jobs.merge import live_rows
+from shared.jobs.merge import SLICE_ROWS, latest_documents, live_records
 from shared.jobs.submit import create_and_enqueue
 from shared.jobstates import QUEUED, RUNNING, TERMINAL, new_job_id
 from shared.services import Services
@@ -90,12 +89,16 @@ def run_compact(svc: Services, job_id: str) -> None:
                 return
             svc.jobs.progress(job_id, names.STAGE_MERGE, 0, len(before))
             dim = next((m["dim"] for m in metas.values() if m.get("dim")), svc.embedder.dim)
-            live, records, vectors, rows_total = live_rows(svc, collection, before, dim)
-            counts = Counter(rec["doc_id"] for rec in records)
-            doc_chunks = {doc: counts.get(doc, 0) for doc in live}
+            # Streamed like a full build: records read again as they are written, vectors a slice at a time.
+            latest = latest_documents(svc, collection, before)
+            records, rows = live_records(svc, collection, before, latest, dim, count_chunks=True)
+            counts = records.chunks or {}
+            doc_chunks = {doc: counts.get(doc, 0) for doc, seg in latest.segment_of.items() if seg is not None}
+            rows_total = latest.rows_total
+            del latest
             seq = svc.collections.next_segment_seq(collection)
             svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
-            svc.storage.write_segment(collection, seq, records, vectors, {
+            svc.storage.write_segment(collection, seq, records, rows.slices(SLICE_ROWS), {
                 "docs": list(doc_chunks), "tombstones": [], "model": next(iter(models), None), "dim": dim,
                 "job_id": job_id, "created_at": time.time(), "compacted_from": before})
             if not svc.collections.replace_segments(collection, before, seq, doc_chunks):

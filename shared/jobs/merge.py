@@ -12,6 +12,8 @@ import numpy as np
 from shared.index.compressed import npy_rows
 from shared.services import Services
 
+SLICE_ROWS = 65536  # rows a streamed build or compaction reads from the segments at a time (96 MiB at 384-d)
+
 
 @dataclass
 class Latest:
@@ -96,6 +98,7 @@ class LiveRecords:
     picks: list[tuple[int, np.ndarray, float | None]]  # segment, its live row numbers, when it was written
     documents: int  # distinct live documents among them
     drop: frozenset[str] = frozenset()
+    chunks: dict[str, int] | None = None  # live chunks per document, when asked for
 
     def __len__(self) -> int:
         return sum(len(rows) for _, rows, _ in self.picks)
@@ -112,14 +115,15 @@ class LiveRecords:
         return replace(self, drop=self.drop | frozenset(keys))
 
 
-def live_records(svc: Services, collection: str, segments: list[int], latest: Latest,
-                 dim: int) -> tuple[LiveRecords, LiveRows]:
+def live_records(svc: Services, collection: str, segments: list[int], latest: Latest, dim: int,
+                 count_chunks: bool = False) -> tuple[LiveRecords, LiveRows]:
     """The live rows that `segments` (in the order given) hold under `latest`: their records (read
     lazily) and where their vectors are. One pass over the segments' records decides which rows are
-    live and keeps only their row numbers."""
+    live and keeps only their row numbers (and, with `count_chunks`, each document's live chunks)."""
     picks: list[tuple[int, np.ndarray, float | None]] = []
     holding = set(latest.segment_of.values())
     documents = 0
+    chunks: dict[str, int] | None = {} if count_chunks else None
     for seq in segments:
         if seq not in holding:
             continue
@@ -131,10 +135,12 @@ def live_records(svc: Services, collection: str, segments: list[int], latest: La
                 rows.append(row)
                 documents += doc_id != previous  # a document's chunks are contiguous in its segment
                 previous = doc_id
+                if chunks is not None:
+                    chunks[doc_id] = chunks.get(doc_id, 0) + 1
         if rows:
             picks.append((seq, np.frombuffer(rows, dtype=np.int64), latest.written[seq]))
     vectors = [(svc.storage.segment_dir(collection, seq) / "vectors.npy", rows) for seq, rows, _ in picks]
-    return LiveRecords(svc, collection, picks, documents), LiveRows(vectors, dim)
+    return LiveRecords(svc, collection, picks, documents, chunks=chunks), LiveRows(vectors, dim)
 
 
 def read_live(svc: Services, collection: str, segments: list[int], latest: Latest,
@@ -142,12 +148,3 @@ def read_live(svc: Services, collection: str, segments: list[int], latest: Lates
     """`live_records` with the vectors read into one array."""
     records, rows = live_records(svc, collection, segments, latest, dim)
     return list(records), rows.array()
-
-
-def live_rows(svc: Services, collection: str, segments: list[int], dim: int) -> tuple[dict[str, int], list[dict],
-                                                                                   np.ndarray, int]:
-    """The live chunks of a collection. Returns (live document -> its segment, records in segment
-    order, their vectors, rows read)."""
-    latest = latest_documents(svc, collection, segments)
-    records, vectors = read_live(svc, collection, segments, latest, dim)
-    return latest.live, records, vectors, latest.rows_total

@@ -310,9 +310,9 @@ def recall(rows: int, count: int = 500, probes: tuple[int, ...] = (1, 4, 16, 64)
     measured = json.loads(PROFILE.read_text())["queries"]["nearest_chunk"]
     print("query -> nearest chunk cosine, real labelled:", measured)
     print("query -> nearest chunk cosine, realistic:    ", percentiles((synth_q @ small.T).max(axis=1)))
-    print(f"{'data':44}" + "".join(f"nprobe {p:<4}" for p in probes))
+    print(f"{'data':52}" + "".join(f"nprobe {p:<4}" for p in probes))
     for name, row in table.items():
-        print(f"{name:44}" + "".join(f"{row[p]:<11.4f}" for p in probes))
+        print(f"{name:52}" + "".join(f"{row[p]:<11.4f}" for p in probes))
     return table
 
 

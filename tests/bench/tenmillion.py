@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -38,6 +39,8 @@ import requests
 from shared.settings import Settings
 from tests.bench.common import job_seconds, ms, pct, rebuild, row, stack, wait_served
 from tests.bench.million import event_ms, memory
+
+log = logging.getLogger("bench")
 
 COLLECTION = "tenmillion"
 BATCH = 10_000
@@ -210,6 +213,20 @@ def real_query_embed(settings: Settings, count: int = 200) -> tuple[float, str]:
     return pct(times, .5), embedder.model_id
 
 
+def _compaction(base: str, timeout: float) -> dict | None:
+    """The compaction job the build's publish asked for, once finished (None when none was asked for)."""
+    from tests.support import wait_job
+
+    jobs = requests.get(f"{base}/v1/jobs", params={"kind": "compact", "collection": COLLECTION, "limit": 5},
+                        timeout=30).json()["jobs"]
+    if not jobs:
+        return None
+    job = wait_job(base, jobs[0]["id"], timeout)
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"compaction did not succeed: {job}")
+    return job
+
+
 def run(quick: bool, n: int | None = None) -> list[dict]:
     n = n or (200_000 if quick else 10_000_000)
     settings = Settings(embedder="realistic", search_cache_size=0, embed_cache_bytes=0,
@@ -219,22 +236,35 @@ def run(quick: bool, n: int | None = None) -> list[dict]:
         base = running.base
         requests.post(f"{base}/v1/collections", json={"name": COLLECTION}, timeout=30).raise_for_status()
         ingest_s, jobs = ingest(base, n, timeout=6 * 3600)
+        log.info("tenmillion ingest rows=%d seconds=%.1f jobs=%d", n, ingest_s, jobs)
         disk_segments = sum(f.stat().st_size for f in (running.settings.data_dir).rglob("*") if f.is_file())
-        with TreePeak([w.popen.pid for w in running.workers]) as peak:
+        pids = [w.popen.pid for w in running.workers]
+        with TreePeak(pids) as peak:
             full = rebuild(base, COLLECTION, timeout=6 * 3600)
         version = full["result"]["version"]
+        log.info("tenmillion build seconds=%.1f peak_rss_mib=%.0f result=%s", job_seconds(full), peak.peak / 2**20,
+                 {k: v for k, v in full["result"].items() if k not in ("ladder", "ivf_training")})
         served_at = time.perf_counter()
         wait_served(base, COLLECTION, version, timeout=3600)
         wait_s = time.perf_counter() - served_at
         swapped = event_ms(running.redis, "index.swapped", version)
         api_load = swapped[0][1].get("load_seconds") if swapped else None
+        # A publish past compact_min_segments asks for a compaction of the segments: timed, and waited
+        # out before the searches, which it would otherwise share the cores with.
+        with TreePeak(pids) as compact_peak:
+            compaction = _compaction(base, timeout=6 * 3600)
+        log.info("tenmillion compaction seconds=%s peak_rss_mib=%.0f", compaction and job_seconds(compaction),
+                 compact_peak.peak / 2**20)
         pid = running.api_pid()
         times, hits, failed = search_http(base, n, QUERIES)
         mem = memory(pid)
+        log.info("tenmillion http p50_ms=%.2f p99_ms=%.2f failed=%d memory=%s", ms(pct(times, .5)),
+                 ms(pct(times, .99)), failed, mem)
         disk_all = sum(f.stat().st_size for f in (running.settings.data_dir).rglob("*") if f.is_file())
         embed_p50, embed_model = real_query_embed(running.settings)
         query_vectors, truth = exact_truth(n, keys)
         frontier = sweep(running.settings, version, query_vectors, truth, int(full["result"].get("nprobe") or 1))
+        log.info("tenmillion frontier %s", frontier)
     realistic_p50, _ = _realistic_embed_p50(n)
     got = [{int(h.removeprefix("doc-")) for h in ids} for ids in hits[:RECALL_QUERIES]]
     recall = sum(len(g & set(t.tolist())) for g, t in zip(got, truth, strict=True)) / (10 * RECALL_QUERIES)
@@ -255,6 +285,10 @@ def run(quick: bool, n: int | None = None) -> list[dict]:
         row("tenmillion.worker_peak_rss", "rebuild worker peak RSS, full build", peak.peak / 2**20, "MiB",
             ("<=", 6144), note=f"largest RSS of any worker process, sampled every 0.5 s; its largest anonymous "
             f"RSS {peak.peak_anon / 2**20:,.0f} MiB"),
+        row("tenmillion.compaction_seconds", "compaction the publish asked for (segments -> one, streamed)",
+            job_seconds(compaction) if compaction else None, "s",
+            note=f"worker peak RSS meanwhile {compact_peak.peak / 2**20:,.0f} MiB; "
+            f"{compaction['result'] if compaction else 'none asked for'}"),
         row("tenmillion.api_load_seconds", "API load + warm of the version", api_load, "s",
             note=f"from its swap event; the client saw it served {wait_s:.1f} s after the build finished"),
         row("tenmillion.heldout_recall_at_10", "recall@10, held-out queries over HTTP vs exact", recall, "fraction",
@@ -299,6 +333,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.tenmillion", description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rows = run(False, args.rows)
     print(json.dumps(rows, indent=1))
 
