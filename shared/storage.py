@@ -398,8 +398,12 @@ class Storage:
         final = self.segment_dir(collection, seq)
         with self.aside(final, "a segment") as tmp:
             with written(tmp / "chunks.jsonl", "a segment") as fh:
+                lines = 0
                 for rec in records:
                     fh.write(json.dumps(rec, ensure_ascii=False).encode("utf-8") + b"\n")
+                    lines += 1
+            if lines != len(records):
+                raise ValueError(f"{lines} chunk records written of the {len(records)} announced")
             with written(tmp / "vectors.npy", "a segment") as fh:
                 if isinstance(vectors, np.ndarray):
                     write_npy(fh, vectors.astype(np.float32, copy=False))
@@ -430,6 +434,8 @@ class Storage:
                 if row == want:
                     yield json.loads(line)
                     want = next(wanted, None)
+            if want is not None:
+                raise ValueError(f"segment {seq} of {collection!r} has no row {want}: it ended first")
 
     def read_segment_vectors(self, collection: str, seq: int) -> np.ndarray:
         return np.load(self.segment_dir(collection, seq) / "vectors.npy", mmap_mode="r")

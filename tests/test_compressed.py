@@ -124,7 +124,7 @@ def _recall(col: Collection, loaded, queries: list[str], k: int = 10) -> float:
     return reached / (k * len(queries))
 
 
-# Queries like the rows (documents' own texts, as the build's held-out rows are), and queries unlike any.
+# Queries like the rows (documents' own texts), and queries unlike any.
 QUERIES = [doc["text"] for p in "abcd" for doc in _docs([f"{p}{i}" for i in range(1, 40, 8)])]
 STRANGERS = [f"Note {p}{i} covers subject{i % 7}" for p in "abcd" for i in range(0, 40, 8)]
 

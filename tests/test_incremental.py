@@ -333,26 +333,44 @@ def test_compaction_in_between_falls_back_to_a_full_build(redis_url, rclient, tm
 @pytest.mark.integration
 def test_a_compaction_streams_the_live_rows_into_one_segment_unchanged(redis_url, rclient, tmp_path, monkeypatch):
     """Compaction reads the records and vectors again slice by slice (as a full build does): the one
-    segment it writes holds exactly the live rows, in order, whatever the slice size."""
+    segment it writes holds exactly the live rows, in order, whatever the slice size, and the registry
+    points every live document (one without chunks too) at it and forgets the deleted one."""
     from shared.jobs import compact
-    from shared.jobs.merge import latest_documents, read_live
 
     col = Collection(redis_url, rclient, tmp_path)
     col.ingest(_docs([f"d{i}" for i in range(40)]))
-    col.ingest(_docs([f"e{i}" for i in range(25)]))
+    col.ingest(_docs([f"e{i}" for i in range(25)]) + [{"id": "empty", "text": ""}])
     col.ingest(_docs([f"d{i}" for i in range(0, 40, 3)], "edited"))  # supersedes 14 of the first 40
-    before = col.svc.collections.segments("docs")
-    records, vectors = read_live(col.svc, "docs", before, latest_documents(col.svc, "docs", before),
-                                 col.svc.embedder.dim)
+    col.delete(["e3"])
+    storage, before = col.svc.storage, col.svc.collections.segments("docs")
+    # What the live rows are, read straight from the segment files: the last segment naming a document
+    # holds it, unless a later one tombstones it.
+    owner: dict[str, int | None] = {}
+    for seq in before:
+        meta = storage.read_segment_meta("docs", seq)
+        owner.update({doc: None for doc in meta.get("tombstones", [])})
+        owner.update({doc: seq for doc in meta.get("docs", [])})
+    expected, vectors = [], []
+    for seq in before:
+        written = storage.read_segment_meta("docs", seq)["created_at"]
+        rows = np.asarray(storage.read_segment_vectors("docs", seq))
+        for row, rec in enumerate(storage.iter_segment_records("docs", seq)):
+            if owner.get(rec["doc_id"]) == seq:
+                expected.append({**rec, "updated_at": rec.get("updated_at", written)})
+                vectors.append(rows[row])
+    assert len(expected) == 40 + 24 and "empty" in owner and owner["e3"] is None
+
     monkeypatch.setattr(compact, "SLICE_ROWS", 7)
     job = request_compaction(col.svc, "docs")
     run_compact(col.svc, job["id"])
     assert col.svc.jobs.state(job["id"]) == SUCCEEDED
     [seq] = col.svc.collections.segments("docs")
-    assert list(col.svc.storage.iter_segment_records("docs", seq)) == records
-    assert np.array_equal(np.asarray(col.svc.storage.read_segment_vectors("docs", seq)), vectors)
-    meta = col.svc.storage.read_segment_meta("docs", seq)
-    assert meta["chunks"] == len(records) and sorted(meta["docs"]) == sorted({r["doc_id"] for r in records})
+    assert list(storage.iter_segment_records("docs", seq)) == expected
+    assert np.array_equal(np.asarray(storage.read_segment_vectors("docs", seq)), np.stack(vectors))
+    meta = storage.read_segment_meta("docs", seq)
+    live = sorted(doc for doc, where in owner.items() if where is not None)
+    assert meta["chunks"] == len(expected) and sorted(meta["docs"]) == live and meta["tombstones"] == []
+    assert col.svc.collections.doc_locations("docs", [*live, "e3"]) == dict.fromkeys(live, seq)
 
 
 @pytest.mark.integration
@@ -449,3 +467,17 @@ def test_a_runtime_switch_keeps_rebuilds_incremental_and_compaction_going(redis_
     run_compact(col.svc, compaction["id"])
     done = col.svc.jobs.get(compaction["id"])
     assert done["state"] == SUCCEEDED and "skipped" not in done["result"], done
+
+
+def test_a_version_tuned_on_indexed_rows_is_tuned_again():
+    """Versions tuned before query-like probes (on held-out rows, which flatter IVF) get a full build
+    that tunes again, instead of carrying their nprobe on through incremental builds."""
+    from shared.jobs.build import _tuning_stale
+
+    settings = Settings(embedder="hash")
+    tuned = {"tuned_rows": 1000, "recall_target": settings.recall_target, "recall_at_10": 0.97,
+             "query_kind": ivf.PROBE_KIND}
+    assert _tuning_stale(tuned, 1000, settings) is None
+    assert _tuning_stale({**tuned, "query_kind": "given"}, 1000, settings) is None
+    old = _tuning_stale({**tuned, "query_kind": "held-out rows (leave-one-out)"}, 1000, settings)
+    assert old is not None and old.startswith("nprobe re-tuned") and "query-like probes" in old

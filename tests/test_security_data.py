@@ -250,3 +250,13 @@ def test_a_forged_sq8_range_table_length_is_refused_before_faiss_reads_it(tmp_pa
         forged = {**manifest, "checksum": hashlib.sha256(bytes(data)).hexdigest()}
         with pytest.raises(VerifyFailed, match="8-bit encoder"):
             check_index_size(path, forged)
+    data[at:at + 8] = struct.pack("<Q", 2 * dim)
+    # A hash-table direct map (type 2) makes FAISS read one more length first, from the encoder's fields:
+    # with the range statistic at 1, a 2**32-entry table (64 GiB) before a byte of it is read.
+    where = at - (8 + 8 + 4 + 4 + 4 + 8 + 1)  # back over code size, d, the statistic's two fields, qtype, the map
+    assert data[where] == 0 and data[where + 1:where + 9] == bytes(8)
+    data[where] = 2
+    data[where + 9 + 4:where + 9 + 8] = struct.pack("<i", 1)
+    path.write_bytes(bytes(data))
+    with pytest.raises(VerifyFailed, match="8-bit encoder"):
+        check_index_size(path, {**manifest, "checksum": hashlib.sha256(bytes(data)).hexdigest()})

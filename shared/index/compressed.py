@@ -151,7 +151,7 @@ def tune(index: faiss.Index, vectors: np.ndarray, rows: Rows, target: float, mos
                 "query_kind": kind, "ladder": [], "nlist": int(ivf_index.nlist)}
     rng = np.random.default_rng(seed)
     own = np.sort(rng.choice(n, size=min(HELD_OUT_QUERIES, n), replace=False)).astype(np.int64)
-    queries = ivf.query_probes(vectors[own], seed)
+    queries = ivf.query_probes(vectors[own], seed + 1)
     truth, _ = exact_top(rows, queries, k)
     depths = depth_ladder(most_depth)
     ladder: list[list] = []  # [nprobe, rerank, recall]

@@ -22,8 +22,9 @@ All three are computed from the assignment that adding rows needs anyway, so dec
 **Query-like probes for nprobe.** Without caller-given queries, `tune_nprobe` measures recall@10 on
 200 probes made from a random sample of indexed rows, each moved away from its row to where real
 queries sit: to a cosine with the row drawn from QUERY_COSINES (the measured cosine of a real question
-to the best chunk labelled relevant to it), along another sampled row's offset from the sample's mean (a
-direction inside the data's spread, without the common direction sentence embeddings share). Rows
+to the best chunk labelled relevant to it), along a random Gaussian mix of the sampled rows' offsets from
+their mean (a direction shaped like the data's spread, without the common direction sentence embeddings
+share). Rows
 themselves are far easier: a real all-MiniLM-L6-v2 query's nearest chunk has cosine ~0.55 where a
 chunk's nearest other chunk has ~0.88, and IVF lists are cut around the rows, so on data shaped like
 MiniLM's (shared/index/realistic.py, 200k rows, 1788 lists) held-out rows reached 0.96 at nprobe 4
@@ -231,7 +232,7 @@ def tune_nprobe(index: faiss.Index, target: float, most: int, queries: np.ndarra
     ivf = faiss.extract_index_ivf(index)
     kind = "given" if queries is not None else PROBE_KIND
     if queries is None:
-        queries = query_probes(sample_rows(index, HELD_OUT_QUERIES, seed)[1], seed)
+        queries = query_probes(sample_rows(index, HELD_OUT_QUERIES, seed)[1], seed + 1)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, int(index.ntotal))
     if k <= 0 or not len(queries):

@@ -115,6 +115,8 @@ def write_part(directory: Path, index: faiss.Index, records: RecordSource,
     try:
         tables = write_part_tables(directory, records, segment_of)
         terms = write_keyword_part(directory, (keyword.keyword_text(rec) for rec in records))
+        if tables["rows"] != index.ntotal or terms.get("rows", index.ntotal) != index.ntotal:
+            raise ValueError(f"{tables['rows']} records read for an index of {index.ntotal} rows")
     except OSError as exc:
         reraise(exc, WHAT)
     files = {p.name: _file_facts(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != PART_FILE}

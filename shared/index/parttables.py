@@ -124,16 +124,21 @@ class _Columns:
         self.arrays: dict[str, list[pa.Array]] = {name: [] for name in schema.names}
 
     def flush(self, force: bool = False) -> None:
-        if not force and len(self.pending[self.schema.names[0]]) < BATCH_ROWS:
+        waiting = len(self.pending[self.schema.names[0]])
+        if not waiting or not force and waiting < BATCH_ROWS:
             return
         for field in self.schema:
             self.arrays[field.name].append(pa.array(self.pending[field.name], type=field.type))
             self.pending[field.name] = []
 
     def column(self, name: str) -> pa.Array:
+        """The column in one array (its batches replaced by it: one copy, not two)."""
         self.flush(force=True)
         arrays = self.arrays[name]
-        return pa.concat_arrays(arrays) if len(arrays) != 1 else arrays[0]
+        if len(arrays) != 1:
+            field = self.schema.field(name)
+            self.arrays[name] = [pa.concat_arrays(arrays) if arrays else pa.array([], type=field.type)]
+        return self.arrays[name][0]
 
     def table(self, take: np.ndarray | None = None, **replaced: pa.Array) -> pa.Table:
         """The table, each column in one chunk (readers map it zero-copy); `replaced` columns instead of

@@ -24,7 +24,7 @@ everything (~20 ms at 100k here), recall is 1 and there is nothing to train. Fro
   its lists take rows added on trained centroids, which makes incremental builds cheap; HNSW cannot
   remove vectors and inserts cost a graph search each (minutes at 1M on 2 cores);
 - recall: IVF-Flat's only approximation is which lists are probed, so nprobe (tuned at build time to
-  a recall target on held-out queries) trades latency for recall directly.
+  a recall target on query-like probes, `shared.index.ivf`) trades latency for recall directly.
 Past `compress_threshold` (2M) the floats no longer fit an API process's budget, and the lists hold
 8-bit codes with exact re-ranking from memory-mapped float vectors instead (`shared.index.compressed`).
 """
@@ -230,13 +230,15 @@ def _check_sq_encoder(path: Path, offset: int, dim: int, size: int) -> None:
         fh.seek(offset)
         head = fh.read(1 + 8 + 4 + 4 + 4 + 8 + 8 + 8)
     try:
-        _map_type, map_size, qtype, _stat, _arg, sq_dim, code_size, trained = struct.unpack("<bQiifQQQ", head)
+        map_type, map_size, qtype, stat, _arg, sq_dim, code_size, trained = struct.unpack("<bQiifQQQ", head)
     except struct.error as exc:
         raise VerifyFailed(f"{path} is too short for an 8-bit encoder") from exc
-    if (map_size != 0 or qtype != faiss.ScalarQuantizer.QT_8bit or sq_dim != dim or code_size != dim
-            or trained != 2 * dim or offset + len(head) + trained * 4 > size):
-        raise VerifyFailed(f"{path} claims an 8-bit encoder ({qtype}, {sq_dim}-d, code {code_size} bytes, "
-                           f"{trained} range floats, direct map {map_size}) that does not fit dimension {dim}")
+    # A direct map of another type makes FAISS read one more length (a hash table's) before the encoder.
+    if (map_type != 0 or map_size != 0 or qtype != faiss.ScalarQuantizer.QT_8bit or not 0 <= stat <= 3
+            or sq_dim != dim or code_size != dim or trained != 2 * dim or offset + len(head) + trained * 4 > size):
+        raise VerifyFailed(f"{path} claims an 8-bit encoder ({qtype}, range statistic {stat}, {sq_dim}-d, code "
+                           f"{code_size} bytes, {trained} range floats, direct map {map_type}/{map_size}) that "
+                           f"does not fit dimension {dim}")
 
 
 def check_index_size(path: Path, manifest: dict) -> None:

@@ -459,8 +459,8 @@ TUNING = ("nprobe", "rerank", "recall_at_10", "recall_target", "queries", "query
 
 def _tuning_stale(manifest: dict, rows: int, settings: Settings) -> str | None:
     """Why the published nprobe no longer holds: it was tuned for `tuned_rows` rows, or to another
-    recall target, or its recall is below today's floor (a full build tunes again, and refuses the
-    version if the floor is still not met)."""
+    recall target, or on other queries than query-like probes, or its recall is below today's floor (a
+    full build tunes again, and refuses the version if the floor is still not met)."""
     tuned = int(manifest.get("tuned_rows") or 0)
     low, high = NPROBE_ROWS
     if not tuned or not low * tuned <= rows <= high * tuned:
@@ -470,5 +470,8 @@ def _tuning_stale(manifest: dict, rows: int, settings: Settings) -> str | None:
                 f"{settings.recall_target}")
     if float(manifest.get("recall_at_10", 0.0)) < settings.recall_floor:
         return f"nprobe re-tuned: recall@10 {manifest.get('recall_at_10')} is below the floor {settings.recall_floor}"
+    if manifest.get("query_kind") not in (ivf.PROBE_KIND, "given"):
+        # Tuned on indexed rows (before query-like probes): it promised real queries far more than they get.
+        return f"nprobe re-tuned: tuned on {manifest.get('query_kind')!r}, not on query-like probes"
     return None
 

@@ -90,17 +90,25 @@ def run_compact(svc: Services, job_id: str) -> None:
             svc.jobs.progress(job_id, names.STAGE_MERGE, 0, len(before))
             dim = next((m["dim"] for m in metas.values() if m.get("dim")), svc.embedder.dim)
             # Streamed like a full build: records read again as they are written, vectors a slice at a time.
-            latest = latest_documents(svc, collection, before)
-            records, rows = live_records(svc, collection, before, latest, dim, count_chunks=True)
-            counts = records.chunks or {}
-            doc_chunks = {doc: counts.get(doc, 0) for doc, seg in latest.segment_of.items() if seg is not None}
-            rows_total = latest.rows_total
-            del latest
             seq = svc.collections.next_segment_seq(collection)
-            svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
-            svc.storage.write_segment(collection, seq, records, rows.slices(SLICE_ROWS), {
-                "docs": list(doc_chunks), "tombstones": [], "model": next(iter(models), None), "dim": dim,
-                "job_id": job_id, "created_at": time.time(), "compacted_from": before})
+            try:
+                latest = latest_documents(svc, collection, before)
+                records, rows = live_records(svc, collection, before, latest, dim, count_chunks=True)
+                counts = records.chunks or {}
+                doc_chunks = {doc: counts.get(doc, 0) for doc, seg in latest.segment_of.items() if seg is not None}
+                rows_total = latest.rows_total
+                del latest
+                svc.jobs.progress(job_id, names.STAGE_WRITE, 0, 1)
+                svc.storage.write_segment(collection, seq, records, rows.slices(SLICE_ROWS), {
+                    "docs": list(doc_chunks), "tombstones": [], "model": next(iter(models), None), "dim": dim,
+                    "job_id": job_id, "created_at": time.time(), "compacted_from": before})
+            except FileNotFoundError:  # read again while written: a drop removed the folders meanwhile
+                if svc.collections.exists(collection):
+                    raise
+                svc.storage.remove_segment(collection, seq)
+                svc.jobs.succeed(job_id, {**stats, "skipped": "the collection was dropped meanwhile"})
+                svc.collections.release_compaction(collection, job_id)
+                return
             if not svc.collections.replace_segments(collection, before, seq, doc_chunks):
                 svc.storage.remove_segment(collection, seq)
                 svc.jobs.succeed(job_id, {**stats, "skipped": "the segment list changed (dropped meanwhile)"})

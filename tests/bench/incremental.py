@@ -50,7 +50,7 @@ from tests.support import write_part_version
 DIM = 384
 TARGET_RATIO = 0.10
 RECALL_TARGET = 0.95
-MOST_NPROBE = 256
+MOST_NPROBE = Settings.ivf_nprobe  # the default ladder
 
 
 class PeakRss:

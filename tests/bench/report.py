@@ -166,6 +166,8 @@ def write_results(rows: list[dict], info: dict, quick: bool, total_seconds: floa
     """bench/results[-quick].json, the plot and its samples, and (full runs) BENCHMARKS.md. A full run of
     some modules (`--only`) is merged into the last full results: the other modules' rows stay, with the
     date they were measured, and BENCHMARKS.md says which rows come from when."""
+    from tests.bench import MODULES
+
     out.mkdir(parents=True, exist_ok=True)
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     suffix = "-quick" if quick else ""
@@ -180,7 +182,7 @@ def write_results(rows: list[dict], info: dict, quick: bool, total_seconds: floa
     for r in rows:
         r.pop("series", None)
     dates = {m: date for m in modules}
-    if not quick:
+    if not quick and list(modules) != list(MODULES):  # a full run of every module replaces them all
         previous = json.loads(results.read_text()) if results.exists() else None
         rows, dates = merged(rows, list(modules), date, previous)
         module_seconds = {**((previous or {}).get("module_seconds") or {}), **module_seconds}

@@ -18,7 +18,7 @@ fitted to real all-MiniLM-L6-v2 neighbour distances, "q<k>:<n>" to held-out quer
    process would use, measured in this run, so that the HTTP p50 the real model would give can be
    stated (realistic embedding + the difference), and said to be an estimate.
 
-N is 10,000,000 (`--rows` sets it; 200,000 with --quick). Run alone with
+N is 10,000,000 (`--rows` sets it; 100,000 with --quick). Run alone with
 `.venv/bin/python -m tests.bench --only tenmillion` (about an hour at 10M on 2 cores).
 """
 
@@ -228,7 +228,7 @@ def _compaction(base: str, timeout: float) -> dict | None:
 
 
 def run(quick: bool, n: int | None = None) -> list[dict]:
-    n = n or (200_000 if quick else 10_000_000)
+    n = n or (100_000 if quick else 10_000_000)
     settings = Settings(embedder="realistic", search_cache_size=0, embed_cache_bytes=0,
                         max_documents_per_batch=BATCH)
     keys = np.arange(RECALL_QUERIES, dtype=np.int64)
