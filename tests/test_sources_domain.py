@@ -286,3 +286,28 @@ def test_one_watcher_holds_a_source_and_another_takes_over_at_the_default_lease(
     finally:
         a.close()
         b.close()
+
+
+def test_compaction_repoints_documents_in_batches_and_a_repeated_call_changes_nothing(env, monkeypatch):
+    """The list swap and each batch of repointed documents are script calls of their own (one call over
+    2M documents held Redis 10.5 s); a call repeated after its reply was lost answers True and only
+    repoints again, and a document a newer segment holds keeps pointing there."""
+    from shared.store import collections as store
+
+    monkeypatch.setattr(store, "REPOINT_BATCH", 2)
+    cols = env.svc.collections
+    cols.register_segment("docs", 1, "j1", {f"d{i}": 1 for i in range(5)})
+    cols.register_segment("docs", 2, "j2", {"d5": 2})
+    cols.register_segment("docs", 3, "j3", {"d0": 3})  # newer: d0 lives here, not in what is merged
+    merged = {**{f"d{i}": 1 for i in range(5)}, "d5": 2}
+    calls = []
+    real = cols._replace
+    monkeypatch.setattr(cols, "_replace", lambda keys, args: calls.append(args) or real(keys=keys, args=args))
+    assert cols.replace_segments("docs", [1, 2], 4, merged)
+    assert len(calls) == 4  # 6 documents, 2 a call, then the call that finds the batch short
+    assert cols.segments("docs") == [4, 3]
+    where = cols.doc_locations("docs", [*merged, "d0"])
+    assert where == {**dict.fromkeys(["d1", "d2", "d3", "d4", "d5"], 4), "d0": 3}
+    assert cols.replace_segments("docs", [1, 2], 4, merged)  # a retry of the whole: nothing moves
+    assert cols.segments("docs") == [4, 3] and cols.doc_locations("docs", list(merged)) == {
+        **{d: 4 for d in merged if d != "d0"}, "d0": 3}

@@ -76,6 +76,20 @@ def add_assigned(index: faiss.Index, vectors: np.ndarray, lists: np.ndarray, ste
         between_steps(min(start + step, total))
 
 
+def reserve_lists(index: faiss.Index, lists: np.ndarray) -> None:
+    """Size the empty lists of a new IVF index for the rows `lists` assigns them, before they are added:
+    appending grows a list's arrays by doubling, which held 470 MiB where 358 were needed for 1M rows of
+    SQ8 codes (each list is resized to its final length and back to empty, which keeps the capacity)."""
+    lists_of = faiss.extract_index_ivf(index).invlists
+    invlists = faiss.downcast_InvertedLists(lists_of) if lists_of is not None else None
+    if not isinstance(invlists, faiss.ArrayInvertedLists):
+        return
+    for list_no, count in enumerate(np.bincount(lists, minlength=invlists.nlist)):
+        if count and not invlists.list_size(list_no):
+            invlists.resize(list_no, int(count))
+            invlists.resize(list_no, 0)
+
+
 def imbalance(sizes: np.ndarray) -> float:
     total = float(sizes.sum())
     return float(len(sizes) * np.square(sizes, dtype=np.float64).sum() / total ** 2) if total else 1.0

@@ -104,7 +104,7 @@ def write_part(directory: Path, index: faiss.Index, records: RecordSource,
     `vectors_file`, its rows' float vectors (.npy, written aside by the build), moved into the part."""
     if index.ntotal != len(records):
         raise ValueError(f"an index of {index.ntotal} rows for {len(records)} records")
-    kind = kind_of(index)
+    kind, rows, dim = kind_of(index), int(index.ntotal), int(index.d)
     if (kind == KIND_IVF_SQ) != (vectors_file is not None):
         raise ValueError(f"a {kind} part {'needs' if kind == KIND_IVF_SQ else 'takes no'} float vectors file")
     if vectors_file is not None:
@@ -112,15 +112,18 @@ def write_part(directory: Path, index: faiss.Index, records: RecordSource,
     with written(directory / INDEX_FILE, WHAT) as fh:
         # faiss's stubs leave out its Python callback writer; through it a failed write raises OSError.
         faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))  # type: ignore[attr-defined]
+    # Written: with the caller's reference handed over (`Built.hand_over`), the lists' memory goes now,
+    # before the tables and postings are built.
+    del index
     try:
         tables = write_part_tables(directory, records, segment_of)
         terms = write_keyword_part(directory, (keyword.keyword_text(rec) for rec in records))
-        if tables["rows"] != index.ntotal or terms.get("rows", index.ntotal) != index.ntotal:
-            raise ValueError(f"{tables['rows']} records read for an index of {index.ntotal} rows")
+        if tables["rows"] != rows or terms.get("rows", rows) != rows:
+            raise ValueError(f"{tables['rows']} records read for an index of {rows} rows")
     except OSError as exc:
         reraise(exc, WHAT)
     files = {p.name: _file_facts(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != PART_FILE}
-    meta = {"format": FORMAT, "rows": len(records), "dim": int(index.d),
+    meta = {"format": FORMAT, "rows": len(records), "dim": dim,
             "kind": kind,
             "segments": list(segments), "created_in": int(created_in), "tables": tables, "keyword": terms,
             "files": files, "written_at": time.time()}

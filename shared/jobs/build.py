@@ -78,7 +78,7 @@ class Previous:
 @dataclass
 class Built:
     kept: list[PartRef]  # the published version's parts this version keeps, with its own deletions
-    index: faiss.Index  # the new part's index (possibly empty)
+    index: faiss.Index | None  # the new part's index (possibly empty); None once handed to the part's write
     records: RecordSource  # the new part's chunk records, row i is vector i of `index`
     segment_of: dict[str, int] | Callable[[str], int]  # the new part's documents -> their segments
     part_segments: list[int]  # the segments whose rows the new part holds
@@ -95,6 +95,19 @@ class Built:
     @property
     def live_rows(self) -> int:
         return sum(ref.live for ref in self.kept) + len(self.records)
+
+    @property
+    def part_index(self) -> faiss.Index:
+        """The new part's index, until `hand_over` gave it away."""
+        if self.index is None:
+            raise RuntimeError("the index was handed to the part's write")
+        return self.index
+
+    def hand_over(self) -> faiss.Index:
+        """The index, which this build no longer references: the part's write frees its memory once
+        its file is written, before the tables (a 10M-row compressed index is about 3.6 GiB)."""
+        index, self.index = self.part_index, None
+        return index
 
 
 def previous_version(svc: Services, collection: str) -> Previous | None:
@@ -251,6 +264,7 @@ def _full_ivf(svc: Services, collection: str, rows: LiveRows, previous: Previous
         quantizer_facts = {"ivf_training": ivf.training_record(top, lists, trained_on, nlist, version),
                            "quantizer": {"reused": False, "trained_in": version, "retrain_reason": retrain}}
     step(0)
+    ivf.reserve_lists(index, lists)
     vectors_file = _vectors_file(svc, collection, version) if kind == KIND_IVF_SQ else None
     with contextlib.ExitStack() as stack:
         writer = None

@@ -46,10 +46,10 @@ def _tuned(svc: Services, built: Built) -> dict:
     and the pointer stays)."""
     settings = svc.settings
     if built.vectors_file is None:
-        tuned = tune_nprobe(built.index, settings.recall_target, settings.ivf_nprobe)
+        tuned = tune_nprobe(built.part_index, settings.recall_target, settings.ivf_nprobe)
     else:
         path = built.vectors_file
-        tuned = compressed.tune(built.index, np.load(path, mmap_mode="r"), lambda size: npy_slices(path, size),
+        tuned = compressed.tune(built.part_index, np.load(path, mmap_mode="r"), lambda size: npy_slices(path, size),
                                 settings.recall_target, settings.ivf_nprobe, settings.rerank_depth)
     tuned["recall_floor"] = settings.recall_floor
     if tuned["recall_at_10"] < settings.recall_floor:
@@ -181,7 +181,7 @@ def _build(svc: Services, job_id: str, collection: str, lease: Lease, segments: 
             # A full build tunes nprobe on its one part; an incremental one keeps the published tuning
             # while the rows stay near those it was tuned for (`shared.jobs.build`).
             svc.jobs.progress(job_id, names.STAGE_MEASURE, 0, 1)
-            built.facts.update(_tuned(svc, built), tuned_rows=int(built.index.ntotal), tuned_in=lease.fence)
+            built.facts.update(_tuned(svc, built), tuned_rows=int(built.part_index.ntotal), tuned_in=lease.fence)
             lap(names.STAGE_MEASURE)
     except BaseException:
         built.discard()
@@ -202,8 +202,8 @@ def _write_version(svc: Services, job_id: str, collection: str, lease: Lease, bu
     try:
         if built.records:
             with storage.aside(part_dir, "an index part") as tmp:
-                write_part(tmp, built.index, built.records, built.segment_of, built.part_segments, lease.fence,
-                           built.vectors_file)
+                write_part(tmp, built.hand_over(), built.records, built.segment_of, built.part_segments,
+                           lease.fence, built.vectors_file)
             offset = sum(ref.rows for ref in refs)
             refs.append(PartRef(name, offset, len(built.records), sha256_file(part_dir / PART_FILE), None))
         with storage.aside(final, "an index version") as tmp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import cast
@@ -10,6 +11,9 @@ import redis
 
 from shared import keys
 from shared.store.conn import confirm, delete_if_equals, load_script
+
+# Documents a compaction repoints per script call: Redis runs each call alone, so no call may be long.
+REPOINT_BATCH = 50_000
 
 
 class CollectionStore:
@@ -109,11 +113,18 @@ class CollectionStore:
 
     def replace_segments(self, name: str, replaced: list[int], seq: int, doc_chunks: dict[str, int]) -> bool:
         """Put the merged segment `seq` where `replaced` (the list's oldest segments) were; False when
-        the list no longer starts with them."""
-        args: list = [seq, len(replaced), *replaced]
-        for doc_id, count in doc_chunks.items():
-            args += [doc_id, count]
-        return bool(self._replace(keys=[keys.segments(name), keys.collection_docs(name)], args=args))
+        the list no longer starts with them. The documents are repointed REPOINT_BATCH at a time, each
+        batch a script call of its own after the first swapped the list (shared/lua/replace_segments.lua);
+        meanwhile a document may still name a replaced segment, whose folder stays until the swap is done."""
+        head: list = [seq, len(replaced), *replaced]
+        items = iter(doc_chunks.items())
+        while True:
+            batch = list(itertools.islice(items, REPOINT_BATCH))
+            args = head + [value for pair in batch for value in pair]
+            if not self._replace(keys=[keys.segments(name), keys.collection_docs(name)], args=args):
+                return False  # only ever the first call: later ones find `seq` at the head
+            if len(batch) < REPOINT_BATCH:
+                return True
 
     def claim_compaction(self, name: str, job_id: str) -> str | None:
         """None when `job_id` is now the collection's one compaction, else the id holding the slot."""
