@@ -311,3 +311,14 @@ def test_compaction_repoints_documents_in_batches_and_a_repeated_call_changes_no
     assert cols.replace_segments("docs", [1, 2], 4, merged)  # a retry of the whole: nothing moves
     assert cols.segments("docs") == [4, 3] and cols.doc_locations("docs", list(merged)) == {
         **{d: 4 for d in merged if d != "d0"}, "d0": 3}
+
+
+def test_registering_a_segment_again_changes_nothing(env):
+    """A registration repeated after its reply was lost (the client retries on a timeout) neither pushes
+    the segment twice nor counts its changes twice."""
+    cols = env.svc.collections
+    job = env.svc.jobs.create("ingest", "docs", {})
+    first = cols.register_segment("docs", 41, job["id"], {"a": 2, "b": 1})
+    changes = cols.info("docs")["changes"]
+    assert cols.register_segment("docs", 41, job["id"], {"a": 2, "b": 1}) == first
+    assert cols.segments("docs").count(41) == 1 and cols.info("docs")["changes"] == changes
