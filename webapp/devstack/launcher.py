@@ -22,7 +22,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -197,10 +197,15 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def free_port(host: str = "127.0.0.1", besides: Collection[int] = ()) -> int:
+    """A port free now, other than `besides` (ports the stack will bind later: the kernel may offer
+    one of them while it is still unbound, and a test saw Redis take the API's port that way)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in besides:
+            return port
 
 
 def redacted(url: str) -> str:
@@ -227,7 +232,7 @@ def start_redis(sup: Supervisor, opts: Options, environ: Mapping[str, str],
         binary = find_redis_server(search_path)
     except RedisNotFound as exc:
         raise LaunchError(str(exc)) from exc
-    port = opts.redis_port or free_port()
+    port = opts.redis_port or free_port(besides=(opts.api_port, opts.flower_port))
     if not port_free("127.0.0.1", port):
         raise LaunchError(f"port {port} for the embedded Redis is in use "
                           "(set --redis-port / SWAPLINE_REDIS_PORT)")
