@@ -24,9 +24,8 @@ All three are computed from the assignment that adding rows needs anyway, so dec
 queries sit: to a cosine with the row drawn from QUERY_COSINES (the measured cosine of a real question
 to the best chunk labelled relevant to it), along a random Gaussian mix of the sampled rows' offsets from
 their mean (a direction shaped like the data's spread, without the common direction sentence embeddings
-share). Rows
-themselves are far easier: a real all-MiniLM-L6-v2 query's nearest chunk has cosine ~0.55 where a
-chunk's nearest other chunk has ~0.88, and IVF lists are cut around the rows, so on data shaped like
+share). Rows themselves are far easier: a real all-MiniLM-L6-v2 query's nearest chunk has cosine ~0.55
+where a chunk's nearest other chunk has ~0.88, and IVF lists are cut around the rows, so on data shaped like
 MiniLM's (shared/index/realistic.py, 200k rows, 1788 lists) held-out rows reached 0.96 at nprobe 4
 while held-out queries got 0.41 there and needed nprobe 256 for 0.96. The exact answer of a probe is
 over every row, its own row included (the chunk it was made from is what it seeks).
