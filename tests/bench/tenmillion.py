@@ -27,10 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -40,7 +39,7 @@ from shared.index.vectorindex import INDEX_FILE
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.bench.common import job_seconds, ms, pct, rebuild, row, stack, wait_served
-from tests.bench.million import event_ms, memory
+from tests.bench.million import _Background, event_ms, memory
 
 log = logging.getLogger("bench")
 
@@ -85,13 +84,17 @@ def ingest(base: str, n: int, timeout: float) -> tuple[float, int]:
 
 
 @dataclass
-class TreePeak:
-    """The largest RSS of any process in the trees under `pids`, sampled every 0.5 s in a thread."""
+class TreePeak(_Background):
+    """The largest RSS (and anonymous RSS) of any process in the trees under `pids`, sampled every 0.5 s
+    in a thread for the length of a `with` block."""
 
     pids: list[int]
     peak: int = 0
     peak_anon: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
 
     def _sample(self) -> None:
         import psutil
@@ -111,19 +114,6 @@ class TreePeak:
                                 self.peak_anon = max(self.peak_anon, int(line.split()[1]) * 1024)
                 except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
                     continue
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            self._sample()
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(30)
 
 
 def exact_truth(n: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
