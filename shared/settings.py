@@ -40,6 +40,7 @@ MAX_REDIS_WAIT_MS = 4000
 
 # The deepest re-rank a compressed part may ask for (candidates per hit); a manifest's is clamped to it.
 MAX_RERANK = 64
+COMPRESS_CODES = ("pq4", "sq8")
 
 
 class SettingsError(ValueError):
@@ -76,12 +77,14 @@ class Settings:
     # At or above this many vectors a rebuild builds an approximate IVF index; below it, exact search is
     # fast enough (shared/index/vectorindex.py says why IVF-Flat).
     approx_threshold: int = 200_000
-    # At or above this many vectors the IVF lists hold 8-bit codes (IVF-SQ8, a quarter of the floats) and
-    # searches re-rank candidates exactly from the part's memory-mapped float vectors
-    # (shared/index/compressed.py); the build tunes the re-rank depth (1, 2, 4, ... up to rerank_depth
-    # times k candidates) with nprobe.
+    # At or above this many vectors the IVF lists hold codes instead of floats and searches re-rank
+    # candidates exactly from the part's memory-mapped float vectors (shared/index/compressed.py):
+    # compress_codes "pq4" (OPQ rotation + 4-bit PQ scanned by FAISS's fast-scan kernels, 48 B a vector
+    # at 384-d) or "sq8" (8-bit scalar codes, 384 B). The build tunes the re-rank depth (1, 2, 4, ... up
+    # to rerank_depth times k candidates) with nprobe; PQ4's coarser codes need the deeper end of it.
     compress_threshold: int = 2_000_000
-    rerank_depth: int = 16
+    compress_codes: str = "pq4"
+    rerank_depth: int = 64
     # An IVF build picks the smallest nprobe (1, 2, 4, ... up to this many lists) whose recall@10 against
     # exact search on query-like probes reaches recall_target; if even the largest stays below
     # recall_floor, the build is refused and the live version stays. Queries as far from their chunks as
@@ -208,6 +211,9 @@ class Settings:
         if self.redis_min_replicas < 0 or not 1 <= self.redis_wait_ms <= MAX_REDIS_WAIT_MS:
             raise SettingsError(f"SWAPLINE_REDIS_MIN_REPLICAS must be 0 or more and SWAPLINE_REDIS_WAIT_MS 1 to "
                                 f"{MAX_REDIS_WAIT_MS} (below the Redis client's 5 s socket timeout)")
+        if self.compress_codes not in COMPRESS_CODES:
+            raise SettingsError(f"SWAPLINE_COMPRESS_CODES must be one of {', '.join(COMPRESS_CODES)}, "
+                                f"not {self.compress_codes!r}")
         if not 1 <= self.rerank_depth <= MAX_RERANK:
             raise SettingsError(f"SWAPLINE_RERANK_DEPTH must be 1 to {MAX_RERANK}, not {self.rerank_depth}")
         if self.pinned_versions < 1:

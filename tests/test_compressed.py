@@ -1,9 +1,9 @@
-"""Compressed vectors (IVF-SQ8 with exact re-ranking) and streamed full builds.
+"""Compressed vectors (OPQ + IVF-PQ4 fast scan, and IVF-SQ8, both with exact re-ranking) and streamed
+full builds.
 
-The recall test runs on numpy vectors: clustered data whose spread varies by cluster, so the
-nearest-neighbour cosine is wide (5th-95th percentile about 0.45-0.84 at 50k x 128), not the tight
-clusters that make IVF look perfect. It stands in for the realistic benchmark generator another change
-brings; swap it in when that lands. The builds run the real domain code (run_rebuild) on the session's
+The recall test runs on realistic vectors (`shared.index.realistic`: shaped like all-MiniLM-L6-v2's,
+with held-out queries as far from their chunks as real questions), 50k rows, the size a unit test
+affords. The builds run the real domain code (run_rebuild) on the session's
 redis-server with the hashing embedder and thresholds lowered so three sizes give three kinds."""
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from shared.errors import RecallBelowFloor
 from shared.index import compressed, ivf, parts
 from shared.index.compressed import VECTORS_FILE
 from shared.index.parts import open_parts, part_refs
-from shared.index.vectorindex import VerifyFailed, ivf_on, read_manifest, train_ivf
+from shared.index.vectorindex import VerifyFailed, read_manifest, train_ivf
 from shared.jobs import build, merge
 from shared.jobs.merge import LiveRows, latest_documents, read_live
 from shared.jobs.rebuild import run_rebuild
 from shared.jobs.submit import request_rebuild
 from shared.search.engine import search
 from shared.search.filters import parse_filter
+from shared.settings import MAX_RERANK
 from shared.storage import TMP_PREFIX, NpyWriter
 from tests.test_incremental import Collection, _docs
 
@@ -42,22 +43,28 @@ def _slices(array: np.ndarray):
     return lambda size: (array[start:start + size] for start in range(0, len(array), size))
 
 
-def _compressed_index(vectors: np.ndarray, nlist: int) -> faiss.Index:
-    ivf_flat = faiss.IndexIVFFlat(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], nlist,
-                                  faiss.METRIC_INNER_PRODUCT)
-    ivf_flat.train(vectors[:nlist * 40])
-    index = compressed.sq_on(ivf_flat.quantizer)
-    compressed.train_encoder(index, vectors[:nlist * 40])
-    _, lists = ivf.assign(index.quantizer, vectors)
+def _compressed_index(vectors: np.ndarray, nlist: int, codes: str = "sq8") -> faiss.Index:
+    quantizer = faiss.IndexFlatIP(vectors.shape[1])
+    faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT).train(vectors[:nlist * 40])
+    if codes == "pq4":
+        index = compressed.pq_train(quantizer, vectors[:nlist * 40])
+    else:
+        index = compressed.sq_on(quantizer)
+        compressed.train_encoder(index, vectors[:nlist * 40])
+    _, lists = ivf.assign(quantizer, vectors)
     ivf.add_assigned(index, vectors, lists, 16384, lambda done: None)
     return index
 
 
-def test_compressed_index_with_reranking_reaches_the_target_on_wide_clusters():
-    data = wide_clusters(52_000)
-    vectors, fresh = data[:50_000], data[50_000:50_500]  # fresh: queries the index never saw
-    index = _compressed_index(vectors, 256)
-    tuned = compressed.tune(index, vectors, _slices(vectors), 0.95, 256, 16)
+@pytest.mark.parametrize("codes", ["pq4", "sq8"])
+def test_compressed_index_with_reranking_reaches_the_target_on_realistic_data(codes):
+    from shared.index.realistic import QUERY_COSINES, RealisticVectors
+
+    source = RealisticVectors()
+    vectors = source.vectors(0, 50_000)
+    fresh, _ = source.queries(np.arange(500), len(vectors), QUERY_COSINES)  # held-out: no query is a row
+    index = _compressed_index(vectors, 256, codes)
+    tuned = compressed.tune(index, vectors, _slices(vectors), 0.95, 256, 64)
     assert tuned["recall_at_10"] >= 0.95 and tuned["nprobe"] > 1, tuned
     assert tuned["ladder"][-1] == [tuned["nprobe"], tuned["rerank"], tuned["recall_at_10"]]
     # What the API's search does, on queries from outside the index: within the floor too.
@@ -69,10 +76,54 @@ def test_compressed_index_with_reranking_reaches_the_target_on_wide_clusters():
     for i, (query, found) in enumerate(zip(fresh, candidates, strict=True)):
         got_scores[i], got_ids[i] = compressed.rerank(vectors, query, found, 10)
     assert ivf._recall(truth, got_scores, got_ids) >= 0.90
-    # Scores are exact cosines, whatever SQ8 rounded.
+    # Scores are exact cosines, whatever the codes rounded.
     assert np.allclose(got_scores[:, 0], (vectors[got_ids[:, 0]] * fresh).sum(axis=1), atol=1e-6)
     # Without re-ranking (depth 1 at nprobe 1) the same data stays well below the target: the test has teeth.
     assert tuned["ladder"][0][:2] == [1, 1] and tuned["ladder"][0][2] < 0.9
+
+
+def test_rows_added_to_pq4_lists_in_uneven_calls_equal_one_add():
+    """Fast-scan lists take new rows into their last, partial block and then whole blocks, whatever the
+    list held: one list grown in calls that end on a block (32 rows), on FAISS's bytes-per-block count
+    (64 rows at 16-d, where its own append writes past the list) and between them."""
+    dim, rows = 16, 3000
+    vectors = np.random.default_rng(3).standard_normal((rows, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    quantizer = faiss.IndexFlatIP(dim)
+    quantizer.add(vectors[:1])  # one list: every call appends to it
+    lists = np.zeros(rows, dtype=np.int64)
+    once = compressed.pq_train(quantizer, vectors)
+    ivf.add_assigned(once, vectors, lists, 1 << 20, lambda done: None)
+    steps = compressed.pq_on(quantizer, once)
+    start = 0
+    for size in (64, 5, 27, 1, 31, 64, 128, 100, 1600, rows):
+        ivf.add_assigned(steps, vectors[start:start + size], lists[start:start + size], 7, lambda done: None)
+        start = min(rows, start + size)
+    assert steps.ntotal == once.ntotal == rows
+    ids, codes = _list_rows(faiss.extract_index_ivf(steps), 0)
+    assert np.array_equal(ids, np.arange(rows))
+    assert np.array_equal(codes, _list_rows(faiss.extract_index_ivf(once), 0)[1])
+    assert np.array_equal(steps.search(vectors[:20], 10)[1], once.search(vectors[:20], 10)[1])
+
+
+def test_the_trained_rotation_lets_pq4_reconstruct_realistic_rows_better_than_none():
+    """OPQ's point: the same 4-bit codebooks, trained after the rotation, lose less of each row."""
+    from shared.index.realistic import RealisticVectors
+
+    rows = RealisticVectors().vectors(0, 8000)
+    train, held = rows[:6000], rows[6000:]
+
+    def error(rotation: faiss.LinearTransform | None) -> float:
+        pq = faiss.ProductQuantizer(rows.shape[1], rows.shape[1] // compressed.PQ_DIMS, 4)
+        turned = (lambda x: x) if rotation is None else rotation.apply
+        pq.train(np.ascontiguousarray(turned(train)))
+        rebuilt = pq.decode(pq.compute_codes(np.ascontiguousarray(turned(held))))
+        return float(((rebuilt - turned(held)) ** 2).sum(axis=1).mean())
+
+    rotation = compressed.train_rotation(train)
+    matrix = faiss.vector_to_array(rotation.A).reshape(rows.shape[1], -1)
+    assert np.allclose(matrix @ matrix.T, np.eye(rows.shape[1]), atol=1e-4)  # a rotation: cosines unchanged
+    assert error(rotation) < 0.8 * error(None)
 
 
 def test_an_impossible_target_reports_the_best_pair_tried():
@@ -130,27 +181,30 @@ STRANGERS = [f"Note {p}{i} covers subject{i % 7}" for p in "abcd" for i in range
 
 
 @pytest.mark.integration
-def test_the_kind_follows_the_size_and_a_compressed_version_answers(redis_url, rclient, tmp_path):
-    col = Collection(redis_url, rclient, tmp_path, approx_threshold=300, compress_threshold=600)
+@pytest.mark.parametrize(("codes", "kind"), [("pq4", "ivf-opq-pq4fs-ip"), ("sq8", "ivf-sq8-ip")])
+def test_the_kind_follows_the_size_and_a_compressed_version_answers(redis_url, rclient, tmp_path, codes, kind):
+    col = Collection(redis_url, rclient, tmp_path, approx_threshold=300, compress_threshold=600,
+                     compress_codes=codes)
     col.ingest(_docs([f"a{i}" for i in range(200)]))
     assert col.rebuild()["kind"] == "flat-ip"
     col.ingest(_docs([f"b{i}" for i in range(200)]))
     assert col.rebuild()["kind"] == "ivf-flat-ip"
     col.ingest(_docs([f"c{i}" for i in range(300)]))
     result = col.rebuild()
-    assert result["kind"] == "ivf-sq8-ip" and result["incremental"] is False
-    assert result["full_reason"] == "700 rows call for ivf-sq8-ip, version 2 is ivf-flat-ip"
+    assert result["kind"] == kind and result["incremental"] is False
+    assert result["full_reason"] == f"700 rows call for {kind}, version 2 is ivf-flat-ip"
     assert result["quantizer"]["reused"] is True  # the IVF-Flat version's centroids still fit
     version, manifest = _kinds(col)
     assert manifest["rerank"] == result["rerank"] >= 1 and manifest["recall_at_10"] >= 0.95
     assert [triple[:2] for triple in manifest["ladder"]][-1] == [manifest["nprobe"], manifest["rerank"]]
     loaded = col.loaded(int(version))
     part = loaded.parts[0]
-    assert part.meta["kind"] == "ivf-sq8-ip" and VECTORS_FILE in part.meta["files"]
+    assert part.meta["kind"] == kind and VECTORS_FILE in part.meta["files"]
     assert part.vectors is not None and part.vectors.shape == (700, 384)
-    assert part.meta["files"]["index.faiss"]["bytes"] < 700 * 384 * 2  # codes, not floats
+    rotation = 384 * 384 * 4 if codes == "pq4" else 0  # PQ4's file also holds its rotation matrix
+    assert part.meta["files"]["index.faiss"]["bytes"] - rotation < 700 * 384 * 2  # codes, not floats
     assert _recall(col, loaded, QUERIES) >= 0.9
-    loaded.nprobe = 10_000  # every list probed: what re-ranking returns is exact
+    loaded.nprobe, loaded.rerank = 10_000, MAX_RERANK  # every list probed, the deepest re-rank: exact
     assert _recall(col, loaded, STRANGERS) == 1.0
     # The search engine's filtered path (a FAISS selector on the codes, then the re-rank) answers too.
     hits = search(loaded, "Note c140 covers", 10, "vector", parse_filter({"metadata.source": "x"}), col.embed).hits
@@ -159,9 +213,9 @@ def test_the_kind_follows_the_size_and_a_compressed_version_answers(redis_url, r
     # Rows added later join the compressed lists incrementally, on the published quantizer and encoder.
     col.ingest(_docs([f"d{i}" for i in range(40)]))
     more = col.rebuild()
-    assert more["kind"] == "ivf-sq8-ip" and more["incremental"] is True and more["rerank"] == manifest["rerank"]
+    assert more["kind"] == kind and more["incremental"] is True and more["rerank"] == manifest["rerank"]
     loaded = col.loaded(more["version"])
-    assert [p.meta["kind"] for p in loaded.parts] == ["ivf-sq8-ip", "ivf-sq8-ip"]
+    assert [p.meta["kind"] for p in loaded.parts] == [kind, kind]
     assert _recall(col, loaded, QUERIES) >= 0.9
 
 
@@ -182,12 +236,13 @@ def test_a_compressed_build_below_the_floor_is_refused_and_leaves_nothing(redis_
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("compress", [10_000, 300], ids=["ivf-flat", "ivf-sq8"])
-def test_a_streamed_build_equals_an_in_memory_build(redis_url, rclient, tmp_path, monkeypatch, compress):
+@pytest.mark.parametrize(("compress", "codes", "kind"),
+                         [(10_000, "pq4", "ivf-flat-ip"), (300, "sq8", "ivf-sq8-ip"), (300, "pq4", "ivf-opq-pq4fs-ip")])
+def test_a_streamed_build_equals_an_in_memory_build(redis_url, rclient, tmp_path, monkeypatch, compress, codes, kind):
     # Slices smaller than a segment and not aligned with one, so rows cross slice and segment edges.
     monkeypatch.setattr(build, "SLICE_ROWS", 97)
-    col = Collection(redis_url, rclient, tmp_path / str(compress), approx_threshold=300,
-                     compress_threshold=compress)
+    col = Collection(redis_url, rclient, tmp_path / kind, approx_threshold=300, compress_threshold=compress,
+                     compress_codes=codes)
     for batch in range(3):
         col.ingest(_docs([f"s{batch}-{i}" for i in range(170)]))
     col.delete([f"s0-{i}" for i in range(0, 170, 3)])  # superseded rows are skipped inside slices
@@ -199,27 +254,41 @@ def test_a_streamed_build_equals_an_in_memory_build(redis_url, rclient, tmp_path
     assert [r["chunk_id"] for r in part.tables.records_range(0, part.rows)] == [r["chunk_id"] for r in records]
     # The same k-means on the same sample as training in memory.
     reference = train_ivf(vectors)
+    quantizer = compressed.coarse_quantizer(part.index)  # a PQ4 part's centroids rotated back
     assert part.ivf is not None and part.ivf.nlist == reference.nlist
-    assert np.allclose(part.ivf.quantizer.reconstruct_n(0, reference.nlist),
-                       reference.quantizer.reconstruct_n(0, reference.nlist), atol=1e-6)
+    assert np.allclose(quantizer.reconstruct_n(0, reference.nlist),
+                       reference.quantizer.reconstruct_n(0, reference.nlist), atol=1e-5)
     # With that quantizer (and encoder), adding everything at once gives identical lists.
-    whole = ivf_on(part.ivf.quantizer) if part.vectors is None else compressed.sq_on(part.ivf.quantizer, part.index)
-    _, lists = ivf.assign(whole.quantizer, vectors)
+    whole = build._on_published(result["kind"], quantizer, part.index)
+    _, lists = ivf.assign(quantizer, vectors)
     ivf.add_assigned(whole, vectors, lists, 1 << 20, lambda done: None)
-    mine, theirs = part.ivf.invlists, faiss.extract_index_ivf(whole).invlists
+    mine, theirs = part.ivf, faiss.extract_index_ivf(whole)
     for list_no in range(part.ivf.nlist):
-        size = mine.list_size(list_no)
-        assert size == theirs.list_size(list_no)
-        if size:
-            code = size * part.ivf.code_size
-            assert np.array_equal(faiss.rev_swig_ptr(mine.get_ids(list_no), size),
-                                  faiss.rev_swig_ptr(theirs.get_ids(list_no), size))
-            assert np.array_equal(faiss.rev_swig_ptr(mine.get_codes(list_no), code),
-                                  faiss.rev_swig_ptr(theirs.get_codes(list_no), code))
+        ids, codes = _list_rows(mine, list_no)
+        assert np.array_equal(ids, _list_rows(theirs, list_no)[0])
+        assert np.array_equal(codes, _list_rows(theirs, list_no)[1])
+    assert result["kind"] == kind
     if part.vectors is not None:
-        assert result["kind"] == "ivf-sq8-ip" and np.array_equal(np.asarray(part.vectors), vectors)
-    else:
-        assert result["kind"] == "ivf-flat-ip"
+        assert np.array_equal(np.asarray(part.vectors), vectors)
+
+
+def _list_rows(index: faiss.IndexIVF, list_no: int) -> tuple[np.ndarray, np.ndarray]:
+    """One inverted list's ids and per-row codes (fast-scan blocks unpacked, their padding left out)."""
+    invlists = index.invlists
+    size = invlists.list_size(list_no)
+    if not size:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, index.code_size), dtype=np.uint8)
+    ids = np.array(faiss.rev_swig_ptr(invlists.get_ids(list_no), size))
+    if not isinstance(faiss.downcast_index(index), faiss.IndexIVFFastScan):
+        return ids, np.array(faiss.rev_swig_ptr(invlists.get_codes(list_no), size * index.code_size))
+    packer = faiss.downcast_index(index).get_CodePacker()
+    blocks = -(-size // packer.nvec)
+    packed = faiss.rev_swig_ptr(invlists.get_codes(list_no), blocks * packer.block_size)
+    flat = np.zeros((blocks * packer.nvec, index.code_size), dtype=np.uint8)
+    for block in range(blocks):
+        packer.unpack_all(faiss.swig_ptr(packed[block * packer.block_size:]),
+                          faiss.swig_ptr(flat[block * packer.nvec:]))
+    return ids, flat[:size]
 
 
 def test_live_rows_stream_the_picked_rows_in_bounded_slices(tmp_path, monkeypatch):

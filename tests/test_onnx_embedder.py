@@ -16,8 +16,11 @@ from shared.index import onnxembed
 from shared.index.embedders import (
     MINILM_DEFAULT,
     MINILM_ID,
+    TORCH_BF16,
     HashEmbedder,
+    MiniLMBf16Embedder,
     MiniLMEmbedder,
+    bf16_supported,
     make_embedder,
     resolve_embedder,
     same_vector_space,
@@ -66,7 +69,8 @@ def test_vectors_match_torch(models_dir, torch_vectors, variant):
 def test_padding_does_not_change_a_row(models_dir):
     """In a batch, short texts are padded to the longest; the mask must keep padding out of every row.
     int8 quantizes activations with one scale per batch, so its rows move with their batch mates: on
-    these texts 0.971 (the empty text) to 0.997 cosine to the same text alone; bounded at 0.96."""
+    these texts 0.971 (the empty text) to 0.997 cosine to the same text alone on an AMD EPYC with
+    AVX-512, 0.958 to 0.997 on one with AVX2 only (its int8 kernels round differently); bounded at 0.95."""
     for variant, tolerance in (("fp32", 1e-5), ("int8", None)):
         embedder = OnnxMiniLMEmbedder(models_dir, variant, threads=1, batch_size=len(TEXTS))
         batch = embedder.embed(TEXTS)
@@ -74,7 +78,7 @@ def test_padding_does_not_change_a_row(models_dir):
         if tolerance:
             np.testing.assert_allclose(batch, alone, atol=tolerance)
         else:
-            assert (batch * alone).sum(axis=1).min() >= 0.96
+            assert (batch * alone).sum(axis=1).min() >= 0.95
 
 
 @pytest.mark.model
@@ -141,8 +145,14 @@ def test_loading_an_existing_export_does_not_import_torch(models_dir):
 
 
 def test_model_ids_tell_runtimes_apart_and_share_one_space(tmp_path):
-    """No model is loaded: ids are known before first use."""
-    ids = {name: make_embedder(Settings(data_dir=tmp_path, embedder=name), threads=1).model_id for name in EMBEDDERS}
+    """No model is loaded: ids are known before first use. On a CPU without native bfloat16 the bf16
+    runtime refuses to be made (SWAPLINE_EMBEDDER names the one to use instead); its id is its class's."""
+    ids = {name: make_embedder(Settings(data_dir=tmp_path, embedder=name), threads=1).model_id
+           for name in EMBEDDERS if name != TORCH_BF16 or bf16_supported()}
+    if TORCH_BF16 not in ids:
+        with pytest.raises(RuntimeError, match="native bfloat16"):
+            make_embedder(Settings(data_dir=tmp_path, embedder=TORCH_BF16), threads=1)
+        ids[TORCH_BF16] = MiniLMBf16Embedder.model_id
     assert ids["minilm-torch"] == MINILM_ID  # caches and manifests written by torch stay valid
     assert ids["minilm-onnx"] == MINILM_ID + "+onnx-fp32"
     assert ids["minilm-onnx-int8"] == MINILM_ID + "+onnx-int8"

@@ -258,5 +258,47 @@ def test_a_forged_sq8_range_table_length_is_refused_before_faiss_reads_it(tmp_pa
     data[where] = 2
     data[where + 9 + 4:where + 9 + 8] = struct.pack("<i", 1)
     path.write_bytes(bytes(data))
-    with pytest.raises(VerifyFailed, match="8-bit encoder"):
+    with pytest.raises(VerifyFailed, match="direct map"):
         check_index_size(path, {**manifest, "checksum": hashlib.sha256(bytes(data)).hexdigest()})
+
+
+def test_forged_lengths_in_a_pq4_part_are_refused_before_faiss_reads_them(tmp_path):
+    """A PQ4 part (`shared.index.compressed`): FAISS allocates the rotation, the quantizer, the
+    codebooks and every fast-scan list from lengths in the file, none of them memory-mapped; each
+    forged length (checksum fixed up) is refused by the check every open runs first."""
+    import struct
+
+    import faiss
+
+    from shared.index import compressed, ivf
+    from shared.index.vectorindex import INDEX_FILE, KIND_IVF_PQ, VerifyFailed, check_index_size, read_index
+
+    dim, nlist, rows = 32, 8, 2000
+    vectors = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    quantizer = faiss.IndexFlatIP(dim)
+    faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT).train(vectors)
+    index = compressed.pq_train(quantizer, vectors)
+    ivf.add_assigned(index, vectors, ivf.assign(quantizer, vectors)[1], 512, lambda done: None)
+    path = tmp_path / INDEX_FILE
+    faiss.write_index(index, str(path))
+    manifest = {"kind": KIND_IVF_PQ, "vectors": rows, "dim": dim}
+    check_index_size(path, manifest)  # the real file passes, and FAISS reads it back
+    assert read_index(tmp_path, manifest).ntotal == rows
+    honest = path.read_bytes()
+    rotation = honest.index(b"LTra") + 4 + 1  # after the code and the bias flag: the matrix's float count
+    codebooks = honest.index(faiss.vector_to_array(faiss.downcast_index(index.index).pq.centroids)
+                             .astype("<f4").tobytes()) - 8
+    first_list = honest.index(b"ilbl") + 4 + 32  # the first list's id count
+    forgeries = [(rotation, 1 << 28, "rotation"), (rotation, dim * dim + 1, "rotation"),
+                 (codebooks, 1 << 28, "4-bit codes"), (first_list, 1 << 28, "list"),
+                 (first_list, 0, "list")]
+    for at, claimed, refusal in forgeries:
+        data = bytearray(honest)
+        data[at:at + 8] = struct.pack("<Q", claimed)
+        path.write_bytes(bytes(data))
+        with pytest.raises(VerifyFailed, match=refusal):
+            check_index_size(path, manifest)
+    with pytest.raises(VerifyFailed):  # cut short: every length still fits, but the lists end early
+        path.write_bytes(honest[:-100])
+        check_index_size(path, manifest)

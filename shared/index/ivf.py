@@ -34,6 +34,7 @@ over every row, its own row included (the chunk it was made from is what it seek
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import faiss
 import numpy as np
@@ -66,13 +67,61 @@ def assign(quantizer: faiss.Index, vectors: np.ndarray, step: int = 65536) -> tu
 
 def add_assigned(index: faiss.Index, vectors: np.ndarray, lists: np.ndarray, step: int,
                  between_steps: Callable[[int], None]) -> None:
-    """Append rows whose lists are already known; their ids continue after `index.ntotal`."""
+    """Append rows whose lists are already known; their ids continue after `index.ntotal`. The index is
+    an IVF index or a rotation in front of one (`shared.index.compressed`'s PQ4: rows rotated first)."""
     ivf = faiss.extract_index_ivf(index)
     total = len(vectors)
     for start in range(0, total, step):
-        add_preassigned(ivf, np.ascontiguousarray(vectors[start:start + step], dtype=np.float32),
-                        np.ascontiguousarray(lists[start:start + step]))
+        rows = np.ascontiguousarray(vectors[start:start + step], dtype=np.float32)
+        assigned = np.ascontiguousarray(lists[start:start + step], dtype=np.int64)
+        if isinstance(index, faiss.IndexPreTransform):
+            _add_fast_scan(ivf, rotation_of(index).apply(rows), assigned)
+            index.ntotal = ivf.ntotal
+        else:
+            add_preassigned(ivf, rows, assigned)
         between_steps(min(start + step, total))
+
+
+def rotation_of(index: faiss.IndexPreTransform) -> faiss.LinearTransform:
+    """The linear map in front of an index (PQ4's rotation: FAISS reads OPQ's back as a plain one)."""
+    # faiss's stubs type the chain as a list; it is a C++ vector with .at().
+    return faiss.downcast_VectorTransform(index.chain.at(0))  # type: ignore[attr-defined,return-value]
+
+
+def _add_fast_scan(index: faiss.IndexIVF, rows: np.ndarray, lists: np.ndarray) -> None:
+    """Append rows to a fast-scan IVF index (PQ4) with their lists known: the rows encoded, then each
+    list grown and the new codes packed into its blocks of 32 rows in place, as FAISS's own add does
+    (which would search the quantizer for every row again). Not `add_entries`: FAISS 1.15's block lists
+    compare a row count with a byte count there and write past the list when a list holding a multiple
+    of 1,536 rows grows again."""
+    ivf = cast(faiss.IndexIVFPQFastScan, faiss.downcast_index(index))
+    n = len(rows)
+    if not n:
+        return
+    codes = np.empty((n, ivf.code_size), dtype=np.uint8)
+    ivf.encode_vectors(n, faiss.swig_ptr(rows), faiss.swig_ptr(lists), faiss.swig_ptr(codes), False)
+    assert ivf.invlists is not None  # an IVF index always has its inverted lists
+    invlists = faiss.downcast_InvertedLists(ivf.invlists)
+    packer = ivf.get_CodePacker()  # a new object Python owns and frees
+    per_block, block_bytes = packer.nvec, packer.block_size
+    order = np.argsort(lists, kind="stable")
+    bounds = np.searchsorted(lists[order], np.arange(ivf.nlist + 1))
+    flat = np.zeros((per_block, ivf.code_size), dtype=np.uint8)
+    for list_no in np.flatnonzero(np.diff(bounds)):
+        members = order[bounds[list_no]:bounds[list_no + 1]]
+        old, new = invlists.list_size(int(list_no)), len(members)
+        invlists.resize(int(list_no), old + new)  # ids and whole blocks, the new bytes zeroed
+        faiss.rev_swig_ptr(invlists.get_ids(int(list_no)), old + new)[old:] = members + ivf.ntotal
+        blocks = faiss.rev_swig_ptr(invlists.get_codes(int(list_no)), -(-(old + new) // per_block) * block_bytes)
+        first = min(new, -old % per_block)  # rows that fill the list's last, partial block
+        for i in range(first):
+            packer.pack_1_c(faiss.swig_ptr(codes[members[i]]), old + i, faiss.swig_ptr(blocks))
+        for start in range(first, new, per_block):  # then whole blocks (the list's last may be partial)
+            take = members[start:start + per_block]
+            flat[:len(take)] = codes[take]
+            flat[len(take):] = 0
+            packer.pack_all(faiss.swig_ptr(flat), faiss.swig_ptr(blocks[(old + start) // per_block * block_bytes:]))
+    ivf.ntotal += n
 
 
 def reserve_lists(index: faiss.Index, lists: np.ndarray) -> None:

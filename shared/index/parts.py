@@ -46,10 +46,12 @@ from shared.index.keyword import KeywordVerifyFailed
 from shared.index.keywordpart import KeywordPart, KeywordSearch, write_keyword_part
 from shared.index.parttables import PartTables, TablesVerifyFailed, VersionDocuments, write_part_tables
 from shared.index.vectorindex import (
+    COMPRESSED_KINDS,
     INDEX_FILE,
     IVF_KINDS,
     KIND_FLAT,
     KIND_IVF,
+    KIND_IVF_PQ,
     KIND_IVF_SQ,
     MANIFEST_FILE,
     MANIFEST_MAX_BYTES,
@@ -73,8 +75,9 @@ PARTS_DIR = "parts"
 PART_FILE = "part.json"
 PART_NAME = re.compile(r"p\d{1,18}")  # matched whole (fullmatch): p{fence}
 FILE_NAME = re.compile(r"[a-z_]+\.(faiss|arrow|npy)")  # what a part holds, nothing else
-KINDS = (KIND_FLAT, KIND_IVF, KIND_IVF_SQ)
-CODE_BYTES = {KIND_FLAT: 4, KIND_IVF: 4, KIND_IVF_SQ: 1}  # what each kind's index file holds per value, at least
+KINDS = (KIND_FLAT, KIND_IVF, *COMPRESSED_KINDS)
+# What each kind's index file holds per value, at least (PQ4: 4 bits for 4 values).
+CODE_BYTES = {KIND_FLAT: 4, KIND_IVF: 4, KIND_IVF_SQ: 1, KIND_IVF_PQ: 1 / 8}
 WHAT = "an index version"
 TIE_SLACK = 16  # candidates past k each part returns, so near-ties at the k-th score are settled by row
 
@@ -105,8 +108,8 @@ def write_part(directory: Path, index: faiss.Index, records: RecordSource,
     if index.ntotal != len(records):
         raise ValueError(f"an index of {index.ntotal} rows for {len(records)} records")
     kind, rows, dim = kind_of(index), int(index.ntotal), int(index.d)
-    if (kind == KIND_IVF_SQ) != (vectors_file is not None):
-        raise ValueError(f"a {kind} part {'needs' if kind == KIND_IVF_SQ else 'takes no'} float vectors file")
+    if (kind in COMPRESSED_KINDS) != (vectors_file is not None):
+        raise ValueError(f"a {kind} part {'needs' if kind in COMPRESSED_KINDS else 'takes no'} float vectors file")
     if vectors_file is not None:
         os.rename(vectors_file, directory / VECTORS_FILE)
     with written(directory / INDEX_FILE, WHAT) as fh:
@@ -173,7 +176,7 @@ def _check_meta(path: Path, meta) -> None:
     if index is None or meta["rows"] * meta["dim"] * CODE_BYTES[meta["kind"]] > index["bytes"]:
         raise VerifyFailed(f"{path} claims {meta['rows']}x{meta['dim']} vectors its index file cannot hold")
     vectors = meta["files"].get(VECTORS_FILE)
-    if (meta["kind"] == KIND_IVF_SQ) != (vectors is not None) \
+    if (meta["kind"] in COMPRESSED_KINDS) != (vectors is not None) \
             or vectors is not None and meta["rows"] * meta["dim"] * 4 > vectors["bytes"]:
         raise VerifyFailed(f"{path}: a {meta['kind']} part of {meta['rows']}x{meta['dim']} vectors "
                            f"{'without' if vectors is None else 'with'} a float vectors file that cannot hold them")
@@ -198,7 +201,8 @@ def check_part_hashes(directory: Path, meta: dict) -> None:
 
 
 class LoadedPart:
-    """A part opened for search: its index memory-mapped, its tables and keyword postings mapped. With
+    """A part opened for search: its index memory-mapped (a PQ4 index's block lists are read into
+    memory: 48 B a row), its tables and keyword postings mapped. With
     `full`, everything inside is checked too (Arrow offsets, keyword postings): a full read, made where
     the part is read in full anyway (its first open in a process, a new part's verification)."""
 
@@ -214,7 +218,7 @@ class LoadedPart:
         self.ivf = faiss.try_extract_index_ivf(self.index)
         # A compressed part's float rows, memory-mapped: searches re-rank their candidates from them.
         self.vectors = _float_vectors(directory / VECTORS_FILE, self.rows, meta["dim"]) \
-            if meta["kind"] == KIND_IVF_SQ else None
+            if meta["kind"] in COMPRESSED_KINDS else None
         try:
             self.tables = PartTables(directory, self.rows, validate=full)
             self.keyword = KeywordPart(directory, self.rows)

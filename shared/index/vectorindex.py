@@ -26,13 +26,15 @@ everything (~20 ms at 100k here), recall is 1 and there is nothing to train. Fro
 - recall: IVF-Flat's only approximation is which lists are probed, so nprobe (tuned at build time to
   a recall target on query-like probes, `shared.index.ivf`) trades latency for recall directly.
 Past `compress_threshold` (2M) the floats no longer fit an API process's budget, and the lists hold
-8-bit codes with exact re-ranking from memory-mapped float vectors instead (`shared.index.compressed`).
+codes (4-bit PQ behind a rotation, or 8-bit scalar) with exact re-ranking from memory-mapped float
+vectors instead (`shared.index.compressed`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 import time
@@ -52,8 +54,11 @@ INDEX_FILE, CHUNKS_FILE, OFFSETS_FILE, MANIFEST_FILE = "index.faiss", "chunks.js
 KIND_FLAT = "flat-ip"
 KIND_IVF = "ivf-flat-ip"
 KIND_IVF_SQ = "ivf-sq8-ip"  # compressed: 8-bit codes in the lists, exact re-ranking (`shared.index.compressed`)
-IVF_KINDS = (KIND_IVF, KIND_IVF_SQ)
-IVF_CODES = {KIND_IVF: b"IwFl", KIND_IVF_SQ: b"IwSq"}  # the FAISS four-letter code each IVF kind is written with
+KIND_IVF_PQ = "ivf-opq-pq4fs-ip"  # compressed: a rotation, 4-bit PQ codes scanned fast, exact re-ranking
+COMPRESSED_KINDS = (KIND_IVF_SQ, KIND_IVF_PQ)  # the kinds whose parts keep their float vectors beside the codes
+IVF_KINDS = (KIND_IVF, *COMPRESSED_KINDS)
+# The FAISS four-letter code each IVF kind's file starts with.
+IVF_CODES = {KIND_IVF: b"IwFl", KIND_IVF_SQ: b"IwSq", KIND_IVF_PQ: b"IxPT"}
 MANIFEST_MAX_BYTES = 1 << 20
 
 
@@ -81,6 +86,8 @@ def kind_of(index: faiss.Index) -> str:
     ivf_index = faiss.try_extract_index_ivf(index)
     if ivf_index is None:
         return KIND_FLAT
+    if isinstance(faiss.downcast_index(ivf_index), faiss.IndexIVFPQFastScan):
+        return KIND_IVF_PQ
     return KIND_IVF_SQ if isinstance(faiss.downcast_index(ivf_index), faiss.IndexIVFScalarQuantizer) else KIND_IVF
 
 
@@ -190,7 +197,7 @@ def read_manifest(directory: Path) -> dict:
     return manifest
 
 
-def _header_fields(data: bytes, offset: int) -> tuple[int, int, int]:
+def _header_fields(data: bytes | mmap.mmap, offset: int) -> tuple[int, int, int]:
     """(d, ntotal, offset after) of a FAISS index header at `offset` (after its four-letter code)."""
     d, ntotal = struct.unpack_from("<iq", data, offset)
     offset += 4 + 8 + 16 + 1  # d, ntotal, two unused int64, is_trained
@@ -198,57 +205,125 @@ def _header_fields(data: bytes, offset: int) -> tuple[int, int, int]:
     return d, ntotal, offset + 4 + (4 if metric > 1 else 0)  # metric_arg follows the metrics that have one
 
 
-def _check_ivf_quantizer(path: Path, dim: int, kind: str = KIND_IVF) -> None:
-    """The IVF quantizer's centroid table, whose length FAISS allocates before reading it (no read flag
-    maps it), must fit in the file: a forged length is refused before FAISS sees the file."""
+def _check_index_file(path: Path, dim: int, kind: str) -> None:
+    """An IVF index file's lengths, each checked against the dimension and the file's size before FAISS
+    allocates from them (no read flag maps a quantizer, an encoder or a fast-scan list): a forged or
+    damaged length is refused before FAISS sees the file."""
     size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
-    try:
-        if head[:4] != IVF_CODES[kind]:
-            raise VerifyFailed(f"{path} is not an index of kind {kind}")
-        d, _, offset = _header_fields(head, 4)
-        nlist, _nprobe = struct.unpack_from("<QQ", head, offset)
-        offset += 16
-        if head[offset:offset + 4] not in (b"IxFI", b"IxF2"):
-            raise VerifyFailed(f"{path} holds a quantizer Swapline never writes")
-        qd, qtotal, offset = _header_fields(head, offset + 4)
-        (floats,) = struct.unpack_from("<Q", head, offset)
-    except struct.error as exc:
-        raise VerifyFailed(f"{path} is too short for an index header") from exc
-    if d != dim or qd != dim or qtotal != nlist or floats != nlist * dim or floats * 4 > size:
+    if size < 64:
+        raise VerifyFailed(f"{path} is too short for an index header")
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        try:
+            if data[:4] != IVF_CODES[kind]:
+                raise VerifyFailed(f"{path} is not an index of kind {kind}")
+            if kind == KIND_IVF_PQ:
+                _check_pq_index(path, data, dim)
+                return
+            offset = _check_ivf_at(path, data, 0, dim, IVF_CODES[kind])[1]
+            if kind == KIND_IVF_SQ:
+                _check_sq_encoder(path, data, offset, dim)
+        except struct.error as exc:
+            raise VerifyFailed(f"{path} is too short for the index it claims to be") from exc
+
+
+def _check_ivf_at(path: Path, data: mmap.mmap, offset: int, dim: int, code: bytes) -> tuple[int, int]:
+    """The IVF header at `offset` and its quantizer's centroid table (its length must fit the file);
+    returns (nlist, the offset after its direct map, which must be empty: Swapline keeps none)."""
+    if data[offset:offset + 4] != code:
+        raise VerifyFailed(f"{path} holds an index Swapline never writes there")
+    d, _, offset = _header_fields(data, offset + 4)
+    nlist, _nprobe = struct.unpack_from("<QQ", data, offset)
+    offset += 16
+    if data[offset:offset + 4] not in (b"IxFI", b"IxF2"):
+        raise VerifyFailed(f"{path} holds a quantizer Swapline never writes")
+    qd, qtotal, offset = _header_fields(data, offset + 4)
+    (floats,) = struct.unpack_from("<Q", data, offset)
+    if d != dim or qd != dim or qtotal != nlist or floats != nlist * dim or floats * 4 > len(data):
         raise VerifyFailed(f"{path} claims a quantizer of {floats} floats ({qtotal}x{qd}, nlist {nlist}) that does "
-                           f"not match its dimension {dim} or its {size} bytes")
-    if kind == KIND_IVF_SQ:
-        _check_sq_encoder(path, offset + 8 + floats * 4, dim, size)
+                           f"not match its dimension {dim} or its {len(data)} bytes")
+    offset += 8 + floats * 4
+    # A direct map of another type makes FAISS read one more length (a hash table's) before the codes.
+    map_type, map_size = struct.unpack_from("<bQ", data, offset)
+    if map_type != 0 or map_size != 0:
+        raise VerifyFailed(f"{path} holds a direct map ({map_type}/{map_size}) Swapline never writes")
+    return nlist, offset + 9
 
 
-def _check_sq_encoder(path: Path, offset: int, dim: int, size: int) -> None:
-    """After an IVF-SQ8 index's quantizer: its direct map (empty: Swapline keeps none), then the 8-bit
-    encoder, whose range table FAISS also allocates from a length in the file: 2 x dim floats, or refused."""
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        head = fh.read(1 + 8 + 4 + 4 + 4 + 8 + 8 + 8)
-    try:
-        map_type, map_size, qtype, stat, _arg, sq_dim, code_size, trained = struct.unpack("<bQiifQQQ", head)
-    except struct.error as exc:
-        raise VerifyFailed(f"{path} is too short for an 8-bit encoder") from exc
-    # A direct map of another type makes FAISS read one more length (a hash table's) before the encoder.
-    if (map_type != 0 or map_size != 0 or qtype != faiss.ScalarQuantizer.QT_8bit or not 0 <= stat <= 3
-            or sq_dim != dim or code_size != dim or trained != 2 * dim or offset + len(head) + trained * 4 > size):
+def _check_sq_encoder(path: Path, data: mmap.mmap, offset: int, dim: int) -> None:
+    """After an IVF-SQ8 index's quantizer: the 8-bit encoder, whose range table FAISS also allocates
+    from a length in the file: 2 x dim floats, or refused."""
+    qtype, stat, _arg, sq_dim, code_size, trained = struct.unpack_from("<iifQQQ", data, offset)
+    if (qtype != faiss.ScalarQuantizer.QT_8bit or not 0 <= stat <= 3 or sq_dim != dim or code_size != dim
+            or trained != 2 * dim or offset + 40 + trained * 4 > len(data)):
         raise VerifyFailed(f"{path} claims an 8-bit encoder ({qtype}, range statistic {stat}, {sq_dim}-d, code "
-                           f"{code_size} bytes, {trained} range floats, direct map {map_type}/{map_size}) that "
-                           f"does not fit dimension {dim}")
+                           f"{code_size} bytes, {trained} range floats) that does not fit dimension {dim}")
+
+
+PQ_BLOCK_ROWS = 32  # rows per fast-scan block
+BLOCK_LISTS_CODE_SIZE = (1 << 64) - 1  # what FAISS writes as a block list's per-row code size: none
+
+
+def _check_pq_index(path: Path, data: mmap.mmap, dim: int) -> None:
+    """An OPQ + IVF-PQ4 fast-scan file (`shared.index.compressed`): a rotation of dim x dim floats and
+    no bias, the IVF header and quantizer, the fast-scan fields and 4-bit codebooks of dim / 4
+    sub-quantizers, then every list's ids and code blocks: each length agrees with the others and the
+    whole fits the file, so FAISS never allocates more than the file holds."""
+    d, ntotal, offset = _header_fields(data, 4)
+    (transforms,) = struct.unpack_from("<i", data, offset)
+    offset += 4
+    if d != dim or transforms != 1 or data[offset:offset + 4] != b"LTra":
+        raise VerifyFailed(f"{path} is not a {dim}-d rotation in front of an index")
+    have_bias, matrix = struct.unpack_from("<bQ", data, offset + 4)
+    offset += 4 + 9
+    if have_bias or matrix != dim * dim or offset + matrix * 4 > len(data):
+        raise VerifyFailed(f"{path} claims a rotation of {matrix} floats, not {dim}x{dim}")
+    offset += matrix * 4
+    bias, d_in, d_out = struct.unpack_from("<Qii", data, offset)
+    if bias or d_in != dim or d_out != dim:
+        raise VerifyFailed(f"{path} claims a rotation from {d_in} to {d_out} dimensions with {bias} bias floats")
+    offset += 8 + 8 + 1
+    nlist, offset = _check_ivf_at(path, data, offset, dim, b"IwPf")
+    subspaces = dim // 4
+    by_residual, code_size, bbs, m2, implem, qbs2 = struct.unpack_from("<bQiQiQ", data, offset)
+    offset += struct.calcsize("<bQiQiQ")
+    pq_d, pq_m, nbits, centroids = struct.unpack_from("<QQQQ", data, offset)
+    offset += 32
+    if (by_residual or implem or qbs2 or code_size != subspaces // 2 or bbs != PQ_BLOCK_ROWS or m2 != subspaces
+            or pq_d != dim or pq_m != subspaces or nbits != 4 or centroids != dim * 16
+            or offset + centroids * 4 > len(data)):
+        raise VerifyFailed(f"{path} claims 4-bit codes ({pq_m} sub-quantizers of {nbits} bits, {centroids} "
+                           f"centroid floats, {code_size}-byte codes, blocks of {bbs}) that do not fit dimension {dim}")
+    offset += centroids * 4
+    if data[offset:offset + 4] != b"ilbl":
+        raise VerifyFailed(f"{path} holds inverted lists Swapline never writes")
+    lists, list_code_size, per_block, block_bytes = struct.unpack_from("<QQQQ", data, offset + 4)
+    offset += 4 + 32
+    if lists != nlist or list_code_size != BLOCK_LISTS_CODE_SIZE or per_block != PQ_BLOCK_ROWS \
+            or block_bytes != PQ_BLOCK_ROWS * code_size:
+        raise VerifyFailed(f"{path} claims {lists} lists in blocks of {per_block} rows, {block_bytes} bytes")
+    rows = 0
+    for _ in range(nlist):
+        (ids,) = struct.unpack_from("<Q", data, offset)
+        offset += 8 + 8 * ids
+        if offset + 8 > len(data):
+            raise VerifyFailed(f"{path} claims a list of {ids} rows past the end of the file")
+        (codes,) = struct.unpack_from("<Q", data, offset)
+        if codes != -(-ids // per_block) * block_bytes or offset + 8 + codes > len(data):
+            raise VerifyFailed(f"{path} claims a list of {ids} rows in {codes} code bytes")
+        offset += 8 + codes
+        rows += ids
+    if rows != ntotal:
+        raise VerifyFailed(f"{path} lists {rows} rows, its header {ntotal}")
 
 
 def check_index_size(path: Path, manifest: dict) -> None:
     """Before FAISS reads a length from the index file: the manifest names a shape, and the file can
-    hold it (a flat index its vectors; an IVF index its quantizer, see `_check_ivf_quantizer`)."""
+    hold it (a flat index its vectors; an IVF index its lengths, see `_check_index_file`)."""
     vectors, dim = int(manifest.get("vectors", -1)), int(manifest.get("dim", -1))
     if vectors < 0 or dim <= 0:
         raise VerifyFailed(f"manifest in {path.parent} has no vector count or dimension")
     if manifest.get("kind") in IVF_KINDS:
-        _check_ivf_quantizer(path, dim, manifest["kind"])
+        _check_index_file(path, dim, manifest["kind"])
     elif os.path.getsize(path) < vectors * dim * 4:
         raise VerifyFailed(f"{path} is too short for {vectors}x{dim} vectors")
 

@@ -36,13 +36,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shared.index import ivf
-from shared.index.compressed import VECTORS_FILE, sq_on, train_encoder
+from shared.index.compressed import VECTORS_FILE, coarse_quantizer, pq_on, pq_supported, pq_train, sq_on, train_encoder
 from shared.index.embedders import same_vector_space
 from shared.index.parts import LoadedPart, PartRef, is_format2, open_parts, part_name, part_refs, part_vectors
 from shared.index.vectorindex import (
+    COMPRESSED_KINDS,
     IVF_KINDS,
     KIND_FLAT,
     KIND_IVF,
+    KIND_IVF_PQ,
     KIND_IVF_SQ,
     VerifyFailed,
     add_in_steps,
@@ -124,7 +126,8 @@ def previous_version(svc: Services, collection: str) -> Previous | None:
 
 def kind_for(rows: int, svc: Services) -> str:
     if rows >= svc.settings.compress_threshold:
-        return KIND_IVF_SQ
+        # PQ4 splits the vector into 4-dimension sub-spaces; a model whose width does not split gets SQ8.
+        return KIND_IVF_PQ if svc.settings.compress_codes == "pq4" and pq_supported(svc.embedder.dim) else KIND_IVF_SQ
     return KIND_IVF if rows >= svc.settings.approx_threshold else KIND_FLAT
 
 
@@ -229,17 +232,32 @@ def _vectors_file(svc: Services, collection: str, version: int) -> Path:
     return svc.storage.temp_dir(parent, f"vectors-{version}") / VECTORS_FILE
 
 
-def _new_ivf(kind: str, quantizer: faiss.Index) -> faiss.Index:
-    """An empty IVF index of `kind` on a copy of a trained quantizer."""
-    return ivf_on(quantizer) if kind == KIND_IVF else sq_on(quantizer)
+def _new_ivf(kind: str, quantizer: faiss.Index, sample: Callable[[], np.ndarray]) -> faiss.Index:
+    """An empty IVF index of `kind` on a copy of a trained quantizer, a compressed kind's encoder
+    trained on `sample()` (SQ8's ranges; PQ4's rotation and codebooks)."""
+    if kind == KIND_IVF:
+        return ivf_on(quantizer)
+    if kind == KIND_IVF_PQ:
+        return pq_train(quantizer, sample())
+    index = sq_on(quantizer)
+    train_encoder(index, sample())
+    return index
+
+
+def _on_published(kind: str, quantizer: faiss.Index, published: faiss.Index) -> faiss.Index:
+    """An empty IVF index of `kind` on `quantizer` with the encoder of a published part of the same
+    kind: every part of a version encodes rows alike."""
+    if kind == KIND_IVF:
+        return ivf_on(quantizer)
+    return pq_on(quantizer, published) if kind == KIND_IVF_PQ else sq_on(quantizer, published)
 
 
 def _full_ivf(svc: Services, collection: str, rows: LiveRows, previous: Previous | None, version: int,
               step: Callable[[int], None], retrain: str | None, kind: str) -> tuple[faiss.Index, dict, Path | None]:
-    """A full IVF build over the live rows, read in slices: k-means (and SQ8's ranges) on a sample,
-    then each slice assigned and added. The published quantizer is reused when it still fits (one
-    more pass first, to assign every row and decide). Returns the index, the quantizer facts and, for
-    the compressed kind, the file its float vectors were written to."""
+    """A full IVF build over the live rows, read in slices: k-means (and a compressed kind's encoder) on
+    a sample, then each slice assigned and added. The published quantizer is reused when it still fits
+    (one more pass first, to assign every row and decide). Returns the index, the quantizer facts and,
+    for a compressed kind, the file its float vectors were written to."""
     n, dim = len(rows), rows.dim
     reusable = None if retrain else _previous_quantizer(previous, svc.embedder.model_id, dim)
     quantizer_facts: dict
@@ -250,22 +268,22 @@ def _full_ivf(svc: Services, collection: str, rows: LiveRows, previous: Previous
         training = ivf.after_assigning({**training, "assigned_since": 0, "far_since": 0}, top)
         retrain = ivf.retrain_reason(training, n, np.bincount(lists, minlength=quantizer.ntotal))
         if retrain is None:
-            index = _new_ivf(kind, quantizer)
-            if kind == KIND_IVF_SQ:
-                train_encoder(index, rows.take(training_rows(n, quantizer.ntotal)))
+            index = _new_ivf(kind, quantizer, lambda: rows.take(training_rows(n, quantizer.ntotal)))
             quantizer_facts = {"ivf_training": training,
                                "quantizer": {"reused": True, "trained_in": training["trained_in"]}}
     if reusable is None or retrain is not None:
         nlist = ivf_lists(n)
         trained_on = training_rows(n, nlist)
-        index = _untrained(kind, dim, nlist)
-        index.train(rows.take(trained_on))  # k-means on the sample (and, compressed, the 8-bit ranges)
-        top, lists = _assign_streamed(faiss.extract_index_ivf(index).quantizer, rows)
+        sample = rows.take(trained_on)
+        quantizer = _trained_quantizer(sample, nlist)  # k-means on the sample
+        index = _new_ivf(kind, quantizer, lambda: sample)
+        del sample
+        top, lists = _assign_streamed(quantizer, rows)
         quantizer_facts = {"ivf_training": ivf.training_record(top, lists, trained_on, nlist, version),
                            "quantizer": {"reused": False, "trained_in": version, "retrain_reason": retrain}}
     step(0)
     ivf.reserve_lists(index, lists)
-    vectors_file = _vectors_file(svc, collection, version) if kind == KIND_IVF_SQ else None
+    vectors_file = _vectors_file(svc, collection, version) if kind in COMPRESSED_KINDS else None
     with contextlib.ExitStack() as stack:
         writer = None
         if vectors_file is not None:
@@ -282,12 +300,13 @@ def _full_ivf(svc: Services, collection: str, rows: LiveRows, previous: Previous
     return index, quantizer_facts, vectors_file
 
 
-def _untrained(kind: str, dim: int, nlist: int) -> faiss.Index:
-    """An IVF inner-product index of `kind` with `nlist` lists, nothing trained."""
-    if kind == KIND_IVF:
-        return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    return faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                         faiss.METRIC_INNER_PRODUCT)
+def _trained_quantizer(sample: np.ndarray, nlist: int) -> faiss.Index:
+    """A flat inner-product quantizer of `nlist` centroids, k-means trained on `sample` as FAISS's IVF
+    trains its own (whichever kind of lists will hold the rows)."""
+    dim = sample.shape[1]
+    quantizer = faiss.IndexFlatIP(dim)
+    faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT).train(sample)
+    return quantizer
 
 
 def _assign_streamed(quantizer: faiss.Index, rows: LiveRows) -> tuple[np.ndarray, np.ndarray]:
@@ -317,7 +336,7 @@ def _previous_quantizer(previous: Previous | None, model: str, dim: int) -> tupl
         return None
     if first.ivf is None:
         return None
-    return faiss.clone_index(first.ivf.quantizer), previous.manifest["ivf_training"]
+    return coarse_quantizer(first.index), previous.manifest["ivf_training"]
 
 
 def _rows_of(part: LoadedPart, docs: np.ndarray) -> np.ndarray:
@@ -433,7 +452,7 @@ def incremental(svc: Services, collection: str, segments: list[int], previous: P
         first = parts[0].ivf if parts else None
         if first is None or "ivf_training" not in manifest:
             return f"version {previous.version} has no trained quantizer"
-        quantizer = faiss.clone_index(first.quantizer)
+        quantizer = coarse_quantizer(parts[0].index)
         top, lists = ivf.assign(quantizer, new_vectors)
         # Only rows new to the collection count toward drift: folded rows were counted when first added.
         training = ivf.after_assigning(manifest["ivf_training"], top[len(new_records) - added:])
@@ -441,11 +460,10 @@ def incremental(svc: Services, collection: str, segments: list[int], previous: P
         reason = ivf.retrain_reason(training, rows, sizes + np.bincount(lists, minlength=quantizer.ntotal))
         if reason is not None:
             return f"quantizer retrained: {reason}"
-        # The compressed kind keeps the published 8-bit encoder, so every part encodes rows alike.
-        index = ivf_on(quantizer) if kind == KIND_IVF else sq_on(quantizer, parts[0].index)
+        index = _on_published(kind, quantizer, parts[0].index)
         step = steps(len(new_records))
         ivf.add_assigned(index, new_vectors, lists, svc.settings.build_step, step)
-        if kind == KIND_IVF_SQ:
+        if kind in COMPRESSED_KINDS:
             vectors_file = _vectors_file(svc, collection, version)
             with written(vectors_file, "an index part") as fh:
                 writer = NpyWriter(fh, len(new_vectors), svc.embedder.dim)
