@@ -253,8 +253,9 @@ def _check_sq_encoder(path: Path, data: mmap.mmap, offset: int, dim: int) -> Non
     """After an IVF-SQ8 index's quantizer: the 8-bit encoder, whose range table FAISS also allocates
     from a length in the file: 2 x dim floats, or refused."""
     qtype, stat, _arg, sq_dim, code_size, trained = struct.unpack_from("<iifQQQ", data, offset)
+    ranges = offset + struct.calcsize("<iifQQQ")  # where the range floats start
     if (qtype != faiss.ScalarQuantizer.QT_8bit or not 0 <= stat <= 3 or sq_dim != dim or code_size != dim
-            or trained != 2 * dim or offset + 40 + trained * 4 > len(data)):
+            or trained != 2 * dim or ranges + trained * 4 > len(data)):
         raise VerifyFailed(f"{path} claims an 8-bit encoder ({qtype}, range statistic {stat}, {sq_dim}-d, code "
                            f"{code_size} bytes, {trained} range floats) that does not fit dimension {dim}")
 
