@@ -141,9 +141,14 @@ def train_rotation(sample: np.ndarray, iterations: int = OPQ_ITERATIONS) -> fais
         rebuilt = cast(np.ndarray, pq.decode(pq.compute_codes(rotated)))  # type: ignore[call-arg]
         left, _, right = np.linalg.svd(rows.T @ rebuilt)
         rotation = (left @ right).astype(np.float32)
-    out = faiss.LinearTransform(dim, dim, False)
     # FAISS applies A to column vectors (y = A x); rows here are multiplied on the right (x R): A = R^T.
-    faiss.copy_array_to_vector(np.ascontiguousarray(rotation.T).ravel(), out.A)
+    return _linear_map(rotation.T)
+
+
+def _linear_map(matrix: np.ndarray) -> faiss.LinearTransform:
+    """A trained FAISS linear map y = A x with A = `matrix` (square, no bias)."""
+    out = faiss.LinearTransform(matrix.shape[1], matrix.shape[0], False)
+    faiss.copy_array_to_vector(np.ascontiguousarray(matrix, dtype=np.float32).ravel(), out.A)
     out.is_trained = True
     return out
 
@@ -183,10 +188,7 @@ def pq_on(quantizer: faiss.Index, encoder_from: faiss.Index) -> faiss.Index:
 def _rotation_of(index: faiss.IndexPreTransform) -> faiss.LinearTransform:
     """A copy of the rotation in front of a PQ4 index."""
     source = ivf.rotation_of(index)
-    out = faiss.LinearTransform(source.d_in, source.d_out, False)
-    faiss.copy_array_to_vector(faiss.vector_to_array(source.A), out.A)
-    out.is_trained = True
-    return out
+    return _linear_map(faiss.vector_to_array(source.A).reshape(source.d_out, source.d_in))
 
 
 def coarse_quantizer(index: faiss.Index) -> faiss.Index:
