@@ -12,10 +12,15 @@ from shared.index.vectorindex import (
     KIND_FLAT,
     KIND_IVF,
     MANIFEST_FILE,
+    TWO_LEVEL_FROM,
     LoadedVersion,
     VerifyFailed,
     build_flat,
     build_ivf,
+    ivf_lists,
+    ivf_on,
+    train_quantizer,
+    training_rows,
     verify_version,
     write_version,
 )
@@ -145,3 +150,36 @@ def test_forged_lengths_are_refused_without_allocating(tmp_path):
         LoadedVersion(tmp_path, 1)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 100, f"loading forged files grew the process by {grown_mb:.0f} MB"
+
+
+def _recall_at(quantizer: faiss.Index, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+               nprobe: int) -> float:
+    index = ivf_on(quantizer)
+    index.add(vectors)
+    index.nprobe = nprobe
+    _, found = index.search(queries, 10)
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found, strict=True)]))
+
+
+def test_many_lists_train_in_two_levels_about_as_well_as_in_one():
+    from shared.index.realistic import QUERY_COSINES, RealisticVectors
+
+    source = RealisticVectors()
+    vectors = source.vectors(0, 70_000)
+    nlist = ivf_lists(len(vectors))
+    assert nlist >= TWO_LEVEL_FROM  # this size takes the two-level path
+    sample = vectors[training_rows(len(vectors), nlist)]
+    queries, _ = source.queries(np.arange(300), len(vectors), QUERY_COSINES)
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    _, truth = exact.search(queries, 10)
+    two = train_quantizer(sample, nlist)
+    one = faiss.IndexFlatIP(vectors.shape[1])
+    faiss.IndexIVFFlat(one, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT).train(sample)  # FAISS's own
+    assert two.ntotal == one.ntotal == nlist
+    # Every list is used, and searching as many lists finds about as many true neighbours.
+    _, lists = two.search(vectors, 1)
+    assert len(np.unique(lists)) > 0.95 * nlist
+    for nprobe in (16, 64):
+        got, faiss_own = (_recall_at(q, vectors, queries, truth, nprobe) for q in (two, one))
+        assert got >= faiss_own - 0.03, (nprobe, got, faiss_own)

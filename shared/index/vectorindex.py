@@ -41,9 +41,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
+from faiss.contrib.clustering import two_level_clustering
 
 from shared.index import doctable, ivf, keyword
 from shared.index.doctable import DocTable
@@ -112,17 +114,40 @@ def training_rows(n: int, nlist: int, seed: int = 1234) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(nlist * 64, n - n // 5), replace=False))
 
 
+# From this many lists k-means runs in two levels (faiss.contrib.clustering): about sqrt(nlist) coarse
+# clusters, each split in proportion to its rows, then a few Lloyd iterations over all the lists from
+# there. At 1M realistic rows (4000 lists) that trained in 27 s instead of 50 (AMD EPYC Zen 4, 2 cores)
+# with recall at nprobe 64 / 256 / 1024 of 0.746 / 0.930 / 0.995 against 0.764 / 0.932 / 0.994; its cost
+# grows with rows x sqrt(lists) instead of rows x lists, which is what a 10M build (12,649 lists) needs.
+TWO_LEVEL_FROM = 1024
+REFINE_ITERATIONS = 4
+
+
+def train_quantizer(sample: np.ndarray, nlist: int) -> faiss.IndexFlatIP:
+    """A flat inner-product quantizer of `nlist` centroids, spherical k-means on `sample`: FAISS's own
+    IVF training below TWO_LEVEL_FROM lists, two-level clustering refined over all lists from there."""
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    dim = sample.shape[1]
+    quantizer = faiss.IndexFlatIP(dim)
+    if nlist < TWO_LEVEL_FROM:
+        faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT).train(sample)
+        return quantizer
+    coarse, _ = two_level_clustering(sample, int(np.sqrt(nlist)), nlist, spherical=True)
+    refine = faiss.Kmeans(dim, nlist, niter=REFINE_ITERATIONS, spherical=True, max_points_per_centroid=256)
+    refine.train(sample, init_centroids=coarse)
+    quantizer.add(cast(np.ndarray, refine.centroids))
+    return quantizer
+
+
 def train_ivf(vectors: np.ndarray, seed: int = 1234) -> faiss.IndexIVFFlat:
     """An empty IVF-Flat inner-product index whose coarse quantizer is trained (k-means) on
     `training_rows` of `vectors`."""
     n, dim = vectors.shape
     nlist = ivf_lists(n)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(np.ascontiguousarray(vectors[training_rows(n, nlist, seed)], dtype=np.float32))
-    return index
+    return ivf_on(train_quantizer(vectors[training_rows(n, nlist, seed)], nlist))
 
 
-def ivf_on(quantizer: faiss.Index) -> faiss.Index:
+def ivf_on(quantizer: faiss.Index) -> faiss.IndexIVFFlat:
     """An empty IVF-Flat inner-product index on a copy of a trained quantizer (no k-means)."""
     copy = faiss.clone_index(quantizer)
     return faiss.IndexIVFFlat(copy, copy.d, copy.ntotal, faiss.METRIC_INNER_PRODUCT)

@@ -52,6 +52,7 @@ from shared.index.vectorindex import (
     ivf_lists,
     ivf_on,
     read_manifest,
+    train_quantizer,
     training_rows,
 )
 from shared.jobs.merge import SLICE_ROWS, LiveRows, latest_documents, live_records, read_live
@@ -263,7 +264,7 @@ def _full_ivf(svc: Services, collection: str, rows: LiveRows, previous: Previous
     quantizer_facts: dict
     if reusable is not None:
         quantizer, training = reusable
-        top, lists = _assign_streamed(quantizer, rows)
+        top, lists = _assign_streamed(quantizer, rows, step)
         # Every row is assigned again: the counters start over from this build's rows.
         training = ivf.after_assigning({**training, "assigned_since": 0, "far_since": 0}, top)
         retrain = ivf.retrain_reason(training, n, np.bincount(lists, minlength=quantizer.ntotal))
@@ -275,10 +276,10 @@ def _full_ivf(svc: Services, collection: str, rows: LiveRows, previous: Previous
         nlist = ivf_lists(n)
         trained_on = training_rows(n, nlist)
         sample = rows.take(trained_on)
-        quantizer = _trained_quantizer(sample, nlist)  # k-means on the sample
+        quantizer = train_quantizer(sample, nlist)  # k-means on the sample
         index = _new_ivf(kind, quantizer, lambda: sample)
         del sample
-        top, lists = _assign_streamed(quantizer, rows)
+        top, lists = _assign_streamed(quantizer, rows, step)
         quantizer_facts = {"ivf_training": ivf.training_record(top, lists, trained_on, nlist, version),
                            "quantizer": {"reused": False, "trained_in": version, "retrain_reason": retrain}}
     step(0)
@@ -300,22 +301,16 @@ def _full_ivf(svc: Services, collection: str, rows: LiveRows, previous: Previous
     return index, quantizer_facts, vectors_file
 
 
-def _trained_quantizer(sample: np.ndarray, nlist: int) -> faiss.Index:
-    """A flat inner-product quantizer of `nlist` centroids, k-means trained on `sample` as FAISS's IVF
-    trains its own (whichever kind of lists will hold the rows)."""
-    dim = sample.shape[1]
-    quantizer = faiss.IndexFlatIP(dim)
-    faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT).train(sample)
-    return quantizer
-
-
-def _assign_streamed(quantizer: faiss.Index, rows: LiveRows) -> tuple[np.ndarray, np.ndarray]:
-    """`ivf.assign` over the live rows, slice by slice: 12 bytes a row are kept, not the rows."""
+def _assign_streamed(quantizer: faiss.Index, rows: LiveRows, step: Callable[[int], None]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """`ivf.assign` over the live rows, slice by slice: 12 bytes a row are kept, not the rows. `step(0)`
+    after each slice (no rows added yet), so that a cancel or a lost lease stops a long assignment."""
     tops, lists = [], []
     for chunk in rows.slices(SLICE_ROWS):
         top, assigned = ivf.assign(quantizer, chunk)
         tops.append(top)
         lists.append(assigned)
+        step(0)
     if not tops:
         return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
     return np.concatenate(tops), np.concatenate(lists)
