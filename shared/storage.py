@@ -85,17 +85,20 @@ class RecordSource(Protocol):
 
 
 class NpyWriter:
-    """A float32 (rows, dim) .npy file written slice by slice, its header first (the rows are known)."""
+    """A .npy file written slice by slice, its header first (the rows are known): float32 (rows, dim),
+    or with `dim` None a one-dimensional array of `dtype`."""
 
-    def __init__(self, fh, rows: int, dim: int):
+    def __init__(self, fh, rows: int, dim: int | None, dtype: np.dtype | type = np.float32):
         self.fh, self.rows, self.dim, self.written = fh, rows, dim, 0
-        np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                                                  "fortran_order": False, "shape": (rows, dim)})
+        self.dtype = np.dtype(dtype)
+        np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                  "fortran_order": False,
+                                                  "shape": (rows,) if dim is None else (rows, dim)})
 
     def add(self, chunk: np.ndarray) -> None:
         if self.written + len(chunk) > self.rows:
             raise ValueError(f"more than the {self.rows} rows the header announced")
-        self.fh.write(np.ascontiguousarray(chunk, dtype=np.float32).tobytes())
+        self.fh.write(np.ascontiguousarray(chunk, dtype=self.dtype).tobytes())
         self.written += len(chunk)
 
     def close(self) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import resource
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from shared.index import keywordpart
 from shared.index.keyword import KeywordIndex, KeywordVerifyFailed, keyword_text, save
 from shared.index.keywordpart import KEYWORD_PART_FILES, KeywordPart, KeywordSearch, write_keyword_part
 
@@ -189,3 +191,55 @@ def test_a_mask_or_offset_that_does_not_fit_is_refused(tmp_path):
         KeywordSearch([(part, 10, None)], 30)
     with pytest.raises(ValueError, match="deletion mask"):
         KeywordSearch([(part, 0, np.zeros(29, bool))], 30)
+
+
+def _files(directory: Path) -> list[np.ndarray]:
+    return [np.load(directory / name) for name in KEYWORD_PART_FILES]
+
+
+def test_a_part_built_in_slices_equals_one_built_at_once(tmp_path, monkeypatch):
+    _, records = corpus(400)
+    texts = [keyword_text(r) for r in records]
+    whole = write_keyword_part(_fresh(tmp_path / "whole"), texts)
+    ranges = []
+    merged = keywordpart._merged
+
+    def counted(slices):
+        for out in merged(slices):
+            ranges.append(len(out[0]))
+            yield out
+
+    monkeypatch.setattr(keywordpart, "_merged", counted)
+    monkeypatch.setattr(keywordpart, "MERGE_PAIRS", 256)
+    monkeypatch.setattr(keywordpart, "_SAMPLE_EVERY", 16)
+    sliced = write_keyword_part(_fresh(tmp_path / "sliced"), texts, slice_tokens=97)
+    assert len(ranges) > 4 and sum(ranges) == whole["terms"] == sliced["terms"]  # many slices, many ranges
+    for mine, theirs in zip(_files(tmp_path / "sliced"), _files(tmp_path / "whole"), strict=True):
+        assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs)
+    assert sorted(p.name for p in (tmp_path / "sliced").iterdir()) == sorted(KEYWORD_PART_FILES)  # no spill left
+
+
+def test_a_part_builds_in_memory_that_follows_the_slice_not_the_part(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    words = [f"w{i}" for i in range(5000)]
+    texts = [" ".join(rng.choice(words, size=60)) for _ in range(12_000)]  # 720,000 tokens
+
+    def peak(directory: Path, **kwargs) -> int:
+        tracemalloc.start()
+        write_keyword_part(_fresh(directory), texts, **kwargs)
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return top
+
+    monkeypatch.setattr(keywordpart, "MERGE_PAIRS", 1 << 15)
+    monkeypatch.setattr(keywordpart, "_SAMPLE_EVERY", 256)
+    at_once = peak(tmp_path / "whole", slice_tokens=1 << 30)
+    sliced = peak(tmp_path / "sliced", slice_tokens=1 << 14)
+    assert sliced < at_once / 4, (sliced, at_once)
+    assert all(np.array_equal(a, b) for a, b in zip(_files(tmp_path / "whole"), _files(tmp_path / "sliced"),
+                                                       strict=True))
+
+
+def _fresh(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    return directory

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from shared.index.keyword import TOKENIZER, KeywordVerifyFailed, best_rows, tokenize
-from shared.storage import check_npy, write_npy, written
+from shared.storage import NpyWriter, check_npy, write_npy, written
 
 K1, B = 1.5, 0.75
 # Each file and the dtype it must hold; a file of any other dtype or shape is refused.
@@ -41,42 +43,139 @@ def term_hash(token: str) -> int:
     return int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def _tokens(texts: Iterable[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(distinct tokens, each token's place among them in text order, tokens per row)."""
+# A part's texts are tokenized this many tokens at a time; each slice's (term, row, count) postings are
+# sorted and set aside on disk, then every slice's are merged a range of terms at a time, MERGE_PAIRS
+# postings or so per range. A worker's memory follows the slice, not the part: at 300 tokens a chunk
+# 10M chunks are 3 billion tokens, 24 GB as the 8-byte ids the one-pass build held at once.
+SLICE_TOKENS = 1 << 22
+MERGE_PAIRS = 1 << 23
+_SAMPLE_EVERY = 4096  # postings between the terms sampled from each sorted slice to place the ranges
+SPILL_DIR = "kw-slices"  # inside the part's (temporary) directory while it is written; removed after
+
+
+@dataclass
+class _Slice:
+    """One slice's postings set aside: term hashes ascending, then rows ascending within a term."""
+
+    terms: np.ndarray
+    rows: np.ndarray
+    tf: np.ndarray
+
+
+def _sliced_texts(texts: Iterable[str], slice_tokens: int) -> Iterator[tuple[list[str], array, array]]:
+    """(distinct tokens, each token's place among them in text order, tokens per row) for consecutive
+    slices of the rows, each closed once it holds `slice_tokens` tokens (a row is never split); the
+    last may be empty."""
     vocabulary: dict[str, int] = {}
     ids, lengths = array("q"), array("q")  # machine integers: a Python list of 50M ints costs GBs
     for text in texts:
         tokens = tokenize(text)
         ids.extend(vocabulary.setdefault(t, len(vocabulary)) for t in tokens)
         lengths.append(len(tokens))
-    return list(vocabulary), np.frombuffer(ids, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64)
+        if len(ids) >= slice_tokens:
+            yield list(vocabulary), ids, lengths
+            vocabulary, ids, lengths = {}, array("q"), array("q")
+    yield list(vocabulary), ids, lengths
 
 
-def _postings(terms_of_tokens: np.ndarray, lengths: np.ndarray, n_terms: int) -> tuple[np.ndarray, ...]:
-    """(indptr, rows, tf) of the (term, row) pairs, by term then row."""
+def _slice_postings(vocabulary: list[str], ids: array, lengths: array, first_row: int) -> _Slice:
+    """A slice's postings, its rows numbered from `first_row`. Two tokens of one hash (odds about 1 in
+    40 million for a million distinct tokens) become one term."""
+    hashes = np.fromiter((term_hash(t) for t in vocabulary), dtype=np.uint64, count=len(vocabulary))
+    terms, term_of_token = np.unique(hashes, return_inverse=True)
     n = len(lengths)
     # One sort of a combined key orders the pairs and counts repeats at once; term * n + row stays far
-    # below 2**63 for any part that fits in memory.
-    pairs, tf = np.unique(terms_of_tokens * n + np.repeat(np.arange(n, dtype=np.int64), lengths),
+    # below 2**63 for a slice's terms and rows.
+    pairs, tf = np.unique(term_of_token.reshape(-1)[np.frombuffer(ids, dtype=np.int64)] * n
+                          + np.repeat(np.arange(n, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64)),
                           return_counts=True)
-    terms, rows = np.divmod(pairs, n) if n else (pairs, pairs)
-    indptr = np.zeros(n_terms + 1, dtype=np.int64)
-    np.cumsum(np.bincount(terms, minlength=n_terms), out=indptr[1:])
-    return indptr, rows.astype(np.int32), tf.astype(np.float32)
+    term_index, rows = np.divmod(pairs, n) if n else (pairs, pairs)
+    return _Slice(terms[term_index], (rows + first_row).astype(np.int32), tf.astype(np.float32))
 
 
-def write_keyword_part(directory: Path, texts: Iterable[str]) -> dict:
+def _set_aside(spill: Path, number: int, piece: _Slice) -> _Slice:
+    """Write a slice's postings into the spill folder and map them back: read later a range at a time."""
+    names = [f"{number}-{field}.npy" for field in ("terms", "rows", "tf")]
+    for name, values in zip(names, (piece.terms, piece.rows, piece.tf), strict=True):
+        with written(spill / name, "a keyword part") as fh:
+            write_npy(fh, values)
+    terms, rows, tf = (np.load(spill / name, mmap_mode="r") for name in names)
+    return _Slice(terms, rows, tf)
+
+
+def _ranges(slices: list[_Slice]) -> np.ndarray:
+    """Term values that cut the postings of all slices into ranges of about MERGE_PAIRS (a term is never
+    cut: one term's postings are at most a row each)."""
+    every = MERGE_PAIRS // _SAMPLE_EVERY
+    sampled = np.sort(np.concatenate([np.asarray(s.terms[::_SAMPLE_EVERY]) for s in slices]))
+    return np.unique(sampled[every::every])
+
+
+def _merged(slices: list[_Slice]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(distinct terms, postings per term, rows, tf) of each range of terms in turn, over every slice:
+    the slices hold ascending row blocks, so a stable sort by term keeps each term's rows ascending."""
+    bounds = _ranges(slices)
+    cuts = np.array([[0, *np.searchsorted(s.terms, bounds), len(s.terms)] for s in slices]).reshape(len(slices), -1)
+    for j in range(cuts.shape[1] - 1):
+        pieces = [(s.terms[a:b], s.rows[a:b], s.tf[a:b]) for s, a, b in zip(slices, cuts[:, j], cuts[:, j + 1],
+                                                                             strict=True)]
+        terms, rows, tf = (np.concatenate([p[i] for p in pieces]) for i in range(3))
+        order = np.argsort(terms, kind="stable")
+        terms, rows, tf = terms[order], rows[order], tf[order]
+        starts = np.flatnonzero(np.concatenate(([True], terms[1:] != terms[:-1]))) if len(terms) else order
+        yield terms[starts], np.diff(np.append(starts, len(terms))), rows, tf
+
+
+def write_keyword_part(directory: Path, texts: Iterable[str], slice_tokens: int = SLICE_TOKENS) -> dict:
     """Tokenize each row's text and write the part's keyword files into `directory` (each write checked
-    and fsynced, see `shared.storage.written`); returns the part's manifest entry."""
-    vocabulary, ids, lengths = _tokens(texts)
-    hashes = np.fromiter((term_hash(t) for t in vocabulary), dtype=np.uint64, count=len(vocabulary))
-    # Two tokens of one hash (odds about 1 in 40 million for a million distinct tokens) become one term.
-    terms, term_of_token = np.unique(hashes, return_inverse=True)
-    indptr, rows, tf = _postings(term_of_token.reshape(-1)[ids], lengths, len(terms))
-    for name, values in zip(KEYWORD_PART_FILES, (terms, indptr, rows, tf, lengths), strict=True):
-        with written(directory / name, "a keyword part") as fh:
-            write_npy(fh, values.astype(LAYOUT[name], copy=False))
-    return {"tokenizer": TOKENIZER, "rows": len(lengths), "terms": len(terms), "files": list(KEYWORD_PART_FILES)}
+    and fsynced, see `shared.storage.written`), in bounded memory (SLICE_TOKENS); returns the part's
+    manifest entry."""
+    spill = directory / SPILL_DIR
+    spill.mkdir()
+    try:
+        slices: list[_Slice] = []
+        lengths: list[np.ndarray] = []
+        rows = 0
+        for vocabulary, ids, row_lengths in _sliced_texts(texts, slice_tokens):
+            slices.append(_set_aside(spill, len(slices), _slice_postings(vocabulary, ids, row_lengths, rows)))
+            lengths.append(np.frombuffer(row_lengths, dtype=np.int64).astype(np.uint32))
+            rows += len(row_lengths)
+        doclen = np.concatenate(lengths)
+        postings = sum(len(s.terms) for s in slices)
+        with written(spill / "terms.raw", "a keyword part") as terms_fh, \
+                written(spill / "indptr.raw", "a keyword part") as indptr_fh, \
+                written(directory / "kw_rows.npy", "a keyword part") as rows_fh, \
+                written(directory / "kw_tf.npy", "a keyword part") as tf_fh:
+            rows_out = NpyWriter(rows_fh, postings, None, LAYOUT["kw_rows.npy"])
+            tf_out = NpyWriter(tf_fh, postings, None, LAYOUT["kw_tf.npy"])
+            n_terms, done = 0, 0
+            for terms, counts, term_rows, term_tf in _merged(slices):
+                terms_fh.write(terms.astype(np.uint64).tobytes())
+                indptr_fh.write((done + np.cumsum(counts, dtype=np.int64)).tobytes())
+                rows_out.add(term_rows)
+                tf_out.add(term_tf)
+                n_terms, done = n_terms + len(terms), done + len(term_rows)
+            rows_out.close()
+            tf_out.close()
+        _npy_from_raw(directory / "kw_terms.npy", spill / "terms.raw", LAYOUT["kw_terms.npy"], n_terms)
+        _npy_from_raw(directory / "kw_indptr.npy", spill / "indptr.raw", LAYOUT["kw_indptr.npy"], n_terms + 1,
+                      head=np.zeros(1, dtype=np.int64))
+        with written(directory / "kw_doclen.npy", "a keyword part") as fh:
+            write_npy(fh, doclen)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return {"tokenizer": TOKENIZER, "rows": rows, "terms": n_terms, "files": list(KEYWORD_PART_FILES)}
+
+
+def _npy_from_raw(path: Path, raw: Path, dtype: np.dtype, count: int, head: np.ndarray | None = None) -> None:
+    """A one-dimensional .npy of `count` values: `head`, then the values of `dtype` the raw file holds."""
+    with written(path, "a keyword part") as fh, open(raw, "rb") as source:
+        out = NpyWriter(fh, count, None, dtype)
+        if head is not None:
+            out.add(head)
+        while block := source.read(1 << 20):
+            out.add(np.frombuffer(block, dtype=dtype))
+        out.close()
 
 
 def _open(path: Path) -> np.ndarray:
