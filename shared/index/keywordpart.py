@@ -16,6 +16,7 @@ Tokens are those of `shared.index.keyword.tokenize`; a query token repeated coun
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import shutil
@@ -93,14 +94,23 @@ def _slice_postings(vocabulary: list[str], ids: array, lengths: array, first_row
     return _Slice(terms[term_index], (rows + first_row).astype(np.int32), tf.astype(np.float32))
 
 
-def _set_aside(spill: Path, number: int, piece: _Slice) -> _Slice:
-    """Write a slice's postings into the spill folder and map them back: read later a range at a time."""
-    names = [f"{number}-{field}.npy" for field in ("terms", "rows", "tf")]
-    for name, values in zip(names, (piece.terms, piece.rows, piece.tf), strict=True):
-        with written(spill / name, "a keyword part") as fh:
-            write_npy(fh, values)
-    terms, rows, tf = (np.load(spill / name, mmap_mode="r") for name in names)
-    return _Slice(terms, rows, tf)
+_SPILLED = (("terms", np.dtype(np.uint64)), ("rows", np.dtype(np.int32)), ("tf", np.dtype(np.float32)))
+
+
+def _set_aside(spill: Path, pieces: Iterator[_Slice]) -> list[_Slice]:
+    """Each slice's postings appended to one spill file a field (three open files, however many slices),
+    then mapped back: each slice a view of the maps, read later a range at a time."""
+    ends = [0]
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(written(spill / name, "a keyword part")) for name, _ in _SPILLED]
+        for piece in pieces:
+            for fh, values in zip(files, (piece.terms, piece.rows, piece.tf), strict=True):
+                fh.write(np.ascontiguousarray(values).tobytes())
+            ends.append(ends[-1] + len(piece.terms))
+            del piece
+    maps = [np.memmap(spill / name, dtype=dtype, mode="r") if ends[-1] else np.zeros(0, dtype)
+            for name, dtype in _SPILLED]
+    return [_Slice(*(m[a:b] for m in maps)) for a, b in zip(ends, ends[1:], strict=False)]
 
 
 def _ranges(slices: list[_Slice]) -> np.ndarray:
@@ -133,38 +143,49 @@ def write_keyword_part(directory: Path, texts: Iterable[str], slice_tokens: int 
     spill = directory / SPILL_DIR
     spill.mkdir()
     try:
-        slices: list[_Slice] = []
-        lengths: list[np.ndarray] = []
-        rows = 0
-        for vocabulary, ids, row_lengths in _sliced_texts(texts, slice_tokens):
-            slices.append(_set_aside(spill, len(slices), _slice_postings(vocabulary, ids, row_lengths, rows)))
-            lengths.append(np.frombuffer(row_lengths, dtype=np.int64).astype(np.uint32))
-            rows += len(row_lengths)
-        doclen = np.concatenate(lengths)
-        postings = sum(len(s.terms) for s in slices)
-        with written(spill / "terms.raw", "a keyword part") as terms_fh, \
-                written(spill / "indptr.raw", "a keyword part") as indptr_fh, \
-                written(directory / "kw_rows.npy", "a keyword part") as rows_fh, \
-                written(directory / "kw_tf.npy", "a keyword part") as tf_fh:
-            rows_out = NpyWriter(rows_fh, postings, None, LAYOUT["kw_rows.npy"])
-            tf_out = NpyWriter(tf_fh, postings, None, LAYOUT["kw_tf.npy"])
-            n_terms, done = 0, 0
-            for terms, counts, term_rows, term_tf in _merged(slices):
-                terms_fh.write(terms.astype(np.uint64).tobytes())
-                indptr_fh.write((done + np.cumsum(counts, dtype=np.int64)).tobytes())
-                rows_out.add(term_rows)
-                tf_out.add(term_tf)
-                n_terms, done = n_terms + len(terms), done + len(term_rows)
-            rows_out.close()
-            tf_out.close()
-        _npy_from_raw(directory / "kw_terms.npy", spill / "terms.raw", LAYOUT["kw_terms.npy"], n_terms)
-        _npy_from_raw(directory / "kw_indptr.npy", spill / "indptr.raw", LAYOUT["kw_indptr.npy"], n_terms + 1,
-                      head=np.zeros(1, dtype=np.int64))
-        with written(directory / "kw_doclen.npy", "a keyword part") as fh:
-            write_npy(fh, doclen)
-    finally:
+        rows, n_terms = _write_postings(directory, spill, texts, slice_tokens)
+    except BaseException:
         shutil.rmtree(spill, ignore_errors=True)
+        raise
+    shutil.rmtree(spill)  # its maps were closed with `_write_postings`'s frame
     return {"tokenizer": TOKENIZER, "rows": rows, "terms": n_terms, "files": list(KEYWORD_PART_FILES)}
+
+
+def _write_postings(directory: Path, spill: Path, texts: Iterable[str], slice_tokens: int) -> tuple[int, int]:
+    """`write_keyword_part`'s work, the spill folder given: returns (rows, terms)."""
+    lengths: list[np.ndarray] = []
+    first_rows = [0]
+
+    def postings_of_slices() -> Iterator[_Slice]:
+        for vocabulary, ids, row_lengths in _sliced_texts(texts, slice_tokens):
+            yield _slice_postings(vocabulary, ids, row_lengths, first_rows[-1])
+            lengths.append(np.frombuffer(row_lengths, dtype=np.int64).astype(np.uint32))
+            first_rows.append(first_rows[-1] + len(row_lengths))
+            del vocabulary, ids, row_lengths  # not held while the next slice is tokenized
+
+    slices = _set_aside(spill, postings_of_slices())
+    postings = sum(len(s.terms) for s in slices)
+    with written(spill / "terms.raw", "a keyword part") as terms_fh, \
+            written(spill / "indptr.raw", "a keyword part") as indptr_fh, \
+            written(directory / "kw_rows.npy", "a keyword part") as rows_fh, \
+            written(directory / "kw_tf.npy", "a keyword part") as tf_fh:
+        rows_out = NpyWriter(rows_fh, postings, None, LAYOUT["kw_rows.npy"])
+        tf_out = NpyWriter(tf_fh, postings, None, LAYOUT["kw_tf.npy"])
+        n_terms, done = 0, 0
+        for terms, counts, term_rows, term_tf in _merged(slices):
+            terms_fh.write(terms.astype(np.uint64).tobytes())
+            indptr_fh.write((done + np.cumsum(counts, dtype=np.int64)).tobytes())
+            rows_out.add(term_rows)
+            tf_out.add(term_tf)
+            n_terms, done = n_terms + len(terms), done + len(term_rows)
+        rows_out.close()
+        tf_out.close()
+    _npy_from_raw(directory / "kw_terms.npy", spill / "terms.raw", LAYOUT["kw_terms.npy"], n_terms)
+    _npy_from_raw(directory / "kw_indptr.npy", spill / "indptr.raw", LAYOUT["kw_indptr.npy"], n_terms + 1,
+                  head=np.zeros(1, dtype=np.int64))
+    with written(directory / "kw_doclen.npy", "a keyword part") as fh:
+        write_npy(fh, np.concatenate(lengths))
+    return first_rows[-1], n_terms
 
 
 def _npy_from_raw(path: Path, raw: Path, dtype: np.dtype, count: int, head: np.ndarray | None = None) -> None:
