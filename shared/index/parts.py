@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 from shared.index import keyword
-from shared.index.compressed import VECTORS_FILE, rerank
+from shared.index.compressed import VECTORS_FILE, mapped_rows, rerank
 from shared.index.ivf import list_views
 from shared.index.keyword import KeywordVerifyFailed
 from shared.index.keywordpart import KeywordPart, KeywordSearch, write_keyword_part
@@ -237,7 +237,7 @@ def _float_vectors(path: Path, rows: int, dim: int) -> np.ndarray:
         raise VerifyFailed(f"{path}: {exc}") from exc
     if shape != (rows, dim) or dtype != np.float32:
         raise VerifyFailed(f"{path} holds {shape} {dtype}, the part {rows}x{dim} float32")
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    return mapped_rows(path)
 
 
 def _signature(directory: Path, meta: dict) -> tuple:

@@ -9,8 +9,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from shared import eventnames as names
 from shared.errors import JobCanceled, JobInputError, LockBusy, PublishGated, RecallBelowFloor
 from shared.index import compressed
@@ -49,7 +47,7 @@ def _tuned(svc: Services, built: Built) -> dict:
         tuned = tune_nprobe(built.part_index, settings.recall_target, settings.ivf_nprobe)
     else:
         path = built.vectors_file
-        tuned = compressed.tune(built.part_index, np.load(path, mmap_mode="r"), lambda size: npy_slices(path, size),
+        tuned = compressed.tune(built.part_index, compressed.mapped_rows(path), lambda size: npy_slices(path, size),
                                 settings.recall_target, settings.ivf_nprobe, settings.rerank_depth)
     tuned["recall_floor"] = settings.recall_floor
     if tuned["recall_at_10"] < settings.recall_floor:
