@@ -171,6 +171,10 @@ def test_search_cache_is_dropped_on_swap(settings, procs):
     v2 = ingest_and_rebuild(base, replaced)[1]["result"]["version"]
     fresh = wait_for(lambda: (r := search(base, "item4")).json()["index_version"] == v2 and r)
     assert fresh.headers["X-Cache"] == "miss" and fresh.json()["hits"][0]["text"].startswith("Replaced")
+    # Where the server's time went: the embedding and the rest, measured on a miss, none on a hit.
+    timing = dict(part.strip().split(";dur=") for part in fresh.headers["Server-Timing"].split(","))
+    assert set(timing) == {"embed", "search"} and float(timing["embed"]) > 0 and float(timing["search"]) > 0
+    assert again.headers["Server-Timing"] == "embed;dur=0.00, search;dur=0.00"
 
 
 def test_metrics_expose_the_named_series(settings, procs):

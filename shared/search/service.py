@@ -6,8 +6,11 @@ RequestRefused with the status and code the API gives it."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from shared.errors import RequestRefused
 from shared.index.embedders import Embedder, same_vector_space
@@ -60,6 +63,12 @@ class Found:
     result: dict  # the answer's body
     version: int | None  # the index version that answered (None: this process serves none yet)
     cached: bool
+    embed_s: float = 0.0  # spent embedding the query
+    search_s: float = 0.0  # spent searching and shaping the answer, the embedding excluded
+
+    def server_timing(self) -> str:
+        """The Server-Timing header's value: where the server's time went, in milliseconds."""
+        return f"embed;dur={self.embed_s * 1000:.2f}, search;dur={self.search_s * 1000:.2f}"
 
 
 def nothing_served(request: SearchRequest) -> Found:
@@ -94,13 +103,21 @@ def search_version(version: ServedVersion, cache: ResultCache, request: SearchRe
     if request.mode != "keyword" and not same_vector_space(version.manifest["model"], embedder.model_id):
         raise RequestRefused(409, "model_mismatch", f"index v{version.version} was built with "
                              f"{version.manifest['model']}; this API embeds queries with {embedder.model_id}")
+    started, embedded = time.perf_counter(), [0.0]
+
+    def embed(text: str) -> np.ndarray:
+        began = time.perf_counter()
+        try:
+            return embedder.embed([text])[0]
+        finally:
+            embedded[0] += time.perf_counter() - began
+
     try:
         depth = candidates(request.k) if request.group_by else request.k
-        answer = search(version, request.query, depth, request.mode, request.filter,
-                        lambda text: embedder.embed([text])[0])
+        answer = search(version, request.query, depth, request.mode, request.filter, embed)
     except KeywordUnavailable as missing:
         raise RequestRefused(409, "keyword_index_missing", str(missing)) from None
     result = _shaped({"index_version": version.version, "mode": answer.mode, "scanned": answer.scanned,
                       "matched_documents": answer.matched_documents, "hits": answer.hits}, request, embedder)
     cache.put(request.key, result)
-    return Found(result, version.version, False)
+    return Found(result, version.version, False, embedded[0], time.perf_counter() - started - embedded[0])

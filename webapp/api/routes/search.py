@@ -52,7 +52,9 @@ def redis_down(name: str) -> tuple[bool, str | None]:
 class Search(MethodView):
     @requires("read")  # a POST, but it only reads
     @blp.arguments(SearchQuerySchema)
-    @blp.response(200, SearchResultSchema, headers=VERSION_HEADERS)
+    @blp.response(200, SearchResultSchema, headers={**VERSION_HEADERS, "Server-Timing": {
+        "description": "where the server's time went, in ms: `embed` (the query's embedding) and `search` "
+                       "(the index, the hits, the answer's shape)", "schema": {"type": "string"}}})
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection, or `version` is not a kept "
                                                            "version (`kept_versions` lists those that are)")
     @blp.alt_response(409, schema=ErrorSchema,
@@ -83,7 +85,8 @@ class Search(MethodView):
         else:
             found = search_version(served.version, served.cache, wanted, rt.svc.embedder)
         headers = {"X-Index-Version": "" if found.version is None else str(found.version),
-                   "X-Cache": "hit" if found.cached else "miss", **version_headers(found.version)}
+                   "X-Cache": "hit" if found.cached else "miss", "Server-Timing": found.server_timing(),
+                   **version_headers(found.version)}
         if degraded:
             headers[DEGRADED_HEADER] = "redis-unavailable"
         # Whether source files changed since indexed is checked now, never cached: on copies.
