@@ -222,7 +222,7 @@ def test_a_part_built_in_slices_equals_one_built_at_once(tmp_path, monkeypatch):
 def test_a_part_builds_in_memory_that_follows_the_slice_not_the_part(tmp_path, monkeypatch):
     rng = np.random.default_rng(5)
     words = [f"w{i}" for i in range(5000)]
-    texts = [" ".join(rng.choice(words, size=60)) for _ in range(12_000)]  # 720,000 tokens
+    texts = [" ".join(rng.choice(words, size=60)) for _ in range(5_000)]  # 300,000 tokens
 
     def peak(directory: Path, **kwargs) -> int:
         tracemalloc.start()
@@ -231,10 +231,10 @@ def test_a_part_builds_in_memory_that_follows_the_slice_not_the_part(tmp_path, m
         tracemalloc.stop()
         return top
 
-    monkeypatch.setattr(keywordpart, "MERGE_PAIRS", 1 << 15)
+    monkeypatch.setattr(keywordpart, "MERGE_PAIRS", 1 << 14)
     monkeypatch.setattr(keywordpart, "_SAMPLE_EVERY", 256)
     at_once = peak(tmp_path / "whole", slice_tokens=1 << 30)
-    sliced = peak(tmp_path / "sliced", slice_tokens=1 << 14)
+    sliced = peak(tmp_path / "sliced", slice_tokens=1 << 13)
     assert sliced < at_once / 4, (sliced, at_once)
     assert all(np.array_equal(a, b) for a, b in zip(_files(tmp_path / "whole"), _files(tmp_path / "sliced"),
                                                        strict=True))
