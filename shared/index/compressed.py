@@ -80,9 +80,12 @@ def npy_rows(path: Path, start: int, stop: int) -> np.ndarray:
 
 def mapped_rows(path: Path) -> np.ndarray:
     """A 2-d float32 .npy file's rows memory-mapped for re-ranking, which reads a few hundred rows at
-    random a search: read-ahead is turned off (MADV_RANDOM). With the kernel's default each row touched
-    brought in the pages around it: a 10M-row build's tuning held 14.8 GB of its 15.4 GB file resident,
-    an API process 8 GB after 300 searches, and a cold disk read 32 times the bytes a row needs."""
+    random a search: read-ahead is turned off (MADV_RANDOM), so a row read from a cold disk does not
+    bring in the 128 KiB around it. Pages already in the page cache are still mapped around each row
+    touched (the kernel's fault-around, 64 KiB): with the file cached, as right after a build, the
+    resident mapped pages grew to about the whole file after 400 searches at 2.5M rows all the same
+    (4.1 GB of a 3.8 GB float file and the tables). They are clean file pages the kernel reclaims under
+    pressure, not the process's own memory."""
     (rows, dim), offset, _ = _npy_header(path)
     with open(path, "rb") as fh:
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
