@@ -30,14 +30,17 @@ run: $(STAMP) ## Start Redis, workers, API and Flower; load the sample corpus; p
 # (tests/conftest.py). The chaos tests mostly wait out 60 s leases, each with its own Redis and
 # processes: four at a time, an idle worker taking queued tests from a busy one (`worksteal`). `make
 # test` runs them beside the rest, not after it: waiting, they leave the cores to the rest (their
-# output follows the rest's; either session failing fails the target).
+# output follows the rest's; either session failing fails the target). sh starts a background job with
+# Ctrl-C ignored, which its pytest and xdist workers would inherit and so never tear down their Redis
+# and worker processes: INTERRUPTIBLE gives pytest Python's own Ctrl-C handler back first.
+export INTERRUPTIBLE := import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); sys.exit(pytest.main(sys.argv[1:]))
 TEST_WORKERS  ?= 3
 CHAOS_WORKERS ?= 4
 CHAOS := -n $(CHAOS_WORKERS) --dist worksteal -m chaos
 
 test: $(STAMP) ## The whole suite in parallel (unit, integration, real model, browser) with the chaos tests beside it (~9 min)
-	@log=$$(mktemp); $(PY) -m pytest $(CHAOS) -p no:cacheprovider > $$log 2>&1 & chaos=$$!; \
-	trap 'kill $$chaos 2>/dev/null' INT TERM; \
+	@log=$$(mktemp); $(PY) -c "$$INTERRUPTIBLE" $(CHAOS) -p no:cacheprovider > $$log 2>&1 & chaos=$$!; \
+	trap 'kill -INT $$chaos 2>/dev/null' INT TERM; \
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not chaos"; rest=$$?; \
 	wait $$chaos; faults=$$?; echo "--- the chaos tests, run beside the rest ---"; cat $$log; rm -f $$log; \
 	test $$rest -eq 0 -a $$faults -eq 0
