@@ -75,6 +75,14 @@ def test_6_corrupt_version_at_the_pointer(cfg, procs, rdb):
     stage_documents(base1, 50)
     v1 = published(base1)
     wait_for(lambda: serving(base1) == v1, message="api1 to serve v1")
+    # The job says succeeded a moment before its task lets go of the collection's lease: a worker stopped
+    # in between would leave the lease held until it expires (60 s), and the damaged copy could not be
+    # published under a lease of its own.
+    svc = make_services(cfg)
+    try:
+        wait_for(lambda: svc.locks.holder("docs") is None, message="the rebuild to release its lease")
+    finally:
+        svc.close()
     worker.stop()
     bad = publish_damaged_copy(cfg, v1)
     first_seen = time.monotonic()
