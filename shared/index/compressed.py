@@ -38,6 +38,7 @@ the target, with the smallest such depth.
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -46,6 +47,7 @@ import faiss
 import numpy as np
 
 from shared.index import ivf
+from shared.storage import check_npy
 
 HELD_OUT_QUERIES = ivf.HELD_OUT_QUERIES
 VECTORS_FILE = "vectors.npy"  # a compressed part's float32 rows, in row order
@@ -57,12 +59,10 @@ Rows = Callable[[int], Iterator[np.ndarray]]  # slice size -> the float32 rows, 
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], int, np.dtype]:
-    """(shape, where the data starts, dtype) of a .npy file Swapline wrote."""
-    with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)(fh)
-        return shape, fh.tell(), dtype
+    """(shape, where the data starts, dtype) of a .npy file whose header `check_npy` found to describe
+    exactly the bytes it holds."""
+    shape, dtype = check_npy(path)
+    return shape, os.path.getsize(path) - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, dtype
 
 
 def npy_rows(path: Path, start: int, stop: int) -> np.ndarray:
