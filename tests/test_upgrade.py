@@ -54,7 +54,10 @@ def test_a_data_dir_from_an_earlier_release_serves_and_takes_new_work(fixture, p
         assert [s["path"] for s in sources] == ["/srv/notes"]
         assert settings.data_dir.joinpath("sources", "legacy.json").is_file()
 
-    ingest_and_rebuild(base, [{"id": "notes/new.md", "text": "# New\nA brand new quasar note."}], "legacy")
-    hits = search(base, "quasar", "legacy", 3, mode="keyword").json()["hits"]
+    rebuilt = ingest_and_rebuild(base, [{"id": "notes/new.md", "text": "# New\nA brand new quasar note."}],
+                                 "legacy")[1]["result"]["version"]
+    answer = wait_for(lambda: (r := search(base, "quasar", "legacy", 3, mode="keyword")).json()["index_version"]
+                      == rebuilt and r, message="the API to serve the rebuilt version")
+    hits = answer.json()["hits"]
     assert hits[0]["doc_id"] == "notes/new.md"
     assert {h["doc_id"] for h in search(base, "gizmo7", "legacy", 5, mode="keyword").json()["hits"]} == {"notes/n07.md"}
