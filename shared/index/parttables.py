@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shared.index.columns import GrowingColumn
 from shared.index.doctable import FilterClause, SearchFilter, document_type, value_key
 from shared.storage import written
 
@@ -115,37 +116,40 @@ BATCH_ROWS = 65_536  # values gathered as Python objects before they become Arro
 
 
 class _Columns:
-    """Columns of one table gathered row by row and turned into Arrow arrays every BATCH_ROWS values,
-    so a part of millions of rows holds columnar buffers, not a Python object per value."""
+    """Columns of one table gathered row by row, appended to growing buffers every BATCH_ROWS values
+    (`shared.index.columns`), so a part of millions of rows holds each column about once, not a Python
+    object per value nor its batches beside their concatenation."""
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
         self.pending: dict[str, list] = {name: [] for name in schema.names}
-        self.arrays: dict[str, list[pa.Array]] = {name: [] for name in schema.names}
+        self.grown = {field.name: GrowingColumn(field.type, field.nullable) for field in schema}
 
     def flush(self, force: bool = False) -> None:
         waiting = len(self.pending[self.schema.names[0]])
         if not waiting or not force and waiting < BATCH_ROWS:
             return
         for field in self.schema:
-            self.arrays[field.name].append(pa.array(self.pending[field.name], type=field.type))
+            self.grown[field.name].append(pa.array(self.pending[field.name], type=field.type))
             self.pending[field.name] = []
 
     def column(self, name: str) -> pa.Array:
-        """The column in one array (its batches replaced by it: one copy, not two)."""
+        """The column in one array over its gathered buffers (no copy); nothing more is gathered after."""
         self.flush(force=True)
-        arrays = self.arrays[name]
-        if len(arrays) != 1:
-            field = self.schema.field(name)
-            self.arrays[name] = [pa.concat_arrays(arrays) if arrays else pa.array([], type=field.type)]
-        return self.arrays[name][0]
+        return self.grown[name].array()
 
     def table(self, take: np.ndarray | None = None, **replaced: pa.Array) -> pa.Table:
         """The table, each column in one chunk (readers map it zero-copy); `replaced` columns instead of
-        the gathered ones, rows reordered by `take`."""
-        columns = [replaced[name] if name in replaced else self.column(name) for name in self.schema.names]
-        table = pa.table(columns, schema=self.schema)
-        return table if take is None else table.take(pa.array(take)).combine_chunks()
+        the gathered ones, rows reordered by `take`. Reordered, a column is copied and its gathered
+        buffers let go one at a time, so the table is held about once more than its largest column."""
+        order = None if take is None else pa.array(take)
+        columns = []
+        for name in self.schema.names:
+            column = replaced.pop(name) if name in replaced else self.column(name)
+            columns.append(column if order is None else column.take(order))
+            if order is not None:
+                del self.grown[name], column
+        return pa.table(columns, schema=self.schema)
 
 
 def write_part_tables(directory: Path, records: Iterable[dict],
@@ -201,17 +205,21 @@ def write_part_tables(directory: Path, records: Iterable[dict],
         if repeated.any():
             again = sorted_ids[int(np.argmax(repeated))].as_py()
             raise ValueError(f"the chunks of document {again!r} are not contiguous rows")
+    del ids, sorted_ids
     rank = np.empty(len(order), dtype=np.int32)
     rank[order] = np.arange(len(order), dtype=np.int32)
+
+    # Each table is written and let go before the next is put together.
+    doc_of_row = rank[recs.column("doc").to_numpy()] if rows else np.zeros(0, dtype=np.int32)
+    _write(directory / RECORDS_FILE, recs.table(doc=pa.array(doc_of_row, type=pa.int32())))
+    del recs, doc_of_row
     starts = docs.column("row_start").to_numpy().astype(np.int64)
     stops = np.append(starts[1:], rows) if len(starts) else starts
-    doc_of_row = rank[recs.column("doc").to_numpy()] if rows else np.zeros(0, dtype=np.int32)
-    facet_doc = rank[facets.column("doc").to_numpy()] if len(facets.column("doc")) else np.zeros(0, np.int32)
-    by_doc = np.argsort(facet_doc, kind="stable")  # a document's facets keep their order
-
-    _write(directory / RECORDS_FILE, recs.table(doc=pa.array(doc_of_row, type=pa.int32())))
     _write(directory / DOCUMENTS_FILE, docs.table(order, chunks=pa.array(stops - starts, type=pa.int32()),
                                                   row_stop=pa.array(stops, type=pa.int32())))
+    del docs, starts, stops
+    facet_doc = rank[facets.column("doc").to_numpy()] if len(facets.column("doc")) else np.zeros(0, np.int32)
+    by_doc = np.argsort(facet_doc, kind="stable")  # a document's facets keep their order
     _write(directory / FACETS_FILE, facets.table(by_doc, doc=pa.array(facet_doc, type=pa.int32())))
     return {"documents": len(order), "rows": rows}
 
