@@ -57,14 +57,17 @@ def _compressed_index(vectors: np.ndarray, nlist: int, codes: str = "sq8") -> fa
 
 
 @pytest.mark.parametrize("codes", ["pq4", "sq8"])
-def test_compressed_index_with_reranking_reaches_the_target_on_realistic_data(codes):
+def test_compressed_index_with_reranking_reaches_the_target_on_realistic_data(codes, tmp_path):
     from shared.index.realistic import QUERY_COSINES, RealisticVectors
 
     source = RealisticVectors()
     vectors = source.vectors(0, 50_000)
     fresh, _ = source.queries(np.arange(500), len(vectors), QUERY_COSINES)  # held-out: no query is a row
     index = _compressed_index(vectors, 256, codes)
-    tuned = compressed.tune(index, vectors, _slices(vectors), 0.95, 256, 64)
+    np.save(tmp_path / "vectors.npy", vectors)
+    with compressed.RowFile(tmp_path / "vectors.npy") as floats:  # read by number, as a build reads them
+        tuned = compressed.tune(index, floats.take, _slices(vectors), 0.95, 256, 64)
+    assert tuned == compressed.tune(index, vectors.__getitem__, _slices(vectors), 0.95, 256, 64)
     assert tuned["recall_at_10"] >= 0.95 and tuned["nprobe"] > 1, tuned
     assert tuned["ladder"][-1] == [tuned["nprobe"], tuned["rerank"], tuned["recall_at_10"]]
     # What the API's search does, on queries from outside the index: within the floor too.
@@ -129,10 +132,24 @@ def test_the_trained_rotation_lets_pq4_reconstruct_realistic_rows_better_than_no
 def test_an_impossible_target_reports_the_best_pair_tried():
     vectors = wide_clusters(4_000, dim=32, clusters=50)
     index = _compressed_index(vectors, 32)
-    tuned = compressed.tune(index, vectors, _slices(vectors), 1.01, 4, 2)
+    tuned = compressed.tune(index, vectors.__getitem__, _slices(vectors), 1.01, 4, 2)
     assert [triple[:2] for triple in tuned["ladder"]] == [[n, d] for n in (1, 2, 4) for d in (1, 2)]
     best = max(tuned["ladder"], key=lambda t: t[2])
     assert tuned["recall_at_10"] == best[2] < 1.01
+
+
+def test_a_row_file_reads_rows_by_number_and_refuses_rows_it_lacks(tmp_path):
+    rows = np.random.default_rng(2).standard_normal((300, 16)).astype(np.float32)
+    np.save(tmp_path / "v.npy", rows)
+    with compressed.RowFile(tmp_path / "v.npy") as floats:
+        wanted = np.array([0, 7, 8, 299], dtype=np.int64)
+        assert np.array_equal(floats.take(wanted), rows[wanted])
+        assert floats.take(np.zeros(0, dtype=np.int64)).shape == (0, 16)
+        with pytest.raises(IndexError):
+            floats.take(np.array([300]))
+    np.save(tmp_path / "i.npy", rows.astype(np.float64))
+    with pytest.raises(ValueError, match="float32"):
+        compressed.RowFile(tmp_path / "i.npy")
 
 
 def test_npy_rows_read_slices_written_by_the_writer(tmp_path):

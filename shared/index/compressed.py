@@ -56,6 +56,7 @@ OPQ_TRAIN_ROWS = 65_536  # the sample OPQ's rotation is trained on (FAISS's own 
 OPQ_ITERATIONS = 20  # passes of `train_rotation`
 
 Rows = Callable[[int], Iterator[np.ndarray]]  # slice size -> the float32 rows, slice by slice, in order
+Take = Callable[[np.ndarray], np.ndarray]  # sorted distinct row numbers -> their float32 rows
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], int, np.dtype]:
@@ -91,6 +92,38 @@ def mapped_rows(path: Path) -> np.ndarray:
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     mapped.madvise(mmap.MADV_RANDOM)
     return np.frombuffer(mapped, dtype=np.float32, count=rows * dim, offset=offset).reshape(rows, dim)
+
+
+class RowFile:
+    """Rows of a 2-d float32 .npy file read by number (`take`), each with one pread into the answer: a
+    build's tuning reads a few hundred thousand rows at random, and through a mapping the kernel's
+    fault-around would leave up to 64 KiB of the file mapped per row, counted in the worker's resident
+    memory (a 10M build's peak held 7 GB of such pages). Close it (`with`) when done."""
+
+    def __init__(self, path: Path):
+        (self.rows, self.dim), self.offset, dtype = _npy_header(path)
+        if dtype != np.float32:
+            raise ValueError(f"{path}: {dtype} rows, not float32")
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        width = self.dim * 4
+        for i, row in enumerate(ids.tolist()):
+            if not 0 <= row < self.rows:
+                raise IndexError(f"row {row} of {self.rows}")
+            if os.preadv(self.fd, [out[i]], self.offset + row * width) != width:
+                raise OSError(f"row {row}: short read")
+        return out
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> RowFile:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
 
 
 def npy_slices(path: Path, size: int) -> Iterator[np.ndarray]:
@@ -270,24 +303,40 @@ def _candidates(index: faiss.Index, queries: np.ndarray, nprobe: int, fetch: int
     return found
 
 
-def _recall_at(vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray, depth: int, k: int,
-               truth: np.ndarray) -> float:
-    """recall@k of searches that re-rank the first depth x k candidates."""
-    got_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    got_ids = np.full((len(queries), k), -1, dtype=np.int64)
-    for i, (query, row) in enumerate(zip(queries, candidates, strict=True)):
-        scores, ids = rerank(vectors, query, row[:depth * k], k)
-        got_scores[i, :len(ids)], got_ids[i, :len(ids)] = scores, ids
+def _exact_scores(take: Take, queries: np.ndarray, candidates: np.ndarray, group: int = 32) -> np.ndarray:
+    """Each query's exact inner product with each of its candidates (-inf where there is none), the rows
+    read `group` queries at a time: the float rows held follow the group, not the candidates of all."""
+    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+    for start in range(0, len(queries), group):
+        ids = candidates[start:start + group]
+        wanted, where = np.unique(ids[ids >= 0], return_inverse=True)
+        rows = take(wanted)[where]
+        mask = ids >= 0
+        picked = np.repeat(np.arange(len(ids)), mask.sum(axis=1))
+        scores[start:start + group][mask] = np.einsum("ij,ij->i", rows, queries[start + picked])
+    return scores
+
+
+def _recall_at(scores: np.ndarray, candidates: np.ndarray, depth: int, k: int, truth: np.ndarray) -> float:
+    """recall@k of searches that re-rank the first depth x k candidates (their exact `scores`)."""
+    fetch = min(depth * k, candidates.shape[1])
+    best = np.argsort(-scores[:, :fetch], axis=1, kind="stable")[:, :k]
+    got_scores = np.take_along_axis(scores[:, :fetch], best, axis=1)
+    got_ids = np.where(np.isfinite(got_scores), np.take_along_axis(candidates[:, :fetch], best, axis=1), -1)
+    pad = k - got_scores.shape[1]  # fewer candidates than k
+    if pad > 0:
+        got_scores = np.pad(got_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        got_ids = np.pad(got_ids, ((0, 0), (0, pad)), constant_values=-1)
     return ivf._recall(truth, got_scores, got_ids)
 
 
-def tune(index: faiss.Index, vectors: np.ndarray, rows: Rows, target: float, most_nprobe: int, most_depth: int,
+def tune(index: faiss.Index, take: Take, rows: Rows, target: float, most_nprobe: int, most_depth: int,
          k: int = 10, seed: int = 99) -> dict:
     """Set the index's nprobe to the smallest on `ivf.nprobe_ladder` at which a re-rank depth on
     `depth_ladder` reaches recall@k `target` (the best pair tried when none does), and return what was
     measured: nprobe, rerank, recall_at_10, recall_target, queries, query_kind, ladder ([nprobe,
-    rerank, recall] triples), nlist. `vectors` are the index's float rows (memory-mapped is fine),
-    `rows` reads them in slices for the exact answers."""
+    rerank, recall] triples), nlist. `take` reads the index's float rows by number (`RowFile` reads
+    them from a file, not mapped), `rows` reads them in slices for the exact answers."""
     ivf_index = faiss.extract_index_ivf(index)
     n = int(index.ntotal)
     kind = ivf.PROBE_KIND
@@ -297,15 +346,16 @@ def tune(index: faiss.Index, vectors: np.ndarray, rows: Rows, target: float, mos
                 "query_kind": kind, "ladder": [], "nlist": int(ivf_index.nlist)}
     rng = np.random.default_rng(seed)
     own = np.sort(rng.choice(n, size=min(HELD_OUT_QUERIES, n), replace=False)).astype(np.int64)
-    queries = ivf.query_probes(vectors[own], seed + 1)
+    queries = ivf.query_probes(take(own), seed + 1)
     truth, _ = exact_top(rows, queries, k)
     depths = depth_ladder(most_depth)
     ladder: list[list] = []  # [nprobe, rerank, recall]
     chosen = None
     for nprobe in ivf.nprobe_ladder(ivf_index.nlist, most_nprobe):
         candidates = _candidates(index, queries, nprobe, min(depths[-1] * k, n))
+        scores = _exact_scores(take, queries, candidates)
         for depth in depths:
-            ladder.append([nprobe, depth, round(_recall_at(vectors, queries, candidates, depth, k, truth), 4)])
+            ladder.append([nprobe, depth, round(_recall_at(scores, candidates, depth, k, truth), 4)])
             if ladder[-1][2] >= target:
                 chosen = ladder[-1]
                 break

@@ -47,8 +47,9 @@ def _tuned(svc: Services, built: Built) -> dict:
         tuned = tune_nprobe(built.part_index, settings.recall_target, settings.ivf_nprobe)
     else:
         path = built.vectors_file
-        tuned = compressed.tune(built.part_index, compressed.mapped_rows(path), lambda size: npy_slices(path, size),
-                                settings.recall_target, settings.ivf_nprobe, settings.rerank_depth)
+        with compressed.RowFile(path) as floats:
+            tuned = compressed.tune(built.part_index, floats.take, lambda size: npy_slices(path, size),
+                                    settings.recall_target, settings.ivf_nprobe, settings.rerank_depth)
     tuned["recall_floor"] = settings.recall_floor
     if tuned["recall_at_10"] < settings.recall_floor:
         depth = f" rerank {tuned['rerank']}" if "rerank" in tuned else ""
