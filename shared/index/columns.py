@@ -33,19 +33,17 @@ class GrowingColumn:
         self.child: GrowingColumn | None = None
         self.offsets: bytearray | None = None
         self.data = bytearray()
+        self.offset_type: np.dtype = np.dtype(np.int32)  # of a string or list column's offsets
         self.finished: pa.Array | None = None
-        if pa.types.is_list(type_):
-            self.child = GrowingColumn(type_.value_type, type_.value_field.nullable)
-            self.offset_type = np.dtype(np.int32)
-        elif pa.types.is_string(type_):
-            self.offset_type = np.dtype(np.int32)
-        elif pa.types.is_large_string(type_):
-            self.offset_type = np.dtype(np.int64)
-        elif pa.types.is_primitive(type_) and not pa.types.is_boolean(type_):
+        if pa.types.is_primitive(type_) and not pa.types.is_boolean(type_):
             self.width = type_.bit_width // 8
             return
-        else:
+        if not (pa.types.is_list(type_) or pa.types.is_string(type_) or pa.types.is_large_string(type_)):
             raise TypeError(f"no growing column for {type_}")
+        if pa.types.is_list(type_):
+            self.child = GrowingColumn(type_.value_type, type_.value_field.nullable)
+        if pa.types.is_large_string(type_):
+            self.offset_type = np.dtype(np.int64)
         self.offsets = bytearray(np.zeros(1, dtype=self.offset_type).tobytes())
         self.end = 0  # the last offset: bytes of string data, or child values, so far
 
