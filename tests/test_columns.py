@@ -35,12 +35,30 @@ def test_batches_grown_equal_their_concatenation(name, data):
     assert grown.null_count == sum(a.null_count for a in arrays)
 
 
-def test_a_slice_appends_its_own_values_and_a_finished_column_takes_no_more():
+def test_slices_and_empty_arrays_append_their_own_values_and_a_finished_column_takes_no_more():
     column = GrowingColumn(pa.list_(pa.string()), nullable=False)
     column.append(pa.array([["a"], ["b", "c"], [], ["d"]], type=pa.list_(pa.string())).slice(1, 2))
+    column.append(pa.array([], type=pa.list_(pa.string())))
     assert column.array().to_pylist() == [["b", "c"], []]
     with pytest.raises(RuntimeError, match="finished"):
         column.append(pa.array([["e"]], type=pa.list_(pa.string())))
+    nullable = GrowingColumn(pa.float64())
+    nullable.append(pa.array([1.0, None, 3.0]))
+    nullable.append(pa.array([None, 5.0, 6.0, None]).slice(1, 3))  # a slice of a bitmap off a byte
+    nullable.append(pa.Array.from_buffers(pa.float64(), 0, [None, None]))  # no buffers at all
+    assert nullable.array().to_pylist() == [1.0, None, 3.0, 5.0, 6.0, None]
+
+
+def test_a_refused_batch_leaves_the_column_refusing_everything():
+    column = GrowingColumn(pa.list_(pa.int32()))
+    column.append(pa.array([[1]], type=pa.list_(pa.int32())))
+    child_null = GrowingColumn(pa.list_(pa.field("item", pa.int32(), nullable=False)))
+    with pytest.raises(ValueError, match="non-nullable"):
+        child_null.append(pa.array([[1, None]], type=pa.list_(pa.int32())).cast(child_null.type, safe=False))
+    for use in (lambda: child_null.append(pa.array([[2]], type=child_null.type)), child_null.array):
+        with pytest.raises(RuntimeError, match="incomplete"):
+            use()
+    assert column.array().to_pylist() == [[1]]
 
 
 def test_wrong_types_and_nulls_where_none_may_be_are_refused():

@@ -138,6 +138,25 @@ def test_an_impossible_target_reports_the_best_pair_tried():
     assert tuned["recall_at_10"] == best[2] < 1.01
 
 
+def test_tuning_recall_is_what_reranking_each_search_gives():
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((60, 8)).astype(np.float32)
+    vectors[7] = vectors[3]  # a tie
+    queries = rng.standard_normal((5, 8)).astype(np.float32)
+    candidates = rng.integers(0, 60, size=(5, 12))
+    candidates[1, 4:] = -1  # fewer found than asked
+    candidates[2, :] = [3, 7, *range(10, 20)]
+    truth, _ = compressed.exact_top(_slices(vectors), queries, 3)
+    scores = compressed._exact_scores(vectors.__getitem__, queries, candidates, group=2)
+    for depth in (1, 2, 4):
+        got = np.full((5, 3), -np.inf, dtype=np.float32)
+        ids = np.full((5, 3), -1, dtype=np.int64)
+        for i in range(5):  # what a search does: its first depth x k candidates re-ranked
+            found_scores, found_ids = compressed.rerank(vectors, queries[i], candidates[i, :depth * 3], 3)
+            got[i, :len(found_ids)], ids[i, :len(found_ids)] = found_scores, found_ids
+        assert compressed._recall_at(scores, candidates, depth, 3, truth) == ivf._recall(truth, got, ids)
+
+
 def test_a_row_file_reads_rows_by_number_and_refuses_rows_it_lacks(tmp_path):
     rows = np.random.default_rng(2).standard_normal((300, 16)).astype(np.float32)
     np.save(tmp_path / "v.npy", rows)
@@ -147,6 +166,7 @@ def test_a_row_file_reads_rows_by_number_and_refuses_rows_it_lacks(tmp_path):
         assert floats.take(np.zeros(0, dtype=np.int64)).shape == (0, 16)
         with pytest.raises(IndexError):
             floats.take(np.array([300]))
+        floats.close()  # closed twice (then by the with): the second does nothing
     np.save(tmp_path / "i.npy", rows.astype(np.float64))
     with pytest.raises(ValueError, match="float32"):
         compressed.RowFile(tmp_path / "i.npy")

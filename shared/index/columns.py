@@ -35,6 +35,7 @@ class GrowingColumn:
         self.data = bytearray()
         self.offset_type: np.dtype = np.dtype(np.int32)  # of a string or list column's offsets
         self.finished: pa.Array | None = None
+        self.failed = False
         if pa.types.is_primitive(type_) and not pa.types.is_boolean(type_):
             self.width = type_.bit_width // 8
             return
@@ -48,19 +49,30 @@ class GrowingColumn:
         self.end = 0  # the last offset: bytes of string data, or child values, so far
 
     def append(self, array: pa.Array) -> None:
-        if self.finished is not None:
-            raise RuntimeError("the column was finished")
+        """Append `array`'s values. A refused one (TypeError, ValueError) leaves the column unusable:
+        what it had gathered may be partly updated, so it takes nothing more and gives no array."""
+        if self.finished is not None or self.failed:
+            raise RuntimeError(f"the column was {'finished' if self.finished is not None else 'left incomplete'}")
+        try:
+            self._append(array)
+        except Exception:
+            self.failed = True
+            raise
+
+    def _append(self, array: pa.Array) -> None:
         if not array.type.equals(self.type):
             raise TypeError(f"a {array.type} array appended to a {self.type} column")
+        n = len(array)
+        if not n:
+            return
         if array.offset:
             array = pa.concat_arrays([array])  # a slice, copied to start at its first value
-        n = len(array)
         if array.null_count and not self.nullable:
             raise ValueError(f"a null in a non-nullable {self.type} column")
         if self.nullable:
             self._append_bits(_bits(array))
         self.nulls += array.null_count
-        buffers = array.buffers()
+        buffers = [b"" if buffer is None else buffer for buffer in array.buffers()]
         if self.offsets is None:
             self.data += memoryview(buffers[1])[:n * self.width]
         else:
@@ -87,6 +99,8 @@ class GrowingColumn:
 
     def array(self) -> pa.Array:
         """The column as one array over the gathered buffers (no copy). Nothing may be appended after."""
+        if self.failed:
+            raise RuntimeError("the column was left incomplete")
         if self.finished is None:
             validity = pa.py_buffer(self.validity) if self.nulls else None
             if self.offsets is None:

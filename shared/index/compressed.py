@@ -117,7 +117,9 @@ class RowFile:
         return out
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def __enter__(self) -> RowFile:
         return self
@@ -321,13 +323,9 @@ def _recall_at(scores: np.ndarray, candidates: np.ndarray, depth: int, k: int, t
     """recall@k of searches that re-rank the first depth x k candidates (their exact `scores`)."""
     fetch = min(depth * k, candidates.shape[1])
     best = np.argsort(-scores[:, :fetch], axis=1, kind="stable")[:, :k]
+    # A missing candidate (-1) scores -inf: it sorts last and counts as no answer.
     got_scores = np.take_along_axis(scores[:, :fetch], best, axis=1)
-    got_ids = np.where(np.isfinite(got_scores), np.take_along_axis(candidates[:, :fetch], best, axis=1), -1)
-    pad = k - got_scores.shape[1]  # fewer candidates than k
-    if pad > 0:
-        got_scores = np.pad(got_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        got_ids = np.pad(got_ids, ((0, 0), (0, pad)), constant_values=-1)
-    return ivf._recall(truth, got_scores, got_ids)
+    return ivf._recall(truth, got_scores, np.take_along_axis(candidates[:, :fetch], best, axis=1))
 
 
 def tune(index: faiss.Index, take: Take, rows: Rows, target: float, most_nprobe: int, most_depth: int,

@@ -141,7 +141,9 @@ class _Columns:
     def table(self, take: np.ndarray | None = None, **replaced: pa.Array) -> pa.Table:
         """The table, each column in one chunk (readers map it zero-copy); `replaced` columns instead of
         the gathered ones, rows reordered by `take`. Reordered, a column is copied and its gathered
-        buffers let go one at a time, so the table is held about once more than its largest column."""
+        buffers let go one at a time, so the table is held about once more than its largest column, and
+        this `_Columns` is used up."""
+        self.flush(force=True)
         order = None if take is None else pa.array(take)
         columns = []
         for name in self.schema.names:

@@ -54,6 +54,12 @@ def ms(seconds: float) -> float:
     return 1000.0 * seconds
 
 
+def server_timing(resp) -> dict[str, float]:
+    """A search answer's Server-Timing header as seconds by name (`embed`, `search`)."""
+    return {name.strip(): float(dur) / 1000 for name, dur in
+            (part.split(";dur=") for part in resp.headers["Server-Timing"].split(","))}
+
+
 # The KEP tree beside the project when it is there (../shared/corpora), else the part of it shipped with
 # the dev stack: one corpus for every benchmark that embeds markdown.
 CORPUS_DIRS = (ROOT.parent / "shared" / "corpora" / "kubernetes-enhancements" / "keps", SAMPLE_CORPUS / "keps")

@@ -17,7 +17,18 @@ import time
 import requests
 
 from shared.settings import Settings
-from tests.bench.common import corpus_documents, ms, pct, rebuild, row, stack, submit, wait_all, wait_served
+from tests.bench.common import (
+    corpus_documents,
+    ms,
+    pct,
+    rebuild,
+    row,
+    server_timing,
+    stack,
+    submit,
+    wait_all,
+    wait_served,
+)
 
 COLLECTION = "latency"
 
@@ -32,7 +43,9 @@ def _queries(n: int) -> list[str]:
     return [f"{verbs[i % len(verbs)]} {topics[i % len(topics)]} ({i})" for i in range(n)]
 
 
-def _http_latencies(base: str, queries: list[str], mode: str, session: requests.Session | None = None) -> list[float]:
+def _http_latencies(base: str, queries: list[str], mode: str, session: requests.Session | None = None,
+                    timings: list[dict] | None = None) -> list[float]:
+    """Seconds of each search over HTTP; each answer's Server-Timing (seconds by name) into `timings`."""
     session = session or requests.Session()
     out = []
     for q in queries:
@@ -42,6 +55,8 @@ def _http_latencies(base: str, queries: list[str], mode: str, session: requests.
         out.append(time.perf_counter() - started)
         if resp.status_code != 200:
             raise RuntimeError(f"search failed: {resp.status_code} {resp.text[:200]}")
+        if timings is not None:
+            timings.append(server_timing(resp))
     return out
 
 
@@ -67,23 +82,29 @@ def _inprocess_search(settings: Settings, version: int):
     loaded.warm()
     embedder.embed(["warm"])
 
-    def search(q: str) -> float:
+    def search(q: str) -> tuple[float, float]:
+        """(seconds in all, of which embedding)."""
         started = time.perf_counter()
-        loaded.nearest(embedder.embed([q])[0], 10)
-        return time.perf_counter() - started
+        vector = embedder.embed([q])[0]
+        embedded = time.perf_counter()
+        loaded.nearest(vector, 10)
+        return time.perf_counter() - started, embedded - started
 
     return search
 
 
-def _interleaved(base: str, local, queries: list[str]) -> tuple[list[float], list[float]]:
+def _interleaved(base: str, local, queries: list[str]) -> tuple[list[float], list[float], list[dict], list[float]]:
     """Each query over HTTP (vector mode) then in this process, one after the other: a burst of load
-    from elsewhere falls on both sides alike."""
-    http, inproc = [], []
+    from elsewhere falls on both sides alike. (HTTP seconds, in-process seconds, the API's Server-Timing
+    of each, in-process embedding seconds.)"""
+    http, inproc, timings, embeds = [], [], [], []
     session = requests.Session()
     for q in queries:
-        http += _http_latencies(base, [q], "vector", session)
-        inproc.append(local(q))
-    return http, inproc
+        http += _http_latencies(base, [q], "vector", session, timings)
+        total, embed = local(q)
+        inproc.append(total)
+        embeds.append(embed)
+    return http, inproc, timings, embeds
 
 
 def run(quick: bool) -> list[dict]:
@@ -101,7 +122,7 @@ def run(quick: bool) -> list[dict]:
         queries = _queries(2 * n_queries + 10)
         _http_latencies(base, queries[:10], "vector")  # warm the process (model load, connections)
         search = _inprocess_search(running.settings, version)
-        http, local = _interleaved(base, search, queries[10:n_queries + 10])
+        http, local, timings, local_embeds = _interleaved(base, search, queries[10:n_queries + 10])
         hybrid = _http_latencies(base, queries[n_queries + 10:], "hybrid")
         floor = _http_floor(base, n_queries)
     note = (f"{vectors} chunks of {files} KEP files, all-MiniLM-L6-v2 ({settings.embedder}, 1 thread), "
@@ -114,6 +135,15 @@ def run(quick: bool) -> list[dict]:
             note=note),
         row("latency.inprocess_p50", "in-process embed + FAISS (nearest) p50", ms(pct(local, .5)), "ms", note=note),
         row("latency.inprocess_p99", "in-process embed + FAISS (nearest) p99", ms(pct(local, .99)), "ms", note=note),
+        row("latency.api_embed_p50", "the API's own query embedding p50 (its Server-Timing `embed`)",
+            ms(pct([t["embed"] for t in timings], .5)), "ms", note=note),
+        row("latency.api_search_p50", "the API's search and answer shaping p50 (its Server-Timing `search`)",
+            ms(pct([t["search"] for t in timings], .5)), "ms", note=note),
+        row("latency.http_outside_handler_p50", "HTTP time outside the search handler's timed work p50 "
+            "(each request's seconds less its Server-Timing embed + search)",
+            ms(pct([h - t["embed"] - t["search"] for h, t in zip(http, timings, strict=True)], .5)), "ms", note=note),
+        row("latency.inprocess_embed_p50", "in-process query embedding p50 (of the in-process search)",
+            ms(pct(local_embeds, .5)), "ms", note=note),
         row("latency.http_floor_p50", "HTTP round trip of GET /healthz p50 (no work)", ms(pct(floor, .5)), "ms",
             note="gunicorn + Flask + requests on loopback"),
         row("latency.http_over_inprocess_p50", "search p50, HTTP (vector mode) / in-process",

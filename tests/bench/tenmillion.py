@@ -38,7 +38,7 @@ import requests
 from shared.index.vectorindex import INDEX_FILE, KIND_IVF_PQ
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.bench.common import job_seconds, ms, pct, rebuild, row, stack, wait_served
+from tests.bench.common import job_seconds, ms, pct, rebuild, row, server_timing, stack, wait_served
 from tests.bench.million import _Background, event_ms, memory
 
 log = logging.getLogger("bench")
@@ -191,8 +191,7 @@ def search_http(base: str, n: int, count: int) -> tuple[list[float], list[list[s
             hits.append([])
             continue
         hits.append([h["doc_id"] for h in resp.json()["hits"]])
-        timing = dict(part.strip().split(";dur=") for part in resp.headers["Server-Timing"].split(","))
-        embeds.append(float(timing["embed"]) / 1000)
+        embeds.append(server_timing(resp)["embed"])
         besides.append(times[-1] - embeds[-1])
     return times, hits, failed, besides, embeds
 
