@@ -327,18 +327,11 @@ class PartTables:
 
     def records_range(self, start: int, stop: int) -> list[dict]:
         """The chunk records of local rows [start, stop), as they were written."""
-        return self._assembled({name: self.records[name][start:stop].to_pylist() for name in RECORDS_SCHEMA.names})
-
-    def records_at(self, local_rows: list[int]) -> list[dict]:
-        """The chunk records of `local_rows`, in that order: each column is read once for all of them (a
-        search's hits), not once a row."""
-        index = pa.array(local_rows, type=pa.int64())
-        return self._assembled({name: self.records[name].take(index).to_pylist() for name in RECORDS_SCHEMA.names})
-
-    def _assembled(self, columns: dict[str, list]) -> list[dict]:
         out = []
         docs: dict[int, tuple[str, object, object]] = {}
-        for j, doc in enumerate(columns["doc"]):
+        columns = {name: self.records[name][start:stop].to_pylist() for name in RECORDS_SCHEMA.names}
+        for j in range(stop - start):
+            doc = columns["doc"][j]
             if doc not in docs:
                 docs[doc] = (self.ids[doc].as_py(), json.loads(self.documents["metadata"][doc].as_py()),
                              self.documents["updated_at"][doc].as_py())
@@ -441,18 +434,6 @@ class VersionDocuments:
     def record(self, row: int) -> dict:
         p = self._part_of(row)
         return self.parts[p][0].record(row - self.offsets[p])
-
-    def records_at(self, rows: list[int]) -> list[dict]:
-        """The records of global `rows`, in that order, read a part at a time."""
-        by_part: dict[int, list[int]] = {}
-        for i, row in enumerate(rows):
-            by_part.setdefault(self._part_of(row), []).append(i)
-        out: list[dict] = [{}] * len(rows)
-        for p, places in by_part.items():
-            found = self.parts[p][0].records_at([rows[i] - self.offsets[p] for i in places])
-            for i, rec in zip(places, found, strict=True):
-                out[i] = rec
-        return out
 
     def records(self, rows: list[list[int]]) -> list[dict]:
         """The records of global row ranges [start, stop), in order."""
