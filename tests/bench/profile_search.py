@@ -2,7 +2,7 @@
 thread) while one client searches distinct queries in vector mode with the real model, then prints the
 functions with the most samples, on their own (self) and with what they call (total).
 
-    python -m tests.bench.profile_search [--seconds 15] [--files 4] [--py-spy PATH]
+    python -m tests.bench.profile_search [--seconds 15] [--files 4] [--py-spy PATH] [--embedder hash]
 
 py-spy is not a dependency of the project: install it where you like (`pip install py-spy`, a PyPI
 wheel) and name it with --py-spy, or have it on PATH. Sampling needs ptrace rights over the worker
@@ -62,8 +62,8 @@ def _search_loop(base: str, stop: threading.Event, done: list[float]) -> None:
         done.append(time.perf_counter() - started)
 
 
-def profile(files: int, seconds: float, py_spy: str, top: int) -> str:
-    settings = Settings(embedder="minilm", search_cache_size=0)
+def profile(files: int, seconds: float, py_spy: str, top: int, embedder: str = "minilm") -> str:
+    settings = Settings(embedder=embedder, search_cache_size=0)
     with stack(settings, apis=1, api_threads=1) as running:
         base = running.base
         requests.post(f"{base}/v1/collections", json={"name": COLLECTION}, timeout=30).raise_for_status()
@@ -97,8 +97,10 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    parser.add_argument("--embedder", default="minilm",
+                        help="the API's query embedder: `hash` leaves the model out, so the rest shows")
     args = parser.parse_args()
-    print(profile(args.files, args.seconds, args.py_spy, args.top))
+    print(profile(args.files, args.seconds, args.py_spy, args.top, args.embedder))
 
 
 if __name__ == "__main__":
