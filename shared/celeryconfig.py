@@ -75,6 +75,8 @@ class SentinelTransport(kombu_redis.SentinelTransport):
 # kombu's own names rather than through `broker_transport`, which the first switch would drop.
 TRANSPORT_ALIASES.update({"redis": f"{__name__}:RedisTransport", "sentinel": f"{__name__}:SentinelTransport"})
 
+WEBHOOK_DISPATCH_ENTRY = "swapline-webhooks-dispatch"  # beat's entry for the webhook dispatch (every 2 s)
+
 
 def celery_config(settings: Settings) -> dict:
     transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
@@ -143,7 +145,7 @@ def celery_config(settings: Settings) -> dict:
                 "options": {"queue": tasknames.QUEUE_INDEX, "expires": settings.collect_versions_seconds}},
             # Follows the event stream from its cursor and enqueues webhook deliveries
             # (shared/webhooks/delivery.py says why no event is lost).
-            "swapline-webhooks-dispatch": {
+            WEBHOOK_DISPATCH_ENTRY: {
                 "task": tasknames.WEBHOOK_DISPATCH, "schedule": settings.webhook_dispatch_seconds,
                 "options": {"queue": tasknames.QUEUE_WEBHOOKS, "expires": settings.webhook_dispatch_seconds}},
         },

@@ -117,3 +117,5 @@ def test_every_line_beat_prints_is_json(settings, tmp_path):
         beat.stop(signal.SIGTERM)
     records = parse_lines(beat.log())
     assert any("Sending due task swapline-sweep" in r["message"] for r in records), records
+    # The webhook dispatch, sent every 2 s, is not one line every 2 s (workers.celery_app.QuietDispatchSends).
+    assert not any("swapline-webhooks-dispatch" in r["message"] for r in records), records

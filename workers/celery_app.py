@@ -11,6 +11,7 @@ SWAPLINE_LOG_FORMAT=json the start banners are left out, so every line is a JSON
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import cache, cached_property
 
@@ -19,7 +20,7 @@ from celery import Celery, signals
 from celery.apps.beat import Beat
 
 from shared import logs, tasknames
-from shared.celeryconfig import celery_config, enqueue
+from shared.celeryconfig import WEBHOOK_DISPATCH_ENTRY, celery_config, enqueue
 from shared.jobs.liveness import Keepalive
 from shared.names import is_job_id
 from shared.services import Services, build_services
@@ -79,10 +80,22 @@ def services() -> Services:
     return _services[pid]
 
 
+class QuietDispatchSends(logging.Filter):
+    """Beat logs every task it sends at INFO. The webhook dispatch goes every 2 s, so its lines would be
+    nearly all of beat's log (one a 2 s in `make run`'s console); they are left out, the others stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("Scheduler: Sending due task") and args[:1] == (WEBHOOK_DISPATCH_ENTRY,))
+
+
 @signals.setup_logging.connect
 def _setup_logging(loglevel=None, **_) -> None:
     # A receiver here means Celery configures no logging of its own (worker and beat).
     logs.configure_logging(settings().log_format, loglevel or "INFO")
+    beat = logging.getLogger("celery.beat")
+    if not any(isinstance(f, QuietDispatchSends) for f in beat.filters):
+        beat.addFilter(QuietDispatchSends())
 
 
 @signals.celeryd_init.connect
