@@ -143,10 +143,13 @@ def test_3_worker_paused_past_its_lease_never_publishes(cfg, procs, rdb, resume)
 
 
 def test_7_concurrent_rebuild_requests_build_once(cfg, procs, rdb):
-    base = procs.api(cfg)
-    procs.worker(cfg)
+    # A build of several seconds (~7 s), so every request comes while it runs: a build of 100 rows took
+    # 1.2 s, and on a busy machine the last requests came after it, when a new rebuild is rightly taken.
+    slow = cfg.with_(build_step_delay=0.1)
+    base = procs.api(slow)
+    procs.worker(slow)
     create_collection(base)
-    stage_documents(base, 100)
+    stage_documents(base, 600)
 
     def ask(_):
         return requests.post(f"{base}/v1/collections/docs/rebuild", timeout=60)
