@@ -181,3 +181,30 @@ def test_many_lists_train_in_two_levels_about_as_well_as_in_one():
     for nprobe in (16, 64):
         got, faiss_own = (_recall_at(q, vectors, queries, truth, nprobe) for q in (two, one))
         assert got >= faiss_own - 0.03, (nprobe, got, faiss_own)
+
+
+def test_nearest_centroid_answers_as_faiss_search_and_lloyd_tightens_the_clusters():
+    from shared.index import ivf
+
+    rng = np.random.default_rng(3)
+    centroids = rng.standard_normal((300, 16)).astype(np.float32)
+    rows = rng.standard_normal((5000, 16)).astype(np.float32)
+    flat = faiss.IndexFlatIP(16)
+    flat.add(centroids)
+    want_scores, want = flat.search(rows, 1)
+    for blocks in (1 << 24, 1):  # one block, and the smallest blocks (256 rows)
+        ivf.SCORE_BLOCK, saved = blocks, ivf.SCORE_BLOCK
+        try:
+            top, best = ivf.assign(flat, rows)
+        finally:
+            ivf.SCORE_BLOCK = saved
+        assert np.array_equal(best, want[:, 0]) and np.allclose(top, want_scores[:, 0], atol=1e-5)
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    start = unit[:40] + 0.01  # 40 starting centroids near 40 of the rows
+    cohesion = [float(ivf.nearest_centroid(c, unit)[0].sum())
+                for c in (start, *(ivf.spherical_lloyd(unit, start, it, block=700) for it in (1, 3)))]
+    assert cohesion[0] < cohesion[1] <= cohesion[2] + 1e-3, cohesion  # Lloyd never loosens the clusters
+    refined = ivf.spherical_lloyd(unit, start, 3, block=700)
+    assert np.allclose(np.linalg.norm(refined, axis=1), 1.0, atol=1e-5)
+    twin = np.vstack([start, start[:1]])  # a copy of the first: the first takes its rows, so it stays put
+    assert np.array_equal(ivf.spherical_lloyd(unit, twin, 1)[-1], twin[-1])

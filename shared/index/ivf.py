@@ -54,15 +54,63 @@ IMBALANCE_MAX_GROWTH = 2.0
 HELD_OUT_QUERIES = 200
 
 
-def assign(quantizer: faiss.Index, vectors: np.ndarray, step: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """(inner product with the nearest centroid, that centroid's list) for each row."""
-    n = len(vectors)
-    top = np.empty(n, dtype=np.float32)
-    lists = np.empty(n, dtype=np.int64)
-    for start in range(0, n, step):
-        scores, ids = quantizer.search(np.ascontiguousarray(vectors[start:start + step], dtype=np.float32), 1)
-        top[start:start + step], lists[start:start + step] = scores[:, 0], ids[:, 0]
+SCORE_BLOCK = 1 << 24  # scores held at once by `nearest_centroid`: 64 MiB of float32, whatever the lists
+
+
+def nearest_centroid(centroids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inner product with the nearest of `centroids`, its number) for each row, exactly: each block of
+    rows is one matrix product with all centroids, then each row's best. FAISS's search for the single
+    nearest does the same product in smaller tiles and a heap per row: 9,300 rows/s against 49,500 at
+    4,000 centroids, 2,550 against 15,300 at 12,649, the same answers (Intel Xeon Ice Lake, 2 cores)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    top = np.empty(len(vectors), dtype=np.float32)
+    best = np.empty(len(vectors), dtype=np.int64)
+    step = max(256, SCORE_BLOCK // max(1, len(centroids)))
+    for start in range(0, len(vectors), step):
+        scores = vectors[start:start + step] @ centroids.T
+        found = scores.argmax(axis=1)
+        best[start:start + step] = found
+        top[start:start + step] = scores[np.arange(len(found)), found]
+    return top, best
+
+
+def centroids_of(quantizer: faiss.IndexFlat) -> np.ndarray:
+    """A flat quantizer's centroids, read in place (no copy)."""
+    return faiss.rev_swig_ptr(quantizer.get_xb(), quantizer.ntotal * quantizer.d).reshape(quantizer.ntotal,
+                                                                                          quantizer.d)
+
+
+def assign(quantizer: faiss.Index, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inner product with the nearest centroid, that centroid's list) for each row: `nearest_centroid`
+    for an inner-product flat quantizer (what every IVF index here has), else the quantizer's search."""
+    if isinstance(quantizer, faiss.IndexFlat) and quantizer.metric_type == faiss.METRIC_INNER_PRODUCT \
+            and quantizer.ntotal:
+        return nearest_centroid(centroids_of(quantizer), vectors)
+    top = np.empty(len(vectors), dtype=np.float32)
+    lists = np.empty(len(vectors), dtype=np.int64)
+    for start in range(0, len(vectors), 65536):
+        scores, ids = quantizer.search(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32), 1)
+        top[start:start + 65536], lists[start:start + 65536] = scores[:, 0], ids[:, 0]
     return top, lists
+
+
+def spherical_lloyd(sample: np.ndarray, centroids: np.ndarray, iterations: int, block: int = 16384) -> np.ndarray:
+    """`iterations` of spherical k-means from `centroids`: each row of `sample` goes to its nearest
+    centroid (`nearest_centroid`), each centroid becomes the unit-length mean of its rows; one left
+    with no rows keeps its place. Sums are gathered a block of rows at a time (sorted by centroid)."""
+    centroids = np.array(centroids, dtype=np.float32)
+    for _ in range(iterations):
+        _, lists = nearest_centroid(centroids, sample)
+        sums = np.zeros_like(centroids)
+        for start in range(0, len(sample), block):
+            part = lists[start:start + block]
+            order = np.argsort(part, kind="stable")
+            ordered = part[order]
+            firsts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+            sums[ordered[firsts]] += np.add.reduceat(sample[start:start + block][order], firsts, axis=0)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = np.where(norms > 0, sums / np.maximum(norms, 1e-12), centroids).astype(np.float32)
+    return centroids
 
 
 def add_assigned(index: faiss.Index, vectors: np.ndarray, lists: np.ndarray, step: int,

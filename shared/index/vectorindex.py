@@ -41,7 +41,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import faiss
 import numpy as np
@@ -119,6 +118,9 @@ def training_rows(n: int, nlist: int, seed: int = 1234) -> np.ndarray:
 # there. At 1M realistic rows (4000 lists) that trained in 27 s instead of 50 (AMD EPYC Zen 4, 2 cores)
 # with recall at nprobe 64 / 256 / 1024 of 0.746 / 0.930 / 0.995 against 0.764 / 0.932 / 0.994; its cost
 # grows with rows x sqrt(lists) instead of rows x lists, which is what a 10M build (12,649 lists) needs.
+# The refining iterations are `ivf.spherical_lloyd` (a matrix product a block, not FAISS's tiled search):
+# at the same 1M on an Intel Xeon Ice Lake, training took 45-55 s instead of 117 s, recall at nprobe
+# 64 / 256 / 1024 0.7345 / 0.9295 / 0.992 on 200 held-out queries.
 TWO_LEVEL_FROM = 1024
 REFINE_ITERATIONS = 4
 
@@ -133,9 +135,7 @@ def train_quantizer(sample: np.ndarray, nlist: int) -> faiss.IndexFlatIP:
         faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT).train(sample)
         return quantizer
     coarse, _ = two_level_clustering(sample, int(np.sqrt(nlist)), nlist, spherical=True)
-    refine = faiss.Kmeans(dim, nlist, niter=REFINE_ITERATIONS, spherical=True, max_points_per_centroid=256)
-    refine.train(sample, init_centroids=coarse)
-    quantizer.add(cast(np.ndarray, refine.centroids))
+    quantizer.add(ivf.spherical_lloyd(sample, coarse, REFINE_ITERATIONS))
     return quantizer
 
 
