@@ -206,5 +206,11 @@ def test_nearest_centroid_answers_as_faiss_search_and_lloyd_tightens_the_cluster
     assert cohesion[0] < cohesion[1] <= cohesion[2] + 1e-3, cohesion  # Lloyd never loosens the clusters
     refined = ivf.spherical_lloyd(unit, start, 3, block=700)
     assert np.allclose(np.linalg.norm(refined, axis=1), 1.0, atol=1e-5)
-    twin = np.vstack([start, start[:1]])  # a copy of the first: the first takes its rows, so it stays put
-    assert np.array_equal(ivf.spherical_lloyd(unit, twin, 1)[-1], twin[-1])
+    # A centroid opposite every row gets none; it takes half of a large cluster, so after the next
+    # iteration every list has rows (kept where it was, it would stay empty for good).
+    near = rng.standard_normal((4000, 16)).astype(np.float32) * 0.2 + np.eye(16, dtype=np.float32)[0]
+    near /= np.linalg.norm(near, axis=1, keepdims=True)
+    opposite = np.vstack([near[:3], -np.eye(16, dtype=np.float32)[:1]])
+    assert np.bincount(ivf.nearest_centroid(opposite, near)[1], minlength=4)[3] == 0
+    _, lists = ivf.nearest_centroid(ivf.spherical_lloyd(near, opposite, 2), near)
+    assert np.bincount(lists, minlength=4).min() > 0

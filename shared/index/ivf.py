@@ -83,6 +83,7 @@ def centroids_of(quantizer: faiss.IndexFlat) -> np.ndarray:
 def assign(quantizer: faiss.Index, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(inner product with the nearest centroid, that centroid's list) for each row: `nearest_centroid`
     for an inner-product flat quantizer (what every IVF index here has), else the quantizer's search."""
+    quantizer = faiss.downcast_index(quantizer)  # an IVF index's `quantizer` comes back as a bare Index
     if isinstance(quantizer, faiss.IndexFlat) and quantizer.metric_type == faiss.METRIC_INNER_PRODUCT \
             and quantizer.ntotal:
         return nearest_centroid(centroids_of(quantizer), vectors)
@@ -94,11 +95,18 @@ def assign(quantizer: faiss.Index, vectors: np.ndarray) -> tuple[np.ndarray, np.
     return top, lists
 
 
-def spherical_lloyd(sample: np.ndarray, centroids: np.ndarray, iterations: int, block: int = 16384) -> np.ndarray:
+SPLIT_EPS = 1.0 / 1024  # how far apart the two halves of a split cluster's centroid start (FAISS's own)
+
+
+def spherical_lloyd(sample: np.ndarray, centroids: np.ndarray, iterations: int, block: int = 16384,
+                    seed: int = 1234) -> np.ndarray:
     """`iterations` of spherical k-means from `centroids`: each row of `sample` goes to its nearest
-    centroid (`nearest_centroid`), each centroid becomes the unit-length mean of its rows; one left
-    with no rows keeps its place. Sums are gathered a block of rows at a time (sorted by centroid)."""
+    centroid (`nearest_centroid`), each centroid becomes the unit-length mean of its rows. A centroid
+    left with no rows takes half of a large cluster instead, as FAISS's k-means does: a copy of that
+    cluster's centroid, the two nudged apart, so no list stays empty. Sums are gathered a block of rows
+    at a time (sorted by centroid)."""
     centroids = np.array(centroids, dtype=np.float32)
+    rng = np.random.default_rng(seed)
     for _ in range(iterations):
         _, lists = nearest_centroid(centroids, sample)
         sums = np.zeros_like(centroids)
@@ -108,9 +116,27 @@ def spherical_lloyd(sample: np.ndarray, centroids: np.ndarray, iterations: int, 
             ordered = part[order]
             firsts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
             sums[ordered[firsts]] += np.add.reduceat(sample[start:start + block][order], firsts, axis=0)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        centroids = np.where(norms > 0, sums / np.maximum(norms, 1e-12), centroids).astype(np.float32)
+        counts = np.bincount(lists, minlength=len(centroids))
+        used = counts > 0
+        centroids[used] = sums[used] / np.maximum(np.linalg.norm(sums[used], axis=1, keepdims=True), 1e-12)
+        _split_into_empty(centroids, counts, rng)
     return centroids
+
+
+def _split_into_empty(centroids: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> None:
+    """Each empty centroid becomes half of a cluster picked in proportion to its rows beyond one."""
+    nudge = np.where(np.arange(centroids.shape[1]) % 2 == 0, SPLIT_EPS, -SPLIT_EPS).astype(np.float32)
+    for empty in np.flatnonzero(counts == 0):
+        spare = np.maximum(counts - 1, 0).astype(np.float64)
+        if not spare.sum():
+            return
+        big = int(rng.choice(len(counts), p=spare / spare.sum()))
+        centroids[empty] = centroids[big] * (1 + nudge)
+        centroids[big] *= 1 - nudge
+        for i in (empty, big):
+            centroids[i] /= max(float(np.linalg.norm(centroids[i])), 1e-12)
+        counts[empty] = counts[big] // 2
+        counts[big] -= counts[empty]
 
 
 def add_assigned(index: faiss.Index, vectors: np.ndarray, lists: np.ndarray, step: int,
