@@ -75,7 +75,7 @@ def nearest_centroid(centroids: np.ndarray, vectors: np.ndarray) -> tuple[np.nda
 
 
 def centroids_of(quantizer: faiss.IndexFlat) -> np.ndarray:
-    """A flat quantizer's centroids, read in place (no copy)."""
+    """A flat quantizer's centroids, read in place (no copy): valid while the quantizer lives, unchanged."""
     return faiss.rev_swig_ptr(quantizer.get_xb(), quantizer.ntotal * quantizer.d).reshape(quantizer.ntotal,
                                                                                           quantizer.d)
 
