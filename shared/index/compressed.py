@@ -311,9 +311,9 @@ def _exact_scores(take: Take, queries: np.ndarray, candidates: np.ndarray, group
     scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
     for start in range(0, len(queries), group):
         ids = candidates[start:start + group]
-        wanted, where = np.unique(ids[ids >= 0], return_inverse=True)
-        rows = take(wanted)[where]
         mask = ids >= 0
+        wanted, where = np.unique(ids[mask], return_inverse=True)
+        rows = take(wanted)[where]
         picked = np.repeat(np.arange(len(ids)), mask.sum(axis=1))
         scores[start:start + group][mask] = np.einsum("ij,ij->i", rows, queries[start + picked])
     return scores
