@@ -49,15 +49,27 @@ def test_exact_search_over_ivf_lists_equals_flat_search():
     assert (got_ids == want_ids).all() and np.allclose(got_scores, want_scores, atol=1e-5)
 
 
-def test_nprobe_is_the_smallest_on_the_ladder_that_reaches_the_target():
+def test_tuning_holds_the_mean_recall_two_standard_errors_above_the_target():
+    per_query = np.array([1.0, 0.9] * 100)  # mean 0.95, sample standard deviation 0.05013
+    assert ivf.recall_bound(per_query) == pytest.approx(0.95 - 2 * per_query.std(ddof=1) / np.sqrt(200))
+    assert 0.942 < ivf.recall_bound(per_query) < 0.944
+    assert ivf.recall_bound(np.ones(200)) == 1.0  # every query found everything: a target of 1.0 is met
+    assert ivf.recall_bound(np.array([0.7])) == pytest.approx(0.7) and ivf.recall_bound(np.array([])) == 1.0
+
+
+def test_nprobe_is_the_smallest_on_the_ladder_that_reaches_the_target(monkeypatch):
     vectors = clustered(4000)
     trained = train_ivf(vectors)
     index = _filled(trained.quantizer, vectors)
     tuned = ivf.tune_nprobe(index, 0.95, 256)
     assert tuned["recall_at_10"] >= 0.95 and tuned["query_kind"].startswith("query-like probes")
     assert faiss.extract_index_ivf(index).nprobe == tuned["nprobe"] == tuned["ladder"][-1][0]
-    assert all(recall < 0.95 for _, recall in tuned["ladder"][:-1])
     assert [n for n, _ in tuned["ladder"]] == [1 << i for i in range(len(tuned["ladder"]))]
+    # Held to the bare mean, every rung before the one taken falls short; the margin never takes less.
+    monkeypatch.setattr(ivf, "TUNE_MARGIN_SE", 0.0)
+    bare = ivf.tune_nprobe(index, 0.95, 256)
+    assert all(recall < 0.95 for _, recall in bare["ladder"][:-1]) and bare["recall_at_10"] >= 0.95
+    assert bare["nprobe"] <= tuned["nprobe"]
     # Every list probed is exact search; queries the caller holds out are used as given.
     everything = ivf.tune_nprobe(index, 1.01, 10_000, queries=clustered(50, seed=12))
     assert everything["ladder"][-1] == [index.nlist, 1.0] and everything["query_kind"] == "given"

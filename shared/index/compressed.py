@@ -319,22 +319,23 @@ def _exact_scores(take: Take, queries: np.ndarray, candidates: np.ndarray, group
     return scores
 
 
-def _recall_at(scores: np.ndarray, candidates: np.ndarray, depth: int, k: int, truth: np.ndarray) -> float:
-    """recall@k of searches that re-rank the first depth x k candidates (their exact `scores`)."""
+def _recall_at(scores: np.ndarray, candidates: np.ndarray, depth: int, k: int, truth: np.ndarray) -> np.ndarray:
+    """Each query's recall@k when searches re-rank the first depth x k candidates (their exact `scores`)."""
     fetch = min(depth * k, candidates.shape[1])
     best = np.argsort(-scores[:, :fetch], axis=1, kind="stable")[:, :k]
     # A missing candidate (-1) scores -inf: it sorts last and counts as no answer.
     got_scores = np.take_along_axis(scores[:, :fetch], best, axis=1)
-    return ivf._recall(truth, got_scores, np.take_along_axis(candidates[:, :fetch], best, axis=1))
+    return ivf.recall_per_query(truth, got_scores, np.take_along_axis(candidates[:, :fetch], best, axis=1))
 
 
 def tune(index: faiss.Index, take: Take, rows: Rows, target: float, most_nprobe: int, most_depth: int,
          k: int = 10, seed: int = 99) -> dict:
     """Set the index's nprobe to the smallest on `ivf.nprobe_ladder` at which a re-rank depth on
-    `depth_ladder` reaches recall@k `target` (the best pair tried when none does), and return what was
-    measured: nprobe, rerank, recall_at_10, recall_target, queries, query_kind, ladder ([nprobe,
-    rerank, recall] triples), nlist. `take` reads the index's float rows by number (`RowFile` reads
-    them from a file, not mapped), `rows` reads them in slices for the exact answers."""
+    `depth_ladder` reaches recall@k `target` less its margin (`ivf.recall_bound`; the best pair tried
+    when none does), and return what was measured: nprobe, rerank, recall_at_10, recall_target,
+    queries, query_kind, ladder ([nprobe, rerank, recall] triples), nlist. `take` reads the index's
+    float rows by number (`RowFile` reads them from a file, not mapped), `rows` reads them in slices
+    for the exact answers."""
     ivf_index = faiss.extract_index_ivf(index)
     n = int(index.ntotal)
     kind = ivf.PROBE_KIND
@@ -353,8 +354,9 @@ def tune(index: faiss.Index, take: Take, rows: Rows, target: float, most_nprobe:
         candidates = _candidates(index, queries, nprobe, min(depths[-1] * k, n))
         scores = _exact_scores(take, queries, candidates)
         for depth in depths:
-            ladder.append([nprobe, depth, round(_recall_at(scores, candidates, depth, k, truth), 4)])
-            if ladder[-1][2] >= target:
+            per_query = _recall_at(scores, candidates, depth, k, truth)
+            ladder.append([nprobe, depth, round(float(per_query.mean()), 4)])
+            if ivf.recall_bound(per_query) >= target:
                 chosen = ladder[-1]
                 break
         if chosen is not None:
