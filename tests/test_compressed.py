@@ -77,7 +77,7 @@ def test_compressed_index_with_reranking_reaches_the_target_on_realistic_data(co
     params = faiss.SearchParametersIVF(nprobe=tuned["nprobe"])  # type: ignore[call-arg]
     _, candidates = index.search(fresh, tuned["rerank"] * 10, params=params)
     for i, (query, found) in enumerate(zip(fresh, candidates, strict=True)):
-        got_scores[i], got_ids[i] = compressed.rerank(vectors, query, found, 10)
+        got_scores[i], got_ids[i] = compressed.rerank(vectors.__getitem__, query, found, 10)
     assert ivf._recall(truth, got_scores, got_ids) >= 0.90
     # Scores are exact cosines, whatever the codes rounded.
     assert np.allclose(got_scores[:, 0], (vectors[got_ids[:, 0]] * fresh).sum(axis=1), atol=1e-6)
@@ -152,7 +152,7 @@ def test_tuning_recall_is_what_reranking_each_search_gives():
         got = np.full((5, 3), -np.inf, dtype=np.float32)
         ids = np.full((5, 3), -1, dtype=np.int64)
         for i in range(5):  # what a search does: its first depth x k candidates re-ranked
-            found_scores, found_ids = compressed.rerank(vectors, queries[i], candidates[i, :depth * 3], 3)
+            found_scores, found_ids = compressed.rerank(vectors.__getitem__, queries[i], candidates[i, :depth * 3], 3)
             got[i, :len(found_ids)], ids[i, :len(found_ids)] = found_scores, found_ids
         assert np.array_equal(compressed._recall_at(scores, candidates, depth, 3, truth),
                               ivf.recall_per_query(truth, got, ids))
@@ -171,6 +171,20 @@ def test_a_row_file_reads_rows_by_number_and_refuses_rows_it_lacks(tmp_path):
     np.save(tmp_path / "i.npy", rows.astype(np.float64))
     with pytest.raises(ValueError, match="float32"):
         compressed.RowFile(tmp_path / "i.npy")
+
+
+@pytest.mark.parametrize("dim", [384, 7])  # 1,536-byte rows straddle pages; 28-byte rows share them
+def test_mapped_rows_take_the_rows_asked_and_refuse_rows_they_lack(tmp_path, dim):
+    rows = np.random.default_rng(3).standard_normal((3000, dim)).astype(np.float32)
+    np.save(tmp_path / "v.npy", rows)
+    mapped = compressed.MappedRows(tmp_path / "v.npy")
+    assert np.array_equal(mapped.array, rows)
+    wanted = np.array([0, 1, 2, 5, 1023, 1024, 2047, 2999], dtype=np.int64)
+    assert np.array_equal(mapped.take(wanted), rows[wanted])
+    assert mapped.take(np.zeros(0, dtype=np.int64)).shape == (0, dim)
+    for outside in ([2999, 3000], [-1, 4]):
+        with pytest.raises(IndexError):
+            mapped.take(np.array(outside, dtype=np.int64))
 
 
 def test_npy_rows_read_slices_written_by_the_writer(tmp_path):
@@ -238,7 +252,7 @@ def test_the_kind_follows_the_size_and_a_compressed_version_answers(redis_url, r
     loaded = col.loaded(int(version))
     part = loaded.parts[0]
     assert part.meta["kind"] == kind and VECTORS_FILE in part.meta["files"]
-    assert part.vectors is not None and part.vectors.shape == (700, 384)
+    assert part.vectors is not None and part.vectors.array.shape == (700, 384)
     rotation = 384 * 384 * 4 if codes == "pq4" else 0  # PQ4's file also holds its rotation matrix
     assert part.meta["files"]["index.faiss"]["bytes"] - rotation < 700 * 384 * 2  # codes, not floats
     assert _recall(col, loaded, QUERIES) >= 0.9
@@ -307,7 +321,7 @@ def test_a_streamed_build_equals_an_in_memory_build(redis_url, rclient, tmp_path
         assert np.array_equal(codes, _list_rows(theirs, list_no)[1])
     assert result["kind"] == kind
     if part.vectors is not None:
-        assert np.array_equal(np.asarray(part.vectors), vectors)
+        assert np.array_equal(part.vectors.array, vectors)
 
 
 def _list_rows(index: faiss.IndexIVF, list_no: int) -> tuple[np.ndarray, np.ndarray]:

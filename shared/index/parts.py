@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 from shared.index import keyword
-from shared.index.compressed import VECTORS_FILE, mapped_rows, rerank
+from shared.index.compressed import VECTORS_FILE, MappedRows, rerank
 from shared.index.ivf import list_views
 from shared.index.keyword import KeywordVerifyFailed
 from shared.index.keywordpart import KeywordPart, KeywordSearch, write_keyword_part
@@ -229,7 +229,7 @@ class LoadedPart:
         self.signature = _signature(directory, meta)
 
 
-def _float_vectors(path: Path, rows: int, dim: int) -> np.ndarray:
+def _float_vectors(path: Path, rows: int, dim: int) -> MappedRows:
     """A part's (rows, dim) float32 vectors, memory-mapped once their header is checked against the file."""
     try:
         shape, dtype = check_npy(path)
@@ -237,7 +237,7 @@ def _float_vectors(path: Path, rows: int, dim: int) -> np.ndarray:
         raise VerifyFailed(f"{path}: {exc}") from exc
     if shape != (rows, dim) or dtype != np.float32:
         raise VerifyFailed(f"{path} holds {shape} {dtype}, the part {rows}x{dim} float32")
-    return mapped_rows(path)
+    return MappedRows(path)
 
 
 def _signature(directory: Path, meta: dict) -> tuple:
@@ -503,7 +503,7 @@ class PartsVersion:
                 rows.append(found[0][keep] + ref.offset)
                 continue
             _, found = part.index.search(q, min(self.rerank * k + TIE_SLACK, part.rows), params=params)
-            exact, best = rerank(part.vectors, q[0], found[0], k + TIE_SLACK)
+            exact, best = rerank(part.vectors.take, q[0], found[0], k + TIE_SLACK)
             scores.append(exact)
             rows.append(best + ref.offset)
         if not scores:
@@ -546,7 +546,7 @@ def _params(part: LoadedPart, selector: faiss.IDSelector | None, nprobe: int) ->
 def part_vectors(part: LoadedPart) -> np.ndarray:
     """Every vector of a part, in row order (rows a fold carries into a new part)."""
     if part.vectors is not None:
-        return np.array(part.vectors, dtype=np.float32)
+        return np.array(part.vectors.array, dtype=np.float32)
     if part.ivf is None:
         return part.index.reconstruct_n(0, part.rows)
     out = np.zeros((part.rows, part.index.d), dtype=np.float32)
