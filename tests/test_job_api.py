@@ -243,7 +243,9 @@ def test_cancel_running_rebuild_publishes_nothing_and_releases_the_lock(settings
     assert holder and holder.startswith(rebuild_id)
     fence = int(holder.split("|")[1])
     resp = requests.post(f"{base}/v1/jobs/{rebuild_id}/cancel")
-    assert resp.status_code == 202 and resp.json()["state"] == "running" and resp.json()["cancel_requested"]
+    # The job is read back after it is flagged: a worker at its next step may have stopped it already.
+    assert resp.status_code == 202 and resp.json()["cancel_requested"]
+    assert resp.json()["state"] in ("running", "canceled")
     job = wait_job(base, rebuild_id)
     assert job["state"] == "canceled" and job["result"] is None
     assert int(rclient.hget(keys.pointer("docs"), "version")) == v1  # nothing published
