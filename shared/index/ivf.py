@@ -95,9 +95,10 @@ def assign(quantizer: faiss.Index, vectors: np.ndarray) -> tuple[np.ndarray, np.
         return nearest_centroid(centroids_of(quantizer), vectors)
     top = np.empty(len(vectors), dtype=np.float32)
     lists = np.empty(len(vectors), dtype=np.int64)
-    for start in range(0, len(vectors), 65536):
-        scores, ids = quantizer.search(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32), 1)
-        top[start:start + 65536], lists[start:start + 65536] = scores[:, 0], ids[:, 0]
+    step = 65536
+    for start in range(0, len(vectors), step):
+        scores, ids = quantizer.search(np.ascontiguousarray(vectors[start:start + step], dtype=np.float32), 1)
+        top[start:start + step], lists[start:start + step] = scores[:, 0], ids[:, 0]
     return top, lists
 
 
