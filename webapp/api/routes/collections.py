@@ -93,7 +93,7 @@ def document_summary(entry: dict) -> dict:
 @blp.route("")
 class Collections(MethodView):
     @scope_filtered
-    @blp.arguments(PageQuerySchema, location="query")
+    @blp.arguments(PageQuerySchema(), location="query")
     @blp.response(200, CollectionListSchema)
     def get(self, args):
         """Collections by name, with document and chunk counts, the published index version and the
@@ -104,7 +104,7 @@ class Collections(MethodView):
         return {"collections": items, "next_cursor": next_cursor}
 
     @scope_filtered
-    @blp.arguments(CollectionCreateSchema)
+    @blp.arguments(CollectionCreateSchema())
     @blp.response(201, CollectionSchema)
     @blp.alt_response(202, schema=JobSchema, headers=LOCATION,
                       description="With `from_snapshot`: the `restore` job that creates the collection")
@@ -143,7 +143,7 @@ class Collection(MethodView):
         require_collection(name)
         return collection_view(name)
 
-    @blp.arguments(CollectionPatchSchema)
+    @blp.arguments(CollectionPatchSchema())
     @blp.response(200, CollectionStatusSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
     def patch(self, body, name):
@@ -174,7 +174,7 @@ class Collection(MethodView):
 
 @blp.route("/<string:name>/documents")
 class Documents(MethodView):
-    @blp.arguments(DocumentListQuerySchema, location="query")
+    @blp.arguments(DocumentListQuerySchema(), location="query")
     @blp.response(200, DocumentListSchema, headers=VERSION_HEADERS)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection, or `version` is not a kept "
                                                            "version (`kept_versions` lists those that are)")
@@ -200,7 +200,7 @@ class Documents(MethodView):
 
     @idempotent
     @blp.doc(operationId="addDocuments")  # a batch that adds or replaces, not one document created
-    @blp.arguments(DocumentBatchSchema)
+    @blp.arguments(DocumentBatchSchema())
     @blp.response(202, JobSchema, headers=LOCATION)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
     @blp.alt_response(413, schema=ErrorSchema,
@@ -220,7 +220,7 @@ class Documents(MethodView):
 
 @blp.route("/<string:name>/documents/<path:doc_id>")
 class Document(MethodView):
-    @blp.arguments(DocumentQuerySchema, location="query")
+    @blp.arguments(DocumentQuerySchema(), location="query")
     @blp.response(200, DocumentDetailSchema, headers=VERSION_HEADERS)
     @blp.alt_response(404, schema=ErrorSchema,
                       description="No such collection, no such document in the version read, or `version` is "
@@ -259,7 +259,7 @@ class Document(MethodView):
 @blp.route("/<string:name>/rebuild")
 class Rebuild(MethodView):
     @idempotent
-    @blp.arguments(RebuildQuerySchema, location="query")
+    @blp.arguments(RebuildQuerySchema(), location="query")
     @blp.response(202, JobSchema, headers=LOCATION)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
     @blp.alt_response(409, schema=ErrorSchema, description="A rebuild is already queued or running")

@@ -91,7 +91,7 @@ def event_stream(events: EventLog, sub: Subscription, after: str, collection: st
 class Events(MethodView):
     @scope_filtered
     @blp.doc(operationId="streamEvents")
-    @blp.arguments(EventsQuerySchema, location="query")
+    @blp.arguments(EventsQuerySchema(), location="query")
     @blp.response(200, description="A text/event-stream of events; each SSE id is the Redis stream id, "
                                    "so reconnecting with Last-Event-ID misses nothing.",
                   content_type="text/event-stream")

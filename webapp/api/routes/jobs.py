@@ -33,7 +33,7 @@ def load_job(job_id: str, role: str = "read") -> dict:
 @blp.route("")
 class Jobs(MethodView):
     @scope_filtered
-    @blp.arguments(JobListQuerySchema, location="query")
+    @blp.arguments(JobListQuerySchema(), location="query")
     @blp.response(200, JobListSchema)
     def get(self, args):
         """Jobs, newest first, filtered by collection, state and kind; page with `cursor`.

@@ -48,7 +48,7 @@ class Canaries(MethodView):
         return canaries_view(_canaries(name))
 
     @blp.doc(operationId="setCanaries")
-    @blp.arguments(CanariesSchema)
+    @blp.arguments(CanariesSchema())
     @blp.response(200, CanariesViewSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection")
     def put(self, body, name):
@@ -81,7 +81,7 @@ class Canaries(MethodView):
 class Evaluate(MethodView):
     @idempotent
     @blp.doc(operationId="evaluateCollection")
-    @blp.arguments(EvalRequestSchema)
+    @blp.arguments(EvalRequestSchema())
     @blp.response(202, JobSchema, headers=LOCATION, description=(
         "The `eval` job. Its result: `version` (the published version searched), `queries`, `k` and, per "
         "mode (vector, keyword, hybrid), `hits_at_k`, `hits`, `mrr` and `ndcg_at_10`."))

@@ -51,7 +51,7 @@ def redis_down(name: str) -> tuple[bool, str | None]:
 @blp.route("/<string:name>/search")
 class Search(MethodView):
     @requires("read")  # a POST, but it only reads
-    @blp.arguments(SearchQuerySchema)
+    @blp.arguments(SearchQuerySchema())
     @blp.response(200, SearchResultSchema, headers={**VERSION_HEADERS, "Server-Timing": {
         "description": "where the server's time went, in ms: `embed` (the query's embedding) and `search` "
                        "(the index, the hits, the answer's shape)", "schema": {"type": "string"}}})

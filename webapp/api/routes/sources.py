@@ -70,7 +70,7 @@ class Sources(MethodView):
 
     @requires("admin")  # a source reads the server's own folders: more than a write key may ask for
     @idempotent
-    @blp.arguments(SourceCreateSchema)
+    @blp.arguments(SourceCreateSchema())
     @blp.response(202, SourceCreatedSchema, headers=LOCATION)
     @blp.alt_response(403, schema=ErrorSchema,
                       description="Sources are off (SWAPLINE_SOURCE_ROOTS is empty), or the path resolves "
@@ -116,7 +116,7 @@ class Source(MethodView):
 @blp.route("/<string:name>/sources/<string:source_id>/reconcile")
 class Reconcile(MethodView):
     @idempotent
-    @blp.arguments(ReconcileSchema)
+    @blp.arguments(ReconcileSchema())
     @blp.response(202, JobSchema, headers=LOCATION)
     @blp.alt_response(200, schema=DryRunSchema, description="`dry_run`: what a reconcile would do now; nothing "
                                                             "was changed and no job was made")

@@ -29,7 +29,7 @@ class Versions(MethodView):
 @blp.route("/<string:name>/rollback")
 class Rollback(MethodView):
     @requires("admin")
-    @blp.arguments(RollbackSchema)
+    @blp.arguments(RollbackSchema())
     @blp.response(200, VersionListSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection or version")
     @blp.alt_response(409, schema=ErrorSchema, description="Already current, deleted, or a rebuild holds the lock")

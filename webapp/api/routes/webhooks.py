@@ -38,7 +38,7 @@ def _load(webhook_id: str) -> dict:
 @blp.route("")
 class Webhooks(MethodView):
     @requires("admin")
-    @blp.arguments(WebhookCreateSchema)
+    @blp.arguments(WebhookCreateSchema())
     @blp.response(201, WebhookCreatedSchema)
     def post(self, body):
         """Subscribe a URL to events. The answer carries the signing secret, this once.
@@ -85,7 +85,7 @@ class Webhook(MethodView):
 @blp.route("/<string:webhook_id>/deliveries")
 class Deliveries(MethodView):
     @requires("admin")
-    @blp.arguments(DeliveryListQuerySchema, location="query")
+    @blp.arguments(DeliveryListQuerySchema(), location="query")
     @blp.response(200, DeliveryListSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such webhook")
     def get(self, args, webhook_id):
