@@ -104,3 +104,28 @@ def test_embedder_maps_texts_to_rows_and_queries():
     expected, _ = source.queries(np.array([3]), 1000, QUERY_COSINES)
     assert np.array_equal(got[2], expected[0])
     assert np.array_equal(got[4], got[5]) and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_query_table_in_the_data_dir_answers_the_queries_it_holds(tmp_path):
+    from shared.index.realistic import QUERY_TABLE, write_query_table
+
+    settings = Settings(embedder="realistic", data_dir=tmp_path)
+    write_query_table(tmp_path / QUERY_TABLE, np.array([3, 5]), 1000)
+    embedder = make_embedder(settings, threads=1)
+    table = embedder._tabled()
+    assert sorted(table) == [(3, 1000), (5, 1000)] and not list(tmp_path.glob("*.part*"))
+    source = RealisticVectors()
+    expected, _ = source.queries(np.array([3, 4, 5]), 1000, QUERY_COSINES)
+    got = embedder.embed(["q3:1000", "q4:1000", "q5:1000", "q3:2000"])
+    np.testing.assert_allclose(got[:3], expected, rtol=0, atol=1e-6)
+    assert np.array_equal(got[0], table[(3, 1000)])
+    other, _ = source.queries(np.array([3]), 2000, QUERY_COSINES)  # another n: not the table's
+    np.testing.assert_allclose(got[3], other[0], rtol=0, atol=1e-6)
+    assert not np.allclose(got[3], got[0], atol=1e-3)
+    # Answered from the file, not made again: a table that says otherwise is believed.
+    marked = np.zeros((1, 384), dtype=np.float32)
+    marked[0, 0] = 1.0
+    np.savez(tmp_path / QUERY_TABLE, keys=np.array([3]), among=np.int64(1000), vectors=marked)
+    assert np.array_equal(make_embedder(settings, threads=1).embed(["q3:1000"])[0], marked[0])
+    # Without the file (or before it is written) every query is made.
+    assert make_embedder(Settings(embedder="realistic", data_dir=tmp_path / "none"), threads=1)._tabled() == {}

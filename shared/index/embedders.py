@@ -18,7 +18,7 @@ import numpy as np
 
 from shared.index.minilm import MINILM_ID, MiniLMRuntime
 from shared.index.onnxembed import OnnxMiniLMEmbedder, onnx_model_id
-from shared.index.realistic import RealisticEmbedder
+from shared.index.realistic import QUERY_TABLE, RealisticEmbedder
 from shared.index.tokens import WORDS, Tokenizer
 from shared.settings import Settings
 from shared.storage import Storage
@@ -224,7 +224,7 @@ def make_embedder(settings: Settings, threads: int) -> Embedder:
     if name == "clustered":
         return ClusteredEmbedder(settings.hash_dim)
     if name == "realistic":
-        return RealisticEmbedder()
+        return RealisticEmbedder(query_table=Path(settings.data_dir) / QUERY_TABLE)
     return make_runtime(name, settings, threads)
 
 
