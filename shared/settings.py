@@ -41,6 +41,7 @@ MAX_REDIS_WAIT_MS = 4000
 # The deepest re-rank a compressed part may ask for (candidates per hit); a manifest's is clamped to it.
 MAX_RERANK = 64
 COMPRESS_CODES = ("pq4", "sq8")
+RERANK_ROWS = ("float16", "float32")
 
 
 class SettingsError(ValueError):
@@ -84,6 +85,9 @@ class Settings:
     # to rerank_depth times k candidates) with nprobe; PQ4's coarser codes need the deeper end of it.
     compress_threshold: int = 2_000_000
     compress_codes: str = "pq4"
+    # The re-rank's float rows as stored in a compressed part: float16 (half the disk and page cache;
+    # scores within 2^-11) or float32 (exact).
+    rerank_rows: str = "float16"
     rerank_depth: int = 64
     # An IVF build picks the smallest nprobe (1, 2, 4, ... up to this many lists) whose recall@10 against
     # exact search on query-like probes reaches recall_target; if even the largest stays below
@@ -211,6 +215,9 @@ class Settings:
         if self.redis_min_replicas < 0 or not 1 <= self.redis_wait_ms <= MAX_REDIS_WAIT_MS:
             raise SettingsError(f"SWAPLINE_REDIS_MIN_REPLICAS must be 0 or more and SWAPLINE_REDIS_WAIT_MS 1 to "
                                 f"{MAX_REDIS_WAIT_MS} (below the Redis client's 5 s socket timeout)")
+        if self.rerank_rows not in RERANK_ROWS:
+            raise SettingsError(f"SWAPLINE_RERANK_ROWS must be one of {', '.join(RERANK_ROWS)}, "
+                                f"not {self.rerank_rows!r}")
         if self.compress_codes not in COMPRESS_CODES:
             raise SettingsError(f"SWAPLINE_COMPRESS_CODES must be one of {', '.join(COMPRESS_CODES)}, "
                                 f"not {self.compress_codes!r}")

@@ -85,8 +85,8 @@ class RecordSource(Protocol):
 
 
 class NpyWriter:
-    """A .npy file written slice by slice, its header first (the rows are known): float32 (rows, dim),
-    or with `dim` None a one-dimensional array of `dtype`."""
+    """A .npy file written slice by slice, its header first (the rows are known): (rows, dim) of `dtype`
+    (float32 unless told), or with `dim` None a one-dimensional array of it."""
 
     def __init__(self, fh, rows: int, dim: int | None, dtype: np.dtype | type = np.float32):
         self.fh, self.rows, self.dim, self.written = fh, rows, dim, 0

@@ -158,29 +158,33 @@ def test_tuning_recall_is_what_reranking_each_search_gives():
                               ivf.recall_per_query(truth, got, ids))
 
 
-def test_a_row_file_reads_rows_by_number_and_refuses_rows_it_lacks(tmp_path):
-    rows = np.random.default_rng(2).standard_normal((300, 16)).astype(np.float32)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_row_file_reads_rows_by_number_and_refuses_rows_it_lacks(tmp_path, dtype):
+    rows = np.random.default_rng(2).standard_normal((300, 16)).astype(dtype)
     np.save(tmp_path / "v.npy", rows)
     with compressed.RowFile(tmp_path / "v.npy") as floats:
         wanted = np.array([0, 7, 8, 299], dtype=np.int64)
-        assert np.array_equal(floats.take(wanted), rows[wanted])
+        got = floats.take(wanted)
+        assert got.dtype == np.float32 and np.array_equal(got, rows[wanted].astype(np.float32))
         assert floats.take(np.zeros(0, dtype=np.int64)).shape == (0, 16)
         with pytest.raises(IndexError):
             floats.take(np.array([300]))
         floats.close()  # closed twice (then by the with): the second does nothing
     np.save(tmp_path / "i.npy", rows.astype(np.float64))
-    with pytest.raises(ValueError, match="float32"):
+    with pytest.raises(ValueError, match="float16 or float32"):
         compressed.RowFile(tmp_path / "i.npy")
 
 
-@pytest.mark.parametrize("dim", [384, 7])  # 1,536-byte rows straddle pages; 28-byte rows share them
-def test_mapped_rows_take_the_rows_asked_and_refuse_rows_they_lack(tmp_path, dim):
-    rows = np.random.default_rng(3).standard_normal((3000, dim)).astype(np.float32)
+# 1,536-byte rows straddle pages; 28- and 14-byte rows share them.
+@pytest.mark.parametrize(("dim", "dtype"), [(384, np.float32), (7, np.float32), (384, np.float16), (7, np.float16)])
+def test_mapped_rows_take_the_rows_asked_and_refuse_rows_they_lack(tmp_path, dim, dtype):
+    rows = np.random.default_rng(3).standard_normal((3000, dim)).astype(dtype)
     np.save(tmp_path / "v.npy", rows)
     mapped = compressed.MappedRows(tmp_path / "v.npy")
     assert np.array_equal(mapped.array, rows)
     wanted = np.array([0, 1, 2, 5, 1023, 1024, 2047, 2999], dtype=np.int64)
-    assert np.array_equal(mapped.take(wanted), rows[wanted])
+    got = mapped.take(wanted)
+    assert got.dtype == np.float32 and np.array_equal(got, rows[wanted].astype(np.float32))
     assert mapped.take(np.zeros(0, dtype=np.int64)).shape == (0, dim)
     for outside in ([2999, 3000], [-1, 4]):
         with pytest.raises(IndexError):
@@ -214,16 +218,22 @@ def _exact(col: Collection, query: str) -> dict[str, float]:
     return {rec["chunk_id"]: float(score) for rec, score in zip(records, vectors @ col.embed(query), strict=True)}
 
 
+FLOAT16_SCORE = 2.0 ** -11  # how far float16 rows may move a score between unit vectors
+
+
 def _recall(col: Collection, loaded, queries: list[str], k: int = 10) -> float:
     """recall@k of the version's answers against exact search (a hit counts when it reaches the exact
-    k-th score: the hashing embedder ties often), after checking that every answer's score is exact."""
+    k-th score, to the rows' precision: the hashing embedder ties often), after checking that every
+    answer's score is exact to the precision of the float rows it was re-ranked from."""
+    rows = {part.vectors.array.dtype for part in loaded.parts if part.vectors is not None}
+    slack = FLOAT16_SCORE if np.dtype(np.float16) in rows else 1e-5
     reached = 0
     for query in queries:
         exact = _exact(col, query)
         kth = sorted(exact.values(), reverse=True)[k - 1]
         got = [(loaded.record(row)["chunk_id"], score) for row, score in loaded.nearest(col.embed(query), k)]
-        assert len(got) == k and all(abs(score - exact[chunk]) < 1e-5 for chunk, score in got), got
-        reached += sum(score >= kth - 1e-5 for _, score in got)
+        assert len(got) == k and all(abs(score - exact[chunk]) <= slack for chunk, score in got), got
+        reached += sum(score >= kth - slack for _, score in got)
     return reached / (k * len(queries))
 
 
@@ -268,6 +278,25 @@ def test_the_kind_follows_the_size_and_a_compressed_version_answers(redis_url, r
     assert more["kind"] == kind and more["incremental"] is True and more["rerank"] == manifest["rerank"]
     loaded = col.loaded(more["version"])
     assert [p.meta["kind"] for p in loaded.parts] == [kind, kind]
+    assert _recall(col, loaded, QUERIES) >= 0.9
+
+
+@pytest.mark.integration
+def test_parts_keep_the_float_rows_they_were_written_with(redis_url, rclient, tmp_path):
+    """SWAPLINE_RERANK_ROWS says how new parts store their float rows; parts written before keep theirs
+    and are searched beside the new ones."""
+    col = Collection(redis_url, rclient, tmp_path, approx_threshold=300, compress_threshold=300,
+                     rerank_rows="float32")
+    col.ingest(_docs([f"a{i}" for i in range(400)]))
+    first = col.rebuild()
+    assert col.loaded(first["version"]).parts[0].vectors.array.dtype == np.float32
+    col.ingest(_docs([f"b{i}" for i in range(60)]))
+    more = col.rebuild(rerank_rows="float16")
+    assert more["incremental"] is True
+    loaded = col.loaded(more["version"])
+    assert [p.vectors.array.dtype for p in loaded.parts] == [np.float32, np.float16]
+    part = loaded.parts[1]
+    assert part.meta["files"]["vectors.npy"]["bytes"] < part.rows * 384 * 2 + 256  # half a float32 file
     assert _recall(col, loaded, QUERIES) >= 0.9
 
 
@@ -320,8 +349,9 @@ def test_a_streamed_build_equals_an_in_memory_build(redis_url, rclient, tmp_path
         assert np.array_equal(ids, _list_rows(theirs, list_no)[0])
         assert np.array_equal(codes, _list_rows(theirs, list_no)[1])
     assert result["kind"] == kind
-    if part.vectors is not None:
-        assert np.array_equal(part.vectors.array, vectors)
+    if part.vectors is not None:  # float16 by default (SWAPLINE_RERANK_ROWS)
+        assert part.vectors.array.dtype == np.float16
+        assert np.array_equal(part.vectors.array, vectors.astype(np.float16))
 
 
 def _list_rows(index: faiss.IndexIVF, list_no: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,11 +1,16 @@
 """Compressed vectors: IVF lists of codes instead of floats, and exact re-ranking.
 
 Past `compress_threshold` rows a part's FAISS index keeps codes on the collection's shared coarse
-quantizer, and the part also keeps its float32 vectors in `vectors.npy`, which an API process
+quantizer, and the part also keeps its float vectors in `vectors.npy`, which an API process
 memory-maps and never reads in full. A search asks the compressed index for `rerank` x k candidates in
-`nprobe` lists, scores those candidates exactly against their float rows (one small matrix product),
-and keeps the best k: the answers' scores are exact cosines, and the codes' rounding only decides which
-rows are candidates. Two codes (`SWAPLINE_COMPRESS_CODES`):
+`nprobe` lists, scores those candidates against their float rows (one small matrix product), and keeps
+the best k: the codes' rounding only decides which rows are candidates.
+
+The float rows are float16 by default (`SWAPLINE_RERANK_ROWS`; float32 kept exact): half the file, so
+at 10M rows 7.7 GB instead of 15.4 GB stays in the page cache beside the rest, and a search's re-rank
+reads from memory instead of the disk. Float16 keeps each component to within 2^-11 of itself, so a
+score between unit vectors moves by at most 2^-11 (about 5e-4; 1e-5 is typical) and ranks change only
+between candidates that close; a part written with float32 rows is read as it is. Two codes (`SWAPLINE_COMPRESS_CODES`):
 
 - `pq4`, the default (kind `ivf-opq-pq4fs-ip`): a learned OPQ rotation, then product quantization of
   4 dimensions per sub-quantizer, 16 centroids each (4 bits): 48 B a vector at 384-d, scanned by FAISS's
@@ -50,13 +55,15 @@ from shared.index import ivf
 from shared.storage import check_npy
 
 HELD_OUT_QUERIES = ivf.HELD_OUT_QUERIES
-VECTORS_FILE = "vectors.npy"  # a compressed part's float32 rows, in row order
+VECTORS_FILE = "vectors.npy"  # a compressed part's float rows (ROW_DTYPES), in row order
+# SWAPLINE_RERANK_ROWS: how a new part stores its float rows.
+ROW_DTYPES: dict[str, np.dtype] = {"float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}
 PQ_DIMS = 4  # dimensions per 4-bit sub-quantizer: 96 at 384-d, 48 B a row
 OPQ_TRAIN_ROWS = 65_536  # the sample OPQ's rotation is trained on (FAISS's own cap for it)
 OPQ_ITERATIONS = 20  # passes of `train_rotation`
 
-Rows = Callable[[int], Iterator[np.ndarray]]  # slice size -> the float32 rows, slice by slice, in order
-Take = Callable[[np.ndarray], np.ndarray]  # sorted distinct row numbers -> their float32 rows
+Rows = Callable[[int], Iterator[np.ndarray]]  # slice size -> the float rows, slice by slice, in order
+Take = Callable[[np.ndarray], np.ndarray]  # sorted distinct row numbers -> their rows, as float32
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], int, np.dtype]:
@@ -64,6 +71,14 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], int, np.dtype]:
     exactly the bytes it holds."""
     shape, dtype = check_npy(path)
     return shape, os.path.getsize(path) - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, dtype
+
+
+def row_dtype(path: Path) -> tuple[tuple[int, ...], int, np.dtype]:
+    """(shape, where the data starts, dtype) of a part's float rows file: 2-d float16 or float32."""
+    shape, offset, dtype = _npy_header(path)
+    if len(shape) != 2 or dtype not in ROW_DTYPES.values():
+        raise ValueError(f"{path}: {shape} {dtype} rows, not 2-d float16 or float32")
+    return shape, offset, dtype
 
 
 def npy_rows(path: Path, start: int, stop: int) -> np.ndarray:
@@ -80,8 +95,8 @@ def npy_rows(path: Path, start: int, stop: int) -> np.ndarray:
 
 
 class MappedRows:
-    """A 2-d float32 .npy file's rows memory-mapped for re-ranking, which reads a few hundred rows at
-    random a search (`take`).
+    """A part's float rows (a 2-d float16 or float32 .npy file) memory-mapped for re-ranking, which reads
+    a few hundred rows at random a search (`take`, as float32).
 
     Read-ahead is off (MADV_RANDOM), so a row read from a cold disk does not bring in the 128 KiB around
     it. `take` first asks the kernel for every wanted row at once (MADV_WILLNEED), so the reads from
@@ -94,46 +109,44 @@ class MappedRows:
     pages the kernel reclaims under pressure, not the process's own memory."""
 
     def __init__(self, path: Path):
-        (rows, dim), self._offset, _ = _npy_header(path)
+        (rows, dim), self._offset, dtype = row_dtype(path)
         with open(path, "rb") as fh:
             self._mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         self._mapped.madvise(mmap.MADV_RANDOM)
-        self._width = dim * 4
-        self.array = np.frombuffer(self._mapped, dtype=np.float32, count=rows * dim,
+        self._width = dim * dtype.itemsize
+        self.array = np.frombuffer(self._mapped, dtype=dtype, count=rows * dim,
                                    offset=self._offset).reshape(rows, dim)
 
     def take(self, ids: np.ndarray) -> np.ndarray:
-        """Rows `ids` (sorted, distinct), every one asked of the kernel before any is read."""
+        """Rows `ids` (sorted, distinct) as float32, every one asked of the kernel before any is read."""
         if len(ids) and not 0 <= ids[0] <= ids[-1] < len(self.array):
             raise IndexError(f"rows {ids[0]}..{ids[-1]} of {len(self.array)}")
         for row in ids.tolist():
             start = self._offset + row * self._width
             page = start - start % mmap.PAGESIZE
             self._mapped.madvise(mmap.MADV_WILLNEED, page, start + self._width - page)
-        return self.array[ids]
+        return self.array[ids].astype(np.float32, copy=False)
 
 
 class RowFile:
-    """Rows of a 2-d float32 .npy file read by number (`take`), each with one pread into the answer: a
+    """Rows of a part's float rows file read by number (`take`, as float32), each with one pread: a
     build's tuning reads a few hundred thousand rows at random, and through a mapping the kernel's
     fault-around would leave up to 64 KiB of the file mapped per row, counted in the worker's resident
     memory (a 10M build's peak held 7 GB of such pages). Close it (`with`) when done."""
 
     def __init__(self, path: Path):
-        (self.rows, self.dim), self.offset, dtype = _npy_header(path)
-        if dtype != np.float32:
-            raise ValueError(f"{path}: {dtype} rows, not float32")
+        (self.rows, self.dim), self.offset, self.dtype = row_dtype(path)
         self.fd = os.open(path, os.O_RDONLY)
 
     def take(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
-        width = self.dim * 4
+        out = np.empty((len(ids), self.dim), dtype=self.dtype)
+        width = self.dim * self.dtype.itemsize
         for i, row in enumerate(ids.tolist()):
             if not 0 <= row < self.rows:
                 raise IndexError(f"row {row} of {self.rows}")
             if os.preadv(self.fd, [out[i]], self.offset + row * width) != width:
                 raise OSError(f"row {row}: short read")
-        return out
+        return out.astype(np.float32, copy=False)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -302,7 +315,7 @@ def exact_top(rows: Rows, queries: np.ndarray, k: int, block: int = 65536) -> tu
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     start = 0
     for chunk in rows(block):
-        scores = queries @ chunk.T
+        scores = queries @ np.asarray(chunk, dtype=np.float32).T
         take = min(k, len(chunk))
         best = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < len(chunk) else \
             np.broadcast_to(np.arange(len(chunk)), scores.shape)

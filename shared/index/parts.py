@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 from shared.index import keyword
-from shared.index.compressed import VECTORS_FILE, MappedRows, rerank
+from shared.index.compressed import VECTORS_FILE, MappedRows, rerank, row_dtype
 from shared.index.ivf import list_views
 from shared.index.keyword import KeywordVerifyFailed
 from shared.index.keywordpart import KeywordPart, KeywordSearch, write_keyword_part
@@ -177,7 +177,7 @@ def _check_meta(path: Path, meta) -> None:
         raise VerifyFailed(f"{path} claims {meta['rows']}x{meta['dim']} vectors its index file cannot hold")
     vectors = meta["files"].get(VECTORS_FILE)
     if (meta["kind"] in COMPRESSED_KINDS) != (vectors is not None) \
-            or vectors is not None and meta["rows"] * meta["dim"] * 4 > vectors["bytes"]:
+            or vectors is not None and meta["rows"] * meta["dim"] * 2 > vectors["bytes"]:
         raise VerifyFailed(f"{path}: a {meta['kind']} part of {meta['rows']}x{meta['dim']} vectors "
                            f"{'without' if vectors is None else 'with'} a float vectors file that cannot hold them")
 
@@ -230,13 +230,14 @@ class LoadedPart:
 
 
 def _float_vectors(path: Path, rows: int, dim: int) -> MappedRows:
-    """A part's (rows, dim) float32 vectors, memory-mapped once their header is checked against the file."""
+    """A part's (rows, dim) float16 or float32 vectors, memory-mapped once their header is checked
+    against the file."""
     try:
-        shape, dtype = check_npy(path)
+        shape, _, dtype = row_dtype(path)
     except (ValueError, OSError) as exc:
         raise VerifyFailed(f"{path}: {exc}") from exc
-    if shape != (rows, dim) or dtype != np.float32:
-        raise VerifyFailed(f"{path} holds {shape} {dtype}, the part {rows}x{dim} float32")
+    if shape != (rows, dim):
+        raise VerifyFailed(f"{path} holds {shape} {dtype} rows, the part {rows}x{dim}")
     return MappedRows(path)
 
 

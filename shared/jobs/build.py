@@ -36,7 +36,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shared.index import ivf
-from shared.index.compressed import VECTORS_FILE, coarse_quantizer, pq_on, pq_supported, pq_train, sq_on, train_encoder
+from shared.index.compressed import (
+    ROW_DTYPES,
+    VECTORS_FILE,
+    coarse_quantizer,
+    pq_on,
+    pq_supported,
+    pq_train,
+    sq_on,
+    train_encoder,
+)
 from shared.index.embedders import same_vector_space
 from shared.index.parts import LoadedPart, PartRef, is_format2, open_parts, part_name, part_refs, part_vectors
 from shared.index.vectorindex import (
@@ -288,7 +297,8 @@ def _full_ivf(svc: Services, collection: str, rows: LiveRows, previous: Previous
     with contextlib.ExitStack() as stack:
         writer = None
         if vectors_file is not None:
-            writer = NpyWriter(stack.enter_context(written(vectors_file, "an index part")), n, dim)
+            writer = NpyWriter(stack.enter_context(written(vectors_file, "an index part")), n, dim,
+                               ROW_DTYPES[svc.settings.rerank_rows])
         start = 0
         for chunk in rows.slices(SLICE_ROWS):
             ivf.add_assigned(index, chunk, lists[start:start + len(chunk)], svc.settings.build_step,
@@ -461,7 +471,7 @@ def incremental(svc: Services, collection: str, segments: list[int], previous: P
         if kind in COMPRESSED_KINDS:
             vectors_file = _vectors_file(svc, collection, version)
             with written(vectors_file, "an index part") as fh:
-                writer = NpyWriter(fh, len(new_vectors), svc.embedder.dim)
+                writer = NpyWriter(fh, len(new_vectors), svc.embedder.dim, ROW_DTYPES[svc.settings.rerank_rows])
                 writer.add(new_vectors)
                 writer.close()
         facts.update(ivf_training=training, quantizer={"reused": True, "trained_in": training["trained_in"]},
