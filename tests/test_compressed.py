@@ -412,3 +412,12 @@ def test_a_compressed_part_must_carry_float_vectors_that_can_hold_its_rows(tmp_p
     for bad in (without, short, flat_with):
         with pytest.raises(VerifyFailed, match="float vectors file"):
             parts._check_meta(tmp_path / "part.json", bad)
+
+
+def test_the_rerank_rows_setting_names_a_stored_precision():
+    from shared.settings import SettingsError, load_settings
+
+    assert load_settings({}).rerank_rows == "float16"
+    assert load_settings({"SWAPLINE_RERANK_ROWS": "float32"}).rerank_rows == "float32"
+    with pytest.raises(SettingsError, match="SWAPLINE_RERANK_ROWS must be one of float16, float32"):
+        load_settings({"SWAPLINE_RERANK_ROWS": "float64"})

@@ -1,4 +1,4 @@
-"""Compressed vectors: IVF lists of codes instead of floats, and exact re-ranking.
+"""Compressed vectors: IVF lists of codes instead of floats, and re-ranking by the float rows.
 
 Past `compress_threshold` rows a part's FAISS index keeps codes on the collection's shared coarse
 quantizer, and the part also keeps its float vectors in `vectors.npy`, which an API process
@@ -10,7 +10,9 @@ The float rows are float16 by default (`SWAPLINE_RERANK_ROWS`; float32 kept exac
 at 10M rows 7.7 GB instead of 15.4 GB stays in the page cache beside the rest, and a search's re-rank
 reads from memory instead of the disk. Float16 keeps each component to within 2^-11 of itself, so a
 score between unit vectors moves by at most 2^-11 (about 5e-4; 1e-5 is typical) and ranks change only
-between candidates that close; a part written with float32 rows is read as it is. Two codes (`SWAPLINE_COMPRESS_CODES`):
+between candidates that close; a part written with float32 rows is read as it is.
+
+Two codes (`SWAPLINE_COMPRESS_CODES`):
 
 - `pq4`, the default (kind `ivf-opq-pq4fs-ip`): a learned OPQ rotation, then product quantization of
   4 dimensions per sub-quantizer, 16 centroids each (4 bits): 48 B a vector at 384-d, scanned by FAISS's
