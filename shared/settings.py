@@ -79,7 +79,7 @@ class Settings:
     # fast enough (shared/index/vectorindex.py says why IVF-Flat).
     approx_threshold: int = 200_000
     # At or above this many vectors the IVF lists hold codes instead of floats and searches re-rank
-    # candidates exactly from the part's memory-mapped float vectors (shared/index/compressed.py):
+    # candidates from the part's memory-mapped float vectors (shared/index/compressed.py):
     # compress_codes "pq4" (OPQ rotation + 4-bit PQ scanned by FAISS's fast-scan kernels, 48 B a vector
     # at 384-d) or "sq8" (8-bit scalar codes, 384 B). The build tunes the re-rank depth (1, 2, 4, ... up
     # to rerank_depth times k candidates) with nprobe; PQ4's coarser codes need the deeper end of it.
