@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 from shared.index import keyword
-from shared.index.compressed import VECTORS_FILE, MappedRows, rerank, row_dtype
+from shared.index.compressed import VECTORS_FILE, MappedRows, rerank
 from shared.index.ivf import list_views
 from shared.index.keyword import KeywordVerifyFailed
 from shared.index.keywordpart import KeywordPart, KeywordSearch, write_keyword_part
@@ -230,15 +230,15 @@ class LoadedPart:
 
 
 def _float_vectors(path: Path, rows: int, dim: int) -> MappedRows:
-    """A part's (rows, dim) float16 or float32 vectors, memory-mapped once their header is checked
-    against the file."""
+    """A part's (rows, dim) float16 or float32 vectors, memory-mapped (`MappedRows` checks the header
+    against the file) and checked against the part."""
     try:
-        shape, _, dtype = row_dtype(path)
+        mapped = MappedRows(path)
     except (ValueError, OSError) as exc:
         raise VerifyFailed(f"{path}: {exc}") from exc
-    if shape != (rows, dim):
-        raise VerifyFailed(f"{path} holds {shape} {dtype} rows, the part {rows}x{dim}")
-    return MappedRows(path)
+    if mapped.array.shape != (rows, dim):
+        raise VerifyFailed(f"{path} holds {mapped.array.shape} {mapped.array.dtype} rows, the part {rows}x{dim}")
+    return mapped
 
 
 def _signature(directory: Path, meta: dict) -> tuple:

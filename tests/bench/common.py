@@ -63,6 +63,10 @@ class Answer:
     def __init__(self, status: int, headers, body: bytes):
         self.status_code, self.headers, self.content = status, headers, body
 
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
     def json(self):
         return json.loads(self.content)
 
@@ -74,22 +78,20 @@ class LeanClient:
 
     def __init__(self, base: str, timeout: float = 60.0):
         url = urlsplit(base)
-        self.host, self.port, self.timeout = url.hostname or "127.0.0.1", url.port or 80, timeout
-        self._conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        self._conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=timeout)
+
+    def _send(self, method: str, path: str, payload: bytes | None) -> Answer:
+        self._conn.request(method, path, payload, {} if payload is None else {"Content-Type": "application/json"})
+        resp = self._conn.getresponse()
+        return Answer(resp.status, resp.headers, resp.read())
 
     def request(self, method: str, path: str, body: dict | None = None) -> Answer:
         payload = None if body is None else json.dumps(body).encode()
-        headers = {} if payload is None else {"Content-Type": "application/json"}
-        for attempt in (1, 2):
-            try:
-                self._conn.request(method, path, payload, headers)
-                resp = self._conn.getresponse()
-                return Answer(resp.status, resp.headers, resp.read())
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self._conn.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return self._send(method, path, payload)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self._conn.close()  # the next request opens a new connection
+            return self._send(method, path, payload)
 
     def post(self, path: str, body: dict) -> Answer:
         return self.request("POST", path, body)
