@@ -75,8 +75,12 @@ def test_confirm_waits_for_connected_replicas(tmp_path):
         replica = RedisServer(tmp_path / "replica")
         rep = redis.Redis.from_url(replica.url, decode_responses=True)
         rep.replicaof("127.0.0.1", primary.port)
-        # Connected as the primary sees it (ROLE lists it once its sync is done): what confirm counts.
+        # Connected as the primary sees it (ROLE lists it once the snapshot is sent): what confirm counts.
         wait_for(lambda: client.execute_command("ROLE")[2], timeout=20, message="the replica to sync")
+        # And the replica done loading that snapshot, so it acknowledges offsets: listed but still loading,
+        # it missed the 300 ms wait below once in CI.
+        wait_for(lambda: rep.info("replication").get("master_link_status") == "up"
+                 and not rep.info("persistence").get("loading"), timeout=20, message="the replica to load")
         client.set("k", "w")
         confirm(client)
         assert rep.get("k") == "w"
