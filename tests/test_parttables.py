@@ -46,6 +46,9 @@ def test_records_read_back_exactly(tmp_path):
     tables = part(tmp_path, records)
     assert [tables.record(i) for i in range(len(records))] == records
     assert tables.records_range(0, len(records)) == records
+    # A search's hits: any rows, any order, a row twice; each as record() reads it.
+    assert tables.records_at([4, 0, 2, 0]) == [records[4], records[0], records[2], records[0]]
+    assert tables.records_at([]) == []
     assert [tables.ids[i].as_py() for i in range(len(tables))] == ["alpha", "mid.txt", "zeta.md"]
     assert tables.find("mid.txt") == 1 and tables.find("mid") is None and tables.find("zz") is None
     # Document entries are DocTable's entries, rows local.
@@ -204,8 +207,13 @@ def test_records_span_parts(tmp_path):
     second = part(tmp_path / "b", chunks("b", 2, {}))
     docs = VersionDocuments([(first, 0, None), (second, 3, None)], 5)
     assert [r["chunk_id"] for r in docs.records([[1, 5]])] == ["a#1", "a#2", "b#0", "b#1"]
+    # Hits in score order, parts interleaved: each part read once, the order kept.
+    assert [r["chunk_id"] for r in docs.records_at([4, 0, 3, 2])] == ["b#1", "a#0", "b#0", "a#2"]
+    assert docs.records_at([3, 1]) == [docs.record(3), docs.record(1)]
     with pytest.raises(IndexError):
         docs.record(5)
+    with pytest.raises(IndexError):
+        docs.records_at([0, 5])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "missing", "rows"])

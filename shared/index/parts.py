@@ -458,6 +458,13 @@ class PartsVersion:
     def records(self, rows: list[list[int]]) -> list[dict]:
         return self.documents.records(rows)
 
+    def records_at(self, rows: list[int]) -> list[dict]:
+        """The records of `rows` (a search's hits), in that order."""
+        for row in rows:
+            if not 0 <= row < self.total_rows:
+                raise IndexError(row)
+        return self.documents.records_at(rows)
+
     def _eligible(self, i: int, allowed: np.ndarray) -> np.ndarray:
         """The rows of part i a filtered search may return."""
         ref, live = self.refs[i], self._live[i]

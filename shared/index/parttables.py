@@ -327,10 +327,20 @@ class PartTables:
 
     def records_range(self, start: int, stop: int) -> list[dict]:
         """The chunk records of local rows [start, stop), as they were written."""
+        return self._records({name: self.records[name][start:stop].to_pylist() for name in RECORDS_SCHEMA.names})
+
+    def records_at(self, local_rows: list[int]) -> list[dict]:
+        """The chunk records of `local_rows`, in that order: one take per column for all of them (a
+        search's hits), not a slice per row."""
+        at = pa.array(local_rows, type=pa.int64())
+        return self._records({name: self.records[name].take(at).to_pylist() for name in RECORDS_SCHEMA.names})
+
+    def _records(self, columns: dict[str, list]) -> list[dict]:
+        """Records from the records table's columns, read as Python lists, each with its document's id,
+        metadata and updated_at (read once per document)."""
         out = []
         docs: dict[int, tuple[str, object, object]] = {}
-        columns = {name: self.records[name][start:stop].to_pylist() for name in RECORDS_SCHEMA.names}
-        for j in range(stop - start):
+        for j in range(len(columns["doc"])):
             doc = columns["doc"][j]
             if doc not in docs:
                 docs[doc] = (self.ids[doc].as_py(), json.loads(self.documents["metadata"][doc].as_py()),
@@ -434,6 +444,17 @@ class VersionDocuments:
     def record(self, row: int) -> dict:
         p = self._part_of(row)
         return self.parts[p][0].record(row - self.offsets[p])
+
+    def records_at(self, rows: list[int]) -> list[dict]:
+        """The records of global `rows`, in that order: one read per part for the rows it holds."""
+        by_part: dict[int, list[int]] = {}
+        for row in rows:
+            by_part.setdefault(self._part_of(row), []).append(row)
+        found: dict[int, dict] = {}
+        for p, part_rows in by_part.items():
+            offset = self.offsets[p]
+            found.update(zip(part_rows, self.parts[p][0].records_at([row - offset for row in part_rows]), strict=True))
+        return [found[row] for row in rows]
 
     def records(self, rows: list[list[int]]) -> list[dict]:
         """The records of global row ranges [start, stop), in order."""

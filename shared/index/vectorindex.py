@@ -464,6 +464,10 @@ class LoadedVersion:
         """The chunk records of [start, stop) row ranges, in row order."""
         return [self.record(i) for start, stop in rows for i in range(start, stop)]
 
+    def records_at(self, rows: list[int]) -> list[dict]:
+        """The chunk records of `rows`, in that order."""
+        return [self.record(i) for i in rows]
+
     def nearest(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         """(row, cosine) of the `k` nearest rows, best first. With `allowed` (a boolean mask over rows)
         only those rows are candidates, chosen by FAISS itself through an id selector, so a selective

@@ -41,9 +41,7 @@ class Answer:
     matched_documents: int | None  # documents the filter admits (None without a filter)
 
 
-def _hit(version: ServedVersion, row: int, score: float, ranks: dict[str, int],
-         scores: dict[tuple[str, int], float]) -> dict:
-    rec = version.record(row)
+def _hit(rec: dict, row: int, score: float, ranks: dict[str, int], scores: dict[tuple[str, int], float]) -> dict:
     return {"doc_id": rec["doc_id"], "chunk_id": rec["chunk_id"], "score": score, "text": rec["text"],
             "heading_path": rec.get("heading_path", []), "metadata": rec.get("metadata", {}),
             "vector_rank": ranks.get("vector"), "keyword_rank": ranks.get("keyword"),
@@ -72,8 +70,9 @@ def search(version: ServedVersion, query: str, k: int, mode: str, flt: Filter | 
     scores = {(name, row): score for name, found in lists.items() for row, score in found}
     if mode == "hybrid":
         fused = reciprocal_rank_fusion({name: [row for row, _ in found] for name, found in lists.items()})
-        hits = [_hit(version, f.row, f.score, f.ranks, scores) for f in fused[:k]]
+        ranked = [(f.row, f.score, f.ranks) for f in fused[:k]]
     else:
-        hits = [_hit(version, row, score, {mode: rank}, scores)
-                for rank, (row, score) in enumerate(lists[mode][:k], start=1)]
+        ranked = [(row, score, {mode: rank}) for rank, (row, score) in enumerate(lists[mode][:k], start=1)]
+    records = version.records_at([row for row, _, _ in ranked])  # the hits' records in one read per part
+    hits = [_hit(rec, row, score, ranks, scores) for rec, (row, score, ranks) in zip(records, ranked, strict=True)]
     return Answer(mode, hits, scanned, matched)
