@@ -4,6 +4,7 @@ session's redis-server with real worker and API processes."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -172,9 +173,16 @@ def test_search_cache_is_dropped_on_swap(settings, procs):
     fresh = wait_for(lambda: (r := search(base, "item4")).json()["index_version"] == v2 and r)
     assert fresh.headers["X-Cache"] == "miss" and fresh.json()["hits"][0]["text"].startswith("Replaced")
     # Where the server's time went: the embedding and the rest, measured on a miss, none on a hit.
-    timing = dict(part.strip().split(";dur=") for part in fresh.headers["Server-Timing"].split(","))
-    assert set(timing) == {"embed", "search"} and float(timing["embed"]) > 0 and float(timing["search"]) > 0
-    assert again.headers["Server-Timing"] == "embed;dur=0.00, search;dur=0.00"
+    parts = (part.strip().split(";dur=") for part in fresh.headers["Server-Timing"].split(","))
+    timing = {name: float(dur) for name, dur in parts}
+    assert set(timing) == {"embed", "search", "app"} and timing["embed"] > 0 and timing["search"] > 0
+    # `app`: the whole request inside the application, the route's parts included.
+    assert timing["app"] + 0.01 >= timing["embed"] + timing["search"]  # each rounded to 0.01 ms
+    assert again.headers["Server-Timing"].startswith("embed;dur=0.00, search;dur=0.00, app;dur=")
+    # Every answer says how long the application held it, errors too.
+    for answer in (requests.get(f"{base}/healthz", timeout=10),
+                   requests.get(f"{base}/v1/collections/nosuch", timeout=10)):
+        assert re.fullmatch(r"app;dur=\d+\.\d\d", answer.headers["Server-Timing"]), answer.headers
 
 
 def test_metrics_expose_the_named_series(settings, procs):

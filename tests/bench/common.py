@@ -104,7 +104,7 @@ class LeanClient:
 
 
 def server_timing(resp) -> dict[str, float]:
-    """A search answer's Server-Timing header as seconds by name (`embed`, `search`)."""
+    """An answer's Server-Timing header as seconds by name (`embed`, `search` on a search; `app` on every answer)."""
     return {name.strip(): float(dur) / 1000 for name, dur in
             (part.split(";dur=") for part in resp.headers["Server-Timing"].split(","))}
 

@@ -167,6 +167,14 @@ def run(quick: bool) -> list[dict]:
         row("latency.http_outside_handler_p50", "HTTP time outside the search handler's timed work p50 "
             "(each request's seconds less its Server-Timing embed + search)",
             ms(pct([h - t["embed"] - t["search"] for h, t in zip(http, timings, strict=True)], .5)), "ms", note=note),
+        row("latency.api_app_p50", "the API application's whole request p50 (its Server-Timing `app`: hooks, route, "
+            "serialization)", ms(pct([t["app"] for t in timings], .5)), "ms", note=note),
+        row("latency.api_app_outside_handler_p50", "the application's work outside embed + search p50 (Server-Timing "
+            "`app` less `embed` and `search`: checks, body parsing, headers, serialization)",
+            ms(pct([t["app"] - t["embed"] - t["search"] for t in timings], .5)), "ms", note=note),
+        row("latency.http_outside_app_p50", "HTTP server, loopback and client p50 (each request's seconds less its "
+            "Server-Timing `app`)", ms(pct([h - t["app"] for h, t in zip(http, timings, strict=True)], .5)), "ms",
+            note=note),
         row("latency.inprocess_embed_p50", "in-process query embedding p50 (of the in-process search)",
             ms(pct(local_embeds, .5)), "ms", note=note),
         row("latency.http_floor_p50", "HTTP round trip of GET /healthz p50 (no work)", ms(pct(floor, .5)), "ms",

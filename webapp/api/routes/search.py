@@ -53,8 +53,9 @@ class Search(MethodView):
     @requires("read")  # a POST, but it only reads
     @blp.arguments(SearchQuerySchema())
     @blp.response(200, SearchResultSchema, headers={**VERSION_HEADERS, "Server-Timing": {
-        "description": "where the server's time went, in ms: `embed` (the query's embedding) and `search` "
-                       "(the index, the hits, the answer's shape)", "schema": {"type": "string"}}})
+        "description": "where the server's time went, in ms: `embed` (the query's embedding), `search` "
+                       "(the index, the hits, the answer's shape) and `app` (the whole request in the "
+                       "application, on every answer)", "schema": {"type": "string"}}})
     @blp.alt_response(404, schema=ErrorSchema, description="No such collection, or `version` is not a kept "
                                                            "version (`kept_versions` lists those that are)")
     @blp.alt_response(409, schema=ErrorSchema,
