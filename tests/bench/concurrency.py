@@ -34,8 +34,9 @@ from tests.bench.common import corpus_documents, ms, pct, rebuild, row, stack, s
 
 COLLECTION = "concurrency"
 LEVELS = (1, 4, 16)
-# gunicorn shapes measured: (worker processes, request threads per worker).
-SHAPES = ((1, 8), (2, 4))
+# gunicorn shapes measured: (worker processes, request threads per worker); 2 x 8 is the default
+# (webapp/api/gunicorn_conf.py).
+SHAPES = ((1, 8), (2, 4), (2, 8))
 LUA = Path(__file__).with_name("wrk_search.lua")
 WRK_INSTALL = "wrk is not installed (Debian/Ubuntu: apt-get install -y wrk); the concurrency benchmark needs it"
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}

@@ -36,12 +36,14 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONFIG_ARG = "python:webapp.api.gunicorn_conf"
 
 bind = "127.0.0.1:8000"
-workers = 1
-# Request threads per worker: a search waiting on the embedder does not hold up the others. Event
-# streams get threads of their own on top (see on_starting). Sized by tests/bench/concurrency.py (README
-# "Benchmarks"): on 2 vCPUs one worker with 8 threads served as many searches/s at 16 clients as 2 or 4
-# threads or two workers did, and more than the same searches in one process; a second worker only
-# doubles the memory (the model and the indexes).
+# Worker processes and request threads, sized by tests/bench/concurrency.py (README "Benchmarks"): on
+# 2 vCPUs, run alone, 2 workers (x 4 or x 8 threads) served 1.32x to 1.53x the searches/s of 1 x 8 at
+# 16 clients on three CPUs (Xeon with AMX, Xeon Ice Lake, EPYC Zen 3), about as fast at 1 client: a request's
+# Python work (HTTP, Flask, the answer) holds its process's GIL, so one process cannot keep both cores
+# embedding. Each worker holds its own model and its own anonymous memory; index files are mapped, so
+# their pages are shared. A search waiting on the embedder does not hold up the other threads. Event
+# streams get threads of their own on top (see on_starting).
+workers = 2
 worker_class = "gthread"
 threads = 8
 # A request (a search, a staged batch) never takes this long; a worker stuck past it is replaced.

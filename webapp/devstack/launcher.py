@@ -43,7 +43,7 @@ LAUNCHER_ENV: dict[str, tuple[str, str]] = {
     "SWAPLINE_FLOWER_PORT": ("5555", "Flower port"),
     "SWAPLINE_REDIS_PORT": ("0", "embedded Redis port (0: a free one; with --ha the first of five in a row)"),
     "SWAPLINE_VAR_DIR": ("./var", "embedded Redis data (redis/) and, unless SWAPLINE_DATA_DIR is set, data/"),
-    "SWAPLINE_API_WORKERS": ("1", "gunicorn worker processes (each holds the model and the indexes)"),
+    "SWAPLINE_API_WORKERS": ("2", "gunicorn worker processes (each holds the model and the indexes)"),
     "SWAPLINE_API_THREADS": ("8", "request threads per gunicorn worker (event streams get threads of their own)"),
     "SWAPLINE_WORKER_CONCURRENCY": ("1", "Celery pool processes of the worker"),
     "SWAPLINE_SAMPLE": ("1", "load the sample collection `keps` on first start (0 or --no-sample: skip)"),
