@@ -8,8 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +55,42 @@ def held_lease(client, collection: str, holder: str, fence: int):
 
     client.set(keys.lock(collection), f"{holder}|{fence}", px=60_000)
     return Lease(collection, holder, fence)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A stub server's request handler: no access log on the test's output."""
+
+    def log_message(self, *args):
+        pass
+
+
+class _StubServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A client that hung up (a timeout, a refused redirect, a test's end) is what these tests
+        provoke, not an error: only anything else is printed."""
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
+
+class LocalHTTP:
+    """A stub HTTP server on a free loopback port, serving `handler` (a QuietHandler) on threads of its own
+    until close()."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0,
+                 wrap: Callable[[socket.socket], socket.socket] | None = None):
+        self.http = _StubServer(("127.0.0.1", port), handler)
+        if wrap is not None:  # e.g. TLS around the listening socket
+            self.http.socket = wrap(self.http.socket)
+        self.port = self.http.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
 
 
 def make_services(settings: Settings, client: redis.Redis | None = None,

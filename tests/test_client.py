@@ -10,12 +10,11 @@ import os
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
-from tests.support import BIN, create_collection, free_port, wait_for
+from tests.support import BIN, LocalHTTP, QuietHandler, create_collection, free_port, wait_for
 from webapp.client import ApiError, ApiUnreachable, Client
 
 JOB = {"id": "0" * 32, "kind": "ingest", "collection": "docs", "state": "queued"}
@@ -31,7 +30,7 @@ class FlakyApi:
         self.jobs: list[dict] = []
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 api.seen.append((time.monotonic(), self.path, dict(self.headers)))
@@ -50,17 +49,11 @@ class FlakyApi:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port or 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = LocalHTTP(Handler, port=port or 0)
+        self.url = self.server.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -141,7 +134,7 @@ class LosingProxy:
         self.lost = 0
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
@@ -161,16 +154,11 @@ class LosingProxy:
 
             do_GET = do_POST = do_DELETE = _forward
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LocalHTTP(Handler)
+        self.url = self.server.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 def _ingest_jobs(base: str) -> list[dict]:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
 import pytest
 
+from tests.support import LocalHTTP, QuietHandler
 from webapp.cli.mcp_server import build_server
 from webapp.client import ApiError, Client
 
@@ -36,7 +35,7 @@ class RecordingApi:
         self.lines: list[str] = []
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def answer(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 api.lines.append(self.requestline)
@@ -51,13 +50,8 @@ class RecordingApi:
 
             do_GET = do_POST = do_DELETE = answer
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = LocalHTTP(Handler)
+        self.url = self.server.url
 
     def targets(self) -> list[tuple[str, list[str]]]:
         """(method, raw path segments) of each request."""
@@ -69,8 +63,7 @@ class RecordingApi:
         return out
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import fakeredis
 import pytest
@@ -24,7 +24,7 @@ from shared.settings import Settings
 from shared.store.webhooks import DELIVERED, PENDING
 from shared.webhooks import targets
 from shared.webhooks.delivery import deliver, dispatch
-from tests.support import make_services
+from tests.support import LocalHTTP, QuietHandler, make_services
 
 pytestmark = pytest.mark.security
 
@@ -41,7 +41,7 @@ class Server:
         self.stop = threading.Event()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 server.requests.append({"headers": dict(self.headers), "body": body})
@@ -50,21 +50,12 @@ class Server:
                 except OSError:
                     pass  # the client hung up: what the tests expect of it
 
-            def log_message(self, *args):
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.http.daemon_threads = True
-        if wrap is not None:
-            self.http.socket = wrap(self.http.socket)
-        self.port = self.http.server_address[1]
-        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = LocalHTTP(Handler, wrap=wrap)
+        self.port = self.http.port
 
     def close(self):
         self.stop.set()
-        self.http.shutdown()
-        self.http.server_close()
+        self.http.close()
 
 
 def answer(status: int) -> Callable[[BaseHTTPRequestHandler, threading.Event], None]:

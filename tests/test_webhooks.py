@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -17,7 +15,7 @@ from shared.settings import Settings
 from shared.store.webhooks import DELIVERED, FAILED, PENDING
 from shared.webhooks import targets
 from shared.webhooks.delivery import backoff, deliver, delivery_id, dispatch, sign, verify
-from tests.support import create_collection, ingest_and_rebuild, make_services, wait_for
+from tests.support import LocalHTTP, QuietHandler, create_collection, ingest_and_rebuild, make_services, wait_for
 
 
 class Receiver:
@@ -29,7 +27,7 @@ class Receiver:
         self.requests: list[dict] = []
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.requests.append({"headers": dict(self.headers), "body": body})
@@ -38,17 +36,11 @@ class Receiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = LocalHTTP(Handler)
+        self.url = f"{self.server.url}/hook"
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
