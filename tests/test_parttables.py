@@ -47,7 +47,7 @@ def test_records_read_back_exactly(tmp_path):
     assert [tables.record(i) for i in range(len(records))] == records
     assert tables.records_range(0, len(records)) == records
     # A search's hits: any rows, any order, a row twice; each as record() reads it.
-    assert tables.records_at([4, 0, 2, 0]) == [records[4], records[0], records[2], records[0]]
+    assert tables.records_at([4, 0, 3, 2, 0]) == [records[4], records[0], records[3], records[2], records[0]]
     assert tables.records_at([]) == []
     assert [tables.ids[i].as_py() for i in range(len(tables))] == ["alpha", "mid.txt", "zeta.md"]
     assert tables.find("mid.txt") == 1 and tables.find("mid") is None and tables.find("zz") is None

@@ -43,6 +43,7 @@ RECORDS_SCHEMA = pa.schema([
     pa.field("lines", pa.list_(pa.int32())),
     pa.field("extra", pa.string()),
 ])
+_VALUE_COLUMNS = tuple(name for name in RECORDS_SCHEMA.names if name != "doc")
 DOCUMENTS_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("type", pa.string(), nullable=False),
@@ -330,10 +331,11 @@ class PartTables:
         return self._records({name: self.records[name][start:stop].to_pylist() for name in RECORDS_SCHEMA.names})
 
     def records_at(self, local_rows: list[int]) -> list[dict]:
-        """The chunk records of `local_rows`, in that order: one take per column for all of them (a
-        search's hits), not a slice per row."""
-        at = pa.array(local_rows, type=pa.int64())
-        return self._records({name: self.records[name].take(at).to_pylist() for name in RECORDS_SCHEMA.names})
+        """The chunk records of `local_rows`, in that order (a search's hits): each value read on its own,
+        which for a handful of rows costs half of a take and a list conversion per column (and a third
+        less than a slice per row)."""
+        columns = {name: [self.records[name][r].as_py() for r in local_rows] for name in _VALUE_COLUMNS}
+        return self._records({"doc": self.row_doc[local_rows].tolist(), **columns})
 
     def _records(self, columns: dict[str, list]) -> list[dict]:
         """Records from the records table's columns, read as Python lists, each with its document's id,
