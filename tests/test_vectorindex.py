@@ -167,7 +167,10 @@ def test_many_lists_train_in_two_levels_about_as_well_as_in_one():
     nlist = TWO_LEVEL_FROM  # the fewest lists that take the two-level path, 60 rows each as ivf_lists gives
     vectors = source.vectors(0, 60 * nlist)
     sample = vectors[training_rows(len(vectors), nlist)]
-    queries, _ = source.queries(np.arange(200), len(vectors), QUERY_COSINES)
+    # 1,000 queries: with 200, recall at nprobe 16 moved by up to 0.016 with the thread count alone (FAISS's
+    # k-means sums in thread order) and FAISS's own draw came out 0.016 over its 1,000-query value, so
+    # the 0.03 margin was met or missed by chance (0.7005 against 0.731 in one CI run on an EPYC Zen 3).
+    queries, _ = source.queries(np.arange(1000), len(vectors), QUERY_COSINES)
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
     _, truth = exact.search(queries, 10)
