@@ -3,6 +3,14 @@ started), an empty database for every test, settings pointing at both, and proce
 
 from __future__ import annotations
 
+import os
+
+# OpenMP threads (FAISS's) that wait for work sleep instead of spinning, in this session and in the
+# processes its tests start: the suite runs more processes than the 2 cores, and spinning teams took
+# CPU from the rest (the 50k-row PQ4 recall test beside two busy processes: 58-64 s spinning, 39-42 s
+# sleeping). Read when libgomp loads, so set before anything imports faiss.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from pathlib import Path
 
 import fakeredis
