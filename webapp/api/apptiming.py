@@ -25,7 +25,7 @@ def init_app(app: Flask) -> None:
         def stamped(status, headers, exc_info=None):
             entry = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
             for i, (name, value) in enumerate(headers):
-                if name.lower() == "server-timing":
+                if name.lower() == HEADER.lower():
                     headers[i] = (name, f"{value}, {entry}")
                     break
             else:
