@@ -1,7 +1,7 @@
 """Which all-MiniLM-L6-v2 runtime is fastest on this host, measured once and recorded.
 
 With SWAPLINE_EMBEDDER=minilm the first worker on a host runs every candidate runtime (torch fp32, torch
-bf16 where the CPU computes bf16 natively, ONNX fp32, ONNX int8) on the committed texts of
+bf16 where the CPU computes bf16 natively, ONNX fp32, ONNX int8, ONNX 8-bit blockwise weights) on the committed texts of
 `calibration_set.json`: the chunks embedded as ingest embeds them, at the worker's thread count
 (throughput), and each labelled query embedded alone at the API's thread count (latency), the candidates
 interleaved call by call. A candidate is
@@ -52,9 +52,9 @@ log = logging.getLogger(__name__)
 
 SET_FILE = Path(__file__).with_name("calibration_set.json")
 REFERENCE = "minilm-torch"
-CANDIDATES = (REFERENCE, TORCH_BF16, "minilm-onnx", "minilm-onnx-int8")
+CANDIDATES = (REFERENCE, TORCH_BF16, "minilm-onnx", "minilm-onnx-int8", "minilm-onnx-w8")
 # Raised whenever what is measured or how the choice is made changes, so every host calibrates again.
-REVISION = 1
+REVISION = 2  # 2: ONNX w8 became a candidate
 COSINE_FLOOR = 0.999
 HITS_SLACK = 0.01  # one point of hits@5
 # Alternating passes over the chunks, best kept: a busy neighbour only ever slows a pass.

@@ -30,9 +30,10 @@ from shared.storage import Storage
 # torch, 2.3x torch's worker throughput, one query 3.4 ms p50 (torch 8.4). int8 is faster (4.3x, 0.8 ms)
 # but falls a query behind in hybrid search (45/48, 2 points), and its vectors move with their batch
 # mates (dynamic activation scales), so one text does not always embed to the same vector; it stays
-# selectable as "minilm-onnx-int8".
+# selectable as "minilm-onnx-int8". "minilm-onnx-w8" (8-bit weights in blocks, shared/index/onnxembed.py)
+# keeps fp32's vectors within cosine 0.999 and is faster than fp32 on one query; calibration decides.
 MINILM_DEFAULT = "minilm-onnx"
-ONNX_VARIANTS = {"minilm-onnx": "fp32", "minilm-onnx-int8": "int8"}
+ONNX_VARIANTS = {"minilm-onnx": "fp32", "minilm-onnx-int8": "int8", "minilm-onnx-w8": "w8"}
 TORCH_BF16 = "minilm-torch-bf16"
 # CPU flags (/proc/cpuinfo) under which bfloat16 matrix maths runs natively; elsewhere torch emulates it,
 # slower than fp32, so bf16 is neither calibrated nor accepted there.

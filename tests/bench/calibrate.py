@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from shared.index import calibration
-from shared.index.onnxembed import exported_model
+from shared.index.onnxembed import VARIANTS, exported_model
 from shared.settings import load_settings
 from tests.bench.embed import MODELS_DIR
 
@@ -29,7 +29,7 @@ from tests.bench.embed import MODELS_DIR
 def measure(passes: int = calibration.PASSES, chunks: int | None = None) -> tuple[dict, float]:
     """A calibration record measured in a temporary data dir, and its seconds."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for variant in ("fp32", "int8"):
+    for variant in VARIANTS:
         exported_model(MODELS_DIR, variant)
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(os.environ).with_(data_dir=Path(tmp))

@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from shared.index.embedders import MiniLMEmbedder
-from shared.index.onnxembed import OnnxMiniLMEmbedder
+from shared.index.onnxembed import VARIANTS, OnnxMiniLMEmbedder
 from shared.settings import Settings
 from tests.bench.search_modes import ARTIFACTS, build_version, corpus_records, embed_cached, hits_at_5, load_queries
 
 QUICK_SIGS = {"sig-scheduling", "sig-storage", "sig-instrumentation"}
-VARIANTS = ("fp32", "int8")
 MODELS_DIR = ARTIFACTS / "bench-models"
 
 
