@@ -242,6 +242,29 @@ def wait_served(base: str, collection: str, version: int, timeout: float = 300.0
              timeout=timeout, interval=0.2, message=f"{base} to serve version {version}")
 
 
+def api_query_embedder(base: str, settings: Settings, timeout: float = 300.0):
+    """In this process, the runtime the API at `base` embeds queries with, at the API's thread count: an
+    in-process figure compared with the API's must embed as the API does. With SWAPLINE_EMBEDDER=minilm
+    that is the host's calibrated choice, once the API has switched to it (every /readyz answer of
+    several in a row, so each worker process behind `base` has)."""
+    from shared.index.embedders import make_embedder, make_runtime
+    from tests.support import wait_for
+
+    if settings.embedder != "minilm":
+        return make_embedder(settings, threads=settings.api_torch_threads)
+    seen: list[str | None] = []
+
+    def settled() -> str | None:
+        status = requests.get(f"{base}/readyz", timeout=30).json()["checks"]["embedder"]
+        recorded = status["calibration"]["state"] == "recorded"
+        seen.append(status["runtime"] if recorded and status["runtime"] == status["calibration"]["query"] else None)
+        last = seen[-6:]
+        return last[0] if len(last) == 6 and last[0] is not None and len(set(last)) == 1 else None
+
+    runtime = wait_for(settled, timeout=timeout, interval=0.5, message="the API's calibrated query runtime")
+    return make_runtime(str(runtime), settings, settings.api_torch_threads)
+
+
 def reset_commandstats(client: redis.Redis) -> None:
     client.config_resetstat()
 

@@ -30,7 +30,18 @@ import time
 from pathlib import Path
 
 from shared.settings import Settings
-from tests.bench.common import corpus_documents, ms, pct, rebuild, row, stack, submit, wait_all, wait_served
+from tests.bench.common import (
+    api_query_embedder,
+    corpus_documents,
+    ms,
+    pct,
+    rebuild,
+    row,
+    stack,
+    submit,
+    wait_all,
+    wait_served,
+)
 
 COLLECTION = "concurrency"
 LEVELS = (1, 4, 16)
@@ -102,12 +113,10 @@ def inprocess_level(search, texts: list[str], threads: int, seconds: float) -> d
     return {"rps": len(every) / spent, "p50": pct(every, .5), "p99": pct(every, .99), "failed": 0}
 
 
-def _inprocess_search(settings: Settings, version: int):
-    from shared.index.embedders import make_embedder
+def _inprocess_search(settings: Settings, version: int, embedder):
     from shared.index.parts import open_version
     from shared.storage import Storage
 
-    embedder = make_embedder(settings, threads=settings.api_torch_threads)
     loaded = open_version(Storage(settings.data_dir).version_dir(COLLECTION, version), version)
     loaded.warm()
     embedder.embed(["warm"])
@@ -131,8 +140,11 @@ def measure(files: int, seconds: float, shapes=SHAPES, levels=LEVELS, rounds: in
         wait_all(base, [submit(base, COLLECTION, corpus_documents(files))["id"]], timeout=900)
         job = rebuild(base, COLLECTION, timeout=300)
         version, vectors = job["result"]["version"], job["result"]["vectors"]
+        # The API's query runtime (calibrated on this host), in this process too; the shapes' APIs below
+        # start with the record in place and embed with it from their first search.
+        embedder = api_query_embedder(base, running.settings)
+        search = _inprocess_search(running.settings, version, embedder)
         running.apis.pop()[0].stop()  # each shape gets its own API below
-        search = _inprocess_search(running.settings, version)
         texts = queries(200_000)
         query_file = running.workdir / "queries.txt"
         query_file.write_text("\n".join(json.dumps({"query": t, "k": 10, "mode": "vector"}) for t in texts) + "\n")
@@ -154,7 +166,8 @@ def measure(files: int, seconds: float, shapes=SHAPES, levels=LEVELS, rounds: in
                 for name, api_base in apis.items():
                     runs.setdefault((name, clients), []).append(http_level(api_base, query_file, clients, seconds))
         results = {key: {k: statistics.median(r[k] for r in got) for k in got[0]} for key, got in runs.items()}
-    note = (f"{vectors} chunks of {files} KEP files, all-MiniLM-L6-v2 ({settings.embedder}), vector mode, k=10, "
+    note = (f"{vectors} chunks of {files} KEP files, all-MiniLM-L6-v2 ({settings.embedder}: queries on "
+            f"{embedder.model_id.rsplit('/', 1)[-1]}), vector mode, k=10, "
             f"distinct queries, result cache off, {seconds:.0f} s a point, median of {rounds} interleaved "
             f"round(s), wrk over loopback")
     return results, note

@@ -21,6 +21,7 @@ import requests
 from shared.settings import Settings
 from tests.bench.common import (
     LeanClient,
+    api_query_embedder,
     corpus_documents,
     ms,
     pct,
@@ -88,11 +89,11 @@ def _requests_latencies(base: str, queries: list[str]) -> list[float]:
     return out
 
 
-def _inprocess_search(settings: Settings, version: int):
-    """One search as the API runs it, minus HTTP: query embedding + FAISS over the served version."""
+def _inprocess_search(settings: Settings, version: int, embedder):
+    """One search as the API runs it, minus HTTP: query embedding (`embedder`, the API's runtime) + FAISS
+    over the served version."""
     import faiss
 
-    from shared.index.embedders import make_embedder
     from shared.index.parts import open_version
     from shared.storage import Storage
     from webapp.api.runtime import FAISS_THREADS
@@ -100,7 +101,6 @@ def _inprocess_search(settings: Settings, version: int):
     # FAISS's threads as an API process sets them: with the default (one per core) the idle team spun
     # after each search here and took a core from the API's next request.
     faiss.omp_set_num_threads(FAISS_THREADS)
-    embedder = make_embedder(settings, threads=settings.api_torch_threads)
     loaded = open_version(Storage(settings.data_dir).version_dir(COLLECTION, version), version)
     loaded.warm()
     embedder.embed(["warm"])
@@ -144,12 +144,14 @@ def run(quick: bool) -> list[dict]:
         wait_served(base, COLLECTION, version)
         queries = _queries(3 * n_queries + 10)
         _http_latencies(base, queries[:10], "vector")  # warm the process (model load, connections)
-        search = _inprocess_search(running.settings, version)
+        embedder = api_query_embedder(base, running.settings)
+        search = _inprocess_search(running.settings, version, embedder)
         http, local, timings, local_embeds = _interleaved(base, search, queries[10:n_queries + 10])
         hybrid = _http_latencies(base, queries[n_queries + 10:2 * n_queries + 10], "hybrid")
         through_requests = _requests_latencies(base, queries[2 * n_queries + 10:])
         floor = _http_floor(base, n_queries)
-    note = (f"{vectors} chunks of {files} KEP files, all-MiniLM-L6-v2 ({settings.embedder}, 1 thread), "
+    note = (f"{vectors} chunks of {files} KEP files, all-MiniLM-L6-v2 ({settings.embedder}: queries on "
+            f"{embedder.model_id.rsplit('/', 1)[-1]}, 1 thread), "
             f"{n_queries} distinct queries, HTTP (one keep-alive http.client connection) and in-process "
             f"interleaved, result cache off; ingest took "
             f"{ingest_s:.0f} s")
