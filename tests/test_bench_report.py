@@ -8,7 +8,7 @@ import json
 from tests.bench import MODULES
 from tests.bench.__main__ import run_module
 from tests.bench.common import row
-from tests.bench.report import machine, markdown, verdict, write_results
+from tests.bench.report import machine, markdown, value_text, verdict, write_results
 
 
 def test_verdict_follows_the_target():
@@ -17,6 +17,14 @@ def test_verdict_follows_the_target():
     assert verdict(row("a", "a", 0.96, "fraction", (">=", 0.95))) == "pass"
     assert verdict(row("a", "a", 3.0, "ms")) == ""
     assert verdict(row("a", "a", None, "x", ("<=", 1.0))) == "n/a"
+
+
+def test_values_keep_the_digits_that_matter():
+    assert value_text({"value": 0.99954, "unit": "fraction"}) == "0.99954"  # a cosine just above a 0.999 floor
+    assert value_text(row("a", "a", 0.7292, "fraction")) == "0.7292"
+    assert value_text(row("a", "a", 1.6177, "x")) == "1.62"
+    assert value_text(row("a", "a", 12345.6, "ms")) == "12,346"
+    assert value_text(row("a", "a", None, "ms")) == "-"
 
 
 def test_a_missing_module_is_an_error_row_and_the_run_goes_on():

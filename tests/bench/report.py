@@ -48,17 +48,21 @@ def _target_text(r: dict) -> str:
     return f"{target['op']} {target['value']:g}" if target else ""
 
 
-def _value_text(r: dict) -> str:
+def value_text(r: dict) -> str:
+    """A row's value as the table shows it; fractions (cosines, recall) with five digits, so 0.99954 is
+    not shown as 1."""
     value = r.get("value")
     if value is None:
         return "-"
+    if r.get("unit") == "fraction":
+        return f"{value:.5g}"
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
 
 
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'measurement':<62} {'value':>10} {'unit':<9} {'target':<9} result")
     for r in rows:
-        print(f"{r['label'][:62]:<62} {_value_text(r):>10} {r['unit']:<9} {_target_text(r):<9} {verdict(r)}")
+        print(f"{r['label'][:62]:<62} {value_text(r):>10} {r['unit']:<9} {_target_text(r):<9} {verdict(r)}")
         if r.get("error"):
             print(f"    {r['note']}")
 
@@ -86,7 +90,7 @@ def markdown(rows: list[dict], info: dict, date: str, total: float, dates: dict 
     ]
     for r in rows:
         note = str(r.get("note", "")).replace("|", "/")
-        lines.append(f"| {r['label']} | {_value_text(r)} | {r['unit']} | {_target_text(r)} | {verdict(r)} | {note} |")
+        lines.append(f"| {r['label']} | {value_text(r)} | {r['unit']} | {_target_text(r)} | {verdict(r)} | {note} |")
     lines += [
         "",
         "Search latency over HTTP across a rebuild and swap (the million-vector collection):",
