@@ -119,7 +119,8 @@ def test_every_api_start_reads_the_one_gunicorn_config(model):
     assert api_command[api_command.index("-c") + 1] == GUNICORN_CONFIG
     for command in (model["services"]["api"]["command"], api_command):
         assert not {"--worker-class", "--timeout", "--graceful-timeout"} & set(command)
-    assert gunicorn_conf.worker_class == "gthread" and gunicorn_conf.timeout > gunicorn_conf.graceful_timeout
+    assert gunicorn_conf.worker_class == "webapp.api.gworker.KeepAliveThreadWorker"
+    assert gunicorn_conf.timeout > gunicorn_conf.graceful_timeout
 
 
 def _queues(command: list[str]) -> list[str]:

@@ -44,7 +44,9 @@ bind = "127.0.0.1:8000"
 # their pages are shared. A search waiting on the embedder does not hold up the other threads. Event
 # streams get threads of their own on top (see on_starting).
 workers = 2
-worker_class = "gthread"
+# gunicorn's threaded worker, a request thread staying on a keep-alive connection whose next request
+# follows at once (webapp/api/gworker.py).
+worker_class = "webapp.api.gworker.KeepAliveThreadWorker"
 threads = 8
 # A request (a search, a staged batch) never takes this long; a worker stuck past it is replaced.
 timeout = 120
