@@ -52,4 +52,7 @@ class KeepAliveThreadWorker(ThreadWorker):
             return False
         if conn.parser.unreader.buf.getvalue():
             return True
-        return bool(select.select([conn.sock], [], [], LINGER_SECONDS)[0])
+        try:
+            return bool(select.select([conn.sock], [], [], LINGER_SECONDS)[0])
+        except (OSError, ValueError):  # the socket went away: gunicorn's own path closes the connection
+            return False
