@@ -1,13 +1,13 @@
 """Which all-MiniLM-L6-v2 runtime is fastest on this host, measured once and recorded.
 
 With SWAPLINE_EMBEDDER=minilm the first worker on a host runs every candidate runtime (torch fp32, torch
-bf16 where the CPU computes bf16 natively, ONNX fp32, ONNX int8, ONNX 8-bit blockwise weights) on the committed texts of
-`calibration_set.json`: the chunks embedded as ingest embeds them, at the worker's thread count
-(throughput), and each labelled query embedded alone at the API's thread count (latency), the candidates
-interleaved call by call. A candidate is
-kept when its vectors stay within cosine COSINE_FLOOR of torch fp32 on every text and its hits@5 on the
-labelled queries (exact search over the set's chunks) stay within HITS_SLACK of torch fp32's; of those,
-the fastest for throughput embeds ingest and the fastest for one query embeds queries.
+bf16 where the CPU computes bf16 natively, ONNX fp32, ONNX int8, ONNX w8: 8-bit weights in blocks) on
+the committed texts of `calibration_set.json`: the chunks embedded as ingest embeds them, at the
+worker's thread count (throughput), and each labelled query embedded alone at the API's thread count
+(latency), the candidates interleaved call by call. A candidate is kept when its vectors stay within
+cosine COSINE_FLOOR of torch fp32 on every text and its hits@5 on the labelled queries (exact search
+over the set's chunks) stay within HITS_SLACK of torch fp32's; of those, the fastest for throughput
+embeds ingest and the fastest for one query embeds queries.
 
 The record is written atomically to `<data_dir>/calibration/<key>.json`, the key a digest of what the
 figures depend on (CPU model and flags, thread counts, package versions, the texts), under a file lock,
