@@ -6,7 +6,7 @@ from flask import Flask
 
 from shared.logs import configure_logging
 from shared.settings import Settings, load_settings
-from webapp.api import apptiming, auth, jsonbody, requestid
+from webapp.api import apptiming, auth, jsonbody, requestid, searchlane
 from webapp.api.errors import Api
 from webapp.api.metrics import Metrics
 from webapp.api.routes import (
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for module in API_BLUEPRINTS:
         api.register_blueprint(module.blp)
     app.register_blueprint(admin.blp)  # HTML, not part of the OpenAPI document
+    searchlane.init_app(app)  # plain searches answered beside Flask's request machinery
     apptiming.init_app(app)  # around everything above: Server-Timing `app`
     swapline.start(app)
     return app

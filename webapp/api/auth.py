@@ -239,12 +239,17 @@ def basic_allowed() -> bool:
 
 
 def _presented_key() -> str | None:
-    header = request.headers.get("Authorization", "")
+    return presented_key(request.headers.get("Authorization", ""), basic_allowed())
+
+
+def presented_key(header: str, basic: bool) -> str | None:
+    """The key an Authorization header's value carries: a Bearer token, or with `basic` (where Basic
+    counts) the password of Basic credentials."""
     scheme, _, value = header.partition(" ")
     scheme, value = scheme.lower(), value.strip()
     if scheme == "bearer" and value:
         return value
-    if scheme == "basic" and value and basic_allowed():
+    if scheme == "basic" and value and basic:
         try:
             _, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
@@ -435,10 +440,34 @@ def check_host() -> None:
     """An API without keys answers only requests addressed to it by a loopback name or an allowed host:
     a page on another site that re-binds its own name to 127.0.0.1 sends its own name as the Host."""
     host = host_of(request.host)
-    allowed = current_app.extensions["swapline_allowed_hosts"]
-    if not is_loopback(host) and host not in allowed:
+    if not host_allowed(host, current_app.extensions["swapline_allowed_hosts"]):
         abort(403, code="host_refused", message=f"this API has no keys and answers only loopback hosts; "
                                                 f"{host!r} is not one (SWAPLINE_ALLOWED_HOSTS adds names)")
+
+
+def host_allowed(host: str, allowed: set[str]) -> bool:
+    """Whether an API without keys answers a request addressed to `host` (see check_host)."""
+    return is_loopback(host) or host in allowed
+
+
+def plain_principal(app: Flask, authorization: str, host: str | None, client: str, collection: str,
+                    role: str) -> Principal | None:
+    """The caller of a request that needs `role` on `collection`, when this hook would let it in without a
+    word: a known Bearer key with that role there (its address not throttled), or an API without keys
+    addressed to an allowed host. None otherwise: then `authenticate` must see the request, since only it
+    refuses, throttles, counts failures and logs them (webapp.api.searchlane hands such requests on)."""
+    ring: KeyRing = app.extensions["swapline_auth"]
+    if ring.open:
+        if app.extensions["swapline_auth_mode"] == "open":
+            return OPEN
+        allowed = host is not None and host_allowed(host_of(host), app.extensions["swapline_allowed_hosts"])
+        return OPEN if allowed else None
+    key = presented_key(authorization, basic=False)
+    if key is None or app.extensions["swapline_auth_failures"].wait(client):
+        return None
+    found = ring.principal_of(key)
+    have = None if found is None else found.role_on(collection)
+    return found if have is not None and RANK[have] >= RANK[role] else None
 
 
 def principal() -> Principal | None:

@@ -85,7 +85,7 @@ def check_json_body() -> None:
     if not raw:
         return
     try:
-        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = loads(raw)
     except _NotJSON as exc:
         abort(422, code="invalid", message=f"the body is not valid JSON: {exc} (NaN and Infinity are not JSON)")
     except RecursionError:
@@ -94,9 +94,20 @@ def check_json_body() -> None:
         return  # malformed: the view's body parser answers 400
     except ValueError as exc:  # e.g. an integer literal longer than Python converts
         abort(400, code="bad_request", message=f"the body is not valid JSON: {str(exc)[:200]}")
-    if any(escape in raw for escape in SURROGATE_ESCAPES) and _lone_surrogate(value):
+    if lone_surrogate_in(raw, value):
         abort(422, code="invalid", message="the body holds a string with a lone UTF-16 surrogate (such as "
                                            "\\ud800), which is not valid Unicode text")
+
+
+def loads(raw: bytes | str):
+    """The body's value; ValueError (a subclass for NaN/Infinity and overflowing numbers, which JSON does
+    not have) or RecursionError when it is not JSON that round-trips."""
+    return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def lone_surrogate_in(raw: bytes, value) -> bool:
+    """Whether `value`, parsed from `raw`, holds a string with a lone surrogate (only an escape makes one)."""
+    return any(escape in raw for escape in SURROGATE_ESCAPES) and _lone_surrogate(value)
 
 
 def init_app(app: Flask) -> None:

@@ -27,6 +27,7 @@ from shared.tasknames import QUEUES
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 JOBS_SCANNED = 10_000
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SEARCH_ENDPOINT = "search.Search"
 
 
 class RedisCollector:
@@ -127,13 +128,18 @@ class Metrics:
     def _finish(self, response):
         started = g.pop("swapline_started", None)
         if started is not None and request.url_rule is not None and request.url_rule.rule != "/metrics":
-            elapsed = time.perf_counter() - started
-            route = request.url_rule.rule
-            self.request_seconds.labels(request.method, route, str(response.status_code)).observe(elapsed)
-            if request.endpoint == "search.Search" and response.status_code == 200:
-                self.search_seconds.labels(request.view_args.get("name", ""),
-                                           response.headers.get("X-Cache", "miss")).observe(elapsed)
+            searched = request.view_args.get("name", "") if request.endpoint == SEARCH_ENDPOINT else None
+            self.observe(request.method, request.url_rule.rule, response.status_code,
+                         time.perf_counter() - started, searched, response.headers.get("X-Cache", "miss"))
         return response
+
+    def observe(self, method: str, route: str, status: int, elapsed: float, searched: str | None = None,
+                cache: str = "miss") -> None:
+        """One answered request: its latency by route and status, and a search's by collection
+        (`searched`) and result cache when it answered 200."""
+        self.request_seconds.labels(method, route, str(status)).observe(elapsed)
+        if searched is not None and status == 200:
+            self.search_seconds.labels(searched, cache).observe(elapsed)
 
     def _scrape_registry(self) -> CollectorRegistry:
         if not self.multiprocess_dir:

@@ -23,9 +23,13 @@ def init_app(app: Flask) -> None:
 
 def current() -> str:
     if "request_id" not in g:
-        sent = request.headers.get(HEADER, "")
-        g.request_id = sent if ACCEPTED.match(sent) else uuid.uuid4().hex
+        g.request_id = of_request(request.headers.get(HEADER, ""))
     return g.request_id
+
+
+def of_request(sent: str) -> str:
+    """The request's id: the one the client sent (`sent`, the header's value) when usable, else a new one."""
+    return sent if ACCEPTED.match(sent) else uuid.uuid4().hex
 
 
 def _begin() -> None:

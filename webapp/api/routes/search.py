@@ -72,26 +72,33 @@ class Search(MethodView):
         While Redis is unreachable, a collection this process serves is still searched, from memory, and
         the answer carries `X-Swapline-Degraded: redis-unavailable` (only submissions, job status and
         events need Redis)."""
-        rt = swapline.runtime
-        degraded, default_mode = redis_down(name)
-        body = {**body, "mode": body.get("mode") or default_mode or DEFAULT_MODE}
-        # A refusal (RequestRefused: 422 past a bound or for a bad filter, 409 when the index cannot
-        # answer) propagates to the one handler in webapp.api.errors.
-        wanted = SearchRequest.from_body(body, rt.settings)
-        # One reference: a swap after this line does not affect this query. A pinned version has its
-        # own result cache, so its answers never come back for the served version's.
-        served = read_version(name, body.get("version"))
-        if served is None:
-            found = nothing_served(wanted)
-        else:
-            found = search_version(served.version, served.cache, wanted, rt.svc.embedder)
-        headers = {"X-Index-Version": "" if found.version is None else str(found.version),
-                   "X-Cache": "hit" if found.cached else "miss", "Server-Timing": found.server_timing(),
-                   **version_headers(found.version)}
-        if degraded:
-            headers[DEGRADED_HEADER] = "redis-unavailable"
-        # Whether source files changed since indexed is checked now, never cached: on copies.
-        marked = None if degraded else mark_stale(rt.svc.sources, rt.settings, name, found.result["hits"])
-        result = found.result if marked is None else {**found.result, "hits": marked}
+        text, headers = answer(name, body)
         # Written directly: the schema describes this answer in the OpenAPI document (webapp.api.schemas.search).
-        return current_app.response_class(search_body(result), mimetype="application/json"), 200, headers
+        return current_app.response_class(text, mimetype="application/json"), 200, headers
+
+
+def answer(name: str, body: dict) -> tuple[str, dict[str, str]]:
+    """A 200 search answer's JSON and headers (beyond Content-Type), for a body as SearchQuerySchema loads
+    it: the view above and the fast lane (webapp.api.searchlane) both answer with it. A refusal raises
+    (an HTTPException, or RequestRefused: 422 past a bound or for a bad filter, 409 when the index
+    cannot answer), for the one handler in webapp.api.errors."""
+    rt = swapline.runtime
+    degraded, default_mode = redis_down(name)
+    body = {**body, "mode": body.get("mode") or default_mode or DEFAULT_MODE}
+    wanted = SearchRequest.from_body(body, rt.settings)
+    # One reference: a swap after this line does not affect this query. A pinned version has its
+    # own result cache, so its answers never come back for the served version's.
+    served = read_version(name, body.get("version"))
+    if served is None:
+        found = nothing_served(wanted)
+    else:
+        found = search_version(served.version, served.cache, wanted, rt.svc.embedder)
+    headers = {"X-Index-Version": "" if found.version is None else str(found.version),
+               "X-Cache": "hit" if found.cached else "miss", "Server-Timing": found.server_timing(),
+               **version_headers(found.version)}
+    if degraded:
+        headers[DEGRADED_HEADER] = "redis-unavailable"
+    # Whether source files changed since indexed is checked now, never cached: on copies.
+    marked = None if degraded else mark_stale(rt.svc.sources, rt.settings, name, found.result["hits"])
+    result = found.result if marked is None else {**found.result, "hits": marked}
+    return search_body(result), headers
