@@ -213,3 +213,15 @@ def test_plain_bodies_load_as_the_schema_loads_them():
                  {"query": "x", "group_by": "chunk"}, {"query": "x", "filter": []}, {"query": "x", "max_tokens": 0},
                  {"query": "x", "version": True}, "x", None]:
         assert plain(body) is None, body
+
+
+def test_a_field_the_plain_loader_does_not_know_is_refused_when_built():
+    from marshmallow import Schema, fields
+
+    class Wider(Schema):
+        query = fields.String()
+        ratio = fields.Float()
+        k = fields.Integer()  # not strict: "3" would load as 3
+
+    with pytest.raises(TypeError, match=r"\['ratio', 'k'\]"):
+        PlainBody(Wider())

@@ -49,19 +49,17 @@ JSON_TYPE = "application/json"
 
 class PlainBody:
     """What `schema` loads from a JSON value whose fields are all of its declared JSON types and pass its
-    validators; None for anything else (which the schema itself then answers). Knows String, Integer
-    (strict) and Dict fields with String keys and any values; a schema with any other field is refused when built."""
+    validators; None for anything else (which the schema itself then answers). Knows String, strict
+    Integer and Dict (String keys, any values) fields loaded under their own names; a schema with any
+    other field is refused when built."""
 
     def __init__(self, schema: Schema):
         self.fields = dict(schema.fields)
+        unknown = [name for name, field in self.fields.items() if not _known(field)]
+        if unknown:
+            raise TypeError(f"PlainBody does not know the fields {unknown} of {type(schema).__name__}")
         self.defaults = {name: f.load_default for name, f in self.fields.items() if f.load_default is not missing}
         self.required = {name for name, f in self.fields.items() if f.required}
-        for name, field in self.fields.items():
-            if callable(field.load_default) or not isinstance(field, fields.String | fields.Integer | fields.Dict) or (
-                    isinstance(field, fields.Integer) and not field.strict) or (
-                    isinstance(field, fields.Dict) and (not isinstance(field.key_field, fields.String | None)
-                                                          or field.value_field is not None)):
-                raise TypeError(f"PlainBody does not know field {name!r} ({type(field).__name__})")
 
     def __call__(self, value: object) -> dict | None:
         if type(value) is not dict or not self.required <= value.keys() or not value.keys() <= self.fields.keys():
@@ -80,6 +78,16 @@ class PlainBody:
             except ValidationError:
                 return None
         return {**self.defaults, **value}
+
+
+def _known(field: fields.Field) -> bool:
+    if field.data_key is not None or field.attribute is not None or callable(field.load_default):
+        return False
+    if isinstance(field, fields.Integer):
+        return field.strict
+    if isinstance(field, fields.Dict):
+        return isinstance(field.key_field, fields.String | None) and field.value_field is None
+    return isinstance(field, fields.String)
 
 
 def _of_type(field: fields.Field, item: object) -> bool:
