@@ -45,6 +45,13 @@ def test_search_body_is_the_schema_dump(result):
     assert json.loads(search_body(result)) == json.loads(json.dumps(SearchResultSchema().dump(result)))
 
 
+def test_search_body_writes_what_orjson_refuses():
+    # JSON has no integer limit and a client may store one past 64 bits in a document's metadata.
+    result = {"index_version": 1, "mode": "vector", "scanned": 1, "matched_documents": None,
+              "hits": [_hit(0, metadata={"big": 2**70, "text": "é"})]}
+    assert json.loads(search_body(result))["hits"][0]["metadata"] == {"big": 2**70, "text": "é"}
+
+
 def test_search_body_refuses_what_json_cannot_hold():
     with pytest.raises(TypeError):
         search_body({"hits": [{"doc_id": "d", "metadata": {"x": object()}}]})

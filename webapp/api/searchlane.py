@@ -124,14 +124,13 @@ class SearchLane:
             token = logs.bind(request_id=request_id, collection=name)
             try:
                 with self.app.app_context():
-                    text, headers = answer(name, body)
+                    data, headers = answer(name, body)
             except (HTTPException, RequestRefused):
                 pass  # a refusal: Flask writes it
             except Exception:
                 log.warning("event=search.lane_failed collection=%s message=%r", name,
                             "the search is handed to the full request path", exc_info=True)
             else:
-                data = text.encode()
                 start_response("200 OK", [("Content-Type", JSON_TYPE), ("Content-Length", str(len(data))),
                                           *headers.items(), (requestid.HEADER, request_id)])
                 self.metrics.observe("POST", self.route, 200, time.perf_counter() - started, name,

@@ -72,12 +72,12 @@ class Search(MethodView):
         While Redis is unreachable, a collection this process serves is still searched, from memory, and
         the answer carries `X-Swapline-Degraded: redis-unavailable` (only submissions, job status and
         events need Redis)."""
-        text, headers = answer(name, body)
+        data, headers = answer(name, body)
         # Written directly: the schema describes this answer in the OpenAPI document (webapp.api.schemas.search).
-        return current_app.response_class(text, mimetype="application/json"), 200, headers
+        return current_app.response_class(data, mimetype="application/json"), 200, headers
 
 
-def answer(name: str, body: dict) -> tuple[str, dict[str, str]]:
+def answer(name: str, body: dict) -> tuple[bytes, dict[str, str]]:
     """A 200 search answer's JSON and headers (beyond Content-Type), for a body as SearchQuerySchema loads
     it: the view above and the fast lane (webapp.api.searchlane) both answer with it. A refusal raises
     (an HTTPException, or RequestRefused: 422 past a bound or for a bad filter, 409 when the index

