@@ -2,8 +2,9 @@
 machinery when the request is plain, with the answer the route gives (`webapp.api.routes.search.answer`).
 
 A search's own work is the query's embedding and the index; around it, Flask's request context, the
-URL map, five hooks, webargs and marshmallow cost more Python per request than the rest of the
-application (measured in tests/bench/latency.py and concurrency.py, README "The search path"). The
+URL map, the request hooks, webargs and marshmallow cost more Python per request than the rest of the
+application (README "The search route's fast lane" has the figures of tests/bench/latency.py and
+concurrency.py before and after). The
 lane checks what those hooks check, the same functions doing it where they can, and answers only a
 request that every check lets through unchanged:
 
@@ -29,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+import redis
 from flask import Flask
 from marshmallow import Schema, ValidationError, fields, missing
 from werkzeug.exceptions import HTTPException
@@ -125,8 +127,8 @@ class SearchLane:
             try:
                 with self.app.app_context():
                     data, headers = answer(name, body)
-            except (HTTPException, RequestRefused):
-                pass  # a refusal: Flask writes it
+            except (HTTPException, RequestRefused, redis.RedisError):
+                pass  # a refusal, or Redis unreachable for a kept version: Flask writes the answer
             except Exception:
                 log.warning("event=search.lane_failed collection=%s message=%r", name,
                             "the search is handed to the full request path", exc_info=True)
