@@ -119,3 +119,32 @@ def test_every_line_beat_prints_is_json(settings, tmp_path):
     assert any("Sending due task swapline-sweep" in r["message"] for r in records), records
     # The webhook dispatch, sent every 2 s, is not one line every 2 s (workers.celery_app.QuietDispatchSends).
     assert not any("swapline-webhooks-dispatch" in r["message"] for r in records), records
+
+
+def test_gunicorn_builds_an_access_line_only_when_an_access_log_is_asked_for(tmp_path, restore_logging):
+    """The API's logging config (for its format) would make gunicorn build every request's access line
+    and drop it; the config's logger builds one only with --access-logfile, and then writes it."""
+    from gunicorn.config import Config
+
+    from webapp.api import gunicorn_conf
+
+    def logger(accesslog: str | None) -> tuple[gunicorn_conf.Logger, list]:
+        cfg = Config()
+        cfg.set("logconfig_dict", gunicorn_conf.logconfig_dict)
+        if accesslog:
+            cfg.set("accesslog", accesslog)
+        built: list = []
+        made = gunicorn_conf.Logger(cfg)
+        made.atoms = lambda *request: built.append(request) or {"r": "POST /v1 HTTP/1.1"}  # type: ignore[method-assign]
+        return made, built
+
+    quiet, built = logger(None)
+    quiet.access(object(), object(), {}, 0.001)
+    assert built == []
+    path = tmp_path / "access.log"
+    asked, built = logger(str(path))
+    asked.access(object(), object(), {}, 0.001)
+    assert len(built) == 1
+    for handler in asked.access_log.handlers:
+        handler.flush()
+    assert "POST /v1 HTTP/1.1" in path.read_text()

@@ -21,11 +21,13 @@ forks workers, so /metrics on any worker reports all of them (see webapp/api/met
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 
-from gunicorn import util
+from gunicorn import glogging, util
 
 from shared.logs import dict_config
 from shared.settings import LOG_FORMATS
@@ -60,6 +62,30 @@ loglevel = "info"
 # config file is read when gunicorn starts; a wrong value is left to create_app, which says why.
 _log_format = os.environ.get("SWAPLINE_LOG_FORMAT") or "text"
 logconfig_dict = dict_config(_log_format if _log_format in LOG_FORMATS else "text")
+
+
+
+class Logger(glogging.Logger):
+    """gunicorn's logger, with an access log only when one is asked for (`--access-logfile`).
+
+    Given any logging config (`logconfig_dict` above, for the format), gunicorn builds every request's
+    access line (its atoms: the date, the headers), and that config's `gunicorn.access` logger, off,
+    drops it: 1% of a search's samples in py-spy (tests/bench/profile_search.py). Here no line is built
+    without an access log, and one asked for is written (the config alone would turn it off)."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        if cfg.accesslog is not None:
+            self.access_log.setLevel(logging.INFO)
+            self._set_handler(self.access_log, cfg.accesslog, fmt=logging.Formatter(self.access_fmt),
+                              stream=sys.stdout)
+
+    def access(self, resp, req, environ, request_time):
+        if self.cfg.accesslog:
+            super().access(resp, req, environ, request_time)
+
+
+logger_class = Logger
 
 _created_metrics_dir: str | None = None
 
