@@ -8,6 +8,7 @@ import json
 import random
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from shared.index.doctable import DocTable, build
@@ -16,6 +17,7 @@ from shared.index.parttables import (
     PartTables,
     TablesVerifyFailed,
     VersionDocuments,
+    _value_reader,
     write_part_tables,
 )
 from shared.search.filters import parse_filter
@@ -54,6 +56,22 @@ def test_records_read_back_exactly(tmp_path):
     # Document entries are DocTable's entries, rows local.
     assert [tables.document(i) for i in range(len(tables))] == build(records)
     assert tables.documents["segment"].to_pylist() == [7, 7, 7]
+
+
+@pytest.mark.parametrize("array", [
+    pa.array(["a", None, "Grüße \U0001f600", ""] * 3, type=pa.string()),
+    pa.array(["x" * 70, "世界", None], type=pa.large_string()),
+    pa.array([["a", "b"], [], None, ["c", None]], type=pa.list_(pa.string())),
+    pa.array([[1, -2], None, [], [3]], type=pa.list_(pa.int32())),
+    pa.array([1.5, None, -2.0], type=pa.float64()),
+    pa.array([1, 2**40, None], type=pa.int64()),
+    pa.array([True, None, False]),  # a type the tables never hold: Arrow's scalar
+    pa.array(["", ""], type=pa.string()),  # no data at all
+], ids=lambda array: str(array.type))
+def test_values_read_from_the_buffers_are_arrows_values(array):
+    for piece in (array, array[1:], array[1:2], array[:0]):
+        read = _value_reader(piece)
+        assert [read(i) for i in range(len(piece))] == piece.to_pylist()
 
 
 def test_a_document_split_across_rows_is_refused(tmp_path):
