@@ -2,9 +2,10 @@
 
 A real stack (redis-server, one celery worker, one gunicorn API process) indexes KEP files of the
 sample corpus with all-MiniLM-L6-v2. Then distinct queries (and the result cache off, so no answer comes
-from it) are searched over HTTP one at a time, on one keep-alive connection of the standard library's
-http.client (a client library's own work is not the service's: the same searches through requests.Session
-are reported beside), and the same queries in this process as query embedding
+from it) are searched over HTTP one at a time, on one keep-alive connection of a plain-socket client
+(`LeanClient`: a client library's own work is not the service's, as wrk leaves it out; the same kind of
+searches through the standard library's http.client, interleaved too, and through requests.Session are
+reported beside), and the same queries in this process as query embedding
 (the same model, one torch thread like the API) + FAISS search of the index version the API serves
 (format 2: `nearest`, each part's FAISS index searched and the answers merged, no record read).
 Target: HTTP p50 <= 1.3x in-process p50. The ratio compares like with like: HTTP searches in `vector`
@@ -21,6 +22,7 @@ import requests
 from shared.settings import Settings
 from tests.bench.common import (
     LeanClient,
+    StdlibClient,
     api_query_embedder,
     corpus_documents,
     ms,
@@ -116,18 +118,21 @@ def _inprocess_search(settings: Settings, version: int, embedder):
     return search
 
 
-def _interleaved(base: str, local, queries: list[str]) -> tuple[list[float], list[float], list[dict], list[float]]:
-    """Each query over HTTP (vector mode) then in this process, one after the other: a burst of load
-    from elsewhere falls on both sides alike. (HTTP seconds, in-process seconds, the API's Server-Timing
-    of each, in-process embedding seconds.)"""
-    http, inproc, timings, embeds = [], [], [], []
-    client = LeanClient(base)
-    for q in queries:
-        http += _http_latencies(base, [q], "vector", client, timings)
-        total, embed = local(q)
-        inproc.append(total)
-        embeds.append(embed)
-    return http, inproc, timings, embeds
+def _interleaved(base: str, local, queries: list[str], stdlib_queries: list[str]
+                 ) -> tuple[list[float], list[float], list[dict], list[float], list[float]]:
+    """Each query over HTTP (vector mode) then in this process, then another over HTTP through http.client
+    and in this process, one after the other: a burst of load from elsewhere falls on every side alike,
+    and each HTTP search follows an in-process one. (HTTP seconds, in-process seconds, the API's
+    Server-Timing of each lean HTTP search, in-process embedding seconds, http.client's seconds.)"""
+    http, inproc, timings, embeds, stdlib = [], [], [], [], []
+    lean, through_stdlib = LeanClient(base), StdlibClient(base)
+    for pair in zip(queries, stdlib_queries, strict=True):
+        for q, client, into, seen in zip(pair, (lean, through_stdlib), (http, stdlib), (timings, None), strict=True):
+            into += _http_latencies(base, [q], "vector", client, seen)
+            total, embed = local(q)
+            inproc.append(total)
+            embeds.append(embed)
+    return http, inproc, timings, embeds, stdlib
 
 
 def run(quick: bool) -> list[dict]:
@@ -142,18 +147,19 @@ def run(quick: bool) -> list[dict]:
         job = rebuild(base, COLLECTION, timeout=300)
         version, vectors = job["result"]["version"], job["result"]["vectors"]
         wait_served(base, COLLECTION, version)
-        queries = _queries(3 * n_queries + 10)
+        queries = _queries(4 * n_queries + 10)
         _http_latencies(base, queries[:10], "vector")  # warm the process (model load, connections)
         embedder = api_query_embedder(base, running.settings)
         search = _inprocess_search(running.settings, version, embedder)
-        http, local, timings, local_embeds = _interleaved(base, search, queries[10:n_queries + 10])
+        http, local, timings, local_embeds, stdlib = _interleaved(base, search, queries[10:n_queries + 10],
+                                                                  queries[3 * n_queries + 10:])
         hybrid = _http_latencies(base, queries[n_queries + 10:2 * n_queries + 10], "hybrid")
-        through_requests = _requests_latencies(base, queries[2 * n_queries + 10:])
+        through_requests = _requests_latencies(base, queries[2 * n_queries + 10:3 * n_queries + 10])
         floor = _http_floor(base, n_queries)
     note = (f"{vectors} chunks of {files} KEP files, all-MiniLM-L6-v2 ({settings.embedder}: queries on "
             f"{embedder.model_id.rsplit('/', 1)[-1]}, 1 thread), "
-            f"{n_queries} distinct queries, HTTP (one keep-alive http.client connection) and in-process "
-            f"interleaved, result cache off; ingest took "
+            f"{n_queries} distinct queries, HTTP (one keep-alive connection, a plain-socket client) and "
+            f"in-process interleaved, result cache off; ingest took "
             f"{ingest_s:.0f} s")
     return [
         row("latency.http_p50", "search over HTTP p50, vector mode (real model)", ms(pct(http, .5)), "ms", note=note),
@@ -180,7 +186,12 @@ def run(quick: bool) -> list[dict]:
         row("latency.inprocess_embed_p50", "in-process query embedding p50 (of the in-process search)",
             ms(pct(local_embeds, .5)), "ms", note=note),
         row("latency.http_floor_p50", "HTTP round trip of GET /healthz p50 (no work)", ms(pct(floor, .5)), "ms",
-            note="gunicorn + Flask + http.client on loopback"),
+            note="gunicorn + Flask + a plain-socket client on loopback"),
+        row("latency.http_stdlib_p50", "search over HTTP p50 through http.client (the standard library's request "
+            "building and header parsing included)", ms(pct(stdlib, .5)), "ms",
+            note=note + f"; interleaved too, {n_queries} other queries"),
+        row("latency.http_stdlib_over_inprocess_p50", "search p50, HTTP through http.client / in-process",
+            pct(stdlib, .5) / pct(local, .5), "x", note=note + f"; interleaved too, {n_queries} other queries"),
         row("latency.http_requests_p50", "search over HTTP p50 through requests.Session (a client library's "
             "own work included)", ms(pct(through_requests, .5)), "ms", note=note + "; not interleaved"),
         row("latency.http_over_inprocess_p50", "search p50, HTTP (vector mode) / in-process",
