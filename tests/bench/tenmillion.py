@@ -41,7 +41,7 @@ from shared.index.realistic import QUERY_TABLE, write_query_table
 from shared.index.vectorindex import INDEX_FILE, KIND_IVF_PQ
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.bench.common import LeanClient, job_seconds, ms, pct, rebuild, row, server_timing, stack, wait_served
+from tests.bench.common import StdlibClient, job_seconds, ms, pct, rebuild, row, server_timing, stack, wait_served
 from tests.bench.million import _Background, event_ms, memory
 
 log = logging.getLogger("bench")
@@ -182,7 +182,7 @@ def search_http(base: str, n: int, count: int
     untimed ones: (seconds each, hit ids each, failures; for each answered one, its seconds but the API's
     own embedding of the query, that embedding's seconds and the API's search (index, hits, answer)
     seconds, from its Server-Timing header)."""
-    client = LeanClient(base)
+    client = StdlibClient(base)
     path = f"/v1/collections/{COLLECTION}/search"
     for k in range(WARM):
         client.post(path, {"query": _query(WARM_KEYS + k, n), "k": 10, "mode": "vector"})
