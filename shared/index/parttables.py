@@ -385,8 +385,8 @@ class PartTables:
 
     def records_at(self, local_rows: list[int]) -> list[dict]:
         """The chunk records of `local_rows`, in that order (a search's hits): each value read on its own
-        from the column's buffers, which for a handful of rows costs a fraction of a take and a list
-        conversion per column, or of a slice per row."""
+        from the column's buffers (10 hits of a 3,000-record part in 56 µs, 71 through an Arrow scalar per
+        value, more through a take and a list conversion per column or a slice per row)."""
         columns = {name: [read(r) for r in local_rows] for name, read in self._read.items()}
         return self._records({"doc": self.row_doc[local_rows].tolist(), **columns})
 

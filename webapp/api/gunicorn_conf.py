@@ -64,7 +64,6 @@ _log_format = os.environ.get("SWAPLINE_LOG_FORMAT") or "text"
 logconfig_dict = dict_config(_log_format if _log_format in LOG_FORMATS else "text")
 
 
-
 class Logger(glogging.Logger):
     """gunicorn's logger, with an access log only when one is asked for (`--access-logfile`).
 
@@ -81,7 +80,7 @@ class Logger(glogging.Logger):
                               stream=sys.stdout)
 
     def access(self, resp, req, environ, request_time):
-        if self.cfg.accesslog:
+        if self.cfg.accesslog is not None:
             super().access(resp, req, environ, request_time)
 
 
