@@ -16,10 +16,10 @@ from shared.names import is_collection_name
 
 # "minilm" is all-MiniLM-L6-v2 in the runtime calibrated fastest on this host (shared/index/calibration.py);
 # the others pick one: torch (sentence-transformers) fp32 or bf16, ONNX Runtime fp32, int8 or w8 (8-bit weights
-# in blocks), the test hashing one, or "clustered" or "realistic", synthetic benchmark embedders
+# in blocks), OpenVINO bf16, the test hashing one, or "clustered" or "realistic", synthetic benchmark embedders
 # (shared/index/embedders.py), never for real text.
-EMBEDDERS = ("minilm", "minilm-torch", "minilm-torch-bf16", "minilm-onnx", "minilm-onnx-int8", "minilm-onnx-w8", "hash",
-             "clustered", "realistic")
+EMBEDDERS = ("minilm", "minilm-torch", "minilm-torch-bf16", "minilm-onnx", "minilm-onnx-int8", "minilm-onnx-w8",
+             "minilm-openvino-bf16", "hash", "clustered", "realistic")
 LOG_FORMATS = ("text", "json")
 ROLES = ("read", "write", "admin")
 # "keys": requests need a key from api_keys (an API with no keys may listen on loopback only);

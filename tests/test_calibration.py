@@ -78,6 +78,7 @@ PROFILES = {
     "minilm-onnx": (0.009, 0.003, 0.0, False),  # fastest single query
     "minilm-onnx-int8": (0.004, 0.001, 0.2, False),  # fastest of all, but vectors too far off
     "minilm-onnx-w8": (0.008, 0.0035, 0.0005, False),  # within cosine 0.999, fastest at nothing
+    "minilm-openvino-bf16": (0.0075, 0.005, 0.0008, False),  # within cosine 0.999, second at ingest
 }
 
 
@@ -103,7 +104,8 @@ def test_the_accurate_candidates_are_kept_and_the_fastest_chosen_for_each_use(tm
     figures = record["candidates"]
     assert record["ingest"] == "minilm-torch-bf16" and record["query"] == "minilm-onnx"
     assert not figures["minilm-onnx-int8"]["kept"] and "cosine" in figures["minilm-onnx-int8"]["refused"]
-    assert all(figures[n]["kept"] for n in ("minilm-torch", "minilm-torch-bf16", "minilm-onnx", "minilm-onnx-w8"))
+    assert all(figures[n]["kept"] for n in ("minilm-torch", "minilm-torch-bf16", "minilm-onnx", "minilm-onnx-w8",
+                                             "minilm-openvino-bf16"))
     assert figures["minilm-torch"]["cosine_min"] == 1.0 and figures["minilm-torch-bf16"]["cosine_min"] >= 0.999
     assert figures["minilm-torch"]["chunks_per_s"] == pytest.approx(50, rel=0.01)
     assert figures["minilm-torch-bf16"]["chunks_per_s"] == pytest.approx(1 / 0.007, rel=0.01)
@@ -248,13 +250,16 @@ def test_a_cpu_without_bf16_neither_calibrates_nor_accepts_it(tmp_path, monkeypa
     assert read(cpuinfo) == {"fpu", "sse2", "avx2", "avx512f", "avx512_vnni"}
     monkeypatch.setattr(embedders, "cpu_flags", lambda: read(cpuinfo))
     embedders.bf16_supported.cache_clear()
+    embedders.openvino_bf16_supported.cache_clear()
     try:
-        assert not embedders.bf16_supported()
-        assert "minilm-torch-bf16" not in calibration.candidates()
-        with pytest.raises(RuntimeError, match="bfloat16"):
-            make_runtime("minilm-torch-bf16", settings_for(tmp_path), 1)
+        assert not embedders.bf16_supported() and not embedders.openvino_bf16_supported()
+        assert not {"minilm-torch-bf16", "minilm-openvino-bf16"} & set(calibration.candidates())
+        for name in ("minilm-torch-bf16", "minilm-openvino-bf16"):
+            with pytest.raises(RuntimeError, match="bfloat16"):
+                make_runtime(name, settings_for(tmp_path), 1)
     finally:
         embedders.bf16_supported.cache_clear()
+        embedders.openvino_bf16_supported.cache_clear()
     assert calibration.candidates(bf16=True) == calibration.CANDIDATES
 
 

@@ -22,10 +22,12 @@ from shared.index.embedders import (
     MiniLMEmbedder,
     bf16_supported,
     make_embedder,
+    openvino_bf16_supported,
     resolve_embedder,
     same_vector_space,
 )
 from shared.index.onnxembed import MODEL_FILE, OnnxMiniLMEmbedder, variant_dir_name
+from shared.index.openvinoembed import OPENVINO_BF16, OpenVinoMiniLMEmbedder
 from shared.settings import EMBEDDERS, Settings
 from tests.support import ROOT
 
@@ -148,17 +150,22 @@ def test_loading_an_existing_export_does_not_import_torch(models_dir):
 
 def test_model_ids_tell_runtimes_apart_and_share_one_space(tmp_path):
     """No model is loaded: ids are known before first use. On a CPU without native bfloat16 the bf16
-    runtime refuses to be made (SWAPLINE_EMBEDDER names the one to use instead); its id is its class's."""
+    runtimes refuse to be made (SWAPLINE_EMBEDDER names the one to use instead); their ids are their
+    classes'."""
+    native = {TORCH_BF16: (bf16_supported(), MiniLMBf16Embedder.model_id, "native bfloat16"),
+              OPENVINO_BF16: (openvino_bf16_supported(), OpenVinoMiniLMEmbedder.model_id, "bfloat16 natively")}
     ids = {name: make_embedder(Settings(data_dir=tmp_path, embedder=name), threads=1).model_id
-           for name in EMBEDDERS if name != TORCH_BF16 or bf16_supported()}
-    if TORCH_BF16 not in ids:
-        with pytest.raises(RuntimeError, match="native bfloat16"):
-            make_embedder(Settings(data_dir=tmp_path, embedder=TORCH_BF16), threads=1)
-        ids[TORCH_BF16] = MiniLMBf16Embedder.model_id
+           for name in EMBEDDERS if native.get(name, (True,))[0]}
+    for name, (supported, model_id, message) in native.items():
+        if not supported:
+            with pytest.raises(RuntimeError, match=message):
+                make_embedder(Settings(data_dir=tmp_path, embedder=name), threads=1)
+            ids[name] = model_id
     assert ids["minilm-torch"] == MINILM_ID  # caches and manifests written by torch stay valid
     assert ids["minilm-onnx"] == MINILM_ID + "+onnx-fp32"
     assert ids["minilm-onnx-int8"] == MINILM_ID + "+onnx-int8"
     assert ids["minilm-onnx-w8"] == MINILM_ID + "+onnx-w8"
+    assert ids[OPENVINO_BF16] == MINILM_ID + "+openvino-bf16"
     assert ids["minilm"] == ids[resolve_embedder("minilm")] == ids[MINILM_DEFAULT]
     assert len({ids[name] for name in EMBEDDERS if name != "minilm"}) == len(EMBEDDERS) - 1
     # A version built by one runtime answers queries embedded by another; a hash index does not.

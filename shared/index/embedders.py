@@ -18,6 +18,8 @@ import numpy as np
 
 from shared.index.minilm import MINILM_ID, MiniLMRuntime
 from shared.index.onnxembed import OnnxMiniLMEmbedder, onnx_model_id
+from shared.index.openvinoembed import MODEL_ID as OPENVINO_BF16_ID
+from shared.index.openvinoembed import OPENVINO_BF16, OpenVinoMiniLMEmbedder, bf16_capable
 from shared.index.realistic import QUERY_TABLE, RealisticEmbedder
 from shared.index.tokens import WORDS, Tokenizer
 from shared.settings import Settings
@@ -213,6 +215,13 @@ def bf16_supported() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+@cache
+def openvino_bf16_supported() -> bool:
+    """Whether OpenVINO computes bf16 natively here: a flag of BF16_FLAGS and its CPU plugin's BF16
+    capability."""
+    return bool(cpu_flags() & set(BF16_FLAGS)) and bf16_capable()
+
+
 def resolve_embedder(name: str) -> str:
     """The embedder a setting names: "minilm" is the default runtime, the others are themselves."""
     return MINILM_DEFAULT if name == "minilm" else name
@@ -239,6 +248,11 @@ def make_runtime(name: str, settings: Settings, threads: int) -> Embedder:
             raise RuntimeError(f"SWAPLINE_EMBEDDER={TORCH_BF16} needs a CPU with native bfloat16 "
                                f"({' or '.join(BF16_FLAGS)}); this one has neither: use minilm-torch")
         return MiniLMBf16Embedder(threads=threads, batch_size=settings.embed_batch_size)
+    if name == OPENVINO_BF16:
+        if not openvino_bf16_supported():
+            raise RuntimeError(f"SWAPLINE_EMBEDDER={OPENVINO_BF16} needs a CPU on which OpenVINO computes "
+                               f"bfloat16 natively; this one does not: use minilm-onnx")
+        return OpenVinoMiniLMEmbedder(Storage(settings.data_dir).models_dir(), threads=threads)
     if name == "minilm-torch":
         return MiniLMEmbedder(threads=threads, batch_size=settings.embed_batch_size)
     raise ValueError(f"not a MiniLM runtime: {name!r}")
@@ -254,6 +268,8 @@ def runtime_model_id(name: str) -> str:
     """The model id a MiniLM runtime (by its SWAPLINE_EMBEDDER name) records, without loading it."""
     if name in ONNX_VARIANTS:
         return onnx_model_id(ONNX_VARIANTS[name])
+    if name == OPENVINO_BF16:
+        return OPENVINO_BF16_ID
     return f"{MINILM_ID}+torch-bf16" if name == TORCH_BF16 else MINILM_ID
 
 
