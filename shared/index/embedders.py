@@ -18,7 +18,6 @@ import numpy as np
 
 from shared.index.minilm import MINILM_ID, MiniLMRuntime
 from shared.index.onnxembed import OnnxMiniLMEmbedder, onnx_model_id
-from shared.index.openvinoembed import MODEL_ID as OPENVINO_BF16_ID
 from shared.index.openvinoembed import OPENVINO_BF16, OpenVinoMiniLMEmbedder, bf16_capable
 from shared.index.realistic import QUERY_TABLE, RealisticEmbedder
 from shared.index.tokens import WORDS, Tokenizer
@@ -269,7 +268,7 @@ def runtime_model_id(name: str) -> str:
     if name in ONNX_VARIANTS:
         return onnx_model_id(ONNX_VARIANTS[name])
     if name == OPENVINO_BF16:
-        return OPENVINO_BF16_ID
+        return OpenVinoMiniLMEmbedder.model_id
     return f"{MINILM_ID}+torch-bf16" if name == TORCH_BF16 else MINILM_ID
 
 
