@@ -73,3 +73,25 @@ def test_a_full_run_of_some_modules_merges_into_the_last_full_results(tmp_path):
     # Rows of runs on different dates say so, module by module.
     dated = markdown(results["rows"], machine(), "D2", 30, {"core": "D1", "million": "D2", "tenmillion": "D2"})
     assert "each module's rows date from its run (D1: core; D2: million, tenmillion)" in dated
+
+
+def test_a_merge_keeps_rows_from_other_cpus_and_says_which_cpu_measured_which_module(tmp_path):
+    out = tmp_path / "bench"
+    first = machine()
+    write_results([row("core.a", "a", 1.0, "x"), row("latency.r", "r", 1.5, "x"),
+                   {**row("latency.zen4_r", "EPYC Zen 4: r", 1.31, "x"), "measured_on": "EPYC Zen 4, b91b423"},
+                   {**row("latency.old_r", "old r", 9.0, "x"), "measured_on": "elsewhere"}],
+                  {**first, "cpu": "AMD EPYC"}, quick=False, total_seconds=60, module_seconds={},
+                  modules=list(MODULES), out=out, root=tmp_path)
+    # The new run makes latency.r and a row of latency.old_r's name: the older old_r is replaced by it.
+    write_results([row("latency.r", "r", 1.15, "x"), row("latency.old_r", "old r now", 2.0, "x")],
+                  {**first, "cpu": "Intel Xeon"}, quick=False, total_seconds=30, module_seconds={},
+                  modules=["latency"], out=out, root=tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["name"], r["value"]) for r in results["rows"]] == [
+        ("core.a", 1.0), ("latency.r", 1.15), ("latency.old_r", 2.0), ("latency.zen4_r", 1.31)]
+    assert results["module_machines"]["latency"] == "Intel Xeon"
+    assert results["module_machines"]["core"] == "AMD EPYC"
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "Machine: AMD EPYC (core, embed, calibrate, concurrency, million" in text
+    assert "; Intel Xeon (latency)," in text
