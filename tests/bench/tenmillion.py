@@ -205,14 +205,18 @@ def search_http(base: str, n: int, count: int
 
 
 def real_query_embed(settings: Settings, count: int = 200) -> tuple[float, str]:
-    """p50 of one query embedded in-process at one thread by the runtime an API process would use
-    (the calibrated choice once recorded, else the default), on distinct short queries; (s, model id)."""
+    """p50 of one query embedded in-process at one thread by the runtime an API process on this host
+    would use with SWAPLINE_EMBEDDER=minilm (the default): the query runtime of the host's calibration,
+    which runs here first when the data dir holds no record, as a worker's first start would; on
+    distinct short queries; (s, model id)."""
     from dataclasses import replace
 
-    from shared.index.embedders import make_embedder
+    from shared.index.calibration import ensure_record
+    from shared.index.embedders import make_runtime
     from tests.bench.latency import _queries
 
-    embedder = make_embedder(replace(settings, embedder="minilm"), threads=settings.api_torch_threads)
+    record = ensure_record(replace(settings, embedder="minilm"))
+    embedder = make_runtime(record["query"], settings, threads=settings.api_torch_threads)
     queries = _queries(count)
     embedder.embed(queries[:4])
     times = []
@@ -332,7 +336,8 @@ def run(quick: bool, n: int | None = None) -> list[dict]:
         row("tenmillion.http_p50_real_model_estimate", "search over HTTP p50 with the real query model (estimate)",
             ms(estimated), "ms", ("<=", 15), note=f"per search, HTTP time less the API's own embedding time (its "
             f"Server-Timing header), + {embed_model} query embed p50 ({ms(embed_p50):.2f} ms, in-process, 1 thread, "
-            "measured in this run): arithmetic over measured parts"),
+            "the query runtime this host's calibration chose, measured in this run): arithmetic over measured "
+            "parts"),
         row("tenmillion.http_p99_real_model_estimate", "search over HTTP p99 with the real query model (estimate)",
             ms(estimated_p99), "ms", ("<=", 40), note="as the p50 row: p99 of (HTTP time less the API's embedding) "
             "+ the real model's query embed p50"),
