@@ -95,3 +95,18 @@ def test_a_merge_keeps_rows_from_other_cpus_and_says_which_cpu_measured_which_mo
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "Machine: AMD EPYC (core, embed, calibrate, concurrency, million" in text
     assert "; Intel Xeon (latency)," in text
+
+
+def test_the_cpu_is_named_with_its_family_model_and_vector_instructions(tmp_path):
+    from tests.bench.report import cpu_name
+
+    def named(model: str, flags: str) -> str:
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: {model}\n"
+                        f"flags\t\t: {flags}\n\nprocessor\t: 1\nmodel name\t: other\n")
+        return cpu_name(info)
+
+    assert named("AMD EPYC", "fpu avx2 avx512f avx512_bf16") == "AMD EPYC (family 25 model 17; AVX-512 bf16, AVX2)"
+    assert named("AMD EPYC", "fpu avx2") == "AMD EPYC (family 25 model 17; AVX2)"
+    assert named("Intel(R) Xeon(R) Processor", "avx2 avx512f avx512_bf16 amx_bf16").startswith(
+        "Intel(R) Xeon(R) Processor (family 25 model 17; AMX, AVX-512 bf16")

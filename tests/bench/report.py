@@ -14,14 +14,33 @@ OUT = ROOT / "bench"
 OPS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t}
 
 
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name with its family and model numbers and the instruction sets the embedding
+    runtimes choose by ("Intel(R) Xeon(R) Processor" names several generations)."""
+    if not cpuinfo.exists():
+        return platform.processor()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.read_text().splitlines():
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    has = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 bf16"), ("avx512f", "AVX-512"),
+                                   ("avx2", "AVX2")) if flag in flags]
+    if "AVX-512 bf16" in has:
+        has.remove("AVX-512")
+    return (f"{fields.get('model name', platform.processor())} (family {fields.get('cpu family', '?')} model "
+            f"{fields.get('model', '?')}; {', '.join(has[:2]) or 'no AVX2'})")
+
+
 def machine() -> dict:
     """CPU, cores, RAM and the versions that decide the numbers."""
     import importlib.metadata as md
 
     import psutil
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = cpu_name()
     versions = {}
     for package in ("faiss-cpu", "torch", "onnxruntime", "sentence-transformers", "redis", "celery", "gunicorn"):
         try:
@@ -71,11 +90,15 @@ def markdown(rows: list[dict], info: dict, date: str, total: float, dates: dict 
              machines: dict | None = None) -> str:
     """The table; `dates` and `machines` map each module to when and on which CPU its rows were measured."""
     v = info["versions"]
-    when = sorted(set((dates or {}).values()))
+    from tests.bench import MODULES
+
+    order = {m: i for i, m in enumerate(MODULES)}
+    dates = dict(sorted((dates or {}).items(), key=lambda item: order.get(item[0], len(order))))
+    when = sorted(set(dates.values()))
     if len(when) <= 1:
         measured = f"Measured by `make bench` on {date} in {total / 60:.0f} min"
     else:
-        by_date = "; ".join(f"{d}: {', '.join(m for m, md in (dates or {}).items() if md == d)}" for d in when)
+        by_date = "; ".join(f"{d}: {', '.join(m for m, md in dates.items() if md == d)}" for d in when)
         measured = (f"Measured by `make bench` and, for some modules since, by `python -m tests.bench --only "
                     f"<modules>` (the last {total / 60:.0f} min); each module's rows date from its run ({by_date})")
     lines = [
@@ -150,7 +173,10 @@ def plot(rows: list[dict], path: Path) -> Path | None:
 
 def _cpus(info: dict, machines: dict | None) -> str:
     """The CPU, or each CPU with the modules measured on it when runs on several are merged."""
-    machines = machines or {}
+    from tests.bench import MODULES
+
+    order = {m: i for i, m in enumerate(MODULES)}
+    machines = dict(sorted((machines or {}).items(), key=lambda item: order.get(item[0], len(order))))
     cpus = sorted(set(machines.values()) | {info["cpu"]})
     if len(cpus) == 1:
         return info["cpu"]
