@@ -129,3 +129,19 @@ def test_a_query_table_in_the_data_dir_answers_the_queries_it_holds(tmp_path):
     assert np.array_equal(make_embedder(settings, threads=1).embed(["q3:1000"])[0], marked[0])
     # Without the file (or before it is written) every query is made.
     assert make_embedder(Settings(embedder="realistic", data_dir=tmp_path / "none"), threads=1)._tabled() == {}
+
+
+def test_the_distribution_rows_set_realistic_rows_beside_real_ones():
+    """`make bench`'s realdata rows (quick: the real side from bench/minilm_profile.json, 100k rows)."""
+    from tests.bench.realdata import run
+
+    rows = {r["name"]: r for r in run(quick=True)}
+    assert set(rows) == {"realdata.real_nn1", "realdata.realistic_nn1", "realdata.real_nn10",
+                         "realdata.realistic_nn10", "realdata.real_query_nearest",
+                         "realdata.realistic_query_nearest", "realdata.realistic_nn1_100k",
+                         "realdata.realistic_nn10_100k"}
+    assert all(0 < r["value"] < 1 and r["unit"] == "cosine" for r in rows.values())
+    # The generator is fitted to the real profile: the medians agree to a few hundredths.
+    for key in ("nn1", "nn10", "query_nearest"):
+        assert abs(rows[f"realdata.real_{key}"]["value"] - rows[f"realdata.realistic_{key}"]["value"]) < 0.05, key
+    assert rows["realdata.realistic_nn10_100k"]["value"] < rows["realdata.realistic_nn1_100k"]["value"]

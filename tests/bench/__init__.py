@@ -14,5 +14,5 @@ model sees them) and `agent_tokens` (tokens the MCP search tool returns, grouped
 """
 
 # Run in this order; a module that is missing or fails becomes an error row and the run goes on.
-MODULES = ("core", "embed", "calibrate", "latency", "concurrency", "million", "incremental", "scaleout", "peer",
-           "tenmillion")
+MODULES = ("core", "embed", "calibrate", "latency", "concurrency", "million", "realdata", "incremental", "scaleout",
+           "peer", "tenmillion")

@@ -120,6 +120,13 @@ def real_query_vectors() -> np.ndarray:
 
 
 def measure() -> dict:
+    out = real_profile()
+    PROFILE.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def real_profile() -> dict:
+    """The real model's profile on the sample corpus (what `measure` writes to bench/minilm_profile.json)."""
     started = time.perf_counter()
     records, vectors = real_corpus()
     labelled = real_queries()
@@ -145,7 +152,6 @@ def measure() -> dict:
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
-    PROFILE.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 
@@ -254,6 +260,56 @@ def scale(sizes: tuple[int, ...], sample: int) -> list[dict]:
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def _spread(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in values.items())
+
+
+def run(quick: bool) -> list[dict]:
+    """The benchmark rows (`make bench`): nearest-neighbour cosine distributions of real all-MiniLM-L6-v2
+    vectors of the sample corpus beside `realistic` rows (shared/index/realistic.py) at the corpus's size,
+    the queries' nearest-chunk cosines of both, and the realistic rows at 1M and 10M (500 sampled rows'
+    exact neighbours, streamed). --quick reads the real side from bench/minilm_profile.json (written by
+    `measure`, the same measurement) and scales to 100,000 rows only."""
+    from shared.index.realistic import QUERY_COSINES, RealisticVectors
+    from tests.bench.common import row
+
+    real = json.loads(PROFILE.read_text()) if quick else real_profile()
+    source = RealisticVectors()
+    n = real["corpus"]["rows"]
+    small = source.vectors(0, n)
+    synthetic = profile(small)
+    synth_queries, _ = source.queries(np.arange(500), n, QUERY_COSINES)
+    synth_nearest = percentiles((synth_queries @ small.T).max(axis=1))
+    where = "the sample corpus, ONNX fp32" + (" (bench/minilm_profile.json)" if quick else ", measured in this run")
+    out = []
+    for key, what in (("nn1", "nearest other vector"), ("nn10", "10th nearest other vector")):
+        out += [
+            row(f"realdata.real_{key}", f"cosine to the {what} p50, real MiniLM ({n:,} chunks)",
+                real["corpus"][key]["p50"], "cosine", note=f"{where}; {_spread(real['corpus'][key])}; near-copies "
+                f"(nn1 >= {DUPLICATE}) {real['corpus']['near_duplicates']:.1%}"),
+            row(f"realdata.realistic_{key}", f"cosine to the {what} p50, realistic rows ({n:,})",
+                synthetic[key]["p50"], "cosine", note=f"{_spread(synthetic[key])}; near-copies "
+                f"{synthetic['near_duplicates']:.1%}"),
+        ]
+    queries = real["queries"]
+    out += [
+        row("realdata.real_query_nearest", "query -> nearest chunk cosine p50, real labelled queries",
+            queries["nearest_chunk"]["p50"], "cosine", note=f"{queries['count']} labelled queries over {n:,} "
+            f"chunks; {_spread(queries['nearest_chunk'])}"),
+        row("realdata.realistic_query_nearest", "query -> nearest row cosine p50, realistic held-out queries",
+            synth_nearest["p50"], "cosine", note=f"500 queries q<k> over {n:,} rows; {_spread(synth_nearest)}"),
+    ]
+    for scaled in scale((100_000,) if quick else (1_000_000, 10_000_000), sample=500):
+        size = f"{scaled['rows'] // 1_000_000}m" if scaled["rows"] >= 1_000_000 else f"{scaled['rows'] // 1000}k"
+        for key, what in (("nn1", "nearest other row"), ("nn10", "10th nearest other row")):
+            out.append(row(f"realdata.realistic_{key}_{size}", f"cosine to the {what} p50, realistic rows "
+                           f"({scaled['rows']:,})", scaled[key]["p50"], "cosine",
+                           note=f"500 sampled rows' exact neighbours among all {scaled['rows']:,}, streamed "
+                           f"({scaled['seconds']:.0f} s); {_spread(scaled[key])}; near-copies "
+                           f"{scaled['near_duplicates']:.1%}"))
+    return out
 
 
 def ivf_recall(vectors: np.ndarray, queries: np.ndarray, lists: int, probes: tuple[int, ...]) -> dict[int, float]:
