@@ -90,10 +90,7 @@ def markdown(rows: list[dict], info: dict, date: str, total: float, dates: dict 
              machines: dict | None = None) -> str:
     """The table; `dates` and `machines` map each module to when and on which CPU its rows were measured."""
     v = info["versions"]
-    from tests.bench import MODULES
-
-    order = {m: i for i, m in enumerate(MODULES)}
-    dates = dict(sorted((dates or {}).items(), key=lambda item: order.get(item[0], len(order))))
+    dates = _in_run_order(dates or {})
     when = sorted(set(dates.values()))
     if len(when) <= 1:
         measured = f"Measured by `make bench` on {date} in {total / 60:.0f} min"
@@ -171,12 +168,16 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
-def _cpus(info: dict, machines: dict | None) -> str:
-    """The CPU, or each CPU with the modules measured on it when runs on several are merged."""
+def _in_run_order(by_module: dict) -> dict:
     from tests.bench import MODULES
 
     order = {m: i for i, m in enumerate(MODULES)}
-    machines = dict(sorted((machines or {}).items(), key=lambda item: order.get(item[0], len(order))))
+    return dict(sorted(by_module.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def _cpus(info: dict, machines: dict | None) -> str:
+    """The CPU, or each CPU with the modules measured on it when runs on several are merged."""
+    machines = _in_run_order(machines or {})
     cpus = sorted(set(machines.values()) | {info["cpu"]})
     if len(cpus) == 1:
         return info["cpu"]
