@@ -333,7 +333,8 @@ class PartTables:
         self._sorted_ids = _Strings(self.ids)
         # Value by value from the buffers: a search's hits read a handful of rows (see _value_reader).
         self._read = {name: _value_reader(self.records[name]) for name in _VALUE_COLUMNS}
-        self._read_doc = {name: _value_reader(self.documents[name]) for name in ("id", "metadata", "updated_at")}
+        self._read_doc = {"id": self._sorted_ids.__getitem__,
+                          **{name: _value_reader(self.documents[name]) for name in ("metadata", "updated_at")}}
         self._paths: pa.Array | None = None
         self._check(directory)
 
