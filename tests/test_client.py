@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.support import BIN, LocalHTTP, QuietHandler, create_collection, free_port, wait_for
-from webapp.client import ApiError, ApiUnreachable, Client
+from webapp.client import ApiError, ApiUnreachable, Client, NotServed
 
 JOB = {"id": "0" * 32, "kind": "ingest", "collection": "docs", "state": "queued"}
 
@@ -120,6 +120,53 @@ def test_a_connection_refused_is_retried_until_the_api_answers(flaky):
 def test_nothing_answering_is_one_clear_error():
     with pytest.raises(ApiUnreachable, match=r"cannot reach the Swapline API .*connection refused; tried 2 times"):
         Client(f"http://127.0.0.1:{free_port()}", retries=1).search("docs", "anything")
+
+
+class StatusApi:
+    """A local HTTP server answering GET /v1/collections/docs with the next of `statuses` (the last one
+    again once they run out), as API processes load a published version one after another."""
+
+    def __init__(self, statuses: list[dict]):
+        self.statuses, self.seen = statuses, 0
+        api = self
+
+        class Handler(QuietHandler):
+            def do_GET(self):
+                status = api.statuses[min(api.seen, len(api.statuses) - 1)]
+                api.seen += 1
+                payload = json.dumps({"name": "docs", **status}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = LocalHTTP(Handler)
+        self.url = self.server.url
+
+
+def test_waiting_for_a_version_to_be_served_ends_when_every_api_process_has_it_or_a_newer_one():
+    api = StatusApi([{"replicas": {}, "load_failures": []},
+                     {"replicas": {"a": 1, "b": None}, "load_failures": []},
+                     {"replicas": {"a": 2, "b": 1}, "load_failures": []},
+                     {"replicas": {"a": 3, "b": 2}, "load_failures": []}])
+    try:
+        status = Client(api.url).wait_served("docs", 2, poll=0.01)
+    finally:
+        api.server.close()
+    assert api.seen == 4 and status["replicas"] == {"a": 3, "b": 2}
+
+
+def test_a_version_an_api_process_cannot_load_is_not_served_in_time_and_says_why():
+    failure = {"replica": "b", "version": 2, "error": "OSError: bad manifest", "attempts": 3, "since": 0}
+    api = StatusApi([{"replicas": {"a": 2, "b": 1}, "load_failures": [failure]}])
+    try:
+        with pytest.raises(NotServed, match=r"'docs' v2 is published but 1 API process\(es\) did not serve it "
+                                            r"within 0.2 s \(b could not load v2: OSError: bad manifest\)") as late:
+            Client(api.url).wait_served("docs", 2, timeout=0.2, poll=0.01)
+    finally:
+        api.server.close()
+    assert late.value.behind == {"b": 1} and isinstance(late.value, TimeoutError) and api.seen >= 2
 
 
 # ---- integration: a proxy that loses answers, in front of the real API -------------------------------
@@ -228,7 +275,7 @@ def test_client_calls_on_a_real_api(settings, procs):
     states: list[str] = []
     done = client.wait(job["id"], on_update=lambda j: states.append(j["state"]), poll=0.1)
     assert done["state"] == "succeeded" and states[-1] == "succeeded"
-    client.wait(done["result"]["rebuild_job_id"], poll=0.1)
+    rebuilt = client.wait(done["result"]["rebuild_job_id"], poll=0.1)
     reader.join(30)
     assert found.is_set(), [e.type for e in seen_events]
     types = [e.type for e in seen_events]
@@ -243,6 +290,9 @@ def test_client_calls_on_a_real_api(settings, procs):
             break
     assert [e.id for e in resumed] == [e.id for e in seen_events[1:]]
 
+    # Published is not yet served: the API process loads the version after the job ends.
+    served = client.wait_served("docs", rebuilt["result"]["version"], poll=0.05)
+    assert served["converged"] and served["index"]["version"] == rebuilt["result"]["version"]
     assert client.search("docs", "item3", k=2)["hits"][0]["doc_id"] == "d3"
     with pytest.raises(ApiError) as missing:
         client.collection("nope")

@@ -263,7 +263,8 @@ def job(client: Client, job_id, wait, as_json) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--wait", is_flag=True, help="Follow the rebuild until it is published.")
+@click.option("--wait", is_flag=True,
+              help="Follow the rebuild until it is published and every API process serves it.")
 @click.option("--force", is_flag=True,
               help="Publish even what the quality gate refuses (canaries missed, most documents gone).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (the finished job with --wait).")
@@ -286,6 +287,7 @@ def rebuild(client: Client, name, wait, force, as_json) -> None:
     begun = time.monotonic()
     done = _follow(client, started["id"], fail=True)
     result = done.get("result") or {}
+    client.wait_served(name, result["version"])  # NotServed (exit 1) when an API process cannot load it
     if as_json:
         click.echo(json.dumps(done, indent=2))
         return

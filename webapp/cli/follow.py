@@ -104,10 +104,12 @@ class IngestRun:
             self.summary.rebuild_jobs.append(rebuild_id)
 
     def _wait_rebuilds(self) -> None:
-        """Wait for every rebuild the batches asked for (rebuilds coalesce, so there are few); the last
-        one to finish serves all the documents."""
+        """Wait for every rebuild the batches asked for (rebuilds coalesce, so there are few), then for
+        every API process to serve the newest: it holds all the documents."""
         for job_id in self.summary.rebuild_jobs:
             job = self.client.wait(job_id, poll=self.poll, stop=self.stop)
             version = (job.get("result") or {}).get("version")
             if version is not None:
                 self.summary.index_version = max(version, self.summary.index_version or 0)
+        if self.summary.index_version is not None:
+            self.client.wait_served(self.collection, self.summary.index_version, stop=self.stop)

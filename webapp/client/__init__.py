@@ -7,7 +7,8 @@
         job = swapline.add_documents("handbook", [{"id": "rotate.md", "text": "# Rotating keys\\n..."}])
         swapline.wait(job["id"], on_update=lambda j: print(j["state"], j.get("progress")))
         rebuild = swapline.job(job["id"])["result"]["rebuild_job_id"]
-        swapline.wait(rebuild)                      # now the document is searchable
+        version = swapline.wait(rebuild)["result"]["version"]   # published
+        swapline.wait_served("handbook", version)   # served by every API process: searchable
         for hit in swapline.search("handbook", "how do we rotate credentials", k=3)["hits"]:
             print(hit["score"], hit["doc_id"], hit["heading_path"])
         for event in swapline.events(collection="handbook"):   # live, until you break
@@ -16,8 +17,10 @@
 Requests are retried on connection errors, 429, 502, 503 and 504 (honouring Retry-After), and every
 job-creating request carries an Idempotency-Key, so a retry never creates a second job. Errors are
 `ApiError` (the API answered an error; `.status`, `.code`, `.body`), `RebuildBusy` (a rebuild is
-already queued or running: `.job_id`), `ApiUnreachable`, `JobFailed` (`.job`) and `InvalidArgument`
-(a collection name, job id or document id refused before any request: it could reach another route).
+already queued or running: `.job_id`), `ApiUnreachable`, `JobFailed` (`.job`), `NotServed` (a
+published version some API process did not load in time: `.behind`, `.load_failures`) and
+`InvalidArgument` (a collection name, job id or document id refused before any request: it could
+reach another route).
 
 It imports only requests (no Flask, Celery, FAISS, numpy or torch), like the `swapline` command built
 on it.
@@ -31,9 +34,17 @@ on it.
 """
 
 from webapp.client.client import DEFAULT_URL, Client
-from webapp.client.errors import ApiError, ApiUnreachable, Interrupted, InvalidArgument, JobFailed, RebuildBusy
+from webapp.client.errors import (
+    ApiError,
+    ApiUnreachable,
+    Interrupted,
+    InvalidArgument,
+    JobFailed,
+    NotServed,
+    RebuildBusy,
+)
 from webapp.client.events import Event
 from webapp.client.jobs import job_fraction
 
 __all__ = ["DEFAULT_URL", "ApiError", "ApiUnreachable", "Client", "Event", "Interrupted", "InvalidArgument",
-           "JobFailed", "RebuildBusy", "job_fraction"]
+           "JobFailed", "NotServed", "RebuildBusy", "job_fraction"]

@@ -23,7 +23,15 @@ from urllib3.util.retry import Retry
 from shared.jobstates import SUCCEEDED, TERMINAL
 from shared.names import COLLECTION_NAME_RULE, is_collection_name, is_job_id, is_snapshot_id
 from webapp.client import events
-from webapp.client.errors import ApiError, ApiUnreachable, Interrupted, InvalidArgument, JobFailed, RebuildBusy
+from webapp.client.errors import (
+    ApiError,
+    ApiUnreachable,
+    Interrupted,
+    InvalidArgument,
+    JobFailed,
+    NotServed,
+    RebuildBusy,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_RETRIES = 4
@@ -395,6 +403,25 @@ class Client:
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['state']} after {timeout:g} s")
+            pause(stop, poll)
+
+    def wait_served(self, name: str, version: int, timeout: float = 120.0, poll: float = 0.2,
+                    stop: threading.Event | None = None) -> dict:
+        """Wait until every live API process serves `version` of collection `name`, or a newer one.
+        A rebuild job succeeds when its version is published; each API process then loads it beside
+        the one it serves and swaps (within a fraction of a second for small indexes, seconds for
+        millions of chunks), so a search sent in between may still see the older version. Returns the
+        collection's status; raises NotServed past `timeout` seconds (naming the processes behind and
+        any that failed to load it) or Interrupted when `stop` is set."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.collection(name)
+            replicas = status.get("replicas") or {}
+            behind = {rid: served for rid, served in replicas.items() if served is None or served < version}
+            if replicas and not behind:
+                return status
+            if time.monotonic() > deadline:
+                raise NotServed(name, version, behind, status.get("load_failures") or [], timeout)
             pause(stop, poll)
 
     def events(self, collection: str | None = None, last_event_id: str | None = None) -> Iterator[events.Event]:

@@ -44,6 +44,19 @@ class JobFailed(Exception):
         super().__init__(f"{job.get('kind', 'job')} job {job['id']} {job['state']}: {reason}")
 
 
+class NotServed(TimeoutError):
+    """A published version was not served by every live API process in time: `behind` maps each
+    process still on an older version (or none) to it, `load_failures` says which could not load it."""
+
+    def __init__(self, collection: str, version: int, behind: dict, load_failures: list, seconds: float):
+        self.collection, self.version = collection, version
+        self.behind, self.load_failures = behind, load_failures
+        failed = "; ".join(f"{f.get('replica')} could not load v{f.get('version')}: {f.get('error')}"
+                           for f in load_failures)
+        super().__init__(f"{collection!r} v{version} is published but {len(behind)} API process(es) did not "
+                         f"serve it within {seconds:g} s" + (f" ({failed})" if failed else ""))
+
+
 class Interrupted(Exception):
     """The caller asked to stop following (its `stop` event was set)."""
 
