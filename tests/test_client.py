@@ -167,6 +167,12 @@ def test_a_version_an_api_process_cannot_load_is_not_served_in_time_and_says_why
     finally:
         api.server.close()
     assert late.value.behind == {"b": 1} and isinstance(late.value, TimeoutError) and api.seen >= 2
+    alone = StatusApi([{"replicas": {}, "load_failures": []}])  # no API process heartbeat seen
+    try:
+        with pytest.raises(NotServed, match=r"v2 is published but no live API process reported within 0.1 s$"):
+            Client(alone.url).wait_served("docs", 2, timeout=0.1, poll=0.01)
+    finally:
+        alone.server.close()
 
 
 # ---- integration: a proxy that loses answers, in front of the real API -------------------------------

@@ -53,8 +53,9 @@ class NotServed(TimeoutError):
         self.behind, self.load_failures = behind, load_failures
         failed = "; ".join(f"{f.get('replica')} could not load v{f.get('version')}: {f.get('error')}"
                            for f in load_failures)
-        super().__init__(f"{collection!r} v{version} is published but {len(behind)} API process(es) did not "
-                         f"serve it within {seconds:g} s" + (f" ({failed})" if failed else ""))
+        who = f"{len(behind)} API process(es) did not serve it" if behind else "no live API process reported"
+        super().__init__(f"{collection!r} v{version} is published but {who} within {seconds:g} s"
+                         + (f" ({failed})" if failed else ""))
 
 
 class Interrupted(Exception):
